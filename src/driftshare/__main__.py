@@ -1,0 +1,3 @@
+from driftshare.cli import main
+
+raise SystemExit(main())

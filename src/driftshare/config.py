@@ -1,0 +1,107 @@
+"""Settings read from ``DRIFT_*`` environment variables."""
+
+from __future__ import annotations
+
+import re
+from typing import Annotated, Literal
+from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
+
+from pydantic import Field, SecretStr, ValidationError, field_validator
+from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
+
+__all__ = ["ConfigError", "Network", "Settings", "load_settings", "redact_url"]
+
+Network = Literal["mainnet", "devnet"]
+SubscriptionMode = Literal["websocket", "polling"]
+
+PUBLIC_RPC_URLS: dict[str, str] = {
+    "mainnet": "https://api.mainnet-beta.solana.com",
+    "devnet": "https://api.devnet.solana.com",
+}
+
+
+class ConfigError(ValueError):
+    """A setting has a value driftshare cannot use; the message names the variable."""
+
+
+class Settings(BaseSettings):
+    """Everything driftshare can be told, each field read from ``DRIFT_<NAME>``."""
+
+    model_config = SettingsConfigDict(env_prefix="DRIFT_", extra="ignore", frozen=True)
+
+    rpc_url: str | None = None
+    network: Network = "mainnet"
+    keypair: SecretStr | None = None
+
+    rpc_rps: float = Field(10.0, gt=0)
+    rpc_burst: int = Field(1, ge=1)
+    request_timeout_s: float = Field(10.0, gt=0)
+    max_retries: int = Field(5, ge=0)
+    retry_backoff: float = Field(2.0, gt=0)
+    retry_backoff_cap: float = Field(30.0, gt=0)
+
+    subscription: SubscriptionMode = "websocket"
+    ws_stall_s: float = Field(30.0, gt=0)
+    poll_interval_s: float = Field(1.0, gt=0)
+    health_interval_s: float = Field(10.0, gt=0)
+    perp_markets: Annotated[list[int] | None, NoDecode] = None
+
+    cache_ttl_funding: float = Field(30.0, ge=0)
+    cache_ttl_price: float = Field(10.0, ge=0)
+    cache_ttl_markets: float = Field(60.0, ge=0)
+    cache_ttl_oi: float = Field(60.0, ge=0)
+    max_staleness_s: float = Field(300.0, ge=0)
+
+    @field_validator("perp_markets", mode="before")
+    @classmethod
+    def _parse_indexes(cls, value: object) -> object:
+        if isinstance(value, str):
+            parts = [p for p in re.split(r"[,\s]+", value.strip()) if p]
+            return [int(p) for p in parts] or None
+        return value
+
+    @field_validator("rpc_url")
+    @classmethod
+    def _check_url(cls, value: str | None) -> str | None:
+        if value is not None and urlsplit(value).scheme not in ("http", "https"):
+            raise ValueError("must be an http(s) URL")
+        return value
+
+    def effective_rpc_url(self) -> str:
+        """The configured RPC URL, or the network's public endpoint."""
+        return self.rpc_url or PUBLIC_RPC_URLS[self.network]
+
+
+def load_settings(**overrides: object) -> Settings:
+    """Build :class:`Settings`, turning validation errors into one readable :class:`ConfigError`."""
+    try:
+        return Settings(**overrides)  # type: ignore[arg-type]
+    except ValidationError as exc:
+        problems = "; ".join(
+            f"DRIFT_{str(err['loc'][0]).upper()}: {err['msg']}" for err in exc.errors()
+        )
+        raise ConfigError(f"invalid configuration: {problems}") from None
+
+
+_SECRET_QUERY_KEYS = re.compile(r"(api[-_]?key|token|key|secret|auth)", re.IGNORECASE)
+_TOKENISH = re.compile(r"^[A-Za-z0-9_\-]{16,}$")
+
+
+def redact_url(url: str) -> str:
+    """Hide API keys in an RPC URL: secret-looking query values and long path tokens."""
+    try:
+        parts = urlsplit(url)
+    except ValueError:
+        return "<unparseable url>"
+    query = urlencode(
+        [
+            (k, "***" if _SECRET_QUERY_KEYS.search(k) else v)
+            for k, v in parse_qsl(parts.query, keep_blank_values=True)
+        ],
+        safe="*",
+    )
+    path = "/".join("***" if _TOKENISH.match(seg) else seg for seg in parts.path.split("/"))
+    netloc = parts.netloc
+    if "@" in netloc:
+        netloc = "***@" + netloc.rsplit("@", 1)[1]
+    return urlunsplit((parts.scheme, netloc, path, query, parts.fragment))

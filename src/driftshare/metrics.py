@@ -1,0 +1,67 @@
+"""The project's own Prometheus registry and every metric driftshare exports."""
+
+from __future__ import annotations
+
+from prometheus_client import CollectorRegistry, Counter, Gauge, generate_latest
+
+__all__ = [
+    "CACHE_HITS",
+    "CACHE_MISSES",
+    "CLIENT_INITIALIZATIONS",
+    "CLIENT_REF_COUNT",
+    "DATA_AGE_SECONDS",
+    "RATE_LIMITED",
+    "REGISTRY",
+    "RPC_ERRORS",
+    "RPC_REQUESTS",
+    "RPC_RETRIES",
+    "SUBSCRIPTION_FAILURES",
+    "render",
+]
+
+REGISTRY = CollectorRegistry(auto_describe=True)
+
+CLIENT_REF_COUNT = Gauge(
+    "drift_client_ref_count", "References held on the shared DriftClient.", ["network"],
+    registry=REGISTRY,
+)
+CLIENT_INITIALIZATIONS = Counter(
+    "drift_client_initializations_total", "Shared DriftClients created and subscribed.",
+    ["network"], registry=REGISTRY,
+)
+CACHE_HITS = Counter(
+    "drift_cache_hits_total", "Market-data reads answered from cache.", ["kind"],
+    registry=REGISTRY,
+)
+CACHE_MISSES = Counter(
+    "drift_cache_misses_total", "Market-data reads that had to compute.", ["kind"],
+    registry=REGISTRY,
+)
+RPC_REQUESTS = Counter(
+    "drift_rpc_requests_total", "HTTP JSON-RPC requests sent upstream.", ["method", "status"],
+    registry=REGISTRY,
+)
+RPC_ERRORS = Counter(
+    "drift_rpc_errors_total", "RPC requests that failed after all retries.", ["method"],
+    registry=REGISTRY,
+)
+RPC_RETRIES = Counter(
+    "drift_rpc_retries_total", "RPC requests retried.", ["method"], registry=REGISTRY,
+)
+RATE_LIMITED = Counter(
+    "drift_rate_limited_total", "HTTP 429 answers received from the RPC provider.",
+    registry=REGISTRY,
+)
+SUBSCRIPTION_FAILURES = Counter(
+    "drift_subscription_failures_total", "WebSocket subscriptions that failed or stalled.",
+    ["network"], registry=REGISTRY,
+)
+DATA_AGE_SECONDS = Gauge(
+    "drift_data_age_seconds", "Seconds since a market's data last changed.", ["market"],
+    registry=REGISTRY,
+)
+
+
+def render() -> bytes:
+    """Prometheus text exposition of the project's registry."""
+    return generate_latest(REGISTRY)

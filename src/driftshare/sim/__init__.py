@@ -1,0 +1,1 @@
+"""A local Solana RPC (HTTP + WebSocket) serving a live Drift program state."""
