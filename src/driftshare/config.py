@@ -40,6 +40,8 @@ class Settings(BaseSettings):
     retry_backoff: float = Field(2.0, gt=0)
     retry_backoff_cap: float = Field(30.0, gt=0)
 
+    init_timeout_s: float = Field(30.0, gt=0)
+
     subscription: SubscriptionMode = "websocket"
     ws_stall_s: float = Field(30.0, gt=0)
     poll_interval_s: float = Field(1.0, gt=0)

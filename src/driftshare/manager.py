@@ -1,0 +1,636 @@
+"""DriftClientManager: one shared, lazily created, reference-counted DriftClient per network."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import random
+import time
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager, suppress
+from pathlib import Path
+from typing import Any, ClassVar
+
+from driftpy.account_subscription_config import AccountSubscriptionConfig
+from driftpy.accounts.bulk_account_loader import BulkAccountLoader
+from driftpy.drift_client import DriftClient
+from driftpy.types import get_ws_url
+from solana.rpc.async_api import AsyncClient
+from solana.rpc.commitment import Confirmed
+from solana.rpc.websocket_api import connect as ws_connect
+from solders.keypair import Keypair
+
+from driftshare import metrics
+from driftshare.config import PUBLIC_RPC_URLS, Settings, load_settings, redact_url
+from driftshare.marketdata import ClientSource, MarketDataReader, MarketSource
+from driftshare.models import FundingRateData, MarketData
+from driftshare.subscription import (
+    Discovery,
+    PollingSubscriber,
+    SubscriptionMode,
+    WebsocketSubscriber,
+    discover_markets,
+)
+from driftshare.transport import RateLimitedTransport, RpcStats, install_transport
+
+__all__ = ["DriftClientManager"]
+
+log = logging.getLogger(__name__)
+
+_UNHEALTHY_CHECKS_BEFORE_RECONNECT = 3
+
+
+def _load_keypair(settings: Settings) -> Keypair:
+    """The configured signer, or a throwaway keypair for read-only use."""
+    if settings.keypair is None:
+        return Keypair()
+    secret = settings.keypair.get_secret_value().strip()
+    path = Path(secret).expanduser()
+    try:
+        if path.is_file():
+            return Keypair.from_json(path.read_text())
+        return Keypair.from_base58_string(secret)
+    except (ValueError, OSError) as exc:
+        # The message must not echo the secret itself.
+        raise ValueError(
+            f"DRIFT_KEYPAIR is neither a keypair file nor base58: {type(exc).__name__}"
+        ) from None
+
+
+async def _cancel_all(tasks: list[asyncio.Task[Any] | None]) -> None:
+    """Cancel ``tasks`` (never the caller itself) and wait until they have ended."""
+    current = asyncio.current_task()
+    pending = [t for t in tasks if t is not None and t is not current and not t.done()]
+    for task in pending:
+        task.cancel()
+    for task in pending:
+        with suppress(asyncio.CancelledError, Exception):
+            await task
+
+
+class _Shared:
+    """The shared client of one (network, RPC URL): references, lifecycle, mode and health."""
+
+    def __init__(self, network: str, url: str, settings: Settings) -> None:
+        self.network = network
+        self.url = url
+        self.settings = settings
+        self.loop = asyncio.get_running_loop()
+        self.refs = 0
+        self.client: Any = None
+        self.connection: AsyncClient | None = None
+        self.rpc = RpcStats()
+        self.mode: SubscriptionMode = settings.subscription
+        self.health = "idle"
+        self.initializations = 0
+        self.init_failures = 0
+        self.mode_switches = 0
+        self.last_error: str | None = None
+        self.unavailable: dict[int, str] = {}
+        self.created_at = time.time()
+        self.ready_at: float | None = None
+        self.last_data_at: float | None = None
+        self._data_slot = 0
+        self._attempt: asyncio.Future[Any] | None = None
+        self._init_task: asyncio.Task[None] | None = None
+        self._health_task: asyncio.Task[None] | None = None
+        self._closing: asyncio.Task[None] | None = None
+        self._reconnecting: asyncio.Task[bool] | None = None
+        self._rng = random.Random()
+
+    # -- references -------------------------------------------------------------------------
+
+    async def acquire(self) -> Any:
+        self.refs += 1
+        self._publish_refs()
+        try:
+            return await self._ready()
+        except asyncio.CancelledError:
+            self._drop_ref()
+            raise
+
+    def _drop_ref(self) -> asyncio.Task[None] | None:
+        if self.refs == 0:
+            log.info("release_client(%r) with no reference held: ignored", self.network)
+            return None
+        self.refs -= 1
+        self._publish_refs()
+        if self.refs > 0:
+            return None
+        # Detach this generation now, so a get_client arriving during the close starts afresh
+        # (after the close) instead of being handed a client about to be torn down.
+        tasks = [self._init_task, self._health_task, self._reconnecting]
+        self._settle_attempt(None)
+        self._init_task = self._health_task = self._reconnecting = None
+        self.ready_at = None
+        self._closing = asyncio.create_task(
+            self._close(tasks), name=f"driftshare-close-{self.network}"
+        )
+        return self._closing
+
+    async def release(self) -> None:
+        closing = self._drop_ref()
+        if closing is not None:
+            await asyncio.shield(closing)
+
+    def _publish_refs(self) -> None:
+        log.debug("%s references: %d", self.network, self.refs)
+        metrics.CLIENT_REF_COUNT.labels(self.network).set(self.refs)
+
+    # -- initialization ---------------------------------------------------------------------
+
+    async def _ready(self) -> Any:
+        if self.client is not None and self._init_task is None and self.ready_at is not None:
+            return self.client
+        if self._init_task is None:
+            self._attempt = self.loop.create_future()
+            self._init_task = asyncio.create_task(
+                self._init_loop(), name=f"driftshare-init-{self.network}"
+            )
+        if self._attempt is None:
+            # Between retries: callers get None now instead of blocking on the backoff.
+            return None
+        return await asyncio.shield(self._attempt)
+
+    def _settle_attempt(self, result: Any) -> None:
+        if self._attempt is not None and not self._attempt.done():
+            self._attempt.set_result(result)
+        self._attempt = None
+
+    async def _init_loop(self) -> None:
+        settings = self.settings
+        try:
+            if self._closing is not None:
+                await asyncio.shield(self._closing)
+            for attempt in range(settings.max_retries + 1):
+                if self.refs == 0:
+                    return
+                if attempt:
+                    cap = min(
+                        settings.retry_backoff_cap, settings.retry_backoff * 2 ** (attempt - 1)
+                    )
+                    await asyncio.sleep(self._rng.uniform(0, cap))
+                    self._attempt = self.loop.create_future()
+                try:
+                    await asyncio.wait_for(self._start(), settings.init_timeout_s)
+                except Exception as exc:  # any failure: log, hand out None, retry in background
+                    self._record_failure(exc, attempt)
+                    await self._discard_subscriber()
+                    self._settle_attempt(None)
+                    continue
+                self._settle_attempt(self.client)
+                return
+            log.warning(
+                "giving up on the %s DriftClient after %d attempts; the next get_client retries",
+                self.network,
+                settings.max_retries + 1,
+            )
+        finally:
+            if self._init_task is asyncio.current_task():
+                self._settle_attempt(None)
+                self._init_task = None
+
+    def _record_failure(self, exc: BaseException, attempt: int) -> None:
+        self.init_failures += 1
+        self.health = "down"
+        cause = f"{type(exc).__name__}: {exc}" if str(exc) else type(exc).__name__
+        self.last_error = cause.replace(self.url, redact_url(self.url))
+        level = logging.WARNING if attempt == 0 else logging.DEBUG
+        log.log(
+            level,
+            "cannot start the %s DriftClient at %s (%s); retrying in the background",
+            self.network,
+            redact_url(self.url),
+            self.last_error,
+        )
+
+    def _new_connection(self) -> AsyncClient:
+        settings = self.settings
+        connection = AsyncClient(self.url, commitment=Confirmed, timeout=settings.request_timeout_s)
+        install_transport(connection, RateLimitedTransport.from_settings(settings, stats=self.rpc))
+        return connection
+
+    async def _start(self) -> None:
+        self.health = "connecting"
+        if self.client is None:
+            self.connection = self._new_connection()
+            self.client = DriftClient(
+                self.connection,
+                _load_keypair(self.settings),
+                env=self.network,
+                account_subscription=AccountSubscriptionConfig("websocket", commitment=Confirmed),
+                perp_market_indexes=[],
+                spot_market_indexes=[],
+                oracle_infos=[],
+            )
+        log.info("starting the shared %s DriftClient at %s", self.network, redact_url(self.url))
+        await self._subscribe(self.settings.subscription)
+        self.initializations += 1
+        metrics.CLIENT_INITIALIZATIONS.labels(self.network).inc()
+        self.ready_at = time.time()
+        self.health = "healthy"
+        self._note_data()
+        self._health_task = asyncio.create_task(
+            self._health_loop(), name=f"driftshare-health-{self.network}"
+        )
+        log.info(
+            "shared %s DriftClient ready: %d perp markets by %s (%d unavailable)",
+            self.network,
+            len(self.client.get_perp_market_accounts()),
+            self.mode,
+            len(self.unavailable),
+        )
+
+    async def _subscribe(self, mode: SubscriptionMode) -> None:
+        """Discover the markets and subscribe in ``mode``; websocket falls back to polling."""
+        program = self.client.program
+        discovery = await discover_markets(program, self.settings.perp_markets)
+        self.unavailable = discovery.unavailable
+        if mode == "websocket":
+            try:
+                await self._install_subscriber(self._websocket(discovery))
+                self.mode = "websocket"
+                return
+            except Exception as exc:  # any websocket failure: fall back to polling
+                metrics.SUBSCRIPTION_FAILURES.labels(self.network).inc()
+                log.warning("websocket subscription failed (%r); polling instead", exc)
+        await self._install_subscriber(self._polling(discovery))
+        self.mode = "polling"
+
+    def _websocket(self, discovery: Discovery) -> WebsocketSubscriber:
+        return WebsocketSubscriber(self.client.program, discovery, Confirmed)
+
+    def _polling(self, discovery: Discovery) -> PollingSubscriber:
+        loader = BulkAccountLoader(self.connection, Confirmed, self.settings.poll_interval_s)
+        return PollingSubscriber(self.client.program, loader, discovery)
+
+    async def _install_subscriber(self, subscriber: Any) -> None:
+        try:
+            await asyncio.wait_for(subscriber.subscribe(), self.settings.init_timeout_s)
+        except BaseException:
+            with suppress(Exception):
+                await subscriber.unsubscribe()
+            raise
+        previous, self.client.account_subscriber = self.client.account_subscriber, subscriber
+        if previous is not subscriber:
+            with suppress(Exception):
+                await previous.unsubscribe()
+
+    async def _discard_subscriber(self) -> None:
+        if self.client is not None:
+            with suppress(Exception):
+                await self.client.account_subscriber.unsubscribe()
+
+    # -- health, stall detection, reconnection ----------------------------------------------
+
+    def data_slot(self) -> int:
+        """The newest slot among the subscribed markets' and oracles' data."""
+        if self.client is None or self.ready_at is None:
+            return 0
+        subscriber = self.client.account_subscriber
+        slots = [ds.slot for ds in subscriber.get_market_accounts_and_slots() if ds is not None]
+        oracle_data = getattr(subscriber, "oracle", None)
+        if oracle_data is None:
+            oracle_data = getattr(getattr(subscriber, "oracle_subscriber", None), "data_map", {})
+        slots.extend(ds.slot for ds in oracle_data.values() if ds is not None)
+        return max(slots, default=0)
+
+    def _note_data(self) -> bool:
+        slot = self.data_slot()
+        if slot > self._data_slot:
+            self._data_slot = slot
+            self.last_data_at = time.time()
+            return True
+        return False
+
+    async def _health_loop(self) -> None:
+        settings = self.settings
+        failures = 0
+        rpc_slot_at_progress = 0
+        polling_since: float | None = None
+        while True:
+            await asyncio.sleep(settings.health_interval_s)
+            try:
+                rpc_slot = (await self.connection.get_slot()).value  # type: ignore[union-attr]
+            except Exception as exc:  # an unhealthy RPC: count and, past a limit, rebuild
+                failures += 1
+                self.health = "degraded"
+                self.last_error = f"health check failed: {type(exc).__name__}"
+                if failures >= _UNHEALTHY_CHECKS_BEFORE_RECONNECT:
+                    failures = 0
+                    self.reconnect_in_background()
+                continue
+            failures = 0
+            self.health = "healthy"
+            now = time.time()
+            if self._note_data():
+                rpc_slot_at_progress = rpc_slot
+            stalled = (
+                self.last_data_at is not None
+                and now - self.last_data_at >= settings.ws_stall_s
+                and rpc_slot > rpc_slot_at_progress
+            )
+            if self.mode == "websocket" and stalled:
+                metrics.SUBSCRIPTION_FAILURES.labels(self.network).inc()
+                log.warning(
+                    "no websocket data for %.0fs while slots advance; polling instead",
+                    now - (self.last_data_at or now),
+                )
+                await self._switch("polling")
+                polling_since = now
+            elif (
+                self.mode == "polling"
+                and settings.subscription == "websocket"
+                and now - (polling_since or 0) >= settings.ws_stall_s
+                and await self._websocket_works()
+            ):
+                log.info("websocket notifications flow again; leaving polling")
+                await self._switch("websocket")
+                polling_since = None
+
+    async def _switch(self, mode: SubscriptionMode) -> None:
+        try:
+            await self._subscribe(mode)
+        except Exception as exc:  # keep the current subscriber; the next check tries again
+            log.warning("cannot switch to %s: %r", mode, exc)
+            return
+        self.mode_switches += 1
+        self._data_slot = 0
+        self._note_data()
+
+    async def _websocket_works(self) -> bool:
+        """One short slot subscription: does the WebSocket endpoint deliver notifications?"""
+        async def probe() -> bool:
+            async with ws_connect(get_ws_url(self.url)) as ws:
+                await ws.slot_subscribe()
+                await ws.recv()
+                await ws.recv()
+                return True
+
+        try:
+            return await asyncio.wait_for(probe(), self.settings.ws_stall_s)
+        except Exception:  # unreachable or silent: not yet
+            return False
+
+    def reconnect_in_background(self) -> None:
+        if self._reconnecting is None or self._reconnecting.done():
+            self._reconnecting = asyncio.create_task(self.reconnect())
+
+    async def reconnect(self) -> bool:
+        """Tear down the subscriptions and connection and rebuild them on the same client."""
+        if self.refs == 0:
+            return False
+        if self._init_task is not None:
+            return await self._ready() is not None
+        log.info("reconnecting the shared %s DriftClient", self.network)
+        await _cancel_all([self._health_task])
+        self._health_task = None
+        await self._discard_subscriber()
+        if self.connection is not None:
+            with suppress(Exception):
+                await self.connection.close()
+        self.connection = None
+        self.client = None
+        self.ready_at = None
+        self._data_slot = 0
+        return await self._ready() is not None
+
+    # -- cleanup ----------------------------------------------------------------------------
+
+    async def _close(self, tasks: list[asyncio.Task[Any] | None]) -> None:
+        await _cancel_all(tasks)
+        if self.client is not None:
+            log.info("last reference released: closing the shared %s DriftClient", self.network)
+        await self._discard_subscriber()
+        if self.connection is not None:
+            with suppress(Exception):
+                await self.connection.close()
+        self.client = None
+        self.connection = None
+        self.ready_at = None
+        self.health = "idle"
+        self.mode = self.settings.subscription
+        self._data_slot = 0
+
+    def source(self) -> MarketSource | None:
+        """The subscribed accounts to read from, or None while they cannot be trusted."""
+        if self.client is None or self.ready_at is None or self.health != "healthy":
+            return None
+        return ClientSource(self.client)
+
+    def snapshot(self) -> dict[str, Any]:
+        self._note_data()
+        now = time.time()
+        rpc = self.rpc.snapshot()
+        return {
+            "network": self.network,
+            "rpc_url": redact_url(self.url),
+            "references": self.refs,
+            "initialized": self.client is not None and self.ready_at is not None,
+            "initializations": self.initializations,
+            "init_failures": self.init_failures,
+            "subscription_mode": self.mode,
+            "mode_switches": self.mode_switches,
+            "health": self.health,
+            "last_error": self.last_error,
+            "unavailable_markets": dict(self.unavailable),
+            "rpc": rpc,
+            "rate_limited": rpc.get("rate_limited", 0),
+            "retries": rpc.get("retries", 0),
+            "time_to_ready_s": (self.ready_at - self.created_at) if self.ready_at else None,
+            "last_update_age_s": (now - self.last_data_at) if self.last_data_at else None,
+            "data_slot": self._data_slot,
+        }
+
+
+class DriftClientManager:
+    """The process-wide registry of shared DriftClients, one per (network, RPC URL).
+
+    Every method is a classmethod: engines call ``await DriftClientManager.get_client()``
+    and ``await DriftClientManager.release_client()``, or use :meth:`session`.
+    """
+
+    _settings: ClassVar[Settings | None] = None
+    _shared: ClassVar[dict[tuple[str, str], _Shared]] = {}
+    _readers: ClassVar[dict[tuple[str, str], tuple[MarketDataReader, list[_Shared | None]]]] = {}
+
+    @classmethod
+    def configure(cls, settings: Settings | None = None, **overrides: Any) -> Settings:
+        """Set the settings for clients created from now on (connects nothing)."""
+        cls._settings = settings if settings is not None else load_settings(**overrides)
+        return cls._settings
+
+    @classmethod
+    def settings(cls) -> Settings:
+        if cls._settings is None:
+            cls._settings = load_settings()
+        return cls._settings
+
+    @classmethod
+    def _url(cls, network: str | None, rpc_url: str | None) -> tuple[str, str]:
+        settings = cls.settings()
+        network = network or settings.network
+        if rpc_url is None:
+            rpc_url = settings.rpc_url if network == settings.network and settings.rpc_url else None
+        return network, rpc_url or PUBLIC_RPC_URLS[network]
+
+    @classmethod
+    def _find(cls, network: str | None, rpc_url: str | None) -> _Shared | None:
+        return cls._shared.get(cls._url(network, rpc_url))
+
+    @classmethod
+    def _shared_for(cls, network: str | None, rpc_url: str | None) -> _Shared | None:
+        key = cls._url(network, rpc_url)
+        loop = asyncio.get_running_loop()
+        shared = cls._shared.get(key)
+        if shared is not None and shared.loop is not loop:
+            if not shared.loop.is_closed():
+                log.error("the shared %s DriftClient belongs to another running event loop", key[0])
+                return None
+            # Its loop is gone, and with it every socket and task it had: start afresh.
+            shared = None
+        if shared is None:
+            shared = cls._shared[key] = _Shared(key[0], key[1], cls.settings())
+        return shared
+
+    @classmethod
+    async def get_client(
+        cls, network: str | None = None, *, rpc_url: str | None = None
+    ) -> DriftClient | None:
+        """The shared client, created and subscribed on first use; adds one reference.
+
+        ``None`` when it cannot be had now (it keeps trying in the background while
+        references are held); never an exception.
+        """
+        try:
+            shared = cls._shared_for(network, rpc_url)
+        except (KeyError, ValueError) as exc:
+            log.error("cannot get a DriftClient for network %r: %s", network, exc)
+            return None
+        if shared is None:
+            return None
+        client: DriftClient | None = await shared.acquire()
+        return client
+
+    @classmethod
+    async def release_client(
+        cls, network: str | None = None, *, rpc_url: str | None = None
+    ) -> None:
+        """Drop one reference; the last one unsubscribes and closes everything."""
+        shared = cls._find(network, rpc_url)
+        if shared is None or shared.loop is not asyncio.get_running_loop():
+            log.info("release_client(%r) with no reference held: ignored", network)
+            return
+        await shared.release()
+
+    @classmethod
+    @asynccontextmanager
+    async def session(
+        cls, network: str | None = None, *, rpc_url: str | None = None
+    ) -> AsyncIterator[DriftClient | None]:
+        """``async with DriftClientManager.session() as client:`` pairs get and release."""
+        client = await cls.get_client(network, rpc_url=rpc_url)
+        try:
+            yield client
+        finally:
+            await cls.release_client(network, rpc_url=rpc_url)
+
+    @classmethod
+    def is_initialized(cls, network: str | None = None, *, rpc_url: str | None = None) -> bool:
+        shared = cls._find(network, rpc_url)
+        return shared is not None and shared.client is not None and shared.ready_at is not None
+
+    @classmethod
+    async def force_reconnect(
+        cls, network: str | None = None, *, rpc_url: str | None = None
+    ) -> bool:
+        """Rebuild the connection and subscriptions under the same references."""
+        shared = cls._find(network, rpc_url)
+        if shared is None or shared.loop is not asyncio.get_running_loop():
+            return False
+        return await shared.reconnect()
+
+    @classmethod
+    def stats(cls, network: str | None = None, *, rpc_url: str | None = None) -> dict[str, Any]:
+        """A plain snapshot of the shared client: references, mode, health, RPC, cache."""
+        key = cls._url(network, rpc_url)
+        shared = cls._shared.get(key)
+        if shared is None:
+            snapshot: dict[str, Any] = {
+                "network": key[0],
+                "rpc_url": redact_url(key[1]),
+                "references": 0,
+                "initialized": False,
+                "initializations": 0,
+            }
+        else:
+            snapshot = shared.snapshot()
+        reader = cls._readers.get(key)
+        snapshot["cache"] = reader[0].cache.stats() if reader else {"hits": {}, "misses": {}}
+        return snapshot
+
+    # -- cached market data (no RPC request per read) -----------------------------------------
+
+    @classmethod
+    def market_data(
+        cls, network: str | None = None, *, rpc_url: str | None = None
+    ) -> MarketDataReader:
+        """The cached reader over the shared client; it holds one reference once used."""
+        key = cls._url(network, rpc_url)
+        entry = cls._readers.get(key)
+        if entry is not None:
+            return entry[0]
+        held: list[_Shared | None] = [None]
+
+        async def source() -> MarketSource | None:
+            shared = cls._shared.get(key)
+            if shared is None or shared is not held[0] or shared.refs == 0:
+                await cls.get_client(key[0], rpc_url=key[1])
+                shared = held[0] = cls._shared.get(key)
+            return None if shared is None else shared.source()
+
+        reader = MarketDataReader(source, settings=cls.settings(), network=key[0])  # type: ignore[arg-type]
+        cls._readers[key] = (reader, held)
+        return reader
+
+    @classmethod
+    async def get_funding_rate(
+        cls, market: str | int, network: str | None = None
+    ) -> FundingRateData | None:
+        """Funding of one perp market from the shared client, cached; never raises."""
+        return await cls.market_data(network).get_funding_rate(market)
+
+    @classmethod
+    async def get_all_perp_markets(cls, network: str | None = None) -> list[MarketData]:
+        """Every subscribed perp market from the shared client, cached."""
+        return await cls.market_data(network).get_all_perp_markets()
+
+    @classmethod
+    async def get_market(cls, market: str | int, network: str | None = None) -> MarketData | None:
+        return await cls.market_data(network).get_market(market)
+
+    @classmethod
+    async def get_mark_price(cls, market: str | int, network: str | None = None) -> float | None:
+        return await cls.market_data(network).get_mark_price(market)
+
+    @classmethod
+    async def get_open_interest(cls, market: str | int, network: str | None = None) -> float | None:
+        return await cls.market_data(network).get_open_interest(market)
+
+    @classmethod
+    def shared_state(
+        cls, network: str | None = None, *, rpc_url: str | None = None
+    ) -> _Shared | None:
+        """The internal state of one shared client (for the market-data layer and tests)."""
+        return cls._find(network, rpc_url)
+
+    @classmethod
+    async def shutdown(cls) -> None:
+        """Close every shared client regardless of references (process exit, tests)."""
+        loop = asyncio.get_running_loop()
+        cls._readers.clear()
+        for key, shared in list(cls._shared.items()):
+            if shared.loop is loop and shared.refs:
+                shared.refs = 1
+                await shared.release()
+            del cls._shared[key]

@@ -1,0 +1,297 @@
+"""Discovering Drift's markets and subscribing a DriftClient to them, by websocket or polling.
+
+driftpy's own "find all markets" path decodes every market in one go, so a single account
+it cannot decode (a layout newer than the installed driftpy, corrupt data) fails the whole
+subscription. Here discovery decodes account by account, and the subscribers are driftpy's
+own, subclassed only where they would otherwise die on one bad account or wait one poll
+interval per oracle.
+"""
+
+from __future__ import annotations
+
+import base64
+import logging
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from functools import cache
+from typing import Any, Literal
+
+from driftpy.accounts.bulk_account_loader import BulkAccountLoader
+from driftpy.accounts.oracle import decode_oracle, get_oracle_decode_fn
+from driftpy.accounts.polling import PollingDriftClientAccountSubscriber
+from driftpy.accounts.types import DataAndSlot, FullOracleWrapper
+from driftpy.accounts.ws import WebsocketDriftClientAccountSubscriber
+from driftpy.accounts.ws.account_subscriber import WebsocketAccountSubscriber
+from driftpy.addresses import (
+    get_perp_market_public_key,
+    get_spot_market_public_key,
+    get_state_public_key,
+)
+from driftpy.market_map.market_map import MarketMap
+from driftpy.market_map.market_map_config import MarketMapConfig, WebsocketConfig
+from driftpy.memcmp import get_market_type_filter
+from driftpy.oracles.oracle_id import get_oracle_id
+from driftpy.types import MarketType, OracleInfo
+from solana.rpc.commitment import Commitment
+from solders.pubkey import Pubkey
+
+__all__ = [
+    "Discovery",
+    "PollingSubscriber",
+    "SubscriptionMode",
+    "WebsocketSubscriber",
+    "discover_markets",
+]
+
+log = logging.getLogger(__name__)
+
+SubscriptionMode = Literal["websocket", "polling"]
+
+_MAX_MARKET_INDEX = 512
+_GMA_CHUNK = 100
+
+
+@dataclass
+class Discovery:
+    """The program's markets and oracles as found on chain, with what could not be decoded."""
+
+    slot: int
+    perp: list[DataAndSlot] = field(default_factory=list)
+    spot: list[DataAndSlot] = field(default_factory=list)
+    oracles: list[FullOracleWrapper] = field(default_factory=list)
+    unavailable: dict[int, str] = field(default_factory=dict)
+    """Perp market index → why it is not served."""
+
+    @property
+    def perp_indexes(self) -> list[int]:
+        return sorted(ds.data.market_index for ds in self.perp)
+
+    @property
+    def spot_indexes(self) -> list[int]:
+        return sorted(ds.data.market_index for ds in self.spot)
+
+    def oracle_infos(self) -> list[OracleInfo]:
+        return [OracleInfo(w.pubkey, w.oracle_source) for w in self.oracles]
+
+
+@cache
+def _index_by_pda(program_id: Pubkey, kind: str) -> dict[Pubkey, int]:
+    derive = get_perp_market_public_key if kind == "perp" else get_spot_market_public_key
+    return {derive(program_id, i): i for i in range(_MAX_MARKET_INDEX)}
+
+
+async def _program_accounts(program: Any, market_type: Any) -> tuple[int, list[dict[str, Any]]]:
+    # Raw JSON-RPC through the client's session (so through driftshare's transport), as driftpy
+    # does, because solana-py's typed call drops the context slot.
+    memcmp = get_market_type_filter(market_type)
+    request = {
+        "jsonrpc": "2.0",
+        "id": 1,
+        "method": "getProgramAccounts",
+        "params": [
+            str(program.program_id),
+            {
+                "encoding": "base64",
+                "withContext": True,
+                "filters": [{"memcmp": {"offset": memcmp.offset, "bytes": str(memcmp.bytes)}}],
+            },
+        ],
+    }
+    provider = program.provider.connection._provider
+    response = await provider.session.post(provider.endpoint_uri, json=request)
+    response.raise_for_status()
+    body = response.json()
+    if "error" in body:
+        raise RuntimeError(f"getProgramAccounts failed: {body['error'].get('message')}")
+    result = body["result"]
+    return int(result["context"]["slot"]), list(result["value"])
+
+
+def _decode_markets(
+    program: Any, kind: str, slot: int, raw: list[dict[str, Any]], unavailable: dict[int, str]
+) -> list[DataAndSlot]:
+    by_pda = _index_by_pda(program.program_id, kind)
+    decoded: list[DataAndSlot] = []
+    for item in raw:
+        pubkey = Pubkey.from_string(item["pubkey"])
+        try:
+            data = program.coder.accounts.decode(base64.b64decode(item["account"]["data"][0]))
+        except Exception as exc:  # any decoder failure makes just this market unavailable
+            index = by_pda.get(pubkey)
+            reason = f"cannot decode {kind} market account {pubkey}: {exc!r}"
+            log.warning("%s; serving the other markets", reason)
+            if kind == "perp" and index is not None:
+                unavailable[index] = reason
+            continue
+        decoded.append(DataAndSlot(slot, data))
+    return decoded
+
+
+async def _oracles(connection: Any, sources: dict[Pubkey, Any]) -> list[FullOracleWrapper]:
+    keys = list(sources)
+    wrappers: list[FullOracleWrapper] = []
+    for start in range(0, len(keys), _GMA_CHUNK):
+        chunk = keys[start : start + _GMA_CHUNK]
+        resp = await connection.get_multiple_accounts(chunk, encoding="base64")
+        slot = resp.context.slot
+        for pubkey, account in zip(chunk, resp.value, strict=True):
+            if account is None:
+                log.warning("oracle account %s not found", pubkey)
+                continue
+            try:
+                price = decode_oracle(bytes(account.data), sources[pubkey])
+            except Exception as exc:  # one unreadable oracle must not hide the others
+                log.warning("cannot decode oracle %s: %r", pubkey, exc)
+                continue
+            wrappers.append(FullOracleWrapper(pubkey, sources[pubkey], DataAndSlot(slot, price)))
+    return wrappers
+
+
+async def discover_markets(program: Any, perp_subset: Sequence[int] | None = None) -> Discovery:
+    """Every perp and spot market of ``program`` (or the ``perp_subset``), decoded one by one."""
+    unavailable: dict[int, str] = {}
+    perp_slot, perp_raw = await _program_accounts(program, MarketType.Perp())
+    spot_slot, spot_raw = await _program_accounts(program, MarketType.Spot())
+    perp = _decode_markets(program, "perp", perp_slot, perp_raw, unavailable)
+    spot = _decode_markets(program, "spot", spot_slot, spot_raw, unavailable)
+    if perp_subset is not None:
+        wanted = set(perp_subset)
+        perp = [ds for ds in perp if ds.data.market_index in wanted]
+        unavailable = {i: r for i, r in unavailable.items() if i in wanted}
+        for index in wanted - {ds.data.market_index for ds in perp} - set(unavailable):
+            unavailable[index] = "no such perp market on chain"
+    sources: dict[Pubkey, Any] = {}
+    for ds in perp:
+        sources[ds.data.amm.oracle] = ds.data.amm.oracle_source
+    for ds in spot:
+        sources[ds.data.oracle] = ds.data.oracle_source
+    sources.pop(Pubkey.default(), None)
+    oracles = await _oracles(program.provider.connection, sources)
+    return Discovery(max(perp_slot, spot_slot), perp, spot, oracles, unavailable)
+
+
+class _TolerantDecoder:
+    """Decode market accounts, keeping the last good value when one turns undecodable.
+
+    A market account starts with its own address, so a corrupt account can still be
+    recognised as long as those 40 bytes are intact.
+    """
+
+    def __init__(self, program: Any, unavailable: dict[int, str]) -> None:
+        self._decode: Callable[[bytes], Any] = program.coder.accounts.decode
+        self._last: dict[bytes, Any] = {}
+        self._unavailable = unavailable
+
+    def __call__(self, data: bytes) -> Any:
+        key = bytes(data[8:40])
+        try:
+            decoded = self._decode(data)
+        except Exception as exc:
+            last = self._last.get(key)
+            if last is None:
+                raise
+            index = last.market_index
+            if index not in self._unavailable:
+                log.warning("market %s became undecodable: %r; serving its last value", index, exc)
+            self._unavailable[index] = f"cannot decode market account: {exc!r}"
+            return last
+        self._last[key] = decoded
+        self._unavailable.pop(getattr(decoded, "market_index", -1), None)
+        return decoded
+
+
+class WebsocketSubscriber(WebsocketDriftClientAccountSubscriber):  # type: ignore[misc]
+    """driftpy's websocket subscriber, fed by :func:`discover_markets` instead of its own."""
+
+    def __init__(self, program: Any, discovery: Discovery, commitment: Commitment) -> None:
+        super().__init__(
+            program,
+            discovery.perp_indexes,
+            discovery.spot_indexes,
+            discovery.oracles,
+            False,
+            commitment,
+        )
+        self._discovery = discovery
+        self._decoder = _TolerantDecoder(program, discovery.unavailable)
+
+    def _market_map(self, market_type: Any, initial: list[DataAndSlot]) -> MarketMap:
+        connection = self.program.provider.connection
+        market_map = MarketMap(
+            MarketMapConfig(self.program, market_type, WebsocketConfig(), connection)
+        )
+        market_map.subscription.decode = self._decoder
+        market_map.init(initial)
+        return market_map
+
+    async def subscribe(self) -> None:
+        if self.is_subscribed():
+            return
+        self.state_subscriber = WebsocketAccountSubscriber(
+            get_state_public_key(self.program.program_id), self.program, self.commitment
+        )
+        await self.state_subscriber.subscribe()
+        self.perp_market_map = self._market_map(MarketType.Perp(), self._discovery.perp)
+        self.spot_market_map = self._market_map(MarketType.Spot(), self._discovery.spot)
+        for wrapper in self._discovery.oracles:
+            await self.subscribe_to_oracle(wrapper)
+        await self.oracle_subscriber.subscribe()
+        await self.spot_market_map.subscribe()
+        await self.perp_market_map.subscribe()
+        await self._set_perp_oracle_map()
+        await self._set_spot_oracle_map()
+
+
+class PollingSubscriber(PollingDriftClientAccountSubscriber):  # type: ignore[misc]
+    """driftpy's polling subscriber over one BulkAccountLoader, without per-oracle waits."""
+
+    def __init__(self, program: Any, loader: BulkAccountLoader, discovery: Discovery) -> None:
+        super().__init__(
+            program,
+            loader,
+            discovery.perp_indexes,
+            discovery.spot_indexes,
+            discovery.oracle_infos(),
+            False,
+        )
+        self._decoder = _TolerantDecoder(program, discovery.unavailable)
+
+    async def subscribe(self) -> None:
+        if len(self.callbacks) != 0:
+            return
+        await self.update_accounts_to_poll()
+        await self.bulk_account_loader.load()
+        if self.state is None:
+            raise RuntimeError("state account not found while polling")
+        await self._set_perp_oracle_map()
+        await self._set_spot_oracle_map()
+
+    async def add_oracle(self, oracle: Pubkey, oracle_source: Any) -> bool:
+        # driftpy waits up to three poll intervals per oracle here; one load after
+        # registering every account serves them all.
+        oracle_id = get_oracle_id(oracle, oracle_source)
+        if oracle == Pubkey.default() or oracle_id in self.oracle_callbacks:
+            return True
+        decode = get_oracle_decode_fn(oracle_source)
+
+        def on_oracle(buffer: bytes | None, slot: int) -> None:
+            if buffer is None:
+                return
+            try:
+                self.oracle[oracle_id] = DataAndSlot(slot, decode(buffer))
+            except Exception as exc:
+                log.debug("cannot decode oracle %s: %r", oracle, exc)
+
+        self.oracle_callbacks[oracle_id] = self.bulk_account_loader.add_account(oracle, on_oracle)
+        return True
+
+    def _get_perp_market_callback(self, market_index: int) -> Callable[[bytes | None, int], None]:
+        def on_market(buffer: bytes | None, slot: int) -> None:
+            if buffer is None:
+                return
+            try:
+                self.perp_markets[market_index] = DataAndSlot(slot, self._decoder(buffer))
+            except Exception as exc:
+                log.debug("cannot decode perp market %s: %r", market_index, exc)
+
+        return on_market
