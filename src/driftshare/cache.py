@@ -1,0 +1,187 @@
+"""A TTL cache for market data: single flight per key, and stale values while upstream is down."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import re
+import time
+from collections import Counter
+from collections.abc import Awaitable, Callable, Hashable
+from dataclasses import dataclass
+from typing import Any, Generic, TypeVar
+
+from prometheus_client import Counter as PromCounter
+
+from driftshare import metrics
+from driftshare.config import redact_url
+
+__all__ = ["CacheEntry", "Cached", "TTLCache"]
+
+T = TypeVar("T")
+
+_log = logging.getLogger(__name__)
+# Upstream errors may quote the RPC URL, API key included.
+_URL = re.compile(r"https?://[^\s'\"]+")
+
+
+@dataclass(frozen=True, slots=True)
+class Cached(Generic[T]):
+    """A value read from :class:`TTLCache`."""
+
+    value: T
+    stale: bool
+    """True when upstream failed and this is the last known value, older than its TTL."""
+    age_s: float
+    """Seconds since the value was computed."""
+
+
+CacheEntry = Cached
+
+
+@dataclass(slots=True)
+class _Entry:
+    value: Any
+    computed_at: float
+    ttl: float
+
+
+# Hand-written: cachetools (global TTL, sync), async-lru (no stale-on-error, loop clock) and
+# aiocache (no single flight) each lack one of per-entry TTL, single flight, stale-on-error
+# and an injectable clock.
+class TTLCache:
+    """Values by key, each fresh for the TTL of the call that stored it.
+
+    :meth:`get` answers a fresh value without computing; otherwise one computation per key
+    runs however many callers wait for it. When it raises or returns ``None`` the last
+    known value is served as stale for up to ``max_staleness_s`` seconds after it was
+    computed. ``clock`` gives the time in seconds.
+    """
+
+    def __init__(
+        self, *, clock: Callable[[], float] = time.monotonic, max_staleness_s: float = 300.0
+    ) -> None:
+        if not max_staleness_s >= 0:
+            raise ValueError(f"max_staleness_s must be >= 0, got {max_staleness_s!r}")
+        self._clock = clock
+        self.max_staleness_s = max_staleness_s
+        self._entries: dict[Hashable, _Entry] = {}
+        self._inflight: dict[Hashable, asyncio.Task[Any]] = {}
+        self._hits: Counter[str] = Counter()
+        self._misses: Counter[str] = Counter()
+        self._hit_metrics: dict[str, PromCounter] = {}
+
+    async def get(
+        self,
+        key: Hashable,
+        *,
+        ttl: float,
+        compute: Callable[[], Awaitable[T | None]],
+        kind: str,
+    ) -> Cached[T] | None:
+        """The value for ``key``: cached if fresh, else computed (once for all callers).
+
+        ``None`` when the computation fails and no value younger than ``max_staleness_s``
+        is known. A computation's exception is logged, never raised.
+        """
+        if not ttl >= 0:
+            raise ValueError(f"ttl must be >= 0, got {ttl!r}")
+        fresh: Cached[T] | None = self.get_fresh(key, kind=kind)
+        if fresh is not None:
+            return fresh
+        self._misses[kind] += 1
+        metrics.CACHE_MISSES.labels(kind=kind).inc()
+        task = self._inflight.get(key)
+        loop = asyncio.get_running_loop()
+        # A task of another (possibly closed) loop can never be awaited here: start afresh.
+        if task is None or task.get_loop() is not loop:
+            task = loop.create_task(self._compute(key, ttl, compute, kind))
+            self._inflight[key] = task
+        try:
+            result = await asyncio.shield(task)
+        except asyncio.CancelledError:
+            current = asyncio.current_task()
+            if current is not None and current.cancelling():
+                raise
+            # The computation was cancelled, not this caller: that is a failed computation.
+            result = None
+        if result is not None:
+            return Cached(result.value, False, self._clock() - result.computed_at)
+        return self._stale(key)
+
+    def get_fresh(self, key: Hashable, *, kind: str | None = None) -> Cached[Any] | None:
+        """The value for ``key`` if it is within its TTL, without waiting; a hit if ``kind``."""
+        entry = self._entries.get(key)
+        if entry is None:
+            return None
+        age = self._clock() - entry.computed_at
+        if age >= entry.ttl:
+            return None
+        if kind is not None:
+            self._count_hit(kind)
+        return Cached(entry.value, False, age)
+
+    def peek(self, key: Hashable) -> Cached[Any] | None:
+        """The stored value for ``key`` however old, marked stale past its TTL; not counted."""
+        entry = self._entries.get(key)
+        if entry is None:
+            return None
+        age = self._clock() - entry.computed_at
+        return Cached(entry.value, age >= entry.ttl, age)
+
+    def invalidate(self, key: Hashable) -> None:
+        """Forget ``key``; a computation already running for it will not store its result."""
+        self._entries.pop(key, None)
+        self._inflight.pop(key, None)
+
+    def clear(self) -> None:
+        """Forget every key, as :meth:`invalidate` does."""
+        self._entries.clear()
+        self._inflight.clear()
+
+    def stats(self) -> dict[str, Any]:
+        """Hits and misses by kind, stored entries and running computations."""
+        return {
+            "hits": dict(sorted(self._hits.items())),
+            "misses": dict(sorted(self._misses.items())),
+            "entries": len(self._entries),
+            "inflight": len(self._inflight),
+        }
+
+    def _count_hit(self, kind: str) -> None:
+        self._hits[kind] += 1
+        counter = self._hit_metrics.get(kind)
+        if counter is None:
+            counter = self._hit_metrics[kind] = metrics.CACHE_HITS.labels(kind=kind)
+        counter.inc()
+
+    async def _compute(
+        self, key: Hashable, ttl: float, compute: Callable[[], Awaitable[Any]], kind: str
+    ) -> _Entry | None:
+        me = asyncio.current_task()
+        value: Any = None
+        try:
+            value = await compute()
+        except Exception as exc:
+            detail = _URL.sub(lambda m: redact_url(m.group()), str(exc))
+            _log.warning("computing %s %r failed: %s: %s", kind, key, type(exc).__name__, detail)
+        finally:
+            registered = self._inflight.get(key) is me
+            if registered:
+                del self._inflight[key]
+        if value is None:
+            return None
+        entry = _Entry(value, self._clock(), ttl)
+        if registered:
+            self._entries[key] = entry
+        return entry
+
+    def _stale(self, key: Hashable) -> Cached[Any] | None:
+        entry = self._entries.get(key)
+        if entry is None:
+            return None
+        age = self._clock() - entry.computed_at
+        if age > self.max_staleness_s:
+            del self._entries[key]
+            return None
+        return Cached(entry.value, age >= entry.ttl, age)

@@ -1,0 +1,428 @@
+"""The one HTTP transport for JSON-RPC traffic: client-side rate limit, retries and accounting."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+import math
+import random
+import re
+import time
+from collections import Counter
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from email.utils import parsedate_to_datetime
+from typing import Any
+
+import httpx
+from aiolimiter import AsyncLimiter
+from solana.rpc.async_api import AsyncClient
+from solana.rpc.commitment import Commitment
+from tenacity import (
+    AsyncRetrying,
+    RetryCallState,
+    retry_if_exception_type,
+    retry_if_result,
+    stop_after_attempt,
+)
+
+from driftshare import metrics
+from driftshare.config import Settings, redact_url
+
+__all__ = [
+    "RateLimitedTransport",
+    "RpcStats",
+    "install_transport",
+    "make_async_client",
+    "retry_after_seconds",
+]
+
+_log = logging.getLogger(__name__)
+
+_RETRYABLE_ERRORS = (httpx.TimeoutException, httpx.NetworkError, httpx.RemoteProtocolError)
+# Only plausible JSON-RPC method names become metric labels, keeping label cardinality bounded.
+_METHOD_NAME = re.compile(r"[A-Za-z][A-Za-z0-9_]{0,63}")
+_MAX_BACKOFF_EXPONENT = 62
+_GZIP_MAGIC = b"\x1f\x8b"
+
+
+class RpcStats:
+    """Upstream RPC requests by method and status, retries, 429 answers and final failures.
+
+    A status is the HTTP status code as text, ``"timeout"`` or ``"error"``. Every update
+    also feeds the Prometheus metrics in :mod:`driftshare.metrics`.
+    """
+
+    def __init__(self) -> None:
+        self._requests: Counter[tuple[str, str]] = Counter()
+        self._retries: Counter[str] = Counter()
+        self._failures: Counter[str] = Counter()
+        self.rate_limited = 0
+
+    def record_request(self, method: str, status: str) -> None:
+        """Count one request sent upstream and how it ended."""
+        self._requests[method, status] += 1
+        metrics.RPC_REQUESTS.labels(method=method, status=status).inc()
+        if status == "429":
+            self.rate_limited += 1
+            metrics.RATE_LIMITED.inc()
+
+    def record_retry(self, method: str) -> None:
+        """Count one retry of ``method``."""
+        self._retries[method] += 1
+        metrics.RPC_RETRIES.labels(method=method).inc()
+
+    def record_failure(self, method: str) -> None:
+        """Count one request of ``method`` that failed for good."""
+        self._failures[method] += 1
+        metrics.RPC_ERRORS.labels(method=method).inc()
+
+    @property
+    def requests(self) -> int:
+        """Requests sent upstream, retries included."""
+        return sum(self._requests.values())
+
+    def snapshot(self) -> dict[str, Any]:
+        """Totals and per-method counts as plain, JSON-ready data."""
+        by_status: Counter[str] = Counter()
+        methods: dict[str, dict[str, Any]] = {}
+        for (method, status), count in sorted(self._requests.items()):
+            by_status[status] += count
+            entry = methods.setdefault(method, _empty_method_entry())
+            entry["requests"] += count
+            entry["by_status"][status] = count
+        for method in self._retries.keys() | self._failures.keys():
+            entry = methods.setdefault(method, _empty_method_entry())
+            entry["retries"] = self._retries[method]
+            entry["failures"] = self._failures[method]
+        return {
+            "requests": self.requests,
+            "retries": sum(self._retries.values()),
+            "rate_limited": self.rate_limited,
+            "failures": sum(self._failures.values()),
+            "by_status": dict(sorted(by_status.items())),
+            "methods": dict(sorted(methods.items())),
+        }
+
+
+def _empty_method_entry() -> dict[str, Any]:
+    return {"requests": 0, "by_status": {}, "retries": 0, "failures": 0}
+
+
+@dataclass(slots=True)
+class _LoopState:
+    limiter: AsyncLimiter
+    inner: httpx.AsyncBaseTransport
+
+
+class RateLimitedTransport(httpx.AsyncBaseTransport):
+    """An httpx transport that rate limits, retries and counts JSON-RPC requests.
+
+    At most ``rps`` requests per second leave, with bursts of up to ``burst``. HTTP 429,
+    5xx, timeouts and connection errors are retried up to ``max_retries`` times with
+    full-jitter exponential backoff (``backoff_base`` doubling per retry, capped at
+    ``backoff_cap`` seconds), waiting at least as long as any ``Retry-After`` header asks.
+    Each attempt, response body included, must finish within ``timeout_s``. When retries
+    run out the last response is returned, or the last exception raised.
+
+    The rate limiter (and the default inner transport, whose connections belong to one
+    event loop) is kept per running event loop, so one transport serves successive
+    ``asyncio.run`` calls.
+    """
+
+    def __init__(
+        self,
+        *,
+        rps: float,
+        burst: int = 1,
+        max_retries: int = 5,
+        backoff_base: float = 2.0,
+        backoff_cap: float = 30.0,
+        timeout_s: float = 10.0,
+        stats: RpcStats | None = None,
+        inner: httpx.AsyncBaseTransport | None = None,
+        sleep: Callable[[float], Awaitable[None]] = asyncio.sleep,
+        rng: random.Random | None = None,
+        clock: Callable[[], float] = time.monotonic,
+        log_interval_s: float = 10.0,
+    ) -> None:
+        _require(rps > 0, f"rps must be > 0, got {rps!r}")
+        _require(isinstance(burst, int) and burst >= 1, f"burst must be an int >= 1, got {burst!r}")
+        _require(
+            isinstance(max_retries, int) and max_retries >= 0,
+            f"max_retries must be an int >= 0, got {max_retries!r}",
+        )
+        _require(backoff_base > 0, f"backoff_base must be > 0, got {backoff_base!r}")
+        _require(backoff_cap > 0, f"backoff_cap must be > 0, got {backoff_cap!r}")
+        _require(timeout_s > 0, f"timeout_s must be > 0, got {timeout_s!r}")
+        self.rps = rps
+        self.burst = burst
+        self.max_retries = max_retries
+        self.backoff_base = backoff_base
+        self.backoff_cap = backoff_cap
+        self.timeout_s = timeout_s
+        self.stats = stats if stats is not None else RpcStats()
+        self._inner = inner
+        self._sleep = sleep
+        self._rng = rng if rng is not None else random.Random()
+        self._clock = clock
+        self._log_interval_s = log_interval_s
+        self._states: dict[asyncio.AbstractEventLoop, _LoopState] = {}
+        self._last_429_log: float | None = None
+        self._unlogged_429s = 0
+
+    @classmethod
+    def from_settings(
+        cls, settings: Settings, stats: RpcStats | None = None
+    ) -> RateLimitedTransport:
+        """A transport configured by the ``DRIFT_RPC_*``, retry and timeout settings."""
+        return cls(
+            rps=settings.rpc_rps,
+            burst=settings.rpc_burst,
+            max_retries=settings.max_retries,
+            backoff_base=settings.retry_backoff,
+            backoff_cap=settings.retry_backoff_cap,
+            timeout_s=settings.request_timeout_s,
+            stats=stats,
+        )
+
+    @property
+    def limiter(self) -> AsyncLimiter:
+        """The rate limiter of the running event loop."""
+        return self._state().limiter
+
+    async def handle_async_request(self, request: httpx.Request) -> httpx.Response:
+        await request.aread()
+        _drop_false_gzip_label(request)
+        method = _rpc_method(request.content)
+        state = self._state()
+        retrying = AsyncRetrying(
+            stop=stop_after_attempt(self.max_retries + 1),
+            wait=self._backoff,
+            retry=retry_if_exception_type(_RETRYABLE_ERRORS) | retry_if_result(_is_retryable),
+            sleep=self._sleep,
+            before_sleep=lambda retry_state: self._before_retry(method, retry_state),
+            retry_error_callback=_last_outcome,
+        )
+        try:
+            response: httpx.Response = await retrying(self._attempt, state, request, method)
+        except Exception as exc:
+            self.stats.record_failure(method)
+            url = redact_url(str(request.url))
+            detail = str(exc).replace(str(request.url), url)
+            _log.warning("RPC %s to %s failed: %s: %s", method, url, type(exc).__name__, detail)
+            raise
+        if response.status_code >= 400:
+            self.stats.record_failure(method)
+            _log.warning(
+                "RPC %s to %s failed: HTTP %d",
+                method,
+                redact_url(str(request.url)),
+                response.status_code,
+            )
+        return response
+
+    async def aclose(self) -> None:
+        """Close the inner transport (the running loop's one if it is the default)."""
+        if self._inner is not None:
+            await self._inner.aclose()
+            return
+        try:
+            loop = asyncio.get_running_loop()
+        except RuntimeError:
+            return
+        state = self._states.pop(loop, None)
+        if state is not None:
+            await state.inner.aclose()
+
+    def _state(self) -> _LoopState:
+        loop = asyncio.get_running_loop()
+        state = self._states.get(loop)
+        if state is None:
+            for dead in [lp for lp in self._states if lp.is_closed()]:
+                del self._states[dead]
+            state = _LoopState(
+                limiter=AsyncLimiter(self.burst, self.burst / self.rps),
+                inner=self._inner if self._inner is not None else httpx.AsyncHTTPTransport(),
+            )
+            self._states[loop] = state
+        return state
+
+    async def _attempt(
+        self, state: _LoopState, request: httpx.Request, method: str
+    ) -> httpx.Response:
+        await state.limiter.acquire()
+        try:
+            async with asyncio.timeout(self.timeout_s):
+                response = await state.inner.handle_async_request(request)
+                try:
+                    body = await _read_raw(response)
+                finally:
+                    await response.aclose()
+        except TimeoutError as exc:
+            self.stats.record_request(method, "timeout")
+            raise httpx.ReadTimeout(
+                f"no response within {self.timeout_s:g}s", request=request
+            ) from exc
+        except httpx.TimeoutException:
+            self.stats.record_request(method, "timeout")
+            raise
+        except Exception:
+            self.stats.record_request(method, "error")
+            raise
+        self.stats.record_request(method, str(response.status_code))
+        if response.status_code == 429:
+            self._log_rate_limited(method, request)
+        # The body is buffered so a retried or returned response never holds a connection.
+        return httpx.Response(
+            status_code=response.status_code,
+            headers=response.headers,
+            stream=httpx.ByteStream(body),
+            extensions=response.extensions,
+        )
+
+    def _backoff(self, retry_state: RetryCallState) -> float:
+        exponent = min(retry_state.attempt_number - 1, _MAX_BACKOFF_EXPONENT)
+        delay = self._rng.uniform(0.0, min(self.backoff_cap, self.backoff_base * 2.0**exponent))
+        outcome = retry_state.outcome
+        if outcome is not None and not outcome.failed:
+            response: httpx.Response = outcome.result()
+            retry_after = retry_after_seconds(
+                response.headers.get("retry-after"), now=datetime.now(UTC)
+            )
+            if retry_after is not None:
+                delay = max(delay, retry_after)
+        return delay
+
+    def _before_retry(self, method: str, retry_state: RetryCallState) -> None:
+        self.stats.record_retry(method)
+        if _log.isEnabledFor(logging.DEBUG):
+            outcome = retry_state.outcome
+            why = "no outcome"
+            if outcome is not None:
+                why = (
+                    type(outcome.exception()).__name__
+                    if outcome.failed
+                    else f"HTTP {outcome.result().status_code}"
+                )
+            upcoming = retry_state.upcoming_sleep
+            _log.debug("retrying RPC %s after %s in %.2fs", method, why, upcoming)
+
+    def _log_rate_limited(self, method: str, request: httpx.Request) -> None:
+        # One line per interval at most: a 429 storm would otherwise flood the log.
+        now = self._clock()
+        last = self._last_429_log
+        if last is not None and now - last < self._log_interval_s:
+            self._unlogged_429s += 1
+            return
+        url = redact_url(str(request.url))
+        if last is not None and self._unlogged_429s:
+            _log.warning(
+                "RPC provider %s answered HTTP 429 %d more times in the last %.0fs "
+                "(latest: %s); backing off",
+                url,
+                self._unlogged_429s + 1,
+                now - last,
+                method,
+            )
+        else:
+            _log.warning("RPC provider %s answered HTTP 429 to %s; backing off", url, method)
+        self._last_429_log = now
+        self._unlogged_429s = 0
+
+
+def retry_after_seconds(value: str | None, *, now: datetime) -> float | None:
+    """Seconds to wait from a ``Retry-After`` header (delay seconds or HTTP date), if valid."""
+    if value is None:
+        return None
+    text = value.strip()
+    try:
+        seconds = float(text)
+    except ValueError:
+        try:
+            when = parsedate_to_datetime(text)
+        except (TypeError, ValueError, IndexError):
+            return None
+        if when.tzinfo is None:
+            when = when.replace(tzinfo=UTC)
+        return max(0.0, (when - now).total_seconds())
+    if not math.isfinite(seconds):
+        return None
+    return max(0.0, seconds)
+
+
+def install_transport(connection: AsyncClient, transport: RateLimitedTransport) -> None:
+    """Send every HTTP request of a solana-py ``AsyncClient`` through ``transport``.
+
+    Replaces the provider's ``httpx.AsyncClient`` session, which driftpy also uses directly
+    (``connection._provider.session.post``), keeping its timeout and headers. Call it
+    before the client has been used: the old session is dropped, not closed.
+    """
+    provider: Any = getattr(connection, "_provider", None)
+    session = getattr(provider, "session", None)
+    if not isinstance(session, httpx.AsyncClient):
+        raise TypeError(
+            "install_transport needs a solana.rpc.async_api.AsyncClient with an HTTP "
+            f"provider, got {type(connection).__name__}"
+        )
+    provider.session = httpx.AsyncClient(
+        transport=transport, timeout=session.timeout, headers=session.headers
+    )
+
+
+def make_async_client(
+    url: str, transport: RateLimitedTransport, commitment: Commitment | None = None
+) -> AsyncClient:
+    """A solana-py ``AsyncClient`` for ``url`` whose HTTP traffic goes through ``transport``."""
+    client = AsyncClient(url, commitment=commitment, timeout=transport.timeout_s)
+    install_transport(client, transport)
+    return client
+
+
+def _drop_false_gzip_label(request: httpx.Request) -> None:
+    # driftpy's direct session.post calls label plain JSON "Content-Encoding: gzip"; servers
+    # that honour the header (aiohttp, so the simulator too) answer those with HTTP 400.
+    encoding = request.headers.get("content-encoding", "")
+    if encoding.strip().lower() == "gzip" and not request.content.startswith(_GZIP_MAGIC):
+        del request.headers["content-encoding"]
+
+
+def _rpc_method(body: bytes) -> str:
+    try:
+        payload = json.loads(body)
+    except ValueError:
+        return "unknown"
+    if isinstance(payload, list):
+        return "batch"
+    if isinstance(payload, dict):
+        method = payload.get("method")
+        if isinstance(method, str) and _METHOD_NAME.fullmatch(method):
+            return method
+    return "unknown"
+
+
+async def _read_raw(response: httpx.Response) -> bytes:
+    # The stream itself, not aiter_raw(): a response built with content is already "consumed".
+    stream = response.stream
+    if not isinstance(stream, httpx.AsyncByteStream):
+        raise TypeError(f"inner transport returned a sync stream: {type(stream).__name__}")
+    return b"".join([chunk async for chunk in stream])
+
+
+def _is_retryable(response: httpx.Response) -> bool:
+    return response.status_code == 429 or 500 <= response.status_code <= 599
+
+
+def _last_outcome(retry_state: RetryCallState) -> httpx.Response:
+    # Out of retries: hand back the last response, or raise the last exception, unwrapped.
+    outcome = retry_state.outcome
+    assert outcome is not None
+    result: httpx.Response = outcome.result()
+    return result
+
+
+def _require(condition: bool, message: str) -> None:
+    if not condition:
+        raise ValueError(message)

@@ -1,0 +1,557 @@
+"""RateLimitedTransport: retries, Retry-After, timeouts, rate limit, accounting, solana-py."""
+
+from __future__ import annotations
+
+import asyncio
+import gzip
+import json
+import logging
+import random
+import selectors
+import time
+import warnings
+from collections.abc import Awaitable, Callable
+from datetime import UTC, datetime
+from email.utils import formatdate
+from typing import Any
+
+import httpx
+import pytest
+from aiohttp import web
+from aiohttp.test_utils import TestServer
+from solana.rpc.async_api import AsyncClient
+
+from driftshare.config import load_settings
+from driftshare.metrics import REGISTRY
+from driftshare.transport import (
+    RateLimitedTransport,
+    RpcStats,
+    install_transport,
+    make_async_client,
+    retry_after_seconds,
+)
+
+URL = "http://rpc.test/"
+Step = httpx.Response | Exception
+
+
+class _Sleeps:
+    """A fake ``sleep`` recording each requested wait."""
+
+    def __init__(self) -> None:
+        self.waits: list[float] = []
+
+    async def __call__(self, seconds: float) -> None:
+        self.waits.append(seconds)
+
+
+def _script(*steps: Step, then: Step | None = None) -> tuple[httpx.MockTransport, list[bytes]]:
+    """A mock upstream answering ``steps`` in order, then ``then`` forever; logs request bodies."""
+    queue = list(steps)
+    seen: list[bytes] = []
+
+    def handler(request: httpx.Request) -> httpx.Response:
+        seen.append(request.content)
+        step = queue.pop(0) if queue else then
+        assert step is not None, "upstream script ran out"
+        if isinstance(step, Exception):
+            raise step
+        return step
+
+    return httpx.MockTransport(handler), seen
+
+
+def _transport(inner: httpx.AsyncBaseTransport, sleeps: _Sleeps, **kw: Any) -> RateLimitedTransport:
+    kw.setdefault("rps", 1e6)
+    kw.setdefault("burst", 1000)
+    kw.setdefault("max_retries", 5)
+    return RateLimitedTransport(inner=inner, sleep=sleeps, rng=random.Random(7), **kw)
+
+
+def _rpc(method: str = "getSlot") -> dict[str, Any]:
+    return {"jsonrpc": "2.0", "id": 1, "method": method, "params": []}
+
+
+def _ok(result: Any = 1) -> httpx.Response:
+    return httpx.Response(200, json={"jsonrpc": "2.0", "id": 1, "result": result})
+
+
+async def _post(transport: RateLimitedTransport, body: Any = None, **kw: Any) -> httpx.Response:
+    async with httpx.AsyncClient(transport=transport) as client:
+        return await client.post(URL, json=_rpc() if body is None else body, **kw)
+
+
+def _expected_jitter(seed: int, base: float, cap: float, n: int) -> list[float]:
+    rng = random.Random(seed)
+    return [rng.uniform(0.0, min(cap, base * 2.0**i)) for i in range(n)]
+
+
+async def test_429_is_retried_after_at_least_retry_after() -> None:
+    sleeps = _Sleeps()
+    inner, seen = _script(httpx.Response(429, headers={"Retry-After": "7"}), _ok(42))
+    transport = _transport(inner, sleeps, backoff_base=0.5)
+
+    response = await _post(transport)
+
+    assert response.status_code == 200
+    assert response.json()["result"] == 42
+    assert len(seen) == 2
+    assert sleeps.waits == [7.0]
+    snap = transport.stats.snapshot()
+    assert snap["rate_limited"] == 1
+    assert snap["retries"] == 1
+    assert snap["failures"] == 0
+    assert snap["by_status"] == {"200": 1, "429": 1}
+
+
+async def test_retry_after_longer_jitter_wins_over_short_retry_after() -> None:
+    sleeps = _Sleeps()
+    inner, _ = _script(httpx.Response(429, headers={"Retry-After": "0"}), _ok())
+    transport = _transport(inner, sleeps, backoff_base=4.0, backoff_cap=30.0)
+
+    await _post(transport)
+
+    assert sleeps.waits == _expected_jitter(7, 4.0, 30.0, 1)
+
+
+async def test_retry_after_http_date_is_honoured() -> None:
+    sleeps = _Sleeps()
+    header = formatdate(time.time() + 60, usegmt=True)
+    inner, _ = _script(httpx.Response(503, headers={"Retry-After": header}), _ok())
+    transport = _transport(inner, sleeps, backoff_base=0.1)
+
+    await _post(transport)
+
+    # An HTTP date has whole seconds, so the wait is just under a minute.
+    assert len(sleeps.waits) == 1
+    assert 58.0 < sleeps.waits[0] <= 60.0
+
+
+@pytest.mark.parametrize(
+    ("value", "expected"),
+    [
+        ("30", 30.0),
+        (" 1.5 ", 1.5),
+        ("-3", 0.0),
+        ("Wed, 21 Oct 2015 07:28:00 GMT", 30.0),
+        ("Wed, 21 Oct 2015 07:27:00 GMT", 0.0),
+        ("soon", None),
+        ("nan", None),
+        ("inf", None),
+        ("", None),
+        (None, None),
+    ],
+)
+def test_retry_after_seconds(value: str | None, expected: float | None) -> None:
+    now = datetime(2015, 10, 21, 7, 27, 30, tzinfo=UTC)
+    assert retry_after_seconds(value, now=now) == expected
+
+
+async def test_5xx_is_retried_with_full_jitter_backoff() -> None:
+    sleeps = _Sleeps()
+    inner, seen = _script(httpx.Response(503), httpx.Response(502), httpx.Response(500), _ok())
+    transport = _transport(inner, sleeps, backoff_base=2.0, backoff_cap=5.0)
+
+    response = await _post(transport)
+
+    assert response.status_code == 200
+    assert len(seen) == 4
+    assert sleeps.waits == _expected_jitter(7, 2.0, 5.0, 3)
+    assert transport.stats.snapshot()["by_status"] == {"200": 1, "500": 1, "502": 1, "503": 1}
+
+
+async def test_backoff_is_capped() -> None:
+    sleeps = _Sleeps()
+    inner, _ = _script(then=httpx.Response(500))
+    transport = _transport(inner, sleeps, max_retries=8, backoff_base=1.0, backoff_cap=3.0)
+
+    await _post(transport)
+
+    assert len(sleeps.waits) == 8
+    assert all(0.0 <= w <= 3.0 for w in sleeps.waits)
+    assert sleeps.waits == _expected_jitter(7, 1.0, 3.0, 8)
+
+
+async def test_inner_timeout_and_connection_errors_are_retried() -> None:
+    sleeps = _Sleeps()
+    inner, seen = _script(httpx.ConnectTimeout("slow"), httpx.ConnectError("refused"), _ok())
+    transport = _transport(inner, sleeps)
+
+    response = await _post(transport)
+
+    assert response.status_code == 200
+    assert len(seen) == 3
+    assert len(sleeps.waits) == 2
+    assert transport.stats.snapshot()["by_status"] == {"200": 1, "error": 1, "timeout": 1}
+
+
+async def test_own_timeout_cuts_a_hung_request_and_retries() -> None:
+    never = asyncio.Event()
+    calls = 0
+
+    async def handler(request: httpx.Request) -> httpx.Response:
+        nonlocal calls
+        calls += 1
+        if calls == 1:
+            await never.wait()
+        return _ok()
+
+    transport = _transport(httpx.MockTransport(handler), _Sleeps(), timeout_s=0.01)
+
+    response = await _post(transport)
+
+    assert response.status_code == 200
+    assert calls == 2
+    assert transport.stats.snapshot()["by_status"] == {"200": 1, "timeout": 1}
+
+
+async def test_gives_up_after_max_retries_and_returns_last_response() -> None:
+    sleeps = _Sleeps()
+    inner, seen = _script(then=httpx.Response(429, text="slow down"))
+    transport = _transport(inner, sleeps, max_retries=3)
+
+    response = await _post(transport)
+
+    assert response.status_code == 429
+    assert response.text == "slow down"
+    assert len(seen) == 4
+    assert len(sleeps.waits) == 3
+    snap = transport.stats.snapshot()
+    assert (snap["requests"], snap["retries"], snap["failures"], snap["rate_limited"]) == (
+        4,
+        3,
+        1,
+        4,
+    )
+
+
+async def test_gives_up_after_max_retries_and_reraises_last_exception() -> None:
+    inner, seen = _script(then=httpx.ConnectError("refused"))
+    transport = _transport(inner, _Sleeps(), max_retries=2)
+
+    with pytest.raises(httpx.ConnectError, match="refused"):
+        await _post(transport)
+
+    assert len(seen) == 3
+    assert transport.stats.snapshot()["methods"]["getSlot"] == {
+        "requests": 3,
+        "by_status": {"error": 3},
+        "retries": 2,
+        "failures": 1,
+    }
+
+
+async def test_zero_retries_sends_once() -> None:
+    sleeps = _Sleeps()
+    inner, seen = _script(then=httpx.Response(503))
+    transport = _transport(inner, sleeps, max_retries=0)
+
+    assert (await _post(transport)).status_code == 503
+    assert len(seen) == 1
+    assert sleeps.waits == []
+
+
+async def test_client_errors_are_not_retried() -> None:
+    sleeps = _Sleeps()
+    inner, seen = _script(httpx.Response(400), _ok())
+    transport = _transport(inner, sleeps)
+
+    assert (await _post(transport)).status_code == 400
+    assert len(seen) == 1
+    assert sleeps.waits == []
+    assert transport.stats.snapshot()["failures"] == 1
+
+
+async def test_methods_are_counted_including_batch_and_unknown() -> None:
+    inner, _ = _script(then=_ok())
+    transport = _transport(inner, _Sleeps())
+
+    async with httpx.AsyncClient(transport=transport) as client:
+        await client.post(URL, json=_rpc("getSlot"))
+        await client.post(URL, json=_rpc("getSlot"))
+        await client.post(URL, json=_rpc("getMultipleAccounts"))
+        await client.post(URL, json=[_rpc("getSlot"), _rpc("getBalance")])
+        await client.post(URL, content=b"{not json")
+        await client.post(URL, json={"method": "x" * 200})
+        await client.post(URL, json={"method": 5})
+
+    snap = transport.stats.snapshot()
+    assert {m: v["requests"] for m, v in snap["methods"].items()} == {
+        "batch": 1,
+        "getMultipleAccounts": 1,
+        "getSlot": 2,
+        "unknown": 3,
+    }
+    assert snap["requests"] == 7
+    json.dumps(snap)
+
+
+async def test_prometheus_metrics_follow_the_stats() -> None:
+    def sample(name: str, labels: dict[str, str] | None = None) -> float:
+        return REGISTRY.get_sample_value(name, labels or {}) or 0.0
+
+    method = "getMetricsProbe"
+    before = (
+        sample("drift_rpc_requests_total", {"method": method, "status": "429"}),
+        sample("drift_rpc_requests_total", {"method": method, "status": "200"}),
+        sample("drift_rpc_retries_total", {"method": method}),
+        sample("drift_rate_limited_total"),
+        sample("drift_rpc_errors_total", {"method": method}),
+    )
+    inner, _ = _script(httpx.Response(429), httpx.Response(429), _ok(), then=httpx.Response(500))
+    transport = _transport(inner, _Sleeps(), max_retries=2)
+
+    await _post(transport, _rpc(method))
+    await _post(transport, _rpc(method))
+
+    after = (
+        sample("drift_rpc_requests_total", {"method": method, "status": "429"}),
+        sample("drift_rpc_requests_total", {"method": method, "status": "200"}),
+        sample("drift_rpc_retries_total", {"method": method}),
+        sample("drift_rate_limited_total"),
+        sample("drift_rpc_errors_total", {"method": method}),
+    )
+    assert [a - b for a, b in zip(after, before, strict=True)] == [2, 1, 4, 2, 1]
+
+
+class _Clock:
+    def __init__(self) -> None:
+        self.now = 0.0
+
+    def __call__(self) -> float:
+        return self.now
+
+
+def _rate_limit_lines(caplog: pytest.LogCaptureFixture) -> list[str]:
+    return [r.getMessage() for r in caplog.records if "answered HTTP 429" in r.getMessage()]
+
+
+async def test_429_storm_logs_once_then_one_summary_per_interval(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    clock = _Clock()
+    inner, _ = _script(then=httpx.Response(429))
+    transport = _transport(inner, _Sleeps(), max_retries=9, clock=clock, log_interval_s=10.0)
+    secret_url = "http://rpc.test/?api-key=SECRETKEY123"
+    caplog.set_level(logging.WARNING, logger="driftshare.transport")
+
+    async with httpx.AsyncClient(transport=transport) as client:
+        for _ in range(3):
+            await client.post(secret_url, json=_rpc())
+
+        assert len(_rate_limit_lines(caplog)) == 1
+        clock.now = 12.0
+        await client.post(secret_url, json=_rpc())
+
+    storm = _rate_limit_lines(caplog)
+    assert len(storm) == 2
+    # 30 answers were silenced after the first line; the summary covers them and the new one.
+    assert "30 more times in the last 12s" in storm[1]
+    assert "SECRETKEY123" not in caplog.text
+    assert transport.stats.rate_limited == 40
+
+
+class _VirtualClockSelector(selectors.DefaultSelector):
+    """Jumps a virtual clock over every select timeout instead of waiting."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.now = 0.0
+
+    def select(self, timeout: float | None = None) -> list[tuple[selectors.SelectorKey, int]]:
+        if timeout is not None and timeout > 0:
+            self.now += timeout
+            timeout = 0
+        return super().select(timeout)
+
+
+class _VirtualTimeLoop(asyncio.SelectorEventLoop):
+    """An event loop on virtual time: timers fire in order, at once (as the looptime plugin)."""
+
+    def __init__(self) -> None:
+        self._virtual = _VirtualClockSelector()
+        super().__init__(self._virtual)
+
+    def time(self) -> float:
+        return self._virtual.now
+
+
+def _run_virtual(coro_fn: Callable[[], Awaitable[Any]]) -> Any:
+    loop = _VirtualTimeLoop()
+    try:
+        return loop.run_until_complete(coro_fn())
+    finally:
+        loop.close()
+
+
+def test_limiter_spaces_requests_at_rps_after_burst() -> None:
+    arrivals: list[float] = []
+
+    def handler(request: httpx.Request) -> httpx.Response:
+        arrivals.append(asyncio.get_running_loop().time())
+        return _ok()
+
+    transport = RateLimitedTransport(rps=10.0, burst=2, inner=httpx.MockTransport(handler))
+
+    async def burst_of_six() -> None:
+        async with httpx.AsyncClient(transport=transport) as client:
+            await asyncio.gather(*(client.post(URL, json=_rpc()) for _ in range(6)))
+
+    _run_virtual(burst_of_six)
+
+    assert arrivals == pytest.approx([0.0, 0.0, 0.1, 0.2, 0.3, 0.4], abs=1e-9)
+
+
+def test_retries_also_pass_the_limiter() -> None:
+    arrivals: list[float] = []
+    answers = iter([httpx.Response(503), httpx.Response(503), _ok()])
+
+    def handler(request: httpx.Request) -> httpx.Response:
+        arrivals.append(asyncio.get_running_loop().time())
+        return next(answers)
+
+    transport = RateLimitedTransport(
+        rps=2.0, inner=httpx.MockTransport(handler), sleep=_Sleeps(), rng=random.Random(1)
+    )
+
+    async def one_request() -> int:
+        async with httpx.AsyncClient(transport=transport) as client:
+            return (await client.post(URL, json=_rpc())).status_code
+
+    assert _run_virtual(one_request) == 200
+    assert arrivals == pytest.approx([0.0, 0.5, 1.0], abs=1e-9)
+
+
+def test_works_across_successive_event_loops() -> None:
+    inner, seen = _script(then=_ok())
+    transport = RateLimitedTransport(rps=1000.0, inner=inner)
+    limiters = []
+
+    async def three_requests() -> None:
+        async with httpx.AsyncClient(transport=transport) as client:
+            for _ in range(3):
+                assert (await client.post(URL, json=_rpc())).status_code == 200
+        limiters.append(transport.limiter)
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        asyncio.run(three_requests())
+        asyncio.run(three_requests())
+
+    assert len(seen) == 6
+    assert limiters[0] is not limiters[1]
+    assert transport.stats.snapshot()["by_status"] == {"200": 6}
+
+
+def test_from_settings() -> None:
+    settings = load_settings(
+        rpc_rps=4.5,
+        rpc_burst=3,
+        max_retries=2,
+        retry_backoff=0.25,
+        retry_backoff_cap=9.0,
+        request_timeout_s=7.0,
+    )
+    stats = RpcStats()
+
+    transport = RateLimitedTransport.from_settings(settings, stats=stats)
+
+    assert (
+        transport.rps,
+        transport.burst,
+        transport.max_retries,
+        transport.backoff_base,
+        transport.backoff_cap,
+        transport.timeout_s,
+    ) == (4.5, 3, 2, 0.25, 9.0, 7.0)
+    assert transport.stats is stats
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "message"),
+    [
+        ({"rps": 0}, "rps must be > 0"),
+        ({"rps": 1, "burst": 0}, "burst must be an int >= 1"),
+        ({"rps": 1, "max_retries": -1}, "max_retries must be an int >= 0"),
+        ({"rps": 1, "backoff_base": 0}, "backoff_base must be > 0"),
+        ({"rps": 1, "backoff_cap": -1}, "backoff_cap must be > 0"),
+        ({"rps": 1, "timeout_s": 0}, "timeout_s must be > 0"),
+    ],
+)
+def test_bad_arguments_are_rejected_clearly(kwargs: dict[str, Any], message: str) -> None:
+    with pytest.raises(ValueError, match=message):
+        RateLimitedTransport(**kwargs)
+
+
+def test_install_transport_rejects_non_http_clients() -> None:
+    with pytest.raises(TypeError, match=r"needs a solana\.rpc\.async_api\.AsyncClient"):
+        install_transport(object(), RateLimitedTransport(rps=1))
+
+
+async def test_solana_client_and_driftpy_style_posts_go_through_the_transport() -> None:
+    rpc_log: list[str] = []
+
+    async def rpc(request: web.Request) -> web.Response:
+        body = await request.json()
+        method = body["method"]
+        rpc_log.append(method)
+        if method == "getSlot" and rpc_log.count("getSlot") == 1:
+            return web.Response(status=429, headers={"Retry-After": "1"})
+        result: Any = 4242 if method == "getSlot" else []
+        return web.json_response({"jsonrpc": "2.0", "id": body["id"], "result": result})
+
+    app = web.Application()
+    app.router.add_post("/", rpc)
+    sleeps = _Sleeps()
+    transport = RateLimitedTransport(rps=1000.0, sleep=sleeps, rng=random.Random(0))
+    async with TestServer(app, host="127.0.0.1", port=0) as server:
+        client = make_async_client(str(server.make_url("/")), transport)
+        try:
+            slot = await client.get_slot()
+            # As driftpy's MarketMap does: straight on the session, plain JSON labelled gzip.
+            posted = await client._provider.session.post(
+                client._provider.endpoint_uri,
+                json={"jsonrpc": "2.0", "id": 7, "method": "getProgramAccounts", "params": []},
+                headers={"content-encoding": "gzip"},
+            )
+        finally:
+            await client.close()
+
+    assert slot.value == 4242
+    assert posted.json()["result"] == []
+    assert rpc_log == ["getSlot", "getSlot", "getProgramAccounts"]
+    assert sleeps.waits[0] >= 1.0
+    snap = transport.stats.snapshot()
+    assert snap["methods"]["getSlot"]["by_status"] == {"200": 1, "429": 1}
+    assert snap["methods"]["getProgramAccounts"]["by_status"] == {"200": 1}
+    assert snap["requests"] == len(rpc_log)
+
+
+async def test_real_gzip_bodies_keep_their_label() -> None:
+    labels: list[str | None] = []
+
+    def handler(request: httpx.Request) -> httpx.Response:
+        labels.append(request.headers.get("content-encoding"))
+        return _ok()
+
+    transport = _transport(httpx.MockTransport(handler), _Sleeps())
+    body = json.dumps(_rpc()).encode()
+    async with httpx.AsyncClient(transport=transport) as client:
+        await client.post(URL, content=gzip.compress(body), headers={"content-encoding": "gzip"})
+        await client.post(URL, content=body, headers={"content-encoding": "gzip"})
+
+    assert labels == ["gzip", None]
+
+
+def test_install_transport_keeps_timeout_and_headers() -> None:
+    client = AsyncClient(URL, timeout=3.5)
+    original = client._provider.session
+    transport = RateLimitedTransport(rps=1)
+
+    install_transport(client, transport)
+
+    session = client._provider.session
+    assert session is not original
+    assert session.timeout == original.timeout == httpx.Timeout(3.5)
+    assert session.headers == original.headers
+    assert session._transport is transport
