@@ -1,0 +1,130 @@
+"""What the simulator has served, as a dict and as Prometheus metrics of its own registry."""
+
+from __future__ import annotations
+
+from collections import Counter
+from collections.abc import Callable, Iterator
+from typing import Any
+
+from prometheus_client import CollectorRegistry, generate_latest
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
+from prometheus_client.registry import Collector
+
+__all__ = ["SimStats"]
+
+
+class SimStats:
+    """Counters the server bumps as it works; read with :meth:`snapshot` or :meth:`render`."""
+
+    def __init__(self, slot: Callable[[], int]) -> None:
+        self._slot = slot
+        self.http_requests: Counter[str] = Counter()
+        """HTTP JSON-RPC requests received, by client (rate-limited and failed ones too)."""
+        self.calls: Counter[str] = Counter()
+        """JSON-RPC calls answered, by method (a batch counts each call)."""
+        self.http_status: Counter[int] = Counter()
+        self.rate_limited = 0
+        """429 answers of any origin: rate limit, WebSocket cap or fault."""
+        self.ws_open = 0
+        self.ws_total = 0
+        self.ws_refused = 0
+        self.subscriptions_active = 0
+        self.subscriptions: Counter[str] = Counter()
+        self.notifications: Counter[str] = Counter()
+        self.registry = CollectorRegistry(auto_describe=True)
+        self.registry.register(_Collector(self))
+
+    def snapshot(self) -> dict[str, Any]:
+        """Every counter as plain JSON-able values."""
+        return {
+            "slot": self._slot(),
+            "http_requests": {
+                "total": sum(self.http_requests.values()),
+                "by_client": dict(self.http_requests),
+            },
+            "calls": {"total": sum(self.calls.values()), "by_method": dict(self.calls)},
+            "http_status": {str(k): v for k, v in sorted(self.http_status.items())},
+            "rate_limited": self.rate_limited,
+            "ws_connections": {
+                "open": self.ws_open,
+                "total": self.ws_total,
+                "refused": self.ws_refused,
+            },
+            "subscriptions": {
+                "active": self.subscriptions_active,
+                "total": sum(self.subscriptions.values()),
+                "by_method": dict(self.subscriptions),
+            },
+            "notifications": {
+                "total": sum(self.notifications.values()),
+                "by_method": dict(self.notifications),
+            },
+        }
+
+    def render(self) -> bytes:
+        """Prometheus text exposition of the simulator's own registry."""
+        return generate_latest(self.registry)
+
+
+class _Collector(Collector):
+    def __init__(self, stats: SimStats) -> None:
+        self._stats = stats
+
+    def collect(self) -> Iterator[Metric]:
+        s = self._stats
+        slot = GaugeMetricFamily("sim_slot", "Current slot of the simulated chain.")
+        slot.add_metric([], s._slot())
+        yield slot
+        yield _labelled(
+            CounterMetricFamily,
+            "sim_http_requests",
+            "HTTP JSON-RPC requests received.",
+            "client",
+            s.http_requests,
+        )
+        yield _labelled(
+            CounterMetricFamily, "sim_rpc_calls", "JSON-RPC calls answered.", "method", s.calls
+        )
+        yield _labelled(
+            CounterMetricFamily,
+            "sim_http_responses",
+            "HTTP answers sent.",
+            "status",
+            {str(k): v for k, v in s.http_status.items()},
+        )
+        yield CounterMetricFamily("sim_rate_limited", "HTTP 429 answers sent.", s.rate_limited)
+        yield GaugeMetricFamily("sim_ws_connections_open", "Open WebSockets.", s.ws_open)
+        yield CounterMetricFamily("sim_ws_connections", "WebSockets accepted.", s.ws_total)
+        yield CounterMetricFamily(
+            "sim_ws_refused", "WebSocket upgrades refused over the cap.", s.ws_refused
+        )
+        yield GaugeMetricFamily(
+            "sim_subscriptions_active", "Active subscriptions.", s.subscriptions_active
+        )
+        yield _labelled(
+            CounterMetricFamily,
+            "sim_subscriptions",
+            "Subscriptions made.",
+            "method",
+            s.subscriptions,
+        )
+        yield _labelled(
+            CounterMetricFamily,
+            "sim_notifications",
+            "WebSocket notifications sent.",
+            "method",
+            s.notifications,
+        )
+
+
+def _labelled(
+    family: type[CounterMetricFamily] | type[GaugeMetricFamily],
+    name: str,
+    documentation: str,
+    label: str,
+    values: Counter[str] | dict[str, int],
+) -> Metric:
+    metric = family(name, documentation, labels=[label])
+    for key, value in sorted(values.items()):
+        metric.add_metric([key], value)
+    return metric
