@@ -12,7 +12,6 @@ from pathlib import Path
 from typing import Any, ClassVar
 
 from driftpy.account_subscription_config import AccountSubscriptionConfig
-from driftpy.accounts.bulk_account_loader import BulkAccountLoader
 from driftpy.drift_client import DriftClient
 from driftpy.types import get_ws_url
 from solana.rpc.async_api import AsyncClient
@@ -27,6 +26,7 @@ from driftshare.models import FundingRateData, MarketData
 from driftshare.subscription import (
     Discovery,
     PollingSubscriber,
+    ResilientLoader,
     SubscriptionMode,
     WebsocketSubscriber,
     discover_markets,
@@ -158,16 +158,22 @@ class _Shared:
         self._attempt = None
 
     async def _init_loop(self) -> None:
+        """Start the client, retrying with full-jitter exponential backoff while referenced.
+
+        Retries go on as long as someone holds a reference, so a client whose RPC was down
+        at start comes up by itself once it returns; the backoff is capped at
+        ``retry_backoff_cap``.
+        """
         settings = self.settings
         try:
             if self._closing is not None:
                 await asyncio.shield(self._closing)
-            for attempt in range(settings.max_retries + 1):
-                if self.refs == 0:
-                    return
+            attempt = 0
+            while self.refs > 0:
                 if attempt:
                     cap = min(
-                        settings.retry_backoff_cap, settings.retry_backoff * 2 ** (attempt - 1)
+                        settings.retry_backoff_cap,
+                        settings.retry_backoff * 2 ** min(attempt - 1, 30),
                     )
                     await asyncio.sleep(self._rng.uniform(0, cap))
                     self._attempt = self.loop.create_future()
@@ -177,14 +183,10 @@ class _Shared:
                     self._record_failure(exc, attempt)
                     await self._discard_subscriber()
                     self._settle_attempt(None)
+                    attempt += 1
                     continue
                 self._settle_attempt(self.client)
                 return
-            log.warning(
-                "giving up on the %s DriftClient after %d attempts; the next get_client retries",
-                self.network,
-                settings.max_retries + 1,
-            )
         finally:
             if self._init_task is asyncio.current_task():
                 self._settle_attempt(None)
@@ -195,7 +197,8 @@ class _Shared:
         self.health = "down"
         cause = f"{type(exc).__name__}: {exc}" if str(exc) else type(exc).__name__
         self.last_error = cause.replace(self.url, redact_url(self.url))
-        level = logging.WARNING if attempt == 0 else logging.DEBUG
+        # Once, then a reminder every few attempts: no log line per retry in an outage.
+        level = logging.WARNING if attempt % 10 == 0 else logging.DEBUG
         log.log(
             level,
             "cannot start the %s DriftClient at %s (%s); retrying in the background",
@@ -261,7 +264,7 @@ class _Shared:
         return WebsocketSubscriber(self.client.program, discovery, Confirmed)
 
     def _polling(self, discovery: Discovery) -> PollingSubscriber:
-        loader = BulkAccountLoader(self.connection, Confirmed, self.settings.poll_interval_s)
+        loader = ResilientLoader(self.connection, Confirmed, self.settings.poll_interval_s)
         return PollingSubscriber(self.client.program, loader, discovery)
 
     async def _install_subscriber(self, subscriber: Any) -> None:

@@ -9,6 +9,7 @@ interval per oracle.
 
 from __future__ import annotations
 
+import asyncio
 import base64
 import logging
 from collections.abc import Callable, Sequence
@@ -38,6 +39,7 @@ from solders.pubkey import Pubkey
 __all__ = [
     "Discovery",
     "PollingSubscriber",
+    "ResilientLoader",
     "SubscriptionMode",
     "WebsocketSubscriber",
     "discover_markets",
@@ -240,6 +242,30 @@ class WebsocketSubscriber(WebsocketDriftClientAccountSubscriber):  # type: ignor
         await self.perp_market_map.subscribe()
         await self._set_perp_oracle_map()
         await self._set_spot_oracle_map()
+
+
+class ResilientLoader(BulkAccountLoader):  # type: ignore[misc]
+    """driftpy's BulkAccountLoader whose polling loop survives a failed load.
+
+    driftpy's loop ends on the first exception (an RPC error, a malformed answer), which
+    would silently stop every polled account for good.
+    """
+
+    failures = 0
+    task: asyncio.Task[None] | None
+
+    def _start_loading(self) -> None:
+        if self.task is None:
+            self.task = asyncio.create_task(self._poll_forever(), name="driftshare-poll")
+
+    async def _poll_forever(self) -> None:
+        while True:
+            try:
+                await self.load()
+            except Exception as exc:  # keep polling; the next round may succeed
+                self.failures += 1
+                log.debug("polling round failed: %r", exc)
+            await asyncio.sleep(self.frequency)
 
 
 class PollingSubscriber(PollingDriftClientAccountSubscriber):  # type: ignore[misc]

@@ -1,0 +1,290 @@
+"""The shared client against the simulator: sharing, limits, fallbacks, outages, bad accounts."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import AsyncIterator, Awaitable, Callable
+from typing import Any
+
+import pytest
+import pytest_asyncio
+
+from driftshare.manager import DriftClientManager
+from driftshare.sim import Simulator
+
+# Fast health checks and stall detection so the fallbacks happen within a test.
+FAST: dict[str, Any] = {
+    "health_interval_s": 0.1,
+    "ws_stall_s": 0.5,
+    "poll_interval_s": 0.1,
+    "retry_backoff": 0.05,
+    "retry_backoff_cap": 0.2,
+    "max_retries": 100,
+    "rpc_rps": 200.0,
+    "rpc_burst": 50,
+}
+
+
+@pytest_asyncio.fixture(autouse=True)
+async def _clean_manager(simulator_factory: object) -> AsyncIterator[None]:
+    # Depends on the simulator fixture so that clients close before the simulator stops.
+    yield
+    await DriftClientManager.shutdown()
+    DriftClientManager._settings = None
+
+
+async def eventually(
+    predicate: Callable[[], bool],
+    *,
+    sim: Simulator | None = None,
+    within: float = 10.0,
+    what: str = "condition",
+) -> None:
+    """Await ``predicate``, advancing the simulator's slots meanwhile when given one."""
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + within
+    while not predicate():
+        if loop.time() > deadline:
+            raise AssertionError(f"timed out waiting for {what}")
+        if sim is not None:
+            await sim.step()
+        await asyncio.sleep(0.02)
+
+
+def _client_side(task: asyncio.Task[Any]) -> bool:
+    """False for the simulator's own server tasks, which outlive a client's sockets briefly."""
+    code = getattr(task.get_coro(), "cr_code", None)
+    filename = code.co_filename if code is not None else ""
+    return "/aiohttp/web" not in filename and "/driftshare/sim/" not in filename
+
+
+async def _engine(rounds: int, sim: Simulator, errors: list[BaseException]) -> int:
+    """A read-only engine: holds the shared client and reads funding each round."""
+    reads = 0
+    async with DriftClientManager.session() as client:
+        assert client is not None
+        for _ in range(rounds):
+            try:
+                rate = await DriftClientManager.get_funding_rate("SOL-PERP")
+            except BaseException as exc:  # an engine must never see one
+                errors.append(exc)
+                continue
+            if rate is not None:
+                reads += 1
+            await sim.step()
+    return reads
+
+
+async def test_four_engines_share_one_client_and_one_subscription_set(
+    simulator_factory: Callable[..., Awaitable[Simulator]],
+) -> None:
+    sim = await simulator_factory(markets=12)
+    DriftClientManager.configure(rpc_url=sim.http_url, **FAST)
+    first = await DriftClientManager.get_client()
+    assert first is not None
+    await eventually(lambda: sim.stats()["subscriptions"]["active"] > 0, what="subscriptions")
+    await sim.step()
+    one_client = sim.stats()
+
+    clients = await asyncio.gather(*(DriftClientManager.get_client() for _ in range(4)))
+    errors: list[BaseException] = []
+    reads = await asyncio.gather(*(_engine(5, sim, errors) for _ in range(4)))
+
+    assert all(c is first for c in clients)
+    assert errors == []
+    assert all(r == 5 for r in reads)
+    stats = DriftClientManager.stats()
+    assert stats["initializations"] == 1
+    # The first get, four more, and the one the cached market-data reader holds.
+    assert stats["references"] == 6
+    after = sim.stats()
+    assert after["ws_connections"]["total"] == one_client["ws_connections"]["total"]
+    assert after["subscriptions"]["total"] == one_client["subscriptions"]["total"]
+    for _ in range(5):
+        await DriftClientManager.release_client()
+
+
+async def test_thousand_concurrent_first_callers_one_initialization(
+    simulator_factory: Callable[..., Awaitable[Simulator]],
+) -> None:
+    sim = await simulator_factory(markets=8)
+    DriftClientManager.configure(rpc_url=sim.http_url, **FAST)
+    clients = await asyncio.gather(*(DriftClientManager.get_client() for _ in range(1000)))
+    assert clients[0] is not None
+    assert all(c is clients[0] for c in clients)
+    assert DriftClientManager.stats()["initializations"] == 1
+    assert sim.stats()["calls"]["by_method"]["getProgramAccounts"] == 2
+
+
+async def test_last_release_closes_every_socket_and_task(
+    simulator_factory: Callable[..., Awaitable[Simulator]],
+) -> None:
+    sim = await simulator_factory(markets=8)
+    DriftClientManager.configure(rpc_url=sim.http_url, **FAST)
+    before = set(asyncio.all_tasks())
+    assert await DriftClientManager.get_client() is not None
+    await eventually(lambda: sim.stats()["subscriptions"]["active"] > 0, what="subscriptions")
+    await DriftClientManager.release_client()
+
+    assert not DriftClientManager.is_initialized()
+    await eventually(lambda: sim.stats()["ws_connections"]["open"] == 0, what="sockets closed")
+    assert sim.stats()["subscriptions"]["active"] == 0
+    leftover = {t for t in asyncio.all_tasks() - before if not t.done() and _client_side(t)}
+    assert leftover == set()
+
+
+async def test_provider_rate_limit_is_invisible_to_engines(
+    simulator_factory: Callable[..., Awaitable[Simulator]],
+) -> None:
+    """Simulator at 5 rps answering 429 + Retry-After: engines see no error, data flows."""
+    sim = await simulator_factory(markets=8, rate_limit=5.0, burst=5)
+    DriftClientManager.configure(
+        rpc_url=sim.http_url, **{**FAST, "subscription": "polling", "poll_interval_s": 0.05}
+    )
+    errors: list[BaseException] = []
+    reads = await asyncio.gather(*(_engine(3, sim, errors) for _ in range(4)))
+    assert errors == []
+    assert all(r == 3 for r in reads)
+
+    # Data keeps coming: a price moved on chain reaches the engines through polling.
+    assert sim.world is not None
+    sim.world.set_oracle_price(0, 321.0)
+    shared = DriftClientManager.shared_state()
+    assert shared is not None
+    await DriftClientManager.get_client()
+
+    def moved() -> bool:
+        data = shared.client.get_oracle_price_data_for_perp_market(0)
+        return data is not None and data.price == 321_000_000
+
+    await eventually(moved, within=20, what="the new price through a 5 rps limit")
+    # Polling every 50 ms asks for more than 5 rps: the provider did refuse, and the
+    # transport absorbed every refusal.
+    assert sim.stats()["rate_limited"] > 0
+    stats = DriftClientManager.stats()
+    assert stats["rate_limited"] > 0
+    assert stats["retries"] >= stats["rate_limited"]
+    assert stats["rpc"]["failures"] == 0
+    await DriftClientManager.release_client()
+
+
+async def test_stalled_websocket_falls_back_to_polling_and_returns(
+    simulator_factory: Callable[..., Awaitable[Simulator]],
+) -> None:
+    sim = await simulator_factory(markets=8)
+    DriftClientManager.configure(rpc_url=sim.http_url, **FAST)
+    assert await DriftClientManager.get_client() is not None
+    assert DriftClientManager.stats()["subscription_mode"] == "websocket"
+
+    sim.faults.set_stall(True)
+    await eventually(
+        lambda: DriftClientManager.stats()["subscription_mode"] == "polling",
+        sim=sim,
+        what="polling fallback",
+    )
+    sim.world.set_oracle_price(1, 4321.0)  # type: ignore[union-attr]
+    assert await DriftClientManager.get_client() is not None
+    shared = DriftClientManager.shared_state()
+    assert shared is not None
+
+    def polled() -> bool:
+        data = shared.client.get_oracle_price_data_for_perp_market(1)
+        return data is not None and data.price == 4_321_000_000
+
+    await eventually(polled, what="polled price")
+
+    sim.faults.set_stall(False)
+    await eventually(
+        lambda: DriftClientManager.stats()["subscription_mode"] == "websocket",
+        sim=sim,
+        what="return to websocket",
+    )
+    assert DriftClientManager.stats()["mode_switches"] == 2
+    assert DriftClientManager.stats()["initializations"] == 1
+
+
+async def test_dropped_websockets_are_survived(
+    simulator_factory: Callable[..., Awaitable[Simulator]],
+) -> None:
+    sim = await simulator_factory(markets=8)
+    DriftClientManager.configure(rpc_url=sim.http_url, **FAST)
+    assert await DriftClientManager.get_client() is not None
+    await eventually(lambda: sim.stats()["subscriptions"]["active"] > 0, what="subscriptions")
+    assert await sim.faults.drop_ws() > 0
+    sim.world.set_oracle_price(2, 77.0)  # type: ignore[union-attr]
+    shared = DriftClientManager.shared_state()
+    assert shared is not None
+
+    def fresh() -> bool:
+        data = shared.client.get_oracle_price_data_for_perp_market(2)
+        return data is not None and data.price == 77_000_000
+
+    await eventually(fresh, within=15, what="data after the drop")
+    assert DriftClientManager.stats()["initializations"] == 1
+
+
+async def test_simulator_down_at_start_gives_none_then_comes_up_by_itself(
+    simulator_factory: Callable[..., Awaitable[Simulator]],
+) -> None:
+    sim = await simulator_factory(markets=8, faults=["down=2"])
+    DriftClientManager.configure(rpc_url=sim.http_url, **{**FAST, "max_retries": 1})
+    assert await DriftClientManager.get_client() is None
+    assert DriftClientManager.stats()["health"] == "down"
+    await eventually(DriftClientManager.is_initialized, within=15, what="recovery")
+    rate = await DriftClientManager.get_funding_rate(0)
+    assert rate is not None
+    assert DriftClientManager.stats()["init_failures"] >= 1
+
+
+async def test_undecodable_market_does_not_take_the_others_down(
+    simulator_factory: Callable[..., Awaitable[Simulator]],
+) -> None:
+    sim = await simulator_factory(markets=8)
+    assert sim.world is not None
+    sim.faults.corrupt(sim.world.perp_market_pubkey(3), "truncate")
+    DriftClientManager.configure(rpc_url=sim.http_url, **FAST)
+    assert await DriftClientManager.get_client() is not None
+
+    stats = DriftClientManager.stats()
+    assert list(stats["unavailable_markets"]) == [3]
+    markets = await DriftClientManager.get_all_perp_markets()
+    assert [m.market_index for m in markets] == [i for i in sim.world.perp_indexes() if i != 3]
+    assert await DriftClientManager.get_funding_rate(3) is None
+    assert await DriftClientManager.get_funding_rate(4) is not None
+
+
+async def test_api_keys_never_appear_in_stats(
+    simulator_factory: Callable[..., Awaitable[Simulator]],
+) -> None:
+    sim = await simulator_factory(markets=8)
+    secret = "k3yk3yk3yk3yk3yk3yk3y"
+    DriftClientManager.configure(rpc_url=f"{sim.http_url}/?api-key={secret}", **FAST)
+    assert await DriftClientManager.get_client() is not None
+    assert secret not in repr(DriftClientManager.stats())
+    assert "api-key=***" in DriftClientManager.stats()["rpc_url"]
+
+
+async def test_force_reconnect_keeps_references_and_client(
+    simulator_factory: Callable[..., Awaitable[Simulator]],
+) -> None:
+    sim = await simulator_factory(markets=8)
+    DriftClientManager.configure(rpc_url=sim.http_url, **FAST)
+    client = await DriftClientManager.get_client()
+    assert client is not None
+    assert await DriftClientManager.force_reconnect() is True
+    assert DriftClientManager.stats()["references"] == 1
+    assert DriftClientManager.stats()["initializations"] == 2
+    assert await DriftClientManager.get_funding_rate("SOL-PERP") is not None
+
+
+@pytest.mark.parametrize("network", ["mainnet", "devnet"])
+async def test_networks_are_counted_apart(
+    simulator_factory: Callable[..., Awaitable[Simulator]], network: str
+) -> None:
+    sim = await simulator_factory(markets=8)
+    DriftClientManager.configure(rpc_url=sim.http_url, network=network, **FAST)
+    other = "devnet" if network == "mainnet" else "mainnet"
+    assert await DriftClientManager.get_client(network) is not None
+    assert DriftClientManager.stats(network)["references"] == 1
+    assert DriftClientManager.stats(other)["references"] == 0
+    assert not DriftClientManager.is_initialized(other)
