@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import inspect
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import Awaitable, Callable
 from typing import Any
 
 import pytest
@@ -35,8 +35,8 @@ async def _client(sim: Simulator, mode: str) -> tuple[DriftClient, AsyncClient]:
 @pytest.fixture
 async def sim(
     simulator_factory: Callable[..., Awaitable[Simulator]],
-) -> AsyncIterator[Simulator]:
-    yield await simulator_factory(markets=12)
+) -> Simulator:
+    return await simulator_factory(markets=12)
 
 
 @pytest.mark.parametrize("mode", MODES)
@@ -98,9 +98,10 @@ async def _close(client: DriftClient, connection: AsyncClient) -> None:
 async def _wait_subscribed(sim: Simulator) -> None:
     async def subscribed() -> None:
         stats: dict[str, Any] = sim.stats()
-        while stats["subscriptions"]["active"] == 0 and stats["calls"]["by_method"].get(
-            "getMultipleAccounts", 0
-        ) < 2:
+        while (
+            stats["subscriptions"]["active"] == 0
+            and stats["calls"]["by_method"].get("getMultipleAccounts", 0) < 2
+        ):
             await asyncio.sleep(0.01)
             stats = sim.stats()
 
