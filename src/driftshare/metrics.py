@@ -22,42 +22,62 @@ __all__ = [
 REGISTRY = CollectorRegistry(auto_describe=True)
 
 CLIENT_REF_COUNT = Gauge(
-    "drift_client_ref_count", "References held on the shared DriftClient.", ["network"],
+    "drift_client_ref_count",
+    "References held on the shared DriftClient.",
+    ["network"],
     registry=REGISTRY,
 )
 CLIENT_INITIALIZATIONS = Counter(
-    "drift_client_initializations_total", "Shared DriftClients created and subscribed.",
-    ["network"], registry=REGISTRY,
+    "drift_client_initializations_total",
+    "Shared DriftClients created and subscribed.",
+    ["network"],
+    registry=REGISTRY,
 )
 CACHE_HITS = Counter(
-    "drift_cache_hits_total", "Market-data reads answered from cache.", ["kind"],
+    "drift_cache_hits_total",
+    "Market-data reads answered from cache.",
+    ["kind"],
     registry=REGISTRY,
 )
 CACHE_MISSES = Counter(
-    "drift_cache_misses_total", "Market-data reads that had to compute.", ["kind"],
+    "drift_cache_misses_total",
+    "Market-data reads that had to compute.",
+    ["kind"],
     registry=REGISTRY,
 )
 RPC_REQUESTS = Counter(
-    "drift_rpc_requests_total", "HTTP JSON-RPC requests sent upstream.", ["method", "status"],
+    "drift_rpc_requests_total",
+    "HTTP JSON-RPC requests sent upstream.",
+    ["method", "status"],
     registry=REGISTRY,
 )
 RPC_ERRORS = Counter(
-    "drift_rpc_errors_total", "RPC requests that failed after all retries.", ["method"],
+    "drift_rpc_errors_total",
+    "RPC requests that failed after all retries.",
+    ["method"],
     registry=REGISTRY,
 )
 RPC_RETRIES = Counter(
-    "drift_rpc_retries_total", "RPC requests retried.", ["method"], registry=REGISTRY,
+    "drift_rpc_retries_total",
+    "RPC requests retried.",
+    ["method"],
+    registry=REGISTRY,
 )
 RATE_LIMITED = Counter(
-    "drift_rate_limited_total", "HTTP 429 answers received from the RPC provider.",
+    "drift_rate_limited_total",
+    "HTTP 429 answers received from the RPC provider.",
     registry=REGISTRY,
 )
 SUBSCRIPTION_FAILURES = Counter(
-    "drift_subscription_failures_total", "WebSocket subscriptions that failed or stalled.",
-    ["network"], registry=REGISTRY,
+    "drift_subscription_failures_total",
+    "WebSocket subscriptions that failed or stalled.",
+    ["network"],
+    registry=REGISTRY,
 )
 DATA_AGE_SECONDS = Gauge(
-    "drift_data_age_seconds", "Seconds since a market's data last changed.", ["market"],
+    "drift_data_age_seconds",
+    "Seconds since a market's data last changed.",
+    ["market"],
     registry=REGISTRY,
 )
 
