@@ -1,6 +1,21 @@
 """driftshare: one shared, rate-limit-safe Drift DriftClient per network."""
 
+from driftshare.adapter import DriftAdapter
 from driftshare.config import ConfigError, Settings, load_settings, redact_url
+from driftshare.feed import DriftFundingFeed, FundingInfo
+from driftshare.manager import DriftClientManager
+from driftshare.models import FundingRateData, MarketData
 
-__all__ = ["ConfigError", "Settings", "load_settings", "redact_url"]
+__all__ = [
+    "ConfigError",
+    "DriftAdapter",
+    "DriftClientManager",
+    "DriftFundingFeed",
+    "FundingInfo",
+    "FundingRateData",
+    "MarketData",
+    "Settings",
+    "load_settings",
+    "redact_url",
+]
 __version__ = "0.1.0"

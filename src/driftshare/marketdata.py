@@ -13,6 +13,7 @@ from driftshare.markets import MarketResolver
 from driftshare.models import (
     FundingRateData,
     MarketData,
+    MarketMathError,
     funding_rate_from_market,
     market_data_from_market,
 )
@@ -103,14 +104,23 @@ class MarketDataReader:
         except TypeError:
             log.warning("market must be a symbol or an index, got %r", market)
             return None
-        if index is None and await self._current() is not None:
-            index = self.resolver.resolve(market)
+        if index is None:
+            # A market listed after driftpy's bundled configs is known only by its on-chain name.
+            source = await self._current()
+            if source is not None:
+                self.resolver.update(source.perp_markets())
+                index = self.resolver.resolve(market)
         return index
 
     def _warn_missing(self, index: int) -> None:
         if index not in self._missing_warned:
             self._missing_warned.add(index)
             log.warning("perp market %d is not subscribed or not available", index)
+
+    def _warn_unpriceable(self, index: int, exc: MarketMathError) -> None:
+        if index not in self._missing_warned:
+            self._missing_warned.add(index)
+            log.warning("perp market %d left out: %s", index, exc)
 
     @staticmethod
     def _marked(cached: Cached[_T] | None) -> _T | None:
@@ -169,12 +179,18 @@ class MarketDataReader:
                 return None
             markets = source.perp_markets()
             self.resolver.update(markets)
-            return [
-                market_data_from_market(
-                    m, oracle_price_data=source.oracle_price_data(m.market_index)
-                )
-                for m in sorted(markets, key=lambda m: m.market_index)
-            ]
+            rows: list[MarketData] = []
+            for m in sorted(markets, key=lambda m: m.market_index):
+                try:
+                    data = market_data_from_market(
+                        m, oracle_price_data=source.oracle_price_data(m.market_index)
+                    )
+                except MarketMathError as exc:
+                    # One market that cannot be priced must not hide the others.
+                    self._warn_unpriceable(m.market_index, exc)
+                    continue
+                rows.append(data)
+            return rows
 
         cached = await self.cache.get(
             ("markets",), ttl=self._settings.cache_ttl_markets, compute=compute, kind="markets"

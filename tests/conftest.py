@@ -1,0 +1,114 @@
+"""Fixtures shared by the tests reading market data from the simulator."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
+from dataclasses import dataclass
+from types import SimpleNamespace
+
+import pytest
+import pytest_asyncio
+from driftpy.accounts.oracle import decode_oracle
+from driftpy.types import OraclePriceData
+
+from driftshare import models
+from driftshare.manager import DriftClientManager
+from driftshare.models import (
+    FundingRateData,
+    MarketData,
+    funding_rate_from_market,
+    market_data_from_market,
+)
+from driftshare.sim import Simulator
+
+WaitUntil = Callable[[Callable[[], bool]], Awaitable[None]]
+
+
+@dataclass(frozen=True)
+class GroundTruth:
+    """What models.py computes straight from the simulator's accounts at a fixed time."""
+
+    sim: Simulator
+    now: float
+
+    def oracle(self, index: int) -> OraclePriceData:
+        """The perp market's oracle as driftpy decodes it from the simulator's account."""
+        market = self.sim.world.perp_market(index)  # type: ignore[union-attr]
+        account = self.sim.store.get(market.amm.oracle)
+        assert account is not None
+        return decode_oracle(bytes(account.data), market.amm.oracle_source)
+
+    def funding(self, index: int) -> FundingRateData:
+        market = self.sim.world.perp_market(index)  # type: ignore[union-attr]
+        return funding_rate_from_market(market, oracle_price_data=self.oracle(index), now=self.now)
+
+    def market(self, index: int) -> MarketData:
+        market = self.sim.world.perp_market(index)  # type: ignore[union-attr]
+        return market_data_from_market(market, oracle_price_data=self.oracle(index), now=self.now)
+
+    def indexes(self) -> list[int]:
+        return self.sim.world.perp_indexes()  # type: ignore[union-attr]
+
+    def subscriptions_per_client(self) -> int:
+        """Websocket subscriptions one subscribed DriftClient holds: the State, each distinct
+        oracle, and one program subscription per market map (perp, spot)."""
+        world = self.sim.world
+        assert world is not None
+        oracles = {world.perp_market(i).amm.oracle for i in world.perp_indexes()}
+        oracles |= {world.spot_market(i).oracle for i in world.spot_indexes()}
+        return 1 + len(oracles) + 2
+
+    def active_subscriptions(self) -> int:
+        active: int = self.sim.stats()["subscriptions"]["active"]
+        return active
+
+
+@pytest.fixture
+def frozen_now(monkeypatch: pytest.MonkeyPatch) -> float:
+    """A fixed unix time for every computation in models.py, so results are reproducible."""
+    now = float(int(time.time()))
+    monkeypatch.setattr(models, "time", SimpleNamespace(time=lambda: now))
+    return now
+
+
+@pytest.fixture
+def manager_settings() -> Iterator[None]:
+    """Forget DriftClientManager's settings before and after the test."""
+    DriftClientManager._settings = None
+    yield
+    DriftClientManager._settings = None
+
+
+@pytest_asyncio.fixture
+async def sim_manager(simulator: Simulator, manager_settings: None) -> AsyncIterator[Simulator]:
+    """The simulator, with DriftClientManager pointed at it and shut down afterwards.
+
+    The health check is pushed out of the test's way so it sends no RPC request.
+    """
+    DriftClientManager.configure(rpc_url=simulator.http_url, health_interval_s=3600)
+    yield simulator
+    await DriftClientManager.shutdown()
+
+
+@pytest.fixture
+def truth(simulator: Simulator, frozen_now: float) -> GroundTruth:
+    return GroundTruth(simulator, frozen_now)
+
+
+@pytest.fixture
+def wait_until() -> WaitUntil:
+    """``await wait_until(condition)``: poll until true, failing after a 10 s deadline."""
+
+    async def wait(condition: Callable[[], bool]) -> None:
+        try:
+            async with asyncio.timeout(10):
+                while True:
+                    if condition():
+                        return
+                    await asyncio.sleep(0.01)
+        except TimeoutError:
+            raise AssertionError("condition not met within 10 s") from None
+
+    return wait

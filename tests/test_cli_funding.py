@@ -1,0 +1,81 @@
+"""``driftshare funding`` in-process, against its embedded simulator."""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import socket
+
+import pytest
+
+from driftshare import cli
+from driftshare.models import FundingRateData
+from driftshare.sim import SimConfig
+
+FIELDS = [field.name for field in dataclasses.fields(FundingRateData)]
+
+
+@pytest.fixture(autouse=True)
+def _no_configured_rpc(monkeypatch: pytest.MonkeyPatch, manager_settings: None) -> None:
+    for name in ("DRIFT_RPC_URL", "DRIFT_NETWORK"):
+        monkeypatch.delenv(name, raising=False)
+
+
+def test_json_lists_every_market_of_the_embedded_simulator(
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    assert cli.main(["funding", "--json"]) == 0
+    out, err = capsys.readouterr()
+    rows = json.loads(out)
+    assert [row["market_index"] for row in rows] == list(range(SimConfig().markets))
+    assert all(list(row) == FIELDS for row in rows)
+    assert rows[0]["market"] == "SOL-PERP"
+    assert {row["status"] for row in rows} >= {"active", "settlement", "reduce_only"}
+    assert all(isinstance(row["rate_8h"], float) for row in rows)
+    assert "embedded simulator" in err
+
+
+@pytest.mark.parametrize("market", ["sol", "SOL-PERP", "0"])
+def test_one_market(capsys: pytest.CaptureFixture[str], market: str) -> None:
+    assert cli.main(["funding", "--json", "--market", market]) == 0
+    rows = json.loads(capsys.readouterr().out)
+    assert [(row["market"], row["market_index"]) for row in rows] == [("SOL-PERP", 0)]
+
+
+def test_table(capsys: pytest.CaptureFixture[str]) -> None:
+    assert cli.main(["funding"]) == 0
+    out = capsys.readouterr().out
+    assert f"Drift funding ({SimConfig().markets} of {SimConfig().markets} perp markets)" in out
+    assert "SOL-PERP" in out
+    assert "settlement" in out
+
+
+@pytest.mark.parametrize("market", ["NOPE-PERP", "999"])
+def test_unknown_market_exits_2(capsys: pytest.CaptureFixture[str], market: str) -> None:
+    assert cli.main(["funding", "--market", market]) == 2
+    out, err = capsys.readouterr()
+    assert out == ""
+    assert f"unknown perp market {market!r}" in err
+    assert "Traceback" not in err
+
+
+def test_bad_rpc_url_exits_2(capsys: pytest.CaptureFixture[str]) -> None:
+    assert cli.main(["funding", "--rpc-url", "ftp://example"]) == 2
+    err = capsys.readouterr().err
+    assert "DRIFT_RPC_URL" in err
+    assert "http(s)" in err
+    assert "Traceback" not in err
+
+
+def test_unreachable_rpc_exits_1(
+    capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("DRIFT_MAX_RETRIES", "0")
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        url = f"http://127.0.0.1:{probe.getsockname()[1]}/secret-api-key-0123456789abcdef"
+    assert cli.main(["funding", "--rpc-url", url]) == 1
+    err = capsys.readouterr().err
+    assert "cannot reach the RPC" in err
+    assert "secret-api-key-0123456789abcdef" not in err
+    assert "Traceback" not in err

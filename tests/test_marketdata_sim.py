@@ -1,0 +1,189 @@
+"""DriftClientManager's cached market data against the simulator's ground truth."""
+
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import AsyncIterator
+from typing import Any
+
+import pytest
+import pytest_asyncio
+from driftpy.constants.perp_markets import mainnet_perp_market_configs
+
+from conftest import GroundTruth, WaitUntil
+from driftshare.cache import TTLCache
+from driftshare.config import load_settings
+from driftshare.manager import DriftClientManager
+from driftshare.marketdata import MarketDataReader, MarketSource
+from driftshare.models import FundingRateData, MarketData
+from driftshare.sim import Simulator
+from driftshare.sim.pytest_plugin import SimulatorFactory
+
+
+def _without_age(value: FundingRateData | MarketData) -> FundingRateData | MarketData:
+    # age_s is how long the value sat in the cache: the one field truth cannot know.
+    return dataclasses.replace(value, age_s=0.0)
+
+
+def _calls(sim: Simulator) -> int:
+    total: int = sim.stats()["calls"]["total"]
+    return total
+
+
+@pytest_asyncio.fixture
+async def wide_truth(
+    simulator_factory: SimulatorFactory, manager_settings: None, frozen_now: float
+) -> AsyncIterator[GroundTruth]:
+    """30 markets, so settlement and reduce-only markets are among them."""
+    sim = await simulator_factory(markets=30)
+    DriftClientManager.configure(rpc_url=sim.http_url, health_interval_s=3600)
+    yield GroundTruth(sim, frozen_now)
+    await DriftClientManager.shutdown()
+
+
+async def test_funding_rate_of_every_market_equals_ground_truth(wide_truth: GroundTruth) -> None:
+    statuses = set()
+    for index in wide_truth.indexes():
+        funding = await DriftClientManager.get_funding_rate(index)
+        assert funding is not None
+        assert _without_age(funding) == wide_truth.funding(index)
+        assert funding.oracle_price == wide_truth.sim.world.oracle_price(index)  # type: ignore[union-attr]
+        statuses.add(funding.status)
+    assert {"active", "settlement", "reduce_only"} <= statuses
+
+
+async def test_all_perp_markets_equal_ground_truth(wide_truth: GroundTruth) -> None:
+    markets = await DriftClientManager.get_all_perp_markets()
+    assert [m.market_index for m in markets] == wide_truth.indexes()
+    for market in markets:
+        assert _without_age(market) == wide_truth.market(market.market_index)
+        assert market.open_interest_usd > 0
+
+
+async def test_cache_hit_costs_no_rpc_request(sim_manager: Simulator, truth: GroundTruth) -> None:
+    first = await DriftClientManager.get_funding_rate("SOL-PERP")
+    markets = await DriftClientManager.get_all_perp_markets()
+    calls = _calls(sim_manager)
+    hits = DriftClientManager.stats()["cache"]["hits"]
+
+    again = await DriftClientManager.get_funding_rate("SOL-PERP")
+    markets_again = await DriftClientManager.get_all_perp_markets()
+
+    assert _calls(sim_manager) == calls
+    cache = DriftClientManager.stats()["cache"]
+    assert cache["hits"]["funding"] == hits.get("funding", 0) + 1
+    assert cache["hits"]["markets"] == hits.get("markets", 0) + 1
+    assert first is not None
+    assert again is not None
+    assert _without_age(again) == _without_age(first) == truth.funding(0)
+    assert [_without_age(m) for m in markets_again] == [_without_age(m) for m in markets]
+
+
+async def test_value_is_recomputed_after_its_ttl(
+    sim_manager: Simulator, truth: GroundTruth, wait_until: WaitUntil
+) -> None:
+    clock = [0.0]
+    reader = DriftClientManager.market_data()
+    reader.cache = TTLCache(clock=lambda: clock[0])
+    ttl = DriftClientManager.settings().cache_ttl_funding
+    before = await DriftClientManager.get_funding_rate(0)
+    assert before is not None
+    assert _without_age(before) == truth.funding(0)
+
+    # Notifications only reach subscriptions the server has already registered.
+    await wait_until(lambda: truth.active_subscriptions() == truth.subscriptions_per_client())
+    await sim_manager.step()
+    moved = truth.funding(0)
+    assert moved.oracle_price != before.oracle_price
+    client = DriftClientManager.shared_state().client  # type: ignore[union-attr]
+    expected_price = round(moved.oracle_price * 1e6)
+    await wait_until(
+        lambda: client.get_oracle_price_data_for_perp_market(0).price == expected_price
+    )
+
+    clock[0] = ttl / 2
+    cached = await DriftClientManager.get_funding_rate(0)
+    assert cached is not None
+    assert _without_age(cached) == _without_age(before)
+    assert cached.age_s == ttl / 2
+
+    clock[0] = ttl
+    fresh = await DriftClientManager.get_funding_rate(0)
+    assert fresh is not None
+    assert _without_age(fresh) == moved
+
+
+@pytest.mark.parametrize("symbol", ["SOL-PERP", "sol-perp", "SOL", "sol", " Sol-Perp ", "0", 0])
+async def test_symbols_resolve(
+    sim_manager: Simulator, truth: GroundTruth, symbol: str | int
+) -> None:
+    funding = await DriftClientManager.get_funding_rate(symbol)
+    market = await DriftClientManager.get_market(symbol)
+    assert funding is not None
+    assert market is not None
+    assert _without_age(funding) == truth.funding(0)
+    assert _without_age(market) == truth.market(0)
+    assert await DriftClientManager.get_mark_price(symbol) == truth.market(0).mark_price
+    assert await DriftClientManager.get_open_interest(symbol) == truth.market(0).open_interest_usd
+
+
+@pytest.mark.parametrize("symbol", ["NOPE-PERP", "", "-1", 999, 1.5, None, True])
+async def test_unknown_market_is_none(sim_manager: Simulator, symbol: object) -> None:
+    assert await DriftClientManager.get_funding_rate(symbol) is None  # type: ignore[arg-type]
+    assert await DriftClientManager.get_market(symbol) is None  # type: ignore[arg-type]
+    assert await DriftClientManager.get_mark_price(symbol) is None  # type: ignore[arg-type]
+
+
+async def test_market_known_only_on_chain_resolves_on_first_read(
+    simulator_factory: SimulatorFactory, manager_settings: None, frozen_now: float
+) -> None:
+    configs = len(mainnet_perp_market_configs)
+    sim = await simulator_factory(markets=configs + 1)
+    truth = GroundTruth(sim, frozen_now)
+    DriftClientManager.configure(rpc_url=sim.http_url, health_interval_s=3600)
+    try:
+        funding = await DriftClientManager.get_funding_rate(f"sim{configs}-perp")
+        assert funding is not None
+        assert funding.market == f"SIM{configs}-PERP"
+        assert _without_age(funding) == truth.funding(configs)
+    finally:
+        await DriftClientManager.shutdown()
+
+
+async def test_an_unpriceable_market_does_not_hide_the_others(truth: GroundTruth) -> None:
+    world = truth.sim.world
+    assert world is not None
+    broken = world.perp_market(1)
+    amm = broken.amm
+    # A settled rate with no oracle twap to divide it by cannot be turned into a fraction.
+    broken = dataclasses.replace(
+        broken,
+        amm=dataclasses.replace(
+            amm,
+            last_funding_oracle_twap=0,
+            historical_oracle_data=dataclasses.replace(
+                amm.historical_oracle_data, last_oracle_price_twap=0
+            ),
+        ),
+    )
+    assert amm.last_funding_rate != 0
+    accounts = {i: world.perp_market(i) for i in world.perp_indexes()} | {1: broken}
+
+    class _Source:
+        def perp_markets(self) -> list[Any]:
+            return list(accounts.values())
+
+        def perp_market(self, market_index: int) -> Any:
+            return accounts.get(market_index)
+
+        def oracle_price_data(self, market_index: int) -> Any:
+            return truth.oracle(market_index)
+
+    async def source() -> MarketSource:
+        return _Source()
+
+    reader = MarketDataReader(source, settings=load_settings())
+    markets = await reader.get_all_perp_markets()
+    expected = [i for i in truth.indexes() if i != 1]
+    assert [_without_age(m) for m in markets] == [truth.market(i) for i in expected]
+    assert await reader.get_funding_rate(1) is None
