@@ -10,6 +10,7 @@ import pytest
 import pytest_asyncio
 
 from driftshare.manager import DriftClientManager
+from driftshare.metrics import REGISTRY
 from driftshare.sim import Simulator
 
 # Fast health checks and stall detection so the fallbacks happen within a test.
@@ -257,11 +258,23 @@ async def test_api_keys_never_appear_in_stats(
     simulator_factory: Callable[..., Awaitable[Simulator]],
 ) -> None:
     sim = await simulator_factory(markets=8)
-    secret = "k3yk3yk3yk3yk3yk3yk3y"
+    secret = "not-a-real-key"
     DriftClientManager.configure(rpc_url=f"{sim.http_url}/?api-key={secret}", **FAST)
     assert await DriftClientManager.get_client() is not None
     assert secret not in repr(DriftClientManager.stats())
     assert "api-key=***" in DriftClientManager.stats()["rpc_url"]
+
+
+async def test_data_age_is_exported_per_market(
+    simulator_factory: Callable[..., Awaitable[Simulator]],
+) -> None:
+    sim = await simulator_factory(markets=8)
+    DriftClientManager.configure(rpc_url=sim.http_url, **FAST)
+    assert await DriftClientManager.get_client() is not None
+    DriftClientManager.stats()
+    age = REGISTRY.get_sample_value("drift_data_age_seconds", {"market": "SOL-PERP"})
+    assert age is not None
+    assert 0 <= age < 60
 
 
 async def test_force_reconnect_keeps_references_and_client(

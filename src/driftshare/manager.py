@@ -22,7 +22,7 @@ from solders.keypair import Keypair
 from driftshare import metrics
 from driftshare.config import PUBLIC_RPC_URLS, Settings, load_settings, redact_url
 from driftshare.marketdata import ClientSource, MarketDataReader, MarketSource
-from driftshare.models import FundingRateData, MarketData
+from driftshare.models import FundingRateData, MarketData, market_name
 from driftshare.subscription import (
     Discovery,
     PollingSubscriber,
@@ -91,6 +91,7 @@ class _Shared:
         self.ready_at: float | None = None
         self.last_data_at: float | None = None
         self._data_slot = 0
+        self._market_seen: dict[int, tuple[int, float]] = {}
         self._attempt: asyncio.Future[Any] | None = None
         self._init_task: asyncio.Task[None] | None = None
         self._health_task: asyncio.Task[None] | None = None
@@ -299,12 +300,34 @@ class _Shared:
         return max(slots, default=0)
 
     def _note_data(self) -> bool:
+        """Record whether any data advanced since the last look; refresh per-market ages."""
         slot = self.data_slot()
+        if self.ready_at is not None:
+            self._note_market_ages()
         if slot > self._data_slot:
             self._data_slot = slot
             self.last_data_at = time.time()
             return True
         return False
+
+    def _note_market_ages(self) -> None:
+        """Publish ``drift_data_age_seconds``: time since a market's account or oracle advanced."""
+        now = time.time()
+        subscriber = self.client.account_subscriber
+        for ds in subscriber.get_market_accounts_and_slots():
+            if ds is None:
+                continue
+            index = ds.data.market_index
+            slot = ds.slot
+            try:
+                oracle = subscriber.get_oracle_price_data_and_slot_for_perp_market(index)
+            except Exception:  # driftpy raises for a market it has no oracle for
+                oracle = None
+            slot = max(slot, getattr(oracle, "slot", 0) or 0)
+            seen = self._market_seen.get(index)
+            if seen is None or slot > seen[0]:
+                seen = self._market_seen[index] = (slot, now)
+            metrics.DATA_AGE_SECONDS.labels(market_name(ds.data)).set(now - seen[1])
 
     async def _health_loop(self) -> None:
         settings = self.settings
@@ -313,26 +336,30 @@ class _Shared:
         polling_since: float | None = None
         while True:
             await asyncio.sleep(settings.health_interval_s)
-            try:
-                rpc_slot = (await self.connection.get_slot()).value  # type: ignore[union-attr]
-            except Exception as exc:  # an unhealthy RPC: count and, past a limit, rebuild
-                failures += 1
-                self.health = "degraded"
-                self.last_error = f"health check failed: {type(exc).__name__}"
-                if failures >= _UNHEALTHY_CHECKS_BEFORE_RECONNECT:
-                    failures = 0
-                    self.reconnect_in_background()
-                continue
+            if self._note_data():
+                # New data proves upstream works: no getSlot, so a client whose data flows
+                # sends no periodic HTTP request at all.
+                rpc_slot_at_progress = self._data_slot
+                stalled = False
+            else:
+                try:
+                    rpc_slot = (await self.connection.get_slot()).value  # type: ignore[union-attr]
+                except Exception as exc:  # an unhealthy RPC: count and, past a limit, rebuild
+                    failures += 1
+                    self.health = "degraded"
+                    self.last_error = f"health check failed: {type(exc).__name__}"
+                    if failures >= _UNHEALTHY_CHECKS_BEFORE_RECONNECT:
+                        failures = 0
+                        self.reconnect_in_background()
+                    continue
+                stalled = (
+                    self.last_data_at is not None
+                    and time.time() - self.last_data_at >= settings.ws_stall_s
+                    and rpc_slot > rpc_slot_at_progress
+                )
             failures = 0
             self.health = "healthy"
             now = time.time()
-            if self._note_data():
-                rpc_slot_at_progress = rpc_slot
-            stalled = (
-                self.last_data_at is not None
-                and now - self.last_data_at >= settings.ws_stall_s
-                and rpc_slot > rpc_slot_at_progress
-            )
             if self.mode == "websocket" and stalled:
                 metrics.SUBSCRIPTION_FAILURES.labels(self.network).inc()
                 log.warning(

@@ -1,0 +1,80 @@
+"""Settings from DRIFT_* variables, and API-key redaction."""
+
+from __future__ import annotations
+
+import pytest
+
+from driftshare.config import ConfigError, load_settings, redact_url
+
+
+def test_defaults_connect_nothing_and_match_the_design(monkeypatch: pytest.MonkeyPatch) -> None:
+    for name in ("DRIFT_RPC_URL", "DRIFT_NETWORK", "DRIFT_RPC_RPS"):
+        monkeypatch.delenv(name, raising=False)
+    settings = load_settings()
+    assert settings.rpc_url is None
+    assert settings.rpc_rps == 10
+    assert (settings.max_retries, settings.retry_backoff, settings.retry_backoff_cap) == (
+        5,
+        2.0,
+        30,
+    )
+    ttls = (
+        settings.cache_ttl_funding,
+        settings.cache_ttl_price,
+        settings.cache_ttl_markets,
+        settings.cache_ttl_oi,
+    )
+    assert ttls == (30, 10, 60, 60)
+    assert settings.effective_rpc_url() == "https://api.mainnet-beta.solana.com"
+
+
+def test_environment_is_read(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("DRIFT_RPC_RPS", "2.5")
+    monkeypatch.setenv("DRIFT_PERP_MARKETS", "0, 1,2")
+    monkeypatch.setenv("DRIFT_NETWORK", "devnet")
+    settings = load_settings()
+    assert settings.rpc_rps == 2.5
+    assert settings.perp_markets == [0, 1, 2]
+    assert settings.network == "devnet"
+
+
+@pytest.mark.parametrize(
+    ("name", "value"),
+    [
+        ("DRIFT_RPC_RPS", "fast"),
+        ("DRIFT_RPC_RPS", "0"),
+        ("DRIFT_NETWORK", "testnet"),
+        ("DRIFT_RPC_URL", "ftp://example"),
+        ("DRIFT_PERP_MARKETS", "1,x"),
+        ("DRIFT_SUBSCRIPTION", "grpc"),
+    ],
+)
+def test_a_bad_value_names_its_variable(
+    monkeypatch: pytest.MonkeyPatch, name: str, value: str
+) -> None:
+    monkeypatch.setenv(name, value)
+    with pytest.raises(ConfigError, match=name):
+        load_settings()
+
+
+@pytest.mark.parametrize(
+    ("url", "secret"),
+    [
+        ("https://rpc.example/?api-key=not-a-real-key", "not-a-real-key"),
+        ("https://rpc.example/?token=s3cr3t&commitment=confirmed", "s3cr3t"),
+        (
+            "https://solana-mainnet.g.alchemy.com/v2/AbCdEfGhIjKlMnOpQrStUv",
+            "AbCdEfGhIjKlMnOpQrStUv",
+        ),
+        ("https://user:pa55word@rpc.example/", "pa55word"),
+    ],
+)
+def test_redact_url_hides_keys(url: str, secret: str) -> None:
+    redacted = redact_url(url)
+    assert secret not in redacted
+    assert "***" in redacted
+
+
+def test_redact_url_keeps_what_is_not_secret() -> None:
+    url = "http://127.0.0.1:8899/?commitment=confirmed"
+    assert redact_url(url) == url
