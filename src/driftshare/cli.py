@@ -31,16 +31,27 @@ def _add_sim(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     p.add_argument("--host", default="127.0.0.1")
     p.add_argument("--port", type=_port, default=8899, help="HTTP port; WebSocket is port+1")
     p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--accounts", type=Path, action="append", default=[], metavar="PATH",
-                   help="replay `solana account --output json` files or folders (repeatable)")
+    p.add_argument(
+        "--accounts",
+        type=Path,
+        action="append",
+        default=[],
+        metavar="PATH",
+        help="replay `solana account --output json` files or folders (repeatable)",
+    )
     p.add_argument("--markets", type=int, default=30, help="number of simulated perp markets")
     p.add_argument("--rate-limit", type=_positive_float, default=None, metavar="RPS")
     p.add_argument("--burst", type=int, default=None)
     p.add_argument("--funding-period-s", type=_positive_float, default=60.0)
     p.add_argument("--tick-s", type=_positive_float, default=0.4, help="seconds per slot")
     p.add_argument("--max-ws-per-client", type=int, default=64)
-    p.add_argument("--fault", action="append", default=[], metavar="SPEC",
-                   help="start with a fault, e.g. fail=429:5, latency=200, stall, down=10")
+    p.add_argument(
+        "--fault",
+        action="append",
+        default=[],
+        metavar="SPEC",
+        help="start with a fault, e.g. fail=429:5, latency=200, stall, down=10",
+    )
     p.set_defaults(func=_cmd_sim)
 
 
@@ -64,11 +75,217 @@ def _cmd_sim(ns: argparse.Namespace) -> int:
     return 0
 
 
+def _add_funding(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+    p = sub.add_parser("funding", help="print the funding rate of every perp market")
+    p.add_argument("--json", action="store_true", help="a JSON array of FundingRateData")
+    p.add_argument("--market", help="only this market: SOL-PERP, sol or an index")
+    p.add_argument("--rpc-url", help="default DRIFT_RPC_URL, else an embedded simulator")
+    p.add_argument("--network", choices=["mainnet", "devnet"], help="default DRIFT_NETWORK")
+    p.set_defaults(func=_cmd_funding)
+
+
+def _cmd_funding(ns: argparse.Namespace) -> int:
+    return asyncio.run(_funding(ns))
+
+
+async def _funding(ns: argparse.Namespace) -> int:
+    from contextlib import AsyncExitStack
+
+    from driftshare.config import ConfigError, load_settings
+    from driftshare.manager import DriftClientManager
+    from driftshare.sim import Simulator
+
+    overrides = {"rpc_url": ns.rpc_url, "network": ns.network}
+    overrides = {key: value for key, value in overrides.items() if value is not None}
+    try:
+        settings = load_settings(**overrides)
+    except ConfigError as exc:
+        print(f"driftshare funding: {exc}", file=sys.stderr)
+        return 2
+    async with AsyncExitStack() as stack:
+        if settings.rpc_url is None:
+            sim = await stack.enter_async_context(Simulator())
+            print(
+                "driftshare funding: no --rpc-url or DRIFT_RPC_URL; reading the embedded "
+                f"simulator at {sim.http_url}",
+                file=sys.stderr,
+            )
+            settings = load_settings(**{**overrides, "rpc_url": sim.http_url})
+        DriftClientManager.configure(settings)
+        stack.push_async_callback(DriftClientManager.shutdown)
+        return await _print_funding(ns)
+
+
+async def _print_funding(ns: argparse.Namespace) -> int:
+    import json
+
+    from driftshare.config import redact_url
+    from driftshare.manager import DriftClientManager
+
+    settings = DriftClientManager.settings()
+    if await DriftClientManager.get_client() is None:
+        url = redact_url(settings.effective_rpc_url())
+        print(f"driftshare funding: cannot reach the RPC at {url}", file=sys.stderr)
+        return 1
+    reader = DriftClientManager.market_data()
+    markets = await reader.get_all_perp_markets()
+    if ns.market is None:
+        rates = await reader.get_all_funding_rates()
+    else:
+        index = reader.resolver.resolve(ns.market)
+        if index is None or index not in {m.market_index for m in markets}:
+            known = ", ".join(m.symbol for m in markets)
+            print(
+                f"driftshare funding: unknown perp market {ns.market!r}; known: {known}",
+                file=sys.stderr,
+            )
+            return 2
+        rate = await reader.get_funding_rate(index)
+        rates = [] if rate is None else [rate]
+    if not rates:
+        print("driftshare funding: no funding data available", file=sys.stderr)
+        return 1
+    if ns.json:
+        print(json.dumps([rate.to_dict() for rate in rates], indent=2))
+        return 0
+    from datetime import UTC, datetime
+
+    from rich.console import Console
+    from rich.table import Table
+
+    table = Table(title=f"Drift funding ({len(rates)} of {len(markets)} perp markets)")
+    table.add_column("Market", no_wrap=True)
+    for column in ("8h %", "Annual %", "Pred. 8h %", "Mark", "Oracle", "Next (UTC)"):
+        table.add_column(column, justify="right", no_wrap=True)
+    table.add_column("Status", no_wrap=True)
+    for r in rates:
+        predicted = r.predicted_rate_hourly
+        table.add_row(
+            r.market,
+            f"{r.rate_8h:.4f}",
+            f"{r.rate_annual:.2f}",
+            "-" if predicted is None else f"{predicted * 8 * 100:.4f}",
+            f"{r.mark_price:,.4f}",
+            f"{r.oracle_price:,.4f}",
+            datetime.fromtimestamp(r.next_funding_ts, UTC).strftime("%H:%M:%S"),
+            r.status + (" (stale)" if r.stale else ""),
+        )
+    console = Console()
+    if not console.is_terminal:
+        # Rich assumes 80 columns when piped, which would cut the columns short.
+        console.width = 120
+    console.print(table)
+    return 0
+
+
+def _rpc_url(text: str) -> str:
+    from urllib.parse import urlsplit
+
+    from driftshare.config import redact_url
+
+    parts = urlsplit(text)
+    if parts.scheme not in ("http", "https") or not parts.netloc:
+        raise argparse.ArgumentTypeError(f"must be an http(s) URL, got {redact_url(text)!r}")
+    return text
+
+
+def _engine_names(text: str) -> list[str]:
+    from driftshare.serve import parse_engines
+
+    try:
+        return parse_engines(text)
+    except ValueError as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from None
+
+
+def _engine_count(text: str) -> int:
+    value = int(text)
+    if not 1 <= value <= 64:
+        raise argparse.ArgumentTypeError(f"must be 1..64, got {text}")
+    return value
+
+
+def _add_serve(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+    p = sub.add_parser("serve", help="run the shared client, the live dashboard and the engines")
+    p.add_argument("--rpc-url", type=_rpc_url, help="default DRIFT_RPC_URL, else a simulator")
+    p.add_argument("--network", choices=["mainnet", "devnet"], help="default DRIFT_NETWORK")
+    p.add_argument("--host", default="127.0.0.1", help="listen address (default 127.0.0.1)")
+    p.add_argument("--port", type=_port, default=8080)
+    p.add_argument(
+        "--engines",
+        type=_engine_names,
+        default=[],
+        metavar="LIST",
+        help="sample engines to run: funding,lst,scalp,arb or all",
+    )
+    p.set_defaults(func=_cmd_serve)
+
+
+def _cmd_serve(ns: argparse.Namespace) -> int:
+    from driftshare.serve import ServeConfig, run_serve
+
+    # httpx logs every request URL at INFO, and an RPC URL may carry an API key.
+    logging.getLogger("httpx").setLevel(logging.WARNING)
+    config = ServeConfig(
+        rpc_url=ns.rpc_url, network=ns.network, host=ns.host, port=ns.port, engines=ns.engines
+    )
+    return asyncio.run(run_serve(config))
+
+
+def _add_demo(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+    p = sub.add_parser("demo", help="the engines on the simulator: shared client vs one each")
+    p.add_argument("--engines", type=_engine_count, default=4, help="engines per run (1..64)")
+    p.add_argument("--duration", type=_positive_float, default=30.0, help="seconds per run")
+    p.add_argument("--markets", type=int, default=30, help="simulated perp markets")
+    p.add_argument(
+        "--rate-limit",
+        type=_positive_float,
+        default=10.0,
+        metavar="RPS",
+        help="the simulator's request limit, like a public RPC (default 10)",
+    )
+    p.set_defaults(func=_cmd_demo)
+
+
+def _cmd_demo(ns: argparse.Namespace) -> int:
+    from driftshare.demo import print_results, run_demo
+
+    print(
+        f"running {ns.engines} engines for {ns.duration:g}s, shared then legacy, "
+        "each on its own simulated chain…",
+        file=sys.stderr,
+    )
+    try:
+        results = asyncio.run(
+            run_demo(
+                engines=ns.engines,
+                duration_s=ns.duration,
+                markets=ns.markets,
+                rate_limit=ns.rate_limit,
+            )
+        )
+    except RuntimeError as exc:
+        print(f"driftshare demo: {exc}", file=sys.stderr)
+        return 1
+    print_results(results, ns.rate_limit)
+    return 0
+
+
+def _add_bench(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+    from driftshare.bench import add_parser
+
+    add_parser(sub)
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="driftshare", description=__doc__)
     parser.add_argument("-v", "--verbose", action="store_true", help="debug logging")
     sub = parser.add_subparsers(dest="command", required=True)
     _add_sim(sub)
+    _add_funding(sub)
+    _add_serve(sub)
+    _add_demo(sub)
+    _add_bench(sub)
     return parser
 
 

@@ -1,0 +1,279 @@
+"""``driftshare serve``: the shared client, the dashboard and the sample engines in one process.
+
+Without an RPC URL (``--rpc-url`` or ``DRIFT_RPC_URL``) it starts the embedded simulator and
+says so in the terminal and on every page. A live dashboard wants fresh numbers, so serve
+sets the funding, price, market and open-interest cache TTLs to :data:`LIVE_CACHE_TTL_S`
+unless the matching ``DRIFT_CACHE_TTL_*`` variable is set: reads still come from the
+subscribed accounts, so shorter TTLs cost CPU, not RPC requests.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import signal
+import sys
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from types import TracebackType
+from typing import Any, Self, cast, get_args
+
+from aiohttp import web
+
+from driftshare.config import ConfigError, Network, Settings, load_settings, redact_url
+from driftshare.engines import ENGINES, Engine, make_engines
+from driftshare.manager import DriftClientManager
+from driftshare.sim import SimConfigError, Simulator
+from driftshare.web import LiveState, create_app
+
+__all__ = [
+    "LIVE_CACHE_TTL_S",
+    "Runtime",
+    "ServeConfig",
+    "ServeError",
+    "run_serve",
+    "serve_settings",
+]
+
+LIVE_CACHE_TTL_S = 0.5
+"""Cache TTL of funding, prices, markets and open interest under serve (see the module doc)."""
+
+_TTL_FIELDS = ("cache_ttl_funding", "cache_ttl_price", "cache_ttl_markets", "cache_ttl_oi")
+
+Progress = Callable[[str], None]
+
+
+class ServeError(Exception):
+    """Serve cannot start as asked; the message says why (exit status 2)."""
+
+
+@dataclass(frozen=True)
+class ServeConfig:
+    """What ``driftshare serve`` runs; each field has the option of the same name."""
+
+    rpc_url: str | None = None
+    """None: ``DRIFT_RPC_URL``, else the embedded simulator."""
+    network: Network | None = None
+    """None: ``DRIFT_NETWORK`` (default mainnet)."""
+    host: str = "127.0.0.1"
+    port: int = 8080
+    """0 picks a free port."""
+    engines: Sequence[str] = ()
+    engine_interval_s: float | None = None
+    """None: each engine's own cadence."""
+    sim_markets: int = 30
+    sim_tick_s: float = 0.4
+    sim_funding_period_s: float = 60.0
+    refresh_s: float = 0.25
+    """How often the dashboard reads the shared client."""
+    stale_after_s: float | None = None
+    """None: ``DRIFT_WS_STALL_S``, the manager's own stall limit."""
+    settings_overrides: dict[str, Any] = field(default_factory=dict)
+
+
+def serve_settings(config: ServeConfig, environ: dict[str, str] | None = None) -> Settings:
+    """The settings serve runs with: env and options, and live TTLs where env sets none."""
+    environ = dict(os.environ) if environ is None else environ
+    overrides: dict[str, Any] = {
+        name: LIVE_CACHE_TTL_S for name in _TTL_FIELDS if f"DRIFT_{name.upper()}" not in environ
+    }
+    if config.rpc_url is not None:
+        overrides["rpc_url"] = config.rpc_url
+    if config.network is not None:
+        overrides["network"] = config.network
+    overrides.update(config.settings_overrides)
+    try:
+        return load_settings(**overrides)
+    except ConfigError as exc:
+        raise ServeError(str(exc)) from None
+
+
+class Runtime:
+    """One serve process: ``async with Runtime(config) as rt:`` then ``rt.url``.
+
+    Start order: listen (so a busy port fails before anything else starts), the embedded
+    simulator when no RPC URL is set, the shared client, the engines. :meth:`stop` undoes it
+    all in reverse and is safe to call twice.
+    """
+
+    def __init__(self, config: ServeConfig | None = None) -> None:
+        self.config = config or ServeConfig()
+        unknown = [name for name in self.config.engines if name not in ENGINES]
+        if unknown:
+            raise ServeError(f"unknown engine {unknown[0]!r}; known: {', '.join(ENGINES)}")
+        self.settings = serve_settings(self.config)
+        self.simulator: Simulator | None = None
+        self.engines: list[Engine] = []
+        self.live: LiveState | None = None
+        self._runner: web.AppRunner | None = None
+        self._site: web.TCPSite | None = None
+        self._managing = False
+        self.url = ""
+        self.started_at = time.time()
+
+    @property
+    def simulated(self) -> bool:
+        """Whether this runtime reads from its embedded simulator."""
+        return self.settings.rpc_url is None
+
+    async def start(self, progress: Progress | None = None) -> None:
+        """Start everything, reporting each step to ``progress``; :class:`ServeError` if not."""
+        say = progress or (lambda _: None)
+        try:
+            await self._start(say)
+        except BaseException:
+            await self.stop()
+            raise
+
+    async def _start(self, say: Progress) -> None:
+        config, settings = self.config, self.settings
+        network: Network = settings.network
+        rpc_url = settings.rpc_url
+        if rpc_url is None:
+            try:
+                self.simulator = Simulator(
+                    markets=config.sim_markets,
+                    tick_s=config.sim_tick_s,
+                    funding_period_s=config.sim_funding_period_s,
+                )
+            except SimConfigError as exc:
+                raise ServeError(str(exc)) from None
+        self.engines = make_engines(
+            config.engines, network=network, interval_s=config.engine_interval_s
+        )
+        self.live = LiveState(
+            network=network,
+            simulated=rpc_url is None,
+            engines=self.engines,
+            refresh_s=config.refresh_s,
+            stale_after_s=settings.ws_stall_s
+            if config.stale_after_s is None
+            else config.stale_after_s,
+        )
+        await self._listen(create_app(self.live))
+        say(f"dashboard listening on {self.url}")
+        if self.simulator is not None:
+            await self.simulator.start()
+            rpc_url = self.simulator.http_url
+            say(
+                f"no RPC URL set: started the embedded [b]simulated chain[/b] "
+                f"({config.sim_markets} perp markets) at {rpc_url}"
+            )
+        DriftClientManager.configure(self.settings.model_copy(update={"rpc_url": rpc_url}))
+        self._managing = True
+        self.live.started_at = self.started_at
+        say(f"connecting the shared {network} DriftClient to {redact_url(str(rpc_url))}")
+        await self.live.start()
+        markets = await self.live.reader.get_all_perp_markets()
+        stats = self.live.manager_stats()
+        if markets:
+            say(
+                f"subscribed {len(markets)} perp markets by {stats.get('subscription_mode')} "
+                f"in {stats.get('time_to_ready_s') or 0:.2f}s"
+            )
+        else:
+            say(
+                f"[yellow]no market data yet ({stats.get('last_error') or 'connecting'}); "
+                "retrying in the background[/yellow]"
+            )
+        for engine in self.engines:
+            await engine.start()
+        if self.engines:
+            say(f"engines running: {', '.join(e.name for e in self.engines)}")
+
+    async def _listen(self, app: web.Application) -> None:
+        runner = web.AppRunner(app, access_log=None, shutdown_timeout=2.0)
+        await runner.setup()
+        self._runner = runner
+        site = web.TCPSite(runner, self.config.host, self.config.port)
+        try:
+            await site.start()
+        except OSError as exc:
+            raise ServeError(
+                f"cannot listen on {self.config.host}:{self.config.port}: {exc.strerror or exc}"
+            ) from None
+        self._site = site
+        host, port = runner.addresses[0][:2]
+        shown = f"[{host}]" if ":" in host else host
+        self.url = f"http://{shown}:{port}/"
+
+    async def stop(self) -> None:
+        """Stop the engines, the dashboard, the shared client and the simulator."""
+        for engine in self.engines:
+            await engine.stop()
+        if self.live is not None:
+            await self.live.stop()
+        if self._runner is not None:
+            await self._runner.cleanup()
+            self._runner = None
+        if self._managing:
+            self._managing = False
+            await DriftClientManager.shutdown()
+        if self.simulator is not None:
+            await self.simulator.stop()
+
+    async def __aenter__(self) -> Self:
+        await self.start()
+        return self
+
+    async def __aexit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        await self.stop()
+
+
+def parse_engines(text: str) -> list[str]:
+    """``funding,lst`` → ``["funding", "lst"]``; ``all`` → every engine; ValueError if unknown."""
+    names = [part.strip().lower() for part in text.split(",") if part.strip()]
+    if names == ["all"]:
+        return list(ENGINES)
+    unknown = [name for name in names if name not in ENGINES]
+    if unknown:
+        raise ValueError(f"unknown engine {unknown[0]!r}; choose from {', '.join(ENGINES)}, all")
+    return list(dict.fromkeys(names))
+
+
+def check_network(text: str) -> Network:
+    """``text`` as a :data:`Network`; ValueError naming the choices otherwise."""
+    if text not in get_args(Network):
+        raise ValueError(f"unknown network {text!r}; choose from {', '.join(get_args(Network))}")
+    return cast(Network, text)
+
+
+async def run_serve(config: ServeConfig) -> int:
+    """Run until SIGINT or SIGTERM, showing progress on stderr; the exit status."""
+    from rich.console import Console
+
+    console = Console(stderr=True, highlight=False)
+    loop = asyncio.get_running_loop()
+    stopping = asyncio.Event()
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        loop.add_signal_handler(sig, stopping.set)
+    try:
+        runtime = Runtime(config)
+        with console.status("starting driftshare serve…") as status:
+
+            def progress(text: str) -> None:
+                console.print(f"[green]✓[/green] {text}")
+                status.update(text)
+
+            await runtime.start(progress)
+        label = "[b yellow]SIMULATED CHAIN[/b yellow]" if runtime.simulated else "live RPC"
+        console.print(f"[b]ready[/b] ({label}): dashboard at [link]{runtime.url}[/link]")
+        console.print("press Ctrl+C to stop")
+        try:
+            await stopping.wait()
+        finally:
+            console.print("stopping…")
+            await runtime.stop()
+    except ServeError as exc:
+        print(f"driftshare serve: {exc}", file=sys.stderr)
+        return 2
+    finally:
+        for sig in (signal.SIGINT, signal.SIGTERM):
+            loop.remove_signal_handler(sig)
+    return 0

@@ -1,0 +1,396 @@
+"""The JSON API: markets, funding, stats, health, readiness, metrics and its OpenAPI document."""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import time
+from typing import Any
+
+from aiohttp import web
+from multidict import MultiMapping
+from prometheus_client import CONTENT_TYPE_LATEST
+
+from driftshare import metrics
+from driftshare.markets import normalize_symbol
+from driftshare.models import FundingRateData, MarketData
+from driftshare.web.live import LiveState
+
+__all__ = [
+    "LIVE",
+    "OPENAPI",
+    "ListQuery",
+    "QueryError",
+    "error_response",
+    "parse_list_query",
+    "routes",
+]
+
+LIVE: web.AppKey[LiveState] = web.AppKey("live", LiveState)
+
+_MAX_LIMIT = 1000
+_STATUSES = (
+    "initialized",
+    "active",
+    "funding_paused",
+    "amm_paused",
+    "fill_paused",
+    "withdraw_paused",
+    "reduce_only",
+    "settlement",
+    "delisted",
+)
+_FUNDING_SORTS = (
+    "market",
+    "market_index",
+    "rate_hourly",
+    "rate_8h",
+    "rate_annual",
+    "predicted_rate_hourly",
+    "mark_price",
+    "oracle_price",
+    "next_funding_ts",
+)
+_MARKET_SORTS = (
+    "symbol",
+    "market_index",
+    "mark_price",
+    "oracle_price",
+    "funding_rate",
+    "open_interest",
+    "open_interest_usd",
+)
+
+
+class QueryError(ValueError):
+    """A query string the API does not accept; the message says which parameter and why."""
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class ListQuery:
+    """Validated ``sort``, ``order``, ``status`` and ``limit`` of a list endpoint."""
+
+    sort: str = "market_index"
+    descending: bool = False
+    status: str | None = None
+    limit: int | None = None
+
+    def apply(self, rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
+        """Filter, sort (missing values last in either order) and cut ``rows``."""
+        if self.status is not None:
+            rows = [row for row in rows if row["status"] == self.status]
+        present = [row for row in rows if row.get(self.sort) is not None]
+        missing = [row for row in rows if row.get(self.sort) is None]
+        present.sort(key=lambda row: row[self.sort], reverse=self.descending)
+        ordered = present + missing
+        return ordered if self.limit is None else ordered[: self.limit]
+
+
+def parse_list_query(query: MultiMapping[str], sorts: tuple[str, ...]) -> ListQuery:
+    """Validate a list endpoint's query; :class:`QueryError` names the bad parameter."""
+    known = {"sort", "order", "status", "limit"}
+    unknown = sorted(set(query) - known)
+    if unknown:
+        raise QueryError(f"unknown query parameter {unknown[0]!r}; known: {sorted(known)}")
+    values: dict[str, str] = {}
+    for key in known & set(query):
+        given = query.getall(key)
+        if len(given) != 1:
+            raise QueryError(f"{key} given {len(given)} times; give it once")
+        values[key] = given[0]
+    sort = values.get("sort", "market_index")
+    if sort not in sorts:
+        raise QueryError(f"sort must be one of {list(sorts)}, got {sort!r}")
+    order = values.get("order", "asc")
+    if order not in ("asc", "desc"):
+        raise QueryError(f"order must be 'asc' or 'desc', got {order!r}")
+    status = values.get("status")
+    if status is not None and status not in _STATUSES:
+        raise QueryError(f"status must be one of {list(_STATUSES)}, got {status!r}")
+    limit: int | None = None
+    if "limit" in values:
+        text = values["limit"]
+        if not (text.isascii() and text.isdigit()) or not 1 <= int(text) <= _MAX_LIMIT:
+            raise QueryError(f"limit must be an integer from 1 to {_MAX_LIMIT}, got {text!r}")
+        limit = int(text)
+    return ListQuery(sort=sort, descending=order == "desc", status=status, limit=limit)
+
+
+def error_response(status: int, error: str, message: str) -> web.Response:
+    """A JSON error body: ``{"error": code, "message": text}``."""
+    return web.json_response({"error": error, "message": message}, status=status)
+
+
+def _envelope(live: LiveState, **body: Any) -> dict[str, Any]:
+    return {"network": live.network, "simulated": live.simulated, "time": time.time(), **body}
+
+
+def _list_query(request: web.Request, sorts: tuple[str, ...]) -> ListQuery | web.Response:
+    try:
+        return parse_list_query(request.query, sorts)
+    except QueryError as exc:
+        return error_response(400, "bad_request", str(exc))
+
+
+async def markets(request: web.Request) -> web.Response:
+    """``GET /api/markets``: every perp market's prices and open interest."""
+    query = _list_query(request, _MARKET_SORTS)
+    if isinstance(query, web.Response):
+        return query
+    live = request.app[LIVE]
+    rows = [m.to_dict() for m in await live.reader.get_all_perp_markets()]
+    result = query.apply(rows)
+    return web.json_response(_envelope(live, count=len(result), markets=result))
+
+
+async def funding(request: web.Request) -> web.Response:
+    """``GET /api/funding``: every perp market's funding rates."""
+    query = _list_query(request, _FUNDING_SORTS)
+    if isinstance(query, web.Response):
+        return query
+    live = request.app[LIVE]
+    rows = [f.to_dict() for f in await live.reader.get_all_funding_rates()]
+    result = query.apply(rows)
+    return web.json_response(_envelope(live, count=len(result), funding=result))
+
+
+def _resolve(known: list[MarketData], text: str) -> int | None:
+    # Matched against the subscribed markets only, so arbitrary input never reaches the
+    # resolver's log-once memory.
+    key = normalize_symbol(text)
+    for market in known:
+        symbol = normalize_symbol(market.symbol)
+        if key in (symbol, symbol.removesuffix("-PERP"), str(market.market_index)):
+            return market.market_index
+    return None
+
+
+async def market(request: web.Request) -> web.Response:
+    """``GET /api/markets/{symbol}``: one market's prices, open interest and funding."""
+    live = request.app[LIVE]
+    reader = live.reader
+    known = await reader.get_all_perp_markets()
+    if not known:
+        return error_response(503, "not_ready", "no market data yet")
+    symbol = request.match_info["symbol"]
+    index = _resolve(known, symbol)
+    if index is None:
+        return error_response(404, "not_found", f"no perp market {symbol!r}")
+    data = await reader.get_market(index)
+    rate = await reader.get_funding_rate(index)
+    if data is None:
+        return error_response(503, "not_ready", f"no data for perp market {symbol!r} now")
+    return web.json_response(
+        _envelope(live, market=data.to_dict(), funding=None if rate is None else rate.to_dict())
+    )
+
+
+async def stats(request: web.Request) -> web.Response:
+    """``GET /api/stats``: the shared client, its traffic and cache, and the engines."""
+    live = request.app[LIVE]
+    return web.json_response(
+        _envelope(
+            live,
+            rpc_url=live.snapshot()["rpc_url"],
+            dashboard=live.manager_panel(),
+            manager=live.manager_stats(),
+            engines=[engine.status() for engine in live.engines],
+        ),
+        dumps=_dumps,
+    )
+
+
+async def healthz(request: web.Request) -> web.Response:
+    """``GET /healthz``: the process answers."""
+    return web.json_response({"status": "alive"})
+
+
+async def readyz(request: web.Request) -> web.Response:
+    """``GET /readyz``: 200 while the shared client serves fresh data, else 503."""
+    ready, reason = request.app[LIVE].readiness()
+    body = {"status": "ready" if ready else "not_ready", "reason": reason}
+    return web.json_response(body, status=200 if ready else 503)
+
+
+async def prometheus(request: web.Request) -> web.Response:
+    """``GET /metrics``: Prometheus text of driftshare's registry."""
+    return web.Response(body=metrics.render(), headers={"Content-Type": CONTENT_TYPE_LATEST})
+
+
+async def openapi(request: web.Request) -> web.Response:
+    """``GET /api/openapi.json``: this API as OpenAPI 3.0."""
+    return web.json_response(OPENAPI)
+
+
+def _dumps(value: Any) -> str:
+    # Manager stats key unavailable markets by int; JSON objects need string keys.
+    return json.dumps(value, default=str)
+
+
+def routes() -> list[web.RouteDef]:
+    """Every API route, for ``app.add_routes``."""
+    return [
+        web.get("/api/markets", markets),
+        web.get("/api/markets/{symbol}", market),
+        web.get("/api/funding", funding),
+        web.get("/api/stats", stats),
+        web.get("/api/openapi.json", openapi),
+        web.get("/healthz", healthz),
+        web.get("/readyz", readyz),
+        web.get("/metrics", prometheus),
+    ]
+
+
+# -- OpenAPI ------------------------------------------------------------------------------
+
+_SCALARS: dict[str, dict[str, Any]] = {
+    "float": {"type": "number"},
+    "int": {"type": "integer"},
+    "str": {"type": "string"},
+    "bool": {"type": "boolean"},
+}
+
+
+def _schema_of(cls: type) -> dict[str, Any]:
+    """An object schema from a dataclass of scalar (or ``X | None``) fields."""
+    properties: dict[str, Any] = {}
+    for field in dataclasses.fields(cls):
+        names = [part.strip() for part in str(field.type).split("|")]
+        schema = dict(_SCALARS[next(n for n in names if n != "None")])
+        if "None" in names:
+            schema["nullable"] = True
+        properties[field.name] = schema
+    return {"type": "object", "required": list(properties), "properties": properties}
+
+
+def _ref(name: str) -> dict[str, str]:
+    return {"$ref": f"#/components/schemas/{name}"}
+
+
+def _json(schema: dict[str, Any], description: str) -> dict[str, Any]:
+    return {"description": description, "content": {"application/json": {"schema": schema}}}
+
+
+def _list_params(sorts: tuple[str, ...]) -> list[dict[str, Any]]:
+    return [
+        {
+            "name": "sort",
+            "in": "query",
+            "schema": {"type": "string", "enum": list(sorts), "default": "market_index"},
+        },
+        {"name": "order", "in": "query", "schema": {"type": "string", "enum": ["asc", "desc"]}},
+        {"name": "status", "in": "query", "schema": {"type": "string", "enum": list(_STATUSES)}},
+        {
+            "name": "limit",
+            "in": "query",
+            "schema": {"type": "integer", "minimum": 1, "maximum": _MAX_LIMIT},
+        },
+    ]
+
+
+def _list_of(item: str, key: str) -> dict[str, Any]:
+    return {
+        "type": "object",
+        "required": ["network", "simulated", "time", "count", key],
+        "properties": {
+            "network": {"type": "string"},
+            "simulated": {"type": "boolean"},
+            "time": {"type": "number"},
+            "count": {"type": "integer"},
+            key: {"type": "array", "items": _ref(item)},
+        },
+    }
+
+
+_ERROR = _json(_ref("Error"), "error")
+_OBJECT: dict[str, Any] = {"type": "object"}
+
+
+def _get(
+    summary: str,
+    ok: dict[str, Any],
+    *,
+    params: list[dict[str, Any]] | None = None,
+    errors: tuple[int, ...] = (),
+) -> dict[str, Any]:
+    responses: dict[str, Any] = {"200": ok}
+    responses.update({str(code): _ERROR for code in errors})
+    operation: dict[str, Any] = {"summary": summary, "responses": responses}
+    if params:
+        operation["parameters"] = params
+    return {"get": operation}
+
+
+OPENAPI: dict[str, Any] = {
+    "openapi": "3.0.3",
+    "info": {
+        "title": "driftshare",
+        "version": "0.1.0",
+        "description": "Drift perp markets and funding from one shared, cached DriftClient.",
+    },
+    "paths": {
+        "/api/markets": _get(
+            "Every perp market: prices and open interest",
+            _json(_list_of("MarketData", "markets"), "markets"),
+            params=_list_params(_MARKET_SORTS),
+            errors=(400,),
+        ),
+        "/api/markets/{symbol}": {
+            **_get(
+                "One perp market by symbol (SOL-PERP, sol) or index",
+                _json(
+                    {
+                        "type": "object",
+                        "required": ["network", "simulated", "time", "market", "funding"],
+                        "properties": {
+                            "network": {"type": "string"},
+                            "simulated": {"type": "boolean"},
+                            "time": {"type": "number"},
+                            "market": _ref("MarketData"),
+                            "funding": {"nullable": True, "allOf": [_ref("FundingRateData")]},
+                        },
+                    },
+                    "the market",
+                ),
+                errors=(404, 503),
+            ),
+            "parameters": [
+                {"name": "symbol", "in": "path", "required": True, "schema": {"type": "string"}}
+            ],
+        },
+        "/api/funding": _get(
+            "Funding of every perp market",
+            _json(_list_of("FundingRateData", "funding"), "funding rates"),
+            params=_list_params(_FUNDING_SORTS),
+            errors=(400,),
+        ),
+        "/api/stats": _get(
+            "The shared client, RPC traffic, cache and engines", _json(_OBJECT, "stats")
+        ),
+        "/api/openapi.json": _get("This document", _json(_OBJECT, "OpenAPI 3.0")),
+        "/healthz": _get("Liveness", _json(_OBJECT, "alive")),
+        "/readyz": _get(
+            "Readiness: fresh data from the shared client",
+            _json(_OBJECT, "ready"),
+            errors=(503,),
+        ),
+        "/metrics": _get(
+            "Prometheus metrics",
+            {
+                "description": "Prometheus text format",
+                "content": {"text/plain": {"schema": {"type": "string"}}},
+            },
+        ),
+    },
+    "components": {
+        "schemas": {
+            "MarketData": _schema_of(MarketData),
+            "FundingRateData": _schema_of(FundingRateData),
+            "Error": {
+                "type": "object",
+                "required": ["error", "message"],
+                "properties": {"error": {"type": "string"}, "message": {"type": "string"}},
+            },
+        }
+    },
+}

@@ -1,0 +1,201 @@
+"""The sample engines: their signals match the data they read, and under serve they share one
+DriftClient and one set of subscriptions without an error."""
+
+from __future__ import annotations
+
+import socket
+from collections.abc import AsyncIterator, Awaitable, Callable
+
+import pytest
+import pytest_asyncio
+
+from driftshare.engines import (
+    ENGINES,
+    ArbEngine,
+    FundingEngine,
+    LstEngine,
+    ScalpEngine,
+    make_engines,
+)
+from driftshare.manager import DriftClientManager
+from driftshare.models import mark_price
+from driftshare.serve import Runtime, ServeConfig
+from driftshare.sim import Simulator
+
+WaitUntil = Callable[[Callable[[], bool]], Awaitable[None]]
+
+
+@pytest_asyncio.fixture
+async def live_manager(simulator: Simulator, manager_settings: None) -> AsyncIterator[Simulator]:
+    """The manager on the simulator with no caching, so each read sees the latest accounts."""
+    DriftClientManager.configure(
+        rpc_url=simulator.http_url,
+        health_interval_s=3600,
+        cache_ttl_funding=0,
+        cache_ttl_price=0,
+        cache_ttl_markets=0,
+        cache_ttl_oi=0,
+    )
+    yield simulator
+    await DriftClientManager.shutdown()
+
+
+async def test_funding_engine_picks_the_largest_absolute_apr(live_manager: Simulator) -> None:
+    engine = FundingEngine()
+    await engine.start()
+    try:
+        signal = await engine.run_once()
+        rates = [
+            r
+            for r in await DriftClientManager.market_data().get_all_funding_rates()
+            if r.status == "active"
+        ]
+    finally:
+        await engine.stop()
+    best = max(rates, key=lambda r: abs(r.rate_annual))
+    assert signal is not None
+    assert (signal.market, signal.value) == (best.market, pytest.approx(best.rate_annual))
+    assert signal.action == ("collect_short" if best.rate_annual > 0 else "collect_long")
+    assert engine.ranking[0][0] == best.market
+    assert engine.errors == 0
+
+
+async def test_lst_engine_adds_staking_yield_to_sol_funding(live_manager: Simulator) -> None:
+    engine = LstEngine(staking_apr_pct=7.0)
+    signal = await engine.run_once()
+    sol = await DriftClientManager.get_funding_rate("SOL-PERP")
+    await engine.stop()
+    assert signal is not None
+    assert sol is not None
+    assert signal.market == "SOL-PERP"
+    assert signal.value == pytest.approx(7.0 + sol.rate_annual)
+    assert engine.errors == 0
+
+
+async def test_arb_engine_reports_the_widest_mark_oracle_basis(live_manager: Simulator) -> None:
+    engine = ArbEngine(threshold_bps=10.0)
+    signal = await engine.run_once()
+    markets = await DriftClientManager.get_all_perp_markets()
+    await engine.stop()
+    basis = {
+        m.symbol: (m.mark_price / m.oracle_price - 1) * 1e4 for m in markets if m.status == "active"
+    }
+    widest = max(basis, key=lambda s: abs(basis[s]))
+    assert signal is not None
+    assert signal.market == widest
+    assert signal.value == pytest.approx(basis[widest])
+
+
+async def test_scalp_engine_sees_a_price_jump_as_momentum(
+    live_manager: Simulator, wait_until: WaitUntil
+) -> None:
+    sim = live_manager
+    engine = ScalpEngine(window=5, threshold_bps=20.0)
+    # One sample per market is no move yet.
+    assert await engine.run_once() is None
+    await wait_until(lambda: _subscribed(sim))
+    before = await DriftClientManager.get_mark_price("SOL-PERP")
+    assert sim.world is not None
+    sim.world.set_oracle_price(0, sim.world.oracle_price(0) * 1.05)
+
+    await sim.step()
+    await wait_until(lambda: _sol_mark() != before)
+    signal = await engine.run_once()
+    await engine.stop()
+    assert signal is not None
+    assert (signal.market, signal.action) == ("SOL-PERP", "momentum_long")
+    assert signal.value > 20.0
+
+
+async def test_engine_counts_errors_instead_of_raising(manager_settings: None) -> None:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        closed_port = sock.getsockname()[1]
+    DriftClientManager.configure(
+        rpc_url=f"http://127.0.0.1:{closed_port}", max_retries=0, init_timeout_s=2
+    )
+    engine = ArbEngine()
+    try:
+        await engine.start()
+        await engine.wait_for_ticks(1)
+        assert engine.errors >= 1
+        assert engine.last_signal is None
+        assert engine.last_error is not None
+    finally:
+        await engine.stop()
+        await DriftClientManager.shutdown()
+
+
+def test_make_engines_rejects_an_unknown_name() -> None:
+    with pytest.raises(ValueError, match="unknown engine 'hft'"):
+        make_engines(["funding", "hft"])
+
+
+def test_interval_must_be_positive() -> None:
+    with pytest.raises(ValueError, match="interval_s must be > 0"):
+        ArbEngine(interval_s=0)
+
+
+def _subscribed(sim: Simulator) -> bool:
+    """Whether one DriftClient's subscriptions are all active: the State, each distinct
+    oracle, and one program subscription per market map."""
+    world = sim.world
+    assert world is not None
+    oracles = {world.perp_market(i).amm.oracle for i in world.perp_indexes()}
+    oracles |= {world.spot_market(i).oracle for i in world.spot_indexes()}
+    active: int = sim.stats()["subscriptions"]["active"]
+    return active == 1 + len(oracles) + 2
+
+
+def _sol_mark() -> float | None:
+    """SOL-PERP's mark price from the shared client's subscribed accounts, uncached."""
+    state = DriftClientManager.shared_state()
+    source = None if state is None else state.source()
+    market = None if source is None else source.perp_market(0)
+    if source is None or market is None:
+        return None
+    return mark_price(market, oracle_price_data=source.oracle_price_data(0))
+
+
+async def _single_client_footprint(sim: Simulator, wait_until: WaitUntil) -> tuple[int, int]:
+    """WebSocket connections and subscriptions of one DriftClient alone, once settled."""
+    DriftClientManager.configure(rpc_url=sim.http_url, health_interval_s=3600)
+    assert await DriftClientManager.get_client() is not None
+    await wait_until(lambda: _subscribed(sim))
+    stats = sim.stats()
+    await DriftClientManager.shutdown()
+    DriftClientManager._settings = None
+    return stats["ws_connections"]["total"], stats["subscriptions"]["total"]
+
+
+async def test_four_engines_under_serve_share_one_client(
+    simulator: Simulator, manager_settings: None, wait_until: WaitUntil
+) -> None:
+    baseline = await _single_client_footprint(simulator, wait_until)
+    config = ServeConfig(
+        port=0,
+        engines=list(ENGINES),
+        engine_interval_s=0.05,
+        sim_markets=8,
+        sim_tick_s=3600,
+        settings_overrides={"health_interval_s": 3600},
+    )
+    async with Runtime(config) as runtime:
+        sim = runtime.simulator
+        assert sim is not None
+        for engine in runtime.engines:
+            await engine.wait_for_ticks(5)
+            # Data moves while they run: each engine keeps reading the shared client.
+            await sim.step()
+        for engine in runtime.engines:
+            await engine.wait_for_ticks(engine.ticks + 5)
+        stats = sim.stats()
+        footprint = (stats["ws_connections"]["total"], stats["subscriptions"]["total"])
+        manager = DriftClientManager.stats()
+        engines = {engine.name: engine for engine in runtime.engines}
+    assert manager["initializations"] == 1
+    # The dashboard's reader and one reference per engine, all on that one client.
+    assert manager["references"] == 1 + len(ENGINES)
+    assert footprint == baseline
+    assert {name: e.errors for name, e in engines.items()} == dict.fromkeys(ENGINES, 0)
+    assert all(e.last_signal is not None for e in engines.values())
