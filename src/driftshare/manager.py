@@ -390,6 +390,7 @@ class _Shared:
 
     async def _websocket_works(self) -> bool:
         """One short slot subscription: does the WebSocket endpoint deliver notifications?"""
+
         async def probe() -> bool:
             async with ws_connect(get_ws_url(self.url)) as ws:
                 await ws.slot_subscribe()
