@@ -2,7 +2,12 @@
 
 from __future__ import annotations
 
+import base64
+import dataclasses
+import json
+import random
 from collections import Counter
+from pathlib import Path
 
 import pytest
 from driftpy.accounts.oracle import decode_oracle, get_oracle_decode_fn
@@ -18,6 +23,7 @@ from driftpy.constants.spot_markets import mainnet_spot_market_configs
 from driftpy.math.amm import calculate_bid_ask_price, calculate_price
 from solders.pubkey import Pubkey
 
+from driftshare.models import market_data_from_market
 from driftshare.sim import _codec
 from driftshare.sim.oracles import PYTH_RECEIVER_PROGRAM_ID
 from driftshare.sim.store import Account, AccountStore
@@ -63,6 +69,18 @@ def name_of(market: object) -> str:
 
 def mark_price(amm: object) -> int:
     return int(calculate_price(amm.base_asset_reserve, amm.quote_asset_reserve, amm.peg_multiplier))  # type: ignore[attr-defined]
+
+
+def is_prediction(world: World, index: int) -> bool:
+    return type(world.perp_market(index).contract_type).__name__ == "Prediction"
+
+
+def priced(world: World, index: int, now: float) -> tuple[float, float]:
+    """driftshare's mark and oracle price of market ``index`` from its live oracle account."""
+    market = world.perp_market(index)
+    oracle = decode_oracle(stored(world, market.amm.oracle).data, market.amm.oracle_source)
+    data = market_data_from_market(market, oracle_price_data=oracle, now=now)
+    return data.mark_price, data.oracle_price
 
 
 def test_every_drift_account_decodes_to_the_ground_truth(big: World) -> None:
@@ -303,3 +321,87 @@ def test_bad_lookups_and_prices_are_clear_errors() -> None:
     for bad in (0.0, -1.0, float("inf"), float("nan")):
         with pytest.raises(ValueError, match="price must be"):
             world.set_oracle_price(0, bad)
+
+
+# (87, 0) is where market 57 was built with longs and shorts netting to exactly 0; seeds 17 and
+# 39 do the same to markets of a 130-market world.
+@pytest.mark.parametrize(("markets", "seed"), [(87, 0), (130, 17), (130, 39)])
+def test_driftshare_prices_every_market_near_its_oracle(markets: int, seed: int) -> None:
+    world, clock = make_world(seed=seed, markets=markets)
+    settled = {i: world.perp_market(i).amm.last_funding_rate_ts for i in world.perp_indexes()}
+    rng = random.Random(seed)
+    for step in range(60):
+        clock.now += 1.5
+        world.step()
+        if step % 10 == 0:
+            index = rng.choice(world.perp_indexes())
+            if is_prediction(world, index):
+                world.set_oracle_price(index, rng.uniform(0.1, 0.9))
+            else:
+                world.set_oracle_price(index, world.oracle_price(index) * rng.uniform(0.8, 1.25))
+    assert any(world.perp_market(i).amm.last_funding_rate_ts > ts for i, ts in settled.items()), (
+        "no funding was settled"
+    )
+    for index in world.perp_indexes():
+        mark, oracle = priced(world, index, clock.now)
+        # A prediction oracle moves 0.2 cents a slot, a wide spread at 5 to 10 cents.
+        band = 0.1 if is_prediction(world, index) else 0.02
+        assert mark == pytest.approx(oracle, rel=band), index
+
+
+def test_every_market_at_the_smallest_price_still_prices() -> None:
+    world, clock = make_world()
+    amms = [world.perp_market(i).amm for i in world.perp_indexes()]
+    assert any(amm.base_asset_reserve > amm.quote_asset_reserve for amm in amms), "no discount"
+    for index in world.perp_indexes():
+        world.set_oracle_price(index, 1e-6)
+    clock.now += 0.4
+    world.step()
+    for index in world.perp_indexes():
+        assert mark_price(world.perp_market(index).amm) == 1, index
+        mark, oracle = priced(world, index, clock.now)
+        assert oracle == 1e-6
+        assert 0 <= mark <= 2e-6, index
+
+
+def test_prediction_oracles_walk_no_further_out_than_the_amms_quotes() -> None:
+    world, clock = make_world(markets=40)
+    low, high = [i for i in world.perp_indexes() if is_prediction(world, i)][:2]
+    world.set_oracle_price(low, 0.051)
+    world.set_oracle_price(high, 0.99)
+    lows: list[float] = []
+    highs: list[float] = []
+    for _ in range(100):
+        clock.now += 0.4
+        world.step()
+        lows.append(world.oracle_price(low))
+        highs.append(world.oracle_price(high))
+    assert min(lows) == 0.05
+    assert max(highs) <= 0.99
+    assert min(highs) < 0.99
+
+
+def test_a_replayed_oracle_at_price_zero_leaves_its_markets_as_they_were(tmp_path: Path) -> None:
+    world, clock = make_world(markets=3)
+    pubkey = world.perp_market(0).amm.oracle
+    account = stored(world, pubkey)
+    oracle = _codec.decode(account.data)
+    data = _codec.encode(type(oracle).__name__, dataclasses.replace(oracle, price=0))
+    doc = {
+        "pubkey": str(pubkey),
+        "account": {
+            "lamports": account.lamports,
+            "data": [base64.b64encode(data).decode(), "base64"],
+            "owner": str(account.owner),
+            "executable": False,
+            "rentEpoch": 0,
+            "space": len(data),
+        },
+    }
+    (tmp_path / "oracle.json").write_text(json.dumps(doc))
+    before = world.perp_market(0)
+    world.replay([tmp_path / "oracle.json"])
+    assert world.oracle_price(0) == 0.0
+    clock.now += 61
+    world.step()
+    assert world.perp_market(0) == before

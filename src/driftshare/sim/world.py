@@ -88,6 +88,10 @@ _NO_FUNDING = frozenset({"FundingPaused", "Settlement", "Delisted", "Initialized
 _SLOT_SIGMA = 3e-4
 """Relative stdev of one slot's oracle move: about 2.8% an hour at 400 ms slots."""
 _PROBABILITY_SIGMA = 2_000
+_PROBABILITY_RANGE = (0.05, 0.95)
+"""Where prediction-market oracles walk: Drift's AMM quotes asks from 0.05 and bids up to 0.95
+(driftpy's ``get_quote_asset_reserve_prediction_market_bounds``), so there its mark follows them.
+One put outside (a replayed settled market's, or by ``set_oracle_price``) moves no further out."""
 _STABLE_SIGMA = 30
 _PREMIUM_BIAS = (0.0002, 0.002)
 _PREMIUM_REVERSION = 0.95
@@ -95,6 +99,9 @@ _PREMIUM_SIGMA = 1e-4
 _PREMIUM_CAP = 0.004
 _REPEG_BAND = 0.0015
 """Relative mark drift from its target that makes the AMM re-peg (and the market re-encode)."""
+_TICK_PREMIUM = 1e-4
+"""The least premium of a one-unit peg: a mark of exactly one tick can floor to 0 in driftpy's
+repeg, which multiplies the reserves by a float peg."""
 _SPOT_BAND = 0.005
 _CONF_DIVISOR = 10_000
 """Oracle confidence is 1 bp of the price."""
@@ -327,7 +334,7 @@ class World:
         pubkey, source, symbol = self._perp_config(index)
         kind: _OracleKind = "probability" if self._is_prediction(index) else "walk"
         if kind == "probability":
-            price = round(self._rng.uniform(0.05, 0.95) * _PRICE)
+            price = round(self._rng.uniform(*_PROBABILITY_RANGE) * _PRICE)
         else:
             price = self._initial_price(symbol)
         self._add_oracle(pubkey, source, kind, price, index)
@@ -385,6 +392,10 @@ class World:
         tick = 10 ** max(0, math.floor(math.log10(price / 1e5)))
         long = max(step, round(sqrt_k * rng.uniform(0.05, 0.3) / step) * step)
         short = -max(step, round(long * rng.uniform(0.98, 1.02) / step) * step)
+        if long + short == 0:
+            # driftpy re-pegs by swapping the AMM's net position back and rejects a zero swap
+            # (calculate_amm_reserves_after_swap), so a net of exactly 0 leaves it no quote.
+            short -= step
         # Alternating signs make funding of both signs certain in any world of 2+ markets.
         bias = rng.uniform(*_PREMIUM_BIAS) * (1 if index % 2 == 0 else -1)
         status = _STATUS_OVERRIDES.get(index, "Settlement" if prediction else "Active")
@@ -545,7 +556,9 @@ class World:
             oracle.target = max(1, round(_PRICE + drift))
         else:
             moved = oracle.target + rng.gauss(0.0, _PROBABILITY_SIGMA)
-            oracle.target = round(min(max(moved, 1), _PRICE))
+            low = min(_PROBABILITY_RANGE[0] * _PRICE, oracle.target)
+            high = max(_PROBABILITY_RANGE[1] * _PRICE, oracle.target)
+            oracle.target = round(min(max(moved, low), high))
 
     def _next_premium(self, perp: _Perp) -> float:
         moved = perp.premium_bias + (perp.premium - perp.premium_bias) * _PREMIUM_REVERSION
@@ -591,6 +604,8 @@ class World:
             price = self._read(amm.oracle, variant_name(amm.oracle_source))
         except (LookupError, ValueError):
             return  # a replayed oracle that does not decode: the market keeps its last state
+        if price <= 0:
+            return  # nor can an AMM be pegged to a replayed oracle's non-positive price
         status = variant_name(market.status)
         due = status not in _NO_FUNDING and now - amm.last_funding_rate_ts >= self._funding_period_s
         mark = calculate_price(amm.base_asset_reserve, amm.quote_asset_reserve, amm.peg_multiplier)
@@ -604,10 +619,12 @@ class World:
         """``market`` re-pegged to ``price`` with twaps advanced to ``now`` and funding settled."""
         amm = market.amm
         sqrt_k: int = amm.sqrt_k
-        ratio = math.sqrt(1.0 + perp.premium)
+        peg = price * _PEG // _PRICE
+        # A peg of one unit cannot carry a discount: the mark would floor to 0, which Drift's
+        # spread math divides by.
+        ratio = math.sqrt(1.0 + max(perp.premium, 1.0 / peg - 1.0 + _TICK_PREMIUM))
         base = round(sqrt_k / ratio)
         quote = round(sqrt_k * ratio)
-        peg = price * _PEG // _PRICE
         mark = calculate_price(base, quote, peg)
         invariant = sqrt_k * sqrt_k
         half_long = amm.long_spread // 2
