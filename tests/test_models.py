@@ -302,3 +302,13 @@ def test_dataclasses_have_documented_defaults() -> None:
     data = market_data_from_market(_market(FILES[0]), now=1.5)
     assert isinstance(data, MarketData)
     assert (data.stale, data.age_s, data.timestamp) == (False, 0.0, 1.5)
+
+
+def test_a_perfectly_netted_amm_still_prices() -> None:
+    """Zero net position: the SDK accepts a swap of 0 where driftpy asserts, so it must price."""
+    market = _market(FILES[0])
+    market.amm.base_asset_amount_with_amm = 0
+    oracle = market_oracle_price_data(market)
+    now = VECTORS[FILES[0]]["now"]
+    data = market_data_from_market(market, oracle_price_data=oracle, now=now)
+    assert data.mark_price == pytest.approx(oracle.price / 1e6, rel=0.05)

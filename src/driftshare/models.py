@@ -292,6 +292,11 @@ def _scaled_amm(amm: AMM, numerator: int, denominator: int) -> AMM:
     scaled.base_asset_reserve = amm.base_asset_reserve * numerator // denominator
     scaled.sqrt_k = amm.sqrt_k * numerator // denominator
     scaled.quote_asset_reserve = scaled.sqrt_k * scaled.sqrt_k // scaled.base_asset_reserve
+    if amm.base_asset_amount_with_amm == 0:
+        # Nothing to close: the terminal reserve is the reserve. driftpy asserts a positive
+        # swap here where the SDK (calculateAmmReservesAfterSwap) accepts zero.
+        scaled.terminal_quote_asset_reserve = scaled.quote_asset_reserve
+        return scaled
     to_close = (
         PositionDirection.Short()
         if amm.base_asset_amount_with_amm > 0
