@@ -22,6 +22,7 @@ from driftshare.models import (
     market_data_from_market,
 )
 from driftshare.sim import Simulator
+from driftshare.sim.pytest_plugin import SimulatorFactory
 
 WaitUntil = Callable[[Callable[[], bool]], Awaitable[None]]
 
@@ -89,6 +90,17 @@ async def sim_manager(simulator: Simulator, manager_settings: None) -> AsyncIter
     """
     DriftClientManager.configure(rpc_url=simulator.http_url, health_interval_s=3600)
     yield simulator
+    await DriftClientManager.shutdown()
+
+
+@pytest_asyncio.fixture
+async def wide_truth(
+    simulator_factory: SimulatorFactory, manager_settings: None, frozen_now: float
+) -> AsyncIterator[GroundTruth]:
+    """30 markets, so settlement, reduce-only and prediction markets are among them."""
+    sim = await simulator_factory(markets=30)
+    DriftClientManager.configure(rpc_url=sim.http_url, health_interval_s=3600)
+    yield GroundTruth(sim, frozen_now)
     await DriftClientManager.shutdown()
 
 

@@ -16,7 +16,6 @@ from conftest import GroundTruth, WaitUntil
 from driftshare import DriftAdapter, DriftFundingFeed, FundingInfo
 from driftshare.manager import DriftClientManager
 from driftshare.sim import Simulator
-from driftshare.sim.pytest_plugin import SimulatorFactory
 
 
 def _info(truth: GroundTruth, index: int) -> FundingInfo:
@@ -42,17 +41,6 @@ async def feed(
     adapter = DriftAdapter(use_singleton=request.param, clock=lambda: frozen_now)
     yield DriftFundingFeed(adapter)
     await adapter.disconnect()
-
-
-@pytest_asyncio.fixture
-async def wide_truth(
-    simulator_factory: SimulatorFactory, manager_settings: None, frozen_now: float
-) -> AsyncIterator[GroundTruth]:
-    """30 markets: settlement and reduce-only ones are not in the default market list."""
-    sim = await simulator_factory(markets=30)
-    DriftClientManager.configure(rpc_url=sim.http_url, health_interval_s=3600)
-    yield GroundTruth(sim, frozen_now)
-    await DriftClientManager.shutdown()
 
 
 async def test_get_funding_rate(feed: DriftFundingFeed, truth: GroundTruth) -> None:

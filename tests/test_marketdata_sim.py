@@ -3,11 +3,9 @@
 from __future__ import annotations
 
 import dataclasses
-from collections.abc import AsyncIterator
 from typing import Any
 
 import pytest
-import pytest_asyncio
 from driftpy.constants.perp_markets import mainnet_perp_market_configs
 
 from conftest import GroundTruth, WaitUntil
@@ -28,17 +26,6 @@ def _without_age(value: FundingRateData | MarketData) -> FundingRateData | Marke
 def _calls(sim: Simulator) -> int:
     total: int = sim.stats()["calls"]["total"]
     return total
-
-
-@pytest_asyncio.fixture
-async def wide_truth(
-    simulator_factory: SimulatorFactory, manager_settings: None, frozen_now: float
-) -> AsyncIterator[GroundTruth]:
-    """30 markets, so settlement and reduce-only markets are among them."""
-    sim = await simulator_factory(markets=30)
-    DriftClientManager.configure(rpc_url=sim.http_url, health_interval_s=3600)
-    yield GroundTruth(sim, frozen_now)
-    await DriftClientManager.shutdown()
 
 
 async def test_funding_rate_of_every_market_equals_ground_truth(wide_truth: GroundTruth) -> None:
