@@ -1,0 +1,236 @@
+"""The benchmark cases, each run for the shared path and the legacy path.
+
+Every case starts its own simulator subprocess and runs each measurement in a fresh worker
+subprocess (see :mod:`driftshare.benchmarks._worker`); each returns plain JSON-ready data.
+"""
+
+from __future__ import annotations
+
+import statistics
+import time
+from collections.abc import Callable
+from dataclasses import asdict, dataclass
+from typing import Any
+
+from driftshare.benchmarks._harness import run_worker, simulator
+
+__all__ = [
+    "CASES",
+    "PATHS",
+    "BenchConfig",
+    "cold_start",
+    "latency",
+    "provider_limit",
+    "rpc_cost",
+    "stampede",
+]
+
+PATHS = ("shared", "legacy")
+"""``shared``: DriftAdapter over driftshare's one client; ``legacy``: one DriftClient per engine."""
+
+
+@dataclass(frozen=True)
+class BenchConfig:
+    """How much of everything to run; :meth:`full` and :meth:`quick` are the two presets."""
+
+    quick: bool
+    engines: tuple[int, ...]
+    window_s: float
+    markets: int
+    cold_markets: tuple[int, ...]
+    cold_repeats: int
+    hit_calls: int
+    miss_calls_funding: int
+    miss_calls_markets: int
+    stampede_callers: int
+    legacy_stampede_callers: int
+    limit_engines: tuple[int, ...]
+    limit_window_s: float
+    limit_rps: float = 10.0
+
+    @classmethod
+    def full(cls) -> BenchConfig:
+        return cls(
+            quick=False,
+            engines=(1, 4, 16, 64),
+            window_s=15.0,
+            markets=30,
+            cold_markets=(30, 100),
+            cold_repeats=3,
+            hit_calls=100_000,
+            # A miss recomputes from the subscribed accounts (all markets: ~ms each), so
+            # 100k of them would take minutes; these counts still give a stable p99.
+            miss_calls_funding=20_000,
+            miss_calls_markets=2_000,
+            stampede_callers=1_000,
+            # 1,000 private DriftClients would need GBs (see the memory case); 64 shows the trend.
+            legacy_stampede_callers=64,
+            limit_engines=(4, 64),
+            limit_window_s=20.0,
+        )
+
+    @classmethod
+    def quick_preset(cls) -> BenchConfig:
+        return cls(
+            quick=True,
+            engines=(1, 4),
+            window_s=1.0,
+            markets=30,
+            cold_markets=(30,),
+            cold_repeats=1,
+            hit_calls=2_000,
+            miss_calls_funding=200,
+            miss_calls_markets=20,
+            stampede_callers=100,
+            legacy_stampede_callers=4,
+            limit_engines=(2,),
+            limit_window_s=1.0,
+        )
+
+    def as_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+def _slope(xs: list[float], ys: list[float]) -> float:
+    """Least-squares slope of ``ys`` over ``xs`` (0 for fewer than two points)."""
+    if len(set(xs)) < 2:
+        return 0.0
+    return float(statistics.linear_regression(xs, ys).slope)
+
+
+def rpc_cost(config: BenchConfig) -> dict[str, Any]:
+    """Cases 1 and 2: RPC traffic and client RSS for N engines, websocket and polling.
+
+    Each (mode, path, N) runs in a fresh worker: N engines connect, then each reads the
+    funding of every market every 100 ms for ``window_s``. The simulator counts what it
+    served from the worker's start to its exit, start-up included.
+    """
+    runs: list[dict[str, Any]] = []
+    for mode in ("websocket", "polling"):
+        with simulator(markets=config.markets) as sim:
+            for path in PATHS:
+                for engines in config.engines:
+                    params = {
+                        "kind": "engines",
+                        "path": path,
+                        "mode": mode,
+                        "engines": engines,
+                        "markets": config.markets,
+                        "window_s": config.window_s,
+                    }
+                    result = run_worker(sim, params)
+                    runs.append({"mode": mode, "path": path, "engines": engines, **result})
+    summary: dict[str, Any] = {}
+    for mode in ("websocket", "polling"):
+        for path in PATHS:
+            series = sorted(
+                (r for r in runs if r["mode"] == mode and r["path"] == path),
+                key=lambda r: r["engines"],
+            )
+            xs = [float(r["engines"]) for r in series]
+            summary[f"{mode}/{path}"] = {
+                "http_slope_per_engine": _slope(xs, [r["sim"]["http_requests"] for r in series]),
+                "ws_slope_per_engine": _slope(xs, [r["sim"]["ws_connections"] for r in series]),
+                "rss_slope_mib_per_engine": _slope(xs, [r["rss_mib"] for r in series]),
+            }
+    return {"window_s": config.window_s, "markets": config.markets, "runs": runs, **summary}
+
+
+def latency(config: BenchConfig) -> dict[str, Any]:
+    """Case 3: read latency of cache hits and misses, by API."""
+    apis = (
+        ("DriftClientManager (shared)", "manager", "shared"),
+        ("DriftAdapter (shared)", "adapter", "shared"),
+        ("DriftAdapter (legacy)", "adapter", "legacy"),
+    )
+    rows: list[dict[str, Any]] = []
+    with simulator(markets=config.markets) as sim:
+        for label, api, path in apis:
+            for miss in (False, True):
+                params = {
+                    "kind": "latency",
+                    "api": api,
+                    "path": path,
+                    "miss": miss,
+                    "markets": config.markets,
+                    "calls_funding": config.miss_calls_funding if miss else config.hit_calls,
+                    "calls_markets": config.miss_calls_markets if miss else config.hit_calls,
+                }
+                result = run_worker(sim, params)
+                rows.append(
+                    {"api": label, "path": path, "cache": "miss" if miss else "hit", **result}
+                )
+    return {"rows": rows}
+
+
+def cold_start(config: BenchConfig) -> dict[str, Any]:
+    """Case 4: process start to first funding rate, and connect to ready, by market count."""
+    rows: list[dict[str, Any]] = []
+    for markets in config.cold_markets:
+        with simulator(markets=markets) as sim:
+            for path in PATHS:
+                samples: list[dict[str, Any]] = []
+                for _ in range(config.cold_repeats):
+                    spawned_at = time.time()
+                    result = run_worker(sim, {"kind": "cold", "path": path})
+                    result["process_to_first_rate_s"] = result["first_rate_at"] - spawned_at
+                    result["import_s"] = result["imported_at"] - spawned_at
+                    samples.append(result)
+                rows.append(
+                    {
+                        "markets": markets,
+                        "path": path,
+                        "ok": all(s["ready"] and s["got_rate"] for s in samples),
+                        "repeats": len(samples),
+                        **{
+                            key: statistics.median(s[key] for s in samples)
+                            for key in ("process_to_first_rate_s", "import_s", "client_ready_s")
+                        },
+                    }
+                )
+    return {"rows": rows, "statistic": "median"}
+
+
+def stampede(config: BenchConfig) -> dict[str, Any]:
+    """Case 5: many first callers at once: how many clients start, how long until all served."""
+    rows: list[dict[str, Any]] = []
+    with simulator(markets=config.markets) as sim:
+        plan = [
+            ("shared", config.stampede_callers),
+            ("shared", config.legacy_stampede_callers),
+            ("legacy", config.legacy_stampede_callers),
+        ]
+        for path, callers in plan:
+            result = run_worker(sim, {"kind": "stampede", "path": path, "callers": callers})
+            rows.append({"path": path, **result})
+    return {"rows": rows}
+
+
+def provider_limit(config: BenchConfig) -> dict[str, Any]:
+    """Case 6: the simulator allows ``limit_rps`` requests per second per client (this host)."""
+    runs: list[dict[str, Any]] = []
+    for path in PATHS:
+        for engines in config.limit_engines:
+            # A fresh simulator per run: one run's 429 debt must not carry into the next.
+            with simulator(markets=config.markets, rate_limit=config.limit_rps) as sim:
+                params = {
+                    "kind": "engines",
+                    "path": path,
+                    "mode": "websocket",
+                    "engines": engines,
+                    "markets": config.markets,
+                    "window_s": config.limit_window_s,
+                }
+                result = run_worker(sim, params)
+            runs.append({"path": path, "engines": engines, **result})
+    return {"rps": config.limit_rps, "window_s": config.limit_window_s, "runs": runs}
+
+
+CASES: dict[str, Callable[[BenchConfig], dict[str, Any]]] = {
+    "rpc_cost": rpc_cost,
+    "latency": latency,
+    "cold_start": cold_start,
+    "stampede": stampede,
+    "provider_limit": provider_limit,
+}
+"""Every case by name, in the order the suite runs them."""
