@@ -63,6 +63,7 @@ class Discovery:
     oracles: list[FullOracleWrapper] = field(default_factory=list)
     unavailable: dict[int, str] = field(default_factory=dict)
     """Perp market index → why it is not served."""
+    state: DataAndSlot | None = None
 
     @property
     def perp_indexes(self) -> list[int]:
@@ -82,31 +83,40 @@ def _index_by_pda(program_id: Pubkey, kind: str) -> dict[Pubkey, int]:
     return {derive(program_id, i): i for i in range(_MAX_MARKET_INDEX)}
 
 
-async def _program_accounts(program: Any, market_type: Any) -> tuple[int, list[dict[str, Any]]]:
+async def _program_accounts(program: Any) -> dict[str, tuple[int, list[dict[str, Any]]]]:
+    """Perp and spot market accounts in one batched HTTP request, with their context slots."""
     # Raw JSON-RPC through the client's session (so through driftshare's transport), as driftpy
     # does, because solana-py's typed call drops the context slot.
-    memcmp = get_market_type_filter(market_type)
-    request = {
-        "jsonrpc": "2.0",
-        "id": 1,
-        "method": "getProgramAccounts",
-        "params": [
-            str(program.program_id),
+    kinds = {"perp": MarketType.Perp(), "spot": MarketType.Spot()}
+    batch = []
+    for number, market_type in enumerate(kinds.values()):
+        memcmp = get_market_type_filter(market_type)
+        options = {
+            "encoding": "base64",
+            "withContext": True,
+            "filters": [{"memcmp": {"offset": memcmp.offset, "bytes": str(memcmp.bytes)}}],
+        }
+        batch.append(
             {
-                "encoding": "base64",
-                "withContext": True,
-                "filters": [{"memcmp": {"offset": memcmp.offset, "bytes": str(memcmp.bytes)}}],
-            },
-        ],
-    }
+                "jsonrpc": "2.0",
+                "id": number,
+                "method": "getProgramAccounts",
+                "params": [str(program.program_id), options],
+            }
+        )
     provider = program.provider.connection._provider
-    response = await provider.session.post(provider.endpoint_uri, json=request)
+    response = await provider.session.post(provider.endpoint_uri, json=batch)
     response.raise_for_status()
-    body = response.json()
-    if "error" in body:
-        raise RuntimeError(f"getProgramAccounts failed: {body['error'].get('message')}")
-    result = body["result"]
-    return int(result["context"]["slot"]), list(result["value"])
+    answers = {answer.get("id"): answer for answer in response.json()}
+    found: dict[str, tuple[int, list[dict[str, Any]]]] = {}
+    for number, kind in enumerate(kinds):
+        answer = answers.get(number, {"error": {"message": "no answer"}})
+        if "error" in answer:
+            message = answer["error"].get("message")
+            raise RuntimeError(f"getProgramAccounts ({kind} markets) failed: {message}")
+        result = answer["result"]
+        found[kind] = int(result["context"]["slot"]), list(result["value"])
+    return found
 
 
 def _decode_markets(
@@ -129,14 +139,23 @@ def _decode_markets(
     return decoded
 
 
-async def _oracles(connection: Any, sources: dict[Pubkey, Any]) -> list[FullOracleWrapper]:
-    keys = list(sources)
+async def _oracles_and_state(
+    program: Any, sources: dict[Pubkey, Any]
+) -> tuple[list[FullOracleWrapper], DataAndSlot | None]:
+    """Every oracle and the State account, in getMultipleAccounts calls of at most 100 keys."""
+    state_key = get_state_public_key(program.program_id)
+    keys = [state_key, *sources]
     wrappers: list[FullOracleWrapper] = []
+    state: DataAndSlot | None = None
     for start in range(0, len(keys), _GMA_CHUNK):
         chunk = keys[start : start + _GMA_CHUNK]
-        resp = await connection.get_multiple_accounts(chunk, encoding="base64")
+        resp = await program.provider.connection.get_multiple_accounts(chunk, encoding="base64")
         slot = resp.context.slot
         for pubkey, account in zip(chunk, resp.value, strict=True):
+            if pubkey == state_key:
+                if account is not None:
+                    state = DataAndSlot(slot, program.coder.accounts.decode(bytes(account.data)))
+                continue
             if account is None:
                 log.warning("oracle account %s not found", pubkey)
                 continue
@@ -146,16 +165,19 @@ async def _oracles(connection: Any, sources: dict[Pubkey, Any]) -> list[FullOrac
                 log.warning("cannot decode oracle %s: %r", pubkey, exc)
                 continue
             wrappers.append(FullOracleWrapper(pubkey, sources[pubkey], DataAndSlot(slot, price)))
-    return wrappers
+    return wrappers, state
 
 
 async def discover_markets(program: Any, perp_subset: Sequence[int] | None = None) -> Discovery:
-    """Every perp and spot market of ``program`` (or the ``perp_subset``), decoded one by one."""
+    """Every perp and spot market of ``program`` (or the ``perp_subset``), decoded one by one.
+
+    Two HTTP requests for a program of up to 100 oracles: the markets, then the oracles and
+    the State account.
+    """
     unavailable: dict[int, str] = {}
-    perp_slot, perp_raw = await _program_accounts(program, MarketType.Perp())
-    spot_slot, spot_raw = await _program_accounts(program, MarketType.Spot())
-    perp = _decode_markets(program, "perp", perp_slot, perp_raw, unavailable)
-    spot = _decode_markets(program, "spot", spot_slot, spot_raw, unavailable)
+    raw = await _program_accounts(program)
+    perp = _decode_markets(program, "perp", *raw["perp"], unavailable)
+    spot = _decode_markets(program, "spot", *raw["spot"], unavailable)
     if perp_subset is not None:
         wanted = set(perp_subset)
         perp = [ds for ds in perp if ds.data.market_index in wanted]
@@ -168,8 +190,9 @@ async def discover_markets(program: Any, perp_subset: Sequence[int] | None = Non
     for ds in spot:
         sources[ds.data.oracle] = ds.data.oracle_source
     sources.pop(Pubkey.default(), None)
-    oracles = await _oracles(program.provider.connection, sources)
-    return Discovery(max(perp_slot, spot_slot), perp, spot, oracles, unavailable)
+    oracles, state = await _oracles_and_state(program, sources)
+    slot = max(raw["perp"][0], raw["spot"][0])
+    return Discovery(slot, perp, spot, oracles, unavailable, state)
 
 
 class _TolerantDecoder:
@@ -230,7 +253,10 @@ class WebsocketSubscriber(WebsocketDriftClientAccountSubscriber):  # type: ignor
         if self.is_subscribed():
             return
         self.state_subscriber = WebsocketAccountSubscriber(
-            get_state_public_key(self.program.program_id), self.program, self.commitment
+            get_state_public_key(self.program.program_id),
+            self.program,
+            self.commitment,
+            initial_data=self._discovery.state,
         )
         await self.state_subscriber.subscribe()
         self.perp_market_map = self._market_map(MarketType.Perp(), self._discovery.perp)
