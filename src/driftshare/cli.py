@@ -1,4 +1,4 @@
-"""The ``driftshare`` command."""
+"""The `driftshare` command: simulator, dashboard, funding table, demo and benchmarks."""
 
 from __future__ import annotations
 

@@ -9,7 +9,7 @@ from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
 from pydantic import Field, SecretStr, ValidationError, field_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
-__all__ = ["ConfigError", "Network", "Settings", "load_settings", "redact_url"]
+__all__ = ["ConfigError", "Network", "Settings", "load_settings", "redact_text", "redact_url"]
 
 Network = Literal["mainnet", "devnet"]
 SubscriptionMode = Literal["websocket", "polling"]
@@ -107,3 +107,11 @@ def redact_url(url: str) -> str:
     if "@" in netloc:
         netloc = "***@" + netloc.rsplit("@", 1)[1]
     return urlunsplit((parts.scheme, netloc, path, query, parts.fragment))
+
+
+_URL_IN_TEXT = re.compile(r"(?:https?|wss?)://[^\s'\"<>]+")
+
+
+def redact_text(text: str) -> str:
+    """``text`` (an error message, a log line) with every URL in it passed through redact_url."""
+    return _URL_IN_TEXT.sub(lambda match: redact_url(match.group()), text)
