@@ -72,19 +72,28 @@ async def _fake_start(self: _Shared) -> None:
     if WORLD.failures_left > 0:
         WORLD.failures_left -= 1
         raise ConnectionError("injected start-up failure")
-    conn_id = WORLD.starts
+    if self.client is None:
+        conn_id = WORLD.starts
+        self.connection = _FakeConnection(WORLD, conn_id)  # type: ignore[assignment]
+        self.client = _FakeClient(_FakeSubscriber(WORLD, conn_id))
+        WORLD.clients.append(self.client)
+    else:  # a reconnect resubscribes the client that engines already hold
+        conn_id = self.connection._conn_id  # type: ignore[union-attr]
+        self.client.account_subscriber = _FakeSubscriber(WORLD, conn_id)
     WORLD.open_connections.add(conn_id)
-    self.connection = _FakeConnection(WORLD, conn_id)  # type: ignore[assignment]
-    self.client = _FakeClient(_FakeSubscriber(WORLD, conn_id))
-    WORLD.clients.append(self.client)
     self.initializations += 1
     self.ready_at = time.time()
     self.health = "healthy"
 
 
+async def _fake_renew_session(self: _Shared) -> None:
+    await asyncio.sleep(0)
+
+
 @pytest.fixture(autouse=True)
 def _fake_network(monkeypatch: pytest.MonkeyPatch) -> Iterator[None]:
     monkeypatch.setattr(_Shared, "_start", _fake_start)
+    monkeypatch.setattr(_Shared, "_renew_session", _fake_renew_session)
     DriftClientManager.configure(
         rpc_url="http://127.0.0.1:9/",
         max_retries=3,

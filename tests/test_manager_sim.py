@@ -212,15 +212,17 @@ async def test_dropped_websockets_are_survived(
     assert await DriftClientManager.get_client() is not None
     await eventually(lambda: sim.stats()["subscriptions"]["active"] > 0, what="subscriptions")
     assert await sim.faults.drop_ws() > 0
-    sim.world.set_oracle_price(2, 77.0)  # type: ignore[union-attr]
+    dropped_at = sim.store.slot
     shared = DriftClientManager.shared_state()
     assert shared is not None
 
     def fresh() -> bool:
-        data = shared.client.get_oracle_price_data_for_perp_market(2)
-        return data is not None and data.price == 77_000_000
+        subscriber = shared.client.account_subscriber
+        data = subscriber.get_oracle_price_data_and_slot_for_perp_market(2)
+        return data is not None and data.slot > dropped_at
 
-    await eventually(fresh, within=15, what="data after the drop")
+    # driftpy's subscribers reconnect by themselves; the chain moving on reaches them again.
+    await eventually(fresh, sim=sim, within=15, what="data after the drop")
     assert DriftClientManager.stats()["initializations"] == 1
 
 
@@ -253,6 +255,68 @@ async def test_undecodable_market_does_not_take_the_others_down(
     assert await DriftClientManager.get_funding_rate(3) is None
     assert await DriftClientManager.get_funding_rate(4) is not None
 
+    # The bad account keeps changing on chain; the other markets' updates still arrive.
+    shared = DriftClientManager.shared_state()
+    assert shared is not None
+    subscriber = shared.client.account_subscriber
+    before = subscriber.get_perp_market_and_slot(4).slot
+    sim.world.set_oracle_price(3, 1.5)
+    await sim.step()
+    sim.world.set_oracle_price(4, 2.5)
+    await eventually(
+        lambda: subscriber.get_perp_market_and_slot(4).slot > before,
+        sim=sim,
+        what="market 4 updated beside the undecodable market 3",
+    )
+    assert list(DriftClientManager.stats()["unavailable_markets"]) == [3]
+
+
+async def test_a_configured_subset_stays_the_subset(
+    simulator_factory: Callable[..., Awaitable[Simulator]],
+) -> None:
+    """DRIFT_PERP_MARKETS holds in websocket mode, even as every market changes on chain."""
+    sim = await simulator_factory(markets=8)
+    DriftClientManager.configure(rpc_url=sim.http_url, perp_markets=[0, 2], **FAST)
+    assert await DriftClientManager.get_client() is not None
+    shared = DriftClientManager.shared_state()
+    assert shared is not None
+    assert sim.world is not None
+    for index in sim.world.perp_indexes():
+        sim.world.set_oracle_price(index, 10.0 + index)
+    subscriber = shared.client.account_subscriber
+    await eventually(
+        lambda: subscriber.get_perp_market_and_slot(0).slot > 1, sim=sim, what="updates"
+    )
+    indexes = sorted(m.market_index for m in shared.client.get_perp_market_accounts())
+    assert indexes == [0, 2]
+
+
+async def test_concurrent_first_reads_take_one_reference(
+    simulator_factory: Callable[..., Awaitable[Simulator]],
+) -> None:
+    sim = await simulator_factory(markets=8)
+    DriftClientManager.configure(rpc_url=sim.http_url, **FAST)
+    reads = await asyncio.gather(
+        DriftClientManager.get_funding_rate(0),
+        DriftClientManager.get_funding_rate(1),
+        DriftClientManager.get_mark_price(2),
+        DriftClientManager.get_all_perp_markets(),
+    )
+    assert all(r is not None for r in reads)
+    assert DriftClientManager.stats()["references"] == 1
+    await DriftClientManager.release_market_data()
+    assert DriftClientManager.stats()["references"] == 0
+    assert not DriftClientManager.is_initialized()
+
+
+async def test_an_unknown_network_never_raises() -> None:
+    assert await DriftClientManager.get_client("testnet") is None
+    assert await DriftClientManager.get_funding_rate("SOL-PERP", "testnet") is None
+    assert await DriftClientManager.get_all_perp_markets("testnet") == []
+    assert DriftClientManager.stats("testnet")["initialized"] is False
+    assert not DriftClientManager.is_initialized("testnet")
+    await DriftClientManager.release_client("testnet")
+
 
 async def test_api_keys_never_appear_in_stats(
     simulator_factory: Callable[..., Awaitable[Simulator]],
@@ -284,10 +348,21 @@ async def test_force_reconnect_keeps_references_and_client(
     DriftClientManager.configure(rpc_url=sim.http_url, **FAST)
     client = await DriftClientManager.get_client()
     assert client is not None
-    assert await DriftClientManager.force_reconnect() is True
+    results = await asyncio.gather(*(DriftClientManager.force_reconnect() for _ in range(3)))
+    assert results == [True, True, True]
     assert DriftClientManager.stats()["references"] == 1
+    # Concurrent requests share one rebuild, and engines keep the object they hold.
     assert DriftClientManager.stats()["initializations"] == 2
-    assert await DriftClientManager.get_funding_rate("SOL-PERP") is not None
+    assert await DriftClientManager.get_client() is client
+
+    # The rebuilt subscriptions deliver to that same object.
+    rebuilt_at = sim.store.slot
+
+    def fresh() -> bool:
+        data = client.account_subscriber.get_oracle_price_data_and_slot_for_perp_market(0)
+        return data is not None and data.slot > rebuilt_at
+
+    await eventually(fresh, sim=sim, what="data on the kept client")
 
 
 @pytest.mark.parametrize("network", ["mainnet", "devnet"])

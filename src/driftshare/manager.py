@@ -20,7 +20,7 @@ from solana.rpc.websocket_api import connect as ws_connect
 from solders.keypair import Keypair
 
 from driftshare import metrics
-from driftshare.config import PUBLIC_RPC_URLS, Settings, load_settings, redact_url
+from driftshare.config import PUBLIC_RPC_URLS, Settings, load_settings, redact_text, redact_url
 from driftshare.marketdata import ClientSource, MarketDataReader, MarketSource
 from driftshare.models import FundingRateData, MarketData, market_name
 from driftshare.subscription import (
@@ -197,7 +197,7 @@ class _Shared:
         self.init_failures += 1
         self.health = "down"
         cause = f"{type(exc).__name__}: {exc}" if str(exc) else type(exc).__name__
-        self.last_error = cause.replace(self.url, redact_url(self.url))
+        self.last_error = redact_text(cause)
         # Once, then a reminder every few attempts: no log line per retry in an outage.
         level = logging.WARNING if attempt % 10 == 0 else logging.DEBUG
         log.log(
@@ -217,10 +217,12 @@ class _Shared:
     async def _start(self) -> None:
         self.health = "connecting"
         if self.client is None:
+            # The keypair first: a bad DRIFT_KEYPAIR must not leave a connection behind.
+            keypair = _load_keypair(self.settings)
             self.connection = self._new_connection()
             self.client = DriftClient(
                 self.connection,
-                _load_keypair(self.settings),
+                keypair,
                 env=self.network,
                 account_subscription=AccountSubscriptionConfig("websocket", commitment=Confirmed),
                 perp_market_indexes=[],
@@ -257,7 +259,9 @@ class _Shared:
                 return
             except Exception as exc:  # any websocket failure: fall back to polling
                 metrics.SUBSCRIPTION_FAILURES.labels(self.network).inc()
-                log.warning("websocket subscription failed (%r); polling instead", exc)
+                log.warning(
+                    "websocket subscription failed (%s); polling instead", redact_text(repr(exc))
+                )
         await self._install_subscriber(self._polling(discovery))
         self.mode = "polling"
 
@@ -332,18 +336,23 @@ class _Shared:
     async def _health_loop(self) -> None:
         settings = self.settings
         failures = 0
-        rpc_slot_at_progress = 0
+        seen_slot = self.data_slot()
         polling_since: float | None = None
+        check_timeout = max(settings.request_timeout_s, settings.health_interval_s)
         while True:
             await asyncio.sleep(settings.health_interval_s)
-            if self._note_data():
+            self._note_data()
+            slot = self.data_slot()
+            if slot > seen_slot:
                 # New data proves upstream works: no getSlot, so a client whose data flows
                 # sends no periodic HTTP request at all.
-                rpc_slot_at_progress = self._data_slot
+                seen_slot = slot
                 stalled = False
             else:
                 try:
-                    rpc_slot = (await self.connection.get_slot()).value  # type: ignore[union-attr]
+                    rpc_slot = (
+                        await asyncio.wait_for(self.connection.get_slot(), check_timeout)  # type: ignore[union-attr]
+                    ).value
                 except Exception as exc:  # an unhealthy RPC: count and, past a limit, rebuild
                     failures += 1
                     self.health = "degraded"
@@ -355,7 +364,7 @@ class _Shared:
                 stalled = (
                     self.last_data_at is not None
                     and time.time() - self.last_data_at >= settings.ws_stall_s
-                    and rpc_slot > rpc_slot_at_progress
+                    and rpc_slot > seen_slot
                 )
             failures = 0
             self.health = "healthy"
@@ -367,6 +376,7 @@ class _Shared:
                     now - (self.last_data_at or now),
                 )
                 await self._switch("polling")
+                seen_slot = self.data_slot()
                 polling_since = now
             elif (
                 self.mode == "polling"
@@ -376,13 +386,14 @@ class _Shared:
             ):
                 log.info("websocket notifications flow again; leaving polling")
                 await self._switch("websocket")
+                seen_slot = self.data_slot()
                 polling_since = None
 
     async def _switch(self, mode: SubscriptionMode) -> None:
         try:
             await self._subscribe(mode)
         except Exception as exc:  # keep the current subscriber; the next check tries again
-            log.warning("cannot switch to %s: %r", mode, exc)
+            log.warning("cannot switch to %s: %s", mode, redact_text(repr(exc)))
             return
         self.mode_switches += 1
         self._data_slot = 0
@@ -403,26 +414,40 @@ class _Shared:
         except Exception:  # unreachable or silent: not yet
             return False
 
-    def reconnect_in_background(self) -> None:
+    def reconnect_in_background(self) -> asyncio.Task[bool] | None:
+        """Start a rebuild unless one is running; concurrent requests share it."""
+        if self.refs == 0:
+            return None
         if self._reconnecting is None or self._reconnecting.done():
-            self._reconnecting = asyncio.create_task(self.reconnect())
+            self._reconnecting = asyncio.create_task(
+                self._reconnect(), name=f"driftshare-reconnect-{self.network}"
+            )
+        return self._reconnecting
 
     async def reconnect(self) -> bool:
-        """Tear down the subscriptions and connection and rebuild them on the same client."""
-        if self.refs == 0:
-            return False
+        """Rebuild the HTTP session and the subscriptions of the same DriftClient object."""
+        task = self.reconnect_in_background()
+        return False if task is None else await asyncio.shield(task)
+
+    async def _renew_session(self) -> None:
+        # Engines hold this DriftClient and its AsyncClient: renew the HTTP session inside.
+        with suppress(Exception):
+            await self.connection._provider.session.aclose()  # type: ignore[union-attr]
+        install_transport(
+            self.connection,
+            RateLimitedTransport.from_settings(self.settings, stats=self.rpc),
+        )
+
+    async def _reconnect(self) -> bool:
         if self._init_task is not None:
             return await self._ready() is not None
         log.info("reconnecting the shared %s DriftClient", self.network)
         await _cancel_all([self._health_task])
         self._health_task = None
+        self.ready_at = None
         await self._discard_subscriber()
         if self.connection is not None:
-            with suppress(Exception):
-                await self.connection.close()
-        self.connection = None
-        self.client = None
-        self.ready_at = None
+            await self._renew_session()
         self._data_slot = 0
         return await self._ready() is not None
 
@@ -450,7 +475,7 @@ class _Shared:
         return ClientSource(self.client)
 
     def snapshot(self) -> dict[str, Any]:
-        self._note_data()
+        self._note_data()  # observation only: the health loop keeps its own progress marker
         now = time.time()
         rpc = self.rpc.snapshot()
         return {
@@ -474,6 +499,35 @@ class _Shared:
         }
 
 
+class _ReaderHold:
+    """The one reference a network's cached reader holds, taken once however many reads race."""
+
+    def __init__(self, manager: type[DriftClientManager], key: tuple[str, str]) -> None:
+        self._manager = manager
+        self._key = key
+        self._shared: _Shared | None = None
+        self._taking: asyncio.Task[None] | None = None
+
+    async def source(self) -> MarketSource | None:
+        shared = self._manager._shared.get(self._key)
+        if shared is None or shared is not self._shared or shared.refs == 0:
+            loop = asyncio.get_running_loop()
+            if self._taking is None or self._taking.done() or self._taking.get_loop() is not loop:
+                self._taking = loop.create_task(self._take())
+            await asyncio.shield(self._taking)
+            shared = self._shared
+        return None if shared is None else shared.source()
+
+    async def _take(self) -> None:
+        await self._manager.get_client(self._key[0], rpc_url=self._key[1])
+        self._shared = self._manager._shared.get(self._key)
+
+    async def release(self) -> None:
+        shared, self._shared = self._shared, None
+        if shared is not None and shared is self._manager._shared.get(self._key):
+            await self._manager.release_client(self._key[0], rpc_url=self._key[1])
+
+
 class DriftClientManager:
     """The process-wide registry of shared DriftClients, one per (network, RPC URL).
 
@@ -483,7 +537,7 @@ class DriftClientManager:
 
     _settings: ClassVar[Settings | None] = None
     _shared: ClassVar[dict[tuple[str, str], _Shared]] = {}
-    _readers: ClassVar[dict[tuple[str, str], tuple[MarketDataReader, list[_Shared | None]]]] = {}
+    _readers: ClassVar[dict[tuple[str, str], tuple[MarketDataReader, _ReaderHold]]] = {}
 
     @classmethod
     def configure(cls, settings: Settings | None = None, **overrides: Any) -> Settings:
@@ -501,13 +555,20 @@ class DriftClientManager:
     def _url(cls, network: str | None, rpc_url: str | None) -> tuple[str, str]:
         settings = cls.settings()
         network = network or settings.network
+        if network not in PUBLIC_RPC_URLS:
+            raise ValueError(
+                f"unknown network {network!r}; expected one of {list(PUBLIC_RPC_URLS)}"
+            )
         if rpc_url is None:
             rpc_url = settings.rpc_url if network == settings.network and settings.rpc_url else None
         return network, rpc_url or PUBLIC_RPC_URLS[network]
 
     @classmethod
     def _find(cls, network: str | None, rpc_url: str | None) -> _Shared | None:
-        return cls._shared.get(cls._url(network, rpc_url))
+        try:
+            return cls._shared.get(cls._url(network, rpc_url))
+        except ValueError:
+            return None
 
     @classmethod
     def _shared_for(cls, network: str | None, rpc_url: str | None) -> _Shared | None:
@@ -535,8 +596,8 @@ class DriftClientManager:
         """
         try:
             shared = cls._shared_for(network, rpc_url)
-        except (KeyError, ValueError) as exc:
-            log.error("cannot get a DriftClient for network %r: %s", network, exc)
+        except ValueError as exc:
+            log.error("cannot get a DriftClient: %s", exc)
             return None
         if shared is None:
             return None
@@ -584,7 +645,10 @@ class DriftClientManager:
     @classmethod
     def stats(cls, network: str | None = None, *, rpc_url: str | None = None) -> dict[str, Any]:
         """A plain snapshot of the shared client: references, mode, health, RPC, cache."""
-        key = cls._url(network, rpc_url)
+        try:
+            key = cls._url(network, rpc_url)
+        except ValueError as exc:
+            return {"network": network, "references": 0, "initialized": False, "error": str(exc)}
         shared = cls._shared.get(key)
         if shared is None:
             snapshot: dict[str, Any] = {
@@ -606,47 +670,73 @@ class DriftClientManager:
     def market_data(
         cls, network: str | None = None, *, rpc_url: str | None = None
     ) -> MarketDataReader:
-        """The cached reader over the shared client; it holds one reference once used."""
+        """The cached reader over the shared client (ValueError for an unknown network).
+
+        Its first read takes one reference, held until :meth:`release_market_data` or
+        :meth:`shutdown`, so reads alone keep the shared client alive.
+        """
         key = cls._url(network, rpc_url)
         entry = cls._readers.get(key)
+        if entry is None:
+            hold = _ReaderHold(cls, key)
+            reader = MarketDataReader(hold.source, settings=cls.settings(), network=key[0])  # type: ignore[arg-type]
+            entry = cls._readers[key] = (reader, hold)
+        return entry[0]
+
+    @classmethod
+    async def release_market_data(
+        cls, network: str | None = None, *, rpc_url: str | None = None
+    ) -> None:
+        """Forget the cached reader of ``network`` and release the reference it holds."""
+        key = cls._find_key(network, rpc_url)
+        entry = None if key is None else cls._readers.pop(key, None)
         if entry is not None:
-            return entry[0]
-        held: list[_Shared | None] = [None]
+            await entry[1].release()
 
-        async def source() -> MarketSource | None:
-            shared = cls._shared.get(key)
-            if shared is None or shared is not held[0] or shared.refs == 0:
-                await cls.get_client(key[0], rpc_url=key[1])
-                shared = held[0] = cls._shared.get(key)
-            return None if shared is None else shared.source()
+    @classmethod
+    def _find_key(cls, network: str | None, rpc_url: str | None) -> tuple[str, str] | None:
+        try:
+            return cls._url(network, rpc_url)
+        except ValueError as exc:
+            log.warning("%s", exc)
+            return None
 
-        reader = MarketDataReader(source, settings=cls.settings(), network=key[0])  # type: ignore[arg-type]
-        cls._readers[key] = (reader, held)
-        return reader
+    @classmethod
+    def _reader(cls, network: str | None) -> MarketDataReader | None:
+        key = cls._find_key(network, None)
+        return None if key is None else cls.market_data(key[0], rpc_url=key[1])
 
     @classmethod
     async def get_funding_rate(
         cls, market: str | int, network: str | None = None
     ) -> FundingRateData | None:
         """Funding of one perp market from the shared client, cached; never raises."""
-        return await cls.market_data(network).get_funding_rate(market)
+        reader = cls._reader(network)
+        return None if reader is None else await reader.get_funding_rate(market)
 
     @classmethod
     async def get_all_perp_markets(cls, network: str | None = None) -> list[MarketData]:
-        """Every subscribed perp market from the shared client, cached."""
-        return await cls.market_data(network).get_all_perp_markets()
+        """Every subscribed perp market from the shared client, cached; never raises."""
+        reader = cls._reader(network)
+        return [] if reader is None else await reader.get_all_perp_markets()
 
     @classmethod
     async def get_market(cls, market: str | int, network: str | None = None) -> MarketData | None:
-        return await cls.market_data(network).get_market(market)
+        """Prices and open interest of one market, cached; never raises."""
+        reader = cls._reader(network)
+        return None if reader is None else await reader.get_market(market)
 
     @classmethod
     async def get_mark_price(cls, market: str | int, network: str | None = None) -> float | None:
-        return await cls.market_data(network).get_mark_price(market)
+        """The AMM bid/ask mid of one market, cached; never raises."""
+        reader = cls._reader(network)
+        return None if reader is None else await reader.get_mark_price(market)
 
     @classmethod
     async def get_open_interest(cls, market: str | int, network: str | None = None) -> float | None:
-        return await cls.market_data(network).get_open_interest(market)
+        """Open interest of one market in USD, cached; never raises."""
+        reader = cls._reader(network)
+        return None if reader is None else await reader.get_open_interest(market)
 
     @classmethod
     def shared_state(
@@ -664,4 +754,6 @@ class DriftClientManager:
             if shared.loop is loop and shared.refs:
                 shared.refs = 1
                 await shared.release()
+            elif shared.loop is loop and shared._closing is not None:
+                await asyncio.shield(shared._closing)
             del cls._shared[key]

@@ -196,13 +196,14 @@ async def discover_markets(program: Any, perp_subset: Sequence[int] | None = Non
 
 
 class _TolerantDecoder:
-    """Decode market accounts, keeping the last good value when one turns undecodable.
+    """Decode one kind of market account; never raise.
 
-    A market account starts with its own address, so a corrupt account can still be
-    recognised as long as those 40 bytes are intact.
+    An account that turns undecodable keeps its last good value (a market account starts
+    with its own address, so it is still recognised while those 40 bytes are intact); one
+    never decoded gives None. Only the perp decoder reports into ``unavailable``.
     """
 
-    def __init__(self, program: Any, unavailable: dict[int, str]) -> None:
+    def __init__(self, program: Any, unavailable: dict[int, str] | None) -> None:
         self._decode: Callable[[bytes], Any] = program.coder.accounts.decode
         self._last: dict[bytes, Any] = {}
         self._unavailable = unavailable
@@ -211,17 +212,20 @@ class _TolerantDecoder:
         key = bytes(data[8:40])
         try:
             decoded = self._decode(data)
-        except Exception as exc:
+        except Exception as exc:  # a bad account must not end the subscription it arrived on
             last = self._last.get(key)
-            if last is None:
-                raise
-            index = last.market_index
-            if index not in self._unavailable:
-                log.warning("market %s became undecodable: %r; serving its last value", index, exc)
-            self._unavailable[index] = f"cannot decode market account: {exc!r}"
+            if last is not None and self._unavailable is not None:
+                if last.market_index not in self._unavailable:
+                    log.warning(
+                        "market %s became undecodable: %r; serving its last value",
+                        last.market_index,
+                        exc,
+                    )
+                self._unavailable[last.market_index] = f"cannot decode market account: {exc!r}"
             return last
         self._last[key] = decoded
-        self._unavailable.pop(getattr(decoded, "market_index", -1), None)
+        if self._unavailable is not None:
+            self._unavailable.pop(decoded.market_index, None)
         return decoded
 
 
@@ -238,14 +242,25 @@ class WebsocketSubscriber(WebsocketDriftClientAccountSubscriber):  # type: ignor
             commitment,
         )
         self._discovery = discovery
-        self._decoder = _TolerantDecoder(program, discovery.unavailable)
 
-    def _market_map(self, market_type: Any, initial: list[DataAndSlot]) -> MarketMap:
+    def _market_map(
+        self, market_type: Any, initial: list[DataAndSlot], unavailable: dict[int, str] | None
+    ) -> MarketMap:
         connection = self.program.provider.connection
         market_map = MarketMap(
             MarketMapConfig(self.program, market_type, WebsocketConfig(), connection)
         )
-        market_map.subscription.decode = self._decoder
+        wanted = {ds.data.market_index for ds in initial}
+        store = market_map.update_market
+
+        async def update(key: str, data: DataAndSlot) -> None:
+            # The program subscription sends every market of the kind: keep the discovered
+            # (and DRIFT_PERP_MARKETS-selected) ones, and skip accounts never decoded.
+            if data.data is not None and data.data.market_index in wanted:
+                await store(key, data)
+
+        market_map.subscription.decode = _TolerantDecoder(self.program, unavailable)
+        market_map.subscription.on_update = update
         market_map.init(initial)
         return market_map
 
@@ -259,8 +274,11 @@ class WebsocketSubscriber(WebsocketDriftClientAccountSubscriber):  # type: ignor
             initial_data=self._discovery.state,
         )
         await self.state_subscriber.subscribe()
-        self.perp_market_map = self._market_map(MarketType.Perp(), self._discovery.perp)
-        self.spot_market_map = self._market_map(MarketType.Spot(), self._discovery.spot)
+        discovery = self._discovery
+        self.perp_market_map = self._market_map(
+            MarketType.Perp(), discovery.perp, discovery.unavailable
+        )
+        self.spot_market_map = self._market_map(MarketType.Spot(), discovery.spot, None)
         for wrapper in self._discovery.oracles:
             await self.subscribe_to_oracle(wrapper)
         await self.oracle_subscriber.subscribe()
@@ -341,9 +359,8 @@ class PollingSubscriber(PollingDriftClientAccountSubscriber):  # type: ignore[mi
         def on_market(buffer: bytes | None, slot: int) -> None:
             if buffer is None:
                 return
-            try:
-                self.perp_markets[market_index] = DataAndSlot(slot, self._decoder(buffer))
-            except Exception as exc:
-                log.debug("cannot decode perp market %s: %r", market_index, exc)
+            decoded = self._decoder(buffer)
+            if decoded is not None:
+                self.perp_markets[market_index] = DataAndSlot(slot, decoded)
 
         return on_market
