@@ -27,6 +27,22 @@ from driftshare.sim.pytest_plugin import SimulatorFactory
 WaitUntil = Callable[[Callable[[], bool]], Awaitable[None]]
 
 
+def subscriptions_per_client(sim: Simulator) -> int:
+    """Websocket subscriptions one subscribed DriftClient holds: the State, each distinct
+    oracle, and one program subscription per market map (perp, spot)."""
+    world = sim.world
+    assert world is not None
+    oracles = {world.perp_market(i).amm.oracle for i in world.perp_indexes()}
+    oracles |= {world.spot_market(i).oracle for i in world.spot_indexes()}
+    return 1 + len(oracles) + 2
+
+
+def subscribed(sim: Simulator) -> bool:
+    """Whether exactly one DriftClient's subscriptions are all active on ``sim``."""
+    active: int = sim.stats()["subscriptions"]["active"]
+    return active == subscriptions_per_client(sim)
+
+
 @dataclass(frozen=True)
 class GroundTruth:
     """What models.py computes straight from the simulator's accounts at a fixed time."""
@@ -53,13 +69,7 @@ class GroundTruth:
         return self.sim.world.perp_indexes()  # type: ignore[union-attr]
 
     def subscriptions_per_client(self) -> int:
-        """Websocket subscriptions one subscribed DriftClient holds: the State, each distinct
-        oracle, and one program subscription per market map (perp, spot)."""
-        world = self.sim.world
-        assert world is not None
-        oracles = {world.perp_market(i).amm.oracle for i in world.perp_indexes()}
-        oracles |= {world.spot_market(i).oracle for i in world.spot_indexes()}
-        return 1 + len(oracles) + 2
+        return subscriptions_per_client(self.sim)
 
     def active_subscriptions(self) -> int:
         active: int = self.sim.stats()["subscriptions"]["active"]

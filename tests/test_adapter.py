@@ -188,13 +188,48 @@ async def test_both_modes_answer_the_same(sim_manager: Simulator, frozen_now: fl
 async def test_unreachable_rpc_never_raises(manager_settings: None, use_singleton: bool) -> None:
     DriftClientManager.configure(max_retries=0, init_timeout_s=5)
     drift = DriftAdapter(use_singleton=use_singleton, rpc_url=_closed_port_url())
+
+    def references() -> int:
+        refs: int = DriftClientManager.stats("mainnet", rpc_url=drift.rpc_url)["references"]
+        return refs
+
     try:
         assert not await drift.connect()
         assert not drift.is_connected
+        # A shared client that failed to start stays referenced: the manager keeps retrying.
+        held = 1 if use_singleton else 0
+        assert references() == held
+        assert not await drift.connect()
+        assert references() == held
         assert await drift.get_funding_rate("SOL-PERP") is None
         assert await drift.get_all_perp_markets() == []
         assert 0 < await drift.get_time_to_funding() <= 3600
-        assert DriftClientManager.stats("mainnet", rpc_url=drift.rpc_url)["references"] == 0
+        before = references()
+        await drift.disconnect()
+        assert references() == before - held
+        assert not drift.is_connected
+    finally:
+        await drift.disconnect()
+        await DriftClientManager.shutdown()
+
+
+async def test_a_shared_client_that_failed_to_start_comes_up_in_the_background(
+    simulator: Simulator, manager_settings: None, wait_until: WaitUntil
+) -> None:
+    DriftClientManager.configure(
+        rpc_url=simulator.http_url,
+        max_retries=0,
+        retry_backoff=0.05,
+        retry_backoff_cap=0.1,
+        health_interval_s=3600,
+    )
+    simulator.faults.fail_next(3, status=503)
+    drift = DriftAdapter()
+    try:
+        assert not await drift.connect()
+        # No second connect: the reference the adapter kept is what keeps the manager trying.
+        await wait_until(lambda: drift.is_connected)
+        assert await drift.get_funding_rate("SOL-PERP") is not None
     finally:
         await drift.disconnect()
         await DriftClientManager.shutdown()

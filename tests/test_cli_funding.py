@@ -2,15 +2,19 @@
 
 from __future__ import annotations
 
+import asyncio
 import dataclasses
 import json
+import os
 import socket
+import sys
 
 import pytest
 
 from driftshare import cli
 from driftshare.models import FundingRateData
 from driftshare.sim import SimConfig
+from driftshare.sim.pytest_plugin import SimulatorFactory
 
 FIELDS = [field.name for field in dataclasses.fields(FundingRateData)]
 
@@ -79,3 +83,23 @@ def test_unreachable_rpc_exits_1(
     assert "cannot reach the RPC" in err
     assert "secret-api-key-0123456789abcdef" not in err
     assert "Traceback" not in err
+
+
+async def test_verbose_output_never_shows_the_api_key(simulator_factory: SimulatorFactory) -> None:
+    # A process of its own: in-process, pytest's log capture would keep the log off stderr.
+    sim = await simulator_factory()
+    url = f"{sim.http_url}/?api-key=not-a-real-key"
+    env = {name: value for name, value in os.environ.items() if not name.startswith("DRIFT_")}
+    process = await asyncio.create_subprocess_exec(
+        *(sys.executable, "-m", "driftshare", "-v", "funding", "--json", "--rpc-url", url),
+        stdout=asyncio.subprocess.PIPE,
+        stderr=asyncio.subprocess.PIPE,
+        env=env,
+    )
+    out, err = await asyncio.wait_for(process.communicate(), 60)
+    assert process.returncode == 0, err.decode()
+    assert len(json.loads(out)) == len(sim.world.perp_indexes())  # type: ignore[union-attr]
+    assert b"not-a-real-key" not in out + err
+    # The requests and the websocket handshake were logged, with the key redacted.
+    assert b"HTTP Request: POST http://" in err
+    assert b"> GET /?api-key=*** HTTP/1.1" in err

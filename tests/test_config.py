@@ -2,9 +2,14 @@
 
 from __future__ import annotations
 
+import logging
+
 import pytest
 
+from driftshare._logging import install_log_redaction
 from driftshare.config import ConfigError, load_settings, redact_url
+
+KEY = "not-a-real-key"
 
 
 def test_defaults_connect_nothing_and_match_the_design(monkeypatch: pytest.MonkeyPatch) -> None:
@@ -78,3 +83,48 @@ def test_redact_url_hides_keys(url: str, secret: str) -> None:
 def test_redact_url_keeps_what_is_not_secret() -> None:
     url = "http://127.0.0.1:8899/?commitment=confirmed"
     assert redact_url(url) == url
+
+
+def test_settings_repr_hides_the_rpc_key() -> None:
+    settings = load_settings(rpc_url=f"https://rpc.example/?api-key={KEY}", keypair="[1, 2, 3]")
+    for text in (repr(settings), str(settings)):
+        assert KEY not in text
+        assert "[1, 2, 3]" not in text
+        assert "rpc_url='https://rpc.example/?api-key=***'" in text
+    assert settings.rpc_url == f"https://rpc.example/?api-key={KEY}"
+
+
+@pytest.mark.parametrize("name", ["httpx", "websockets.client", "driftshare.adapter"])
+def test_log_records_of_http_and_driftshare_loggers_are_redacted(
+    caplog: pytest.LogCaptureFixture, name: str
+) -> None:
+    caplog.set_level(logging.DEBUG, logger=name)
+    log = logging.getLogger(name)
+    log.info('HTTP Request: POST %s "HTTP/1.1 200 OK"', f"https://rpc.example/?api-key={KEY}")
+    log.debug("> GET %s HTTP/1.1", f"/?api-key={KEY}")
+    log.warning("lost %s", "wss://rpc.example/v2/AbCdEfGhIjKlMnOpQrStUv")
+    try:
+        raise RuntimeError(f"Server error for url 'https://rpc.example/?api-key={KEY}'")
+    except RuntimeError:
+        log.exception("request failed")
+
+    assert [record.getMessage() for record in caplog.records] == [
+        'HTTP Request: POST https://rpc.example/?api-key=*** "HTTP/1.1 200 OK"',
+        "> GET /?api-key=*** HTTP/1.1",
+        "lost wss://rpc.example/v2/***",
+        "request failed",
+    ]
+    assert "RuntimeError: Server error for url 'https://rpc.example/?api-key=***'" in caplog.text
+    assert KEY not in caplog.text
+
+
+def test_other_loggers_are_left_alone(caplog: pytest.LogCaptureFixture) -> None:
+    caplog.set_level(logging.INFO, logger="someone.else")
+    logging.getLogger("someone.else").info("%s", f"https://rpc.example/?api-key={KEY}")
+    assert caplog.records[0].getMessage() == f"https://rpc.example/?api-key={KEY}"
+
+
+def test_installing_log_redaction_again_changes_nothing() -> None:
+    factory = logging.getLogRecordFactory()
+    install_log_redaction()
+    assert logging.getLogRecordFactory() is factory

@@ -4,11 +4,13 @@ DriftClient and one set of subscriptions without an error."""
 from __future__ import annotations
 
 import socket
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator
+from typing import Any
 
 import pytest
 import pytest_asyncio
 
+from conftest import WaitUntil, subscribed
 from driftshare.engines import (
     ENGINES,
     ArbEngine,
@@ -17,12 +19,11 @@ from driftshare.engines import (
     ScalpEngine,
     make_engines,
 )
+from driftshare.feed import FundingInfo
 from driftshare.manager import DriftClientManager
 from driftshare.models import mark_price
 from driftshare.serve import Runtime, ServeConfig
 from driftshare.sim import Simulator
-
-WaitUntil = Callable[[Callable[[], bool]], Awaitable[None]]
 
 
 @pytest_asyncio.fixture
@@ -55,9 +56,75 @@ async def test_funding_engine_picks_the_largest_absolute_apr(live_manager: Simul
     best = max(rates, key=lambda r: abs(r.rate_annual))
     assert signal is not None
     assert (signal.market, signal.value) == (best.market, pytest.approx(best.rate_annual))
+    assert best.rate_annual != 0
     assert signal.action == ("collect_short" if best.rate_annual > 0 else "collect_long")
     assert engine.ranking[0][0] == best.market
     assert engine.errors == 0
+
+
+class _Feed:
+    """A funding feed answering fixed rates."""
+
+    def __init__(self, *rates: float) -> None:
+        self.rates = rates
+
+    async def get_all_funding_rates(self) -> list[FundingInfo]:
+        return [
+            FundingInfo(f"M{i}-PERP", rate / 1095, rate, rate > 0, 100.0, 60)
+            for i, rate in enumerate(self.rates)
+        ]
+
+
+@pytest.mark.parametrize(
+    ("rates", "action"),
+    [((0.0, 0.0), "no_edge"), ((0.0, 12.5), "collect_short"), ((-3.0, 1.0), "collect_long")],
+)
+async def test_funding_engine_action_follows_the_sign_and_zero_is_no_edge(
+    rates: tuple[float, ...], action: str
+) -> None:
+    engine = FundingEngine()
+    engine.feed = _Feed(*rates)  # type: ignore[assignment]
+    signal = await engine.run_once()
+    assert signal is not None
+    assert signal.action == action
+    assert signal.value == max(rates, key=abs)
+    assert engine.errors == 0
+
+
+class _ReconnectingAdapter:
+    """An adapter whose client is being rebuilt: not connected, yet answering cached rows."""
+
+    is_connected = False
+
+    def __init__(self, rows: list[dict[str, Any]]) -> None:
+        self.rows = rows
+
+    async def connect(self) -> bool:
+        return False
+
+    async def disconnect(self) -> None:
+        pass
+
+    async def get_all_perp_markets(self) -> list[dict[str, Any]]:
+        return self.rows
+
+
+async def test_engine_reads_stale_data_while_the_adapter_reconnects() -> None:
+    engine = ArbEngine(threshold_bps=10.0)
+    row = {"symbol": "SOL-PERP", "status": "active", "mark_price": 101.0, "oracle_price": 100.0}
+    engine.adapter = _ReconnectingAdapter([row])  # type: ignore[assignment]
+    signal = await engine.run_once()
+    assert signal is not None
+    assert (signal.market, signal.action) == ("SOL-PERP", "sell_perp_buy_spot")
+    assert engine.errors == 0
+
+
+async def test_engine_counts_an_error_when_the_data_is_missing() -> None:
+    engine = ArbEngine()
+    engine.adapter = _ReconnectingAdapter([])  # type: ignore[assignment]
+    assert await engine.run_once() is None
+    assert engine.errors == 1
+    assert engine.last_error == "EngineDataError: no perp markets"
 
 
 async def test_lst_engine_adds_staking_yield_to_sol_funding(live_manager: Simulator) -> None:
@@ -93,7 +160,7 @@ async def test_scalp_engine_sees_a_price_jump_as_momentum(
     engine = ScalpEngine(window=5, threshold_bps=20.0)
     # One sample per market is no move yet.
     assert await engine.run_once() is None
-    await wait_until(lambda: _subscribed(sim))
+    await wait_until(lambda: subscribed(sim))
     before = await DriftClientManager.get_mark_price("SOL-PERP")
     assert sim.world is not None
     sim.world.set_oracle_price(0, sim.world.oracle_price(0) * 1.05)
@@ -136,17 +203,6 @@ def test_interval_must_be_positive() -> None:
         ArbEngine(interval_s=0)
 
 
-def _subscribed(sim: Simulator) -> bool:
-    """Whether one DriftClient's subscriptions are all active: the State, each distinct
-    oracle, and one program subscription per market map."""
-    world = sim.world
-    assert world is not None
-    oracles = {world.perp_market(i).amm.oracle for i in world.perp_indexes()}
-    oracles |= {world.spot_market(i).oracle for i in world.spot_indexes()}
-    active: int = sim.stats()["subscriptions"]["active"]
-    return active == 1 + len(oracles) + 2
-
-
 def _sol_mark() -> float | None:
     """SOL-PERP's mark price from the shared client's subscribed accounts, uncached."""
     state = DriftClientManager.shared_state()
@@ -161,7 +217,7 @@ async def _single_client_footprint(sim: Simulator, wait_until: WaitUntil) -> tup
     """WebSocket connections and subscriptions of one DriftClient alone, once settled."""
     DriftClientManager.configure(rpc_url=sim.http_url, health_interval_s=3600)
     assert await DriftClientManager.get_client() is not None
-    await wait_until(lambda: _subscribed(sim))
+    await wait_until(lambda: subscribed(sim))
     stats = sim.stats()
     await DriftClientManager.shutdown()
     DriftClientManager._settings = None

@@ -8,11 +8,9 @@ import json
 import logging
 import random
 import selectors
-import time
 import warnings
 from collections.abc import Awaitable, Callable
 from datetime import UTC, datetime
-from email.utils import formatdate
 from typing import Any
 
 import httpx
@@ -114,17 +112,32 @@ async def test_retry_after_longer_jitter_wins_over_short_retry_after() -> None:
     assert sleeps.waits == _expected_jitter(7, 4.0, 30.0, 1)
 
 
-async def test_retry_after_http_date_is_honoured() -> None:
+async def test_retry_after_http_date_is_counted_from_the_wall_clock() -> None:
     sleeps = _Sleeps()
-    header = formatdate(time.time() + 60, usegmt=True)
-    inner, _ = _script(httpx.Response(503, headers={"Retry-After": header}), _ok())
-    transport = _transport(inner, sleeps, backoff_base=0.1)
+    now = 1_445_412_450.25  # 2015-10-21 07:27:30.25 UTC
+    inner, _ = _script(
+        httpx.Response(503, headers={"Retry-After": "Wed, 21 Oct 2015 07:28:00 GMT"}), _ok()
+    )
+    transport = _transport(inner, sleeps, backoff_base=0.1, wall_clock=lambda: now)
 
     await _post(transport)
 
-    # An HTTP date has whole seconds, so the wait is just under a minute.
-    assert len(sleeps.waits) == 1
-    assert 58.0 < sleeps.waits[0] <= 60.0
+    assert sleeps.waits == [29.75]
+
+
+@pytest.mark.parametrize("header", ["86400", "Wed, 22 Oct 2015 07:27:30 GMT"])
+async def test_retry_after_is_capped_at_backoff_cap(header: str) -> None:
+    sleeps = _Sleeps()
+    inner, seen = _script(httpx.Response(429, headers={"Retry-After": header}), _ok())
+    transport = _transport(
+        inner, sleeps, backoff_base=0.1, backoff_cap=12.0, wall_clock=lambda: 1_445_412_450.0
+    )
+
+    response = await _post(transport)
+
+    assert response.status_code == 200
+    assert len(seen) == 2
+    assert sleeps.waits == [12.0]
 
 
 @pytest.mark.parametrize(

@@ -3,16 +3,16 @@
 from __future__ import annotations
 
 import shutil
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator
 from pathlib import Path
 
 import pytest
 import pytest_asyncio
 from playwright.async_api import Browser, async_playwright, expect
 
+from conftest import WaitUntil, subscribed
 from driftshare.manager import DriftClientManager
 from driftshare.serve import Runtime, ServeConfig
-from driftshare.sim import Simulator
 
 CHROMIUM = "/usr/bin/chromium"
 CHROMIUM_ARGS = [
@@ -25,8 +25,6 @@ CHROMIUM_ARGS = [
 ]
 ARTIFACTS = Path(__file__).resolve().parent.parent / "test-artifacts"
 MARKETS = 30
-
-WaitUntil = Callable[[Callable[[], bool]], Awaitable[None]]
 
 
 @pytest_asyncio.fixture
@@ -60,16 +58,6 @@ def _price_text(value: float) -> str:
     return f"{value:.4f}"
 
 
-def _subscribed(sim: Simulator) -> bool:
-    """Whether the State, every distinct oracle and both market maps are subscribed."""
-    world = sim.world
-    assert world is not None
-    oracles = {world.perp_market(i).amm.oracle for i in world.perp_indexes()}
-    oracles |= {world.spot_market(i).oracle for i in world.spot_indexes()}
-    active: int = sim.stats()["subscriptions"]["active"]
-    return active == 1 + len(oracles) + 2
-
-
 async def test_dashboard_shows_every_market_and_live_changes(
     browser: Browser, runtime: Runtime, wait_until: WaitUntil
 ) -> None:
@@ -95,7 +83,7 @@ async def test_dashboard_shows_every_market_and_live_changes(
     oracle = page.locator('#markets tr[data-symbol="SOL-PERP"] td[data-col="oracle_price"]')
     await expect(oracle).to_have_text(_price_text(world.oracle_price(0)))
     # A price moved before the client's subscriptions are live would never be pushed.
-    await wait_until(lambda: _subscribed(sim))
+    await wait_until(lambda: subscribed(sim))
     world.set_oracle_price(0, world.oracle_price(0) * 1.05)
     await sim.step()
     await expect(oracle).to_have_text(_price_text(world.oracle_price(0)), timeout=2000)

@@ -1,5 +1,6 @@
 """driftshare: one shared, rate-limit-safe Drift DriftClient per network."""
 
+from driftshare._logging import install_log_redaction
 from driftshare.adapter import DriftAdapter
 from driftshare.config import ConfigError, Settings, load_settings, redact_url
 from driftshare.feed import DriftFundingFeed, FundingInfo
@@ -19,3 +20,5 @@ __all__ = [
     "redact_url",
 ]
 __version__ = "0.1.0"
+
+install_log_redaction()

@@ -17,7 +17,7 @@ from solana.rpc.async_api import AsyncClient
 from solana.rpc.commitment import Confirmed
 from solders.keypair import Keypair
 
-from driftshare.config import PUBLIC_RPC_URLS, Network, Settings, redact_url
+from driftshare.config import PUBLIC_RPC_URLS, Network, Settings, redact_text, redact_url
 from driftshare.manager import DriftClientManager
 from driftshare.marketdata import ClientSource, MarketDataReader, MarketSource
 from driftshare.subscription import WebsocketSubscriber, discover_markets
@@ -93,10 +93,12 @@ class DriftAdapter:
     connection and websocket-subscribed DriftClient, as before the shared client existed.
 
     Reads before :meth:`connect` connect lazily (with no wallet, sub-account 0); the adapter
-    then holds its connection until :meth:`disconnect`. Upstream failures never raise:
-    reads answer ``None`` or ``[]`` and log a warning. ``rpc_url`` defaults to
-    ``DRIFT_RPC_URL`` for the configured network, else the network's public endpoint;
-    ``clock`` gives the unix time for :meth:`get_time_to_funding`.
+    then holds its connection until :meth:`disconnect`. A shared client that cannot start
+    yet is held all the same: :meth:`connect` answers False, the manager keeps retrying in
+    the background, and reads answer from its cache until it is up. Upstream failures
+    never raise: reads answer ``None``, ``[]`` or stale values and log a warning.
+    ``rpc_url`` defaults to ``DRIFT_RPC_URL`` for the configured network, else the
+    network's public endpoint; ``clock`` gives the unix time for :meth:`get_time_to_funding`.
     """
 
     def __init__(
@@ -150,6 +152,7 @@ class DriftAdapter:
     async def connect(self, wallet: Keypair | None = None, sub_account: int = 0) -> bool:
         """Connect (a no-op when connected); False if upstream cannot be reached now.
 
+        With the singleton the reference is kept even then, until :meth:`disconnect`.
         ``wallet`` and ``sub_account`` only matter without the singleton: the shared client
         is read-only and ignores them.
         """
@@ -166,12 +169,11 @@ class DriftAdapter:
             log.debug("the shared client is read-only: wallet and sub_account are ignored")
         if not self._holds_reference:
             client = await DriftClientManager.get_client(self.network, rpc_url=self.rpc_url)
-            if client is None:
-                # Without a client no reference is worth keeping; the next read tries again.
-                await DriftClientManager.release_client(self.network, rpc_url=self.rpc_url)
-                log.warning("the shared %s DriftClient is not available", self.network)
-                return False
+            # Kept even without a client: the reference is what keeps the manager retrying.
             self._holds_reference = True
+            if client is None:
+                log.warning("the shared %s DriftClient is not available yet", self.network)
+                return False
         return self.is_connected
 
     async def _connect_private(self, wallet: Keypair | None, sub_account: int) -> bool:
@@ -186,7 +188,7 @@ class DriftAdapter:
             await asyncio.wait_for(private.start(), settings.init_timeout_s)
         except Exception as exc:  # any upstream failure: not connected
             await private.close()
-            cause = str(exc).replace(url, redact_url(url)) or type(exc).__name__
+            cause = redact_text(str(exc)) or type(exc).__name__
             log.warning("cannot connect to %s: %s", redact_url(url), cause)
             return False
         self._private = private
@@ -224,8 +226,10 @@ class DriftAdapter:
     # -- reads ----------------------------------------------------------------------------
 
     async def _reader(self) -> MarketDataReader | None:
-        # A held shared client being rebuilt still answers, from its cache.
-        if not self._holds_connection() and not await self.connect():
+        if not self._holds_connection():
+            await self.connect()
+        # A held shared client that is starting or being rebuilt still answers, from its cache.
+        if not self._holds_connection():
             return None
         if self.use_singleton:
             return DriftClientManager.market_data(self.network, rpc_url=self.rpc_url)

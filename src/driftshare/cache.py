@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import re
 import time
 from collections import Counter
 from collections.abc import Awaitable, Callable, Hashable
@@ -14,15 +13,13 @@ from typing import Any, Generic, TypeVar
 from prometheus_client import Counter as PromCounter
 
 from driftshare import metrics
-from driftshare.config import redact_url
+from driftshare.config import redact_text
 
-__all__ = ["CacheEntry", "Cached", "TTLCache"]
+__all__ = ["Cached", "TTLCache"]
 
 T = TypeVar("T")
 
 _log = logging.getLogger(__name__)
-# Upstream errors may quote the RPC URL, API key included.
-_URL = re.compile(r"https?://[^\s'\"]+")
 
 
 @dataclass(frozen=True, slots=True)
@@ -34,9 +31,6 @@ class Cached(Generic[T]):
     """True when upstream failed and this is the last known value, older than its TTL."""
     age_s: float
     """Seconds since the value was computed."""
-
-
-CacheEntry = Cached
 
 
 @dataclass(slots=True)
@@ -163,7 +157,8 @@ class TTLCache:
         try:
             value = await compute()
         except Exception as exc:
-            detail = _URL.sub(lambda m: redact_url(m.group()), str(exc))
+            # Upstream errors may quote the RPC URL, API key included.
+            detail = redact_text(str(exc))
             _log.warning("computing %s %r failed: %s: %s", kind, key, type(exc).__name__, detail)
         finally:
             registered = self._inflight.get(key) is me

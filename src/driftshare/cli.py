@@ -224,8 +224,6 @@ def _add_serve(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None
 def _cmd_serve(ns: argparse.Namespace) -> int:
     from driftshare.serve import ServeConfig, run_serve
 
-    # httpx logs every request URL at INFO, and an RPC URL may carry an API key.
-    logging.getLogger("httpx").setLevel(logging.WARNING)
     config = ServeConfig(
         rpc_url=ns.rpc_url, network=ns.network, host=ns.host, port=ns.port, engines=ns.engines
     )

@@ -3,7 +3,8 @@
 from __future__ import annotations
 
 import re
-from typing import Annotated, Literal
+from collections.abc import Iterable
+from typing import Annotated, Any, Literal
 from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
 
 from pydantic import Field, SecretStr, ValidationError, field_validator
@@ -68,6 +69,12 @@ class Settings(BaseSettings):
         if value is not None and urlsplit(value).scheme not in ("http", "https"):
             raise ValueError("must be an http(s) URL")
         return value
+
+    def __repr_args__(self) -> Iterable[tuple[str | None, Any]]:
+        # repr() and str() would otherwise show the API key an RPC URL may carry.
+        for name, value in super().__repr_args__():
+            shown = redact_url(value) if name == "rpc_url" and value is not None else value
+            yield name, shown
 
     def effective_rpc_url(self) -> str:
         """The configured RPC URL, or the network's public endpoint."""

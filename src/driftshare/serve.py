@@ -20,6 +20,7 @@ from types import TracebackType
 from typing import Any, Self, cast, get_args
 
 from aiohttp import web
+from rich.markup import escape
 
 from driftshare.config import ConfigError, Network, Settings, load_settings, redact_url
 from driftshare.engines import ENGINES, Engine, make_engines
@@ -152,18 +153,18 @@ class Runtime:
             else config.stale_after_s,
         )
         await self._listen(create_app(self.live))
-        say(f"dashboard listening on {self.url}")
+        say(f"dashboard listening on {escape(self.url)}")
         if self.simulator is not None:
             await self.simulator.start()
             rpc_url = self.simulator.http_url
             say(
                 f"no RPC URL set: started the embedded [b]simulated chain[/b] "
-                f"({config.sim_markets} perp markets) at {rpc_url}"
+                f"({config.sim_markets} perp markets) at {escape(rpc_url)}"
             )
         DriftClientManager.configure(self.settings.model_copy(update={"rpc_url": rpc_url}))
         self._managing = True
         self.live.started_at = self.started_at
-        say(f"connecting the shared {network} DriftClient to {redact_url(str(rpc_url))}")
+        say(f"connecting the shared {network} DriftClient to {escape(redact_url(str(rpc_url)))}")
         await self.live.start()
         markets = await self.live.reader.get_all_perp_markets()
         stats = self.live.manager_stats()
@@ -173,10 +174,8 @@ class Runtime:
                 f"in {stats.get('time_to_ready_s') or 0:.2f}s"
             )
         else:
-            say(
-                f"[yellow]no market data yet ({stats.get('last_error') or 'connecting'}); "
-                "retrying in the background[/yellow]"
-            )
+            cause = escape(str(stats.get("last_error") or "connecting"))
+            say(f"[yellow]no market data yet ({cause}); retrying in the background[/yellow]")
         for engine in self.engines:
             await engine.start()
         if self.engines:
@@ -263,7 +262,8 @@ async def run_serve(config: ServeConfig) -> int:
 
             await runtime.start(progress)
         label = "[b yellow]SIMULATED CHAIN[/b yellow]" if runtime.simulated else "live RPC"
-        console.print(f"[b]ready[/b] ({label}): dashboard at [link]{runtime.url}[/link]")
+        url = escape(runtime.url)
+        console.print(f"[b]ready[/b] ({label}): dashboard at [link]{url}[/link]")
         console.print("press Ctrl+C to stop")
         try:
             await stopping.wait()

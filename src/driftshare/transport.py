@@ -29,7 +29,7 @@ from tenacity import (
 )
 
 from driftshare import metrics
-from driftshare.config import Settings, redact_url
+from driftshare.config import Settings, redact_text, redact_url
 
 __all__ = [
     "RateLimitedTransport",
@@ -123,9 +123,11 @@ class RateLimitedTransport(httpx.AsyncBaseTransport):
     At most ``rps`` requests per second leave, with bursts of up to ``burst``. HTTP 429,
     5xx, timeouts and connection errors are retried up to ``max_retries`` times with
     full-jitter exponential backoff (``backoff_base`` doubling per retry, capped at
-    ``backoff_cap`` seconds), waiting at least as long as any ``Retry-After`` header asks.
-    Each attempt, response body included, must finish within ``timeout_s``. When retries
-    run out the last response is returned, or the last exception raised.
+    ``backoff_cap`` seconds). A ``Retry-After`` header is waited out up to ``backoff_cap``
+    seconds too: a longer ask is retried sooner than asked, at most ``max_retries`` times.
+    ``wall_clock`` gives the unix time a ``Retry-After`` date is counted from. Each
+    attempt, response body included, must finish within ``timeout_s``. When retries run
+    out the last response is returned, or the last exception raised.
 
     The rate limiter (and the default inner transport, whose connections belong to one
     event loop) is kept per running event loop, so one transport serves successive
@@ -146,6 +148,7 @@ class RateLimitedTransport(httpx.AsyncBaseTransport):
         sleep: Callable[[float], Awaitable[None]] = asyncio.sleep,
         rng: random.Random | None = None,
         clock: Callable[[], float] = time.monotonic,
+        wall_clock: Callable[[], float] = time.time,
         log_interval_s: float = 10.0,
     ) -> None:
         _require(rps > 0, f"rps must be > 0, got {rps!r}")
@@ -168,6 +171,7 @@ class RateLimitedTransport(httpx.AsyncBaseTransport):
         self._sleep = sleep
         self._rng = rng if rng is not None else random.Random()
         self._clock = clock
+        self._wall_clock = wall_clock
         self._log_interval_s = log_interval_s
         self._states: dict[asyncio.AbstractEventLoop, _LoopState] = {}
         self._last_429_log: float | None = None
@@ -210,9 +214,13 @@ class RateLimitedTransport(httpx.AsyncBaseTransport):
             response: httpx.Response = await retrying(self._attempt, state, request, method)
         except Exception as exc:
             self.stats.record_failure(method)
-            url = redact_url(str(request.url))
-            detail = str(exc).replace(str(request.url), url)
-            _log.warning("RPC %s to %s failed: %s: %s", method, url, type(exc).__name__, detail)
+            _log.warning(
+                "RPC %s to %s failed: %s: %s",
+                method,
+                redact_url(str(request.url)),
+                type(exc).__name__,
+                redact_text(str(exc)),
+            )
             raise
         if response.status_code >= 400:
             self.stats.record_failure(method)
@@ -289,11 +297,11 @@ class RateLimitedTransport(httpx.AsyncBaseTransport):
         outcome = retry_state.outcome
         if outcome is not None and not outcome.failed:
             response: httpx.Response = outcome.result()
-            retry_after = retry_after_seconds(
-                response.headers.get("retry-after"), now=datetime.now(UTC)
-            )
+            now = datetime.fromtimestamp(self._wall_clock(), UTC)
+            retry_after = retry_after_seconds(response.headers.get("retry-after"), now=now)
             if retry_after is not None:
-                delay = max(delay, retry_after)
+                # Capped: a "Retry-After: 86400" must not park a request for a day.
+                delay = max(delay, min(retry_after, self.backoff_cap))
         return delay
 
     def _before_retry(self, method: str, retry_state: RetryCallState) -> None:

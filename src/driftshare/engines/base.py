@@ -42,7 +42,8 @@ class Engine(ABC):
     """A read-only engine polling Drift data through its own :class:`DriftAdapter`.
 
     ``start()`` connects the adapter and evaluates every ``interval_s`` seconds until
-    ``stop()``. An evaluation that raises, or finds the data missing, counts in
+    ``stop()``. Each evaluation reads whatever the adapter answers, stale values of a
+    reconnecting client included; one that raises, or finds the data missing, counts in
     :attr:`errors` and the engine carries on.
     """
 
@@ -73,8 +74,8 @@ class Engine(ABC):
         """Connect the adapter and start evaluating in the background."""
         if self._task is not None:
             return
-        if not await self.adapter.connect():
-            self._record_error("adapter could not connect; retrying on the next tick")
+        # A failed connect is no error yet: an evaluation counts one if data is missing.
+        await self.adapter.connect()
         self._task = asyncio.create_task(self._run(), name=f"driftshare-engine-{self.name}")
 
     async def stop(self) -> None:
@@ -89,8 +90,6 @@ class Engine(ABC):
     async def run_once(self) -> Signal | None:
         """Evaluate once now; errors are counted, never raised."""
         try:
-            if not self.adapter.is_connected and not await self.adapter.connect():
-                raise EngineDataError("adapter is not connected")
             signal = await self._evaluate()
         except asyncio.CancelledError:
             raise

@@ -13,7 +13,8 @@ __all__ = ["FundingEngine"]
 class FundingEngine(Engine):
     """Ranks markets by |APR| through :class:`DriftFundingFeed`; the top one is the signal.
 
-    A positive rate means longs pay, so the side that collects is the short one.
+    A positive rate means longs pay, so the side that collects is the short one; when even
+    the largest rate is zero nobody pays and the action is ``no_edge``.
     """
 
     name = "funding"
@@ -33,7 +34,12 @@ class FundingEngine(Engine):
         ranked = sorted(rates, key=lambda info: abs(info.rate_annual), reverse=True)
         self.ranking = [(info.market, info.rate_annual) for info in ranked[: self.top_n]]
         best = ranked[0]
-        action = "collect_short" if best.is_positive else "collect_long"
+        if best.rate_annual > 0:
+            action = "collect_short"
+        elif best.rate_annual < 0:
+            action = "collect_long"
+        else:
+            action = "no_edge"
         return self._signal(
             best.market, action, best.rate_annual, f"APR {best.rate_annual:+.2f}% funding"
         )

@@ -19,6 +19,8 @@ __all__ = ["STATIC_DIR", "create_app"]
 
 log = logging.getLogger(__name__)
 
+_INDEX_TEMPLATE: web.AppKey[str] = web.AppKey("index_template", str)
+
 STATIC_DIR = Path(str(files("driftshare.web") / "static"))
 
 _ERROR_CODES = {
@@ -54,7 +56,7 @@ def _initial_json(live: LiveState) -> str:
 
 async def _index(request: web.Request) -> web.Response:
     live = request.app[LIVE]
-    template = (STATIC_DIR / "index.html").read_text(encoding="utf-8")
+    template = request.app[_INDEX_TEMPLATE]
     chain = "simulated chain" if live.simulated else "live RPC"
     html = (
         template.replace("%%CHAIN_CLASS%%", "sim" if live.simulated else "live")
@@ -90,6 +92,8 @@ def create_app(live: LiveState) -> web.Application:
     """The dashboard and API over ``live``; starting and stopping ``live`` is the caller's."""
     app = web.Application(middlewares=[_json_errors])
     app[LIVE] = live
+    # Read once here: a file read in the handler would block the event loop on each request.
+    app[_INDEX_TEMPLATE] = (STATIC_DIR / "index.html").read_text(encoding="utf-8")
     app.add_routes(
         [
             web.get("/", _index),

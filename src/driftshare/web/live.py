@@ -11,7 +11,6 @@ from contextlib import suppress
 from functools import partial
 from typing import Any
 
-from driftshare import metrics
 from driftshare.config import Network
 from driftshare.engines import Engine
 from driftshare.manager import DriftClientManager
@@ -163,7 +162,6 @@ class LiveState:
                 self._values[index] = values
                 self._changed_at[index] = now
                 changed = True
-            metrics.DATA_AGE_SECONDS.labels(market.symbol).set(now - self._changed_at[index])
         return changed
 
     def _sample(self, now: float) -> None:
