@@ -30,6 +30,7 @@ from driftshare.subscription import (
     SubscriptionMode,
     WebsocketSubscriber,
     discover_markets,
+    newest_data_slot,
 )
 from driftshare.transport import RateLimitedTransport, RpcStats, install_transport
 
@@ -295,13 +296,7 @@ class _Shared:
         """The newest slot among the subscribed markets' and oracles' data."""
         if self.client is None or self.ready_at is None:
             return 0
-        subscriber = self.client.account_subscriber
-        slots = [ds.slot for ds in subscriber.get_market_accounts_and_slots() if ds is not None]
-        oracle_data = getattr(subscriber, "oracle", None)
-        if oracle_data is None:
-            oracle_data = getattr(getattr(subscriber, "oracle_subscriber", None), "data_map", {})
-        slots.extend(ds.slot for ds in oracle_data.values() if ds is not None)
-        return max(slots, default=0)
+        return newest_data_slot(self.client.account_subscriber) or 0
 
     def _note_data(self) -> bool:
         """Record whether any data advanced since the last look; refresh per-market ages."""

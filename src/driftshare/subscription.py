@@ -43,6 +43,7 @@ __all__ = [
     "SubscriptionMode",
     "WebsocketSubscriber",
     "discover_markets",
+    "newest_data_slot",
 ]
 
 log = logging.getLogger(__name__)
@@ -193,6 +194,19 @@ async def discover_markets(program: Any, perp_subset: Sequence[int] | None = Non
     oracles, state = await _oracles_and_state(program, sources)
     slot = max(raw["perp"][0], raw["spot"][0])
     return Discovery(slot, perp, spot, oracles, unavailable, state)
+
+
+def newest_data_slot(subscriber: Any) -> int | None:
+    """The newest slot among a driftpy subscriber's market and oracle data; None before any."""
+    try:
+        slots = [ds.slot for ds in subscriber.get_market_accounts_and_slots() if ds is not None]
+    except Exception:  # driftpy's subscribers raise before they have subscribed
+        return None
+    oracles = getattr(subscriber, "oracle", None)  # polling keeps oracles here
+    if oracles is None:
+        oracles = getattr(getattr(subscriber, "oracle_subscriber", None), "data_map", {})
+    slots.extend(ds.slot for ds in oracles.values() if ds is not None)
+    return max(slots, default=None)
 
 
 class _TolerantDecoder:

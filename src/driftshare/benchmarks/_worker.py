@@ -32,7 +32,12 @@ from driftshare.benchmarks._harness import percentiles
 from driftshare.config import Settings
 from driftshare.manager import DriftClientManager
 from driftshare.marketdata import ClientSource, MarketDataReader, MarketSource
-from driftshare.subscription import PollingSubscriber, ResilientLoader, discover_markets
+from driftshare.subscription import (
+    PollingSubscriber,
+    ResilientLoader,
+    discover_markets,
+    newest_data_slot,
+)
 
 __all__ = ["main"]
 
@@ -104,22 +109,6 @@ class _LegacyPollingEngine:
             await self.connection.close()
 
 
-def _client_data_slot(client: Any) -> int | None:
-    """The newest slot among a subscribed client's market and oracle data."""
-    if client is None:
-        return None
-    subscriber = client.account_subscriber
-    try:
-        slots = [ds.slot for ds in subscriber.get_market_accounts_and_slots() if ds is not None]
-    except Exception:  # not subscribed (yet): no data
-        return None
-    oracles = getattr(subscriber, "oracle", None)
-    if oracles is None:
-        oracles = getattr(getattr(subscriber, "oracle_subscriber", None), "data_map", {})
-    slots.extend(ds.slot for ds in oracles.values() if ds is not None)
-    return max(slots, default=None)
-
-
 def _engine_client(engine: _Engine) -> Any:
     """The DriftClient a legacy engine reads from, or None."""
     if isinstance(engine, _LegacyPollingEngine):
@@ -184,7 +173,7 @@ async def _sample_lag(
             else:
                 clients = [_engine_client(engine) for engine in engines]
             for client in clients:
-                slot = _client_data_slot(client)
+                slot = None if client is None else newest_data_slot(client.account_subscriber)
                 if slot is not None:
                     tally.lags.append(max(0, chain_slot - slot) * float(params["tick_s"]))
 
