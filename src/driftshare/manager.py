@@ -126,7 +126,7 @@ class _Shared:
         self._init_task = self._health_task = self._reconnecting = None
         self.ready_at = None
         self._closing = asyncio.create_task(
-            self._close(tasks), name=f"driftshare-close-{self.network}"
+            self._close(tasks, self._closing), name=f"driftshare-close-{self.network}"
         )
         return self._closing
 
@@ -448,7 +448,13 @@ class _Shared:
 
     # -- cleanup ----------------------------------------------------------------------------
 
-    async def _close(self, tasks: list[asyncio.Task[Any] | None]) -> None:
+    async def _close(
+        self, tasks: list[asyncio.Task[Any] | None], previous: asyncio.Task[None] | None
+    ) -> None:
+        # Closes run one after another: the latest one ends only when every earlier one has,
+        # so a new generation that waits for it never meets a close still under way.
+        if previous is not None:
+            await asyncio.shield(previous)
         await _cancel_all(tasks)
         if self.client is not None:
             log.info("last reference released: closing the shared %s DriftClient", self.network)
