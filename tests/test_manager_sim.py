@@ -10,7 +10,7 @@ import pytest
 import pytest_asyncio
 
 from driftshare.manager import DriftClientManager
-from driftshare.metrics import REGISTRY
+from driftshare.metrics import DATA_AGE_SECONDS, REGISTRY
 from driftshare.sim import Simulator
 
 # Fast health checks and stall detection so the fallbacks happen within a test.
@@ -334,6 +334,8 @@ async def test_data_age_is_exported_per_market(
 ) -> None:
     sim = await simulator_factory(markets=8)
     DriftClientManager.configure(rpc_url=sim.http_url, **FAST)
+    DATA_AGE_SECONDS.clear()  # the registry is process-wide: start from no sample at all
+    assert REGISTRY.get_sample_value("drift_data_age_seconds", {"market": "SOL-PERP"}) is None
     assert await DriftClientManager.get_client() is not None
     DriftClientManager.stats()
     age = REGISTRY.get_sample_value("drift_data_age_seconds", {"market": "SOL-PERP"})
