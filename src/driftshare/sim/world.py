@@ -144,6 +144,28 @@ class _Spot:
     frozen: bool = False
 
 
+def _spot_price_history(market: Any, price: int, twap: int, twap5: int, ts: int) -> dict[str, Any]:
+    """A spot market's oracle and index history fields after a price of ``price`` at ``ts``."""
+    return {
+        "historical_oracle_data": dataclasses.replace(
+            market.historical_oracle_data,
+            last_oracle_price=price,
+            last_oracle_conf=_confidence(price),
+            last_oracle_price_twap=twap,
+            last_oracle_price_twap5min=twap5,
+            last_oracle_price_twap_ts=ts,
+        ),
+        "historical_index_data": dataclasses.replace(
+            market.historical_index_data,
+            last_index_bid_price=price - price // 10_000,
+            last_index_ask_price=price + price // 10_000,
+            last_index_price_twap=twap,
+            last_index_price_twap5min=twap5,
+            last_index_price_twap_ts=ts,
+        ),
+    }
+
+
 class World:
     """Drift's program state on a simulated chain, written into an :class:`AccountStore`.
 
@@ -729,22 +751,7 @@ class World:
             mint=config.mint,
             vault=get_spot_market_vault_public_key(DRIFT_PROGRAM_ID, index),
             name=list(config.symbol.encode()[:32].ljust(32, b" ")),
-            historical_oracle_data=dataclasses.replace(
-                _codec.blank("SpotMarket").historical_oracle_data,
-                last_oracle_price=price,
-                last_oracle_conf=_confidence(price),
-                last_oracle_price_twap=price,
-                last_oracle_price_twap5min=price,
-                last_oracle_price_twap_ts=ts,
-            ),
-            historical_index_data=dataclasses.replace(
-                _codec.blank("SpotMarket").historical_index_data,
-                last_index_bid_price=price - price // 10_000,
-                last_index_ask_price=price + price // 10_000,
-                last_index_price_twap=price,
-                last_index_price_twap5min=price,
-                last_index_price_twap_ts=ts,
-            ),
+            **_spot_price_history(_codec.blank("SpotMarket"), price, price, price, ts),
             revenue_pool=self._pool(token_deposits // 1_000, index),
             spot_fee_pool=self._pool(token_deposits // 10_000, index),
             insurance_fund=dataclasses.replace(
@@ -813,23 +820,7 @@ class World:
         twap = _twap(hist.last_oracle_price_twap, price, since, _ONE_HOUR)
         twap5 = _twap(hist.last_oracle_price_twap5min, price, since, _FIVE_MINUTES)
         spot.market = dataclasses.replace(
-            market,
-            historical_oracle_data=dataclasses.replace(
-                hist,
-                last_oracle_price=price,
-                last_oracle_conf=_confidence(price),
-                last_oracle_price_twap=twap,
-                last_oracle_price_twap5min=twap5,
-                last_oracle_price_twap_ts=ts,
-            ),
-            historical_index_data=dataclasses.replace(
-                market.historical_index_data,
-                last_index_bid_price=price - price // 10_000,
-                last_index_ask_price=price + price // 10_000,
-                last_index_price_twap=twap,
-                last_index_price_twap5min=twap5,
-                last_index_price_twap_ts=ts,
-            ),
+            market, **_spot_price_history(market, price, twap, twap5, ts)
         )
         self._put_drift(spot.pubkey, "SpotMarket", spot.market)
 
