@@ -295,6 +295,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         format="%(asctime)s %(levelname)s %(name)s: %(message)s",
         stream=sys.stderr,
     )
+    if not ns.verbose:
+        # One INFO line per HTTP request drowns the terminal (polling sends one a second).
+        logging.getLogger("httpx").setLevel(logging.WARNING)
     try:
         return int(ns.func(ns))
     except KeyboardInterrupt:
