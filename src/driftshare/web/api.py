@@ -5,6 +5,7 @@ from __future__ import annotations
 import dataclasses
 import json
 import time
+from collections.abc import Awaitable, Callable
 from typing import Any
 
 from aiohttp import web
@@ -125,33 +126,38 @@ def _envelope(live: LiveState, **body: Any) -> dict[str, Any]:
     return {"network": live.network, "simulated": live.simulated, "time": time.time(), **body}
 
 
-def _list_query(request: web.Request, sorts: tuple[str, ...]) -> ListQuery | web.Response:
+async def _listing(
+    request: web.Request,
+    sorts: tuple[str, ...],
+    key: str,
+    rows: Callable[[LiveState], Awaitable[list[dict[str, Any]]]],
+) -> web.Response:
+    """A list endpoint: validate the query, then filter, sort and cut the rows."""
     try:
-        return parse_list_query(request.query, sorts)
+        query = parse_list_query(request.query, sorts)
     except QueryError as exc:
         return error_response(400, "bad_request", str(exc))
+    live = request.app[LIVE]
+    result = query.apply(await rows(live))
+    return web.json_response(_envelope(live, count=len(result), **{key: result}))
+
+
+async def _market_rows(live: LiveState) -> list[dict[str, Any]]:
+    return [m.to_dict() for m in await live.reader.get_all_perp_markets()]
+
+
+async def _funding_rows(live: LiveState) -> list[dict[str, Any]]:
+    return [f.to_dict() for f in await live.reader.get_all_funding_rates()]
 
 
 async def markets(request: web.Request) -> web.Response:
     """``GET /api/markets``: every perp market's prices and open interest."""
-    query = _list_query(request, _MARKET_SORTS)
-    if isinstance(query, web.Response):
-        return query
-    live = request.app[LIVE]
-    rows = [m.to_dict() for m in await live.reader.get_all_perp_markets()]
-    result = query.apply(rows)
-    return web.json_response(_envelope(live, count=len(result), markets=result))
+    return await _listing(request, _MARKET_SORTS, "markets", _market_rows)
 
 
 async def funding(request: web.Request) -> web.Response:
     """``GET /api/funding``: every perp market's funding rates."""
-    query = _list_query(request, _FUNDING_SORTS)
-    if isinstance(query, web.Response):
-        return query
-    live = request.app[LIVE]
-    rows = [f.to_dict() for f in await live.reader.get_all_funding_rates()]
-    result = query.apply(rows)
-    return web.json_response(_envelope(live, count=len(result), funding=result))
+    return await _listing(request, _FUNDING_SORTS, "funding", _funding_rows)
 
 
 def _resolve(known: list[MarketData], text: str) -> int | None:
