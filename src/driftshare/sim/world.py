@@ -144,16 +144,24 @@ class _Spot:
     frozen: bool = False
 
 
+def _oracle_history(history: Any, price: int, twap: int, twap5: int, ts: int) -> Any:
+    """A market's ``historical_oracle_data`` after an oracle price of ``price`` at ``ts``."""
+    return dataclasses.replace(
+        history,
+        last_oracle_price=price,
+        last_oracle_conf=_confidence(price),
+        last_oracle_delay=0,
+        last_oracle_price_twap=twap,
+        last_oracle_price_twap5min=twap5,
+        last_oracle_price_twap_ts=ts,
+    )
+
+
 def _spot_price_history(market: Any, price: int, twap: int, twap5: int, ts: int) -> dict[str, Any]:
     """A spot market's oracle and index history fields after a price of ``price`` at ``ts``."""
     return {
-        "historical_oracle_data": dataclasses.replace(
-            market.historical_oracle_data,
-            last_oracle_price=price,
-            last_oracle_conf=_confidence(price),
-            last_oracle_price_twap=twap,
-            last_oracle_price_twap5min=twap5,
-            last_oracle_price_twap_ts=ts,
+        "historical_oracle_data": _oracle_history(
+            market.historical_oracle_data, price, twap, twap5, ts
         ),
         "historical_index_data": dataclasses.replace(
             market.historical_index_data,
@@ -439,14 +447,8 @@ class World:
             _codec.blank("PerpMarket").amm,
             oracle=oracle_pubkey,
             oracle_source=variant("OracleSource", source),
-            historical_oracle_data=dataclasses.replace(
-                _codec.blank("PerpMarket").amm.historical_oracle_data,
-                last_oracle_price=price,
-                last_oracle_conf=oracle_conf,
-                last_oracle_delay=0,
-                last_oracle_price_twap=price,
-                last_oracle_price_twap5min=price,
-                last_oracle_price_twap_ts=ts,
+            historical_oracle_data=_oracle_history(
+                _codec.blank("PerpMarket").amm.historical_oracle_data, price, price, price, ts
             ),
             fee_pool=self._pool(total_fee // 4, 0),
             sqrt_k=sqrt_k,
@@ -672,15 +674,7 @@ class World:
         )
         slot = self._store.slot
         changes: dict[str, Any] = {
-            "historical_oracle_data": dataclasses.replace(
-                hist,
-                last_oracle_price=price,
-                last_oracle_conf=conf,
-                last_oracle_delay=0,
-                last_oracle_price_twap=oracle_twap,
-                last_oracle_price_twap5min=oracle_twap5,
-                last_oracle_price_twap_ts=now,
-            ),
+            "historical_oracle_data": _oracle_history(hist, price, oracle_twap, oracle_twap5, now),
             "base_asset_reserve": base,
             "quote_asset_reserve": quote,
             "peg_multiplier": peg,
