@@ -1,0 +1,105 @@
+"""AccountLedger: the raw bytes, data slot and confirmation of every subscribed account.
+
+The one record of "what we hold and how current it is" that the freshness check, the
+snapshot writer and the fleet publisher all read, and that a follower or a warm start feeds.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+from typing import Literal
+
+__all__ = ["AccountKind", "AccountLedger", "AccountRecord", "LedgerEntry"]
+
+AccountKind = Literal["perp", "spot", "oracle", "state"]
+
+
+@dataclass(frozen=True, slots=True)
+class AccountRecord:
+    """One account as read from the chain: who, what kind, at which slot, which bytes."""
+
+    pubkey: str
+    """Base58 address."""
+    kind: AccountKind
+    slot: int
+    """The slot at which ``data`` was read."""
+    data: bytes
+    """The raw account data, as the program stores it."""
+    oracle_source: str | None = None
+    """For ``kind == "oracle"``: driftpy's OracleSource variant name (``"PythPull"``…)."""
+
+
+@dataclass(slots=True)
+class LedgerEntry:
+    """An account's newest record and how recently it is known to be current."""
+
+    record: AccountRecord
+    confirmed_slot: int
+    """The newest slot at which the account is known to hold ``record.data``."""
+    confirmed_at: float
+    """``time.monotonic()`` when ``confirmed_slot`` was learnt."""
+
+
+Listener = Callable[[LedgerEntry, bool], None]
+"""Called with the entry and whether its data changed (False: a confirmation only)."""
+
+
+class AccountLedger:
+    """Slot-monotonic store of :class:`AccountRecord` with per-account confirmation."""
+
+    def __init__(self, clock: Callable[[], float] = time.monotonic) -> None:
+        self._entries: dict[str, LedgerEntry] = {}
+        self._listeners: list[Listener] = []
+        self._clock = clock
+
+    def apply(self, record: AccountRecord, *, confirmed_at: float | None = None) -> bool:
+        """Store ``record`` unless an entry at a newer slot exists; True when data changed.
+
+        A record at the stored slot or newer confirms the account at its slot either way.
+        """
+        now = self._clock() if confirmed_at is None else confirmed_at
+        entry = self._entries.get(record.pubkey)
+        if entry is not None and record.slot < entry.record.slot:
+            return False
+        changed = entry is None or entry.record.data != record.data
+        if entry is None:
+            entry = self._entries[record.pubkey] = LedgerEntry(record, record.slot, now)
+        else:
+            entry.record = record
+            if record.slot >= entry.confirmed_slot:
+                entry.confirmed_slot, entry.confirmed_at = record.slot, now
+        self._notify(entry, changed)
+        return changed
+
+    def confirm(self, pubkey: str, slot: int, *, confirmed_at: float | None = None) -> bool:
+        """Mark ``pubkey`` current as of ``slot`` (its data unchanged); True when it advanced."""
+        entry = self._entries.get(pubkey)
+        if entry is None or slot <= entry.confirmed_slot:
+            return False
+        entry.confirmed_slot = slot
+        entry.confirmed_at = self._clock() if confirmed_at is None else confirmed_at
+        self._notify(entry, False)
+        return True
+
+    def get(self, pubkey: str) -> LedgerEntry | None:
+        return self._entries.get(pubkey)
+
+    def __iter__(self) -> Iterator[LedgerEntry]:
+        return iter(list(self._entries.values()))
+
+    def __len__(self) -> int:
+        return len(self._entries)
+
+    def clear(self) -> None:
+        self._entries.clear()
+
+    def add_listener(self, listener: Listener) -> Callable[[], None]:
+        """Call ``listener`` on every change or confirmation; returns its remover."""
+        self._listeners.append(listener)
+        return lambda: self._listeners.remove(listener) if listener in self._listeners else None
+
+    def _notify(self, entry: LedgerEntry, changed: bool) -> None:
+        for listener in list(self._listeners):
+            listener(entry, changed)
