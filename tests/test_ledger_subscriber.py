@@ -223,6 +223,6 @@ async def test_same_values_as_driftpy_subscribed_to_the_simulator(
         assert mine.get_state_account() == real.get_state_account()
     finally:
         for user in real.users.values():
-            await user.unsubscribe()
+            await user.account_subscriber.unsubscribe()
         await real.unsubscribe()
         await connection.close()
