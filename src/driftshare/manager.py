@@ -20,10 +20,12 @@ from solana.rpc.websocket_api import connect as ws_connect
 from solders.keypair import Keypair
 
 from driftshare import metrics
+from driftshare._ledger import AccountLedger
 from driftshare.config import PUBLIC_RPC_URLS, Settings, load_settings, redact_text, redact_url
 from driftshare.marketdata import ClientSource, MarketDataReader, MarketSource
 from driftshare.models import FundingRateData, MarketData, market_name
 from driftshare.subscription import (
+    AccountTap,
     Discovery,
     PollingSubscriber,
     ResilientLoader,
@@ -88,6 +90,9 @@ class _Shared:
         self.mode_switches = 0
         self.last_error: str | None = None
         self.unavailable: dict[int, str] = {}
+        self.ledger = AccountLedger()
+        """Every subscribed account's raw bytes, slot and confirmation, kept across reconnects."""
+        self.tap: AccountTap | None = None
         self.created_at = time.time()
         self.ready_at: float | None = None
         self.last_data_at: float | None = None
@@ -253,9 +258,10 @@ class _Shared:
         program = self.client.program
         discovery = await discover_markets(program, self.settings.perp_markets)
         self.unavailable = discovery.unavailable
+        self.tap = tap = AccountTap(self.ledger, discovery.records)
         if mode == "websocket":
             try:
-                await self._install_subscriber(self._websocket(discovery))
+                await self._install_subscriber(self._websocket(discovery, tap))
                 self.mode = "websocket"
                 return
             except Exception as exc:  # any websocket failure: fall back to polling
@@ -263,14 +269,15 @@ class _Shared:
                 log.warning(
                     "websocket subscription failed (%s); polling instead", redact_text(repr(exc))
                 )
-        await self._install_subscriber(self._polling(discovery))
+        await self._install_subscriber(self._polling(discovery, tap))
         self.mode = "polling"
 
-    def _websocket(self, discovery: Discovery) -> WebsocketSubscriber:
-        return WebsocketSubscriber(self.client.program, discovery, Confirmed)
+    def _websocket(self, discovery: Discovery, tap: AccountTap) -> WebsocketSubscriber:
+        return WebsocketSubscriber(self.client.program, discovery, Confirmed, tap)
 
-    def _polling(self, discovery: Discovery) -> PollingSubscriber:
+    def _polling(self, discovery: Discovery, tap: AccountTap) -> PollingSubscriber:
         loader = ResilientLoader(self.connection, Confirmed, self.settings.poll_interval_s)
+        loader.tap = tap
         return PollingSubscriber(self.client.program, loader, discovery)
 
     async def _install_subscriber(self, subscriber: Any) -> None:
