@@ -245,7 +245,7 @@ async def test_the_keeper_writes_changes_and_once_at_close(world: World, tmp_pat
     world.step()
     changed = world_records(world, slot=4)[1]
     ledger.apply(changed)
-    await keeper.close()
+    await keeper.stop()
     assert keeper.writes == 2
     restored = read_snapshot(keeper.file, IDENTITY)
     assert changed in [r.record for r in restored]

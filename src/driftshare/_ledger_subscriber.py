@@ -97,6 +97,10 @@ class LedgerSubscriber(DriftClientAccountSubscriber):  # type: ignore[misc]
 
     async def unsubscribe(self) -> None:
         """Stop following the ledger; the accounts already decoded stay readable."""
+        self.unfollow()
+
+    def unfollow(self) -> None:
+        """:meth:`unsubscribe` without an event loop."""
         remove, self._remove_listener = self._remove_listener, None
         if remove is not None:
             remove()

@@ -27,12 +27,15 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Annotated, Any, Literal
 
+from driftpy.addresses import get_perp_market_public_key
 from driftpy.constants.config import DRIFT_PROGRAM_ID
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 from solders.pubkey import Pubkey
 
 from driftshare._ledger import AccountLedger, AccountRecord, LedgerEntry
-from driftshare.config import redact_url
+from driftshare._ledger_subscriber import ledger_client
+from driftshare.config import Settings, redact_url
+from driftshare.marketdata import ClientSource
 
 __all__ = [
     "FORMAT_VERSION",
@@ -40,9 +43,11 @@ __all__ = [
     "SnapshotError",
     "SnapshotIdentity",
     "SnapshotKeeper",
+    "WarmSource",
     "read_snapshot",
     "rpc_group",
     "snapshot_file",
+    "snapshot_keeper",
     "write_snapshot",
 ]
 
@@ -296,8 +301,9 @@ class SnapshotKeeper:
     :meth:`load` applies the file's accounts to the ledger with their true confirmation
     times, so their age is the age of the data, and remembers them as :attr:`restored`
     until live data for the same account arrives (the ledger's slot rule decides which
-    value is kept). :meth:`run` writes the ledger at most every ``interval_s`` while it
-    changes; :meth:`close` writes once more.
+    value is kept). :meth:`start` writes the ledger at most every ``interval_s`` while it
+    changes; :meth:`stop` writes once more. :meth:`load` is also the hook for a fleet
+    member, which uses the snapshot only when Redis cannot be reached at start.
     """
 
     def __init__(
@@ -322,7 +328,7 @@ class SnapshotKeeper:
         self._mono = mono_clock
         self._wall = wall_clock
         self._dirty = False
-        self._remove_listener = ledger.add_listener(self._on_entry)
+        ledger.add_listener(self._on_entry)
         self._task: asyncio.Task[None] | None = None
 
     def _on_entry(self, entry: LedgerEntry, changed: bool) -> None:
@@ -397,12 +403,68 @@ class SnapshotKeeper:
         self.writes += 1
         return True
 
-    async def close(self) -> None:
-        """Stop writing in the background, write once more, and stop following the ledger."""
+    async def stop(self) -> None:
+        """Stop writing in the background and write once more (a clean shutdown)."""
         task, self._task = self._task, None
         if task is not None:
             task.cancel()
             with suppress(asyncio.CancelledError):
                 await task
         await self.write_if_changed()
-        self._remove_listener()
+
+
+def snapshot_keeper(
+    ledger: AccountLedger, settings: Settings, network: str, url: str
+) -> SnapshotKeeper | None:
+    """The keeper of the shared client of ``network`` at ``url``, or None when none is kept.
+
+    None without ``DRIFT_SNAPSHOT_PATH``, for a network without Drift's program, and, when
+    the path is a single file, for any shared client but the configured one (two clients
+    must never take turns overwriting one file).
+    """
+    path = settings.snapshot_path
+    if path is None:
+        return None
+    path = path.expanduser()
+    identity = SnapshotIdentity(network, str(DRIFT_PROGRAM_ID), rpc_group([url]))
+    if not identity.allowed:
+        return None
+    if not path.is_dir() and (network, url) != (settings.network, settings.effective_rpc_url()):
+        return None
+    return SnapshotKeeper(ledger, path, identity, interval_s=settings.snapshot_interval_s)
+
+
+class WarmSource(ClientSource):
+    """The ledger as a :class:`MarketSource` while the shared client is not ready.
+
+    Its accounts are the snapshot's, replaced one by one by live data as it arrives; none
+    is confirmed by a running subscription, so every value is stale, with the age of the
+    oldest account it is computed from.
+    """
+
+    stale = True
+
+    def __init__(
+        self,
+        ledger: AccountLedger,
+        *,
+        env: str = "mainnet",
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
+        super().__init__(ledger_client(ledger, env=env))
+        self._ledger = ledger
+        self._clock = clock
+
+    def data_age(self, market_index: int) -> float | None:
+        """Seconds since perp market ``market_index`` and its oracle were last known current."""
+        market = self.perp_market(market_index)
+        if market is None:
+            return None
+        keys = [str(get_perp_market_public_key(DRIFT_PROGRAM_ID, market_index))]
+        keys.append(str(market.amm.oracle))
+        confirmed = [e.confirmed_at for e in map(self._ledger.get, keys) if e is not None]
+        return max(0.0, self._clock() - min(confirmed)) if confirmed else None
+
+    def close(self) -> None:
+        """Stop decoding the ledger's updates: the live client serves from now on."""
+        self._client.account_subscriber.unfollow()

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import re
 from collections.abc import Iterable
+from pathlib import Path
 from typing import Annotated, Any, Literal
 from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
 
@@ -54,6 +55,10 @@ class Settings(BaseSettings):
     cache_ttl_markets: float = Field(60.0, ge=0)
     cache_ttl_oi: float = Field(60.0, ge=0)
     max_staleness_s: float = Field(300.0, ge=0)
+
+    snapshot_path: Path | None = None
+    """A file or folder where each shared client keeps its accounts for a warm start."""
+    snapshot_interval_s: float = Field(10.0, gt=0)
 
     @field_validator("perp_markets", mode="before")
     @classmethod

@@ -21,6 +21,7 @@ from solders.keypair import Keypair
 
 from driftshare import metrics
 from driftshare._ledger import AccountLedger
+from driftshare._snapshot import WarmSource, snapshot_keeper
 from driftshare.config import PUBLIC_RPC_URLS, Settings, load_settings, redact_text, redact_url
 from driftshare.marketdata import ClientSource, MarketDataReader, MarketSource
 from driftshare.models import FundingRateData, MarketData, market_name
@@ -93,6 +94,10 @@ class _Shared:
         self.ledger = AccountLedger()
         """Every subscribed account's raw bytes, slot and confirmation, kept across reconnects."""
         self.tap: AccountTap | None = None
+        self.snapshots = snapshot_keeper(self.ledger, settings, network, url)
+        self._warm: WarmSource | None = None
+        if self.snapshots is not None:
+            self.load_snapshot()
         self.created_at = time.time()
         self.ready_at: float | None = None
         self.last_data_at: float | None = None
@@ -107,9 +112,21 @@ class _Shared:
 
     # -- references -------------------------------------------------------------------------
 
+    def load_snapshot(self) -> int:
+        """Serve the snapshot's accounts, stale, until live data replaces them; how many.
+
+        Called at creation; a fleet member calls it when Redis is unreachable at start.
+        """
+        loaded = 0 if self.snapshots is None else self.snapshots.load()
+        if loaded:
+            self._warm = WarmSource(self.ledger, env=self.network)
+        return loaded
+
     async def acquire(self) -> Any:
         self.refs += 1
         self._publish_refs()
+        if self.snapshots is not None:
+            self.snapshots.start()
         try:
             return await self._ready()
         except asyncio.CancelledError:
@@ -463,6 +480,8 @@ class _Shared:
         if previous is not None:
             await asyncio.shield(previous)
         await _cancel_all(tasks)
+        if self.snapshots is not None:
+            await self.snapshots.stop()
         if self.client is not None:
             log.info("last reference released: closing the shared %s DriftClient", self.network)
         await self._discard_subscriber()
@@ -477,9 +496,17 @@ class _Shared:
         self._data_slot = 0
 
     def source(self) -> MarketSource | None:
-        """The subscribed accounts to read from, or None while they cannot be trusted."""
+        """The subscribed accounts to read from, or None while they cannot be trusted.
+
+        Until the client is ready, a loaded snapshot (with whatever live data already
+        replaced it) answers, every value stale.
+        """
         if self.client is None or self.ready_at is None or self.health != "healthy":
-            return None
+            return self._warm
+        if self._warm is not None:
+            # Live and ready: the snapshot's part is over; later outages serve the cache.
+            self._warm.close()
+            self._warm = None
         return ClientSource(self.client)
 
     def snapshot(self) -> dict[str, Any]:
@@ -522,6 +549,10 @@ class _ReaderHold:
             loop = asyncio.get_running_loop()
             if self._taking is None or self._taking.done() or self._taking.get_loop() is not loop:
                 self._taking = loop.create_task(self._take())
+            starting = self._manager._shared_for(*self._key)  # loads its snapshot, if any
+            if starting is not None and starting.source() is not None:
+                # A snapshot answers now, stale, rather than after the first connection.
+                return starting.source()
             await asyncio.shield(self._taking)
             shared = self._shared
         return None if shared is None else shared.source()

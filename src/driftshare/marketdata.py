@@ -5,7 +5,7 @@ from __future__ import annotations
 import dataclasses
 import logging
 from collections.abc import Awaitable, Callable
-from typing import Any, Protocol, TypeVar
+from typing import Any, Protocol, TypeVar, runtime_checkable
 
 from driftshare.cache import Cached, TTLCache
 from driftshare.config import Network, Settings
@@ -40,6 +40,30 @@ class MarketSource(Protocol):
 
     def oracle_price_data(self, market_index: int) -> Any | None:
         """The market's OraclePriceData, or None."""
+
+
+@runtime_checkable
+class StaleSource(MarketSource, Protocol):
+    """A source whose every value is stale (a snapshot), with the true age of its data."""
+
+    stale: bool
+
+    def data_age(self, market_index: int) -> float | None:
+        """Seconds since the market's accounts were last known current."""
+
+
+def _aged(source: MarketSource, index: int, value: _T) -> _T:
+    """``value`` marked stale with its data's age when ``source`` is a :class:`StaleSource`."""
+    if not isinstance(source, StaleSource):
+        return value
+    return dataclasses.replace(value, stale=True, age_s=source.data_age(index) or 0.0)
+
+
+def _restamped(value: _T, cached: Cached[Any]) -> _T:
+    # A value computed stale (from a snapshot) stays stale, and ages from its data's age.
+    return dataclasses.replace(
+        value, stale=value.stale or cached.stale, age_s=value.age_s + cached.age_s
+    )
 
 
 SourceProvider = Callable[[], Awaitable[MarketSource | None]]
@@ -126,7 +150,7 @@ class MarketDataReader:
     def _marked(cached: Cached[_T] | None) -> _T | None:
         if cached is None:
             return None
-        return dataclasses.replace(cached.value, stale=cached.stale, age_s=cached.age_s)
+        return _restamped(cached.value, cached)
 
     async def _one_market(self, index: int, kind: str) -> MarketData | None:
         async def compute() -> MarketData | None:
@@ -137,9 +161,10 @@ class MarketDataReader:
             if market is None:
                 self._warn_missing(index)
                 return None
-            return market_data_from_market(
+            data = market_data_from_market(
                 market, oracle_price_data=source.oracle_price_data(index)
             )
+            return _aged(source, index, data)
 
         ttl = self._settings.cache_ttl_oi if kind == "oi" else self._settings.cache_ttl_price
         return self._marked(
@@ -160,7 +185,8 @@ class MarketDataReader:
             if perp is None:
                 self._warn_missing(index)
                 return None
-            return funding_rate_from_market(perp, oracle_price_data=source.oracle_price_data(index))
+            rate = funding_rate_from_market(perp, oracle_price_data=source.oracle_price_data(index))
+            return _aged(source, index, rate)
 
         cached = await self.cache.get(
             ("funding", index),
@@ -189,7 +215,7 @@ class MarketDataReader:
                     # One market that cannot be priced must not hide the others.
                     self._warn_unpriceable(m.market_index, exc)
                     continue
-                rows.append(data)
+                rows.append(_aged(source, m.market_index, data))
             return rows
 
         cached = await self.cache.get(
@@ -197,9 +223,7 @@ class MarketDataReader:
         )
         if cached is None:
             return []
-        return [
-            dataclasses.replace(m, stale=cached.stale, age_s=cached.age_s) for m in cached.value
-        ]
+        return [_restamped(m, cached) for m in cached.value]
 
     async def get_all_funding_rates(self) -> list[FundingRateData]:
         """Funding of every subscribed perp market, by index."""
