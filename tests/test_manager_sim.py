@@ -17,6 +17,7 @@ from driftshare.sim import Simulator
 FAST: dict[str, Any] = {
     "health_interval_s": 0.1,
     "ws_stall_s": 0.5,
+    "stale_after_s": 1.0,
     "poll_interval_s": 0.1,
     "retry_backoff": 0.05,
     "retry_backoff_cap": 0.2,

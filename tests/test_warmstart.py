@@ -158,7 +158,7 @@ async def test_a_restart_with_the_rpc_down_answers_every_market_stale_from_the_f
     for market in markets:
         assert market["oracle_price"] == live[market["market_index"]]["oracle_price"]
         # The data's true age: at least the time since the first process stopped.
-        assert market["age_s"] >= time.time() - stopped_at - 0.5
+        assert market["data_age_s"] >= time.time() - stopped_at - 0.5
     assert (await second.get("/readyz")).status_code == 503
 
     # The RPC comes back with a new price: live data replaces the snapshot's.

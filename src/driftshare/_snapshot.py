@@ -27,7 +27,6 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Annotated, Any, Literal
 
-from driftpy.addresses import get_perp_market_public_key
 from driftpy.constants.config import DRIFT_PROGRAM_ID
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 from solders.pubkey import Pubkey
@@ -438,33 +437,22 @@ class WarmSource(ClientSource):
     """The ledger as a :class:`MarketSource` while the shared client is not ready.
 
     Its accounts are the snapshot's, replaced one by one by live data as it arrives; none
-    is confirmed by a running subscription, so every value is stale, with the age of the
-    oldest account it is computed from.
+    is confirmed by a running subscription, so it is never current: every value is stale,
+    with the age of the accounts it is computed from.
     """
 
-    stale = True
+    def __init__(self, ledger: AccountLedger, *, env: str = "mainnet") -> None:
+        client = ledger_client(ledger, env=env)
+        super().__init__(client, ledger, current=_never)
+        self._subscriber = client.account_subscriber
 
-    def __init__(
-        self,
-        ledger: AccountLedger,
-        *,
-        env: str = "mainnet",
-        clock: Callable[[], float] = time.monotonic,
-    ) -> None:
-        super().__init__(ledger_client(ledger, env=env))
-        self._ledger = ledger
-        self._clock = clock
-
-    def data_age(self, market_index: int) -> float | None:
-        """Seconds since perp market ``market_index`` and its oracle were last known current."""
-        market = self.perp_market(market_index)
-        if market is None:
-            return None
-        keys = [str(get_perp_market_public_key(DRIFT_PROGRAM_ID, market_index))]
-        keys.append(str(market.amm.oracle))
-        confirmed = [e.confirmed_at for e in map(self._ledger.get, keys) if e is not None]
-        return max(0.0, self._clock() - min(confirmed)) if confirmed else None
+    def unavailable(self, market_index: int) -> bool:
+        return market_index not in self._subscriber.perp_markets
 
     def close(self) -> None:
         """Stop decoding the ledger's updates: the live client serves from now on."""
-        self._client.account_subscriber.unfollow()
+        self._subscriber.unfollow()
+
+
+def _never() -> bool:
+    return False

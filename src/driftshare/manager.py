@@ -6,7 +6,7 @@ import asyncio
 import logging
 import random
 import time
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager, suppress
 from pathlib import Path
 from typing import Any, ClassVar
@@ -20,7 +20,8 @@ from solana.rpc.websocket_api import connect as ws_connect
 from solders.keypair import Keypair
 
 from driftshare import metrics
-from driftshare._ledger import AccountLedger
+from driftshare._freshness import Confirmer
+from driftshare._ledger import AccountLedger, AccountRecord, LedgerEntry
 from driftshare._snapshot import WarmSource, snapshot_keeper
 from driftshare.config import PUBLIC_RPC_URLS, Settings, load_settings, redact_text, redact_url
 from driftshare.marketdata import ClientSource, MarketDataReader, MarketSource
@@ -34,6 +35,7 @@ from driftshare.subscription import (
     WebsocketSubscriber,
     discover_markets,
     newest_data_slot,
+    post_batch,
 )
 from driftshare.transport import RateLimitedTransport, RpcStats, install_transport
 
@@ -72,6 +74,19 @@ async def _cancel_all(tasks: list[asyncio.Task[Any] | None]) -> None:
             await task
 
 
+class _StartStats(RpcStats):
+    """RpcStats that also reports requests which found no answering server."""
+
+    def __init__(self, on_unreachable: Callable[[], None]) -> None:
+        super().__init__()
+        self._on_unreachable = on_unreachable
+
+    def record_request(self, method: str, status: str) -> None:
+        super().record_request(method, status)
+        if status in ("error", "timeout"):
+            self._on_unreachable()
+
+
 class _Shared:
     """The shared client of one (network, RPC URL): references, lifecycle, mode and health."""
 
@@ -83,7 +98,7 @@ class _Shared:
         self.refs = 0
         self.client: Any = None
         self.connection: AsyncClient | None = None
-        self.rpc = RpcStats()
+        self.rpc = _StartStats(self._unreachable)
         self.mode: SubscriptionMode = settings.subscription
         self.health = "idle"
         self.initializations = 0
@@ -98,6 +113,16 @@ class _Shared:
         self._warm: WarmSource | None = None
         if self.snapshots is not None:
             self.load_snapshot()
+        self.last_confirmed_at: float | None = None
+        """``time.monotonic()`` of the newest confirmation of any account."""
+        self.ledger.add_listener(self._on_ledger)
+        self.confirmer = Confirmer(
+            self.ledger,
+            pubkeys=lambda: [] if self.tap is None else self.tap.pubkeys(),
+            post=self._post_batch,
+            inject=self._inject,
+            stale_after_s=settings.stale_after_s,
+        )
         self.created_at = time.time()
         self.ready_at: float | None = None
         self.last_data_at: float | None = None
@@ -175,6 +200,13 @@ class _Shared:
             # Between retries: callers get None now instead of blocking on the backoff.
             return None
         return await asyncio.shield(self._attempt)
+
+    def _unreachable(self) -> None:
+        # A start whose RPC refuses connections or times out would hold its callers through
+        # the transport's retries: they get None now and the start goes on in the background.
+        if self._init_task is not None:
+            self.health = "down"
+            self._settle_attempt(None)
 
     def _settle_attempt(self, result: Any) -> None:
         if self._attempt is not None and not self._attempt.done():
@@ -276,6 +308,7 @@ class _Shared:
         discovery = await discover_markets(program, self.settings.perp_markets)
         self.unavailable = discovery.unavailable
         self.tap = tap = AccountTap(self.ledger, discovery.records)
+        tap.on_reconnect = self.confirmer.check_all
         if mode == "websocket":
             try:
                 await self._install_subscriber(self._websocket(discovery, tap))
@@ -352,50 +385,74 @@ class _Shared:
                 seen = self._market_seen[index] = (slot, now)
             metrics.DATA_AGE_SECONDS.labels(market_name(ds.data)).set(now - seen[1])
 
+    # -- freshness: the ledger, its confirmation and the repairs ---------------------------
+
+    def _on_ledger(self, entry: LedgerEntry, changed: bool) -> None:
+        if self.last_confirmed_at is None or entry.confirmed_at > self.last_confirmed_at:
+            self.last_confirmed_at = entry.confirmed_at
+        if self.health == "degraded" and self.ready_at is not None:
+            self.health = "healthy"  # data flows again
+
+    def _data_flows(self) -> bool:
+        """Whether some account was confirmed current within ``stale_after_s``."""
+        last = self.last_confirmed_at
+        return last is not None and time.monotonic() - last <= self.settings.stale_after_s
+
+    async def _post_batch(self, batch: list[dict[str, Any]]) -> list[dict[str, Any]]:
+        if self.connection is None:
+            raise RuntimeError("no connection")
+        return await post_batch(self.connection, batch)
+
+    def _inject(self, record: AccountRecord) -> None:
+        if self.client is not None and self.ready_at is not None:
+            self.client.account_subscriber.inject(record)
+
     async def _health_loop(self) -> None:
+        confirming = asyncio.create_task(
+            self.confirmer.run(), name=f"driftshare-confirm-{self.network}"
+        )
+        try:
+            await self._health_checks()
+        finally:
+            await _cancel_all([confirming])
+
+    async def _health_checks(self) -> None:
+        """Health is "healthy" while account data flows; websocket subscriptions that miss
+        updates fall back to polling, and polling goes back once notifications flow."""
         settings = self.settings
         failures = 0
-        seen_slot = self.data_slot()
         polling_since: float | None = None
         check_timeout = max(settings.request_timeout_s, settings.health_interval_s)
         while True:
             await asyncio.sleep(settings.health_interval_s)
             self._note_data()
-            slot = self.data_slot()
-            if slot > seen_slot:
-                # New data proves upstream works: no getSlot, so a client whose data flows
-                # sends no periodic HTTP request at all.
-                seen_slot = slot
-                stalled = False
-            else:
+            if not self._data_flows():
+                # No account confirmed for DRIFT_STALE_AFTER_S: a getSlot only tells whether
+                # the RPC answers (no answer for long: rebuild); it never makes data fresh.
+                self.health = "degraded"
                 try:
-                    rpc_slot = (
-                        await asyncio.wait_for(self.connection.get_slot(), check_timeout)  # type: ignore[union-attr]
-                    ).value
+                    await asyncio.wait_for(self.connection.get_slot(), check_timeout)  # type: ignore[union-attr]
                 except Exception as exc:  # an unhealthy RPC: count and, past a limit, rebuild
                     failures += 1
-                    self.health = "degraded"
                     self.last_error = f"health check failed: {type(exc).__name__}"
                     if failures >= _UNHEALTHY_CHECKS_BEFORE_RECONNECT:
                         failures = 0
                         self.reconnect_in_background()
                     continue
-                stalled = (
-                    self.last_data_at is not None
-                    and time.time() - self.last_data_at >= settings.ws_stall_s
-                    and rpc_slot > seen_slot
-                )
+                failures = 0
+                self.last_error = "no account data confirmed recently"
+                continue
             failures = 0
             self.health = "healthy"
             now = time.time()
+            stalled = self.confirmer.stalled()
             if self.mode == "websocket" and stalled:
                 metrics.SUBSCRIPTION_FAILURES.labels(self.network).inc()
                 log.warning(
-                    "no websocket data for %.0fs while slots advance; polling instead",
-                    now - (self.last_data_at or now),
+                    "websocket subscriptions (%s) missed updates; polling instead",
+                    ", ".join(sorted(stalled)),
                 )
                 await self._switch("polling")
-                seen_slot = self.data_slot()
                 polling_since = now
             elif (
                 self.mode == "polling"
@@ -405,7 +462,6 @@ class _Shared:
             ):
                 log.info("websocket notifications flow again; leaving polling")
                 await self._switch("websocket")
-                seen_slot = self.data_slot()
                 polling_since = None
 
     async def _switch(self, mode: SubscriptionMode) -> None:
@@ -501,13 +557,21 @@ class _Shared:
         Until the client is ready, a loaded snapshot (with whatever live data already
         replaced it) answers, every value stale.
         """
-        if self.client is None or self.ready_at is None or self.health != "healthy":
+        client = self.client
+        if client is None or self.ready_at is None or self.health != "healthy":
             return self._warm
         if self._warm is not None:
             # Live and ready: the snapshot's part is over; later outages serve the cache.
             self._warm.close()
             self._warm = None
-        return ClientSource(self.client)
+        return ClientSource(
+            client,
+            self.ledger,
+            lambda: self.unavailable,
+            lambda: (
+                self.health == "healthy" and self.client is client and self.ready_at is not None
+            ),
+        )
 
     def snapshot(self) -> dict[str, Any]:
         self._note_data()  # observation only: the health loop keeps its own progress marker

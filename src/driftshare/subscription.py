@@ -49,6 +49,7 @@ __all__ = [
     "WebsocketSubscriber",
     "discover_markets",
     "newest_data_slot",
+    "post_batch",
 ]
 
 log = logging.getLogger(__name__)
@@ -91,10 +92,21 @@ def _index_by_pda(program_id: Pubkey, kind: str) -> dict[Pubkey, int]:
     return {derive(program_id, i): i for i in range(_MAX_MARKET_INDEX)}
 
 
+async def post_batch(connection: Any, batch: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """Send a JSON-RPC batch through ``connection``'s HTTP session; the answers, by request."""
+    # Raw JSON-RPC through the client's session (so through driftshare's transport), as driftpy
+    # does, because solana-py has no batch call and its typed calls drop the context slot.
+    provider = connection._provider
+    response = await provider.session.post(provider.endpoint_uri, json=batch)
+    response.raise_for_status()
+    answers = response.json()
+    if not isinstance(answers, list) or not all(isinstance(a, dict) for a in answers):
+        raise ValueError("the RPC answered a batch with something other than a list of objects")
+    return answers
+
+
 async def _program_accounts(program: Any) -> dict[str, tuple[int, list[dict[str, Any]]]]:
     """Perp and spot market accounts in one batched HTTP request, with their context slots."""
-    # Raw JSON-RPC through the client's session (so through driftshare's transport), as driftpy
-    # does, because solana-py's typed call drops the context slot.
     kinds = {"perp": MarketType.Perp(), "spot": MarketType.Spot()}
     batch = []
     for number, market_type in enumerate(kinds.values()):
@@ -112,10 +124,9 @@ async def _program_accounts(program: Any) -> dict[str, tuple[int, list[dict[str,
                 "params": [str(program.program_id), options],
             }
         )
-    provider = program.provider.connection._provider
-    response = await provider.session.post(provider.endpoint_uri, json=batch)
-    response.raise_for_status()
-    answers = {answer.get("id"): answer for answer in response.json()}
+    answers = {
+        answer.get("id"): answer for answer in await post_batch(program.provider.connection, batch)
+    }
     found: dict[str, tuple[int, list[dict[str, Any]]]] = {}
     for number, kind in enumerate(kinds):
         answer = answers.get(number, {"error": {"message": "no answer"}})
