@@ -13,8 +13,10 @@ from driftpy.drift_client import DriftClient
 from solana.rpc.async_api import AsyncClient
 from solders.keypair import Keypair
 
+from conftest import WaitUntil
 from driftshare._ledger import AccountLedger, AccountRecord
 from driftshare._ledger_subscriber import LedgerSubscriber, ledger_client
+from driftshare.manager import DriftClientManager
 from driftshare.sim import Simulator, _codec
 from driftshare.sim._records import world_records
 from driftshare.sim.pytest_plugin import SimulatorFactory
@@ -226,3 +228,39 @@ async def test_same_values_as_driftpy_subscribed_to_the_simulator(
             await user.account_subscriber.unsubscribe()
         await real.unsubscribe()
         await connection.close()
+
+
+async def test_the_shared_clients_ledger_serves_what_its_live_client_serves(
+    sim_manager: Simulator, wait_until: WaitUntil
+) -> None:
+    """The upstream tap fills the ledger; a ledger client reads the same accounts."""
+    world = sim_manager.world
+    assert world is not None
+    live = await DriftClientManager.get_client()
+    assert live is not None
+    shared = DriftClientManager.shared_state()
+    assert shared is not None
+    mine = ledger_client(shared.ledger)
+
+    def same() -> bool:
+        return (
+            all(
+                mine.get_perp_market_account(i) == live.get_perp_market_account(i)
+                and mine.get_oracle_price_data_for_perp_market(i)
+                == live.get_oracle_price_data_for_perp_market(i)
+                for i in world.perp_indexes()
+            )
+            and mine.get_state_account() == live.get_state_account()
+        )
+
+    assert same()
+    world.set_oracle_price(1, 77.25)
+    await sim_manager.step()
+    expected = round(world.oracle_price(1) * 1_000_000)
+
+    def arrived() -> bool:
+        data = mine.get_oracle_price_data_for_perp_market(1)
+        return data is not None and data.price == expected
+
+    await wait_until(arrived)
+    await wait_until(same)

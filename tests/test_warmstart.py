@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import json
 import os
 import re
 import signal
@@ -16,6 +17,9 @@ from typing import Any
 import httpx
 import pytest
 
+from driftshare.adapter import DriftAdapter
+from driftshare.feed import DriftFundingFeed
+from driftshare.manager import DriftClientManager
 from driftshare.sim import Simulator
 from driftshare.sim.pytest_plugin import SimulatorFactory
 
@@ -110,6 +114,21 @@ async def processes() -> AsyncIterator[list[ServeProcess]]:
             await process.child.wait()
 
 
+async def _dashboard_rows(process: ServeProcess) -> list[dict[str, Any]]:
+    """The market rows of the first dashboard event that has any."""
+    async with (
+        httpx.AsyncClient(base_url=process.url, timeout=30) as http,
+        http.stream("GET", "/api/events") as events,
+        asyncio.timeout(_DEADLINE_S),
+    ):
+        async for line in events.aiter_lines():
+            if line.startswith("data: "):
+                rows: list[dict[str, Any]] = json.loads(line[6:])["markets"]
+                if rows:
+                    return rows
+    raise AssertionError("the event stream ended")
+
+
 def _snapshots(folder: Path) -> list[Path]:
     return list(folder.glob("*.snapshot"))
 
@@ -160,6 +179,10 @@ async def test_a_restart_with_the_rpc_down_answers_every_market_stale_from_the_f
         # The data's true age: at least the time since the first process stopped.
         assert market["data_age_s"] >= time.time() - stopped_at - 0.5
     assert (await second.get("/readyz")).status_code == 503
+    rows = await _dashboard_rows(second)
+    assert len(rows) == len(live)
+    assert all(row["stale"] for row in rows)
+    assert all(row["data_age_s"] >= time.time() - stopped_at - 0.5 for row in rows)
 
     # The RPC comes back with a new price: live data replaces the snapshot's.
     world.set_oracle_price(0, 321.5)
@@ -220,3 +243,55 @@ async def test_a_bad_snapshot_is_ignored_and_the_process_still_starts(
     assert await second.stop() == 0
     warnings = [line for line in second.log if b"ignoring the snapshot" in line]
     assert len(warnings) == 1, second.log
+
+
+async def test_reader_adapter_and_feed_answer_from_the_snapshot_while_the_rpc_is_down(
+    simulator_factory: SimulatorFactory,
+    manager_settings: None,
+    frozen_now: float,
+    tmp_path: Path,
+) -> None:
+    sim = await simulator_factory(markets=6)
+    world = sim.world
+    assert world is not None
+    settings = {
+        "rpc_url": sim.http_url,
+        "snapshot_path": tmp_path,
+        "health_interval_s": 3600,
+        "max_retries": 0,
+        "retry_backoff": 0.2,
+        "retry_backoff_cap": 0.5,
+        "init_timeout_s": 5,
+    }
+    DriftClientManager.configure(**settings)
+    live = {m.market_index: m for m in await DriftClientManager.get_all_perp_markets()}
+    funding = await DriftClientManager.get_funding_rate(2)
+    assert funding is not None
+    assert not funding.stale
+    await DriftClientManager.shutdown()  # a clean shutdown writes the snapshot
+
+    await sim.faults.down(3600)
+    try:
+        DriftClientManager.configure(**settings)
+        adapter = DriftAdapter("mainnet")
+        feed = DriftFundingFeed(adapter)
+        restored = await adapter.get_funding_rate(2)
+        assert restored is not None
+        assert restored["stale"]
+        assert restored["data_age_s"] > 0
+        assert restored["rate_8h"] == funding.rate_8h
+        markets = await DriftClientManager.get_all_perp_markets()
+        assert [m.market_index for m in markets] == sorted(live)
+        for market in markets:
+            assert market.stale
+            assert market.oracle_price == live[market.market_index].oracle_price
+            assert market.slot == live[market.market_index].slot
+        active = [i for i, m in live.items() if m.status == "active"]
+        infos = await feed.get_all_funding_rates()
+        assert len(infos) == len(active)
+        assert not DriftClientManager.is_initialized()
+        await feed.close()
+        await adapter.disconnect()
+    finally:
+        await sim.faults.clear()
+        await DriftClientManager.shutdown()
