@@ -15,7 +15,7 @@ from solders.keypair import Keypair
 
 from conftest import WaitUntil
 from driftshare._ledger import AccountLedger, AccountRecord
-from driftshare._ledger_subscriber import LedgerSubscriber, ledger_client
+from driftshare._ledger_subscriber import LedgerReads, LedgerSubscriber, ledger_client
 from driftshare.manager import DriftClientManager
 from driftshare.sim import Simulator, _codec
 from driftshare.sim._records import world_records
@@ -41,15 +41,20 @@ def _record(world: World, pubkey: object) -> AccountRecord:
 
 
 def test_a_client_without_upstream_reads_every_account(world: World) -> None:
-    client = ledger_client(_ledger(world_records(world, slot=77)))
+    ledger = _ledger(world_records(world, slot=77))
+    client = ledger_client(ledger)
+    reads = LedgerReads(ledger)
+    assert reads.get_perp_market_accounts() == client.get_perp_market_accounts()
     assert [m.market_index for m in client.get_perp_market_accounts()] == world.perp_indexes()
     for index in world.perp_indexes():
         market = world.perp_market(index)
         assert client.get_perp_market_account(index) == market
+        assert reads.get_perp_market_account(index) == market
         oracle = world.store.get(market.amm.oracle)
         assert oracle is not None
         expected = decode_oracle(bytes(oracle.data), market.amm.oracle_source)
         assert client.get_oracle_price_data_for_perp_market(index) == expected
+        assert reads.get_oracle_price_data_for_perp_market(index) == expected
         slot = client.account_subscriber.get_perp_market_and_slot(index).slot
         assert slot == 77
     for index in world.spot_indexes():

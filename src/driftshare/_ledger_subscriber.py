@@ -10,16 +10,18 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Callable
+from types import SimpleNamespace
 from typing import Any
 
 from driftpy.account_subscription_config import AccountSubscriptionConfig
-from driftpy.accounts.oracle import get_oracle_decode_fn
+from driftpy.accounts.oracle import DRIFT_CODER, get_oracle_decode_fn
 from driftpy.accounts.types import DataAndSlot, DriftClientAccountSubscriber
 from driftpy.addresses import (
     get_perp_market_public_key,
     get_spot_market_public_key,
     get_state_public_key,
 )
+from driftpy.constants.config import DRIFT_PROGRAM_ID
 from driftpy.drift_client import DriftClient
 from driftpy.oracles.oracle_id import get_oracle_id
 from driftpy.types import OracleSource
@@ -227,6 +229,34 @@ class LedgerSubscriber(DriftClientAccountSubscriber):  # type: ignore[misc]
             return self.oracle.get(get_oracle_id(oracle, source))
         except ValueError:  # a source driftpy cannot number
             return None
+
+
+DRIFT_PROGRAM = SimpleNamespace(coder=DRIFT_CODER, program_id=DRIFT_PROGRAM_ID)
+"""What a LedgerSubscriber needs of Drift's program: driftpy's coder, its IDL already parsed."""
+
+
+class LedgerReads:
+    """DriftClient's market reads over a :class:`LedgerSubscriber`, without a DriftClient.
+
+    Building a DriftClient parses driftpy's IDL again (hundreds of milliseconds); a process
+    answering from its snapshot at start cannot spare that before its first answer.
+    """
+
+    def __init__(self, ledger: AccountLedger) -> None:
+        self.account_subscriber = LedgerSubscriber(DRIFT_PROGRAM, ledger)
+        self.account_subscriber.follow()
+
+    def get_perp_market_accounts(self) -> list[Any]:
+        return [ds.data for ds in self.account_subscriber.get_market_accounts_and_slots()]
+
+    def get_perp_market_account(self, market_index: int) -> Any | None:
+        found = self.account_subscriber.get_perp_market_and_slot(market_index)
+        return None if found is None else found.data
+
+    def get_oracle_price_data_for_perp_market(self, market_index: int) -> Any | None:
+        subscriber = self.account_subscriber
+        found = subscriber.get_oracle_price_data_and_slot_for_perp_market(market_index)
+        return None if found is None else found.data
 
 
 def ledger_client(ledger: AccountLedger, *, env: str = "mainnet") -> DriftClient:

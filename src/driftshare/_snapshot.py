@@ -32,7 +32,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_valida
 from solders.pubkey import Pubkey
 
 from driftshare._ledger import AccountLedger, AccountRecord, LedgerEntry
-from driftshare._ledger_subscriber import ledger_client
+from driftshare._ledger_subscriber import LedgerReads
 from driftshare.config import Settings, redact_url
 from driftshare.marketdata import ClientSource
 
@@ -43,6 +43,7 @@ __all__ = [
     "SnapshotIdentity",
     "SnapshotKeeper",
     "WarmSource",
+    "encode_snapshot",
     "read_snapshot",
     "rpc_group",
     "snapshot_file",
@@ -156,12 +157,13 @@ class Restored:
     """Wall time (``time.time()``) when the writing process last knew it current."""
 
 
-def _encode(
+def encode_snapshot(
     identity: SnapshotIdentity,
     entries: Iterable[LedgerEntry],
     wall_now: float,
     mono_now: float,
 ) -> bytes:
+    """The file's bytes: the header line, then the body."""
     records = [
         {
             "pubkey": e.record.pubkey,
@@ -205,7 +207,7 @@ def write_snapshot(
     """
     wall_now = time.time() if wall_now is None else wall_now
     mono_now = time.monotonic() if mono_now is None else mono_now
-    content = _encode(identity, entries, wall_now, mono_now)
+    content = encode_snapshot(identity, entries, wall_now, mono_now)
     # mkstemp creates the file with mode 0600, before any byte is written.
     fd, temp = tempfile.mkstemp(dir=file.parent, prefix=f".{file.name}.", suffix=".tmp")
     try:
@@ -441,10 +443,10 @@ class WarmSource(ClientSource):
     with the age of the accounts it is computed from.
     """
 
-    def __init__(self, ledger: AccountLedger, *, env: str = "mainnet") -> None:
-        client = ledger_client(ledger, env=env)
-        super().__init__(client, ledger, current=_never)
-        self._subscriber = client.account_subscriber
+    def __init__(self, ledger: AccountLedger) -> None:
+        reads = LedgerReads(ledger)
+        super().__init__(reads, ledger, current=_never)
+        self._subscriber = reads.account_subscriber
 
     def unavailable(self, market_index: int) -> bool:
         return market_index not in self._subscriber.perp_markets

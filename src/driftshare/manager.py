@@ -144,7 +144,7 @@ class _Shared:
         """
         loaded = 0 if self.snapshots is None else self.snapshots.load()
         if loaded:
-            self._warm = WarmSource(self.ledger, env=self.network)
+            self._warm = WarmSource(self.ledger)
         return loaded
 
     async def acquire(self) -> Any:
