@@ -191,46 +191,44 @@ async def _interpreter_start() -> float:
 
 async def _start_cases(markets: int, repeats: int, cap_s: float) -> dict[str, Any]:
     work = Path(tempfile.mkdtemp(prefix="driftshare-bench-warm-"))
+    saved = work / "saved"
+    saved.mkdir()
+    port = _free_port()
+    rpc_url = f"http://127.0.0.1:{port}"
+    runs: dict[str, list[dict[str, Any]]] = {}
+
+    async def case(rpc_up: bool, warm: bool) -> None:
+        # Without a snapshot and without an RPC nothing ever comes: one start shows it.
+        count = repeats if rpc_up or warm else 1
+        name = f"rpc {'up' if rpc_up else 'down'}, {'snapshot' if warm else 'no snapshot'}"
+        runs[name] = []
+        for _ in range(count):
+            # The floor under the same load as the start it is compared with.
+            interpreter_s = await _interpreter_start()
+            run = await _measure_start(
+                rpc_url,
+                _folder(work, saved if warm else None),
+                markets,
+                expect_ready=rpc_up,
+                cap_s=60 if rpc_up or warm else cap_s,
+            )
+            runs[name].append({**run.__dict__, "interpreter_s": interpreter_s})
+
     try:
-        port = _free_port()
-        rpc_url = f"http://127.0.0.1:{port}"
         sim = await _start_sim(markets, port)
-        saved = work / "saved"
-        saved.mkdir()
         try:
             # One clean run writes the snapshot the warm runs start from.
             await _measure_start(rpc_url, saved, markets, expect_ready=True, cap_s=60)
             if not list(saved.glob("*.snapshot")):
                 raise WarmstartBenchError("serve wrote no snapshot at a clean shutdown")
-            runs: dict[str, list[StartRun]] = {}
-            for warm in (False, True):
-                case = f"rpc up, {'snapshot' if warm else 'no snapshot'}"
-                runs[case] = [
-                    await _measure_start(
-                        rpc_url,
-                        _folder(work, saved if warm else None),
-                        markets,
-                        expect_ready=True,
-                        cap_s=60,
-                    )
-                    for _ in range(repeats)
-                ]
+            await case(rpc_up=True, warm=False)
+            await case(rpc_up=True, warm=True)
         finally:
             await _stop(sim)
         # The RPC is down: nothing listens at its address any more.
-        for warm in (False, True):
-            case = f"rpc down, {'snapshot' if warm else 'no snapshot'}"
-            runs[case] = [
-                await _measure_start(
-                    rpc_url,
-                    _folder(work, saved if warm else None),
-                    markets,
-                    expect_ready=False,
-                    cap_s=cap_s if not warm else 60,
-                )
-                for _ in range(repeats if warm else 1)
-            ]
-        return {case: [r.__dict__ for r in results] for case, results in runs.items()}
+        await case(rpc_up=False, warm=False)
+        await case(rpc_up=False, warm=True)
+        return runs
     finally:
         shutil.rmtree(work, ignore_errors=True)
 
@@ -304,13 +302,13 @@ def _report(results: dict[str, Any]) -> str:
         f"Real `driftshare serve` processes against a `driftshare sim` subprocess with "
         f"{markets} perp markets, spawn to answer (median of {results['repeats']} starts; "
         f"one start for the RPC-down run without a snapshot, watched for {cap_s:g} s). "
-        f"Starting Python and importing serve alone takes "
-        f"{results['interpreter_s'] * 1e3:,.0f} ms (median of 3). "
+        "Before each start, the time to start Python and import serve's modules is measured "
+        "under the same load: the floor of any first answer. "
         '"RPC down" is the simulator stopped: nothing listens at the RPC address.',
         "",
-        "| case | first `/api/markets` answer | answer with every market | "
-        "those values | `/readyz` 200 (fresh) |",
-        "|---|---|---|---|---|",
+        "| case | Python + imports alone | first `/api/markets` answer | "
+        "answer with every market | those values | `/readyz` 200 (fresh) |",
+        "|---|---|---|---|---|---|",
     ]
     for case, runs in starts.items():
         stale = {r["all_stale"] for r in runs if r["all_stale"] is not None}
@@ -319,7 +317,8 @@ def _report(results: dict[str, Any]) -> str:
             shown = "mixed"
         ready = _ms([r["ready_s"] for r in runs]) if case.startswith("rpc up") else "— (503)"
         lines.append(
-            f"| {case} | {_ms([r['first_answer_s'] for r in runs])} | "
+            f"| {case} | {_ms([r['interpreter_s'] for r in runs])} | "
+            f"{_ms([r['first_answer_s'] for r in runs])} | "
             f"{_ms([r['all_markets_s'] for r in runs])} | {shown} | {ready} |"
         )
     lines += [
@@ -351,17 +350,12 @@ def measure(quick: bool) -> dict[str, Any]:
     repeats = 1 if quick else 5
     cap_s = 20.0
 
-    async def starts() -> tuple[dict[str, Any], float]:
-        interpreter = statistics.median([await _interpreter_start() for _ in range(3)])
-        return await _start_cases(markets, repeats, cap_s), interpreter
-
-    start, interpreter = asyncio.run(starts())
+    start = asyncio.run(_start_cases(markets, repeats, cap_s))
     costs = [_costs(n, 3 if quick else 20) for n in (30, 100)]
     return {
         "markets": markets,
         "repeats": repeats,
         "cap_s": cap_s,
-        "interpreter_s": interpreter,
         "start": start,
         "costs": costs,
     }

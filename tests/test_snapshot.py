@@ -13,6 +13,7 @@ import signal
 import stat
 import sys
 import textwrap
+import time
 from pathlib import Path
 
 import pytest
@@ -319,3 +320,20 @@ async def test_a_crash_mid_write_leaves_the_previous_snapshot_usable(
 
 def _leftovers(folder: Path) -> list[Path]:
     return list(folder.glob(".snap.*.tmp"))
+
+
+async def test_a_failing_disk_warns_once_and_the_next_good_write_lands(
+    world: World, tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    folder = tmp_path / "not-yet"
+    ledger = _filled(world, confirmed_at=time.monotonic())
+    keeper = SnapshotKeeper(ledger, folder / "snap", IDENTITY)
+    ledger.confirm(str(world.perp_market_pubkey(0)), 50)
+    with caplog.at_level(logging.WARNING, logger="driftshare._snapshot"):
+        assert not await keeper.write_if_changed()
+        assert not await keeper.write_if_changed()
+    assert len(caplog.records) == 1
+    assert "cannot write the snapshot" in caplog.records[0].getMessage()
+    folder.mkdir()
+    assert await keeper.write_if_changed()
+    assert len(read_snapshot(keeper.file, IDENTITY)) == len(ledger)

@@ -207,6 +207,9 @@ def write_snapshot(
     """
     wall_now = time.time() if wall_now is None else wall_now
     mono_now = time.monotonic() if mono_now is None else mono_now
+    entries = list(entries)
+    if len(entries) > MAX_RECORDS:
+        raise SnapshotError(f"{len(entries)} accounts: more than a snapshot may hold")
     content = encode_snapshot(identity, entries, wall_now, mono_now)
     # mkstemp creates the file with mode 0600, before any byte is written.
     fd, temp = tempfile.mkstemp(dir=file.parent, prefix=f".{file.name}.", suffix=".tmp")
@@ -329,6 +332,7 @@ class SnapshotKeeper:
         self._mono = mono_clock
         self._wall = wall_clock
         self._dirty = False
+        self._failing = False
         ledger.add_listener(self._on_entry)
         self._task: asyncio.Task[None] | None = None
 
@@ -397,10 +401,15 @@ class SnapshotKeeper:
             self.last_write_bytes = await asyncio.to_thread(
                 write_snapshot, self.file, self.identity, entries, wall_now=wall, mono_now=mono
             )
-        except OSError as exc:
+        except (OSError, SnapshotError) as exc:
             self._dirty = True
-            log.warning("cannot write the snapshot %s: %s", self.file, exc.strerror or exc)
+            reason = exc.strerror if isinstance(exc, OSError) and exc.strerror else exc
+            # Once per failing spell: a read-only disk must not log every interval.
+            level = logging.DEBUG if self._failing else logging.WARNING
+            log.log(level, "cannot write the snapshot %s: %s", self.file, reason)
+            self._failing = True
             return False
+        self._failing = False
         self.writes += 1
         return True
 

@@ -109,12 +109,11 @@ class _Shared:
         self.ledger = AccountLedger()
         """Every subscribed account's raw bytes, slot and confirmation, kept across reconnects."""
         self.tap: AccountTap | None = None
-        self.snapshots = snapshot_keeper(self.ledger, settings, network, url)
-        self._warm: WarmSource | None = None
-        if self.snapshots is not None:
-            self.load_snapshot()
         self.last_confirmed_at: float | None = None
         """``time.monotonic()`` of the newest confirmation of any account."""
+        self.snapshots = snapshot_keeper(self.ledger, settings, network, url)
+        self._warm: WarmSource | None = None
+        self.load_snapshot()
         self.ledger.add_listener(self._on_ledger)
         self.confirmer = Confirmer(
             self.ledger,
@@ -142,7 +141,12 @@ class _Shared:
 
         Called at creation; a fleet member calls it when Redis is unreachable at start.
         """
-        loaded = 0 if self.snapshots is None else self.snapshots.load()
+        if self.snapshots is None or self._warm is not None:
+            return 0
+        confirmed_at = self.last_confirmed_at
+        loaded = self.snapshots.load()
+        # The snapshot's confirmations are another process's: they prove no data flows now.
+        self.last_confirmed_at = confirmed_at
         if loaded:
             self._warm = WarmSource(self.ledger)
         return loaded
