@@ -248,3 +248,37 @@ async def test_connect_answers_within_a_request_timeout_while_the_rpc_refuses(
     assert loop.time() - started < timeout
     await DriftClientManager.release_client()
     await adapter.disconnect()
+
+
+async def test_health_follows_data_not_a_get_slot(simulator: Simulator) -> None:
+    shared = await _subscribed_client(simulator)
+    assert shared.health == "healthy"
+    assert await DriftClientManager.get_funding_rate(0) is not None
+    keys = list(shared.tap.pubkeys())
+    # The RPC still answers getSlot, but no account can be read or is notified.
+    simulator.faults.set_stall(True)
+    for key in keys:
+        simulator.faults.hide(key)
+    await eventually(lambda: shared.health == "degraded", sim=simulator)
+    rate = await DriftClientManager.get_funding_rate(0)
+    assert rate is not None
+    assert rate.stale
+    for _ in range(10):  # getSlot answers through these checks; health stays degraded
+        await simulator.step()
+        await asyncio.sleep(0.1)
+        assert shared.health == "degraded"
+    simulator.faults.set_stall(False)
+    for key in keys:
+        simulator.faults.restore(key)
+    await eventually(lambda: shared.health == "healthy", sim=simulator)
+    assert shared.last_confirmed_at is not None
+
+    async def fresh_again() -> bool:
+        rate = await DriftClientManager.get_funding_rate(0)
+        return rate is not None and not rate.stale
+
+    deadline = asyncio.get_running_loop().time() + STALE_AFTER_S + 2.0
+    while not await fresh_again():
+        assert asyncio.get_running_loop().time() < deadline, "market 0 never fresh again"
+        await simulator.step()
+        await asyncio.sleep(0.05)
