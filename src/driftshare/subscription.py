@@ -370,8 +370,9 @@ class _TolerantDecoder:
 
     An account that turns undecodable keeps its last good value (a market account starts
     with its own address, so it is still recognised while those 40 bytes are intact) and is
-    listed in ``unavailable``; one never decoded gives None. ``last_raw`` is the account
-    data of the latest call, for the tap.
+    listed in ``unavailable``; one not recognised gives None, and the caller, who knows
+    which market it is, calls :meth:`unreadable`. ``last_raw`` is the account data of the
+    latest call, for the tap.
     """
 
     def __init__(self, program: Any, unavailable: dict[int, str] | None) -> None:
@@ -400,6 +401,12 @@ class _TolerantDecoder:
         if self._unavailable is not None:
             self._unavailable.pop(decoded.market_index, None)
         return decoded
+
+    def unreadable(self, market_index: int) -> None:
+        """Report market ``market_index`` unavailable: its newest account could not be read."""
+        if self._unavailable is not None and market_index not in self._unavailable:
+            log.warning("market %s became unreadable; serving it as stale", market_index)
+            self._unavailable[market_index] = "cannot decode market account"
 
 
 _MarketApply = Callable[[str, bytes, DataAndSlot], None]
@@ -448,13 +455,18 @@ class WebsocketSubscriber(WebsocketDriftClientAccountSubscriber):  # type: ignor
         )
         wanted = {ds.data.market_index for ds in initial}
         decoder = self._decoders[kind] = _TolerantDecoder(self.program, unavailable)
+        by_pda = _index_by_pda(self.program.program_id, kind)
         markets = market_map.market_map
         tap = self._tap
 
         def apply(key: str, raw: bytes, data: DataAndSlot) -> None:
             # The program subscription sends every market of the kind: keep the discovered
             # (and DRIFT_PERP_MARKETS-selected) ones, and skip accounts never decoded.
-            if data.data is not None and data.data.market_index in wanted:
+            if data.data is None:
+                index = by_pda.get(Pubkey.from_string(key))
+                if index is not None and index in wanted:
+                    decoder.unreadable(index)
+            elif data.data.market_index in wanted:
                 current = markets.get(data.data.market_index)
                 if current is None or data.slot >= current.slot:
                     markets[data.data.market_index] = data
@@ -605,7 +617,9 @@ class PollingSubscriber(PollingDriftClientAccountSubscriber):  # type: ignore[mi
             if buffer is None:
                 return
             decoded = self._decoder(buffer)
-            if decoded is not None:
+            if decoded is None:
+                self._decoder.unreadable(market_index)
+            else:
                 self.perp_markets[market_index] = DataAndSlot(slot, decoded)
 
         return on_market
