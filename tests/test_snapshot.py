@@ -27,6 +27,7 @@ from driftshare._snapshot import (
     SnapshotError,
     SnapshotIdentity,
     SnapshotKeeper,
+    WarmSource,
     read_snapshot,
     rpc_group,
     snapshot_file,
@@ -337,3 +338,28 @@ async def test_a_failing_disk_warns_once_and_the_next_good_write_lands(
     folder.mkdir()
     assert await keeper.write_if_changed()
     assert len(read_snapshot(keeper.file, IDENTITY)) == len(ledger)
+
+
+def test_one_undecodable_account_in_a_sound_file_hides_only_its_market(
+    world: World, tmp_path: Path
+) -> None:
+    broken = str(world.perp_market_pubkey(3))
+    ledger = _filled(world)
+    entry = ledger.get(broken)
+    assert entry is not None
+    ledger.apply(
+        dataclasses.replace(entry.record, slot=41, data=entry.record.data[:64]), confirmed_at=1000.0
+    )
+    file = tmp_path / "snap"
+    write_snapshot(file, IDENTITY, ledger, wall_now=50_000.0, mono_now=1030.0)
+    restored = AccountLedger()
+    assert SnapshotKeeper(restored, file, IDENTITY, wall_clock=Clock(50_100.0)).load() == len(
+        ledger
+    )
+    source = WarmSource(restored)
+    served = sorted(m.market_index for m in source.perp_markets())
+    assert served == [i for i in world.perp_indexes() if i != 3]
+    assert source.unavailable(3)
+    assert not source.unavailable(2)
+    assert not source.current()
+    assert source.perp_market(2) == world.perp_market(2)
