@@ -179,6 +179,8 @@ async def test_a_restart_with_the_rpc_down_answers_every_market_stale_from_the_f
         # The data's true age: at least the time since the first process stopped.
         assert market["data_age_s"] >= time.time() - stopped_at - 0.5
     assert (await second.get("/readyz")).status_code == 503
+    warm = (await second.get("/api/stats")).json()["manager"]["warm_start"]
+    assert warm["loaded"] == warm["restored"] > len(live)  # markets, oracles and the State
     rows = await _dashboard_rows(second)
     assert len(rows) == len(live)
     assert all(row["stale"] for row in rows)
@@ -206,6 +208,8 @@ async def test_a_restart_with_the_rpc_down_answers_every_market_stale_from_the_f
         return (await second.get("/readyz")).status_code == 200
 
     await poll(ready, "ready once fresh data arrived")
+    warm = (await second.get("/api/stats")).json()["manager"]["warm_start"]
+    assert warm["restored"] == 0
     assert await second.stop() == 0
 
 

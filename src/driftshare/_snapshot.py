@@ -21,7 +21,7 @@ import math
 import os
 import tempfile
 import time
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Iterable
 from contextlib import suppress
 from dataclasses import dataclass
 from pathlib import Path
@@ -374,9 +374,15 @@ class SnapshotKeeper:
         )
         return self.loaded
 
-    def is_restored(self, pubkeys: Sequence[str]) -> bool:
-        """Whether any of ``pubkeys`` still holds the snapshot's value."""
-        return any(p in self.restored for p in pubkeys)
+    def stats(self) -> dict[str, Any]:
+        """The file's name, accounts loaded from it and still served from it, and writes."""
+        return {
+            "file": self.file.name,
+            "loaded": self.loaded,
+            "restored": len(self.restored),
+            "writes": self.writes,
+            "last_write_bytes": self.last_write_bytes,
+        }
 
     def start(self) -> None:
         """Write in the background from now on (needs a running event loop)."""

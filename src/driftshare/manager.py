@@ -599,6 +599,7 @@ class _Shared:
             "time_to_ready_s": (self.ready_at - self.created_at) if self.ready_at else None,
             "last_update_age_s": (now - self.last_data_at) if self.last_data_at else None,
             "data_slot": self._data_slot,
+            "warm_start": None if self.snapshots is None else self.snapshots.stats(),
         }
 
 
