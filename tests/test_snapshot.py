@@ -312,6 +312,8 @@ async def test_a_crash_mid_write_leaves_the_previous_snapshot_usable(
             child.kill()
         await child.wait()
     assert file.read_bytes() == before
+    (leftover,) = _leftovers(tmp_path)
+    os.utime(leftover, (time.time() - 3600, time.time() - 3600))  # a crash of an hour ago
     ledger = AccountLedger()
     keeper = SnapshotKeeper(ledger, file, IDENTITY)
     assert keeper.load() == len(_filled(world))

@@ -237,11 +237,16 @@ def _fsync_dir(folder: Path) -> None:
             os.close(fd)
 
 
-def remove_leftovers(file: Path) -> None:
-    """Delete temporary files a crashed writer of ``file`` left behind."""
+def remove_leftovers(file: Path, *, older_than_s: float = 60.0) -> None:
+    """Delete temporary files a crashed writer of ``file`` left behind.
+
+    Only those older than ``older_than_s``: a younger one may be another process's write.
+    """
+    cutoff = time.time() - older_than_s
     for leftover in file.parent.glob(f".{file.name}.*.tmp"):
         with suppress(OSError):
-            leftover.unlink()
+            if leftover.stat().st_mtime < cutoff:
+                leftover.unlink()
 
 
 def read_snapshot(
