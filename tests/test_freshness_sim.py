@@ -282,3 +282,21 @@ async def test_health_follows_data_not_a_get_slot(simulator: Simulator) -> None:
         assert asyncio.get_running_loop().time() < deadline, "market 0 never fresh again"
         await simulator.step()
         await asyncio.sleep(0.05)
+
+
+async def test_second_change_within_one_slot_is_read(simulator: Simulator) -> None:
+    shared = await _subscribed_client(simulator)
+    world = simulator.world
+    assert world is not None
+    before = await DriftClientManager.get_funding_rate(0)
+    assert before is not None
+    slot = simulator.store.slot
+    world.set_oracle_price(0, world.oracle_price(0) * 1.01)  # same slot, new bytes
+    expected = round(world.oracle_price(0) * 1e6)
+    await eventually(
+        lambda: shared.client.get_oracle_price_data_for_perp_market(0).price == expected
+    )
+    assert simulator.store.slot == slot
+    after = await DriftClientManager.get_funding_rate(0)
+    assert after is not None
+    assert after.oracle_price == expected / 1e6

@@ -9,7 +9,7 @@ from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass
 from typing import Any, Generic, Protocol, TypeVar
 
-from driftshare._ledger import AccountLedger, LedgerEntry
+from driftshare._ledger import AccountLedger, AccountRecord, LedgerEntry
 from driftshare.cache import Cached, TTLCache
 from driftshare.config import Network, Settings
 from driftshare.markets import MarketResolver
@@ -31,24 +31,26 @@ _V = TypeVar("_V")
 
 @dataclass(frozen=True, slots=True)
 class _Basis:
-    """What one market's value was computed from: its accounts' entries at their data slots."""
+    """What one market's value was computed from: its accounts' ledger entries and records."""
 
     source: MarketSource
     index: int
     entries: tuple[LedgerEntry, ...] | None
-    slots: tuple[int, ...]
+    records: tuple[AccountRecord, ...]
 
     @classmethod
     def of(cls, source: MarketSource, perp_market: Any) -> _Basis:
         entries = source.accounts(perp_market)
-        slots = () if entries is None else tuple(e.record.slot for e in entries)
-        return cls(source, perp_market.market_index, entries, slots)
+        records = () if entries is None else tuple(e.record for e in entries)
+        return cls(source, perp_market.market_index, entries, records)
 
     def unchanged(self) -> bool:
         entries = self.entries
         if entries is not None:
-            for entry, slot in zip(entries, self.slots, strict=True):
-                if entry.record.slot != slot:
+            # Bytes, not slots: an account can change twice within one slot.
+            for entry, record in zip(entries, self.records, strict=True):
+                current = entry.record
+                if current is not record and current.data != record.data:
                     return False
         return True
 
