@@ -21,7 +21,7 @@ import tempfile
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Protocol
+from typing import Any
 
 import httpx
 
@@ -49,12 +49,6 @@ _POLL_S = 0.005
 
 class WarmstartBenchError(RuntimeError):
     """The benchmark could not measure: a process failed to start or answer."""
-
-
-class _Context(Protocol):
-    quick: bool
-
-    def write_json(self, results: dict[str, Any]) -> Path: ...
 
 
 # -- processes --------------------------------------------------------------------------------
@@ -367,18 +361,16 @@ def measure(quick: bool) -> dict[str, Any]:
     }
 
 
-def run(ctx: _Context) -> str:
-    """Measure (small sizes when ``ctx.quick``), store the raw numbers, return the markdown."""
-    results = measure(ctx.quick)
-    ctx.write_json(results)
-    return _report(results)
+def run(quick: bool) -> str:
+    """Measure (small sizes when ``quick``) and return the section as markdown."""
+    return f"## {TITLE}\n\n{_report(measure(quick))}"
 
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--quick", action="store_true", help="small sizes, one start each")
     args = parser.parse_args(argv)
-    print(f"## {TITLE}\n\n{_report(measure(args.quick))}")
+    print(run(args.quick))
     return 0
 
 
