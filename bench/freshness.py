@@ -39,8 +39,9 @@ async def _shared(sim: Simulator, **settings: Any) -> Any:
     assert world is not None
     oracles = {world.perp_market(i).amm.oracle for i in world.perp_indexes()}
     oracles |= {world.spot_market(i).oracle for i in world.spot_indexes()}
-    # Every subscription in place: the State, each oracle, the two market programs.
-    while sim.stats()["subscriptions"]["active"] < 1 + len(oracles) + 2:
+    # Every subscription in place: the State, each oracle, the two market programs (the
+    # simulator signals no event for it, so it is polled).
+    while sim.stats()["subscriptions"]["active"] < 1 + len(oracles) + 2:  # noqa: ASYNC110
         await asyncio.sleep(0.05)
     return shared
 
@@ -200,8 +201,9 @@ def run(quick: bool) -> str:
         "" if not quick else "*Quick run: short windows, figures are indicative only.*",
         "",
         "**Reads behind the subscription.** One engine reads SOL-PERP every 10 ms for",
-        f"{seconds:g} s; a read is behind when its mark price differs from the one computed at that moment",
-        "from the shared client's own subscribed accounts (target: at most 1% of reads, 0.5 s).",
+        f"{seconds:g} s; a read is behind when its mark price differs from the one computed",
+        "at that moment from the shared client's own subscribed accounts (target: at most 1%",
+        "of reads, 0.5 s).",
         "",
         "| read | reads | behind | % | longest lag s |",
         "|---|---|---|---|---|",
