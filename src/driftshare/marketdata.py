@@ -30,6 +30,18 @@ _T = TypeVar("_T", FundingRateData, MarketData)
 _V = TypeVar("_V")
 
 
+def confirmed(entries: tuple[LedgerEntry, ...]) -> tuple[int, float]:
+    """The newest slot at which every one of ``entries`` is known current, and the
+    ``time.monotonic()`` when the last of them was confirmed; ``(0, -inf)`` for none."""
+    if not entries:
+        return 0, float("-inf")
+    slot, confirmed_at = 1 << 62, float("inf")
+    for entry in entries:  # a plain loop: this runs on every read
+        slot = min(slot, entry.confirmed_slot)
+        confirmed_at = min(confirmed_at, entry.confirmed_at)
+    return slot, confirmed_at
+
+
 @dataclass(frozen=True, slots=True)
 class _Basis:
     """What one market's value was computed from: its accounts' ledger entries and records."""
@@ -61,12 +73,7 @@ class _Basis:
         entries = self.entries
         slot, age = 0, 0.0
         if entries is not None:
-            slot, confirmed_at = 1 << 62, float("inf")
-            for entry in entries:
-                slot = min(slot, entry.confirmed_slot)
-                confirmed_at = min(confirmed_at, entry.confirmed_at)
-            if not entries:
-                slot = 0  # no account of it is known current: the age stays infinite
+            slot, confirmed_at = confirmed(entries)
             age = time.monotonic() - confirmed_at
         marked = _copy(value)
         marked.stale = cached.stale or age > stale_after_s or self.source.unavailable(self.index)
