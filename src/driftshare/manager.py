@@ -444,6 +444,7 @@ class _Shared:
             log.warning("cannot switch to %s: %s", mode, redact_text(repr(exc)))
             return
         self.mode_switches += 1
+        self.confirmer.resubscribed()
         self._data_slot = 0
         self._note_data()
 
