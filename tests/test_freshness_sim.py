@@ -4,45 +4,15 @@ from __future__ import annotations
 
 import asyncio
 import dataclasses
-from collections.abc import AsyncIterator, Callable
 from typing import Any
 
 import pytest
-import pytest_asyncio
 
 from conftest import subscribed
 from driftshare._ledger import AccountLedger
 from driftshare.manager import DriftClientManager
 from driftshare.sim import Simulator
-
-FAST: dict[str, Any] = {
-    "health_interval_s": 0.1,
-    "poll_interval_s": 0.1,
-    "retry_backoff": 0.05,
-    "retry_backoff_cap": 0.2,
-    "rpc_rps": 200.0,
-    "rpc_burst": 50,
-}
-
-
-@pytest_asyncio.fixture(autouse=True)
-async def _clean_manager(simulator_factory: object) -> AsyncIterator[None]:
-    yield
-    await DriftClientManager.shutdown()
-    DriftClientManager._settings = None
-
-
-async def eventually(
-    predicate: Callable[[], bool], *, sim: Simulator | None = None, within: float = 10.0
-) -> None:
-    loop = asyncio.get_running_loop()
-    deadline = loop.time() + within
-    while not predicate():
-        if loop.time() > deadline:
-            raise AssertionError("timed out")
-        if sim is not None:
-            await sim.step()
-        await asyncio.sleep(0.02)
+from test_manager_sim import FAST, _clean_manager, eventually  # noqa: F401 (fixture)
 
 
 async def _start(sim: Simulator, **settings: Any) -> AccountLedger:

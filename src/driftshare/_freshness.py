@@ -77,6 +77,10 @@ class Confirmer:
         self._full = True
         self._wake.set()
 
+    def resubscribed(self) -> None:
+        """Forget missed updates: the subscriptions they counted against were replaced."""
+        self._missed_rounds.clear()
+
     def stalled(self) -> set[AccountKind]:
         """Subscriptions that missed updates in consecutive periodic rounds."""
         return {k for k, n in self._missed_rounds.items() if n >= _MISSED_ROUNDS_FOR_STALL}

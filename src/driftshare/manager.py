@@ -24,7 +24,7 @@ from driftshare._freshness import Confirmer
 from driftshare._ledger import AccountLedger, AccountRecord, LedgerEntry
 from driftshare._snapshot import WarmSource, snapshot_keeper
 from driftshare.config import PUBLIC_RPC_URLS, Settings, load_settings, redact_text, redact_url
-from driftshare.marketdata import ClientSource, MarketDataReader, MarketSource
+from driftshare.marketdata import ClientSource, MarketDataReader, MarketSource, confirmed
 from driftshare.models import FundingRateData, MarketData, market_name
 from driftshare.subscription import (
     AccountTap,
@@ -126,7 +126,6 @@ class _Shared:
         self.ready_at: float | None = None
         self.last_data_at: float | None = None
         self._data_slot = 0
-        self._market_seen: dict[int, tuple[int, float]] = {}
         self._attempt: asyncio.Future[Any] | None = None
         self._init_task: asyncio.Task[None] | None = None
         self._health_task: asyncio.Task[None] | None = None
@@ -371,23 +370,14 @@ class _Shared:
         return False
 
     def _note_market_ages(self) -> None:
-        """Publish ``drift_data_age_seconds``: time since a market's account or oracle advanced."""
-        now = time.time()
-        subscriber = self.client.account_subscriber
-        for ds in subscriber.get_market_accounts_and_slots():
-            if ds is None:
-                continue
-            index = ds.data.market_index
-            slot = ds.slot
-            try:
-                oracle = subscriber.get_oracle_price_data_and_slot_for_perp_market(index)
-            except Exception:  # driftpy raises for a market it has no oracle for
-                oracle = None
-            slot = max(slot, getattr(oracle, "slot", 0) or 0)
-            seen = self._market_seen.get(index)
-            if seen is None or slot > seen[0]:
-                seen = self._market_seen[index] = (slot, now)
-            metrics.DATA_AGE_SECONDS.labels(market_name(ds.data)).set(now - seen[1])
+        """Publish ``drift_data_age_seconds``: time since a market's account and oracle were
+        last both known current (the ``data_age_s`` its values carry)."""
+        now = time.monotonic()
+        source = ClientSource(self.client, self.ledger)
+        for ds in self.client.account_subscriber.get_market_accounts_and_slots():
+            if ds is not None:
+                _, confirmed_at = confirmed(source.accounts(ds.data) or ())
+                metrics.DATA_AGE_SECONDS.labels(market_name(ds.data)).set(now - confirmed_at)
 
     # -- freshness: the ledger, its confirmation and the repairs ---------------------------
 
@@ -475,6 +465,7 @@ class _Shared:
             log.warning("cannot switch to %s: %s", mode, redact_text(repr(exc)))
             return
         self.mode_switches += 1
+        self.confirmer.resubscribed()
         self._data_slot = 0
         self._note_data()
 
@@ -599,6 +590,7 @@ class _Shared:
             "time_to_ready_s": (self.ready_at - self.created_at) if self.ready_at else None,
             "last_update_age_s": (now - self.last_data_at) if self.last_data_at else None,
             "data_slot": self._data_slot,
+            "freshness": self.confirmer.snapshot(),
             "warm_start": None if self.snapshots is None else self.snapshots.stats(),
         }
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import dataclasses
 import logging
+import operator
 import time
 from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass
@@ -29,6 +30,18 @@ _T = TypeVar("_T", FundingRateData, MarketData)
 _V = TypeVar("_V")
 
 
+def confirmed(entries: tuple[LedgerEntry, ...]) -> tuple[int, float]:
+    """The newest slot at which every one of ``entries`` is known current, and the
+    ``time.monotonic()`` when the last of them was confirmed; ``(0, -inf)`` for none."""
+    if not entries:
+        return 0, float("-inf")
+    slot, confirmed_at = 1 << 62, float("inf")
+    for entry in entries:  # a plain loop: this runs on every read
+        slot = min(slot, entry.confirmed_slot)
+        confirmed_at = min(confirmed_at, entry.confirmed_at)
+    return slot, confirmed_at
+
+
 @dataclass(frozen=True, slots=True)
 class _Basis:
     """What one market's value was computed from: its accounts' ledger entries and records."""
@@ -36,43 +49,51 @@ class _Basis:
     source: MarketSource
     index: int
     entries: tuple[LedgerEntry, ...] | None
-    records: tuple[AccountRecord, ...]
+    read: tuple[tuple[LedgerEntry, AccountRecord], ...]
+    """Each entry with the record it held when the value was computed."""
 
     @classmethod
     def of(cls, source: MarketSource, perp_market: Any) -> _Basis:
         entries = source.accounts(perp_market)
-        records = () if entries is None else tuple(e.record for e in entries)
-        return cls(source, perp_market.market_index, entries, records)
+        read = () if entries is None else tuple((e, e.record) for e in entries)
+        return cls(source, perp_market.market_index, entries, read)
 
     def unchanged(self) -> bool:
-        entries = self.entries
-        if entries is not None:
-            # Bytes, not slots: an account can change twice within one slot.
-            for entry, record in zip(entries, self.records, strict=True):
-                current = entry.record
-                if current is not record and current.data != record.data:
-                    return False
+        # Bytes, not slots: an account can change twice within one slot.
+        for entry, record in self.read:
+            current = entry.record
+            if current is not record and current.data != record.data:
+                return False
         return True
 
     def mark(self, value: _T, cached: Cached[Any], stale_after_s: float) -> _T:
         """``value`` with its staleness, slot and data age as of now."""
+        # Called on every read: plain loops, no generators (a cache hit costs microseconds).
+        # The source was found current when the value was taken from the cache.
         entries = self.entries
         slot, age = 0, 0.0
         if entries is not None:
-            if entries:
-                slot = min(e.confirmed_slot for e in entries)
-                age = time.monotonic() - min(e.confirmed_at for e in entries)
-            else:
-                age = float("inf")  # no account of it is known current
-        stale = (
-            cached.stale
-            or age > stale_after_s
-            or self.source.unavailable(self.index)
-            or not self.source.current()
-        )
-        return dataclasses.replace(
-            value, stale=stale, age_s=cached.age_s, slot=slot, data_age_s=age
-        )
+            slot, confirmed_at = confirmed(entries)
+            age = time.monotonic() - confirmed_at
+        marked = _copy(value)
+        marked.stale = cached.stale or age > stale_after_s or self.source.unavailable(self.index)
+        marked.age_s = cached.age_s
+        marked.slot = slot
+        marked.data_age_s = age
+        return marked
+
+
+_FIELD_GETTERS: dict[type, Callable[[Any], tuple[Any, ...]]] = {}
+
+
+def _copy(value: _T) -> _T:
+    # Hand-written: dataclasses.replace costs ~2.8 µs a read, this ~0.5 µs.
+    cls = type(value)
+    getter = _FIELD_GETTERS.get(cls)
+    if getter is None:
+        names = [f.name for f in dataclasses.fields(cls)]
+        getter = _FIELD_GETTERS[cls] = operator.attrgetter(*names)
+    return cls(*getter(value))
 
 
 @dataclass(frozen=True, slots=True)
@@ -84,7 +105,12 @@ class _Computed(Generic[_V]):
 
     def unchanged(self) -> bool:
         """Reusable: same live source, and no account it came from has changed since."""
-        return all(b.source.current() and b.unchanged() for b in self.bases)
+        return all(basis.source.current() and basis.unchanged() for basis in self.bases)
+
+    def single_unchanged(self) -> bool:
+        """:meth:`unchanged` for a value of one market, without a generator (every read)."""
+        basis = self.bases[0]
+        return basis.source.current() and basis.unchanged()
 
 
 class MarketSource(Protocol):
@@ -243,7 +269,7 @@ class MarketDataReader:
             return _Computed(build(market, source.oracle_price_data(index)), (basis,))
 
         cached = await self.cache.get(
-            key, ttl=ttl, compute=compute, kind=key[0], valid=_Computed.unchanged
+            key, ttl=ttl, compute=compute, kind=key[0], valid=_Computed.single_unchanged
         )
         if cached is None:
             return None
