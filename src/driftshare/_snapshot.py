@@ -459,8 +459,8 @@ class WarmSource(ClientSource):
     """The ledger as a :class:`MarketSource` while the shared client is not ready.
 
     Its accounts are the snapshot's, replaced one by one by live data as it arrives; none
-    is confirmed by a running subscription, so it is never current: every value is stale,
-    with the age of the accounts it is computed from.
+    is confirmed by a running subscription, so it is never current and every market counts
+    as unavailable: every value is stale, with the age of the accounts it is computed from.
     """
 
     def __init__(self, ledger: AccountLedger) -> None:
@@ -469,7 +469,8 @@ class WarmSource(ClientSource):
         self._subscriber = reads.account_subscriber
 
     def unavailable(self, market_index: int) -> bool:
-        return market_index not in self._subscriber.perp_markets
+        # No value from here is current, however young its data: each one is served stale.
+        return True
 
     def close(self) -> None:
         """Stop decoding the ledger's updates: the live client serves from now on."""
