@@ -1,15 +1,16 @@
 """Properties 1-4 and 7 of the shared client, over random interleavings (hypothesis).
 
-The manager's real lifecycle code runs; only the network part of start-up (``_start``)
-is replaced by a fake that yields to other tasks, may fail on demand and opens a fake
-connection, so thousands of interleavings run in seconds and every leak is visible.
+The manager's real lifecycle code runs, ``_start`` included (it awaits, publishes and
+creates the health task); only the network underneath is fake: ``_open`` creates a fake
+connection and client, ``_subscribe`` yields to other tasks, may fail on demand and
+installs a fake subscriber through the real swap. Thousands of interleavings run in
+seconds and every leaked connection, subscriber or task is visible.
 """
 
 from __future__ import annotations
 
 import asyncio
-import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -17,43 +18,55 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from driftshare.manager import DriftClientManager, _Shared
+from driftshare.manager import DriftClientManager, _Generation, _Shared
 
 
 @dataclass
 class _World:
-    """What the fake start-up opened and how it should behave."""
+    """What the fake network opened and how it should behave."""
 
     failures_left: int = 0
     yields: int = 1
     open_connections: set[int] = field(default_factory=set)
+    active_subscribers: set[int] = field(default_factory=set)
     clients: list[object] = field(default_factory=list)
     starts: int = 0
+    subscribers: int = 0
+    on_subscribed: Callable[[], None] | None = None
 
     def reset(self, failures: int, yields: int) -> None:
         self.__init__(failures_left=failures, yields=yields)  # type: ignore[misc]
 
 
 class _FakeSubscriber:
-    def __init__(self, world: _World, conn_id: int) -> None:
+    def __init__(self, world: _World) -> None:
+        world.subscribers += 1
         self._world = world
-        self._conn_id = conn_id
+        self.id = world.subscribers
         self.oracle: dict[str, object] = {}
 
     def get_market_accounts_and_slots(self) -> list[object]:
         return []
 
+    async def subscribe(self) -> None:
+        self._world.active_subscribers.add(self.id)
+        for _ in range(self._world.yields):
+            await asyncio.sleep(0)
+
     async def unsubscribe(self) -> None:
-        await asyncio.sleep(0)
-        self._world.open_connections.discard(self._conn_id)
+        for _ in range(self._world.yields):
+            await asyncio.sleep(0)
+        self._world.active_subscribers.discard(self.id)
 
 
 class _FakeConnection:
     def __init__(self, world: _World, conn_id: int) -> None:
         self._world = world
         self._conn_id = conn_id
+        world.open_connections.add(conn_id)
 
     async def close(self) -> None:
+        await asyncio.sleep(0)
         self._world.open_connections.discard(self._conn_id)
 
 
@@ -61,38 +74,40 @@ class _FakeClient:
     def __init__(self, subscriber: _FakeSubscriber) -> None:
         self.account_subscriber = subscriber
 
+    def get_perp_market_accounts(self) -> list[object]:
+        return []
+
 
 WORLD = _World()
 
 
-async def _fake_start(self: _Shared) -> None:
+def _fake_open(self: _Shared, gen: _Generation) -> None:
+    gen.connection = _FakeConnection(WORLD, len(WORLD.clients) + 1)  # type: ignore[assignment]
+    gen.client = _FakeClient(_FakeSubscriber(WORLD))
+    WORLD.clients.append(gen.client)
+
+
+async def _fake_subscribe(self: _Shared, gen: _Generation, mode: str) -> None:
     WORLD.starts += 1
     for _ in range(WORLD.yields):
         await asyncio.sleep(0)
     if WORLD.failures_left > 0:
         WORLD.failures_left -= 1
         raise ConnectionError("injected start-up failure")
-    if self.client is None:
-        conn_id = WORLD.starts
-        self.connection = _FakeConnection(WORLD, conn_id)  # type: ignore[assignment]
-        self.client = _FakeClient(_FakeSubscriber(WORLD, conn_id))
-        WORLD.clients.append(self.client)
-    else:  # a reconnect resubscribes the client that engines already hold
-        conn_id = self.connection._conn_id  # type: ignore[union-attr]
-        self.client.account_subscriber = _FakeSubscriber(WORLD, conn_id)
-    WORLD.open_connections.add(conn_id)
-    self.initializations += 1
-    self.ready_at = time.time()
-    self.health = "healthy"
+    await self._install_subscriber(gen, _FakeSubscriber(WORLD))
+    if WORLD.on_subscribed is not None:
+        WORLD.on_subscribed()
+        await asyncio.sleep(0)
 
 
-async def _fake_renew_session(self: _Shared) -> None:
-    await asyncio.sleep(0)
+def _fake_renew_session(self: _Shared, gen: _Generation) -> None:
+    """The HTTP session is the transport's business (tested against the simulator)."""
 
 
 @pytest.fixture(autouse=True)
 def _fake_network(monkeypatch: pytest.MonkeyPatch) -> Iterator[None]:
-    monkeypatch.setattr(_Shared, "_start", _fake_start)
+    monkeypatch.setattr(_Shared, "_open", _fake_open)
+    monkeypatch.setattr(_Shared, "_subscribe", _fake_subscribe)
     monkeypatch.setattr(_Shared, "_renew_session", _fake_renew_session)
     DriftClientManager.configure(
         rpc_url="http://127.0.0.1:9/",
@@ -180,6 +195,7 @@ def test_interleavings_never_leak_and_never_raise(
     assert stats["references"] == 0
     assert stats["initialized"] is False
     assert WORLD.open_connections == set()
+    assert WORLD.active_subscribers == set()
 
 
 @settings(max_examples=200, deadline=None)

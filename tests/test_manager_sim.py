@@ -96,8 +96,9 @@ async def test_four_engines_share_one_client_and_one_subscription_set(
     assert all(r == 5 for r in reads)
     stats = DriftClientManager.stats()
     assert stats["initializations"] == 1
-    # The first get, four more, and the one the cached market-data reader holds.
-    assert stats["references"] == 6
+    # The first get and four more: reads made while engines hold the client take none.
+    assert stats["references"] == 5
+    assert stats["read_lease"] is False
     after = sim.stats()
     assert after["ws_connections"]["total"] == one_client["ws_connections"]["total"]
     assert after["subscriptions"]["total"] == one_client["subscriptions"]["total"]

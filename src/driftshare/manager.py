@@ -3,14 +3,17 @@
 from __future__ import annotations
 
 import asyncio
+import functools
 import logging
 import random
+import threading
 import time
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Coroutine
 from contextlib import asynccontextmanager, suppress
 from pathlib import Path
-from typing import Any, ClassVar
+from typing import Any, ClassVar, TypeVar
 
+import httpx
 from driftpy.account_subscription_config import AccountSubscriptionConfig
 from driftpy.drift_client import DriftClient
 from driftpy.types import get_ws_url
@@ -37,6 +40,8 @@ from driftshare.transport import RateLimitedTransport, RpcStats, install_transpo
 __all__ = ["DriftClientManager"]
 
 log = logging.getLogger(__name__)
+
+_T = TypeVar("_T")
 
 _UNHEALTHY_CHECKS_BEFORE_RECONNECT = 3
 
@@ -69,8 +74,104 @@ async def _cancel_all(tasks: list[asyncio.Task[Any] | None]) -> None:
             await task
 
 
+async def _unsubscribe_fully(subscriber: Any) -> None:
+    """Unsubscribe ``subscriber`` to the end even if the caller is cancelled meanwhile.
+
+    A subscriber left half-unsubscribed keeps sockets and tasks open for good, so the
+    caller's cancellation is re-raised only once the unsubscription has finished.
+    """
+    task: asyncio.Future[Any] = asyncio.ensure_future(subscriber.unsubscribe())
+    cancelled: asyncio.CancelledError | None = None
+    while not task.done():
+        try:
+            await asyncio.shield(task)
+        except asyncio.CancelledError as exc:
+            if not task.done():  # the caller was cancelled, not the unsubscription
+                cancelled = cancelled or exc
+        except Exception:  # reported below, from the task itself
+            break
+    if not task.cancelled() and task.exception() is not None:
+        log.debug("unsubscribe failed: %s", redact_text(repr(task.exception())))
+    if cancelled is not None:
+        raise cancelled
+
+
+async def _close_session(session: httpx.AsyncClient) -> None:
+    with suppress(Exception):
+        await session.aclose()
+
+
+class _Generation:
+    """One life of a shared client: from the first reference to the close after the last.
+
+    It owns what that life opened (client, connection, HTTP sessions) and every task it
+    started, so its close finds all of them. Once retired it starts no task and publishes
+    nothing: work still under way sees :meth:`check` raise and ends.
+    """
+
+    def __init__(self, keypair: Keypair, after: asyncio.Task[None] | None) -> None:
+        self.keypair = keypair
+        self.after = after
+        self.client: Any = None
+        self.connection: AsyncClient | None = None
+        self.created_at = time.monotonic()
+        self.ready_at: float | None = None
+        self.retired = False
+        self.attempt: asyncio.Future[Any] | None = None
+        self.init_task: asyncio.Task[None] | None = None
+        self.health_task: asyncio.Task[None] | None = None
+        self.reconnecting: asyncio.Task[bool] | None = None
+        self.old_sessions: list[httpx.AsyncClient] = []
+        self._tasks: set[asyncio.Task[Any]] = set()
+
+    def spawn(self, coro: Coroutine[Any, Any, _T], name: str) -> asyncio.Task[_T] | None:
+        """Run ``coro`` as a task of this generation; None (and not run) once retired."""
+        if self.retired:
+            coro.close()
+            return None
+        task = asyncio.create_task(coro, name=name)
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+        return task
+
+    def check(self) -> None:
+        """Raise CancelledError in a retired generation: its close cancels the work anyway."""
+        if self.retired:
+            raise asyncio.CancelledError
+
+    def settle(self, result: Any) -> None:
+        """Answer the callers waiting for the current start-up attempt."""
+        if self.attempt is not None and not self.attempt.done():
+            self.attempt.set_result(result)
+        self.attempt = None
+
+    def retire(self) -> None:
+        self.retired = True
+        self.ready_at = None
+        self.settle(None)
+
+    async def close_old_sessions(self) -> None:
+        """Close the HTTP sessions a reconnect replaced, once their requests have ended."""
+        while self.old_sessions:
+            await _close_session(self.old_sessions[0])
+            self.old_sessions.pop(0)
+
+    async def close(self) -> None:
+        """Cancel every task of this (retired) generation and close what it opened."""
+        await _cancel_all(list(self._tasks))
+        if self.client is not None:
+            await _unsubscribe_fully(self.client.account_subscriber)
+        await self.close_old_sessions()
+        if self.connection is not None:
+            with suppress(Exception):
+                await self.connection.close()
+        self.client = None
+        self.connection = None
+
+
 class _Shared:
-    """The shared client of one (network, RPC URL): references, lifecycle, mode and health."""
+    """The shared client of one (network, RPC URL, event loop): references, generations,
+    mode and health."""
 
     def __init__(self, network: str, url: str, settings: Settings) -> None:
         self.network = network
@@ -78,8 +179,7 @@ class _Shared:
         self.settings = settings
         self.loop = asyncio.get_running_loop()
         self.refs = 0
-        self.client: Any = None
-        self.connection: AsyncClient | None = None
+        self.gen: _Generation | None = None
         self.rpc = RpcStats()
         self.mode: SubscriptionMode = settings.subscription
         self.health = "idle"
@@ -88,25 +188,47 @@ class _Shared:
         self.mode_switches = 0
         self.last_error: str | None = None
         self.unavailable: dict[int, str] = {}
-        self.created_at = time.time()
-        self.ready_at: float | None = None
         self.last_data_at: float | None = None
         self._data_slot = 0
         self._market_seen: dict[int, tuple[int, float]] = {}
-        self._attempt: asyncio.Future[Any] | None = None
-        self._init_task: asyncio.Task[None] | None = None
-        self._health_task: asyncio.Task[None] | None = None
         self._closing: asyncio.Task[None] | None = None
-        self._reconnecting: asyncio.Task[bool] | None = None
+        self._lease: asyncio.TimerHandle | None = None
+        self._lease_until = 0.0
         self._rng = random.Random()
+
+    @property
+    def client(self) -> Any:
+        """The current generation's DriftClient, or None."""
+        return None if self.gen is None else self.gen.client
+
+    @property
+    def initialized(self) -> bool:
+        return self.gen is not None and self.gen.ready_at is not None
 
     # -- references -------------------------------------------------------------------------
 
+    def _generation(self) -> _Generation:
+        """The live generation, started when there is none (ValueError for a bad keypair)."""
+        if self.gen is None:
+            # The keypair first: a bad DRIFT_KEYPAIR fails here, once, before anything opens.
+            self.gen = _Generation(_load_keypair(self.settings), after=self._closing)
+        return self.gen
+
+    def _refuse(self, exc: ValueError) -> None:
+        self.health = "down"
+        self.last_error = str(exc)
+        log.error("cannot start the shared %s DriftClient: %s", self.network, exc)
+
     async def acquire(self) -> Any:
+        try:
+            gen = self._generation()
+        except ValueError as exc:  # a configuration error: no background retry can fix it
+            self._refuse(exc)
+            return None
         self.refs += 1
         self._publish_refs()
         try:
-            return await self._ready()
+            return await self._ready(gen)
         except asyncio.CancelledError:
             self._drop_ref()
             raise
@@ -117,16 +239,18 @@ class _Shared:
             return None
         self.refs -= 1
         self._publish_refs()
-        if self.refs > 0:
+        return self._retire_if_unused()
+
+    def _retire_if_unused(self) -> asyncio.Task[None] | None:
+        """Retire the generation once neither a reference nor a read lease keeps it."""
+        if self.refs > 0 or self._lease is not None or self.gen is None:
             return None
-        # Detach this generation now, so a get_client arriving during the close starts afresh
+        # Detached now, so a get_client arriving during the close starts a new generation
         # (after the close) instead of being handed a client about to be torn down.
-        tasks = [self._init_task, self._health_task, self._reconnecting]
-        self._settle_attempt(None)
-        self._init_task = self._health_task = self._reconnecting = None
-        self.ready_at = None
+        gen, self.gen = self.gen, None
+        gen.retire()
         self._closing = asyncio.create_task(
-            self._close(tasks, self._closing), name=f"driftshare-close-{self.network}"
+            self._close(gen, self._closing), name=f"driftshare-close-{self.network}"
         )
         return self._closing
 
@@ -135,64 +259,105 @@ class _Shared:
         if closing is not None:
             await asyncio.shield(closing)
 
+    def close_now(self) -> asyncio.Task[None] | None:
+        """Drop every reference and the read lease: the generation closes (shutdown)."""
+        self.refs = 0
+        self._publish_refs()
+        return self.drop_lease() or self._closing
+
     def _publish_refs(self) -> None:
         log.debug("%s references: %d", self.network, self.refs)
         metrics.CLIENT_REF_COUNT.labels(self.network).set(self.refs)
 
+    # -- cached reads: a lease instead of a reference ---------------------------------------
+
+    async def read(self) -> MarketSource | None:
+        """The source for a cached read.
+
+        While engines hold references a read takes none, so it never keeps the client open
+        after they leave. A read with no holder starts the client if needed under a lease
+        that ends ``idle_close_s`` after the last such read.
+        """
+        try:
+            gen = self._generation()
+        except ValueError as exc:
+            self._refuse(exc)
+            return None
+        if self.refs == 0:
+            self._extend_lease()
+        await self._ready(gen)
+        return self.source()
+
+    def _extend_lease(self) -> None:
+        self._lease_until = time.monotonic() + self.settings.idle_close_s
+        if self._lease is None:
+            self._lease = self.loop.call_later(self.settings.idle_close_s, self._lease_expired)
+
+    def _lease_expired(self) -> None:
+        remaining = self._lease_until - time.monotonic()
+        if remaining > 0:
+            self._lease = self.loop.call_later(remaining, self._lease_expired)
+            return
+        self._lease = None
+        self._retire_if_unused()
+
+    def drop_lease(self) -> asyncio.Task[None] | None:
+        """End the read lease now; the generation closes if no reference holds it."""
+        if self._lease is not None:
+            self._lease.cancel()
+            self._lease = None
+        return self._retire_if_unused()
+
     # -- initialization ---------------------------------------------------------------------
 
-    async def _ready(self) -> Any:
-        if self.client is not None and self._init_task is None and self.ready_at is not None:
-            return self.client
-        if self._init_task is None:
-            self._attempt = self.loop.create_future()
-            self._init_task = asyncio.create_task(
-                self._init_loop(), name=f"driftshare-init-{self.network}"
-            )
-        if self._attempt is None:
+    async def _ready(self, gen: _Generation) -> Any:
+        if gen.ready_at is not None and gen.init_task is None:
+            return gen.client
+        if gen.init_task is None:
+            gen.attempt = self.loop.create_future()
+            gen.init_task = gen.spawn(self._init_loop(gen), f"driftshare-init-{self.network}")
+            if gen.init_task is None:  # retired meanwhile
+                gen.settle(None)
+        if gen.attempt is None:
             # Between retries: callers get None now instead of blocking on the backoff.
             return None
-        return await asyncio.shield(self._attempt)
+        return await asyncio.shield(gen.attempt)
 
-    def _settle_attempt(self, result: Any) -> None:
-        if self._attempt is not None and not self._attempt.done():
-            self._attempt.set_result(result)
-        self._attempt = None
+    async def _init_loop(self, gen: _Generation) -> None:
+        """Start the client, retrying with full-jitter exponential backoff until retired.
 
-    async def _init_loop(self) -> None:
-        """Start the client, retrying with full-jitter exponential backoff while referenced.
-
-        Retries go on as long as someone holds a reference, so a client whose RPC was down
-        at start comes up by itself once it returns; the backoff is capped at
+        Retries go on as long as the generation lives, so a client whose RPC was down at
+        start comes up by itself once it returns; the backoff is capped at
         ``retry_backoff_cap``.
         """
         settings = self.settings
         try:
-            if self._closing is not None:
-                await asyncio.shield(self._closing)
+            if gen.after is not None:
+                await asyncio.shield(gen.after)
             attempt = 0
-            while self.refs > 0:
+            while True:
                 if attempt:
                     cap = min(
                         settings.retry_backoff_cap,
                         settings.retry_backoff * 2 ** min(attempt - 1, 30),
                     )
                     await asyncio.sleep(self._rng.uniform(0, cap))
-                    self._attempt = self.loop.create_future()
+                    gen.attempt = self.loop.create_future()
                 try:
-                    await asyncio.wait_for(self._start(), settings.init_timeout_s)
+                    await asyncio.wait_for(self._start(gen), settings.init_timeout_s)
                 except Exception as exc:  # any failure: log, hand out None, retry in background
+                    gen.check()
                     self._record_failure(exc, attempt)
-                    await self._discard_subscriber()
-                    self._settle_attempt(None)
+                    await self._discard_subscriber(gen)
+                    gen.settle(None)
                     attempt += 1
                     continue
-                self._settle_attempt(self.client)
+                gen.settle(gen.client)
                 return
         finally:
-            if self._init_task is asyncio.current_task():
-                self._settle_attempt(None)
-                self._init_task = None
+            if gen.init_task is asyncio.current_task():
+                gen.settle(None)
+                gen.init_task = None
 
     def _record_failure(self, exc: BaseException, attempt: int) -> None:
         self.init_failures += 1
@@ -215,47 +380,50 @@ class _Shared:
         install_transport(connection, RateLimitedTransport.from_settings(settings, stats=self.rpc))
         return connection
 
-    async def _start(self) -> None:
+    def _open(self, gen: _Generation) -> None:
+        """Create the generation's connection and (unsubscribed) DriftClient."""
+        gen.connection = self._new_connection()
+        gen.client = DriftClient(
+            gen.connection,
+            gen.keypair,
+            env=self.network,
+            account_subscription=AccountSubscriptionConfig("websocket", commitment=Confirmed),
+            perp_market_indexes=[],
+            spot_market_indexes=[],
+            oracle_infos=[],
+        )
+
+    async def _start(self, gen: _Generation) -> None:
+        gen.check()
         self.health = "connecting"
-        if self.client is None:
-            # The keypair first: a bad DRIFT_KEYPAIR must not leave a connection behind.
-            keypair = _load_keypair(self.settings)
-            self.connection = self._new_connection()
-            self.client = DriftClient(
-                self.connection,
-                keypair,
-                env=self.network,
-                account_subscription=AccountSubscriptionConfig("websocket", commitment=Confirmed),
-                perp_market_indexes=[],
-                spot_market_indexes=[],
-                oracle_infos=[],
-            )
+        if gen.client is None:
+            self._open(gen)
         log.info("starting the shared %s DriftClient at %s", self.network, redact_url(self.url))
-        await self._subscribe(self.settings.subscription)
+        await self._subscribe(gen, self.settings.subscription)
+        gen.check()
         self.initializations += 1
         metrics.CLIENT_INITIALIZATIONS.labels(self.network).inc()
-        self.ready_at = time.time()
+        gen.ready_at = time.monotonic()
         self.health = "healthy"
         self._note_data()
-        self._health_task = asyncio.create_task(
-            self._health_loop(), name=f"driftshare-health-{self.network}"
-        )
+        gen.health_task = gen.spawn(self._health_loop(gen), f"driftshare-health-{self.network}")
         log.info(
             "shared %s DriftClient ready: %d perp markets by %s (%d unavailable)",
             self.network,
-            len(self.client.get_perp_market_accounts()),
+            len(gen.client.get_perp_market_accounts()),
             self.mode,
             len(self.unavailable),
         )
 
-    async def _subscribe(self, mode: SubscriptionMode) -> None:
+    async def _subscribe(self, gen: _Generation, mode: SubscriptionMode) -> None:
         """Discover the markets and subscribe in ``mode``; websocket falls back to polling."""
-        program = self.client.program
+        program = gen.client.program
         discovery = await discover_markets(program, self.settings.perp_markets)
+        gen.check()
         self.unavailable = discovery.unavailable
         if mode == "websocket":
             try:
-                await self._install_subscriber(self._websocket(discovery))
+                await self._install_subscriber(gen, self._websocket(gen, discovery))
                 self.mode = "websocket"
                 return
             except Exception as exc:  # any websocket failure: fall back to polling
@@ -263,55 +431,58 @@ class _Shared:
                 log.warning(
                     "websocket subscription failed (%s); polling instead", redact_text(repr(exc))
                 )
-        await self._install_subscriber(self._polling(discovery))
+        await self._install_subscriber(gen, self._polling(gen, discovery))
         self.mode = "polling"
 
-    def _websocket(self, discovery: Discovery) -> WebsocketSubscriber:
-        return WebsocketSubscriber(self.client.program, discovery, Confirmed)
+    def _websocket(self, gen: _Generation, discovery: Discovery) -> WebsocketSubscriber:
+        return WebsocketSubscriber(gen.client.program, discovery, Confirmed)
 
-    def _polling(self, discovery: Discovery) -> PollingSubscriber:
-        loader = ResilientLoader(self.connection, Confirmed, self.settings.poll_interval_s)
-        return PollingSubscriber(self.client.program, loader, discovery)
+    def _polling(self, gen: _Generation, discovery: Discovery) -> PollingSubscriber:
+        loader = ResilientLoader(gen.connection, Confirmed, self.settings.poll_interval_s)
+        return PollingSubscriber(gen.client.program, loader, discovery)
 
-    async def _install_subscriber(self, subscriber: Any) -> None:
+    async def _install_subscriber(self, gen: _Generation, subscriber: Any) -> None:
+        """Subscribe ``subscriber`` and put it in place of the client's current one.
+
+        Whatever happens, cancellation included, the one left out (the new one on failure,
+        the previous one on success) ends fully unsubscribed.
+        """
         try:
             await asyncio.wait_for(subscriber.subscribe(), self.settings.init_timeout_s)
+            gen.check()
         except BaseException:
-            with suppress(Exception):
-                await subscriber.unsubscribe()
+            await _unsubscribe_fully(subscriber)
             raise
-        previous, self.client.account_subscriber = self.client.account_subscriber, subscriber
+        previous, gen.client.account_subscriber = gen.client.account_subscriber, subscriber
         if previous is not subscriber:
-            with suppress(Exception):
-                await previous.unsubscribe()
+            await _unsubscribe_fully(previous)
 
-    async def _discard_subscriber(self) -> None:
-        if self.client is not None:
-            with suppress(Exception):
-                await self.client.account_subscriber.unsubscribe()
+    async def _discard_subscriber(self, gen: _Generation) -> None:
+        if gen.client is not None:
+            await _unsubscribe_fully(gen.client.account_subscriber)
 
     # -- health, stall detection, reconnection ----------------------------------------------
 
     def data_slot(self) -> int:
         """The newest slot among the subscribed markets' and oracles' data."""
-        if self.client is None or self.ready_at is None:
+        if not self.initialized:
             return 0
         return newest_data_slot(self.client.account_subscriber) or 0
 
     def _note_data(self) -> bool:
         """Record whether any data advanced since the last look; refresh per-market ages."""
         slot = self.data_slot()
-        if self.ready_at is not None:
+        if self.initialized:
             self._note_market_ages()
         if slot > self._data_slot:
             self._data_slot = slot
-            self.last_data_at = time.time()
+            self.last_data_at = time.monotonic()
             return True
         return False
 
     def _note_market_ages(self) -> None:
         """Publish ``drift_data_age_seconds``: time since a market's account or oracle advanced."""
-        now = time.time()
+        now = time.monotonic()
         subscriber = self.client.account_subscriber
         for ds in subscriber.get_market_accounts_and_slots():
             if ds is None:
@@ -328,7 +499,7 @@ class _Shared:
                 seen = self._market_seen[index] = (slot, now)
             metrics.DATA_AGE_SECONDS.labels(market_name(ds.data)).set(now - seen[1])
 
-    async def _health_loop(self) -> None:
+    async def _health_loop(self, gen: _Generation) -> None:
         settings = self.settings
         failures = 0
         seen_slot = self.data_slot()
@@ -336,57 +507,64 @@ class _Shared:
         check_timeout = max(settings.request_timeout_s, settings.health_interval_s)
         while True:
             await asyncio.sleep(settings.health_interval_s)
-            self._note_data()
-            slot = self.data_slot()
-            if slot > seen_slot:
-                # New data proves upstream works: no getSlot, so a client whose data flows
-                # sends no periodic HTTP request at all.
-                seen_slot = slot
-                stalled = False
-            else:
-                try:
-                    rpc_slot = (
-                        await asyncio.wait_for(self.connection.get_slot(), check_timeout)  # type: ignore[union-attr]
-                    ).value
-                except Exception as exc:  # an unhealthy RPC: count and, past a limit, rebuild
-                    failures += 1
-                    self.health = "degraded"
-                    self.last_error = f"health check failed: {type(exc).__name__}"
-                    if failures >= _UNHEALTHY_CHECKS_BEFORE_RECONNECT:
-                        failures = 0
-                        self.reconnect_in_background()
-                    continue
-                stalled = (
-                    self.last_data_at is not None
-                    and time.time() - self.last_data_at >= settings.ws_stall_s
-                    and rpc_slot > seen_slot
-                )
-            failures = 0
-            self.health = "healthy"
-            now = time.time()
-            if self.mode == "websocket" and stalled:
-                metrics.SUBSCRIPTION_FAILURES.labels(self.network).inc()
-                log.warning(
-                    "no websocket data for %.0fs while slots advance; polling instead",
-                    now - (self.last_data_at or now),
-                )
-                await self._switch("polling")
-                seen_slot = self.data_slot()
-                polling_since = now
-            elif (
-                self.mode == "polling"
-                and settings.subscription == "websocket"
-                and now - (polling_since or 0) >= settings.ws_stall_s
-                and await self._websocket_works()
-            ):
-                log.info("websocket notifications flow again; leaving polling")
-                await self._switch("websocket")
-                seen_slot = self.data_slot()
-                polling_since = None
+            gen.check()
+            try:
+                self._note_data()
+                slot = self.data_slot()
+                if slot > seen_slot:
+                    # New data proves upstream works: no getSlot, so a client whose data flows
+                    # sends no periodic HTTP request at all.
+                    seen_slot = slot
+                    stalled = False
+                else:
+                    try:
+                        rpc_slot = (
+                            await asyncio.wait_for(gen.connection.get_slot(), check_timeout)  # type: ignore[union-attr]
+                        ).value
+                    except Exception as exc:  # an unhealthy RPC: count and, past a limit, rebuild
+                        gen.check()
+                        failures += 1
+                        self.health = "degraded"
+                        self.last_error = f"health check failed: {type(exc).__name__}"
+                        if failures >= _UNHEALTHY_CHECKS_BEFORE_RECONNECT:
+                            failures = 0
+                            self._reconnect_in_background(gen)
+                        continue
+                    stalled = (
+                        self.last_data_at is not None
+                        and time.monotonic() - self.last_data_at >= settings.ws_stall_s
+                        and rpc_slot > seen_slot
+                    )
+                gen.check()
+                failures = 0
+                self.health = "healthy"
+                now = time.monotonic()
+                if self.mode == "websocket" and stalled:
+                    metrics.SUBSCRIPTION_FAILURES.labels(self.network).inc()
+                    log.warning(
+                        "no websocket data for %.0fs while slots advance; polling instead",
+                        now - (self.last_data_at or now),
+                    )
+                    await self._switch(gen, "polling")
+                    seen_slot = self.data_slot()
+                    polling_since = now
+                elif (
+                    self.mode == "polling"
+                    and settings.subscription == "websocket"
+                    and now - (polling_since or 0) >= settings.ws_stall_s
+                    and await self._websocket_works()
+                ):
+                    log.info("websocket notifications flow again; leaving polling")
+                    await self._switch(gen, "websocket")
+                    seen_slot = self.data_slot()
+                    polling_since = None
+            except Exception as exc:  # one unexpected fault must not end health checking
+                self.last_error = redact_text(f"health check crashed: {exc!r}")
+                log.exception("health check of the shared %s DriftClient failed", self.network)
 
-    async def _switch(self, mode: SubscriptionMode) -> None:
+    async def _switch(self, gen: _Generation, mode: SubscriptionMode) -> None:
         try:
-            await self._subscribe(mode)
+            await self._subscribe(gen, mode)
         except Exception as exc:  # keep the current subscriber; the next check tries again
             log.warning("cannot switch to %s: %s", mode, redact_text(repr(exc)))
             return
@@ -409,81 +587,93 @@ class _Shared:
         except Exception:  # unreachable or silent: not yet
             return False
 
-    def reconnect_in_background(self) -> asyncio.Task[bool] | None:
-        """Start a rebuild unless one is running; concurrent requests share it."""
-        if self.refs == 0:
-            return None
-        if self._reconnecting is None or self._reconnecting.done():
-            self._reconnecting = asyncio.create_task(
-                self._reconnect(), name=f"driftshare-reconnect-{self.network}"
+    def _reconnect_in_background(self, gen: _Generation) -> asyncio.Task[bool] | None:
+        """Start a rebuild of ``gen`` unless one is running; concurrent requests share it."""
+        if gen.reconnecting is None or gen.reconnecting.done():
+            gen.reconnecting = gen.spawn(
+                self._reconnect(gen), f"driftshare-reconnect-{self.network}"
             )
-        return self._reconnecting
+        return gen.reconnecting
 
     async def reconnect(self) -> bool:
         """Rebuild the HTTP session and the subscriptions of the same DriftClient object."""
-        task = self.reconnect_in_background()
-        return False if task is None else await asyncio.shield(task)
+        if self.gen is None or self.refs == 0:
+            return False
+        task = self._reconnect_in_background(self.gen)
+        if task is None:
+            return False
+        try:
+            return await asyncio.shield(task)
+        except asyncio.CancelledError:
+            current = asyncio.current_task()
+            if task.cancelled() and (current is None or not current.cancelling()):
+                return False  # the generation closed under the rebuild
+            raise
 
-    async def _renew_session(self) -> None:
-        # Engines hold this DriftClient and its AsyncClient: renew the HTTP session inside.
-        with suppress(Exception):
-            await self.connection._provider.session.aclose()  # type: ignore[union-attr]
+    def _renew_session(self, gen: _Generation) -> None:
+        """Engines hold this DriftClient and its AsyncClient: renew the HTTP session inside.
+
+        The new session is in place before the old one closes, and the old one closes only
+        once the requests in flight on it have ended.
+        """
+        provider: Any = gen.connection._provider  # type: ignore[union-attr]
+        gen.old_sessions.append(provider.session)
         install_transport(
-            self.connection,
+            gen.connection,
             RateLimitedTransport.from_settings(self.settings, stats=self.rpc),
         )
 
-    async def _reconnect(self) -> bool:
-        if self._init_task is not None:
-            return await self._ready() is not None
+    async def _reconnect(self, gen: _Generation) -> bool:
+        if gen.init_task is not None:
+            return await self._ready(gen) is not None
         log.info("reconnecting the shared %s DriftClient", self.network)
-        await _cancel_all([self._health_task])
-        self._health_task = None
-        self.ready_at = None
-        await self._discard_subscriber()
-        if self.connection is not None:
-            await self._renew_session()
+        await _cancel_all([gen.health_task])
+        gen.health_task = None
+        gen.ready_at = None
+        await self._discard_subscriber(gen)
+        gen.check()
+        if gen.connection is not None:
+            self._renew_session(gen)
         self._data_slot = 0
-        return await self._ready() is not None
+        ready = await self._ready(gen) is not None
+        await gen.close_old_sessions()
+        return ready
 
     # -- cleanup ----------------------------------------------------------------------------
 
-    async def _close(
-        self, tasks: list[asyncio.Task[Any] | None], previous: asyncio.Task[None] | None
-    ) -> None:
+    async def _close(self, gen: _Generation, previous: asyncio.Task[None] | None) -> None:
         # Closes run one after another: the latest one ends only when every earlier one has,
         # so a new generation that waits for it never meets a close still under way.
         if previous is not None:
             await asyncio.shield(previous)
-        await _cancel_all(tasks)
-        if self.client is not None:
+        if gen.client is not None:
             log.info("last reference released: closing the shared %s DriftClient", self.network)
-        await self._discard_subscriber()
-        if self.connection is not None:
-            with suppress(Exception):
-                await self.connection.close()
-        self.client = None
-        self.connection = None
-        self.ready_at = None
-        self.health = "idle"
-        self.mode = self.settings.subscription
-        self._data_slot = 0
+        await gen.close()
+        if self.gen is None:
+            self.health = "idle"
+            self.mode = self.settings.subscription
+            self._data_slot = 0
 
     def source(self) -> MarketSource | None:
         """The subscribed accounts to read from, or None while they cannot be trusted."""
-        if self.client is None or self.ready_at is None or self.health != "healthy":
+        if not self.initialized or self.health != "healthy":
             return None
         return ClientSource(self.client)
 
     def snapshot(self) -> dict[str, Any]:
         self._note_data()  # observation only: the health loop keeps its own progress marker
-        now = time.time()
+        now = time.monotonic()
         rpc = self.rpc.snapshot()
+        gen = self.gen
+        ready_after = None
+        if gen is not None and gen.ready_at is not None:
+            ready_after = gen.ready_at - gen.created_at
         return {
             "network": self.network,
             "rpc_url": redact_url(self.url),
             "references": self.refs,
-            "initialized": self.client is not None and self.ready_at is not None,
+            "read_lease": self._lease is not None,
+            "initialized": self.initialized,
             "initializations": self.initializations,
             "init_failures": self.init_failures,
             "subscription_mode": self.mode,
@@ -494,39 +684,10 @@ class _Shared:
             "rpc": rpc,
             "rate_limited": rpc.get("rate_limited", 0),
             "retries": rpc.get("retries", 0),
-            "time_to_ready_s": (self.ready_at - self.created_at) if self.ready_at else None,
+            "time_to_ready_s": ready_after,
             "last_update_age_s": (now - self.last_data_at) if self.last_data_at else None,
             "data_slot": self._data_slot,
         }
-
-
-class _ReaderHold:
-    """The one reference a network's cached reader holds, taken once however many reads race."""
-
-    def __init__(self, manager: type[DriftClientManager], key: tuple[str, str]) -> None:
-        self._manager = manager
-        self._key = key
-        self._shared: _Shared | None = None
-        self._taking: asyncio.Task[None] | None = None
-
-    async def source(self) -> MarketSource | None:
-        shared = self._manager._shared.get(self._key)
-        if shared is None or shared is not self._shared or shared.refs == 0:
-            loop = asyncio.get_running_loop()
-            if self._taking is None or self._taking.done() or self._taking.get_loop() is not loop:
-                self._taking = loop.create_task(self._take())
-            await asyncio.shield(self._taking)
-            shared = self._shared
-        return None if shared is None else shared.source()
-
-    async def _take(self) -> None:
-        await self._manager.get_client(self._key[0], rpc_url=self._key[1])
-        self._shared = self._manager._shared.get(self._key)
-
-    async def release(self) -> None:
-        shared, self._shared = self._shared, None
-        if shared is not None and shared is self._manager._shared.get(self._key):
-            await self._manager.release_client(self._key[0], rpc_url=self._key[1])
 
 
 class DriftClientManager:
@@ -534,11 +695,18 @@ class DriftClientManager:
 
     Every method is a classmethod: engines call ``await DriftClientManager.get_client()``
     and ``await DriftClientManager.release_client()``, or use :meth:`session`.
+
+    Several event loops: asyncio sockets and tasks belong to one loop, so each running
+    event loop (each thread running one) gets its own shared client per (network, RPC URL),
+    counted and closed on its own. Calls made inside a loop act on that loop's client;
+    synchronous calls outside any loop (:meth:`stats`, :meth:`is_initialized`) report the
+    newest one. A client whose loop has closed is forgotten: its sockets died with it.
     """
 
     _settings: ClassVar[Settings | None] = None
-    _shared: ClassVar[dict[tuple[str, str], _Shared]] = {}
-    _readers: ClassVar[dict[tuple[str, str], tuple[MarketDataReader, _ReaderHold]]] = {}
+    _lock: ClassVar[threading.Lock] = threading.Lock()
+    _shared: ClassVar[dict[tuple[str, str, asyncio.AbstractEventLoop], _Shared]] = {}
+    _readers: ClassVar[dict[tuple[str, str], MarketDataReader]] = {}
 
     @classmethod
     def configure(cls, settings: Settings | None = None, **overrides: Any) -> Settings:
@@ -566,24 +734,33 @@ class DriftClientManager:
 
     @classmethod
     def _find(cls, network: str | None, rpc_url: str | None) -> _Shared | None:
+        """This loop's shared client; outside any loop, the newest one of any loop."""
         try:
-            return cls._shared.get(cls._url(network, rpc_url))
+            network, url = cls._url(network, rpc_url)
         except ValueError:
             return None
+        try:
+            loop: asyncio.AbstractEventLoop | None = asyncio.get_running_loop()
+        except RuntimeError:
+            loop = None
+        with cls._lock:
+            if loop is not None:
+                return cls._shared.get((network, url, loop))
+            found = [s for (n, u, _), s in cls._shared.items() if (n, u) == (network, url)]
+        return found[-1] if found else None
 
     @classmethod
-    def _shared_for(cls, network: str | None, rpc_url: str | None) -> _Shared | None:
-        key = cls._url(network, rpc_url)
+    def _shared_for(cls, network: str | None, rpc_url: str | None) -> _Shared:
+        """This loop's shared client, created (once, whatever the threads) on first use."""
+        network, url = cls._url(network, rpc_url)
+        settings = cls.settings()
         loop = asyncio.get_running_loop()
-        shared = cls._shared.get(key)
-        if shared is not None and shared.loop is not loop:
-            if not shared.loop.is_closed():
-                log.error("the shared %s DriftClient belongs to another running event loop", key[0])
-                return None
-            # Its loop is gone, and with it every socket and task it had: start afresh.
-            shared = None
-        if shared is None:
-            shared = cls._shared[key] = _Shared(key[0], key[1], cls.settings())
+        with cls._lock:
+            for key in [k for k in cls._shared if k[2].is_closed()]:
+                del cls._shared[key]
+            shared = cls._shared.get((network, url, loop))
+            if shared is None:
+                shared = cls._shared[(network, url, loop)] = _Shared(network, url, settings)
         return shared
 
     @classmethod
@@ -600,8 +777,6 @@ class DriftClientManager:
         except ValueError as exc:
             log.error("cannot get a DriftClient: %s", exc)
             return None
-        if shared is None:
-            return None
         client: DriftClient | None = await shared.acquire()
         return client
 
@@ -611,7 +786,7 @@ class DriftClientManager:
     ) -> None:
         """Drop one reference; the last one unsubscribes and closes everything."""
         shared = cls._find(network, rpc_url)
-        if shared is None or shared.loop is not asyncio.get_running_loop():
+        if shared is None:
             log.info("release_client(%r) with no reference held: ignored", network)
             return
         await shared.release()
@@ -631,7 +806,7 @@ class DriftClientManager:
     @classmethod
     def is_initialized(cls, network: str | None = None, *, rpc_url: str | None = None) -> bool:
         shared = cls._find(network, rpc_url)
-        return shared is not None and shared.client is not None and shared.ready_at is not None
+        return shared is not None and shared.initialized
 
     @classmethod
     async def force_reconnect(
@@ -639,9 +814,7 @@ class DriftClientManager:
     ) -> bool:
         """Rebuild the connection and subscriptions under the same references."""
         shared = cls._find(network, rpc_url)
-        if shared is None or shared.loop is not asyncio.get_running_loop():
-            return False
-        return await shared.reconnect()
+        return False if shared is None else await shared.reconnect()
 
     @classmethod
     def stats(cls, network: str | None = None, *, rpc_url: str | None = None) -> dict[str, Any]:
@@ -650,7 +823,7 @@ class DriftClientManager:
             key = cls._url(network, rpc_url)
         except ValueError as exc:
             return {"network": network, "references": 0, "initialized": False, "error": str(exc)}
-        shared = cls._shared.get(key)
+        shared = cls._find(*key)
         if shared is None:
             snapshot: dict[str, Any] = {
                 "network": key[0],
@@ -662,7 +835,7 @@ class DriftClientManager:
         else:
             snapshot = shared.snapshot()
         reader = cls._readers.get(key)
-        snapshot["cache"] = reader[0].cache.stats() if reader else {"hits": {}, "misses": {}}
+        snapshot["cache"] = reader.cache.stats() if reader else {"hits": {}, "misses": {}}
         return snapshot
 
     # -- cached market data (no RPC request per read) -----------------------------------------
@@ -673,26 +846,38 @@ class DriftClientManager:
     ) -> MarketDataReader:
         """The cached reader over the shared client (ValueError for an unknown network).
 
-        Its first read takes one reference, held until :meth:`release_market_data` or
-        :meth:`shutdown`, so reads alone keep the shared client alive.
+        Reads take no reference: while engines hold the client they keep it open, and once
+        the last one has released it closes. A read while none holds it starts the client
+        if needed, which then closes ``DRIFT_IDLE_CLOSE_S`` after the last such read, or at
+        :meth:`release_market_data` or :meth:`shutdown`.
         """
         key = cls._url(network, rpc_url)
-        entry = cls._readers.get(key)
-        if entry is None:
-            hold = _ReaderHold(cls, key)
-            reader = MarketDataReader(hold.source, settings=cls.settings(), network=key[0])  # type: ignore[arg-type]
-            entry = cls._readers[key] = (reader, hold)
-        return entry[0]
+        with cls._lock:
+            reader = cls._readers.get(key)
+            if reader is None:
+                source = functools.partial(cls._read_source, *key)
+                reader = MarketDataReader(source, settings=cls.settings(), network=key[0])  # type: ignore[arg-type]
+                cls._readers[key] = reader
+        return reader
+
+    @classmethod
+    async def _read_source(cls, network: str, rpc_url: str) -> MarketSource | None:
+        return await cls._shared_for(network, rpc_url).read()
 
     @classmethod
     async def release_market_data(
         cls, network: str | None = None, *, rpc_url: str | None = None
     ) -> None:
-        """Forget the cached reader of ``network`` and release the reference it holds."""
+        """Forget the cached reader of ``network``; end its read lease (in this loop)."""
         key = cls._find_key(network, rpc_url)
-        entry = None if key is None else cls._readers.pop(key, None)
-        if entry is not None:
-            await entry[1].release()
+        if key is None:
+            return
+        with cls._lock:
+            cls._readers.pop(key, None)
+        shared = cls._find(*key)
+        closing = None if shared is None else shared.drop_lease()
+        if closing is not None:
+            await asyncio.shield(closing)
 
     @classmethod
     def _find_key(cls, network: str | None, rpc_url: str | None) -> tuple[str, str] | None:
@@ -748,13 +933,15 @@ class DriftClientManager:
 
     @classmethod
     async def shutdown(cls) -> None:
-        """Close every shared client regardless of references (process exit, tests)."""
+        """Close this loop's shared clients regardless of references (process exit, tests)."""
         loop = asyncio.get_running_loop()
-        cls._readers.clear()
-        for key, shared in list(cls._shared.items()):
-            if shared.loop is loop and shared.refs:
-                shared.refs = 1
-                await shared.release()
-            elif shared.loop is loop and shared._closing is not None:
-                await asyncio.shield(shared._closing)
-            del cls._shared[key]
+        with cls._lock:
+            cls._readers.clear()
+            mine = [(k, s) for k, s in cls._shared.items() if k[2] is loop or k[2].is_closed()]
+        for key, shared in mine:
+            if key[2] is loop:
+                closing = shared.close_now()
+                if closing is not None:
+                    await asyncio.shield(closing)
+            with cls._lock:
+                cls._shared.pop(key, None)
