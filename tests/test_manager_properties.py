@@ -10,6 +10,7 @@ seconds and every leaked connection, subscriber or task is visible.
 from __future__ import annotations
 
 import asyncio
+import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from typing import Any
@@ -293,3 +294,147 @@ def test_release_after_last_is_a_logged_no_op(caplog: pytest.LogCaptureFixture) 
     with caplog.at_level("INFO", logger="driftshare.manager"):
         asyncio.run(scenario())
     assert sum("no reference held" in r.message for r in caplog.records) == 2
+
+
+def _other_tasks() -> set[asyncio.Task[Any]]:
+    return {t for t in asyncio.all_tasks() if t is not asyncio.current_task() and not t.done()}
+
+
+def test_a_start_finishing_after_the_last_release_publishes_nothing() -> None:
+    """The generation race: the last reference leaves while ``_start`` is in flight and the
+    start finishes before the close runs. It must start no task, and a caller arriving
+    during the close must not be handed the client being torn down."""
+    _reset_world(failures=0, yields=1)
+
+    async def scenario() -> None:
+        first = asyncio.create_task(DriftClientManager.get_client())
+        # Cancelled just before the start publishes: the drop runs, then the start resumes.
+        WORLD.on_subscribed = first.cancel
+        with pytest.raises(asyncio.CancelledError):
+            await first
+        WORLD.on_subscribed = None
+        second = await DriftClientManager.get_client()
+        assert second is not None
+        assert second is not WORLD.clients[0], "handed the client being torn down"
+        assert len(WORLD.open_connections) == 1
+        assert DriftClientManager.is_initialized()
+        await DriftClientManager.release_client()
+        assert _other_tasks() == set()
+        assert WORLD.open_connections == set()
+        assert WORLD.active_subscribers == set()
+
+    asyncio.run(scenario())
+
+
+@pytest.mark.parametrize("cancel_after", range(12))
+def test_a_cancelled_swap_leaves_exactly_one_subscriber(cancel_after: int) -> None:
+    """Cancellation at every await of the subscriber swap: the subscriber left out always
+    ends fully unsubscribed, and the cancellation still reaches the caller."""
+    _reset_world(failures=0, yields=3)
+
+    async def scenario() -> None:
+        assert await DriftClientManager.get_client() is not None
+        shared = DriftClientManager.shared_state()
+        assert shared is not None and shared.gen is not None
+        gen = shared.gen
+        previous = gen.client.account_subscriber
+        assert WORLD.active_subscribers == {previous.id}
+        swap = asyncio.create_task(shared._install_subscriber(gen, _FakeSubscriber(WORLD)))
+        for _ in range(cancel_after):
+            await asyncio.sleep(0)
+        swap.cancel()
+        outcome = (await asyncio.gather(swap, return_exceptions=True))[0]
+        assert outcome is None or isinstance(outcome, asyncio.CancelledError)
+        assert WORLD.active_subscribers == {gen.client.account_subscriber.id}
+        await DriftClientManager.release_client()
+        assert WORLD.active_subscribers == set()
+
+    asyncio.run(scenario())
+
+
+def test_the_health_loop_survives_a_check_that_raises(monkeypatch: pytest.MonkeyPatch) -> None:
+    _reset_world(failures=0, yields=1)
+    DriftClientManager.configure(rpc_url="http://127.0.0.1:9/", health_interval_s=0.001)
+
+    async def scenario() -> None:
+        assert await DriftClientManager.get_client() is not None
+        calls = 0
+        checked_again = asyncio.Event()
+
+        def newest_data_slot(subscriber: object) -> int:
+            nonlocal calls
+            calls += 1
+            if calls == 1:
+                raise RuntimeError("one unexpected fault")
+            if calls >= 4:
+                checked_again.set()
+            return calls  # data flows: no getSlot needed
+
+        monkeypatch.setattr("driftshare.manager.newest_data_slot", newest_data_slot)
+        await asyncio.wait_for(checked_again.wait(), 10)
+        stats = DriftClientManager.stats()
+        assert "one unexpected fault" in stats["last_error"]
+        await DriftClientManager.release_client()
+
+    asyncio.run(scenario())
+
+
+def test_a_bad_keypair_fails_at_once_without_retrying(caplog: pytest.LogCaptureFixture) -> None:
+    _reset_world(failures=0, yields=1)
+    secret = "not-a-keypair-but-a-secret-looking-value"
+    DriftClientManager.configure(rpc_url="http://127.0.0.1:9/", keypair=secret)
+
+    async def scenario() -> None:
+        assert await DriftClientManager.get_client() is None
+        assert await DriftClientManager.get_funding_rate("SOL-PERP") is None
+        assert _other_tasks() == set(), "retrying in the background"
+        stats = DriftClientManager.stats()
+        assert stats["references"] == 0
+        assert stats["health"] == "down"
+        assert "DRIFT_KEYPAIR" in stats["last_error"]
+        assert WORLD.starts == 0
+
+    with caplog.at_level("DEBUG"):
+        asyncio.run(scenario())
+    assert any("DRIFT_KEYPAIR" in r.getMessage() for r in caplog.records)
+    assert secret not in caplog.text
+
+
+def test_durations_ignore_wall_clock_steps(monkeypatch: pytest.MonkeyPatch) -> None:
+    """The wall clock steps an hour during start-up (NTP); time to ready stays short."""
+    _reset_world(failures=0, yields=1)
+    wall = time.time
+
+    def step_the_wall_clock() -> None:
+        monkeypatch.setattr(time, "time", lambda: wall() + 3600)
+
+    WORLD.on_subscribed = step_the_wall_clock
+
+    async def scenario() -> None:
+        assert await DriftClientManager.get_client() is not None
+        ready_after = DriftClientManager.stats()["time_to_ready_s"]
+        assert ready_after is not None
+        assert 0 <= ready_after < 60
+        await DriftClientManager.release_client()
+
+    asyncio.run(scenario())
+
+
+def test_release_market_data_racing_a_read_leaks_no_reference() -> None:
+    _reset_world(failures=0, yields=3)
+
+    async def scenario() -> None:
+        reader = DriftClientManager.market_data()
+        read = asyncio.create_task(reader.get_all_perp_markets())
+        while WORLD.starts == 0:  # the read's start-up is in flight
+            await asyncio.sleep(0)
+        await DriftClientManager.release_market_data()
+        assert await read == []
+        stats = DriftClientManager.stats()
+        assert stats["references"] == 0
+        assert stats["read_lease"] is False
+        assert not DriftClientManager.is_initialized()
+        assert _other_tasks() == set()
+        assert WORLD.open_connections == set()
+
+    asyncio.run(scenario())

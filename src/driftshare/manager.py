@@ -194,6 +194,7 @@ class _Shared:
         self._closing: asyncio.Task[None] | None = None
         self._lease: asyncio.TimerHandle | None = None
         self._lease_until = 0.0
+        self._reads = 0
         self._rng = random.Random()
 
     @property
@@ -276,7 +277,7 @@ class _Shared:
 
         While engines hold references a read takes none, so it never keeps the client open
         after they leave. A read with no holder starts the client if needed under a lease
-        that ends ``idle_close_s`` after the last such read.
+        that ends ``idle_close_s`` after the last such read has finished.
         """
         try:
             gen = self._generation()
@@ -285,7 +286,12 @@ class _Shared:
             return None
         if self.refs == 0:
             self._extend_lease()
-        await self._ready(gen)
+        self._reads += 1
+        try:
+            await self._ready(gen)
+        finally:
+            self._reads -= 1
+            self._lease_until = time.monotonic() + self.settings.idle_close_s
         return self.source()
 
     def _extend_lease(self) -> None:
@@ -295,6 +301,8 @@ class _Shared:
 
     def _lease_expired(self) -> None:
         remaining = self._lease_until - time.monotonic()
+        if self._reads:  # a read is waiting for the start: idle time counts from its end
+            remaining = self.settings.idle_close_s
         if remaining > 0:
             self._lease = self.loop.call_later(remaining, self._lease_expired)
             return
