@@ -335,7 +335,8 @@ def test_a_cancelled_swap_leaves_exactly_one_subscriber(cancel_after: int) -> No
     async def scenario() -> None:
         assert await DriftClientManager.get_client() is not None
         shared = DriftClientManager.shared_state()
-        assert shared is not None and shared.gen is not None
+        assert shared is not None
+        assert shared.gen is not None
         gen = shared.gen
         previous = gen.client.account_subscriber
         assert WORLD.active_subscribers == {previous.id}
@@ -424,10 +425,11 @@ def test_release_market_data_racing_a_read_leaks_no_reference() -> None:
     _reset_world(failures=0, yields=3)
 
     async def scenario() -> None:
+        subscribed = asyncio.Event()
+        WORLD.on_subscribed = subscribed.set
         reader = DriftClientManager.market_data()
         read = asyncio.create_task(reader.get_all_perp_markets())
-        while WORLD.starts == 0:  # the read's start-up is in flight
-            await asyncio.sleep(0)
+        await subscribed.wait()  # the read's start-up is about to publish
         await DriftClientManager.release_market_data()
         assert await read == []
         stats = DriftClientManager.stats()
