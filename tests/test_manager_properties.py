@@ -19,7 +19,9 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from driftshare.manager import DriftClientManager, _Generation, _Shared
+from driftshare._generation import Generation
+from driftshare._lifecycle import SharedClient
+from driftshare.manager import DriftClientManager
 
 
 @dataclass
@@ -82,13 +84,13 @@ class _FakeClient:
 WORLD = _World()
 
 
-def _fake_open(self: _Shared, gen: _Generation) -> None:
+def _fake_open(self: SharedClient, gen: Generation) -> None:
     gen.connection = _FakeConnection(WORLD, len(WORLD.clients) + 1)  # type: ignore[assignment]
     gen.client = _FakeClient(_FakeSubscriber(WORLD))
     WORLD.clients.append(gen.client)
 
 
-async def _fake_subscribe(self: _Shared, gen: _Generation, mode: str) -> None:
+async def _fake_subscribe(self: SharedClient, gen: Generation, mode: str) -> None:
     WORLD.starts += 1
     for _ in range(WORLD.yields):
         await asyncio.sleep(0)
@@ -101,15 +103,15 @@ async def _fake_subscribe(self: _Shared, gen: _Generation, mode: str) -> None:
         await asyncio.sleep(0)
 
 
-def _fake_renew_session(self: _Shared, gen: _Generation) -> None:
+def _fake_renew_session(self: SharedClient, gen: Generation) -> None:
     """The HTTP session is the transport's business (tested against the simulator)."""
 
 
 @pytest.fixture(autouse=True)
 def _fake_network(monkeypatch: pytest.MonkeyPatch) -> Iterator[None]:
-    monkeypatch.setattr(_Shared, "_open", _fake_open)
-    monkeypatch.setattr(_Shared, "_subscribe", _fake_subscribe)
-    monkeypatch.setattr(_Shared, "_renew_session", _fake_renew_session)
+    monkeypatch.setattr(SharedClient, "_open", _fake_open)
+    monkeypatch.setattr(SharedClient, "_subscribe", _fake_subscribe)
+    monkeypatch.setattr("driftshare._health.renew_session", _fake_renew_session)
     DriftClientManager.configure(
         rpc_url="http://127.0.0.1:9/",
         max_retries=3,
@@ -291,7 +293,7 @@ def test_release_after_last_is_a_logged_no_op(caplog: pytest.LogCaptureFixture) 
         await DriftClientManager.release_client()
         assert DriftClientManager.stats()["references"] == 0
 
-    with caplog.at_level("INFO", logger="driftshare.manager"):
+    with caplog.at_level("INFO", logger="driftshare"):
         asyncio.run(scenario())
     assert sum("no reference held" in r.message for r in caplog.records) == 2
 
@@ -371,7 +373,7 @@ def test_the_health_loop_survives_a_check_that_raises(monkeypatch: pytest.Monkey
                 checked_again.set()
             return calls  # data flows: no getSlot needed
 
-        monkeypatch.setattr("driftshare.manager.newest_data_slot", newest_data_slot)
+        monkeypatch.setattr("driftshare._health.newest_data_slot", newest_data_slot)
         await asyncio.wait_for(checked_again.wait(), 10)
         stats = DriftClientManager.stats()
         assert "one unexpected fault" in stats["last_error"]
