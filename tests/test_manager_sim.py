@@ -63,6 +63,27 @@ def _client_side(task: asyncio.Task[Any]) -> bool:
     return "/aiohttp/web" not in filename and "/driftshare/sim/" not in filename
 
 
+def _sockets() -> int:
+    """Open socket descriptors of this process (the simulator's included)."""
+    count = 0
+    for fd in os.listdir("/proc/self/fd"):
+        with contextlib.suppress(OSError):
+            count += os.readlink(f"/proc/self/fd/{fd}").startswith("socket:")
+    return count
+
+
+def _client_tasks(before: set[asyncio.Task[Any]]) -> set[asyncio.Task[Any]]:
+    return {t for t in asyncio.all_tasks() - before if not t.done() and _client_side(t)}
+
+
+async def _nothing_left(sim: Simulator, tasks: set[asyncio.Task[Any]], sockets: int) -> None:
+    """No client task, WebSocket or socket beyond what was open before the client."""
+    assert not DriftClientManager.is_initialized()
+    await eventually(lambda: sim.stats()["ws_connections"]["open"] == 0, what="websockets closed")
+    await eventually(lambda: _sockets() <= sockets, what=f"sockets back to {sockets}")
+    assert _client_tasks(tasks) == set()
+
+
 async def _engine(rounds: int, sim: Simulator, errors: list[BaseException]) -> int:
     """A read-only engine: holds the shared client and reads funding each round."""
     reads = 0
@@ -127,16 +148,13 @@ async def test_last_release_closes_every_socket_and_task(
 ) -> None:
     sim = await simulator_factory(markets=8)
     DriftClientManager.configure(rpc_url=sim.http_url, **FAST)
-    before = set(asyncio.all_tasks())
+    tasks, sockets = set(asyncio.all_tasks()), _sockets()
     assert await DriftClientManager.get_client() is not None
     await eventually(lambda: sim.stats()["subscriptions"]["active"] > 0, what="subscriptions")
     await DriftClientManager.release_client()
 
-    assert not DriftClientManager.is_initialized()
-    await eventually(lambda: sim.stats()["ws_connections"]["open"] == 0, what="sockets closed")
+    await _nothing_left(sim, tasks, sockets)
     assert sim.stats()["subscriptions"]["active"] == 0
-    leftover = {t for t in asyncio.all_tasks() - before if not t.done() and _client_side(t)}
-    assert leftover == set()
 
 
 async def test_provider_rate_limit_is_invisible_to_engines(
@@ -386,27 +404,6 @@ async def test_networks_are_counted_apart(
     assert DriftClientManager.stats(network)["references"] == 1
     assert DriftClientManager.stats(other)["references"] == 0
     assert not DriftClientManager.is_initialized(other)
-
-
-def _sockets() -> int:
-    """Open socket descriptors of this process (the simulator's included)."""
-    count = 0
-    for fd in os.listdir("/proc/self/fd"):
-        with contextlib.suppress(OSError):
-            count += os.readlink(f"/proc/self/fd/{fd}").startswith("socket:")
-    return count
-
-
-def _client_tasks(before: set[asyncio.Task[Any]]) -> set[asyncio.Task[Any]]:
-    return {t for t in asyncio.all_tasks() - before if not t.done() and _client_side(t)}
-
-
-async def _nothing_left(sim: Simulator, tasks: set[asyncio.Task[Any]], sockets: int) -> None:
-    """No client task, WebSocket or socket beyond what was open before the client."""
-    assert not DriftClientManager.is_initialized()
-    await eventually(lambda: sim.stats()["ws_connections"]["open"] == 0, what="websockets closed")
-    await eventually(lambda: _sockets() <= sockets, what=f"sockets back to {sockets}")
-    assert _client_tasks(tasks) == set()
 
 
 async def test_after_every_adapter_disconnects_nothing_is_left(
