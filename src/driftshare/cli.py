@@ -181,12 +181,16 @@ async def _print_funding(ns: argparse.Namespace) -> int:
 def _rpc_url(text: str) -> str:
     from urllib.parse import urlsplit
 
-    from driftshare.config import redact_url
+    from driftshare.config import redact_url, split_rpc_urls
 
-    parts = urlsplit(text)
-    if parts.scheme not in ("http", "https") or not parts.netloc:
-        raise argparse.ArgumentTypeError(f"must be an http(s) URL, got {redact_url(text)!r}")
-    return text
+    urls = split_rpc_urls(text)
+    for url in urls or [text]:
+        parts = urlsplit(url)
+        if parts.scheme not in ("http", "https") or not parts.netloc:
+            raise argparse.ArgumentTypeError(
+                f"must be an http(s) URL or a comma-separated list, got {redact_url(text)!r}"
+            )
+    return ",".join(urls)
 
 
 def _engine_names(text: str) -> list[str]:
