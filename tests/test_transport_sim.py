@@ -4,8 +4,6 @@ from __future__ import annotations
 
 import asyncio
 
-import pytest
-
 from driftshare.sim.pytest_plugin import SimulatorFactory
 from driftshare.transport import RateLimitedTransport, make_async_client
 

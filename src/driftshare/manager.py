@@ -11,6 +11,7 @@ from contextlib import asynccontextmanager, suppress
 from pathlib import Path
 from typing import Any, ClassVar
 
+import httpx
 from driftpy.account_subscription_config import AccountSubscriptionConfig
 from driftpy.drift_client import DriftClient
 from driftpy.types import get_ws_url
@@ -20,7 +21,15 @@ from solana.rpc.websocket_api import connect as ws_connect
 from solders.keypair import Keypair
 
 from driftshare import metrics
-from driftshare.config import PUBLIC_RPC_URLS, Settings, load_settings, redact_text, redact_url
+from driftshare._endpoints import EndpointSelector
+from driftshare.config import (
+    PUBLIC_RPC_URLS,
+    Settings,
+    load_settings,
+    redact_text,
+    redact_url,
+    split_rpc_urls,
+)
 from driftshare.marketdata import ClientSource, MarketDataReader, MarketSource
 from driftshare.models import FundingRateData, MarketData, market_name
 from driftshare.subscription import (
@@ -39,6 +48,10 @@ __all__ = ["DriftClientManager"]
 log = logging.getLogger(__name__)
 
 _UNHEALTHY_CHECKS_BEFORE_RECONNECT = 3
+# With several endpoints: how often the active one's data flow is checked (and, if silent,
+# the endpoint probed), and how long a probe may take.
+_FAILOVER_CHECK_S = 0.5
+_PROBE_TIMEOUT_S = 1.0
 
 
 def _load_keypair(settings: Settings) -> Keypair:
@@ -70,11 +83,16 @@ async def _cancel_all(tasks: list[asyncio.Task[Any] | None]) -> None:
 
 
 class _Shared:
-    """The shared client of one (network, RPC URL): references, lifecycle, mode and health."""
+    """The shared client of one (network, RPC URL list): references, lifecycle, mode, health
+    and the active endpoint."""
 
     def __init__(self, network: str, url: str, settings: Settings) -> None:
         self.network = network
         self.url = url
+        self.endpoints = EndpointSelector(split_rpc_urls(url))
+        self._endpoint_by_key = {_endpoint_key(httpx.URL(u)): u for u in self.endpoints.urls}
+        self._failover_task: asyncio.Task[None] | None = None
+        self._publish_endpoint()
         self.settings = settings
         self.loop = asyncio.get_running_loop()
         self.refs = 0
@@ -121,9 +139,10 @@ class _Shared:
             return None
         # Detach this generation now, so a get_client arriving during the close starts afresh
         # (after the close) instead of being handed a client about to be torn down.
-        tasks = [self._init_task, self._health_task, self._reconnecting]
+        tasks = [self._init_task, self._health_task, self._reconnecting, self._failover_task]
         self._settle_attempt(None)
         self._init_task = self._health_task = self._reconnecting = None
+        self._failover_task = None
         self.ready_at = None
         self._closing = asyncio.create_task(
             self._close(tasks, self._closing), name=f"driftshare-close-{self.network}"
@@ -170,6 +189,10 @@ class _Shared:
         try:
             if self._closing is not None:
                 await asyncio.shield(self._closing)
+            if len(self.endpoints.urls) > 1 and self._failover_task is None:
+                self._failover_task = asyncio.create_task(
+                    self._failover_loop(), name=f"driftshare-failover-{self.network}"
+                )
             attempt = 0
             while self.refs > 0:
                 if attempt:
@@ -211,9 +234,16 @@ class _Shared:
 
     def _new_connection(self) -> AsyncClient:
         settings = self.settings
-        connection = AsyncClient(self.url, commitment=Confirmed, timeout=settings.request_timeout_s)
-        install_transport(connection, RateLimitedTransport.from_settings(settings, stats=self.rpc))
+        connection = AsyncClient(
+            self.endpoints.active, commitment=Confirmed, timeout=settings.request_timeout_s
+        )
+        install_transport(connection, self._transport())
         return connection
+
+    def _transport(self) -> RateLimitedTransport:
+        return RateLimitedTransport.from_settings(
+            self.settings, stats=self.rpc, on_result=self._endpoint_result
+        )
 
     async def _start(self) -> None:
         self.health = "connecting"
@@ -398,7 +428,7 @@ class _Shared:
         """One short slot subscription: does the WebSocket endpoint deliver notifications?"""
 
         async def probe() -> bool:
-            async with ws_connect(get_ws_url(self.url)) as ws:
+            async with ws_connect(get_ws_url(self.endpoints.active)) as ws:
                 await ws.slot_subscribe()
                 await ws.recv()
                 await ws.recv()
@@ -428,10 +458,7 @@ class _Shared:
         # Engines hold this DriftClient and its AsyncClient: renew the HTTP session inside.
         with suppress(Exception):
             await self.connection._provider.session.aclose()  # type: ignore[union-attr]
-        install_transport(
-            self.connection,
-            RateLimitedTransport.from_settings(self.settings, stats=self.rpc),
-        )
+        install_transport(self.connection, self._transport())
 
     async def _reconnect(self) -> bool:
         if self._init_task is not None:
@@ -445,6 +472,78 @@ class _Shared:
             await self._renew_session()
         self._data_slot = 0
         return await self._ready() is not None
+
+    # -- several endpoints: fail over and return ----------------------------------------------
+
+    def _endpoint_result(self, url: httpx.URL, served: bool) -> None:
+        endpoint = self._endpoint_by_key.get(_endpoint_key(url))
+        if endpoint is not None:
+            self.endpoints.report(endpoint, served)
+
+    async def _failover_loop(self) -> None:
+        """Feed the endpoint selector (data flow, probes) and follow its choice."""
+        seen_slot = 0
+        # Not through RateLimitedTransport: a probe must not retry, wait out a cool-down or
+        # log a warning every half second an endpoint stays down. At most one per endpoint
+        # per check goes out.
+        async with httpx.AsyncClient(timeout=_PROBE_TIMEOUT_S) as prober:
+            while True:
+                await asyncio.sleep(_FAILOVER_CHECK_S)
+                slot = self.data_slot()
+                if slot > seen_slot:
+                    # New data proves the active endpoint works without a request.
+                    seen_slot = slot
+                    self.endpoints.report(self.endpoints.active, True)
+                else:
+                    await self._probe(prober, self.endpoints.active)
+                for url in self.endpoints.preferred():
+                    await self._probe(prober, url)
+                chosen = self.endpoints.choose()
+                connection = self.connection
+                if connection is not None and connection._provider.endpoint_uri != chosen:
+                    await self._move_to(connection, chosen)
+                    seen_slot = 0
+
+    async def _probe(self, prober: httpx.AsyncClient, url: str) -> None:
+        """One getSlot to ``url``, reported to the selector and counted."""
+        try:
+            response = await prober.post(url, json={"jsonrpc": "2.0", "id": 1, "method": "getSlot"})
+        except httpx.HTTPError as exc:
+            timeout = isinstance(exc, httpx.TimeoutException)
+            self.rpc.record_request("getSlot", "timeout" if timeout else "error")
+            self.endpoints.report(url, False)
+            return
+        self.rpc.record_request("getSlot", str(response.status_code))
+        self.endpoints.report(url, response.status_code == 200)
+
+    async def _move_to(self, connection: AsyncClient, url: str) -> None:
+        """Point HTTP at ``url`` and subscribe there (driftpy derives the WebSocket URL from
+        the connection's), then drop the old subscriptions: engines never see a gap."""
+        log.warning(
+            "RPC endpoint %s of %s failing or no longer preferred: switching to %s",
+            redact_url(connection._provider.endpoint_uri),
+            self.network,
+            redact_url(url),
+        )
+        connection._provider.endpoint_uri = url
+        metrics.RPC_ENDPOINT_SWITCHES.labels(self.network).inc()
+        self._publish_endpoint()
+        await self._renew_session()
+        if self.client is None or self.ready_at is None:
+            return  # a start under way subscribes on the new endpoint
+        try:
+            await self._subscribe(self.settings.subscription)
+        except Exception as exc:  # the full rebuild retries until it works
+            log.warning("cannot subscribe at %s: %s", redact_url(url), redact_text(repr(exc)))
+            self.reconnect_in_background()
+            return
+        self._data_slot = 0
+        self._note_data()
+
+    def _publish_endpoint(self) -> None:
+        for url in self.endpoints.urls:
+            active = 1 if url == self.endpoints.active else 0
+            metrics.RPC_ENDPOINT_ACTIVE.labels(self.network, redact_url(url)).set(active)
 
     # -- cleanup ----------------------------------------------------------------------------
 
@@ -481,7 +580,9 @@ class _Shared:
         rpc = self.rpc.snapshot()
         return {
             "network": self.network,
-            "rpc_url": redact_url(self.url),
+            "rpc_url": redact_url(self.endpoints.active),
+            "rpc_endpoints": [redact_url(url) for url in self.endpoints.urls],
+            "endpoint_switches": self.endpoints.switches,
             "references": self.refs,
             "initialized": self.client is not None and self.ready_at is not None,
             "initializations": self.initializations,
@@ -498,6 +599,11 @@ class _Shared:
             "last_update_age_s": (now - self.last_data_at) if self.last_data_at else None,
             "data_slot": self._data_slot,
         }
+
+
+def _endpoint_key(url: httpx.URL) -> tuple[str, str, int | None, str, bytes]:
+    # "http://h:1" and "http://h:1/" are one endpoint.
+    return (url.scheme, url.host, url.port, url.path.rstrip("/"), url.query)
 
 
 class _ReaderHold:
@@ -562,7 +668,8 @@ class DriftClientManager:
             )
         if rpc_url is None:
             rpc_url = settings.rpc_url if network == settings.network and settings.rpc_url else None
-        return network, rpc_url or PUBLIC_RPC_URLS[network]
+        # A list of endpoints is one shared client, however it is spaced.
+        return network, ",".join(split_rpc_urls(rpc_url or "")) or PUBLIC_RPC_URLS[network]
 
     @classmethod
     def _find(cls, network: str | None, rpc_url: str | None) -> _Shared | None:
@@ -654,7 +761,7 @@ class DriftClientManager:
         if shared is None:
             snapshot: dict[str, Any] = {
                 "network": key[0],
-                "rpc_url": redact_url(key[1]),
+                "rpc_url": redact_url(split_rpc_urls(key[1])[0]),
                 "references": 0,
                 "initialized": False,
                 "initializations": 0,

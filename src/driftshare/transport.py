@@ -420,9 +420,7 @@ class RateLimitedTransport(httpx.AsyncBaseTransport):
 
     def _deadline_exceeded(self, call: _Call, request: httpx.Request) -> httpx.ReadTimeout:
         self.stats.deadline_exceeded += 1
-        return httpx.ReadTimeout(
-            f"call deadline of {self.deadline_s:g}s exceeded", request=request
-        )
+        return httpx.ReadTimeout(f"call deadline of {self.deadline_s:g}s exceeded", request=request)
 
     async def _attempt(
         self, state: _LoopState, request: httpx.Request, call: _Call
