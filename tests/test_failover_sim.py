@@ -33,10 +33,14 @@ async def _clean_manager(simulator_factory: object) -> AsyncIterator[None]:
 
 
 async def _until(predicate: Callable[[], bool], *, within: float, what: str) -> None:
-    async with asyncio.timeout(within):
-        while not predicate():
-            await asyncio.sleep(0.02)
-    assert predicate(), what
+    try:
+        async with asyncio.timeout(within):
+            while True:
+                if predicate():
+                    return
+                await asyncio.sleep(0.02)
+    except TimeoutError:
+        raise AssertionError(f"no {what} within {within:g} s") from None
 
 
 def _oracle_slot(client: Any) -> int:
