@@ -6,6 +6,7 @@ import asyncio
 from collections.abc import AsyncIterator, Callable
 from typing import Any
 
+import pytest
 import pytest_asyncio
 
 from driftshare.config import redact_url
@@ -13,6 +14,7 @@ from driftshare.manager import DriftClientManager
 from driftshare.metrics import REGISTRY
 from driftshare.sim import Simulator
 from driftshare.sim.pytest_plugin import SimulatorFactory
+from driftshare.web.live import LiveState
 
 # The slot clocks run (every 0.2 s), as a chain does: silence means trouble.
 TICK_S = 0.2
@@ -21,6 +23,7 @@ SETTINGS: dict[str, Any] = {
     "retry_backoff_cap": 0.5,
     "rpc_rps": 200.0,
     "rpc_burst": 50,
+    "poll_interval_s": TICK_S,
 }
 
 
@@ -60,12 +63,15 @@ def _active_gauge(sim: Simulator) -> float | None:
     )
 
 
+@pytest.mark.parametrize("mode", ["websocket", "polling"])
 async def test_fails_over_to_the_second_endpoint_and_returns_to_the_first(
-    simulator_factory: SimulatorFactory,
+    simulator_factory: SimulatorFactory, mode: str
 ) -> None:
     first = await simulator_factory(markets=8, tick_s=TICK_S)
     second = await simulator_factory(markets=8, tick_s=TICK_S)
-    DriftClientManager.configure(rpc_url=f"{first.http_url}, {second.http_url}", **SETTINGS)
+    DriftClientManager.configure(
+        rpc_url=f"{first.http_url}, {second.http_url}", subscription=mode, **SETTINGS
+    )
     loop = asyncio.get_running_loop()
 
     async with DriftClientManager.session() as client:
@@ -74,9 +80,7 @@ async def test_fails_over_to_the_second_endpoint_and_returns_to_the_first(
         assert stats["rpc_url"] == redact_url(first.http_url)
         assert stats["rpc_endpoints"] == [redact_url(first.http_url), redact_url(second.http_url)]
         assert _active_gauge(first) == 1
-        await _until(
-            lambda: first.stats()["subscriptions"]["active"] > 0, within=10, what="subscribed"
-        )
+        assert stats["subscription_mode"] == mode
 
         await first.faults.down(600)
         went_down = loop.time()
@@ -85,11 +89,15 @@ async def test_fails_over_to_the_second_endpoint_and_returns_to_the_first(
         newest = _newest_slot(first, second)
         await _until(lambda: _oracle_slot(client) > newest, within=30, what="fresh data")
         failover_s = loop.time() - went_down
-        print(f"\nfresh data from the second endpoint {failover_s:.2f}s after the first went down")
+        print(f"\n{mode}: fresh data from the second {failover_s:.2f}s after the first went down")
 
         stats = DriftClientManager.stats()
         assert stats["rpc_url"] == redact_url(second.http_url)
         assert stats["endpoint_switches"] == 1
+        # What /api/stats and the dashboard serve.
+        shown = LiveState(network="mainnet", simulated=True).snapshot()
+        assert shown["rpc_url"] == redact_url(second.http_url)
+        assert (shown["manager"]["rpc_endpoints"], shown["manager"]["endpoint_switches"]) == (2, 1)
         assert (_active_gauge(first), _active_gauge(second)) == (0, 1)
         assert stats["references"] == 1
         assert await DriftClientManager.get_client() is client  # the same client object
@@ -109,6 +117,7 @@ async def test_fails_over_to_the_second_endpoint_and_returns_to_the_first(
         stats = DriftClientManager.stats()
         assert stats["endpoint_switches"] == 2
         assert (_active_gauge(first), _active_gauge(second)) == (1, 0)
+        assert stats["subscription_mode"] == mode
         # The second endpoint is let go: no subscription is left there.
         await _until(
             lambda: second.stats()["subscriptions"]["active"] == 0,
