@@ -124,3 +124,6 @@ async def test_fails_over_to_the_second_endpoint_and_returns_to_the_first(
             within=10,
             what="subscriptions on the second closed",
         )
+
+    assert not DriftClientManager.is_initialized()
+    assert not [t for t in asyncio.all_tasks() if t.get_name().startswith("driftshare-")]
