@@ -195,6 +195,8 @@ class _LoopState:
     limiter: AsyncLimiter
     inner: httpx.AsyncBaseTransport
     rate: float
+    in_flight: int = 0
+    drained: asyncio.Event = field(default_factory=asyncio.Event)
 
 
 @dataclass(slots=True)
@@ -205,7 +207,7 @@ class _Call:
     idempotent: bool
     started: float
     cooldown_seen: float = -math.inf
-    sent_at: float = field(default=-math.inf)
+    sent_at: float = -math.inf
 
 
 class RateLimitedTransport(httpx.AsyncBaseTransport):
@@ -321,13 +323,23 @@ class RateLimitedTransport(httpx.AsyncBaseTransport):
         return self._pressure.rate()
 
     async def handle_async_request(self, request: httpx.Request) -> httpx.Response:
+        state = self._state()
+        state.in_flight += 1
+        state.drained.clear()
+        try:
+            return await self._handle(state, request)
+        finally:
+            state.in_flight -= 1
+            if state.in_flight == 0:
+                state.drained.set()
+
+    async def _handle(self, state: _LoopState, request: httpx.Request) -> httpx.Response:
         await request.aread()
         _drop_false_gzip_label(request)
         method, idempotent = _rpc_method(request.content)
         call = _Call(method, idempotent, self._clock())
         self.stats.record_call()
         self._budget.note_call()
-        state = self._state()
         retrying = AsyncRetrying(
             stop=lambda retry_state: self._stop(call, retry_state),
             wait=lambda retry_state: self._backoff(call, retry_state),
@@ -361,13 +373,14 @@ class RateLimitedTransport(httpx.AsyncBaseTransport):
         return response
 
     async def aclose(self) -> None:
-        """Close the inner transport (the running loop's one if it is the default)."""
+        """Close the inner transport (the running loop's one if it is the default) once the
+        requests in flight on this loop have ended: closing it under them would fail them."""
+        loop = asyncio.get_running_loop()
+        state = self._states.get(loop)
+        if state is not None and state.in_flight:
+            await state.drained.wait()
         if self._inner is not None:
             await self._inner.aclose()
-            return
-        try:
-            loop = asyncio.get_running_loop()
-        except RuntimeError:
             return
         state = self._states.pop(loop, None)
         if state is not None:
