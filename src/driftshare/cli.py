@@ -1,4 +1,4 @@
-"""The `driftshare` command: simulator, dashboard, funding table, demo and benchmarks."""
+"""The `driftshare` command: simulator, dashboard, funding table and demo."""
 
 from __future__ import annotations
 
@@ -269,12 +269,6 @@ def _cmd_demo(ns: argparse.Namespace) -> int:
     return 0
 
 
-def _add_bench(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
-    from driftshare.bench import add_parser
-
-    add_parser(sub)
-
-
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="driftshare", description=__doc__)
     parser.add_argument("-v", "--verbose", action="store_true", help="debug logging")
@@ -283,7 +277,6 @@ def build_parser() -> argparse.ArgumentParser:
     _add_funding(sub)
     _add_serve(sub)
     _add_demo(sub)
-    _add_bench(sub)
     return parser
 
 
