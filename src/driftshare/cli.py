@@ -269,6 +269,10 @@ def _cmd_demo(ns: argparse.Namespace) -> int:
     return 0
 
 
+_EXTRAS = {"sim": "sim", "demo": "sim", "serve": "serve"}
+"""The extra each subcommand needs beyond the library."""
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="driftshare", description=__doc__)
     parser.add_argument("-v", "--verbose", action="store_true", help="debug logging")
@@ -295,3 +299,13 @@ def main(argv: Sequence[str] | None = None) -> int:
         return int(ns.func(ns))
     except KeyboardInterrupt:
         return 130
+    except ModuleNotFoundError as exc:
+        extra = _EXTRAS.get(ns.command)
+        if extra is None or exc.name is None or exc.name.startswith("driftshare"):
+            raise
+        print(
+            f"driftshare {ns.command} needs the {extra} extra ({exc.name} is missing): "
+            f"pip install 'driftshare[{extra}]'",
+            file=sys.stderr,
+        )
+        return 2
