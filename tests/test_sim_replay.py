@@ -188,7 +188,7 @@ def test_undecodable_perp_market_is_served_with_one_warning(
     broken = raw[:100]
     file = write_account(tmp_path / "broken.json", pubkey, broken, DRIFT_PROGRAM_ID)
     world, clock = make_world()
-    with caplog.at_level(logging.WARNING, logger="driftshare.sim.world"):
+    with caplog.at_level(logging.WARNING, logger="driftshare.sim.replay"):
         world.replay([file])
         for _ in range(3):
             clock.now += 61
@@ -262,7 +262,7 @@ def test_undecodable_replayed_oracle_leaves_its_markets_as_they_were(
     world, clock = make_world()
     sol = world.perp_market(0)
     file = write_account(tmp_path / "junk.json", sol.amm.oracle, b"junk", DRIFT_PROGRAM_ID)
-    with caplog.at_level(logging.WARNING, logger="driftshare.sim.world"):
+    with caplog.at_level(logging.WARNING, logger="driftshare.sim.replay"):
         world.replay([file])
     assert any(str(sol.amm.oracle) in r.getMessage() for r in caplog.records)
     for _ in range(3):
