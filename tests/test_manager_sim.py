@@ -150,8 +150,11 @@ async def test_provider_rate_limit_is_invisible_to_engines(
     assert errors == []
     assert all(r == 3 for r in reads)
 
-    # Data keeps coming: a price moved on chain reaches the engines through polling.
+    # Data keeps coming: a price moved on chain reaches the engines through polling, past
+    # refusals. Whether polling outruns 5 rps depends on the machine's load, so two 429s
+    # are certain on top of the limit.
     assert sim.world is not None
+    sim.faults.fail_next(2, 429)
     sim.world.set_oracle_price(0, 321.0)
     shared = DriftClientManager.shared_state()
     assert shared is not None
@@ -162,8 +165,7 @@ async def test_provider_rate_limit_is_invisible_to_engines(
         return data is not None and data.price == 321_000_000
 
     await eventually(moved, within=20, what="the new price through a 5 rps limit")
-    # Polling every 50 ms asks for more than 5 rps: the provider did refuse, and the
-    # transport absorbed every refusal.
+    # The provider did refuse, and the transport absorbed every refusal.
     assert sim.stats()["rate_limited"] > 0
     stats = DriftClientManager.stats()
     assert stats["rate_limited"] > 0
@@ -237,10 +239,12 @@ async def test_dropped_websockets_are_survived(
 async def test_simulator_down_at_start_gives_none_then_comes_up_by_itself(
     simulator_factory: Callable[..., Awaitable[Simulator]],
 ) -> None:
-    sim = await simulator_factory(markets=8, faults=["down=2"])
+    # Down until the test brings it up: a timed outage could end before a slow machine asks.
+    sim = await simulator_factory(markets=8, faults=["down=3600"])
     DriftClientManager.configure(rpc_url=sim.http_url, **{**FAST, "max_retries": 1})
     assert await DriftClientManager.get_client() is None
     assert DriftClientManager.stats()["health"] == "down"
+    await sim.faults.clear()
     await eventually(DriftClientManager.is_initialized, within=15, what="recovery")
     rate = await DriftClientManager.get_funding_rate(0)
     assert rate is not None
