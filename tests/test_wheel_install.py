@@ -61,9 +61,22 @@ _READ_FUNDING = textwrap.dedent(
 )
 
 
+def _clean_env() -> dict[str, str]:
+    """This environment without what would lead the fresh one to the checkout or settings."""
+    return {
+        k: v
+        for k, v in os.environ.items()
+        if k not in ("PYTHONPATH", "VIRTUAL_ENV") and not k.startswith("DRIFT_")
+    }
+
+
 def _run(*command: str | Path) -> subprocess.CompletedProcess[str]:
     done = subprocess.run(
-        [str(part) for part in command], capture_output=True, text=True, check=False
+        [str(part) for part in command],
+        capture_output=True,
+        text=True,
+        check=False,
+        env=_clean_env(),
     )
     assert done.returncode == 0, f"{command}: {done.stdout[-2000:]}{done.stderr[-2000:]}"
     return done
@@ -97,7 +110,7 @@ async def test_bare_install_serves_funding_from_a_simulator(
         stdout=asyncio.subprocess.PIPE,
         stderr=asyncio.subprocess.PIPE,
         cwd=bare_python.parent,
-        env={k: v for k, v in os.environ.items() if not k.startswith("DRIFT_")},
+        env=_clean_env(),
     )
     out, err = await asyncio.wait_for(proc.communicate(), timeout=120)
     assert proc.returncode == 0, err.decode()[-3000:]
