@@ -1,4 +1,4 @@
-"""The `driftshare` command: simulator, dashboard, funding table, demo and benchmarks."""
+"""The `driftshare` command: simulator, dashboard, funding table and demo."""
 
 from __future__ import annotations
 
@@ -273,10 +273,8 @@ def _cmd_demo(ns: argparse.Namespace) -> int:
     return 0
 
 
-def _add_bench(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
-    from driftshare.bench import add_parser
-
-    add_parser(sub)
+_EXTRAS = {"sim": "sim", "demo": "sim", "serve": "serve"}
+"""The extra each subcommand needs beyond the library."""
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -287,7 +285,6 @@ def build_parser() -> argparse.ArgumentParser:
     _add_funding(sub)
     _add_serve(sub)
     _add_demo(sub)
-    _add_bench(sub)
     return parser
 
 
@@ -306,3 +303,13 @@ def main(argv: Sequence[str] | None = None) -> int:
         return int(ns.func(ns))
     except KeyboardInterrupt:
         return 130
+    except ModuleNotFoundError as exc:
+        extra = _EXTRAS.get(ns.command)
+        if extra is None or exc.name is None or exc.name.startswith("driftshare"):
+            raise
+        print(
+            f"driftshare {ns.command} needs the {extra} extra ({exc.name} is missing): "
+            f"pip install 'driftshare[{extra}]'",
+            file=sys.stderr,
+        )
+        return 2
