@@ -11,6 +11,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import dataclasses
+import functools
 import math
 import statistics
 import time
@@ -183,10 +184,14 @@ def run(quick: bool) -> str:
     from_write, from_applied = _timed(
         "write to read", lambda: asyncio.run(_write_to_read(50 if quick else 500))
     )
+
+    def confirmation(markets: int, ticking: bool) -> dict[str, float]:
+        return asyncio.run(_confirmation_rate(markets, window, ticking))
+
     rates = {
         (markets, ticking): _timed(
             f"confirmation {markets} markets {'ticking' if ticking else 'quiet'}",
-            lambda m=markets, t=ticking: asyncio.run(_confirmation_rate(m, window, t)),
+            functools.partial(confirmation, markets, ticking),
         )
         for markets in (30, 100)
         for ticking in (True, False)

@@ -4,7 +4,7 @@ Runs real ``driftshare serve`` processes against a ``driftshare sim`` subprocess
 RPC up, then with it down (the simulator stopped), each with an empty snapshot folder and
 with the snapshot a previous clean shutdown wrote. Then times writing, loading and decoding
 a snapshot of 30 and 100 perp markets. ``python -m bench.warmstart [--quick]`` prints the
-section's markdown.
+section's markdown; ``python -m bench --only warmstart`` stores it for BENCHMARKS.md.
 """
 
 from __future__ import annotations
@@ -25,6 +25,7 @@ from typing import Any
 
 import httpx
 
+from bench import BenchError, Context
 from driftshare._ledger import AccountLedger
 from driftshare._ledger_subscriber import LedgerReads
 from driftshare._snapshot import (
@@ -45,10 +46,6 @@ TITLE = "Warm start"
 
 _SIM_READY = "driftshare sim ready:"
 _POLL_S = 0.005
-
-
-class WarmstartBenchError(RuntimeError):
-    """The benchmark could not measure: a process failed to start or answer."""
 
 
 # -- processes --------------------------------------------------------------------------------
@@ -78,7 +75,7 @@ async def _start_sim(markets: int, port: int) -> asyncio.subprocess.Process:
     line = (await asyncio.wait_for(sim.stdout.readline(), 60)).decode()
     if not line.startswith(_SIM_READY):
         sim.kill()
-        raise WarmstartBenchError(f"the simulator did not start: {line!r}")
+        raise BenchError(f"the simulator did not start: {line!r}")
     return sim
 
 
@@ -145,7 +142,7 @@ async def _measure_start(
             deadline = started + cap_s
             while time.perf_counter() < deadline:
                 if serve.returncode is not None:
-                    raise WarmstartBenchError(f"serve exited with {serve.returncode}")
+                    raise BenchError(f"serve exited with {serve.returncode}")
                 try:
                     response = await http.get("/api/markets")
                 except httpx.TransportError:
@@ -214,7 +211,7 @@ async def _start_cases(markets: int, repeats: int, cap_s: float) -> dict[str, An
             # One clean run writes the snapshot the warm runs start from.
             await _measure_start(rpc_url, saved, markets, expect_ready=True, cap_s=60)
             if not list(saved.glob("*.snapshot")):
-                raise WarmstartBenchError("serve wrote no snapshot at a clean shutdown")
+                raise BenchError("serve wrote no snapshot at a clean shutdown")
             await case(rpc_up=True, warm=False)
             await case(rpc_up=True, warm=True)
         finally:
@@ -265,7 +262,7 @@ def _costs(markets: int, repeats: int) -> dict[str, Any]:
             reads = LedgerReads(restored)
             decode_s.append(time.perf_counter() - t0)
             if len(reads.get_perp_market_accounts()) != markets:
-                raise WarmstartBenchError("the restored snapshot lost markets")
+                raise BenchError("the restored snapshot lost markets")
     return {
         "markets": markets,
         "accounts": len(ledger),
@@ -293,6 +290,8 @@ def _report(results: dict[str, Any]) -> str:
     starts = results["start"]
     markets, cap_s = results["markets"], results["cap_s"]
     lines = [
+        "### Start to first answer",
+        "",
         f"Real `driftshare serve` processes against a `driftshare sim` subprocess with "
         f"{markets} perp markets, spawn to answer (median of {results['repeats']} starts; "
         f"one start for the RPC-down run without a snapshot, watched for {cap_s:g} s). "
@@ -348,7 +347,7 @@ def measure(quick: bool) -> dict[str, Any]:
     """Every figure of the section, as raw numbers."""
     markets = 8 if quick else 30
     repeats = 1 if quick else 5
-    cap_s = 20.0
+    cap_s = 8.0 if quick else 20.0
 
     start = asyncio.run(_start_cases(markets, repeats, cap_s))
     costs = [_costs(n, 3 if quick else 20) for n in (30, 100)]
@@ -361,16 +360,20 @@ def measure(quick: bool) -> dict[str, Any]:
     }
 
 
-def run(quick: bool) -> str:
-    """Measure (small sizes when ``quick``) and return the section as markdown."""
-    return f"## {TITLE}\n\n{_report(measure(quick))}"
+def run(ctx: Context) -> str:
+    """Measure (small sizes when ``ctx.quick``), store the raw numbers, return the markdown."""
+    results = measure(ctx.quick)
+    ctx.write_json(results)
+    return _report(results)
 
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--quick", action="store_true", help="small sizes, one start each")
     args = parser.parse_args(argv)
-    print(run(args.quick))
+    with tempfile.TemporaryDirectory(prefix="driftshare-bench-") as out:
+        ctx = Context("warmstart", args.quick, Path(out), Path("BENCHMARKS.md"))
+        print(f"## {TITLE}\n\n{run(ctx)}")
     return 0
 
 

@@ -33,7 +33,7 @@ from solders.pubkey import Pubkey
 
 from driftshare._ledger import AccountLedger, AccountRecord, LedgerEntry
 from driftshare._ledger_subscriber import LedgerReads
-from driftshare.config import Settings, redact_url
+from driftshare.config import Settings, redact_url, split_rpc_urls
 from driftshare.marketdata import ClientSource
 
 __all__ = [
@@ -437,7 +437,8 @@ class SnapshotKeeper:
 def snapshot_keeper(
     ledger: AccountLedger, settings: Settings, network: str, url: str
 ) -> SnapshotKeeper | None:
-    """The keeper of the shared client of ``network`` at ``url``, or None when none is kept.
+    """The keeper of the shared client of ``network`` at ``url`` (one URL or a comma-separated
+    list: the RPC endpoint group), or None when none is kept.
 
     None without ``DRIFT_SNAPSHOT_PATH``, for a network without Drift's program, and, when
     the path is a single file, for any shared client but the configured one (two clients
@@ -447,7 +448,7 @@ def snapshot_keeper(
     if path is None:
         return None
     path = path.expanduser()
-    identity = SnapshotIdentity(network, str(DRIFT_PROGRAM_ID), rpc_group([url]))
+    identity = SnapshotIdentity(network, str(DRIFT_PROGRAM_ID), rpc_group(split_rpc_urls(url)))
     if not identity.allowed:
         return None
     if not path.is_dir() and (network, url) != (settings.network, settings.effective_rpc_url()):
