@@ -361,6 +361,8 @@ def test_one_undecodable_account_in_a_sound_file_hides_only_its_market(
     source = WarmSource(restored)
     served = sorted(m.market_index for m in source.perp_markets())
     assert served == [i for i in world.perp_indexes() if i != 3]
-    assert source.unavailable(2)  # served, but never as current
+    assert source.unavailable(2)  # served, but never as fresh
+    assert source.current()
+    source.close()
     assert not source.current()
     assert source.perp_market(2) == world.perp_market(2)
