@@ -16,6 +16,7 @@ import statistics
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
+from functools import partial
 from typing import Any
 
 from bench import BenchError, Context
@@ -199,14 +200,13 @@ def run(ctx: Context) -> str:
     from_write, from_applied = _timed(
         "write to read", lambda: asyncio.run(_write_to_read(20 if quick else 500))
     )
-    rates = {
-        (markets, ticking): _timed(
-            f"confirmation {markets} markets {'ticking' if ticking else 'quiet'}",
-            lambda m=markets, t=ticking: asyncio.run(_confirmation_rate(m, window, t)),
-        )
-        for markets in (30, 100)
-        for ticking in (True, False)
-    }
+    rates: dict[tuple[int, bool], dict[str, float]] = {}
+    for markets in (30, 100):
+        for ticking in (True, False):
+            rates[(markets, ticking)] = _timed(
+                f"confirmation {markets} markets {'ticking' if ticking else 'quiet'}",
+                partial(asyncio.run, _confirmation_rate(markets, window, ticking)),
+            )
     hits = _timed("hit latency", lambda: asyncio.run(_hit_latency(2_000 if quick else 100_000)))
     if not from_write or not from_applied or not hits:
         raise BenchError("freshness: no write-to-read or cache-hit sample was measured")
