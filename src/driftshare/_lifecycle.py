@@ -400,7 +400,7 @@ class SharedClient:
 
     def _polling(self, gen: Generation, discovery: Discovery, tap: AccountTap) -> PollingSubscriber:
         loader = ResilientLoader(gen.connection, Confirmed, self.settings.poll_interval_s)
-        loader.tap = tap
+        loader.attach(tap)
         return PollingSubscriber(gen.client.program, loader, discovery)
 
     async def _install_subscriber(self, gen: Generation, subscriber: Any) -> None:
