@@ -270,8 +270,10 @@ class SharedClient:
     def _unreachable(self) -> None:
         # A start whose RPC refuses connections or times out would hold its callers through
         # the transport's retries: they get None now and the start goes on in the background.
+        # With several endpoints a failing one (or a failed probe of a backup) is the
+        # fail-over's to handle: the start may still succeed on the next endpoint.
         gen = self.gen
-        if gen is not None and gen.init_task is not None:
+        if gen is not None and gen.init_task is not None and len(self.endpoints.urls) == 1:
             self.health = "down"
             gen.settle(None)
 
@@ -428,7 +430,7 @@ class SharedClient:
 
     def _polling(self, gen: Generation, discovery: Discovery, tap: AccountTap) -> PollingSubscriber:
         loader = ResilientLoader(gen.connection, Confirmed, self.settings.poll_interval_s)
-        loader.tap = tap
+        loader.attach(tap)
         return PollingSubscriber(gen.client.program, loader, discovery)
 
     async def _install_subscriber(self, gen: Generation, subscriber: Any) -> None:

@@ -272,6 +272,12 @@ class AccountTap:
         if known is not None:
             self.ledger.apply(AccountRecord(pubkey, known[0], slot, bytes(data), known[1]))
 
+    def confirm(self, pubkey: str, data: bytes, slot: int) -> None:
+        """Confirm ``pubkey`` at ``slot`` if ``data`` is what the ledger holds for it."""
+        entry = self.ledger.get(pubkey)
+        if pubkey in self._kinds and entry is not None and entry.record.data == data:
+            self.ledger.confirm(pubkey, slot)
+
     def pubkeys(self) -> list[str]:
         """Every subscribed account's address."""
         return list(self._kinds)
@@ -525,6 +531,51 @@ class WebsocketSubscriber(WebsocketDriftClientAccountSubscriber):  # type: ignor
             )
 
 
+class _PollConfirmations:
+    """A BulkAccountLoader's connection that reads each answer for the tap first.
+
+    driftpy's loader reports only changed accounts; an unchanged one in an answer is
+    confirmed current at the answer's slot here, so polling needs no extra reads.
+    """
+
+    def __init__(self, connection: Any, tap: AccountTap) -> None:
+        self._connection = connection
+        self._tap = tap
+
+    @property
+    def _provider(self) -> _PollConfirmations:
+        return self  # driftpy posts through connection._provider.session
+
+    @property
+    def session(self) -> _PollConfirmations:
+        return self
+
+    @property
+    def endpoint_uri(self) -> str:
+        uri: str = self._connection._provider.endpoint_uri
+        return uri
+
+    async def post(self, url: str, **kwargs: Any) -> Any:
+        response = await self._connection._provider.session.post(url, **kwargs)
+        try:
+            self._confirm(kwargs.get("json"), response.json())
+        except Exception as exc:  # untrusted answer: driftpy's own parsing reports it
+            log.debug("cannot read a polling answer for confirmations: %r", exc)
+        return response
+
+    def _confirm(self, requests: Any, answers: Any) -> None:
+        keys_by_id = {r["id"]: r["params"][0] for r in requests}
+        for answer in answers:
+            result = answer.get("result")
+            keys = keys_by_id.get(answer.get("id"))
+            if not isinstance(result, dict) or keys is None:
+                continue
+            slot = int(result["context"]["slot"])
+            for pubkey, value in zip(keys, result["value"], strict=False):
+                if value is not None:
+                    self._tap.confirm(pubkey, base64.b64decode(value["data"][0]), slot)
+
+
 class ResilientLoader(BulkAccountLoader):  # type: ignore[misc]
     """driftpy's BulkAccountLoader whose polling loop survives a failed load.
 
@@ -534,8 +585,15 @@ class ResilientLoader(BulkAccountLoader):  # type: ignore[misc]
 
     failures = 0
     task: asyncio.Task[None] | None
+    connection: Any
     tap: AccountTap | None = None
-    """Told every changed account's raw bytes and slot."""
+    """Told every changed account's raw bytes and slot, and every unchanged one's slot."""
+
+    def attach(self, tap: AccountTap) -> None:
+        """Report every account read to ``tap``: changes with their bytes, the rest as
+        confirmations."""
+        self.tap = tap
+        self.connection = _PollConfirmations(self.connection, tap)
 
     def handle_callbacks(self, account_to_load: Any, buffer: bytes | None, slot: int) -> None:
         super().handle_callbacks(account_to_load, buffer, slot)
