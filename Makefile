@@ -4,7 +4,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed-stamp
 
-.PHONY: run test lint bench lock clean browser
+.PHONY: run test lint bench reliability lock clean browser
 
 $(STAMP): requirements.lock pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -30,6 +30,11 @@ test: $(STAMP) lint browser
 
 bench: $(STAMP)
 	$(BIN)/driftshare bench
+
+# Every simulator fault in both modes -> docs/RELIABILITY.md; SOAK=seconds runs random faults.
+SOAK ?= 0
+reliability: $(STAMP)
+	$(BIN)/python -m bench.reliability --soak $(SOAK)
 
 # Regenerate the lock after changing dependencies in pyproject.toml.
 lock: $(STAMP)
