@@ -23,6 +23,7 @@ import os
 import platform
 import sys
 import time
+from collections import Counter
 from collections.abc import Awaitable, Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from importlib import metadata
@@ -33,11 +34,11 @@ import psutil  # type: ignore[import-untyped]
 
 from bench.reliability_probe import (
     READ_INTERVAL_S,
+    BehindWatch,
     Engine,
     LogicalCalls,
     Resources,
     Tally,
-    accounts_behind,
     leftovers,
 )
 from bench.reliability_truth import ChainTruth
@@ -54,6 +55,8 @@ Mode = Literal["websocket", "polling"]
 MODES: tuple[Mode, ...] = ("websocket", "polling")
 ENGINES = 4
 AMPLIFICATION_LIMIT = 1.2
+FAILOVER_FRESH_S = 5.0
+"""Issue 10: failover gives engines fresh data within 5 s of the first endpoint going down."""
 STALE_MARGIN_S = 1.0
 """Issue 9: a read served unflagged is stale when its data is older than this past
 ``DRIFT_STALE_AFTER_S``."""
@@ -74,8 +77,9 @@ class SuiteConfig:
 
     markets: int = 30
     tick_s: float = 0.4
-    funding_period_s: float = 5.0
-    """Short, so market accounts change often enough for lost updates to show."""
+    funding_period_s: float = 15.0
+    """With repegs, a market account changes every few seconds: often enough for reads of
+    an old settlement to show, seldom enough for an update lost in a gap to stay lost."""
     fault_s: float = 5.0
     warm_s: float = 2.0
     quiet_s: float = 4.0
@@ -108,8 +112,25 @@ class SuiteConfig:
 class Context:
     sims: list[Simulator]
     config: SuiteConfig
+    counters: Callable[[], tuple[int, int]] = lambda: (0, 0)
+    """(upstream requests, logical calls) so far."""
     started_at: float = 0.0
     ended_at: float = 0.0
+    window: list[tuple[int, int]] = field(default_factory=list)
+    """``counters()`` when the fault started and ``backoff_cap_s`` after it ended."""
+
+    def start(self) -> None:
+        self.started_at = time.monotonic()
+        self.window = [self.counters()]
+
+    def end(self) -> None:
+        self.ended_at = time.monotonic()
+
+    def close_window(self, final: bool = False) -> None:
+        """Take the window's second reading once retries of the fault's calls are over."""
+        due = self.ended_at > 0 and time.monotonic() >= self.ended_at + self.config.backoff_cap_s
+        if len(self.window) == 1 and (due or final):
+            self.window.append(self.counters())
 
     @property
     def sim(self) -> Simulator:
@@ -133,7 +154,7 @@ class Fault:
 
 
 async def _window(ctx: Context, on: Callable[[], object], off: Callable[[], object]) -> None:
-    ctx.started_at = time.monotonic()
+    ctx.start()
     result = on()
     if asyncio.iscoroutine(result):
         await result
@@ -141,7 +162,7 @@ async def _window(ctx: Context, on: Callable[[], object], off: Callable[[], obje
     result = off()
     if asyncio.iscoroutine(result):
         await result
-    ctx.ended_at = time.monotonic()
+    ctx.end()
 
 
 _FOREVER = 10**9
@@ -163,11 +184,11 @@ async def _latency(ctx: Context) -> None:
 
 
 async def _ws_drop(ctx: Context) -> None:
-    ctx.started_at = time.monotonic()
+    ctx.start()
     await ctx.sim.faults.drop_ws()
     await asyncio.sleep(ctx.config.fault_s / 2)
     await ctx.sim.faults.drop_ws()
-    ctx.ended_at = time.monotonic()
+    ctx.end()
 
 
 async def _ws_stall(ctx: Context) -> None:
@@ -182,10 +203,10 @@ async def _until_up(sim: Simulator) -> None:
 
 
 async def _down(ctx: Context) -> None:
-    ctx.started_at = time.monotonic()
+    ctx.start()
     await ctx.sim.faults.down(ctx.config.fault_s)
     await _until_up(ctx.sim)
-    ctx.ended_at = time.monotonic()
+    ctx.end()
 
 
 async def _malformed(ctx: Context) -> None:
@@ -204,18 +225,19 @@ async def _corrupt(ctx: Context) -> None:
 async def _down_at_start(ctx: Context) -> None:
     # Put on by run_row before the engines start; here only its end is awaited.
     await _until_up(ctx.sim)
-    ctx.ended_at = time.monotonic()
+    ctx.end()
 
 
 async def _failover(ctx: Context) -> None:
-    ctx.started_at = time.monotonic()
+    ctx.start()
     await ctx.sims[0].faults.down(ctx.config.fault_s * 2)
     await _until_up(ctx.sims[0])
-    ctx.ended_at = time.monotonic()
+    ctx.end()
 
 
 async def _nothing(ctx: Context) -> None:
-    ctx.started_at = ctx.ended_at = time.monotonic()
+    ctx.start()
+    ctx.end()
 
 
 FAULTS: dict[str, Fault] = {
@@ -267,6 +289,7 @@ class Row:
     unmatched: int = 0
     behind: int | None = None
     behind_worst_lag_s: float = 0.0
+    behind_accounts: list[str] = field(default_factory=list)
     recovery_s: float | None = None
     """Seconds from the fault's end to the last bad read; None if reads never settled."""
     upstream: int = 0
@@ -376,7 +399,6 @@ async def run_row(fault: Fault, mode: Mode, config: SuiteConfig) -> Row:
     for sim in sims:
         await sim.start()
     truths = [ChainTruth(sim) for sim in sims]
-    ctx = Context(sims, config)
     ports = {p for sim in sims for p in (sim._server.port, sim._server.port + 1)}
     loop = asyncio.get_running_loop()
     errors = _Errors()
@@ -384,6 +406,11 @@ async def run_row(fault: Fault, mode: Mode, config: SuiteConfig) -> Row:
     loop.set_exception_handler(errors)
     calls = LogicalCalls()
     calls.ports = ports
+
+    def counters() -> tuple[int, int]:
+        return sum(s.stats()["http_requests"]["total"] for s in sims), calls.count
+
+    ctx = Context(sims, config, counters)
     url = ",".join(sim.http_url for sim in sims)
     try:
         with suite_env(**config.env(url, mode)), calls.counting():
@@ -393,8 +420,6 @@ async def run_row(fault: Fault, mode: Mode, config: SuiteConfig) -> Row:
                 if unavailable is not None:
                     row.status = unavailable
                     return row
-                calls.count = 0  # the probe's requests stay out of the row
-            baseline_upstream = sum(s.stats()["http_requests"]["total"] for s in sims)
             baseline = Resources.take(ports)
             await _measure(
                 row=row,
@@ -405,10 +430,8 @@ async def run_row(fault: Fault, mode: Mode, config: SuiteConfig) -> Row:
                 baseline=baseline,
                 ports=ports,
             )
-            row.upstream = sum(s.stats()["http_requests"]["total"] for s in sims) - (
-                baseline_upstream
-            )
-            row.logical = calls.count
+            (upstream_0, logical_0), (upstream_1, logical_1) = ctx.window
+            row.upstream, row.logical = upstream_1 - upstream_0, logical_1 - logical_0
     finally:
         row.background_errors = errors.count
         await DriftClientManager.shutdown()
@@ -436,9 +459,12 @@ async def _measure(
     engines = [Engine(n, truths, tally) for n in range(ENGINES)]
     stop = asyncio.Event()
     if fault.at_start:
-        ctx.started_at = time.monotonic()
+        ctx.start()
         await ctx.sim.faults.down(config.fault_s)
     await asyncio.gather(*(e.connect() for e in engines))
+    behind = BehindWatch(truths, tally.threshold_s)
+    settled = False
+    watcher = asyncio.create_task(_watch(behind, ctx, fault))
     loops = [
         asyncio.create_task(e.run(stop), name=f"reliability-engine-{e.number}") for e in engines
     ]
@@ -450,16 +476,19 @@ async def _measure(
             await asyncio.sleep(config.warm_s)
             await fault.body(ctx)
         await _settle(tally, ctx, fault, recovery_bound_s(settings))
-        behind = accounts_behind(truths, tally.threshold_s)
-        if behind is not None:
-            row.behind, row.behind_worst_lag_s = behind
+        settled = not _still_bad(tally, ctx)
+        behind.sample()
     finally:
+        watcher.cancel()
+        ctx.close_window(final=True)
         # Every engine at once, with reads in flight: release racing reads is part of the test.
         stop.set()
         await asyncio.gather(*(e.release() for e in engines))
         await asyncio.gather(*loops)
     left = await leftovers(baseline, ports, _grace_s(settings))
     row.tasks_left, row.sockets_left, row.fds_left = left.tasks, left.sockets, left.fds
+    row.behind, row.behind_worst_lag_s = behind.count, behind.worst_lag_s
+    row.behind_accounts = sorted(behind.accounts)
     row.initialized_after_release = left.initialized
     row.reads, row.none, row.flagged = tally.reads, tally.none, tally.flagged
     row.exceptions = dict(tally.exceptions)
@@ -469,7 +498,7 @@ async def _measure(
     row.slowest_call_s = tally.slowest_call_s
     reference = ctx.started_at if fault.recover_from == "start" else ctx.ended_at
     last_bad = tally.last_bad_at
-    if _still_bad(tally, ctx):
+    if not settled:
         row.recovery_s = None
     else:
         row.recovery_s = 0.0 if last_bad is None else max(0.0, last_bad - reference)
@@ -484,6 +513,21 @@ async def _ready(tally: Tally, timeout_s: float) -> None:
 def _still_bad(tally: Tally, ctx: Context) -> bool:
     last_bad = tally.last_bad_at
     return last_bad is not None and time.monotonic() - last_bad < ctx.config.quiet_s
+
+
+async def _watch(behind: BehindWatch, ctx: Context, fault: Fault) -> None:
+    """Sample the shared client's accounts once the library has had time to catch up: the
+    stale threshold after the fault ends, or (failover) 5 s after it starts."""
+    while True:
+        now = time.monotonic()
+        if fault.recover_from == "start":
+            due = ctx.started_at > 0 and now >= ctx.started_at + FAILOVER_FRESH_S
+        else:
+            due = ctx.ended_at > 0 and now >= ctx.ended_at + behind.threshold_s
+        if due:
+            behind.sample()
+        ctx.close_window()
+        await asyncio.sleep(READ_INTERVAL_S)
 
 
 async def _settle(tally: Tally, ctx: Context, fault: Fault, bound_s: float) -> None:
@@ -609,14 +653,19 @@ def render(results: dict[str, Any], soak: dict[str, Any] | None) -> str:
         "recorded, and a served value (oracle price, funding settlement) is behind by the time "
         "since the chain replaced it (0 while it is still the chain's). A feed answer "
         "(`FundingInfo`) counts as unflagged unless it carries a `stale` attribute.",
-        "- **Accounts behind**: perp market accounts and oracles held by the shared DriftClient "
-        f"that are more than {threshold:.0f} s behind the chain at the end of the row.",
+        "- **Accounts behind**: the most perp market accounts and oracles held by the shared "
+        f"DriftClient that were more than {threshold:.0f} s behind the chain at once, sampled "
+        f"every 100 ms from {threshold:.0f} s after the fault ended (failover: "
+        f"{FAILOVER_FRESH_S:.0f} s after it started) to the end of the row; in brackets the "
+        "worst lag.",
         "- **Recovery**: seconds from the end of the fault (for failover: its start) to the last "
         "bad read (exception, None, flagged, or behind); *not settled* if reads were still bad "
         "when the row ended.",
-        "- **Upstream / logical**: HTTP requests the simulators received, and requests the "
-        "library handed to httpx (`AsyncClient.send`, beneath which the transport retries); "
-        "their ratio is the amplification.",
+        "- **Upstream / logical**: from the fault's start to `DRIFT_RETRY_BACKOFF_CAP` after "
+        "its end (so retries of calls made during the fault are in), HTTP requests the "
+        "simulators received, and requests the library handed to httpx (`AsyncClient.send`, "
+        "beneath which the transport retries); their ratio is the amplification. Requests "
+        "refused while the RPC is down never reach it.",
         "- **Left**: after release and a grace of `DRIFT_IDLE_CLOSE_S` + 2 s: tasks not ended "
         "(besides the simulator's), sockets to the simulators and file descriptors above the "
         "count before the engines started (psutil).",
@@ -655,10 +704,14 @@ def _details(rows: Sequence[Row]) -> list[str]:
         if r.unflagged_by_kind:
             kinds = ", ".join(f"{k} {v}" for k, v in sorted(r.unflagged_by_kind.items()))
             notes.append(f"unflagged stale by read: {kinds}")
+        if r.behind_accounts:
+            notes.append("accounts ever behind: " + ", ".join(r.behind_accounts))
         if r.unmatched:
             notes.append(f"{r.unmatched} reads held a value the chain never held")
         if r.tasks_left:
-            notes.append("tasks left: " + ", ".join(r.tasks_left))
+            counted = Counter(r.tasks_left)
+            names = (f"{name} x{n}" if n > 1 else name for name, n in sorted(counted.items()))
+            notes.append("tasks left: " + ", ".join(names))
         if r.initialized_after_release:
             notes.append("the shared client was still initialized after release")
         if r.background_errors:
@@ -686,8 +739,11 @@ def write_doc() -> None:
 
 async def _table(config: SuiteConfig) -> dict[str, Any]:
     def show(row: Row) -> None:
+        if not row.ran:
+            print(f"{row.mode:9} {row.fault:22} {row.status}", flush=True)
+            return
         print(
-            f"{row.mode:9} {row.fault:22} {row.status if not row.ran else ''}"
+            f"{row.mode:9} {row.fault:22} "
             f"reads={row.reads} exc={sum(row.exceptions.values())} none={row.none} "
             f"flagged={row.flagged} unflagged={row.unflagged} behind={row.behind} "
             f"recovery={_cell(row.recovery_s)} amp={_cell(row.amplification, 2)} "

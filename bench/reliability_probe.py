@@ -29,6 +29,7 @@ from driftshare.manager import DriftClientManager
 
 __all__ = [
     "READ_INTERVAL_S",
+    "BehindWatch",
     "Engine",
     "LogicalCalls",
     "Resources",
@@ -194,40 +195,57 @@ class Engine:
             self.tally.exceptions[f"release: {type(exc).__name__}"] += 1
 
 
-def accounts_behind(truths: Sequence[ChainTruth], threshold_s: float) -> tuple[int, float] | None:
-    """(accounts of the shared client further behind the chain than ``threshold_s``, worst
-    lag among them); None without a shared client.
+@dataclass
+class BehindWatch:
+    """The most accounts of the shared client seen behind the chain at once, the worst lag,
+    and which accounts were ever behind."""
 
-    Each perp market account and each perp oracle counts once.
-    """
+    truths: Sequence[ChainTruth]
+    threshold_s: float
+    count: int | None = None
+    """None until a sample found a shared client."""
+    worst_lag_s: float = 0.0
+    accounts: set[str] = field(default_factory=set)
+
+    def sample(self) -> None:
+        found = accounts_behind(self.truths, self.threshold_s)
+        if found is not None:
+            self.count = max(self.count or 0, len(found))
+            self.worst_lag_s = max(
+                self.worst_lag_s, max((lag for lag in found.values() if lag < math.inf), default=0)
+            )
+            self.accounts.update(found)
+
+
+def _held(read: Callable[[int], Any], index: int) -> Any:
+    try:
+        return read(index)
+    except Exception:  # driftpy raises for an account it does not hold
+        return None
+
+
+def accounts_behind(truths: Sequence[ChainTruth], threshold_s: float) -> dict[str, float] | None:
+    """The shared client's accounts further behind the chain than ``threshold_s`` (``perp 3``,
+    ``oracle 3``) with their lag (``inf``: not held, or a value the chain never held); None
+    without a shared client."""
     shared = DriftClientManager.shared_state(_NETWORK)
     client = getattr(shared, "client", None)
     if client is None:
         return None
     now = time.monotonic()
-    lags: list[float] = []
+    lags: dict[str, float] = {}
     for i in truths[0].indexes:
-        try:
-            account = client.get_perp_market_account(i)
-        except Exception:  # driftpy raises for a market it does not hold: as far behind as can be
-            account = None
-        lags.append(
-            math.inf
-            if account is None
-            else combined_lag(truths, [("account", i, account_fingerprint(account))], now)
-        )
-        try:
-            oracle = client.get_oracle_price_data_for_perp_market(i)
-        except Exception:  # no oracle held for the market
-            oracle = None
-        lags.append(
-            math.inf
-            if oracle is None
-            else combined_lag(truths, [("oracle", i, oracle.price / 1e6)], now)
-        )
-    behind = [lag for lag in lags if lag > threshold_s]
-    finite = [lag for lag in behind if not math.isinf(lag)]
-    return len(behind), max(finite, default=0.0)
+        account = _held(client.get_perp_market_account, i)
+        oracle = _held(client.get_oracle_price_data_for_perp_market, i)
+        parts = {
+            f"perp {i}": None if account is None else ("account", i, account_fingerprint(account)),
+            f"oracle {i}": None if oracle is None else ("oracle", i, oracle.price / 1e6),
+        }
+        for name, part in parts.items():
+            lag = math.inf if part is None else combined_lag(truths, [part], now)
+            if lag > threshold_s:
+                lags[name] = lag
+    return lags
 
 
 class LogicalCalls:
