@@ -62,9 +62,6 @@ def test_no_exception_left_unretrieved(rows: list[Row]) -> None:
     assert [r.background_errors for r in rows] == [0] * len(rows)
 
 
-@pytest.mark.xfail(
-    strict=True, reason="issue 10: cached reads keep the client open (lifecycle branch)"
-)
 def test_nothing_left_after_release(rows: list[Row]) -> None:
     assert _broken(rows, "left after release") == []
     assert [r.initialized_after_release for r in rows] == [False] * len(rows)
