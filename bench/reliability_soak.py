@@ -34,8 +34,9 @@ __all__ = ["PLOT", "render_soak", "run_soak"]
 
 PLOT = ROOT / "docs" / "reliability-soak.png"
 SAMPLE_S = 1.0
-TRUTH_KEPT_S = 300.0
-"""Values the chain replaced longer ago than this are forgotten (then count as unknown)."""
+TRUTH_KEPT_S = 30.0
+"""Values the chain replaced longer ago than this are forgotten (then count as unknown, so
+as stale): the ground truth's memory stops growing well within the warm-up."""
 _SOAK_FAULTS = [
     f
     for f in FAULTS.values()
@@ -120,6 +121,7 @@ async def run_soak(seconds: float, config: SuiteConfig, seed: int = 1) -> dict[s
         "generated": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()),
         "seconds": seconds,
         "warm_up_s": _warm_up_s(seconds),
+        "truth_kept_s": TRUTH_KEPT_S,
         "machine": machine(),
         "settings": settings_shown(config),
         "samples": samples,
@@ -137,7 +139,7 @@ async def run_soak(seconds: float, config: SuiteConfig, seed: int = 1) -> dict[s
 
 async def _prune(truth: ChainTruth) -> None:
     while True:
-        await asyncio.sleep(30)
+        await asyncio.sleep(5)
         truth.forget_before(time.monotonic() - TRUTH_KEPT_S)
 
 
@@ -193,8 +195,9 @@ def render_soak(soak: dict[str, Any]) -> list[str]:
         f"`make reliability SOAK={soak['seconds']:.0f}` on {soak['generated']}: {ENGINES} "
         f"engines in websocket mode through {len(soak['faults'])} random faults "
         f"({', '.join(names)}), each 1 to 6 s, 2 to 10 s apart. The process holds the "
-        "simulator too, so RSS includes it. Warm-up: the first "
-        f"{soak['warm_up_s']:.0f} s.",
+        "simulator and the suite's ground truth (the last "
+        f"{soak['truth_kept_s']:.0f} s of account values) too, so RSS includes them. Warm-up: "
+        f"the first {soak['warm_up_s']:.0f} s.",
         "",
         f"![RSS, descriptors and tasks over the soak]({plot})",
         "",
