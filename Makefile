@@ -28,8 +28,9 @@ browser:
 test: $(STAMP) lint browser
 	$(BIN)/pytest
 
+# Every section of bench/ (see bench/__init__.py), then BENCHMARKS.md and docs/bench/.
 bench: $(STAMP)
-	$(BIN)/driftshare bench
+	$(BIN)/python -m bench
 
 # Every simulator fault in both modes -> docs/RELIABILITY.md; SOAK=seconds runs random faults.
 SOAK ?= 0

@@ -80,6 +80,7 @@ class Generation:
         self.init_task: asyncio.Task[None] | None = None
         self.health_task: asyncio.Task[None] | None = None
         self.reconnecting: asyncio.Task[bool] | None = None
+        self.failover_task: asyncio.Task[None] | None = None
         self.old_sessions: list[httpx.AsyncClient] = []
         self._tasks: set[asyncio.Task[Any]] = set()
 
