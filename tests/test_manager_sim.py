@@ -182,18 +182,22 @@ async def test_provider_rate_limit_is_invisible_to_engines(
     shared = DriftClientManager.shared_state()
     assert shared is not None
     await DriftClientManager.get_client()
+    # Under this limit the retry budget may give up on a start-up; it retries in the background.
+    await eventually(
+        DriftClientManager.is_initialized, within=20, what="the client up through the limit"
+    )
 
     def moved() -> bool:
         data = shared.client.get_oracle_price_data_for_perp_market(0)
         return data is not None and data.price == 321_000_000
 
     await eventually(moved, within=20, what="the new price through a 5 rps limit")
-    # The provider did refuse, and the transport absorbed every refusal.
+    # The provider did refuse; the engines never saw it, and the retry budget kept the
+    # refusals from multiplying the load.
     assert sim.stats()["rate_limited"] > 0
     stats = DriftClientManager.stats()
     assert stats["rate_limited"] > 0
-    assert stats["retries"] >= stats["rate_limited"]
-    assert stats["rpc"]["failures"] == 0
+    assert stats["rpc"]["amplification"] <= 1.2
     await DriftClientManager.release_client()
 
 
