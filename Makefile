@@ -4,7 +4,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed-stamp
 
-.PHONY: run test lint bench lock clean browser
+.PHONY: run test lint bench reliability lock clean browser
 
 $(STAMP): requirements.lock pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -31,6 +31,11 @@ test: $(STAMP) lint browser
 # Every section of bench/ (see bench/__init__.py), then BENCHMARKS.md and docs/bench/.
 bench: $(STAMP)
 	$(BIN)/python -m bench
+
+# Every simulator fault in both modes -> docs/RELIABILITY.md; SOAK=seconds runs random faults.
+SOAK ?= 0
+reliability: $(STAMP)
+	$(BIN)/python -m bench.reliability --soak $(SOAK)
 
 # Regenerate the lock after changing dependencies in pyproject.toml.
 lock: $(STAMP)
