@@ -55,6 +55,13 @@ class Settings(BaseSettings):
     cache_ttl_oi: float = Field(60.0, ge=0)
     max_staleness_s: float = Field(300.0, ge=0)
 
+    share_url: str | None = None
+    """``redis://[:password@]host:port/db``: join the fleet sharing one upstream there."""
+    share_group: str | None = Field(None, pattern=r"^[A-Za-z0-9_.-]{1,64}$")
+    share_lease_s: float = Field(3.0, gt=0)
+    share_fallback_s: float = Field(15.0, gt=0)
+    share_secret: SecretStr | None = None
+
     @field_validator("perp_markets", mode="before")
     @classmethod
     def _parse_indexes(cls, value: object) -> object:
@@ -70,10 +77,18 @@ class Settings(BaseSettings):
             raise ValueError("must be an http(s) URL")
         return value
 
+    @field_validator("share_url")
+    @classmethod
+    def _check_share_url(cls, value: str | None) -> str | None:
+        if value is not None and urlsplit(value).scheme not in ("redis", "rediss"):
+            raise ValueError("must be a redis:// or rediss:// URL")
+        return value
+
     def __repr_args__(self) -> Iterable[tuple[str | None, Any]]:
         # repr() and str() would otherwise show the API key an RPC URL may carry.
         for name, value in super().__repr_args__():
-            shown = redact_url(value) if name == "rpc_url" and value is not None else value
+            secret = name in ("rpc_url", "share_url") and value is not None
+            shown = redact_url(value) if secret else value
             yield name, shown
 
     def effective_rpc_url(self) -> str:
@@ -97,7 +112,8 @@ _TOKENISH = re.compile(r"^[A-Za-z0-9_\-]{16,}$")
 
 
 def redact_url(url: str) -> str:
-    """Hide API keys in an RPC URL: secret-looking query values and long path tokens."""
+    """Hide API keys and passwords in a URL: secret-looking query values, long path tokens
+    and ``user:password@``."""
     try:
         parts = urlsplit(url)
     except ValueError:
@@ -116,7 +132,7 @@ def redact_url(url: str) -> str:
     return urlunsplit((parts.scheme, netloc, path, query, parts.fragment))
 
 
-_URL_IN_TEXT = re.compile(r"(?:https?|wss?)://[^\s'\"<>]+")
+_URL_IN_TEXT = re.compile(r"(?:https?|wss?|rediss?)://[^\s'\"<>]+")
 
 
 def redact_text(text: str) -> str:

@@ -1,0 +1,18 @@
+"""Fixtures of the fleet tests: a real redis-server on a free loopback port."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+
+import pytest
+
+from driftshare._fleet._redis_server import RedisServer
+
+
+@pytest.fixture
+def redis_server() -> Iterator[RedisServer]:
+    """A started redis-server without persistence; ``kill()``/``restart()`` it at will."""
+    server = RedisServer()
+    server.start()
+    yield server
+    server.stop()

@@ -1,0 +1,122 @@
+"""FleetMember in one process against a real Redis: election, publishing, following, fallback."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections.abc import AsyncIterator, Callable
+
+import pytest_asyncio
+from solders.pubkey import Pubkey
+
+from driftshare._fleet import FleetMember
+from driftshare._fleet._records import Message, Signer, encode
+from driftshare._fleet._redis_server import RedisServer
+from driftshare._ledger import AccountLedger, AccountRecord
+from driftshare.config import load_settings
+
+PUBKEY = str(Pubkey.new_unique())
+
+
+async def until(condition: Callable[[], bool]) -> None:
+    deadline = time.monotonic() + 10.0
+    while not condition():
+        assert time.monotonic() < deadline, "condition not met in time"
+        await asyncio.sleep(0.02)
+
+
+MemberFactory = Callable[..., FleetMember]
+
+
+@pytest_asyncio.fixture
+async def members(redis_server: RedisServer) -> AsyncIterator[MemberFactory]:
+    made: list[FleetMember] = []
+
+    def make(**overrides: object) -> FleetMember:
+        options = {"share_url": redis_server.url, "share_lease_s": 0.6, "share_fallback_s": 1.0}
+        settings = load_settings(**{**options, **overrides})
+        member = FleetMember(settings, "mainnet", AccountLedger(), lambda: None)
+        made.append(member)
+        return member
+
+    yield make
+    for member in made:
+        await member.close()
+
+
+async def test_exactly_one_leader_and_a_takeover_when_it_leaves(members: MemberFactory) -> None:
+    trio = [members() for _ in range(3)]
+    await asyncio.gather(*(m.join() for m in trio))
+    await until(lambda: all(m.leader is not None for m in trio))
+    assert sorted(m.role for m in trio) == ["follower", "follower", "leader"]
+    leader = next(m for m in trio if m.role == "leader")
+    assert {m.leader for m in trio} == {leader.id}
+    await until(lambda: all(len(m.stats()["members"]) == 3 for m in trio))
+    await leader.close()
+    rest = [m for m in trio if m is not leader]
+    await until(lambda: sorted(m.role for m in rest) == ["follower", "leader"])
+    assert max(m.epoch or 0 for m in rest) == 2
+
+
+async def test_followers_get_last_values_then_updates_and_confirmations(
+    members: MemberFactory,
+) -> None:
+    leader = members()
+    await leader.join()
+    assert leader.role == "leader"
+    leader.ledger.apply(AccountRecord(PUBKEY, "perp", 10, b"a"))
+    follower = members()
+    await follower.join()
+    assert follower.role == "follower"
+    await asyncio.wait_for(follower.wait_followed(), 5)
+    await until(lambda: follower.ledger.get(PUBKEY) is not None)
+    leader.ledger.apply(AccountRecord(PUBKEY, "perp", 11, b"b"))
+    await until(lambda: follower.ledger.get(PUBKEY).record.data == b"b")  # type: ignore[union-attr]
+    leader.ledger.confirm(PUBKEY, 15)
+    await until(lambda: follower.ledger.get(PUBKEY).confirmed_slot == 15)  # type: ignore[union-attr]
+    assert follower.stats()["records_applied"] >= 3
+
+
+async def test_a_forged_record_is_dropped_and_counted(
+    members: MemberFactory, redis_server: RedisServer
+) -> None:
+    leader = members(share_secret="s3cret")
+    await leader.join()
+    follower = members(share_secret="s3cret")
+    await follower.join()
+    await asyncio.wait_for(follower.wait_followed(), 5)
+    # The forger writes straight into the channel, as anyone with Redis access could.
+    record = AccountRecord(PUBKEY, "perp", 99, b"false price")
+    text = encode(
+        Message("r", PUBKEY, 99, time.time(), 1, "x", record), Signer(b"other", "default")
+    )
+    await follower._store.redis.publish(follower._store.channel, text)
+    await until(lambda: follower.follower.rejected == 1)
+    assert follower.ledger.get(PUBKEY) is None
+    leader.ledger.apply(AccountRecord(PUBKEY, "perp", 100, b"true price"))
+    await until(lambda: follower.ledger.get(PUBKEY) is not None)
+    assert follower.ledger.get(PUBKEY).record.data == b"true price"  # type: ignore[union-attr]
+
+
+async def test_redis_down_falls_back_and_rejoins(
+    members: MemberFactory, redis_server: RedisServer
+) -> None:
+    leader, follower = members(), members()
+    await leader.join()
+    await follower.join()
+    leader.ledger.apply(AccountRecord(PUBKEY, "perp", 10, b"a"))
+    await until(lambda: follower.ledger.get(PUBKEY) is not None)
+    redis_server.kill()
+    await until(lambda: follower.role == "standalone" and leader.role == "standalone")
+    assert follower.fallback
+    assert follower.upstream
+    redis_server.start()  # empty: the new leader repopulates it
+    await until(lambda: sorted(m.role for m in (leader, follower)) == ["follower", "leader"])
+    new_leader = leader if leader.role == "leader" else follower
+    new_follower = follower if new_leader is leader else leader
+    deadline = time.monotonic() + 10
+    while not (await new_leader._store.last_values())[0]:
+        assert time.monotonic() < deadline, "Redis not repopulated"
+        await asyncio.sleep(0.02)
+    new_leader.ledger.apply(AccountRecord(PUBKEY, "perp", 20, b"c"))
+    await until(lambda: new_follower.ledger.get(PUBKEY).record.data == b"c")  # type: ignore[union-attr]
