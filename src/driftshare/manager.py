@@ -20,6 +20,9 @@ from solana.rpc.websocket_api import connect as ws_connect
 from solders.keypair import Keypair
 
 from driftshare import metrics
+from driftshare._fleet import FleetMember, standalone_stats
+from driftshare._ledger import AccountLedger
+from driftshare._ledger_subscriber import LedgerSubscriber
 from driftshare.config import PUBLIC_RPC_URLS, Settings, load_settings, redact_text, redact_url
 from driftshare.marketdata import ClientSource, MarketDataReader, MarketSource
 from driftshare.models import FundingRateData, MarketData, market_name
@@ -99,6 +102,9 @@ class _Shared:
         self._closing: asyncio.Task[None] | None = None
         self._reconnecting: asyncio.Task[bool] | None = None
         self._rng = random.Random()
+        self.ledger = AccountLedger()
+        self.fleet: FleetMember | None = None
+        """This client's fleet membership when ``DRIFT_SHARE_URL`` is set."""
 
     # -- references -------------------------------------------------------------------------
 
@@ -137,6 +143,8 @@ class _Shared:
 
     def _publish_refs(self) -> None:
         log.debug("%s references: %d", self.network, self.refs)
+        if self.fleet is not None:
+            self.fleet.references = self.refs
         metrics.CLIENT_REF_COUNT.labels(self.network).set(self.refs)
 
     # -- initialization ---------------------------------------------------------------------
@@ -217,6 +225,12 @@ class _Shared:
 
     async def _start(self) -> None:
         self.health = "connecting"
+        if self.settings.share_url is not None and self.fleet is None:
+            self.fleet = FleetMember(
+                self.settings, self.network, self.ledger, self._on_fleet_change
+            )
+            self.fleet.references = self.refs
+            await self.fleet.join()
         if self.client is None:
             # The keypair first: a bad DRIFT_KEYPAIR must not leave a connection behind.
             keypair = _load_keypair(self.settings)
@@ -249,8 +263,15 @@ class _Shared:
         )
 
     async def _subscribe(self, mode: SubscriptionMode) -> None:
-        """Discover the markets and subscribe in ``mode``; websocket falls back to polling."""
+        """Discover the markets and subscribe in ``mode``; websocket falls back to polling.
+
+        A fleet follower subscribes to nothing upstream: its accounts come from the leader.
+        """
         program = self.client.program
+        if self.fleet is not None and not self.fleet.upstream:
+            await self.fleet.wait_followed()
+            await self._install_subscriber(LedgerSubscriber(program, self.ledger))
+            return
         discovery = await discover_markets(program, self.settings.perp_markets)
         self.unavailable = discovery.unavailable
         if mode == "websocket":
@@ -337,6 +358,10 @@ class _Shared:
         while True:
             await asyncio.sleep(settings.health_interval_s)
             self._note_data()
+            if self.fleet is not None and not self.fleet.upstream:
+                # A follower asks no RPC: its data is as healthy as its feed from Redis.
+                self.health = "healthy" if self.fleet.follower.connected else "degraded"
+                continue
             slot = self.data_slot()
             if slot > seen_slot:
                 # New data proves upstream works: no getSlot, so a client whose data flows
@@ -409,6 +434,13 @@ class _Shared:
         except Exception:  # unreachable or silent: not yet
             return False
 
+    def _on_fleet_change(self) -> None:
+        """Leader or follower changed: subscribe upstream, or follow, with the same client."""
+        log.info(
+            "fleet role of the %s client: %s", self.network, self.fleet.role if self.fleet else "-"
+        )
+        self.reconnect_in_background()
+
     def reconnect_in_background(self) -> asyncio.Task[bool] | None:
         """Start a rebuild unless one is running; concurrent requests share it."""
         if self.refs == 0:
@@ -456,6 +488,9 @@ class _Shared:
         if previous is not None:
             await asyncio.shield(previous)
         await _cancel_all(tasks)
+        fleet, self.fleet = self.fleet, None
+        if fleet is not None:
+            await fleet.close()
         if self.client is not None:
             log.info("last reference released: closing the shared %s DriftClient", self.network)
         await self._discard_subscriber()
@@ -497,6 +532,7 @@ class _Shared:
             "time_to_ready_s": (self.ready_at - self.created_at) if self.ready_at else None,
             "last_update_age_s": (now - self.last_data_at) if self.last_data_at else None,
             "data_slot": self._data_slot,
+            "fleet": standalone_stats() if self.fleet is None else self.fleet.stats(),
         }
 
 
@@ -658,6 +694,7 @@ class DriftClientManager:
                 "references": 0,
                 "initialized": False,
                 "initializations": 0,
+                "fleet": standalone_stats(),
             }
         else:
             snapshot = shared.snapshot()

@@ -34,8 +34,9 @@ class Follower:
         self._signer = signer
         self._ledger = ledger
         self._network = network
-        self.loaded = asyncio.Event()
-        """Set once the last values have been read (again after each resubscription)."""
+        self.ready = asyncio.Event()
+        """Set once the last values are read and hold the State account: a client can start."""
+        self._loaded = False
         self.connected = False
         self.applied = 0
         self.rejected = 0
@@ -60,8 +61,9 @@ class Follower:
             records, confirms = await self._store.last_values()
             for raw in (*records, *confirms):
                 self.apply(raw)
-            self.connected = True
-            self.loaded.set()
+            self.connected = self._loaded = True
+            if any(entry.record.kind == "state" for entry in self._ledger):
+                self.ready.set()
             while True:
                 message: dict[str, Any] | None = await pubsub.get_message(timeout=None)
                 if message is not None and message.get("type") == "message":
@@ -81,6 +83,8 @@ class Follower:
         confirmed_at = _local_time(message)
         if message.record is not None:
             self._ledger.apply(message.record, confirmed_at=confirmed_at)
+            if self._loaded and message.record.kind == "state":
+                self.ready.set()
         else:
             self._ledger.confirm(message.pubkey, message.slot, confirmed_at=confirmed_at)
         self.applied += 1

@@ -104,8 +104,8 @@ class FleetMember:
         await self._decided.wait()
 
     async def wait_followed(self) -> None:
-        """Wait until the follower has loaded the group's last values."""
-        await self.follower.loaded.wait()
+        """Wait until the follower holds the group's last values, the State among them."""
+        await self.follower.ready.wait()
 
     async def close(self) -> None:
         """Leave the fleet: stop publishing and following, free the lease for another."""
@@ -200,7 +200,6 @@ class FleetMember:
         if role == "follower":
             self.fallback = False
             if self._follow_task is None:
-                self.follower.loaded.clear()
                 self._follow_task = asyncio.create_task(
                     self.follower.run(), name="driftshare-fleet-follow"
                 )

@@ -1,0 +1,117 @@
+"""ServeProcess: one real ``driftshare serve`` process, for the fleet tests and benchmarks."""
+
+from __future__ import annotations
+
+import os
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+from typing import IO, Any
+
+import httpx
+
+__all__ = ["ServeProcess"]
+
+
+def _free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port: int = sock.getsockname()[1]
+        return port
+
+
+class ServeProcess:
+    """``driftshare serve`` on a free loopback port, optionally a fleet member.
+
+    Its stderr goes to a temporary file (:attr:`log_path`) for a failing test to show.
+    """
+
+    def __init__(
+        self,
+        rpc_url: str,
+        share_url: str | None,
+        *,
+        engines: Sequence[str] = (),
+        env: Mapping[str, str] | None = None,
+    ) -> None:
+        self.rpc_url = rpc_url
+        self.share_url = share_url
+        self.engines = list(engines)
+        self.env = dict(env or {})
+        self.port = _free_port()
+        self.url = f"http://127.0.0.1:{self.port}"
+        self.process: subprocess.Popen[bytes] | None = None
+        self._log: IO[bytes] | None = None
+        self.log_path: Path | None = None
+
+    def start(self) -> None:
+        command = [sys.executable, "-m", "driftshare", "serve", "--rpc-url", self.rpc_url]
+        command += ["--port", str(self.port)]
+        if self.share_url is not None:
+            command += ["--share-url", self.share_url]
+        if self.engines:
+            command += ["--engines", ",".join(self.engines)]
+        env = {**os.environ, **self.env}
+        if self.share_url is None:
+            env.pop("DRIFT_SHARE_URL", None)  # a standalone process, whatever the caller's env
+        self._log = tempfile.NamedTemporaryFile(prefix="driftshare-serve-", suffix=".log")  # noqa: SIM115
+        self.log_path = Path(self._log.name)
+        self.process = subprocess.Popen(
+            command, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=self._log, env=env
+        )
+
+    @property
+    def pid(self) -> int:
+        assert self.process is not None
+        return self.process.pid
+
+    def alive(self) -> bool:
+        return self.process is not None and self.process.poll() is None
+
+    async def get(self, client: httpx.AsyncClient, path: str) -> Any | None:
+        """The JSON at ``path``, or None while the process does not answer."""
+        try:
+            response = await client.get(self.url + path, timeout=2.0)
+        except httpx.HTTPError:
+            return None
+        return response.json() if response.status_code == 200 else None
+
+    async def metrics(self, client: httpx.AsyncClient) -> str:
+        try:
+            return (await client.get(self.url + "/metrics", timeout=2.0)).text
+        except httpx.HTTPError:
+            return ""
+
+    def rss_bytes(self) -> int:
+        """Resident memory now, from /proc."""
+        for line in Path(f"/proc/{self.pid}/status").read_text().splitlines():
+            if line.startswith("VmRSS:"):
+                return int(line.split()[1]) * 1024
+        return 0
+
+    def log_text(self) -> str:
+        return "" if self.log_path is None else self.log_path.read_text(errors="replace")
+
+    def kill(self) -> None:
+        """SIGKILL, as a crash would."""
+        if self.alive():
+            assert self.process is not None
+            self.process.kill()
+            self.process.wait()
+
+    def stop(self) -> None:
+        """SIGTERM and wait (SIGKILL after 10 s)."""
+        if self.alive():
+            assert self.process is not None
+            self.process.send_signal(signal.SIGTERM)
+            try:
+                self.process.wait(10)
+            except subprocess.TimeoutExpired:
+                self.kill()
+        if self._log is not None:
+            self._log.close()
+            self._log = None
