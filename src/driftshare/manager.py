@@ -27,6 +27,7 @@ from driftshare.config import PUBLIC_RPC_URLS, Settings, load_settings, redact_t
 from driftshare.marketdata import ClientSource, MarketDataReader, MarketSource
 from driftshare.models import FundingRateData, MarketData, market_name
 from driftshare.subscription import (
+    AccountTap,
     Discovery,
     PollingSubscriber,
     ResilientLoader,
@@ -91,6 +92,9 @@ class _Shared:
         self.mode_switches = 0
         self.last_error: str | None = None
         self.unavailable: dict[int, str] = {}
+        self.ledger = AccountLedger()
+        """Every subscribed account's raw bytes, slot and confirmation, kept across reconnects."""
+        self.tap: AccountTap | None = None
         self.created_at = time.time()
         self.ready_at: float | None = None
         self.last_data_at: float | None = None
@@ -102,7 +106,6 @@ class _Shared:
         self._closing: asyncio.Task[None] | None = None
         self._reconnecting: asyncio.Task[bool] | None = None
         self._rng = random.Random()
-        self.ledger = AccountLedger()
         self.fleet: FleetMember | None = None
         """This client's fleet membership when ``DRIFT_SHARE_URL`` is set."""
 
@@ -274,9 +277,10 @@ class _Shared:
             return
         discovery = await discover_markets(program, self.settings.perp_markets)
         self.unavailable = discovery.unavailable
+        self.tap = tap = AccountTap(self.ledger, discovery.records)
         if mode == "websocket":
             try:
-                await self._install_subscriber(self._websocket(discovery))
+                await self._install_subscriber(self._websocket(discovery, tap))
                 self.mode = "websocket"
                 return
             except Exception as exc:  # any websocket failure: fall back to polling
@@ -284,14 +288,15 @@ class _Shared:
                 log.warning(
                     "websocket subscription failed (%s); polling instead", redact_text(repr(exc))
                 )
-        await self._install_subscriber(self._polling(discovery))
+        await self._install_subscriber(self._polling(discovery, tap))
         self.mode = "polling"
 
-    def _websocket(self, discovery: Discovery) -> WebsocketSubscriber:
-        return WebsocketSubscriber(self.client.program, discovery, Confirmed)
+    def _websocket(self, discovery: Discovery, tap: AccountTap) -> WebsocketSubscriber:
+        return WebsocketSubscriber(self.client.program, discovery, Confirmed, tap)
 
-    def _polling(self, discovery: Discovery) -> PollingSubscriber:
+    def _polling(self, discovery: Discovery, tap: AccountTap) -> PollingSubscriber:
         loader = ResilientLoader(self.connection, Confirmed, self.settings.poll_interval_s)
+        loader.tap = tap
         return PollingSubscriber(self.client.program, loader, discovery)
 
     async def _install_subscriber(self, subscriber: Any) -> None:

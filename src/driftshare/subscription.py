@@ -17,12 +17,14 @@ from dataclasses import dataclass, field
 from functools import cache
 from typing import Any, Literal
 
-from driftpy.accounts.bulk_account_loader import BulkAccountLoader
+from driftpy.accounts.bulk_account_loader import BufferAndSlot, BulkAccountLoader
 from driftpy.accounts.oracle import decode_oracle, get_oracle_decode_fn
 from driftpy.accounts.polling import PollingDriftClientAccountSubscriber
-from driftpy.accounts.types import DataAndSlot, FullOracleWrapper
+from driftpy.accounts.types import DataAndSlot, FullOracleWrapper, WebsocketProgramAccountOptions
 from driftpy.accounts.ws import WebsocketDriftClientAccountSubscriber
 from driftpy.accounts.ws.account_subscriber import WebsocketAccountSubscriber
+from driftpy.accounts.ws.multi_account_subscriber import WebsocketMultiAccountSubscriber
+from driftpy.accounts.ws.program_account_subscriber import WebSocketProgramAccountSubscriber
 from driftpy.addresses import (
     get_perp_market_public_key,
     get_spot_market_public_key,
@@ -36,7 +38,10 @@ from driftpy.types import MarketType, OracleInfo
 from solana.rpc.commitment import Commitment
 from solders.pubkey import Pubkey
 
+from driftshare._ledger import AccountKind, AccountLedger, AccountRecord
+
 __all__ = [
+    "AccountTap",
     "Discovery",
     "PollingSubscriber",
     "ResilientLoader",
@@ -65,6 +70,8 @@ class Discovery:
     unavailable: dict[int, str] = field(default_factory=dict)
     """Perp market index → why it is not served."""
     state: DataAndSlot | None = None
+    records: list[AccountRecord] = field(default_factory=list)
+    """The raw bytes of every account subscribed to, as read here."""
 
     @property
     def perp_indexes(self) -> list[int]:
@@ -121,27 +128,36 @@ async def _program_accounts(program: Any) -> dict[str, tuple[int, list[dict[str,
 
 
 def _decode_markets(
-    program: Any, kind: str, slot: int, raw: list[dict[str, Any]], unavailable: dict[int, str]
+    program: Any,
+    kind: Literal["perp", "spot"],
+    slot: int,
+    raw: list[dict[str, Any]],
+    *,
+    unavailable: dict[int, str],
+    records: dict[int, AccountRecord],
 ) -> list[DataAndSlot]:
     by_pda = _index_by_pda(program.program_id, kind)
     decoded: list[DataAndSlot] = []
     for item in raw:
         pubkey = Pubkey.from_string(item["pubkey"])
+        index = by_pda.get(pubkey)
+        data = base64.b64decode(item["account"]["data"][0])
+        if index is not None:
+            records[index] = AccountRecord(item["pubkey"], kind, slot, data)
         try:
-            data = program.coder.accounts.decode(base64.b64decode(item["account"]["data"][0]))
+            account = program.coder.accounts.decode(data)
         except Exception as exc:  # any decoder failure makes just this market unavailable
-            index = by_pda.get(pubkey)
             reason = f"cannot decode {kind} market account {pubkey}: {exc!r}"
             log.warning("%s; serving the other markets", reason)
             if kind == "perp" and index is not None:
                 unavailable[index] = reason
             continue
-        decoded.append(DataAndSlot(slot, data))
+        decoded.append(DataAndSlot(slot, account))
     return decoded
 
 
 async def _oracles_and_state(
-    program: Any, sources: dict[Pubkey, Any]
+    program: Any, sources: dict[Pubkey, Any], records: list[AccountRecord]
 ) -> tuple[list[FullOracleWrapper], DataAndSlot | None]:
     """Every oracle and the State account, in getMultipleAccounts calls of at most 100 keys."""
     state_key = get_state_public_key(program.program_id)
@@ -155,16 +171,21 @@ async def _oracles_and_state(
         for pubkey, account in zip(chunk, resp.value, strict=True):
             if pubkey == state_key:
                 if account is not None:
-                    state = DataAndSlot(slot, program.coder.accounts.decode(bytes(account.data)))
+                    data = bytes(account.data)
+                    state = DataAndSlot(slot, program.coder.accounts.decode(data))
+                    records.append(AccountRecord(str(pubkey), "state", slot, data))
                 continue
             if account is None:
                 log.warning("oracle account %s not found", pubkey)
                 continue
+            data = bytes(account.data)
             try:
-                price = decode_oracle(bytes(account.data), sources[pubkey])
+                price = decode_oracle(data, sources[pubkey])
             except Exception as exc:  # one unreadable oracle must not hide the others
                 log.warning("cannot decode oracle %s: %r", pubkey, exc)
                 continue
+            source = type(sources[pubkey]).__name__
+            records.append(AccountRecord(str(pubkey), "oracle", slot, data, source))
             wrappers.append(FullOracleWrapper(pubkey, sources[pubkey], DataAndSlot(slot, price)))
     return wrappers, state
 
@@ -176,9 +197,15 @@ async def discover_markets(program: Any, perp_subset: Sequence[int] | None = Non
     the State account.
     """
     unavailable: dict[int, str] = {}
+    perp_records: dict[int, AccountRecord] = {}
+    spot_records: dict[int, AccountRecord] = {}
     raw = await _program_accounts(program)
-    perp = _decode_markets(program, "perp", *raw["perp"], unavailable)
-    spot = _decode_markets(program, "spot", *raw["spot"], unavailable)
+    perp = _decode_markets(
+        program, "perp", *raw["perp"], unavailable=unavailable, records=perp_records
+    )
+    spot = _decode_markets(
+        program, "spot", *raw["spot"], unavailable=unavailable, records=spot_records
+    )
     if perp_subset is not None:
         wanted = set(perp_subset)
         perp = [ds for ds in perp if ds.data.market_index in wanted]
@@ -191,9 +218,13 @@ async def discover_markets(program: Any, perp_subset: Sequence[int] | None = Non
     for ds in spot:
         sources[ds.data.oracle] = ds.data.oracle_source
     sources.pop(Pubkey.default(), None)
-    oracles, state = await _oracles_and_state(program, sources)
+    # The accounts subscribed to: the kept markets, decodable or not, and their oracles.
+    kept = {ds.data.market_index for ds in perp} | set(unavailable)
+    records = [r for i, r in perp_records.items() if i in kept]
+    records.extend(spot_records[ds.data.market_index] for ds in spot)
+    oracles, state = await _oracles_and_state(program, sources, records)
     slot = max(raw["perp"][0], raw["spot"][0])
-    return Discovery(slot, perp, spot, oracles, unavailable, state)
+    return Discovery(slot, perp, spot, oracles, unavailable, state, records)
 
 
 def newest_data_slot(subscriber: Any) -> int | None:
@@ -209,20 +240,137 @@ def newest_data_slot(subscriber: Any) -> int | None:
     return max(slots, default=None)
 
 
+class AccountTap:
+    """Where the subscribers report each account they read: raw bytes and slot, into a ledger.
+
+    Only the accounts subscribed to are recorded (discovery's, whose records it applies
+    first). ``on_reconnect`` is called when a driftpy subscription opens its WebSocket
+    again: notifications sent during the gap are lost, so the caller re-fetches.
+    """
+
+    def __init__(self, ledger: AccountLedger, records: Sequence[AccountRecord]) -> None:
+        self.ledger = ledger
+        self.on_reconnect: Callable[[], None] | None = None
+        self._kinds: dict[str, tuple[AccountKind, str | None]] = {}
+        for record in records:
+            self._kinds[record.pubkey] = (record.kind, record.oracle_source)
+            ledger.apply(record)
+
+    def record(self, pubkey: str, data: bytes, slot: int) -> None:
+        known = self._kinds.get(pubkey)
+        if known is not None:
+            self.ledger.apply(AccountRecord(pubkey, known[0], slot, bytes(data), known[1]))
+
+    def pubkeys(self) -> list[str]:
+        """Every subscribed account's address."""
+        return list(self._kinds)
+
+    def reconnected(self) -> None:
+        if self.on_reconnect is not None:
+            self.on_reconnect()
+
+
+class _ReconnectHook:
+    """Tells the tap when a driftpy subscriber sets its ``ws`` again after the first time."""
+
+    _tap: AccountTap
+    _socket: Any = None
+    _connections = 0
+
+    @property
+    def ws(self) -> Any:
+        return self._socket
+
+    @ws.setter
+    def ws(self, value: Any) -> None:
+        self._socket = value
+        if value is not None:
+            self._connections += 1
+            if self._connections > 1:
+                self._tap.reconnected()
+
+
+class _StateSubscriber(_ReconnectHook, WebsocketAccountSubscriber):  # type: ignore[misc]
+    """driftpy's one-account subscriber, reporting each update's raw bytes to the tap."""
+
+    def __init__(
+        self, program: Any, commitment: Commitment, initial: DataAndSlot | None, tap: AccountTap
+    ) -> None:
+        self._tap = tap
+        super().__init__(
+            get_state_public_key(program.program_id), program, commitment, initial_data=initial
+        )
+        self._raw: bytes | None = None
+        decode: Callable[[bytes], Any] = program.coder.accounts.decode
+
+        def keep_raw(data: bytes) -> Any:
+            # driftpy decodes, then calls update_data with the slot: pair them there.
+            self._raw = data
+            return decode(data)
+
+        self.decode: Callable[[bytes], Any] = keep_raw
+
+    def update_data(self, new_data: DataAndSlot | None) -> None:
+        raw, self._raw = self._raw, None
+        super().update_data(new_data)
+        if new_data is not None and raw is not None:
+            self._tap.record(str(self.pubkey), raw, new_data.slot)
+
+
+class _OracleSubscriber(_ReconnectHook, WebsocketMultiAccountSubscriber):  # type: ignore[misc]
+    """driftpy's one-socket oracle subscriber, reporting each update's raw bytes to the tap."""
+
+    def __init__(self, program: Any, commitment: Commitment, tap: AccountTap) -> None:
+        self._tap = tap
+        super().__init__(program, commitment)
+        self._raw: dict[Pubkey, bytes] = {}
+
+    async def add_account(
+        self,
+        pubkey: Pubkey,
+        decode: Callable[[bytes], Any] | None = None,
+        initial_data: DataAndSlot | None = None,
+    ) -> None:
+        inner = decode if decode is not None else self.program.coder.accounts.decode
+
+        def keep_raw(data: bytes) -> Any:
+            self._raw[pubkey] = data
+            return inner(data)
+
+        await super().add_account(pubkey, keep_raw, initial_data)
+
+    def _update_data(self, pubkey: Pubkey, new_data: DataAndSlot | None) -> None:
+        raw = self._raw.pop(pubkey, None)
+        super()._update_data(pubkey, new_data)
+        if new_data is not None and raw is not None:
+            self._tap.record(str(pubkey), raw, new_data.slot)
+
+
+class _ProgramSubscriber(_ReconnectHook, WebSocketProgramAccountSubscriber):  # type: ignore[misc]
+    """driftpy's program subscriber, telling the tap when it reconnects."""
+
+    def __init__(self, tap: AccountTap, *args: Any) -> None:
+        self._tap = tap
+        super().__init__(*args)
+
+
 class _TolerantDecoder:
     """Decode one kind of market account; never raise.
 
     An account that turns undecodable keeps its last good value (a market account starts
-    with its own address, so it is still recognised while those 40 bytes are intact); one
-    never decoded gives None. Only the perp decoder reports into ``unavailable``.
+    with its own address, so it is still recognised while those 40 bytes are intact) and is
+    listed in ``unavailable``; one never decoded gives None. ``last_raw`` is the account
+    data of the latest call, for the tap.
     """
 
     def __init__(self, program: Any, unavailable: dict[int, str] | None) -> None:
         self._decode: Callable[[bytes], Any] = program.coder.accounts.decode
         self._last: dict[bytes, Any] = {}
         self._unavailable = unavailable
+        self.last_raw = b""
 
     def __call__(self, data: bytes) -> Any:
+        self.last_raw = data
         key = bytes(data[8:40])
         try:
             decoded = self._decode(data)
@@ -231,7 +379,7 @@ class _TolerantDecoder:
             if last is not None and self._unavailable is not None:
                 if last.market_index not in self._unavailable:
                     log.warning(
-                        "market %s became undecodable: %r; serving its last value",
+                        "market %s became undecodable: %r; serving it as stale",
                         last.market_index,
                         exc,
                     )
@@ -243,10 +391,25 @@ class _TolerantDecoder:
         return decoded
 
 
-class WebsocketSubscriber(WebsocketDriftClientAccountSubscriber):  # type: ignore[misc]
-    """driftpy's websocket subscriber, fed by :func:`discover_markets` instead of its own."""
+_MarketApply = Callable[[str, bytes, DataAndSlot], None]
 
-    def __init__(self, program: Any, discovery: Discovery, commitment: Commitment) -> None:
+
+class WebsocketSubscriber(WebsocketDriftClientAccountSubscriber):  # type: ignore[misc]
+    """driftpy's websocket subscriber, fed by :func:`discover_markets` instead of its own.
+
+    Every account update reaches ``tap`` with its raw bytes; :meth:`inject` applies an
+    account read elsewhere (a confirmation that found a missed update).
+    """
+
+    def __init__(
+        self,
+        program: Any,
+        discovery: Discovery,
+        commitment: Commitment,
+        tap: AccountTap | None = None,
+    ) -> None:
+        if tap is None:
+            tap = AccountTap(AccountLedger(), discovery.records)
         super().__init__(
             program,
             discovery.perp_indexes,
@@ -256,50 +419,87 @@ class WebsocketSubscriber(WebsocketDriftClientAccountSubscriber):  # type: ignor
             commitment,
         )
         self._discovery = discovery
+        self._tap = tap
+        self.oracle_subscriber = _OracleSubscriber(program, commitment, tap)
+        self._market_apply: dict[str, _MarketApply] = {}
+        self._decoders: dict[str, _TolerantDecoder] = {}
 
     def _market_map(
-        self, market_type: Any, initial: list[DataAndSlot], unavailable: dict[int, str] | None
+        self,
+        kind: Literal["perp", "spot"],
+        initial: list[DataAndSlot],
+        unavailable: dict[int, str] | None,
     ) -> MarketMap:
         connection = self.program.provider.connection
+        market_type = MarketType.Perp() if kind == "perp" else MarketType.Spot()
         market_map = MarketMap(
             MarketMapConfig(self.program, market_type, WebsocketConfig(), connection)
         )
         wanted = {ds.data.market_index for ds in initial}
-        store = market_map.update_market
+        decoder = self._decoders[kind] = _TolerantDecoder(self.program, unavailable)
+        markets = market_map.market_map
+        tap = self._tap
 
-        async def update(key: str, data: DataAndSlot) -> None:
+        def apply(key: str, raw: bytes, data: DataAndSlot) -> None:
             # The program subscription sends every market of the kind: keep the discovered
             # (and DRIFT_PERP_MARKETS-selected) ones, and skip accounts never decoded.
             if data.data is not None and data.data.market_index in wanted:
-                await store(key, data)
+                current = markets.get(data.data.market_index)
+                if current is None or data.slot >= current.slot:
+                    markets[data.data.market_index] = data
+            tap.record(key, raw, data.slot)
 
-        market_map.subscription.decode = _TolerantDecoder(self.program, unavailable)
-        market_map.subscription.on_update = update
+        async def update(key: str, data: DataAndSlot) -> None:
+            apply(key, decoder.last_raw, data)
+
+        self._market_apply[kind] = apply
+        subscription = market_map.subscription
+        subscription.decode = decoder
+        subscription.on_update = update
+        options = WebsocketProgramAccountOptions(
+            (get_market_type_filter(market_type),), subscription.commitment, "base64"
+        )
+        subscription.subscriber = _ProgramSubscriber(
+            tap, f"{kind}MarketMap", self.program, options, update, decoder
+        )
         market_map.init(initial)
         return market_map
 
     async def subscribe(self) -> None:
         if self.is_subscribed():
             return
-        self.state_subscriber = WebsocketAccountSubscriber(
-            get_state_public_key(self.program.program_id),
-            self.program,
-            self.commitment,
-            initial_data=self._discovery.state,
+        discovery = self._discovery
+        self.state_subscriber = _StateSubscriber(
+            self.program, self.commitment, discovery.state, self._tap
         )
         await self.state_subscriber.subscribe()
-        discovery = self._discovery
-        self.perp_market_map = self._market_map(
-            MarketType.Perp(), discovery.perp, discovery.unavailable
-        )
-        self.spot_market_map = self._market_map(MarketType.Spot(), discovery.spot, None)
-        for wrapper in self._discovery.oracles:
+        self.perp_market_map = self._market_map("perp", discovery.perp, discovery.unavailable)
+        self.spot_market_map = self._market_map("spot", discovery.spot, None)
+        for wrapper in discovery.oracles:
             await self.subscribe_to_oracle(wrapper)
         await self.oracle_subscriber.subscribe()
         await self.spot_market_map.subscribe()
         await self.perp_market_map.subscribe()
         await self._set_perp_oracle_map()
         await self._set_spot_oracle_map()
+
+    def inject(self, record: AccountRecord) -> None:
+        """Apply ``record`` as if its notification had arrived (it reaches the tap too)."""
+        if record.kind == "state":
+            state = self.state_subscriber
+            state.update_data(DataAndSlot(record.slot, state.decode(record.data)))
+        elif record.kind == "oracle":
+            pubkey = Pubkey.from_string(record.pubkey)
+            decode = self.oracle_subscriber.decode_map.get(pubkey)
+            if decode is not None:
+                self.oracle_subscriber._update_data(
+                    pubkey, DataAndSlot(record.slot, decode(record.data))
+                )
+        else:
+            decoded = self._decoders[record.kind](record.data)
+            self._market_apply[record.kind](
+                record.pubkey, record.data, DataAndSlot(record.slot, decoded)
+            )
 
 
 class ResilientLoader(BulkAccountLoader):  # type: ignore[misc]
@@ -311,6 +511,22 @@ class ResilientLoader(BulkAccountLoader):  # type: ignore[misc]
 
     failures = 0
     task: asyncio.Task[None] | None
+    tap: AccountTap | None = None
+    """Told every changed account's raw bytes and slot."""
+
+    def handle_callbacks(self, account_to_load: Any, buffer: bytes | None, slot: int) -> None:
+        super().handle_callbacks(account_to_load, buffer, slot)
+        if buffer is not None and self.tap is not None:
+            self.tap.record(str(account_to_load.pubkey), buffer, slot)
+
+    def inject(self, record: AccountRecord) -> None:
+        """Apply ``record`` as if a poll had read it."""
+        account = self.accounts_to_load.get(record.pubkey)
+        current = self.buffer_and_slot_map.get(record.pubkey)
+        if account is None or (current is not None and current.slot > record.slot):
+            return
+        self.buffer_and_slot_map[record.pubkey] = BufferAndSlot(record.slot, record.data)
+        self.handle_callbacks(account, record.data, record.slot)
 
     def _start_loading(self) -> None:
         if self.task is None:
@@ -329,7 +545,7 @@ class ResilientLoader(BulkAccountLoader):  # type: ignore[misc]
 class PollingSubscriber(PollingDriftClientAccountSubscriber):  # type: ignore[misc]
     """driftpy's polling subscriber over one BulkAccountLoader, without per-oracle waits."""
 
-    def __init__(self, program: Any, loader: BulkAccountLoader, discovery: Discovery) -> None:
+    def __init__(self, program: Any, loader: ResilientLoader, discovery: Discovery) -> None:
         super().__init__(
             program,
             loader,
@@ -339,6 +555,10 @@ class PollingSubscriber(PollingDriftClientAccountSubscriber):  # type: ignore[mi
             False,
         )
         self._decoder = _TolerantDecoder(program, discovery.unavailable)
+
+    def inject(self, record: AccountRecord) -> None:
+        """Apply ``record`` as if a poll had read it (it reaches the tap too)."""
+        self.bulk_account_loader.inject(record)
 
     async def subscribe(self) -> None:
         if len(self.callbacks) != 0:
