@@ -16,6 +16,7 @@ from driftshare._ledger import AccountLedger, AccountRecord
 from driftshare.config import load_settings
 
 PUBKEY = str(Pubkey.new_unique())
+STATE = AccountRecord(str(Pubkey.new_unique()), "state", 1, b"state")
 
 
 async def until(condition: Callable[[], bool]) -> None:
@@ -67,8 +68,12 @@ async def test_followers_get_last_values_then_updates_and_confirmations(
     leader.ledger.apply(AccountRecord(PUBKEY, "perp", 10, b"a"))
     follower = members()
     await follower.join()
+    waiting = asyncio.ensure_future(follower.wait_followed())
+    await until(lambda: follower.follower.connected)
+    assert not waiting.done()  # no State account yet: a client could not start from this
+    leader.ledger.apply(STATE)
+    await asyncio.wait_for(waiting, 5)
     assert follower.role == "follower"
-    await asyncio.wait_for(follower.wait_followed(), 5)
     await until(lambda: follower.ledger.get(PUBKEY) is not None)
     leader.ledger.apply(AccountRecord(PUBKEY, "perp", 11, b"b"))
     await until(lambda: follower.ledger.get(PUBKEY).record.data == b"b")  # type: ignore[union-attr]
@@ -82,6 +87,7 @@ async def test_a_forged_record_is_dropped_and_counted(
 ) -> None:
     leader = members(share_secret="s3cret")
     await leader.join()
+    leader.ledger.apply(STATE)
     follower = members(share_secret="s3cret")
     await follower.join()
     await asyncio.wait_for(follower.wait_followed(), 5)

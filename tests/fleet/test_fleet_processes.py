@@ -226,8 +226,15 @@ async def test_a_forged_record_is_refused_with_a_secret(
     index = world.perp_indexes()[0]
     redis = Redis.from_url(redis_server.url)
     try:
-        records = await redis.hgetall("driftshare:mainnet:default:records")
-        pubkey = next(k.decode() for k, v in records.items() if b'"k":"perp"' in v)
+        perp: list[str] = []
+
+        async def published() -> bool:
+            records = await redis.hgetall("driftshare:mainnet:default:records")
+            perp[:] = [k.decode() for k, v in records.items() if b'"k":"perp"' in v]
+            return bool(perp)
+
+        await until(published, deadline_s=10, what="leader published its perp markets")
+        pubkey = perp[0]
         record = AccountRecord(pubkey, "perp", 10**9, b"\0" * 8)
         forged = Message("r", pubkey, 10**9, time.time(), 1, "x", record)
         text = encode(forged, Signer(b"wrong-key", "default"))
