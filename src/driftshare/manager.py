@@ -365,7 +365,7 @@ class _Shared:
             self._note_data()
             if self.fleet is not None and not self.fleet.upstream:
                 # A follower asks no RPC: its data is as healthy as its feed from Redis.
-                self.health = "healthy" if self.fleet.follower.connected else "degraded"
+                self.health = "degraded" if self.fleet.feed_lost else "healthy"
                 continue
             slot = self.data_slot()
             if slot > seen_slot:
@@ -512,6 +512,8 @@ class _Shared:
     def source(self) -> MarketSource | None:
         """The subscribed accounts to read from, or None while they cannot be trusted."""
         if self.client is None or self.ready_at is None or self.health != "healthy":
+            return None
+        if self.fleet is not None and self.fleet.feed_lost:
             return None
         return ClientSource(self.client)
 

@@ -97,6 +97,11 @@ class FleetMember:
         """Whether this process should run its own upstream client now."""
         return self.role != "follower"
 
+    @property
+    def feed_lost(self) -> bool:
+        """A follower whose feed from Redis is down: what it holds is no longer current."""
+        return self.role == "follower" and not self.follower.connected
+
     async def join(self) -> None:
         """Start the member and wait for its first decision (one lease round trip)."""
         if self._task is None:
