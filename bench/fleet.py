@@ -11,7 +11,6 @@ from __future__ import annotations
 import argparse
 import asyncio
 import json
-import socket
 import statistics
 import sys
 import time
@@ -20,8 +19,7 @@ from typing import Any
 
 import httpx
 
-from driftshare._fleet._processes import ServeProcess
-from driftshare._fleet._redis_server import RedisServer
+from driftshare._fleet._harness import RedisServer, ServeProcess, free_port
 from driftshare.sim import Simulator
 
 TITLE = "Fleet: many processes, one upstream"
@@ -116,7 +114,7 @@ async def _propagation(seconds: float, redis: RedisServer) -> list[float]:
     """
     from driftshare.manager import DriftClientManager
 
-    port = _free_port()
+    port = free_port()
     sim = await asyncio.create_subprocess_exec(
         sys.executable, "-m", "driftshare", "sim", "--port", str(port),
         "--markets", str(MARKETS), "--tick-s", "0.1",
@@ -177,13 +175,6 @@ async def _answers(http: httpx.AsyncClient, rpc_url: str) -> bool:
     except httpx.HTTPError:
         return False
     return True
-
-
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        port: int = sock.getsockname()[1]
-        return port
 
 
 async def _follow(share_url: str, rpc_url: str) -> None:

@@ -9,21 +9,15 @@ from collections.abc import AsyncIterator, Callable
 import pytest_asyncio
 from solders.pubkey import Pubkey
 
+from conftest import WaitUntil
 from driftshare._fleet import FleetMember
+from driftshare._fleet._harness import RedisServer
 from driftshare._fleet._records import Message, Signer, encode
-from driftshare._fleet._redis_server import RedisServer
 from driftshare._ledger import AccountLedger, AccountRecord
 from driftshare.config import load_settings
 
 PUBKEY = str(Pubkey.new_unique())
 STATE = AccountRecord(str(Pubkey.new_unique()), "state", 1, b"state")
-
-
-async def until(condition: Callable[[], bool]) -> None:
-    deadline = time.monotonic() + 10.0
-    while not condition():
-        assert time.monotonic() < deadline, "condition not met in time"
-        await asyncio.sleep(0.02)
 
 
 MemberFactory = Callable[..., FleetMember]
@@ -45,22 +39,25 @@ async def members(redis_server: RedisServer) -> AsyncIterator[MemberFactory]:
         await member.close()
 
 
-async def test_exactly_one_leader_and_a_takeover_when_it_leaves(members: MemberFactory) -> None:
+async def test_exactly_one_leader_and_a_takeover_when_it_leaves(
+    members: MemberFactory, wait_until: WaitUntil
+) -> None:
     trio = [members() for _ in range(3)]
     await asyncio.gather(*(m.join() for m in trio))
-    await until(lambda: all(m.leader is not None for m in trio))
+    await wait_until(lambda: all(m.leader is not None for m in trio))
     assert sorted(m.role for m in trio) == ["follower", "follower", "leader"]
     leader = next(m for m in trio if m.role == "leader")
     assert {m.leader for m in trio} == {leader.id}
-    await until(lambda: all(len(m.stats()["members"]) == 3 for m in trio))
+    await wait_until(lambda: all(len(m.stats()["members"]) == 3 for m in trio))
     await leader.close()
     rest = [m for m in trio if m is not leader]
-    await until(lambda: sorted(m.role for m in rest) == ["follower", "leader"])
+    await wait_until(lambda: sorted(m.role for m in rest) == ["follower", "leader"])
     assert max(m.epoch or 0 for m in rest) == 2
 
 
 async def test_followers_get_last_values_then_updates_and_confirmations(
     members: MemberFactory,
+    wait_until: WaitUntil,
 ) -> None:
     leader = members()
     await leader.join()
@@ -69,21 +66,21 @@ async def test_followers_get_last_values_then_updates_and_confirmations(
     follower = members()
     await follower.join()
     waiting = asyncio.ensure_future(follower.wait_followed())
-    await until(lambda: follower.follower.connected)
+    await wait_until(lambda: follower.follower.connected)
     assert not waiting.done()  # no State account yet: a client could not start from this
     leader.ledger.apply(STATE)
     await asyncio.wait_for(waiting, 5)
     assert follower.role == "follower"
-    await until(lambda: follower.ledger.get(PUBKEY) is not None)
+    await wait_until(lambda: follower.ledger.get(PUBKEY) is not None)
     leader.ledger.apply(AccountRecord(PUBKEY, "perp", 11, b"b"))
-    await until(lambda: follower.ledger.get(PUBKEY).record.data == b"b")  # type: ignore[union-attr]
+    await wait_until(lambda: follower.ledger.get(PUBKEY).record.data == b"b")  # type: ignore[union-attr]
     leader.ledger.confirm(PUBKEY, 15)
-    await until(lambda: follower.ledger.get(PUBKEY).confirmed_slot == 15)  # type: ignore[union-attr]
+    await wait_until(lambda: follower.ledger.get(PUBKEY).confirmed_slot == 15)  # type: ignore[union-attr]
     assert follower.stats()["records_applied"] >= 3
 
 
 async def test_a_forged_record_is_dropped_and_counted(
-    members: MemberFactory, redis_server: RedisServer
+    members: MemberFactory, wait_until: WaitUntil, redis_server: RedisServer
 ) -> None:
     leader = members(share_secret="s3cret")
     await leader.join()
@@ -97,27 +94,27 @@ async def test_a_forged_record_is_dropped_and_counted(
         Message("r", PUBKEY, 99, time.time(), 1, "x", record), Signer(b"other", "default")
     )
     await follower._store.redis.publish(follower._store.channel, text)
-    await until(lambda: follower.follower.rejected == 1)
+    await wait_until(lambda: follower.follower.rejected == 1)
     assert follower.ledger.get(PUBKEY) is None
     leader.ledger.apply(AccountRecord(PUBKEY, "perp", 100, b"true price"))
-    await until(lambda: follower.ledger.get(PUBKEY) is not None)
+    await wait_until(lambda: follower.ledger.get(PUBKEY) is not None)
     assert follower.ledger.get(PUBKEY).record.data == b"true price"  # type: ignore[union-attr]
 
 
 async def test_redis_down_falls_back_and_rejoins(
-    members: MemberFactory, redis_server: RedisServer
+    members: MemberFactory, wait_until: WaitUntil, redis_server: RedisServer
 ) -> None:
     leader, follower = members(), members()
     await leader.join()
     await follower.join()
     leader.ledger.apply(AccountRecord(PUBKEY, "perp", 10, b"a"))
-    await until(lambda: follower.ledger.get(PUBKEY) is not None)
+    await wait_until(lambda: follower.ledger.get(PUBKEY) is not None)
     redis_server.kill()
-    await until(lambda: follower.role == "standalone" and leader.role == "standalone")
+    await wait_until(lambda: follower.role == "standalone" and leader.role == "standalone")
     assert follower.fallback
     assert follower.upstream
     redis_server.start()  # empty: the new leader repopulates it
-    await until(lambda: sorted(m.role for m in (leader, follower)) == ["follower", "leader"])
+    await wait_until(lambda: sorted(m.role for m in (leader, follower)) == ["follower", "leader"])
     new_leader = leader if leader.role == "leader" else follower
     new_follower = follower if new_leader is leader else leader
     deadline = time.monotonic() + 10
@@ -125,4 +122,4 @@ async def test_redis_down_falls_back_and_rejoins(
         assert time.monotonic() < deadline, "Redis not repopulated"
         await asyncio.sleep(0.02)
     new_leader.ledger.apply(AccountRecord(PUBKEY, "perp", 20, b"c"))
-    await until(lambda: new_follower.ledger.get(PUBKEY).record.data == b"c")  # type: ignore[union-attr]
+    await wait_until(lambda: new_follower.ledger.get(PUBKEY).record.data == b"c")  # type: ignore[union-attr]

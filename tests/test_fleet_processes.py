@@ -16,9 +16,8 @@ import pytest
 import pytest_asyncio
 from redis.asyncio import Redis
 
-from driftshare._fleet._processes import ServeProcess
+from driftshare._fleet._harness import RedisServer, ServeProcess
 from driftshare._fleet._records import Message, Signer, encode
-from driftshare._fleet._redis_server import RedisServer
 from driftshare._ledger import AccountRecord
 from driftshare.sim import Simulator
 from driftshare.sim.pytest_plugin import SimulatorFactory

@@ -12,8 +12,8 @@ from redis.asyncio import Redis
 from redis.asyncio.client import PubSub
 from solders.pubkey import Pubkey
 
+from driftshare._fleet._harness import RedisServer
 from driftshare._fleet._records import Message, RecordError, Signer, decode, encode
-from driftshare._fleet._redis_server import RedisServer
 from driftshare._fleet._store import FencedOut, FleetStore, Outgoing
 from driftshare._ledger import AccountRecord
 
