@@ -123,3 +123,32 @@ async def test_redis_down_falls_back_and_rejoins(
         await asyncio.sleep(0.02)
     new_leader.ledger.apply(AccountRecord(PUBKEY, "perp", 20, b"c"))
     await wait_until(lambda: new_follower.ledger.get(PUBKEY).record.data == b"c")  # type: ignore[union-attr]
+
+
+async def test_a_superseded_leader_stops_publishing(
+    members: MemberFactory, wait_until: WaitUntil
+) -> None:
+    old = members()
+    await old.join()
+    assert old.role == "leader"
+    # Another member took over while this one was paused: the lease names it, with epoch 2.
+    lease = "driftshare:mainnet:default:lease"
+    await old._store.redis.set(lease, "other|2", px=60_000)
+    await old._store.redis.set("driftshare:mainnet:default:epoch", 2)
+    old.ledger.apply(AccountRecord(PUBKEY, "perp", 10, b"from a stale leader"))
+    await wait_until(lambda: old.role == "follower")
+    assert await old._store.last_values() == ([], [])
+    assert old.leader == "other"
+
+
+async def test_malformed_member_entries_are_skipped(
+    members: MemberFactory, wait_until: WaitUntil
+) -> None:
+    member = members()
+    await member.join()
+    bad = '{"id": "x", "role": "leader", "host": "h", "pid": "1", "references": 0, "seen_at": 1}'
+    await member._store.redis.hset("driftshare:mainnet:default:members", "x", bad)
+    await member._store.redis.hset("driftshare:mainnet:default:members", "y", "not json")
+    member._wake.set()
+    await wait_until(lambda: len(member.stats()["members"]) == 1)
+    assert member.stats()["members"][0]["id"] == member.id

@@ -91,6 +91,7 @@ class FleetMember:
         self._follow_task: asyncio.Task[None] | None = None
         self._task: asyncio.Task[None] | None = None
         self._wake = asyncio.Event()
+        self._closing = False
 
     @property
     def upstream(self) -> bool:
@@ -114,9 +115,12 @@ class FleetMember:
 
     async def close(self) -> None:
         """Leave the fleet: stop publishing and following, free the lease for another."""
+        # A flag, not cancel(): Python 3.11 can turn a cancellation that races the loop's
+        # timeout into a TimeoutError, which the loop would take for a tick and go on.
+        self._closing = True
+        self._wake.set()
         task, self._task = self._task, None
         if task is not None:
-            task.cancel()
             await asyncio.gather(task, return_exceptions=True)
         await self._publisher.stop()
         await self._stop_following()
@@ -133,7 +137,7 @@ class FleetMember:
 
     async def _run(self) -> None:
         interval = self._lease_s / _TICKS_PER_LEASE
-        while True:
+        while not self._closing:
             try:
                 await self._tick()
                 self._failing_since = None
@@ -142,7 +146,8 @@ class FleetMember:
             self._decided.set()
             self._wake.clear()
             with suppress(TimeoutError):
-                await asyncio.wait_for(self._wake.wait(), interval)
+                async with asyncio.timeout(interval):
+                    await self._wake.wait()
 
     async def _tick(self) -> None:
         store = self._store

@@ -173,10 +173,21 @@ class FleetStore:
         found = []
         for raw in (await self.redis.hgetall(self._members)).values():
             try:
-                found.append(StoredMember(**json.loads(raw)))
+                member = StoredMember(**json.loads(raw))
             except (ValueError, TypeError):
                 continue
+            if _well_typed(member):
+                found.append(member)
         return sorted(found, key=lambda m: m.id)
+
+
+def _well_typed(member: StoredMember) -> bool:
+    """Whether a member entry read from Redis (untrusted) has the types it claims."""
+    return (
+        all(isinstance(v, str) and len(v) <= 200 for v in (member.id, member.role, member.host))
+        and all(type(v) is int for v in (member.pid, member.references))
+        and type(member.seen_at) in (int, float)
+    )
 
 
 def _ms(seconds: float) -> int:
