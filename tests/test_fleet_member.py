@@ -13,6 +13,7 @@ from conftest import WaitUntil
 from driftshare._fleet import FleetMember
 from driftshare._fleet._harness import RedisServer
 from driftshare._fleet._records import Message, Signer, encode
+from driftshare._fleet._store import Outgoing
 from driftshare._ledger import AccountLedger, AccountRecord
 from driftshare.config import load_settings
 
@@ -152,3 +153,26 @@ async def test_malformed_member_entries_are_skipped(
     member._wake.set()
     await wait_until(lambda: len(member.stats()["members"]) == 1)
     assert member.stats()["members"][0]["id"] == member.id
+
+
+async def test_a_follower_is_not_current_until_a_new_leader_publishes(
+    members: MemberFactory, wait_until: WaitUntil
+) -> None:
+    leader = members()
+    await leader.join()
+    leader.ledger.apply(STATE)
+    follower = members()
+    await follower.join()
+    await asyncio.wait_for(follower.wait_followed(), 5)
+    assert not follower.feed_lost
+    # A successor took the lease with epoch 2 (as after the leader's death).
+    store = follower._store
+    await store.redis.set("driftshare:mainnet:default:lease", "successor|2", px=60_000)
+    await wait_until(lambda: follower.epoch == 2)
+    assert follower.feed_lost  # the new leader has published nothing yet
+    record = AccountRecord(PUBKEY, "perp", 50, b"after the failover")
+    text = encode(
+        Message("r", PUBKEY, 50, time.time(), 2, "successor", record), Signer(None, "default")
+    )
+    await store.publish("successor|2", [Outgoing("r", PUBKEY, 50, text)])
+    await wait_until(lambda: not follower.feed_lost)

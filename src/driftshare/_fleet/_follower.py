@@ -38,6 +38,8 @@ class Follower:
         """Set once the last values are read and hold the State account: a client can start."""
         self._loaded = False
         self.connected = False
+        self.epoch = 0
+        """The newest leader epoch heard from since the channel was (re)subscribed."""
         self.applied = 0
         self.rejected = 0
         self.last_message_at: float | None = None
@@ -56,6 +58,7 @@ class Follower:
 
     async def _follow(self) -> None:
         pubsub = self._store.redis.pubsub(ignore_subscribe_messages=True)
+        self.epoch = 0  # a restarted Redis starts its epochs afresh
         try:
             await pubsub.subscribe(self._store.channel)
             records, confirms = await self._store.last_values()
@@ -80,6 +83,7 @@ class Follower:
             self._reject(str(exc))
             return False
         self.last_message_at = time.monotonic()
+        self.epoch = max(self.epoch, message.epoch)
         confirmed_at = _local_time(message)
         if message.record is not None:
             self._ledger.apply(message.record, confirmed_at=confirmed_at)

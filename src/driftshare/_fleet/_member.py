@@ -100,8 +100,11 @@ class FleetMember:
 
     @property
     def feed_lost(self) -> bool:
-        """A follower whose feed from Redis is down: what it holds is no longer current."""
-        return self.role == "follower" and not self.follower.connected
+        """A follower whose data is not being kept current: its channel is down, or a new
+        leader (a newer epoch) has published nothing yet, as during a failover."""
+        if self.role != "follower":
+            return False
+        return not self.follower.connected or self.follower.epoch < (self.epoch or 0)
 
     async def join(self) -> None:
         """Start the member and wait for its first decision (one lease round trip)."""
