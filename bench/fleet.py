@@ -133,7 +133,7 @@ async def _propagation(seconds: float, redis: RedisServer) -> list[float]:
             await _poll(lambda: _answers(http, rpc_url), _READY_DEADLINE_S, "simulator")
         client = await DriftClientManager.get_client()
         shared = DriftClientManager.shared_state()
-        if client is None or shared is None or shared.fleet is None:
+        if client is None or shared is None or shared.gen is None or shared.gen.fleet is None:
             raise BenchError("the leader did not start")
 
         def on_entry(entry: Any, changed: bool) -> None:

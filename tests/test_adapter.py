@@ -152,8 +152,8 @@ async def test_reads_before_connect_connect_lazily(
     assert funding is not None
     assert _without_age(funding) == truth.funding(0).to_dict()
     if adapter.use_singleton:
-        # The adapter's reference plus the one the manager's cached reader keeps.
-        assert _references() == 2
+        # The adapter's alone: reads while it holds the client take none of their own.
+        assert _references() == 1
 
 
 @pytest.mark.parametrize("market", ["NOPE-PERP", 999, "", None])

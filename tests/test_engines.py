@@ -250,8 +250,8 @@ async def test_four_engines_under_serve_share_one_client(
         manager = DriftClientManager.stats()
         engines = {engine.name: engine for engine in runtime.engines}
     assert manager["initializations"] == 1
-    # The dashboard's reader and one reference per engine, all on that one client.
-    assert manager["references"] == 1 + len(ENGINES)
+    # One reference per engine, all on that one client; the dashboard's reads take none.
+    assert manager["references"] == len(ENGINES)
     assert footprint == baseline
     assert {name: e.errors for name, e in engines.items()} == dict.fromkeys(ENGINES, 0)
     assert all(e.last_signal is not None for e in engines.values())

@@ -220,10 +220,11 @@ async def test_feed_without_adapter_uses_the_shared_client(
     info = await feed.get_funding_rate("SOL-PERP")
     assert info is not None
     assert info.rate_8h == truth.funding(0).rate_8h
-    assert DriftClientManager.stats()["references"] == 2
-    await feed.close()
-    await feed.close()
     assert DriftClientManager.stats()["references"] == 1
+    await feed.close()
+    await feed.close()
+    assert DriftClientManager.stats()["references"] == 0
+    assert not DriftClientManager.is_initialized()
 
 
 @pytest.mark.parametrize(

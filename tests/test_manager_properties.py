@@ -1,15 +1,17 @@
 """Properties 1-4 and 7 of the shared client, over random interleavings (hypothesis).
 
-The manager's real lifecycle code runs; only the network part of start-up (``_start``)
-is replaced by a fake that yields to other tasks, may fail on demand and opens a fake
-connection, so thousands of interleavings run in seconds and every leak is visible.
+The manager's real lifecycle code runs, ``_start`` included (it awaits, publishes and
+creates the health task); only the network underneath is fake: ``_open`` creates a fake
+connection and client, ``_subscribe`` yields to other tasks, may fail on demand and
+installs a fake subscriber through the real swap. Thousands of interleavings run in
+seconds and every leaked connection, subscriber or task is visible.
 """
 
 from __future__ import annotations
 
 import asyncio
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -17,43 +19,57 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from driftshare.manager import DriftClientManager, _Shared
+from driftshare._generation import Generation
+from driftshare._lifecycle import SharedClient
+from driftshare.manager import DriftClientManager
 
 
 @dataclass
 class _World:
-    """What the fake start-up opened and how it should behave."""
+    """What the fake network opened and how it should behave."""
 
     failures_left: int = 0
     yields: int = 1
     open_connections: set[int] = field(default_factory=set)
+    active_subscribers: set[int] = field(default_factory=set)
     clients: list[object] = field(default_factory=list)
     starts: int = 0
+    subscribers: int = 0
+    on_subscribed: Callable[[], None] | None = None
 
     def reset(self, failures: int, yields: int) -> None:
         self.__init__(failures_left=failures, yields=yields)  # type: ignore[misc]
 
 
 class _FakeSubscriber:
-    def __init__(self, world: _World, conn_id: int) -> None:
+    def __init__(self, world: _World) -> None:
+        world.subscribers += 1
         self._world = world
-        self._conn_id = conn_id
+        self.id = world.subscribers
         self.oracle: dict[str, object] = {}
 
     def get_market_accounts_and_slots(self) -> list[object]:
         return []
 
+    async def subscribe(self) -> None:
+        self._world.active_subscribers.add(self.id)
+        for _ in range(self._world.yields):
+            await asyncio.sleep(0)
+
     async def unsubscribe(self) -> None:
-        await asyncio.sleep(0)
-        self._world.open_connections.discard(self._conn_id)
+        for _ in range(self._world.yields):
+            await asyncio.sleep(0)
+        self._world.active_subscribers.discard(self.id)
 
 
 class _FakeConnection:
     def __init__(self, world: _World, conn_id: int) -> None:
         self._world = world
         self._conn_id = conn_id
+        world.open_connections.add(conn_id)
 
     async def close(self) -> None:
+        await asyncio.sleep(0)
         self._world.open_connections.discard(self._conn_id)
 
 
@@ -61,39 +77,41 @@ class _FakeClient:
     def __init__(self, subscriber: _FakeSubscriber) -> None:
         self.account_subscriber = subscriber
 
+    def get_perp_market_accounts(self) -> list[object]:
+        return []
+
 
 WORLD = _World()
 
 
-async def _fake_start(self: _Shared) -> None:
+def _fake_open(self: SharedClient, gen: Generation) -> None:
+    gen.connection = _FakeConnection(WORLD, len(WORLD.clients) + 1)  # type: ignore[assignment]
+    gen.client = _FakeClient(_FakeSubscriber(WORLD))
+    WORLD.clients.append(gen.client)
+
+
+async def _fake_subscribe(self: SharedClient, gen: Generation, mode: str) -> None:
     WORLD.starts += 1
     for _ in range(WORLD.yields):
         await asyncio.sleep(0)
     if WORLD.failures_left > 0:
         WORLD.failures_left -= 1
         raise ConnectionError("injected start-up failure")
-    if self.client is None:
-        conn_id = WORLD.starts
-        self.connection = _FakeConnection(WORLD, conn_id)  # type: ignore[assignment]
-        self.client = _FakeClient(_FakeSubscriber(WORLD, conn_id))
-        WORLD.clients.append(self.client)
-    else:  # a reconnect resubscribes the client that engines already hold
-        conn_id = self.connection._conn_id  # type: ignore[union-attr]
-        self.client.account_subscriber = _FakeSubscriber(WORLD, conn_id)
-    WORLD.open_connections.add(conn_id)
-    self.initializations += 1
-    self.ready_at = time.time()
-    self.health = "healthy"
+    await self._install_subscriber(gen, _FakeSubscriber(WORLD))
+    if WORLD.on_subscribed is not None:
+        WORLD.on_subscribed()
+        await asyncio.sleep(0)
 
 
-async def _fake_renew_session(self: _Shared) -> None:
-    await asyncio.sleep(0)
+def _fake_renew_session(self: SharedClient, gen: Generation) -> None:
+    """The HTTP session is the transport's business (tested against the simulator)."""
 
 
 @pytest.fixture(autouse=True)
 def _fake_network(monkeypatch: pytest.MonkeyPatch) -> Iterator[None]:
-    monkeypatch.setattr(_Shared, "_start", _fake_start)
-    monkeypatch.setattr(_Shared, "_renew_session", _fake_renew_session)
+    monkeypatch.setattr(SharedClient, "_open", _fake_open)
+    monkeypatch.setattr(SharedClient, "_subscribe", _fake_subscribe)
+    monkeypatch.setattr("driftshare._health.renew_session", _fake_renew_session)
     DriftClientManager.configure(
         rpc_url="http://127.0.0.1:9/",
         max_retries=3,
@@ -180,6 +198,7 @@ def test_interleavings_never_leak_and_never_raise(
     assert stats["references"] == 0
     assert stats["initialized"] is False
     assert WORLD.open_connections == set()
+    assert WORLD.active_subscribers == set()
 
 
 @settings(max_examples=200, deadline=None)
@@ -274,6 +293,152 @@ def test_release_after_last_is_a_logged_no_op(caplog: pytest.LogCaptureFixture) 
         await DriftClientManager.release_client()
         assert DriftClientManager.stats()["references"] == 0
 
-    with caplog.at_level("INFO", logger="driftshare.manager"):
+    with caplog.at_level("INFO", logger="driftshare"):
         asyncio.run(scenario())
     assert sum("no reference held" in r.message for r in caplog.records) == 2
+
+
+def _other_tasks() -> set[asyncio.Task[Any]]:
+    return {t for t in asyncio.all_tasks() if t is not asyncio.current_task() and not t.done()}
+
+
+def test_a_start_finishing_after_the_last_release_publishes_nothing() -> None:
+    """The generation race: the last reference leaves while ``_start`` is in flight and the
+    start finishes before the close runs. It must start no task, and a caller arriving
+    during the close must not be handed the client being torn down."""
+    _reset_world(failures=0, yields=1)
+
+    async def scenario() -> None:
+        first = asyncio.create_task(DriftClientManager.get_client())
+        # Cancelled just before the start publishes: the drop runs, then the start resumes.
+        WORLD.on_subscribed = first.cancel
+        with pytest.raises(asyncio.CancelledError):
+            await first
+        WORLD.on_subscribed = None
+        second = await DriftClientManager.get_client()
+        assert second is not None
+        assert second is not WORLD.clients[0], "handed the client being torn down"
+        assert len(WORLD.open_connections) == 1
+        assert DriftClientManager.is_initialized()
+        await DriftClientManager.release_client()
+        assert _other_tasks() == set()
+        assert WORLD.open_connections == set()
+        assert WORLD.active_subscribers == set()
+
+    asyncio.run(scenario())
+
+
+@pytest.mark.parametrize("cancel_after", range(12))
+def test_a_cancelled_swap_leaves_exactly_one_subscriber(cancel_after: int) -> None:
+    """Cancellation at every await of the subscriber swap: the subscriber left out always
+    ends fully unsubscribed, and the cancellation still reaches the caller."""
+    _reset_world(failures=0, yields=3)
+
+    async def scenario() -> None:
+        assert await DriftClientManager.get_client() is not None
+        shared = DriftClientManager.shared_state()
+        assert shared is not None
+        assert shared.gen is not None
+        gen = shared.gen
+        previous = gen.client.account_subscriber
+        assert WORLD.active_subscribers == {previous.id}
+        swap = asyncio.create_task(shared._install_subscriber(gen, _FakeSubscriber(WORLD)))
+        for _ in range(cancel_after):
+            await asyncio.sleep(0)
+        swap.cancel()
+        outcome = (await asyncio.gather(swap, return_exceptions=True))[0]
+        assert outcome is None or isinstance(outcome, asyncio.CancelledError)
+        assert WORLD.active_subscribers == {gen.client.account_subscriber.id}
+        await DriftClientManager.release_client()
+        assert WORLD.active_subscribers == set()
+
+    asyncio.run(scenario())
+
+
+def test_the_health_loop_survives_a_check_that_raises(monkeypatch: pytest.MonkeyPatch) -> None:
+    _reset_world(failures=0, yields=1)
+    DriftClientManager.configure(rpc_url="http://127.0.0.1:9/", health_interval_s=0.001)
+
+    async def scenario() -> None:
+        assert await DriftClientManager.get_client() is not None
+        calls = 0
+        checked_again = asyncio.Event()
+
+        def newest_data_slot(subscriber: object) -> int:
+            nonlocal calls
+            calls += 1
+            if calls == 1:
+                raise RuntimeError("one unexpected fault")
+            if calls >= 4:
+                checked_again.set()
+            return calls  # data flows: no getSlot needed
+
+        monkeypatch.setattr("driftshare._health.newest_data_slot", newest_data_slot)
+        await asyncio.wait_for(checked_again.wait(), 10)
+        stats = DriftClientManager.stats()
+        assert "one unexpected fault" in stats["last_error"]
+        await DriftClientManager.release_client()
+
+    asyncio.run(scenario())
+
+
+def test_a_bad_keypair_fails_at_once_without_retrying(caplog: pytest.LogCaptureFixture) -> None:
+    _reset_world(failures=0, yields=1)
+    secret = "not-a-keypair-but-a-secret-looking-value"
+    DriftClientManager.configure(rpc_url="http://127.0.0.1:9/", keypair=secret)
+
+    async def scenario() -> None:
+        assert await DriftClientManager.get_client() is None
+        assert await DriftClientManager.get_funding_rate("SOL-PERP") is None
+        assert _other_tasks() == set(), "retrying in the background"
+        stats = DriftClientManager.stats()
+        assert stats["references"] == 0
+        assert stats["health"] == "down"
+        assert "DRIFT_KEYPAIR" in stats["last_error"]
+        assert WORLD.starts == 0
+
+    with caplog.at_level("DEBUG"):
+        asyncio.run(scenario())
+    assert any("DRIFT_KEYPAIR" in r.getMessage() for r in caplog.records)
+    assert secret not in caplog.text
+
+
+def test_durations_ignore_wall_clock_steps(monkeypatch: pytest.MonkeyPatch) -> None:
+    """The wall clock steps an hour during start-up (NTP); time to ready stays short."""
+    _reset_world(failures=0, yields=1)
+    wall = time.time
+
+    def step_the_wall_clock() -> None:
+        monkeypatch.setattr(time, "time", lambda: wall() + 3600)
+
+    WORLD.on_subscribed = step_the_wall_clock
+
+    async def scenario() -> None:
+        assert await DriftClientManager.get_client() is not None
+        ready_after = DriftClientManager.stats()["time_to_ready_s"]
+        assert ready_after is not None
+        assert 0 <= ready_after < 60
+        await DriftClientManager.release_client()
+
+    asyncio.run(scenario())
+
+
+def test_release_market_data_racing_a_read_leaks_no_reference() -> None:
+    _reset_world(failures=0, yields=3)
+
+    async def scenario() -> None:
+        subscribed = asyncio.Event()
+        WORLD.on_subscribed = subscribed.set
+        reader = DriftClientManager.market_data()
+        read = asyncio.create_task(reader.get_all_perp_markets())
+        await subscribed.wait()  # the read's start-up is about to publish
+        await DriftClientManager.release_market_data()
+        assert await read == []
+        stats = DriftClientManager.stats()
+        assert stats["references"] == 0
+        assert stats["read_lease"] is False
+        assert not DriftClientManager.is_initialized()
+        assert _other_tasks() == set()
+        assert WORLD.open_connections == set()
+
+    asyncio.run(scenario())

@@ -3,12 +3,16 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import os
+import threading
 from collections.abc import AsyncIterator, Awaitable, Callable
 from typing import Any
 
 import pytest
 import pytest_asyncio
 
+from driftshare.adapter import DriftAdapter
 from driftshare.manager import DriftClientManager
 from driftshare.metrics import DATA_AGE_SECONDS, REGISTRY
 from driftshare.sim import Simulator
@@ -59,6 +63,27 @@ def _client_side(task: asyncio.Task[Any]) -> bool:
     return "/aiohttp/web" not in filename and "/driftshare/sim/" not in filename
 
 
+def _sockets() -> int:
+    """Open socket descriptors of this process (the simulator's included)."""
+    count = 0
+    for fd in os.listdir("/proc/self/fd"):
+        with contextlib.suppress(OSError):
+            count += os.readlink(f"/proc/self/fd/{fd}").startswith("socket:")
+    return count
+
+
+def _client_tasks(before: set[asyncio.Task[Any]]) -> set[asyncio.Task[Any]]:
+    return {t for t in asyncio.all_tasks() - before if not t.done() and _client_side(t)}
+
+
+async def _nothing_left(sim: Simulator, tasks: set[asyncio.Task[Any]], sockets: int) -> None:
+    """No client task, WebSocket or socket beyond what was open before the client."""
+    assert not DriftClientManager.is_initialized()
+    await eventually(lambda: sim.stats()["ws_connections"]["open"] == 0, what="websockets closed")
+    await eventually(lambda: _sockets() <= sockets, what=f"sockets back to {sockets}")
+    assert _client_tasks(tasks) == set()
+
+
 async def _engine(rounds: int, sim: Simulator, errors: list[BaseException]) -> int:
     """A read-only engine: holds the shared client and reads funding each round."""
     reads = 0
@@ -96,8 +121,9 @@ async def test_four_engines_share_one_client_and_one_subscription_set(
     assert all(r == 5 for r in reads)
     stats = DriftClientManager.stats()
     assert stats["initializations"] == 1
-    # The first get, four more, and the one the cached market-data reader holds.
-    assert stats["references"] == 6
+    # The first get and four more: reads made while engines hold the client take none.
+    assert stats["references"] == 5
+    assert stats["read_lease"] is False
     after = sim.stats()
     assert after["ws_connections"]["total"] == one_client["ws_connections"]["total"]
     assert after["subscriptions"]["total"] == one_client["subscriptions"]["total"]
@@ -122,16 +148,13 @@ async def test_last_release_closes_every_socket_and_task(
 ) -> None:
     sim = await simulator_factory(markets=8)
     DriftClientManager.configure(rpc_url=sim.http_url, **FAST)
-    before = set(asyncio.all_tasks())
+    tasks, sockets = set(asyncio.all_tasks()), _sockets()
     assert await DriftClientManager.get_client() is not None
     await eventually(lambda: sim.stats()["subscriptions"]["active"] > 0, what="subscriptions")
     await DriftClientManager.release_client()
 
-    assert not DriftClientManager.is_initialized()
-    await eventually(lambda: sim.stats()["ws_connections"]["open"] == 0, what="sockets closed")
+    await _nothing_left(sim, tasks, sockets)
     assert sim.stats()["subscriptions"]["active"] == 0
-    leftover = {t for t in asyncio.all_tasks() - before if not t.done() and _client_side(t)}
-    assert leftover == set()
 
 
 async def test_provider_rate_limit_is_invisible_to_engines(
@@ -291,7 +314,7 @@ async def test_a_configured_subset_stays_the_subset(
     assert indexes == [0, 2]
 
 
-async def test_concurrent_first_reads_take_one_reference(
+async def test_concurrent_first_reads_start_one_client(
     simulator_factory: Callable[..., Awaitable[Simulator]],
 ) -> None:
     sim = await simulator_factory(markets=8)
@@ -303,9 +326,12 @@ async def test_concurrent_first_reads_take_one_reference(
         DriftClientManager.get_all_perp_markets(),
     )
     assert all(r is not None for r in reads)
-    assert DriftClientManager.stats()["references"] == 1
+    stats = DriftClientManager.stats()
+    assert stats["initializations"] == 1
+    assert stats["references"] == 0  # reads take a lease, never a reference
+    assert stats["read_lease"] is True
     await DriftClientManager.release_market_data()
-    assert DriftClientManager.stats()["references"] == 0
+    assert DriftClientManager.stats()["read_lease"] is False
     assert not DriftClientManager.is_initialized()
 
 
@@ -378,3 +404,84 @@ async def test_networks_are_counted_apart(
     assert DriftClientManager.stats(network)["references"] == 1
     assert DriftClientManager.stats(other)["references"] == 0
     assert not DriftClientManager.is_initialized(other)
+
+
+async def test_after_every_adapter_disconnects_nothing_is_left(
+    simulator_factory: Callable[..., Awaitable[Simulator]],
+) -> None:
+    """Cached reads made through engines keep no reference of their own."""
+    sim = await simulator_factory(markets=8)
+    DriftClientManager.configure(rpc_url=sim.http_url, **FAST)
+    tasks, sockets = set(asyncio.all_tasks()), _sockets()
+    adapters = [DriftAdapter(network="mainnet") for _ in range(3)]
+    for adapter in adapters:
+        assert await adapter.connect()
+        assert await adapter.get_funding_rate("SOL-PERP") is not None
+    assert DriftClientManager.stats()["references"] == 3
+    for adapter in adapters:
+        await adapter.disconnect()
+    await _nothing_left(sim, tasks, sockets)
+
+
+async def test_a_client_started_by_reads_alone_closes_when_idle(
+    simulator_factory: Callable[..., Awaitable[Simulator]],
+) -> None:
+    sim = await simulator_factory(markets=8)
+    DriftClientManager.configure(rpc_url=sim.http_url, idle_close_s=0.3, **FAST)
+    tasks, sockets = set(asyncio.all_tasks()), _sockets()
+    assert await DriftClientManager.get_funding_rate("SOL-PERP") is not None
+    assert DriftClientManager.is_initialized()
+    assert DriftClientManager.stats()["references"] == 0
+    await eventually(lambda: not DriftClientManager.is_initialized(), what="idle close")
+    await _nothing_left(sim, tasks, sockets)
+    # The next read that misses the cache starts it again.
+    assert await DriftClientManager.get_funding_rate(1) is not None
+    assert DriftClientManager.stats()["initializations"] == 2
+
+
+async def test_two_threads_starting_at_once_each_get_a_client_of_their_own_loop(
+    simulator_factory: Callable[..., Awaitable[Simulator]],
+) -> None:
+    """The rule for several running loops: one shared client per loop, none orphaned."""
+    sim = await simulator_factory(markets=8)
+    DriftClientManager.configure(rpc_url=sim.http_url, **FAST)
+    both_running = threading.Barrier(2)
+
+    async def engine() -> tuple[bool, int, int, bool]:
+        both_running.wait()
+        client = await DriftClientManager.get_client()
+        markets = 0 if client is None else len(client.get_perp_market_accounts())
+        references = DriftClientManager.stats()["references"]
+        await DriftClientManager.release_client()
+        return client is not None, markets, references, DriftClientManager.is_initialized()
+
+    results = await asyncio.gather(*(asyncio.to_thread(asyncio.run, engine()) for _ in range(2)))
+    assert results == [(True, 8, 1, False)] * 2
+    created = list(DriftClientManager._shared.values())
+    assert len(created) == 2
+    assert all(s.refs == 0 and s.gen is None for s in created)
+    await eventually(lambda: sim.stats()["ws_connections"]["open"] == 0, what="websockets closed")
+
+
+async def test_force_reconnect_lets_requests_in_flight_finish(
+    simulator_factory: Callable[..., Awaitable[Simulator]],
+) -> None:
+    """The new HTTP session is in place before the old one closes, after its requests."""
+    sim = await simulator_factory(markets=8)
+    DriftClientManager.configure(rpc_url=sim.http_url, **FAST)
+    client = await DriftClientManager.get_client()
+    assert client is not None
+    sent = sim.stats()["http_requests"]["total"]
+    sim.faults.set_latency(500)
+    in_flight = [asyncio.create_task(client.connection.get_slot()) for _ in range(4)]
+    await eventually(
+        lambda: sim.stats()["http_requests"]["total"] >= sent + 4, what="requests in flight"
+    )
+    reconnect = asyncio.create_task(DriftClientManager.force_reconnect())
+    slots = await asyncio.gather(*in_flight)
+    assert all(s.value > 0 for s in slots)
+    sim.faults.set_latency(0)
+    assert await reconnect is True
+    rpc = DriftClientManager.stats()["rpc"]
+    assert rpc["retries"] == 0
+    assert rpc["failures"] == 0

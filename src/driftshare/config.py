@@ -42,6 +42,7 @@ class Settings(BaseSettings):
     retry_backoff_cap: float = Field(30.0, gt=0)
 
     init_timeout_s: float = Field(30.0, gt=0)
+    idle_close_s: float = Field(30.0, gt=0)
 
     subscription: SubscriptionMode = "websocket"
     ws_stall_s: float = Field(30.0, gt=0)

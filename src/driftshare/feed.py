@@ -139,7 +139,7 @@ class DriftFundingFeed:
     async def _release_shared_of_this_loop(self) -> None:
         network, rpc_url = self.adapter.network, self.adapter.rpc_url
         shared = DriftClientManager.shared_state(network, rpc_url=rpc_url)
-        # What is left is the cached reader's reference; it takes a new one when next used.
+        # A client of this loop cannot outlive it: drop any reference still held on it.
         while shared is not None and shared.loop is asyncio.get_running_loop() and shared.refs:
             await DriftClientManager.release_client(network, rpc_url=rpc_url)
 

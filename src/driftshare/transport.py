@@ -11,7 +11,7 @@ import re
 import time
 from collections import Counter
 from collections.abc import Awaitable, Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from email.utils import parsedate_to_datetime
 from typing import Any
@@ -115,6 +115,8 @@ def _empty_method_entry() -> dict[str, Any]:
 class _LoopState:
     limiter: AsyncLimiter
     inner: httpx.AsyncBaseTransport
+    in_flight: int = 0
+    drained: asyncio.Event = field(default_factory=asyncio.Event)
 
 
 class RateLimitedTransport(httpx.AsyncBaseTransport):
@@ -198,10 +200,20 @@ class RateLimitedTransport(httpx.AsyncBaseTransport):
         return self._state().limiter
 
     async def handle_async_request(self, request: httpx.Request) -> httpx.Response:
+        state = self._state()
+        state.in_flight += 1
+        state.drained.clear()
+        try:
+            return await self._handle(state, request)
+        finally:
+            state.in_flight -= 1
+            if state.in_flight == 0:
+                state.drained.set()
+
+    async def _handle(self, state: _LoopState, request: httpx.Request) -> httpx.Response:
         await request.aread()
         _drop_false_gzip_label(request)
         method = _rpc_method(request.content)
-        state = self._state()
         retrying = AsyncRetrying(
             stop=stop_after_attempt(self.max_retries + 1),
             wait=self._backoff,
@@ -233,13 +245,14 @@ class RateLimitedTransport(httpx.AsyncBaseTransport):
         return response
 
     async def aclose(self) -> None:
-        """Close the inner transport (the running loop's one if it is the default)."""
+        """Close the inner transport (the running loop's one if it is the default) once the
+        requests in flight on this loop have ended: closing it under them would fail them."""
+        loop = asyncio.get_running_loop()
+        state = self._states.get(loop)
+        if state is not None and state.in_flight:
+            await state.drained.wait()
         if self._inner is not None:
             await self._inner.aclose()
-            return
-        try:
-            loop = asyncio.get_running_loop()
-        except RuntimeError:
             return
         state = self._states.pop(loop, None)
         if state is not None:

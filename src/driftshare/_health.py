@@ -1,0 +1,222 @@
+"""Health of a shared client: data progress, stall detection, fallback and rebuilds.
+
+A periodic check asks the RPC for its slot only while no data arrives; a websocket whose
+data stalls while slots advance falls back to polling and returns once notifications flow;
+an RPC failing several checks in a row gets its HTTP session and subscriptions rebuilt.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from typing import TYPE_CHECKING, Any
+
+from driftpy.types import get_ws_url
+from solana.rpc.websocket_api import connect as ws_connect
+
+from driftshare import metrics
+from driftshare._generation import Generation, cancel_all
+from driftshare.config import redact_text
+from driftshare.models import market_name
+from driftshare.subscription import SubscriptionMode, newest_data_slot
+from driftshare.transport import RateLimitedTransport, install_transport
+
+if TYPE_CHECKING:
+    from driftshare._lifecycle import SharedClient
+
+__all__ = ["data_slot", "health_loop", "note_data", "reconnect", "reconnect_in_background"]
+
+log = logging.getLogger(__name__)
+
+_UNHEALTHY_CHECKS_BEFORE_RECONNECT = 3
+
+
+def data_slot(shared: SharedClient) -> int:
+    """The newest slot among the subscribed markets' and oracles' data."""
+    if not shared.initialized:
+        return 0
+    return newest_data_slot(shared.client.account_subscriber) or 0
+
+
+def note_data(shared: SharedClient) -> bool:
+    """Record whether any data advanced since the last look; refresh per-market ages."""
+    slot = data_slot(shared)
+    if shared.initialized:
+        _note_market_ages(shared)
+    if slot > shared._data_slot:
+        shared._data_slot = slot
+        shared.last_data_at = time.monotonic()
+        return True
+    return False
+
+
+def _note_market_ages(shared: SharedClient) -> None:
+    """Publish ``drift_data_age_seconds``: time since a market's account or oracle advanced."""
+    now = time.monotonic()
+    subscriber = shared.client.account_subscriber
+    for ds in subscriber.get_market_accounts_and_slots():
+        if ds is None:
+            continue
+        index = ds.data.market_index
+        slot = ds.slot
+        try:
+            oracle = subscriber.get_oracle_price_data_and_slot_for_perp_market(index)
+        except Exception:  # driftpy raises for a market it has no oracle for
+            oracle = None
+        slot = max(slot, getattr(oracle, "slot", 0) or 0)
+        seen = shared._market_seen.get(index)
+        if seen is None or slot > seen[0]:
+            seen = shared._market_seen[index] = (slot, now)
+        metrics.DATA_AGE_SECONDS.labels(market_name(ds.data)).set(now - seen[1])
+
+
+async def health_loop(shared: SharedClient, gen: Generation) -> None:
+    settings = shared.settings
+    failures = 0
+    seen_slot = data_slot(shared)
+    polling_since: float | None = None
+    check_timeout = max(settings.request_timeout_s, settings.health_interval_s)
+    while True:
+        await asyncio.sleep(settings.health_interval_s)
+        gen.check()
+        try:
+            note_data(shared)
+            if gen.fleet is not None and not gen.fleet.upstream:
+                # A follower asks no RPC: its data is as healthy as its feed from Redis.
+                shared.health = "degraded" if gen.fleet.feed_lost else "healthy"
+                continue
+            slot = data_slot(shared)
+            if slot > seen_slot:
+                # New data proves upstream works: no getSlot, so a client whose data flows
+                # sends no periodic HTTP request at all.
+                seen_slot = slot
+                stalled = False
+            else:
+                try:
+                    rpc_slot = (
+                        await asyncio.wait_for(gen.connection.get_slot(), check_timeout)  # type: ignore[union-attr]
+                    ).value
+                except Exception as exc:  # an unhealthy RPC: count and, past a limit, rebuild
+                    gen.check()
+                    failures += 1
+                    shared.health = "degraded"
+                    shared.last_error = f"health check failed: {type(exc).__name__}"
+                    if failures >= _UNHEALTHY_CHECKS_BEFORE_RECONNECT:
+                        failures = 0
+                        reconnect_in_background(shared, gen)
+                    continue
+                stalled = (
+                    shared.last_data_at is not None
+                    and time.monotonic() - shared.last_data_at >= settings.ws_stall_s
+                    and rpc_slot > seen_slot
+                )
+            gen.check()
+            failures = 0
+            shared.health = "healthy"
+            now = time.monotonic()
+            if shared.mode == "websocket" and stalled:
+                metrics.SUBSCRIPTION_FAILURES.labels(shared.network).inc()
+                log.warning(
+                    "no websocket data for %.0fs while slots advance; polling instead",
+                    now - (shared.last_data_at or now),
+                )
+                await _switch(shared, gen, "polling")
+                seen_slot = data_slot(shared)
+                polling_since = now
+            elif (
+                shared.mode == "polling"
+                and settings.subscription == "websocket"
+                and now - (polling_since or 0) >= settings.ws_stall_s
+                and await _websocket_works(shared)
+            ):
+                log.info("websocket notifications flow again; leaving polling")
+                await _switch(shared, gen, "websocket")
+                seen_slot = data_slot(shared)
+                polling_since = None
+        except Exception as exc:  # one unexpected fault must not end health checking
+            shared.last_error = redact_text(f"health check crashed: {exc!r}")
+            log.exception("health check of the shared %s DriftClient failed", shared.network)
+
+
+async def _switch(shared: SharedClient, gen: Generation, mode: SubscriptionMode) -> None:
+    try:
+        await shared._subscribe(gen, mode)
+    except Exception as exc:  # keep the current subscriber; the next check tries again
+        log.warning("cannot switch to %s: %s", mode, redact_text(repr(exc)))
+        return
+    shared.mode_switches += 1
+    shared._data_slot = 0
+    note_data(shared)
+
+
+async def _websocket_works(shared: SharedClient) -> bool:
+    """One short slot subscription: does the WebSocket endpoint deliver notifications?"""
+
+    async def probe() -> bool:
+        async with ws_connect(get_ws_url(shared.url)) as ws:
+            await ws.slot_subscribe()
+            await ws.recv()
+            await ws.recv()
+            return True
+
+    try:
+        return await asyncio.wait_for(probe(), shared.settings.ws_stall_s)
+    except Exception:  # unreachable or silent: not yet
+        return False
+
+
+def reconnect_in_background(shared: SharedClient, gen: Generation) -> asyncio.Task[bool] | None:
+    """Start a rebuild of ``gen`` unless one is running; concurrent requests share it."""
+    if gen.reconnecting is None or gen.reconnecting.done():
+        gen.reconnecting = gen.spawn(
+            _reconnect(shared, gen), f"driftshare-reconnect-{shared.network}"
+        )
+    return gen.reconnecting
+
+
+async def reconnect(shared: SharedClient) -> bool:
+    """Rebuild the HTTP session and the subscriptions of the same DriftClient object."""
+    if shared.gen is None or shared.refs == 0:
+        return False
+    task = reconnect_in_background(shared, shared.gen)
+    if task is None:
+        return False
+    try:
+        return await asyncio.shield(task)
+    except asyncio.CancelledError:
+        current = asyncio.current_task()
+        if task.cancelled() and (current is None or not current.cancelling()):
+            return False  # the generation closed under the rebuild
+        raise
+
+
+def renew_session(shared: SharedClient, gen: Generation) -> None:
+    """Engines hold this DriftClient and its AsyncClient: renew the HTTP session inside.
+
+    The new session is in place before the old one closes, and the old one closes only
+    once the requests in flight on it have ended.
+    """
+    provider: Any = gen.connection._provider  # type: ignore[union-attr]
+    gen.old_sessions.append(provider.session)
+    install_transport(
+        gen.connection,
+        RateLimitedTransport.from_settings(shared.settings, stats=shared.rpc),
+    )
+
+
+async def _reconnect(shared: SharedClient, gen: Generation) -> bool:
+    if gen.init_task is not None:
+        return await shared._ready(gen) is not None
+    log.info("reconnecting the shared %s DriftClient", shared.network)
+    await cancel_all([gen.health_task])
+    gen.health_task = None
+    gen.ready_at = None
+    await shared._discard_subscriber(gen)
+    gen.check()
+    if gen.connection is not None:
+        renew_session(shared, gen)
+    shared._data_slot = 0
+    ready = await shared._ready(gen) is not None
+    await gen.close_old_sessions()
+    return ready

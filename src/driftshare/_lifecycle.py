@@ -1,0 +1,448 @@
+"""The life of one shared client: references, read leases, start-up with retries, close.
+
+Each life is a :class:`~driftshare._generation.Generation`: the first reference (or a read
+with no holder) starts one, and the close after the last reference or the read lease's
+expiry ends it. The health checks it runs live in :mod:`driftshare._health`.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import random
+import time
+from pathlib import Path
+from typing import Any
+
+from driftpy.account_subscription_config import AccountSubscriptionConfig
+from driftpy.drift_client import DriftClient
+from solana.rpc.async_api import AsyncClient
+from solana.rpc.commitment import Confirmed
+from solders.keypair import Keypair
+
+from driftshare import metrics
+from driftshare._fleet import FleetMember, standalone_stats
+from driftshare._generation import Generation, unsubscribe_fully
+from driftshare._health import health_loop, note_data, reconnect_in_background
+from driftshare._ledger import AccountLedger
+from driftshare._ledger_subscriber import LedgerSubscriber
+from driftshare.config import Settings, redact_text, redact_url
+from driftshare.marketdata import ClientSource, MarketSource
+from driftshare.subscription import (
+    AccountTap,
+    Discovery,
+    PollingSubscriber,
+    ResilientLoader,
+    SubscriptionMode,
+    WebsocketSubscriber,
+    discover_markets,
+)
+from driftshare.transport import RateLimitedTransport, RpcStats, install_transport
+
+__all__ = ["SharedClient", "load_keypair"]
+
+log = logging.getLogger(__name__)
+
+
+def load_keypair(settings: Settings) -> Keypair:
+    """The configured signer, or a throwaway keypair for read-only use."""
+    if settings.keypair is None:
+        return Keypair()
+    secret = settings.keypair.get_secret_value().strip()
+    path = Path(secret).expanduser()
+    try:
+        if path.is_file():
+            return Keypair.from_json(path.read_text())
+        return Keypair.from_base58_string(secret)
+    except (ValueError, OSError) as exc:
+        # The message must not echo the secret itself.
+        raise ValueError(
+            f"DRIFT_KEYPAIR is neither a keypair file nor base58: {type(exc).__name__}"
+        ) from None
+
+
+class SharedClient:
+    """The shared client of one (network, RPC URL, event loop): references, generations,
+    mode and health."""
+
+    def __init__(self, network: str, url: str, settings: Settings) -> None:
+        self.network = network
+        self.url = url
+        self.settings = settings
+        self.loop = asyncio.get_running_loop()
+        self.refs = 0
+        self.gen: Generation | None = None
+        self.rpc = RpcStats()
+        self.mode: SubscriptionMode = settings.subscription
+        self.health = "idle"
+        self.initializations = 0
+        self.init_failures = 0
+        self.mode_switches = 0
+        self.last_error: str | None = None
+        self.unavailable: dict[int, str] = {}
+        self.ledger = AccountLedger()
+        """Every subscribed account's raw bytes, slot and confirmation, kept across reconnects."""
+        self.tap: AccountTap | None = None
+        self.last_data_at: float | None = None
+        self._data_slot = 0
+        self._market_seen: dict[int, tuple[int, float]] = {}
+        self._closing: asyncio.Task[None] | None = None
+        self._lease: asyncio.TimerHandle | None = None
+        self._lease_until = 0.0
+        self._reads = 0
+        self._rng = random.Random()
+
+    @property
+    def client(self) -> Any:
+        """The current generation's DriftClient, or None."""
+        return None if self.gen is None else self.gen.client
+
+    @property
+    def initialized(self) -> bool:
+        return self.gen is not None and self.gen.ready_at is not None
+
+    # -- references -------------------------------------------------------------------------
+
+    def _generation(self) -> Generation:
+        """The live generation, started when there is none (ValueError for a bad keypair)."""
+        if self.gen is None:
+            # The keypair first: a bad DRIFT_KEYPAIR fails here, once, before anything opens.
+            self.gen = Generation(load_keypair(self.settings), after=self._closing)
+        return self.gen
+
+    def _refuse(self, exc: ValueError) -> None:
+        self.health = "down"
+        self.last_error = str(exc)
+        log.error("cannot start the shared %s DriftClient: %s", self.network, exc)
+
+    async def acquire(self) -> Any:
+        try:
+            gen = self._generation()
+        except ValueError as exc:  # a configuration error: no background retry can fix it
+            self._refuse(exc)
+            return None
+        self.refs += 1
+        self._publish_refs()
+        try:
+            return await self._ready(gen)
+        except asyncio.CancelledError:
+            self._drop_ref()
+            raise
+
+    def _drop_ref(self) -> asyncio.Task[None] | None:
+        if self.refs == 0:
+            log.info("release_client(%r) with no reference held: ignored", self.network)
+            return None
+        self.refs -= 1
+        self._publish_refs()
+        return self._retire_if_unused()
+
+    def _retire_if_unused(self) -> asyncio.Task[None] | None:
+        """Retire the generation once neither a reference nor a read lease keeps it."""
+        if self.refs > 0 or self._lease is not None or self.gen is None:
+            return None
+        # Detached now, so a get_client arriving during the close starts a new generation
+        # (after the close) instead of being handed a client about to be torn down.
+        gen, self.gen = self.gen, None
+        gen.retire()
+        self._closing = asyncio.create_task(
+            self._close(gen, self._closing), name=f"driftshare-close-{self.network}"
+        )
+        return self._closing
+
+    async def release(self) -> None:
+        closing = self._drop_ref()
+        if closing is not None:
+            await asyncio.shield(closing)
+
+    def close_now(self) -> asyncio.Task[None] | None:
+        """Drop every reference and the read lease: the generation closes (shutdown)."""
+        self.refs = 0
+        self._publish_refs()
+        return self.drop_lease() or self._closing
+
+    def _publish_refs(self) -> None:
+        log.debug("%s references: %d", self.network, self.refs)
+        if self.gen is not None and self.gen.fleet is not None:
+            self.gen.fleet.references = self.refs
+        metrics.CLIENT_REF_COUNT.labels(self.network).set(self.refs)
+
+    # -- cached reads: a lease instead of a reference ---------------------------------------
+
+    async def read(self) -> MarketSource | None:
+        """The source for a cached read.
+
+        While engines hold references a read takes none, so it never keeps the client open
+        after they leave. A read with no holder starts the client if needed under a lease
+        that ends ``idle_close_s`` after the last such read has finished.
+        """
+        try:
+            gen = self._generation()
+        except ValueError as exc:
+            self._refuse(exc)
+            return None
+        if self.refs == 0:
+            self._extend_lease()
+        self._reads += 1
+        try:
+            await self._ready(gen)
+        finally:
+            self._reads -= 1
+            self._lease_until = time.monotonic() + self.settings.idle_close_s
+        return self.source()
+
+    def _extend_lease(self) -> None:
+        self._lease_until = time.monotonic() + self.settings.idle_close_s
+        if self._lease is None:
+            self._lease = self.loop.call_later(self.settings.idle_close_s, self._lease_expired)
+
+    def _lease_expired(self) -> None:
+        remaining = self._lease_until - time.monotonic()
+        if self._reads:  # a read is waiting for the start: idle time counts from its end
+            remaining = self.settings.idle_close_s
+        if remaining > 0:
+            self._lease = self.loop.call_later(remaining, self._lease_expired)
+            return
+        self._lease = None
+        self._retire_if_unused()
+
+    def drop_lease(self) -> asyncio.Task[None] | None:
+        """End the read lease now; the generation closes if no reference holds it."""
+        if self._lease is not None:
+            self._lease.cancel()
+            self._lease = None
+        return self._retire_if_unused()
+
+    # -- initialization ---------------------------------------------------------------------
+
+    async def _ready(self, gen: Generation) -> Any:
+        if gen.ready_at is not None and gen.init_task is None:
+            return gen.client
+        if gen.init_task is None:
+            gen.attempt = self.loop.create_future()
+            gen.init_task = gen.spawn(self._init_loop(gen), f"driftshare-init-{self.network}")
+            if gen.init_task is None:  # retired meanwhile
+                gen.settle(None)
+        if gen.attempt is None:
+            # Between retries: callers get None now instead of blocking on the backoff.
+            return None
+        return await asyncio.shield(gen.attempt)
+
+    async def _init_loop(self, gen: Generation) -> None:
+        """Start the client, retrying with full-jitter exponential backoff until retired.
+
+        Retries go on as long as the generation lives, so a client whose RPC was down at
+        start comes up by itself once it returns; the backoff is capped at
+        ``retry_backoff_cap``.
+        """
+        settings = self.settings
+        try:
+            if gen.after is not None:
+                await asyncio.shield(gen.after)
+            attempt = 0
+            while True:
+                if attempt:
+                    cap = min(
+                        settings.retry_backoff_cap,
+                        settings.retry_backoff * 2 ** min(attempt - 1, 30),
+                    )
+                    await asyncio.sleep(self._rng.uniform(0, cap))
+                    gen.attempt = self.loop.create_future()
+                try:
+                    await asyncio.wait_for(self._start(gen), settings.init_timeout_s)
+                except Exception as exc:  # any failure: log, hand out None, retry in background
+                    gen.check()
+                    self._record_failure(exc, attempt)
+                    await self._discard_subscriber(gen)
+                    gen.settle(None)
+                    attempt += 1
+                    continue
+                gen.settle(gen.client)
+                return
+        finally:
+            if gen.init_task is asyncio.current_task():
+                gen.settle(None)
+                gen.init_task = None
+
+    def _record_failure(self, exc: BaseException, attempt: int) -> None:
+        self.init_failures += 1
+        self.health = "down"
+        cause = f"{type(exc).__name__}: {exc}" if str(exc) else type(exc).__name__
+        self.last_error = redact_text(cause)
+        # Once, then a reminder every few attempts: no log line per retry in an outage.
+        level = logging.WARNING if attempt % 10 == 0 else logging.DEBUG
+        log.log(
+            level,
+            "cannot start the %s DriftClient at %s (%s); retrying in the background",
+            self.network,
+            redact_url(self.url),
+            self.last_error,
+        )
+
+    def _new_connection(self) -> AsyncClient:
+        settings = self.settings
+        connection = AsyncClient(self.url, commitment=Confirmed, timeout=settings.request_timeout_s)
+        install_transport(connection, RateLimitedTransport.from_settings(settings, stats=self.rpc))
+        return connection
+
+    def _open(self, gen: Generation) -> None:
+        """Create the generation's connection and (unsubscribed) DriftClient."""
+        gen.connection = self._new_connection()
+        gen.client = DriftClient(
+            gen.connection,
+            gen.keypair,
+            env=self.network,
+            account_subscription=AccountSubscriptionConfig("websocket", commitment=Confirmed),
+            perp_market_indexes=[],
+            spot_market_indexes=[],
+            oracle_infos=[],
+        )
+
+    async def _start(self, gen: Generation) -> None:
+        gen.check()
+        self.health = "connecting"
+        if gen.client is None:
+            self._open(gen)
+        if self.settings.share_url is not None and gen.fleet is None:
+            gen.fleet = FleetMember(
+                self.settings,
+                self.network,
+                self.ledger,
+                lambda: self._on_fleet_change(gen),
+            )
+            gen.fleet.references = self.refs
+            await gen.fleet.join()
+            gen.check()
+        log.info("starting the shared %s DriftClient at %s", self.network, redact_url(self.url))
+        await self._subscribe(gen, self.settings.subscription)
+        gen.check()
+        self.initializations += 1
+        metrics.CLIENT_INITIALIZATIONS.labels(self.network).inc()
+        gen.ready_at = time.monotonic()
+        self.health = "healthy"
+        note_data(self)
+        gen.health_task = gen.spawn(health_loop(self, gen), f"driftshare-health-{self.network}")
+        log.info(
+            "shared %s DriftClient ready: %d perp markets by %s (%d unavailable)",
+            self.network,
+            len(gen.client.get_perp_market_accounts()),
+            self.mode,
+            len(self.unavailable),
+        )
+
+    async def _subscribe(self, gen: Generation, mode: SubscriptionMode) -> None:
+        """Discover the markets and subscribe in ``mode``; websocket falls back to polling.
+
+        A fleet follower subscribes to nothing upstream: its accounts come from the leader.
+        """
+        program = gen.client.program
+        if gen.fleet is not None and not gen.fleet.upstream:
+            await gen.fleet.wait_followed()
+            await self._install_subscriber(gen, LedgerSubscriber(program, self.ledger))
+            return
+        discovery = await discover_markets(program, self.settings.perp_markets)
+        gen.check()
+        self.unavailable = discovery.unavailable
+        self.tap = tap = AccountTap(self.ledger, discovery.records)
+        if mode == "websocket":
+            try:
+                await self._install_subscriber(gen, self._websocket(gen, discovery, tap))
+                self.mode = "websocket"
+                return
+            except Exception as exc:  # any websocket failure: fall back to polling
+                metrics.SUBSCRIPTION_FAILURES.labels(self.network).inc()
+                log.warning(
+                    "websocket subscription failed (%s); polling instead", redact_text(repr(exc))
+                )
+        await self._install_subscriber(gen, self._polling(gen, discovery, tap))
+        self.mode = "polling"
+
+    def _on_fleet_change(self, gen: Generation) -> None:
+        """Leader or follower changed: subscribe upstream, or follow, with the same client."""
+        role = gen.fleet.role if gen.fleet is not None else "-"
+        log.info("fleet role of the shared %s DriftClient: %s", self.network, role)
+        if not gen.retired:
+            reconnect_in_background(self, gen)
+
+    def _websocket(
+        self, gen: Generation, discovery: Discovery, tap: AccountTap
+    ) -> WebsocketSubscriber:
+        return WebsocketSubscriber(gen.client.program, discovery, Confirmed, tap)
+
+    def _polling(self, gen: Generation, discovery: Discovery, tap: AccountTap) -> PollingSubscriber:
+        loader = ResilientLoader(gen.connection, Confirmed, self.settings.poll_interval_s)
+        loader.tap = tap
+        return PollingSubscriber(gen.client.program, loader, discovery)
+
+    async def _install_subscriber(self, gen: Generation, subscriber: Any) -> None:
+        """Subscribe ``subscriber`` and put it in place of the client's current one.
+
+        Whatever happens, cancellation included, the one left out (the new one on failure,
+        the previous one on success) ends fully unsubscribed.
+        """
+        try:
+            await asyncio.wait_for(subscriber.subscribe(), self.settings.init_timeout_s)
+            gen.check()
+        except BaseException:
+            await unsubscribe_fully(subscriber)
+            raise
+        previous, gen.client.account_subscriber = gen.client.account_subscriber, subscriber
+        if previous is not subscriber:
+            await unsubscribe_fully(previous)
+
+    async def _discard_subscriber(self, gen: Generation) -> None:
+        if gen.client is not None:
+            await unsubscribe_fully(gen.client.account_subscriber)
+
+    # -- close and observation ------------------------------------------------------------
+
+    async def _close(self, gen: Generation, previous: asyncio.Task[None] | None) -> None:
+        # Closes run one after another: the latest one ends only when every earlier one has,
+        # so a new generation that waits for it never meets a close still under way.
+        if previous is not None:
+            await asyncio.shield(previous)
+        if gen.client is not None:
+            log.info("last reference released: closing the shared %s DriftClient", self.network)
+        await gen.close()
+        if self.gen is None:
+            self.health = "idle"
+            self.mode = self.settings.subscription
+            self._data_slot = 0
+
+    def source(self) -> MarketSource | None:
+        """The subscribed accounts to read from, or None while they cannot be trusted."""
+        if not self.initialized or self.health != "healthy":
+            return None
+        if self.gen is not None and self.gen.fleet is not None and self.gen.fleet.feed_lost:
+            return None
+        return ClientSource(self.client)
+
+    def snapshot(self) -> dict[str, Any]:
+        note_data(self)  # observation only: the health loop keeps its own progress marker
+        now = time.monotonic()
+        rpc = self.rpc.snapshot()
+        gen = self.gen
+        ready_after = None
+        if gen is not None and gen.ready_at is not None:
+            ready_after = gen.ready_at - gen.created_at
+        return {
+            "network": self.network,
+            "rpc_url": redact_url(self.url),
+            "references": self.refs,
+            "read_lease": self._lease is not None,
+            "initialized": self.initialized,
+            "initializations": self.initializations,
+            "init_failures": self.init_failures,
+            "subscription_mode": self.mode,
+            "mode_switches": self.mode_switches,
+            "health": self.health,
+            "last_error": self.last_error,
+            "unavailable_markets": dict(self.unavailable),
+            "rpc": rpc,
+            "rate_limited": rpc.get("rate_limited", 0),
+            "retries": rpc.get("retries", 0),
+            "time_to_ready_s": ready_after,
+            "last_update_age_s": (now - self.last_data_at) if self.last_data_at else None,
+            "data_slot": self._data_slot,
+            "fleet": standalone_stats() if gen is None or gen.fleet is None else gen.fleet.stats(),
+        }
