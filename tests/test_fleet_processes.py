@@ -146,8 +146,12 @@ async def test_one_leader_silent_followers_and_equal_numbers(
         return bool(numbers[0]) and numbers[0] == numbers[1] == numbers[2]
 
     await until(equal_numbers, deadline_s=10, what="followers' numbers equal the leader's")
-    members = (await stats(http, leader))["fleet"]["members"]
-    assert sorted(m["pid"] for m in members) == sorted(p.pid for p in trio)
+
+    async def all_members_listed() -> bool:
+        members = (await stats(http, leader))["fleet"]["members"]
+        return sorted(m["pid"] for m in members) == sorted(p.pid for p in trio)
+
+    await until(all_members_listed, deadline_s=10, what="the leader lists every member")
     text = await followers[0].metrics(http)
     assert 'drift_fleet_role{network="mainnet",role="follower"} 1.0' in text
 
