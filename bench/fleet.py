@@ -20,7 +20,7 @@ from typing import Any
 
 import httpx
 
-from driftshare._fleet._harness import RedisServer, ServeProcess, free_port
+from driftshare._fleet._harness import RedisServer, ServeProcess, all_ready, free_port, fresh_after
 from driftshare.sim import Simulator
 
 TITLE = "Fleet: many processes, one upstream"
@@ -44,17 +44,6 @@ async def _poll(check: Any, deadline_s: float, what: str, every_s: float = 0.05)
     return time.monotonic() - start
 
 
-async def _stats(http: httpx.AsyncClient, proc: ServeProcess) -> dict[str, Any]:
-    return await proc.get(http, "/api/stats") or {}
-
-
-async def _all_ready(http: httpx.AsyncClient, procs: list[ServeProcess], fleet: bool) -> bool:
-    found = [await _stats(http, p) for p in procs]
-    if not all(s.get("manager", {}).get("initialized") for s in found):
-        return False
-    return not fleet or [s["fleet"]["role"] for s in found].count("leader") == 1
-
-
 # -- upstream cost ------------------------------------------------------------------------
 
 
@@ -76,14 +65,14 @@ async def _upstream_cost(
         async with httpx.AsyncClient() as http:
             # The first process leads; the rest join once it has published.
             procs[0].start()
-            await _poll(lambda: _all_ready(http, procs[:1], fleet), _READY_DEADLINE_S, "first")
+            await _poll(lambda: all_ready(http, procs[:1], fleet=fleet), _READY_DEADLINE_S, "first")
             for proc in procs[1:]:
                 proc.start()
-            await _poll(lambda: _all_ready(http, procs, fleet), _READY_DEADLINE_S, "all ready")
+            await _poll(lambda: all_ready(http, procs, fleet=fleet), _READY_DEADLINE_S, "all ready")
             await asyncio.sleep(window_s)  # the measured window: engines read, chain moves
             found = sim.stats()
-            roles = [(await _stats(http, p)).get("fleet", {}).get("role") for p in procs]
-            engines = [e for p in procs for e in (await _stats(http, p)).get("engines", [])]
+            roles = [(await p.stats(http)).get("fleet", {}).get("role") for p in procs]
+            engines = [e for p in procs for e in (await p.stats(http)).get("engines", [])]
             engine_errors = sum(e.get("errors", 0) for e in engines)
         rss = {p.pid: p.rss_bytes() for p in procs}
     finally:
@@ -257,20 +246,15 @@ async def _failover(runs: int, redis: RedisServer) -> list[float]:
 async def _kill_leader(
     http: httpx.AsyncClient, procs: list[ServeProcess], sim: Simulator
 ) -> tuple[ServeProcess, float]:
-    await _poll(lambda: _all_ready(http, procs, True), _READY_DEADLINE_S, "ready")
-    roles = [(await _stats(http, p))["fleet"]["role"] for p in procs]
+    await _poll(lambda: all_ready(http, procs), _READY_DEADLINE_S, "ready")
+    roles = [(await p.stats(http))["fleet"]["role"] for p in procs]
     leader = procs[roles.index("leader")]
     survivors = [p for p in procs if p is not leader]
     leader.kill()
     killed_slot = sim.stats()["slot"]
 
-    async def fresh() -> bool:
-        found = [await _stats(http, p) for p in survivors]
-        roles = sorted(s.get("fleet", {}).get("role", "") for s in found)
-        slots = [s.get("manager", {}).get("data_slot") or 0 for s in found]
-        return roles == ["follower", "leader"] and min(slots) > killed_slot
-
-    return leader, await _poll(fresh, 60, "takeover", every_s=0.02)
+    took = await _poll(lambda: fresh_after(http, survivors, killed_slot), 60, "takeover", 0.02)
+    return leader, took
 
 
 # -- report -------------------------------------------------------------------------------

@@ -5,9 +5,9 @@ from __future__ import annotations
 import httpx
 from playwright.async_api import Browser, expect
 
-from driftshare._fleet._harness import RedisServer, ServeProcess
+from driftshare._fleet._harness import RedisServer, ServeProcess, all_ready
 from driftshare.sim import Simulator
-from test_fleet_processes import FLEET_ENV, fleet_ready, until
+from test_fleet_processes import FLEET_ENV, until
 from test_web_browser import browser
 
 __all__ = ["browser"]
@@ -23,9 +23,9 @@ async def test_the_dashboard_lists_the_members(
     try:
         procs[0].start()
         async with httpx.AsyncClient() as http:
-            await until(lambda: fleet_ready(http, procs[:1]), what="leader ready")
+            await until(lambda: all_ready(http, procs[:1]), what="leader ready")
             procs[1].start()
-            await until(lambda: fleet_ready(http, procs), what="follower ready")
+            await until(lambda: all_ready(http, procs), what="follower ready")
         page = await browser.new_page()
         await page.goto(procs[1].url + "/")
         await expect(page.locator("#fleet-card")).to_be_visible()

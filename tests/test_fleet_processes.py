@@ -16,7 +16,7 @@ import pytest
 import pytest_asyncio
 from redis.asyncio import Redis
 
-from driftshare._fleet._harness import RedisServer, ServeProcess
+from driftshare._fleet._harness import RedisServer, ServeProcess, all_ready, fresh_after
 from driftshare._fleet._records import Message, Signer, encode
 from driftshare._ledger import AccountRecord
 from driftshare.sim import Simulator
@@ -86,22 +86,9 @@ def start(redis_server: RedisServer, request: pytest.FixtureRequest) -> Iterator
         proc.stop()
 
 
-async def stats(http: httpx.AsyncClient, proc: ServeProcess) -> dict[str, Any]:
-    return await proc.get(http, "/api/stats") or {}
-
-
-async def fleet_ready(http: httpx.AsyncClient, procs: list[ServeProcess]) -> bool:
-    """Every process initialized, in a fleet with one leader."""
-    found = [await stats(http, p) for p in procs]
-    if not all(s.get("manager", {}).get("initialized") for s in found):
-        return False
-    roles = sorted(s["fleet"]["role"] for s in found)
-    return roles == ["follower"] * (len(procs) - 1) + ["leader"]
-
-
 async def with_role(http: httpx.AsyncClient, procs: list[ServeProcess], role: str) -> ServeProcess:
     for proc in procs:
-        if (await stats(http, proc))["fleet"]["role"] == role:
+        if (await proc.stats(http))["fleet"]["role"] == role:
             return proc
     raise AssertionError(f"no {role}")
 
@@ -119,12 +106,12 @@ async def test_one_leader_silent_followers_and_equal_numbers(
     simulator: Simulator, start: Start, http: httpx.AsyncClient
 ) -> None:
     leader = start(simulator, "a")
-    await until(lambda: fleet_ready(http, [leader]), what="leader ready")
+    await until(lambda: all_ready(http, [leader]), what="leader ready")
     before = simulator.stats()
     followers = [start(simulator, "b"), start(simulator, "c")]
     trio = [leader, *followers]
-    await until(lambda: fleet_ready(http, trio), what="followers ready")
-    roles = [(await stats(http, p))["fleet"]["role"] for p in trio]
+    await until(lambda: all_ready(http, trio), what="followers ready")
+    roles = [(await p.stats(http))["fleet"]["role"] for p in trio]
     assert roles.count("leader") == 1
     after = simulator.stats()
     by_client = after["http_requests"]["by_client"]
@@ -136,7 +123,7 @@ async def test_one_leader_silent_followers_and_equal_numbers(
     slot = simulator.stats()["slot"]
 
     async def same_slot() -> bool:
-        found = [(await stats(http, p)).get("manager", {}).get("data_slot") for p in trio]
+        found = [(await p.stats(http)).get("manager", {}).get("data_slot") for p in trio]
         return found == [slot] * 3
 
     await until(same_slot, what="every member at the chain's slot")
@@ -148,7 +135,7 @@ async def test_one_leader_silent_followers_and_equal_numbers(
     await until(equal_numbers, deadline_s=10, what="followers' numbers equal the leader's")
 
     async def all_members_listed() -> bool:
-        members = (await stats(http, leader))["fleet"]["members"]
+        members = (await leader.stats(http))["fleet"]["members"]
         return sorted(m["pid"] for m in members) == sorted(p.pid for p in trio)
 
     await until(all_members_listed, deadline_s=10, what="the leader lists every member")
@@ -161,21 +148,19 @@ async def test_sigkill_of_the_leader_then_takeover_within_5s(
 ) -> None:
     simulator = await simulator_factory(tick_s=0.4)
     trio = [start(simulator, name) for name in "abc"]
-    await until(lambda: fleet_ready(http, trio), what="fleet ready")
+    await until(lambda: all_ready(http, trio), what="fleet ready")
     leader = await with_role(http, trio, "leader")
     survivors = [p for p in trio if p is not leader]
     leader.kill()
     killed_at_slot = simulator.stats()["slot"]
 
-    async def fresh_again() -> bool:
-        found = [await stats(http, p) for p in survivors]
-        roles = sorted(s.get("fleet", {}).get("role", "") for s in found)
-        slots = [s.get("manager", {}).get("data_slot") or 0 for s in found]
-        return roles == ["follower", "leader"] and min(slots) > killed_at_slot
-
-    await until(fresh_again, deadline_s=5.0, what="takeover with fresh data")
+    await until(
+        lambda: fresh_after(http, survivors, killed_at_slot),
+        deadline_s=5.0,
+        what="takeover with fresh data",
+    )
     for proc in survivors:
-        engines = (await stats(http, proc))["engines"]
+        engines = (await proc.stats(http))["engines"]
         assert engines
         assert all(e["errors"] == 0 for e in engines)
 
@@ -188,7 +173,7 @@ async def test_redis_down_stale_fallback_rejoin_and_repopulate(
 ) -> None:
     simulator = await simulator_factory(tick_s=0.4)
     pair = [start(simulator, "a"), start(simulator, "b")]
-    await until(lambda: fleet_ready(http, pair), what="fleet ready")
+    await until(lambda: all_ready(http, pair), what="fleet ready")
     follower = await with_role(http, pair, "follower")
     name = "a" if follower is pair[0] else "b"
     redis_server.kill()
@@ -200,13 +185,13 @@ async def test_redis_down_stale_fallback_rejoin_and_repopulate(
     await until(stale, deadline_s=30, what="follower flags its data stale")
 
     async def fallen_back() -> bool:
-        s = await stats(http, follower)
+        s = await follower.stats(http)
         upstream = simulator.stats()["http_requests"]["by_client"].get(key_client(name), 0)
         return s.get("fleet", {}).get("role") == "standalone" and upstream > 0
 
     await until(fallen_back, deadline_s=30, what="follower falls back to its own upstream")
     redis_server.start()  # empty
-    await until(lambda: fleet_ready(http, pair), deadline_s=30, what="rejoined")
+    await until(lambda: all_ready(http, pair), deadline_s=30, what="rejoined")
     redis = Redis.from_url(redis_server.url)
     try:
 
@@ -223,7 +208,7 @@ async def test_a_forged_record_is_refused_with_a_secret(
 ) -> None:
     secret = {"DRIFT_SHARE_SECRET": "fleet-signing-key"}
     leader = start(simulator, "a", **secret)
-    await until(lambda: fleet_ready(http, [leader]), what="leader ready")
+    await until(lambda: all_ready(http, [leader]), what="leader ready")
     world = simulator.world
     assert world is not None
     index = world.perp_indexes()[0]
@@ -244,7 +229,7 @@ async def test_a_forged_record_is_refused_with_a_secret(
         # Beside the real record, so a joiner's load meets it as well as the channel.
         await redis.hset("driftshare:mainnet:default:records", "forged", text)
         follower = start(simulator, "b", **secret)
-        await until(lambda: fleet_ready(http, [leader, follower]), what="follower ready")
+        await until(lambda: all_ready(http, [leader, follower]), what="follower ready")
         await redis.publish("driftshare:mainnet:default:updates", text)
 
         async def refused() -> bool:

@@ -20,7 +20,14 @@ from typing import IO, Any
 
 import httpx
 
-__all__ = ["RedisServer", "RedisServerError", "ServeProcess", "free_port"]
+__all__ = [
+    "RedisServer",
+    "RedisServerError",
+    "ServeProcess",
+    "all_ready",
+    "free_port",
+    "fresh_after",
+]
 
 _START_TIMEOUT_S = 10.0
 
@@ -161,6 +168,11 @@ class ServeProcess:
             return None
         return response.json() if response.status_code == 200 else None
 
+    async def stats(self, client: httpx.AsyncClient) -> dict[str, Any]:
+        """``GET /api/stats``, or ``{}`` while the process does not answer."""
+        found = await self.get(client, "/api/stats")
+        return found if isinstance(found, dict) else {}
+
     async def metrics(self, client: httpx.AsyncClient) -> str:
         try:
             return (await client.get(self.url + "/metrics", timeout=2.0)).text
@@ -196,3 +208,25 @@ class ServeProcess:
         if self._log is not None:
             self._log.close()
             self._log = None
+
+
+async def all_ready(
+    client: httpx.AsyncClient, procs: Sequence[ServeProcess], *, fleet: bool = True
+) -> bool:
+    """Every process has its shared client up and, in a fleet, exactly one leads."""
+    found = [await p.stats(client) for p in procs]
+    if not all(s.get("manager", {}).get("initialized") for s in found):
+        return False
+    return not fleet or [s["fleet"]["role"] for s in found].count("leader") == 1
+
+
+async def fresh_after(client: httpx.AsyncClient, procs: Sequence[ServeProcess], slot: int) -> bool:
+    """One of ``procs`` leads, the rest follow, and every one serves data newer than ``slot``."""
+    found = [await p.stats(client) for p in procs]
+    roles = [s.get("fleet", {}).get("role") for s in found]
+    slots = [s.get("manager", {}).get("data_slot") or 0 for s in found]
+    return (
+        roles.count("leader") == 1
+        and roles.count("follower") == len(procs) - 1
+        and (min(slots) > slot)
+    )
