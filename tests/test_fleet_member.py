@@ -7,18 +7,35 @@ import time
 from collections.abc import AsyncIterator, Callable
 
 import pytest_asyncio
+from redis.exceptions import RedisError
 from solders.pubkey import Pubkey
 
 from conftest import WaitUntil
 from driftshare._fleet import FleetMember
 from driftshare._fleet._harness import RedisServer
-from driftshare._fleet._records import Message, Signer, encode
+from driftshare._fleet._records import Message, Signer, decode, encode
 from driftshare._fleet._store import Outgoing
 from driftshare._ledger import AccountLedger, AccountRecord
 from driftshare.config import load_settings
 
 PUBKEY = str(Pubkey.new_unique())
 STATE = AccountRecord(str(Pubkey.new_unique()), "state", 1, b"state")
+
+
+async def stored(
+    member: FleetMember, condition: Callable[[list[bytes], list[bytes]], bool]
+) -> tuple[list[bytes], list[bytes]]:
+    """Redis's last values once ``condition`` holds for them (10 s deadline)."""
+    deadline = time.monotonic() + 10
+    while True:
+        try:
+            found = await member._store.last_values()
+        except RedisError:  # a pooled connection from before a restart
+            found = ([], [])
+        if condition(*found):
+            return found
+        assert time.monotonic() < deadline, "Redis never held what was expected"
+        await asyncio.sleep(0.02)
 
 
 MemberFactory = Callable[..., FleetMember]
@@ -118,10 +135,7 @@ async def test_redis_down_falls_back_and_rejoins(
     await wait_until(lambda: sorted(m.role for m in (leader, follower)) == ["follower", "leader"])
     new_leader = leader if leader.role == "leader" else follower
     new_follower = follower if new_leader is leader else leader
-    deadline = time.monotonic() + 10
-    while not (await new_leader._store.last_values())[0]:
-        assert time.monotonic() < deadline, "Redis not repopulated"
-        await asyncio.sleep(0.02)
+    await stored(new_leader, lambda records, _: bool(records))
     new_leader.ledger.apply(AccountRecord(PUBKEY, "perp", 20, b"c"))
     await wait_until(lambda: new_follower.ledger.get(PUBKEY).record.data == b"c")  # type: ignore[union-attr]
 
@@ -176,3 +190,20 @@ async def test_a_follower_is_not_current_until_a_new_leader_publishes(
     )
     await store.publish("successor|2", [Outgoing("r", PUBKEY, 50, text)])
     await wait_until(lambda: not follower.feed_lost)
+
+
+async def test_a_new_leader_republishes_records_with_their_confirmations(
+    members: MemberFactory, redis_server: RedisServer, wait_until: WaitUntil
+) -> None:
+    first = members()
+    await first.join()
+    first.ledger.apply(AccountRecord(PUBKEY, "perp", 10, b"a"))
+    first.ledger.confirm(PUBKEY, 30)
+    redis_server.restart()  # empty: the lease is gone too
+    await wait_until(
+        lambda: first.epoch == 1 and first.role == "leader" and first._token is not None
+    )
+    records, confirms = await stored(first, lambda r, c: bool(r and c))
+    signer = Signer(None, "default")
+    assert decode(records[0], signer).slot == 10
+    assert decode(confirms[0], signer).slot == 30

@@ -28,6 +28,7 @@ from driftshare._fleet._follower import Follower
 from driftshare._fleet._publisher import Publisher
 from driftshare._fleet._records import Signer
 from driftshare._fleet._store import FleetStore, StoredMember
+from driftshare._fleet._tasks import stop_task
 from driftshare._ledger import AccountLedger
 from driftshare.config import Settings, redact_text, redact_url
 
@@ -92,6 +93,7 @@ class FleetMember:
         self._task: asyncio.Task[None] | None = None
         self._wake = asyncio.Event()
         self._closing = False
+        """Set by :meth:`close`: no role change may start work any more."""
 
     @property
     def upstream(self) -> bool:
@@ -118,13 +120,9 @@ class FleetMember:
 
     async def close(self) -> None:
         """Leave the fleet: stop publishing and following, free the lease for another."""
-        # A flag, not cancel(): Python 3.11 can turn a cancellation that races the loop's
-        # timeout into a TimeoutError, which the loop would take for a tick and go on.
         self._closing = True
-        self._wake.set()
         task, self._task = self._task, None
-        if task is not None:
-            await asyncio.gather(task, return_exceptions=True)
+        await stop_task(task)
         await self._publisher.stop()
         await self._stop_following()
         # Redis away: the lease expires and the member entry ages out by themselves.
@@ -140,7 +138,7 @@ class FleetMember:
 
     async def _run(self) -> None:
         interval = self._lease_s / _TICKS_PER_LEASE
-        while not self._closing:
+        while True:
             try:
                 await self._tick()
                 self._failing_since = None
@@ -188,6 +186,7 @@ class FleetMember:
             log.warning("fleet Redis away: this member uses its own upstream client")
             self.fallback = True
             await self._lose_lead()
+            await self._stop_following()
             self._set_role("standalone")
 
     async def _lead(self, epoch: int) -> None:
@@ -212,13 +211,10 @@ class FleetMember:
     def _set_role(self, role: Role) -> None:
         if role == "follower":
             self.fallback = False
-            if self._follow_task is None:
+            if self._follow_task is None and not self._closing:
                 self._follow_task = asyncio.create_task(
                     self.follower.run(), name="driftshare-fleet-follow"
                 )
-        elif self._follow_task is not None:
-            self._follow_task.cancel()
-            self._follow_task = None
         if role == self.role:
             return
         was_upstream = self.upstream
@@ -230,9 +226,7 @@ class FleetMember:
 
     async def _stop_following(self) -> None:
         task, self._follow_task = self._follow_task, None
-        if task is not None:
-            task.cancel()
-            await asyncio.gather(task, return_exceptions=True)
+        await stop_task(task)
 
     # -- visibility -------------------------------------------------------------------------
 

@@ -12,6 +12,7 @@ from redis.exceptions import RedisError
 from driftshare import metrics
 from driftshare._fleet._records import Message, Signer, encode
 from driftshare._fleet._store import FencedOut, FleetStore, Outgoing
+from driftshare._fleet._tasks import stop_task
 from driftshare._ledger import AccountLedger, LedgerEntry
 
 __all__ = ["Publisher"]
@@ -57,9 +58,14 @@ class Publisher:
         self._token, self._epoch = token, epoch
         if self._remove is None:
             self._remove = ledger.add_listener(self._on_entry)
-        # A new lease (first election, failover, Redis restarted empty) repopulates Redis.
+        # A new lease (first election, failover, Redis restarted empty) repopulates Redis:
+        # every record, and its newer confirmation where there is one.
         for entry in ledger:
-            self._on_entry(entry, True)
+            pubkey = entry.record.pubkey
+            self._pending[("r", pubkey)] = (entry, True)
+            if entry.confirmed_slot > entry.record.slot:
+                self._pending[("c", pubkey)] = (entry, False)
+        self._wake.set()
         if self._task is None or self._task.done():
             self._task = asyncio.create_task(self._run(), name="driftshare-fleet-publish")
 
@@ -71,9 +77,7 @@ class Publisher:
             self._remove = None
         self._pending.clear()
         task, self._task = self._task, None
-        if task is not None:
-            task.cancel()
-            await asyncio.gather(task, return_exceptions=True)
+        await stop_task(task)
 
     def _on_entry(self, entry: LedgerEntry, changed: bool) -> None:
         if self._token is None:
