@@ -4,7 +4,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed-stamp
 
-.PHONY: run test lint bench lock clean browser redis
+.PHONY: run test lint bench reliability lock clean browser redis
 
 $(STAMP): requirements.lock pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -32,8 +32,14 @@ redis:
 test: $(STAMP) lint browser redis
 	$(BIN)/pytest
 
+# Every section of bench/ (see bench/__init__.py), then BENCHMARKS.md and docs/bench/.
 bench: $(STAMP)
-	$(BIN)/driftshare bench
+	$(BIN)/python -m bench
+
+# Every simulator fault in both modes -> docs/RELIABILITY.md; SOAK=seconds runs random faults.
+SOAK ?= 0
+reliability: $(STAMP)
+	$(BIN)/python -m bench.reliability --soak $(SOAK)
 
 # Regenerate the lock after changing dependencies in pyproject.toml.
 lock: $(STAMP)

@@ -1,7 +1,7 @@
 """The fleet on Redis, measured: upstream cost, propagation, failover and memory.
 
-``python -m bench.fleet [--quick] [--out DIR]`` prints the section's markdown and writes
-``fleet.json`` and ``fleet.png`` into ``DIR`` (default ``docs/bench``). Everything runs on
+A section of BENCHMARKS.md (``python -m bench --only fleet``); ``python -m bench.fleet
+[--quick] [--out DIR]`` runs it alone, printing its markdown. Everything runs on
 this machine: the simulator in this process, Debian's redis-server and real
 ``driftshare serve`` processes on loopback ports.
 """
@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import json
 import os
 import statistics
 import sys
@@ -20,6 +19,7 @@ from typing import Any
 
 import httpx
 
+from bench import BenchError, Context
 from driftshare._fleet._harness import RedisServer, ServeProcess, all_ready, free_port, fresh_after
 from driftshare.sim import Simulator
 
@@ -28,10 +28,6 @@ ENGINES = ["funding", "lst", "scalp", "arb"]
 MARKETS = 8
 _ENV = {"DRIFT_NETWORK": "mainnet", "DRIFT_HEALTH_INTERVAL_S": "1"}
 _READY_DEADLINE_S = 240.0
-
-
-class BenchError(RuntimeError):
-    """The benchmark could not measure what it reports."""
 
 
 async def _poll(check: Any, deadline_s: float, what: str, every_s: float = 0.05) -> float:
@@ -396,15 +392,13 @@ async def _measure(quick: bool) -> dict[str, Any]:
     }
 
 
-def run(quick: bool, out: Path | None = None) -> str:
-    """Measure and return the section's markdown; raw numbers and the plot go to ``out``."""
-    out = out or Path("docs/bench")
-    out.mkdir(parents=True, exist_ok=True)
-    results = asyncio.run(_measure(quick))
-    (out / "fleet.json").write_text(json.dumps(results, indent=2) + "\n")
-    plot = out / "fleet.png"
+def run(ctx: Context) -> str:
+    """Measure (small sizes when ``ctx.quick``); raw numbers and the plot go to ``ctx.out``."""
+    results = asyncio.run(_measure(ctx.quick))
+    ctx.write_json(results)
+    plot = ctx.out / "fleet.png"
     _plot(results["upstream_cost"], plot)
-    return _markdown(results, plot.as_posix())
+    return _markdown(results, ctx.link(plot))
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -417,9 +411,9 @@ def main(argv: list[str] | None = None) -> int:
     if ns.follow:
         asyncio.run(_follow(ns.follow, ns.rpc))
         return 0
-    markdown = run(ns.quick, ns.out)
-    (ns.out / "fleet.md").write_text(markdown)
-    print(markdown)
+    ns.out.mkdir(parents=True, exist_ok=True)
+    ctx = Context(topic="fleet", quick=ns.quick, out=ns.out, report=Path("BENCHMARKS.md"))
+    print(run(ctx))
     return 0
 
 

@@ -1,4 +1,4 @@
-"""``driftshare bench --quick``: every case runs against the simulator and yields numbers.
+"""``python -m bench --quick``: every section runs against the simulator and yields numbers.
 
 No timing is asserted here; speed is what the benchmark reports, not what it tests.
 """
@@ -12,8 +12,9 @@ from typing import Any
 
 import pytest
 
-from driftshare.benchmarks import CASES
-from driftshare.cli import main
+from bench import SECTIONS
+from bench._runner import main
+from bench.sharing.cases import CASES
 
 _PLOTS = ("rpc_cost.png", "memory.png", "latency.png", "cold_start.png", "provider_limit.png")
 
@@ -34,8 +35,8 @@ def _numbers(value: Any) -> list[float]:
 @pytest.fixture(scope="module")
 def quick_run(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, dict[str, Any]]:
     out = tmp_path_factory.mktemp("bench")
-    assert main(["bench", "--quick", "--out", str(out)]) == 0
-    return out, json.loads((out / "results.json").read_text())
+    assert main(["--quick", "--out", str(out), "--only", "sharing"]) == 0
+    return out, json.loads((out / "sharing.json").read_text())
 
 
 @pytest.mark.timeout(300)
@@ -68,18 +69,23 @@ def test_engine_runs_were_served_by_the_simulator(
 
 
 @pytest.mark.timeout(300)
-def test_report_and_plots_are_written_to_the_chosen_folder(
+def test_report_assembles_every_section_and_links_the_plots(
     quick_run: tuple[Path, dict[str, Any]],
 ) -> None:
     out, _ = quick_run
     report = (out / "BENCHMARKS.md").read_text()
-    for heading in ("## 1.", "## 2.", "## 3.", "## 4.", "## 5.", "## 6."):
+    for topic in SECTIONS:
+        title = __import__(f"bench.{topic}", fromlist=["TITLE"]).TITLE
+        assert f"## {title}" in report
+    for heading in ("### 1.", "### 2.", "### 3.", "### 4.", "### 5.", "### 6."):
         assert heading in report
     for plot in _PLOTS:
         assert (out / plot).read_bytes().startswith(b"\x89PNG")
         assert f"]({plot})" in report
 
 
-def test_unknown_case_is_a_clear_error(capsys: pytest.CaptureFixture[str]) -> None:
-    assert main(["bench", "--case", "nope"]) == 2
-    assert "unknown case nope" in capsys.readouterr().err
+def test_unknown_section_is_a_clear_error(capsys: pytest.CaptureFixture[str]) -> None:
+    with pytest.raises(SystemExit) as exit_info:
+        main(["--only", "nope"])
+    assert exit_info.value.code == 2
+    assert "invalid choice: 'nope'" in capsys.readouterr().err

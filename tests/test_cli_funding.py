@@ -103,3 +103,10 @@ async def test_verbose_output_never_shows_the_api_key(simulator_factory: Simulat
     # The requests and the websocket handshake were logged, with the key redacted.
     assert b"HTTP Request: POST http://" in err
     assert b"> GET /?api-key=*** HTTP/1.1" in err
+
+
+def test_rpc_url_option_takes_a_list_of_endpoints(capsys: pytest.CaptureFixture[str]) -> None:
+    parsed = cli._rpc_url(" http://127.0.0.1:9 , http://127.0.0.1:11 ")
+    assert parsed == "http://127.0.0.1:9,http://127.0.0.1:11"
+    assert cli.main(["funding", "--rpc-url", "http://127.0.0.1:9,ftp://example"]) == 2
+    assert "comma-separated" in capsys.readouterr().err

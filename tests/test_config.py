@@ -7,7 +7,7 @@ import logging
 import pytest
 
 from driftshare._logging import install_log_redaction
-from driftshare.config import ConfigError, load_settings, redact_url
+from driftshare.config import ConfigError, load_settings, redact_url, split_rpc_urls
 
 KEY = "not-a-real-key"
 
@@ -128,3 +128,28 @@ def test_installing_log_redaction_again_changes_nothing() -> None:
     factory = logging.getLogRecordFactory()
     install_log_redaction()
     assert logging.getLogRecordFactory() is factory
+
+
+def test_rpc_url_takes_a_comma_separated_list_of_endpoints() -> None:
+    settings = load_settings(rpc_url=" http://a.test:8899 , https://b.test/?api-key=SECRET ")
+
+    assert settings.rpc_url == "http://a.test:8899,https://b.test/?api-key=SECRET"
+    assert split_rpc_urls(settings.effective_rpc_url()) == [
+        "http://a.test:8899",
+        "https://b.test/?api-key=SECRET",
+    ]
+    assert redact_url(settings.rpc_url) == "http://a.test:8899,https://b.test/?api-key=***"
+    assert "SECRET" not in repr(settings)
+
+
+@pytest.mark.parametrize("value", ["http://a.test,ws://b.test", ",", "http://a.test,b.test"])
+def test_rpc_url_lists_with_a_bad_entry_are_rejected(value: str) -> None:
+    with pytest.raises(ConfigError, match="DRIFT_RPC_URL"):
+        load_settings(rpc_url=value)
+
+
+def test_call_deadline_is_a_setting() -> None:
+    assert load_settings().call_deadline_s == 30.0
+    assert load_settings(call_deadline_s=5).call_deadline_s == 5.0
+    with pytest.raises(ConfigError, match="DRIFT_CALL_DEADLINE_S"):
+        load_settings(call_deadline_s=0)

@@ -28,6 +28,9 @@ FAST: dict[str, Any] = {
     "rpc_rps": 200.0,
     "rpc_burst": 50,
 }
+QUIET: dict[str, Any] = {**FAST, "health_interval_s": 3600.0, "ws_stall_s": 3600.0}
+"""FAST without the health loop's timers: on a loaded machine a late notification or a slow
+health check may rightly switch modes or rebuild, so tests counting start-ups use this."""
 
 
 @pytest_asyncio.fixture(autouse=True)
@@ -105,7 +108,7 @@ async def test_four_engines_share_one_client_and_one_subscription_set(
     simulator_factory: Callable[..., Awaitable[Simulator]],
 ) -> None:
     sim = await simulator_factory(markets=12)
-    DriftClientManager.configure(rpc_url=sim.http_url, **FAST)
+    DriftClientManager.configure(rpc_url=sim.http_url, **QUIET)
     first = await DriftClientManager.get_client()
     assert first is not None
     await eventually(lambda: sim.stats()["subscriptions"]["active"] > 0, what="subscriptions")
@@ -135,7 +138,7 @@ async def test_thousand_concurrent_first_callers_one_initialization(
     simulator_factory: Callable[..., Awaitable[Simulator]],
 ) -> None:
     sim = await simulator_factory(markets=8)
-    DriftClientManager.configure(rpc_url=sim.http_url, **FAST)
+    DriftClientManager.configure(rpc_url=sim.http_url, **QUIET)
     clients = await asyncio.gather(*(DriftClientManager.get_client() for _ in range(1000)))
     assert clients[0] is not None
     assert all(c is clients[0] for c in clients)
@@ -170,25 +173,31 @@ async def test_provider_rate_limit_is_invisible_to_engines(
     assert errors == []
     assert all(r == 3 for r in reads)
 
-    # Data keeps coming: a price moved on chain reaches the engines through polling.
+    # Data keeps coming: a price moved on chain reaches the engines through polling, past
+    # refusals. Whether polling outruns 5 rps depends on the machine's load, so two 429s
+    # are certain on top of the limit.
     assert sim.world is not None
+    sim.faults.fail_next(2, 429)
     sim.world.set_oracle_price(0, 321.0)
     shared = DriftClientManager.shared_state()
     assert shared is not None
     await DriftClientManager.get_client()
+    # Under this limit the retry budget may give up on a start-up; it retries in the background.
+    await eventually(
+        DriftClientManager.is_initialized, within=20, what="the client up through the limit"
+    )
 
     def moved() -> bool:
         data = shared.client.get_oracle_price_data_for_perp_market(0)
         return data is not None and data.price == 321_000_000
 
     await eventually(moved, within=20, what="the new price through a 5 rps limit")
-    # Polling every 50 ms asks for more than 5 rps: the provider did refuse, and the
-    # transport absorbed every refusal.
+    # The provider did refuse; the engines never saw it, and the retry budget kept the
+    # refusals from multiplying the load.
     assert sim.stats()["rate_limited"] > 0
     stats = DriftClientManager.stats()
     assert stats["rate_limited"] > 0
-    assert stats["retries"] >= stats["rate_limited"]
-    assert stats["rpc"]["failures"] == 0
+    assert stats["rpc"]["amplification"] <= 1.2
     await DriftClientManager.release_client()
 
 
@@ -197,7 +206,8 @@ async def test_stalled_websocket_falls_back_to_polling_and_returns(
 ) -> None:
     sim = await simulator_factory(markets=8)
     DriftClientManager.configure(rpc_url=sim.http_url, **FAST)
-    assert await DriftClientManager.get_client() is not None
+    client = await DriftClientManager.get_client()
+    assert client is not None
     assert DriftClientManager.stats()["subscription_mode"] == "websocket"
 
     sim.faults.set_stall(True)
@@ -223,8 +233,11 @@ async def test_stalled_websocket_falls_back_to_polling_and_returns(
         sim=sim,
         what="return to websocket",
     )
-    assert DriftClientManager.stats()["mode_switches"] == 2
-    assert DriftClientManager.stats()["initializations"] == 1
+    # At least there and back; a loaded machine may add round trips, never a half one.
+    switches = DriftClientManager.stats()["mode_switches"]
+    assert switches >= 2
+    assert switches % 2 == 0
+    assert shared.client is client, "engines keep the object they hold"
 
 
 async def test_dropped_websockets_are_survived(
@@ -232,7 +245,8 @@ async def test_dropped_websockets_are_survived(
 ) -> None:
     sim = await simulator_factory(markets=8)
     DriftClientManager.configure(rpc_url=sim.http_url, **FAST)
-    assert await DriftClientManager.get_client() is not None
+    client = await DriftClientManager.get_client()
+    assert client is not None
     await eventually(lambda: sim.stats()["subscriptions"]["active"] > 0, what="subscriptions")
     assert await sim.faults.drop_ws() > 0
     dropped_at = sim.store.slot
@@ -246,16 +260,18 @@ async def test_dropped_websockets_are_survived(
 
     # driftpy's subscribers reconnect by themselves; the chain moving on reaches them again.
     await eventually(fresh, sim=sim, within=15, what="data after the drop")
-    assert DriftClientManager.stats()["initializations"] == 1
+    assert shared.client is client, "engines keep the object they hold"
 
 
 async def test_simulator_down_at_start_gives_none_then_comes_up_by_itself(
     simulator_factory: Callable[..., Awaitable[Simulator]],
 ) -> None:
-    sim = await simulator_factory(markets=8, faults=["down=2"])
+    # Down until the test brings it up: a timed outage could end before a slow machine asks.
+    sim = await simulator_factory(markets=8, faults=["down=3600"])
     DriftClientManager.configure(rpc_url=sim.http_url, **{**FAST, "max_retries": 1})
     assert await DriftClientManager.get_client() is None
     assert DriftClientManager.stats()["health"] == "down"
+    await sim.faults.clear()
     await eventually(DriftClientManager.is_initialized, within=15, what="recovery")
     rate = await DriftClientManager.get_funding_rate(0)
     assert rate is not None
@@ -318,7 +334,7 @@ async def test_concurrent_first_reads_start_one_client(
     simulator_factory: Callable[..., Awaitable[Simulator]],
 ) -> None:
     sim = await simulator_factory(markets=8)
-    DriftClientManager.configure(rpc_url=sim.http_url, **FAST)
+    DriftClientManager.configure(rpc_url=sim.http_url, **QUIET)
     reads = await asyncio.gather(
         DriftClientManager.get_funding_rate(0),
         DriftClientManager.get_funding_rate(1),
@@ -373,7 +389,7 @@ async def test_force_reconnect_keeps_references_and_client(
     simulator_factory: Callable[..., Awaitable[Simulator]],
 ) -> None:
     sim = await simulator_factory(markets=8)
-    DriftClientManager.configure(rpc_url=sim.http_url, **FAST)
+    DriftClientManager.configure(rpc_url=sim.http_url, **QUIET)
     client = await DriftClientManager.get_client()
     assert client is not None
     results = await asyncio.gather(*(DriftClientManager.force_reconnect() for _ in range(3)))
@@ -427,7 +443,7 @@ async def test_a_client_started_by_reads_alone_closes_when_idle(
     simulator_factory: Callable[..., Awaitable[Simulator]],
 ) -> None:
     sim = await simulator_factory(markets=8)
-    DriftClientManager.configure(rpc_url=sim.http_url, idle_close_s=0.3, **FAST)
+    DriftClientManager.configure(rpc_url=sim.http_url, **{**QUIET, "idle_close_s": 0.3})
     tasks, sockets = set(asyncio.all_tasks()), _sockets()
     assert await DriftClientManager.get_funding_rate("SOL-PERP") is not None
     assert DriftClientManager.is_initialized()

@@ -2,10 +2,7 @@
 
 from __future__ import annotations
 
-import base64
-import json
 import logging
-from pathlib import Path
 from typing import Any
 
 import pytest
@@ -13,18 +10,13 @@ from driftpy.constants.perp_markets import mainnet_perp_market_configs
 from hypothesis import given
 from hypothesis import strategies as st
 
+import mainnet_fixtures as mainnet
 from driftshare.markets import MarketResolver, UnknownMarketError, normalize_symbol
 from driftshare.models import decode_perp_market
 
-REPO = Path(__file__).resolve().parents[1]
-FIXTURES = REPO.parent / "shared" / "fixtures" / "mainnet"
-
 
 def _fixture_markets() -> list[Any]:
-    return [
-        decode_perp_market(base64.b64decode(json.loads(p.read_text())["account"]["data"][0]))
-        for p in sorted(FIXTURES.glob("*.json"))
-    ]
+    return [decode_perp_market(mainnet.raw(name)) for name in mainnet.FILES]
 
 
 @pytest.mark.parametrize("text", ["SOL-PERP", "sol-perp", "SOL", " sol ", "0", 0, "Sol-Perp\t"])

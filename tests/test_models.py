@@ -22,6 +22,7 @@ from driftpy.types import OraclePriceData
 from hypothesis import given
 from hypothesis import strategies as st
 
+import mainnet_fixtures as mainnet
 from driftshare.models import (
     HOURS_PER_YEAR,
     FundingRateData,
@@ -37,7 +38,6 @@ from driftshare.models import (
 )
 
 REPO = Path(__file__).resolve().parents[1]
-FIXTURES = REPO.parent / "shared" / "fixtures" / "mainnet"
 TS_VECTORS = json.loads((REPO / "tests" / "vectors" / "mainnet_ts_sdk.json").read_text())
 VECTORS = {v["file"]: v for v in TS_VECTORS["vectors"]}
 FILES = sorted(VECTORS)
@@ -58,8 +58,7 @@ DRIFTPY_K_COST_BUG = {ETH, TRUMP}
 
 
 def _raw(file: str) -> str:
-    data = json.loads((FIXTURES / file).read_text())
-    return str(data["account"]["data"][0])
+    return str(mainnet.document(file)["account"]["data"][0])
 
 
 def _market(file: str) -> Any:
@@ -77,7 +76,7 @@ def _snake(camel: str) -> str:
 
 
 def test_every_fixture_has_a_vector() -> None:
-    assert sorted(p.name for p in FIXTURES.glob("*.json")) == FILES
+    assert list(mainnet.FILES) == FILES
     assert TS_VECTORS["sdk"] == "@drift-labs/sdk"
     assert TS_VECTORS["generator"] == "tools/ts-vectors/record.mjs"
 

@@ -15,14 +15,14 @@ from driftpy.constants.config import DRIFT_PROGRAM_ID
 from driftpy.constants.numeric_constants import PRICE_PRECISION
 from solders.pubkey import Pubkey
 
+import mainnet_fixtures as mainnet
 from driftshare.sim import _codec
 from driftshare.sim.oracles import PYTH_PROGRAM_ID
 from driftshare.sim.replay import load_account_files
 from driftshare.sim.store import AccountStore
 from driftshare.sim.world import World
 
-FIXTURES = Path(__file__).resolve().parents[1].parent / "shared" / "fixtures" / "mainnet"
-FIXTURE_FILES = sorted(FIXTURES.glob("*.json"))
+FIXTURES = mainnet.DIR
 START = 1_750_000_000.0
 
 
@@ -60,12 +60,9 @@ def write_account(path: Path, pubkey: Pubkey, data: bytes, owner: Pubkey) -> Pat
     return path
 
 
-def test_fixtures_are_present() -> None:
-    assert len(FIXTURE_FILES) >= 11, f"fixtures missing under {FIXTURES}"
-
-
-@pytest.mark.parametrize("path", FIXTURE_FILES, ids=[p.stem for p in FIXTURE_FILES])
-def test_fixture_is_served_byte_for_byte_and_becomes_ground_truth(path: Path) -> None:
+@pytest.mark.parametrize("name", mainnet.FILES)
+def test_fixture_is_served_byte_for_byte_and_becomes_ground_truth(name: str) -> None:
+    path = mainnet.path(name)
     pubkey, raw, doc = fixture(path)
     world, _ = make_world()
     assert world.replay([path]) == [pubkey]
@@ -109,13 +106,13 @@ def test_replayed_accounts_are_never_evolved() -> None:
 def test_folder_replay_keeps_the_last_file_per_address() -> None:
     loaded = load_account_files([FIXTURES])
     assert [str(pubkey) for pubkey, _ in loaded] == [
-        json.loads(p.read_text())["pubkey"] for p in FIXTURE_FILES
+        mainnet.document(name)["pubkey"] for name in mainnet.FILES
     ]
     world, _ = make_world(markets=40)
     world.replay([FIXTURES])
     last: dict[Pubkey, bytes] = {}
-    for path in FIXTURE_FILES:
-        pubkey, raw, _doc = fixture(path)
+    for name in mainnet.FILES:
+        pubkey, raw, _doc = fixture(mainnet.path(name))
         last[pubkey] = raw
     for pubkey, raw in last.items():
         account = world.store.get(pubkey)
@@ -126,7 +123,7 @@ def test_folder_replay_keeps_the_last_file_per_address() -> None:
 
 
 def test_absent_oracle_is_synthesized_in_its_source_format() -> None:
-    btc = FIXTURES / "perp-001-BTC-PERP-2024-02-20.json"
+    btc = mainnet.path("perp-001-BTC-PERP-2024-02-20.json")
     _pubkey, raw, _doc = fixture(btc)
     market = _codec.decode(raw)
     world, _ = make_world()
@@ -139,7 +136,7 @@ def test_absent_oracle_is_synthesized_in_its_source_format() -> None:
     price = decode_oracle(oracle.data, market.amm.oracle_source).price
     assert price == market.amm.historical_oracle_data.last_oracle_price
 
-    prelaunch = FIXTURES / "perp-026-TRUMP-WIN-2024-PREDICT-2024-07-29.json"
+    prelaunch = mainnet.path("perp-026-TRUMP-WIN-2024-PREDICT-2024-07-29.json")
     _pubkey, raw, _doc = fixture(prelaunch)
     bet = _codec.decode(raw)
     world.replay([prelaunch])
@@ -152,7 +149,7 @@ def test_absent_oracle_is_synthesized_in_its_source_format() -> None:
 
 
 def test_synthesized_oracle_keeps_moving_while_the_market_stays() -> None:
-    btc = FIXTURES / "perp-001-BTC-PERP-2024-01-10.json"
+    btc = mainnet.path("perp-001-BTC-PERP-2024-01-10.json")
     pubkey, raw, _doc = fixture(btc)
     world, clock = make_world()
     world.replay([btc])
@@ -187,11 +184,11 @@ def test_replayed_oracle_is_frozen_and_priced_from_its_bytes(tmp_path: Path) -> 
 def test_undecodable_perp_market_is_served_with_one_warning(
     tmp_path: Path, caplog: pytest.LogCaptureFixture
 ) -> None:
-    pubkey, raw, _doc = fixture(FIXTURES / "perp-002-ETH-PERP-2026-03-09.json")
+    pubkey, raw, _doc = fixture(mainnet.path("perp-002-ETH-PERP-2026-03-09.json"))
     broken = raw[:100]
     file = write_account(tmp_path / "broken.json", pubkey, broken, DRIFT_PROGRAM_ID)
     world, clock = make_world()
-    with caplog.at_level(logging.WARNING, logger="driftshare.sim.world"):
+    with caplog.at_level(logging.WARNING, logger="driftshare.sim.replay"):
         world.replay([file])
         for _ in range(3):
             clock.now += 61
@@ -265,7 +262,7 @@ def test_undecodable_replayed_oracle_leaves_its_markets_as_they_were(
     world, clock = make_world()
     sol = world.perp_market(0)
     file = write_account(tmp_path / "junk.json", sol.amm.oracle, b"junk", DRIFT_PROGRAM_ID)
-    with caplog.at_level(logging.WARNING, logger="driftshare.sim.world"):
+    with caplog.at_level(logging.WARNING, logger="driftshare.sim.replay"):
         world.replay([file])
     assert any(str(sol.amm.oracle) in r.getMessage() for r in caplog.records)
     for _ in range(3):

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import gzip
+import itertools
 import json
 import logging
 import random
@@ -63,6 +64,8 @@ def _transport(inner: httpx.AsyncBaseTransport, sleeps: _Sleeps, **kw: Any) -> R
     kw.setdefault("rps", 1e6)
     kw.setdefault("burst", 1000)
     kw.setdefault("max_retries", 5)
+    # Room for every scripted retry: the budget has tests of its own.
+    kw.setdefault("retry_budget_min", 100)
     return RateLimitedTransport(inner=inner, sleep=sleeps, rng=random.Random(7), **kw)
 
 
@@ -79,9 +82,11 @@ async def _post(transport: RateLimitedTransport, body: Any = None, **kw: Any) ->
         return await client.post(URL, json=_rpc() if body is None else body, **kw)
 
 
-def _expected_jitter(seed: int, base: float, cap: float, n: int) -> list[float]:
-    rng = random.Random(seed)
-    return [rng.uniform(0.0, min(cap, base * 2.0**i)) for i in range(n)]
+def _assert_full_jitter(waits: list[float], base: float, cap: float, n: int) -> None:
+    """``n`` waits, each full jitter: within [0, min(cap, base * 2**attempt)]."""
+    assert len(waits) == n
+    for attempt, wait in enumerate(waits):
+        assert 0.0 <= wait <= min(cap, base * 2.0**attempt)
 
 
 async def test_429_is_retried_after_at_least_retry_after() -> None:
@@ -109,7 +114,8 @@ async def test_retry_after_longer_jitter_wins_over_short_retry_after() -> None:
 
     await _post(transport)
 
-    assert sleeps.waits == _expected_jitter(7, 4.0, 30.0, 1)
+    _assert_full_jitter(sleeps.waits, 4.0, 30.0, 1)
+    assert sleeps.waits[0] > 0.0
 
 
 async def test_retry_after_http_date_is_counted_from_the_wall_clock() -> None:
@@ -169,7 +175,7 @@ async def test_5xx_is_retried_with_full_jitter_backoff() -> None:
 
     assert response.status_code == 200
     assert len(seen) == 4
-    assert sleeps.waits == _expected_jitter(7, 2.0, 5.0, 3)
+    _assert_full_jitter(sleeps.waits, 2.0, 5.0, 3)
     assert transport.stats.snapshot()["by_status"] == {"200": 1, "500": 1, "502": 1, "503": 1}
 
 
@@ -180,9 +186,8 @@ async def test_backoff_is_capped() -> None:
 
     await _post(transport)
 
-    assert len(sleeps.waits) == 8
-    assert all(0.0 <= w <= 3.0 for w in sleeps.waits)
-    assert sleeps.waits == _expected_jitter(7, 1.0, 3.0, 8)
+    _assert_full_jitter(sleeps.waits, 1.0, 3.0, 8)
+    assert len(set(sleeps.waits)) > 1, "the waits are drawn, not fixed"
 
 
 async def test_inner_timeout_and_connection_errors_are_retried() -> None:
@@ -372,8 +377,10 @@ class _VirtualClockSelector(selectors.DefaultSelector):
         self.now = 0.0
 
     def select(self, timeout: float | None = None) -> list[tuple[selectors.SelectorKey, int]]:
-        if timeout is not None and timeout > 0:
-            self.now += timeout
+        if timeout is not None:
+            # A hair of time even for a zero timeout, as a real clock would give: aiolimiter
+            # re-arms a timer for a float rounding remainder and would otherwise spin.
+            self.now += max(timeout, 1e-13)
             timeout = 0
         return super().select(timeout)
 
@@ -568,3 +575,179 @@ def test_install_transport_keeps_timeout_and_headers() -> None:
     assert session.timeout == original.timeout == httpx.Timeout(3.5)
     assert session.headers == original.headers
     assert session._transport is transport
+
+
+# -- back-pressure, retry budget, deadline, idempotency ---------------------------------------
+
+
+def _loop_clock() -> float:
+    return asyncio.get_running_loop().time()
+
+
+def test_a_429_cools_down_the_whole_client() -> None:
+    arrivals: list[tuple[str, float]] = []
+
+    rate_limited = asyncio.Event()
+
+    def handler(request: httpx.Request) -> httpx.Response:
+        method = json.loads(request.content)["method"]
+        arrivals.append((method, asyncio.get_running_loop().time()))
+        if method == "first" and len(arrivals) == 1:
+            rate_limited.set()
+            return httpx.Response(429, headers={"Retry-After": "3"})
+        return _ok()
+
+    async def two_calls() -> None:
+        transport = RateLimitedTransport(
+            rps=1000.0, inner=httpx.MockTransport(handler), clock=_loop_clock
+        )
+        async with httpx.AsyncClient(transport=transport) as client:
+            first = asyncio.create_task(client.post(URL, json=_rpc("first")))
+            await rate_limited.wait()
+            await client.post(URL, json=_rpc("second"))
+            await first
+
+    _run_virtual(two_calls)
+
+    # The second call was not sent while the provider asked to wait, though it never got a 429.
+    second = [t for m, t in arrivals if m == "second"]
+    assert len(second) == 1
+    assert second[0] >= 3.0
+
+
+def test_a_429_halves_the_rate_which_creeps_back() -> None:
+    arrivals: list[float] = []
+
+    def handler(request: httpx.Request) -> httpx.Response:
+        arrivals.append(asyncio.get_running_loop().time())
+        if len(arrivals) == 3:
+            return httpx.Response(429, headers={"Retry-After": "1"})
+        return _ok()
+
+    rates: list[float] = []
+
+    async def calls() -> None:
+        transport = RateLimitedTransport(
+            rps=10.0, max_retries=0, inner=httpx.MockTransport(handler), clock=_loop_clock
+        )
+        async with httpx.AsyncClient(transport=transport) as client:
+            for _ in range(8):
+                await client.post(URL, json=_rpc())
+            rates.append(transport.rate)
+            await asyncio.sleep(60.0)
+            rates.append(transport.rate)
+
+    _run_virtual(calls)
+
+    assert arrivals[3] == pytest.approx(1.2, abs=1e-6)  # the cool-down of Retry-After: 1
+    after_429 = [b - a for a, b in itertools.pairwise(arrivals[3:])]
+    assert len(after_429) == 4
+    assert all(gap == pytest.approx(0.2, abs=1e-6) for gap in after_429)
+    assert rates == [5.0, 10.0]
+
+
+async def test_retry_budget_caps_retries_at_a_fifth_of_calls() -> None:
+    inner, seen = _script(then=httpx.Response(503))
+    transport = RateLimitedTransport(
+        rps=1e6, burst=1000, max_retries=5, retry_budget_min=0, inner=inner, sleep=_Sleeps()
+    )
+
+    async with httpx.AsyncClient(transport=transport) as client:
+        for _ in range(20):
+            await client.post(URL, json=_rpc())
+
+    # Without a budget every call would be sent six times: 120 requests.
+    assert len(seen) <= 20 * 1.2
+    snap = transport.stats.snapshot()
+    assert snap["calls"] == 20
+    assert snap["amplification"] <= 1.2
+    assert snap["budget_exhausted"] > 0
+
+
+def test_a_call_ends_at_its_deadline_however_many_attempts_remain() -> None:
+    async def hang(request: httpx.Request) -> httpx.Response:
+        await asyncio.Event().wait()
+        raise AssertionError("unreachable")
+
+    ended: list[float] = []
+
+    async def one_call() -> None:
+        transport = RateLimitedTransport(
+            rps=1000.0,
+            timeout_s=10.0,
+            deadline_s=4.0,
+            inner=httpx.MockTransport(hang),
+            clock=_loop_clock,
+        )
+        async with httpx.AsyncClient(transport=transport) as client:
+            with pytest.raises(httpx.ReadTimeout, match="deadline"):
+                await client.post(URL, json=_rpc())
+        ended.append(asyncio.get_running_loop().time())
+
+    _run_virtual(one_call)
+
+    assert ended[0] == pytest.approx(4.0, abs=1e-6)
+
+
+async def test_no_retry_whose_wait_would_cross_the_deadline() -> None:
+    sleeps = _Sleeps()
+    inner, seen = _script(then=httpx.Response(503, headers={"Retry-After": "20"}))
+    transport = _transport(inner, sleeps, deadline_s=5.0)
+
+    response = await _post(transport)
+
+    assert response.status_code == 503
+    assert len(seen) == 1
+    assert sleeps.waits == []
+    assert transport.stats.snapshot()["deadline_exceeded"] == 1
+
+
+@pytest.mark.parametrize("method", ["sendTransaction", "sendRawTransaction", "requestAirdrop"])
+@pytest.mark.parametrize(
+    "failure",
+    [httpx.ReadTimeout("slow"), httpx.Response(503), httpx.Response(429), httpx.ReadError("cut")],
+    ids=["timeout", "503", "429", "read-error"],
+)
+async def test_non_idempotent_calls_are_never_sent_twice(method: str, failure: Step) -> None:
+    inner, seen = _script(failure, then=_ok())
+    transport = _transport(inner, _Sleeps())
+
+    if isinstance(failure, Exception):
+        with pytest.raises(type(failure)):
+            await _post(transport, _rpc(method))
+    else:
+        assert (await _post(transport, _rpc(method))).status_code == failure.status_code
+    assert len(seen) == 1
+
+
+async def test_a_batch_holding_a_send_is_not_sent_twice() -> None:
+    inner, seen = _script(httpx.Response(503), then=_ok())
+    transport = _transport(inner, _Sleeps())
+
+    await _post(transport, [_rpc("getSlot"), _rpc("sendTransaction")])
+
+    assert len(seen) == 1
+
+
+@pytest.mark.parametrize("error", [httpx.ConnectError("refused"), httpx.ConnectTimeout("syn")])
+async def test_a_send_that_never_left_is_retried(error: Exception) -> None:
+    inner, seen = _script(error, then=_ok())
+    transport = _transport(inner, _Sleeps())
+
+    assert (await _post(transport, _rpc("sendTransaction"))).status_code == 200
+    assert len(seen) == 2
+
+
+async def test_on_result_hears_whether_each_call_was_served() -> None:
+    heard: list[tuple[str, bool]] = []
+    inner, _ = _script(_ok(), httpx.Response(400), then=httpx.ConnectError("refused"))
+    transport = _transport(
+        inner, _Sleeps(), max_retries=1, on_result=lambda url, ok: heard.append((str(url), ok))
+    )
+
+    await _post(transport)
+    await _post(transport)
+    with pytest.raises(httpx.ConnectError):
+        await _post(transport)
+
+    assert heard == [(URL, True), (URL, True), (URL, False)]

@@ -83,6 +83,7 @@ class Generation:
         self.init_task: asyncio.Task[None] | None = None
         self.health_task: asyncio.Task[None] | None = None
         self.reconnecting: asyncio.Task[bool] | None = None
+        self.failover_task: asyncio.Task[None] | None = None
         self.old_sessions: list[httpx.AsyncClient] = []
         self.fleet: FleetMember | None = None
         """This life's fleet membership when ``DRIFT_SHARE_URL`` is set."""

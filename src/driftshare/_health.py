@@ -1,8 +1,9 @@
-"""Health of a shared client: data progress, stall detection, fallback and rebuilds.
+"""Health of a shared client: data progress, stall detection, fallback, rebuilds, fail-over.
 
 A periodic check asks the RPC for its slot only while no data arrives; a websocket whose
 data stalls while slots advance falls back to polling and returns once notifications flow;
 an RPC failing several checks in a row gets its HTTP session and subscriptions rebuilt.
+With several endpoints, a faster watch feeds the endpoint selector and follows its choice.
 """
 
 from __future__ import annotations
@@ -10,26 +11,40 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
+from contextlib import suppress
 from typing import TYPE_CHECKING, Any
 
+import httpx
 from driftpy.types import get_ws_url
 from solana.rpc.websocket_api import connect as ws_connect
 
 from driftshare import metrics
 from driftshare._generation import Generation, cancel_all
-from driftshare.config import redact_text
+from driftshare.config import redact_text, redact_url
 from driftshare.models import market_name
 from driftshare.subscription import SubscriptionMode, newest_data_slot
-from driftshare.transport import RateLimitedTransport, install_transport
+from driftshare.transport import install_transport
 
 if TYPE_CHECKING:
     from driftshare._lifecycle import SharedClient
 
-__all__ = ["data_slot", "health_loop", "note_data", "reconnect", "reconnect_in_background"]
+__all__ = [
+    "data_slot",
+    "failover_loop",
+    "health_loop",
+    "note_data",
+    "publish_endpoint",
+    "reconnect",
+    "reconnect_in_background",
+]
 
 log = logging.getLogger(__name__)
 
 _UNHEALTHY_CHECKS_BEFORE_RECONNECT = 3
+# With several endpoints: how often the active one's data flow is checked (and, if silent,
+# the endpoint probed), and how long a probe may take.
+_FAILOVER_CHECK_S = 0.5
+_PROBE_TIMEOUT_S = 1.0
 
 
 def data_slot(shared: SharedClient) -> int:
@@ -154,7 +169,7 @@ async def _websocket_works(shared: SharedClient) -> bool:
     """One short slot subscription: does the WebSocket endpoint deliver notifications?"""
 
     async def probe() -> bool:
-        async with ws_connect(get_ws_url(shared.url)) as ws:
+        async with ws_connect(get_ws_url(shared.endpoints.active)) as ws:
             await ws.slot_subscribe()
             await ws.recv()
             await ws.recv()
@@ -199,10 +214,7 @@ def renew_session(shared: SharedClient, gen: Generation) -> None:
     """
     provider: Any = gen.connection._provider  # type: ignore[union-attr]
     gen.old_sessions.append(provider.session)
-    install_transport(
-        gen.connection,
-        RateLimitedTransport.from_settings(shared.settings, stats=shared.rpc),
-    )
+    install_transport(gen.connection, shared.transport())
 
 
 async def _reconnect(shared: SharedClient, gen: Generation) -> bool:
@@ -220,3 +232,92 @@ async def _reconnect(shared: SharedClient, gen: Generation) -> bool:
     ready = await shared._ready(gen) is not None
     await gen.close_old_sessions()
     return ready
+
+
+# -- several endpoints: fail over and return ------------------------------------------------
+
+
+async def failover_loop(shared: SharedClient, gen: Generation) -> None:
+    """Feed the endpoint selector (data flow, probes) and follow its choice."""
+    seen_slot = 0
+    # Not through RateLimitedTransport: a probe must not retry, wait out a cool-down or log
+    # a warning every half second an endpoint stays down. At most one per endpoint per check.
+    async with httpx.AsyncClient(timeout=_PROBE_TIMEOUT_S) as prober:
+        while True:
+            await asyncio.sleep(_FAILOVER_CHECK_S)
+            gen.check()
+            if gen.fleet is not None and not gen.fleet.upstream:
+                continue  # a fleet follower probes no endpoint: it reads from Redis
+            try:
+                slot = data_slot(shared)
+                if slot > seen_slot:
+                    # New data proves the active endpoint works without a request.
+                    seen_slot = slot
+                    shared.endpoints.report(shared.endpoints.active, True)
+                else:
+                    await _probe(shared, prober, shared.endpoints.active)
+                for url in shared.endpoints.preferred():
+                    await _probe(shared, prober, url)
+                chosen = shared.endpoints.choose()
+                connection = gen.connection
+                if connection is not None and connection._provider.endpoint_uri != chosen:
+                    await _move_to(shared, gen, chosen)
+                    seen_slot = 0
+            except Exception as exc:  # one unexpected fault must not end the watch
+                shared.last_error = redact_text(f"endpoint watch crashed: {exc!r}")
+                log.exception("endpoint watch of the shared %s DriftClient failed", shared.network)
+
+
+async def _probe(shared: SharedClient, prober: httpx.AsyncClient, url: str) -> None:
+    """One getSlot to ``url``, reported to the selector and counted."""
+    try:
+        response = await prober.post(url, json={"jsonrpc": "2.0", "id": 1, "method": "getSlot"})
+    except httpx.HTTPError as exc:
+        timeout = isinstance(exc, httpx.TimeoutException)
+        shared.rpc.record_request("getSlot", "timeout" if timeout else "error")
+        shared.endpoints.report(url, False)
+        return
+    shared.rpc.record_request("getSlot", str(response.status_code))
+    shared.endpoints.report(url, response.status_code == 200)
+
+
+async def _move_to(shared: SharedClient, gen: Generation, url: str) -> None:
+    """Point HTTP at ``url`` and subscribe there (driftpy derives the WebSocket URL from the
+    connection's), then drop the old subscriptions: engines never see a gap."""
+    provider: Any = gen.connection._provider  # type: ignore[union-attr]
+    log.warning(
+        "RPC endpoint %s of %s failing or no longer preferred: switching to %s",
+        redact_url(provider.endpoint_uri),
+        shared.network,
+        redact_url(url),
+    )
+    provider.endpoint_uri = url
+    metrics.RPC_ENDPOINT_SWITCHES.labels(shared.network).inc()
+    publish_endpoint(shared)
+    old_session = provider.session
+    renew_session(shared, gen)
+    # The old session closes once its requests (to the endpoint left) have ended.
+    gen.spawn(_close_quietly(old_session), f"driftshare-close-session-{shared.network}")
+    if gen.ready_at is None or gen.init_task is not None:
+        return  # a start or rebuild under way subscribes on the new endpoint
+    try:
+        await shared._subscribe(gen, shared.settings.subscription)
+    except Exception as exc:  # the full rebuild retries until it works
+        gen.check()
+        log.warning("cannot subscribe at %s: %s", redact_url(url), redact_text(repr(exc)))
+        reconnect_in_background(shared, gen)
+        return
+    shared._data_slot = 0
+    note_data(shared)
+
+
+async def _close_quietly(session: httpx.AsyncClient) -> None:
+    with suppress(Exception):
+        await session.aclose()
+
+
+def publish_endpoint(shared: SharedClient) -> None:
+    """Set ``drift_rpc_endpoint_active``: 1 for the endpoint in use, 0 for the others."""
+    for url in shared.endpoints.urls:
+        active = 1 if url == shared.endpoints.active else 0
+        metrics.RPC_ENDPOINT_ACTIVE.labels(shared.network, redact_url(url)).set(active)

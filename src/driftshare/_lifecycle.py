@@ -14,6 +14,7 @@ import time
 from pathlib import Path
 from typing import Any
 
+import httpx
 from driftpy.account_subscription_config import AccountSubscriptionConfig
 from driftpy.drift_client import DriftClient
 from solana.rpc.async_api import AsyncClient
@@ -21,12 +22,19 @@ from solana.rpc.commitment import Confirmed
 from solders.keypair import Keypair
 
 from driftshare import metrics
+from driftshare._endpoints import EndpointSelector
 from driftshare._fleet import FleetMember, standalone_stats
 from driftshare._generation import Generation, unsubscribe_fully
-from driftshare._health import health_loop, note_data, reconnect_in_background
+from driftshare._health import (
+    failover_loop,
+    health_loop,
+    note_data,
+    publish_endpoint,
+    reconnect_in_background,
+)
 from driftshare._ledger import AccountLedger
 from driftshare._ledger_subscriber import LedgerSubscriber
-from driftshare.config import Settings, redact_text, redact_url
+from driftshare.config import Settings, redact_text, redact_url, split_rpc_urls
 from driftshare.marketdata import ClientSource, MarketSource
 from driftshare.subscription import (
     AccountTap,
@@ -62,12 +70,15 @@ def load_keypair(settings: Settings) -> Keypair:
 
 
 class SharedClient:
-    """The shared client of one (network, RPC URL, event loop): references, generations,
-    mode and health."""
+    """The shared client of one (network, RPC URL list, event loop): references,
+    generations, mode, health and the active endpoint."""
 
     def __init__(self, network: str, url: str, settings: Settings) -> None:
         self.network = network
         self.url = url
+        self.endpoints = EndpointSelector(split_rpc_urls(url))
+        self._endpoint_by_key = {_endpoint_key(httpx.URL(u)): u for u in self.endpoints.urls}
+        publish_endpoint(self)
         self.settings = settings
         self.loop = asyncio.get_running_loop()
         self.refs = 0
@@ -221,6 +232,10 @@ class SharedClient:
         if gen.init_task is None:
             gen.attempt = self.loop.create_future()
             gen.init_task = gen.spawn(self._init_loop(gen), f"driftshare-init-{self.network}")
+            if len(self.endpoints.urls) > 1 and gen.failover_task is None:
+                gen.failover_task = gen.spawn(
+                    failover_loop(self, gen), f"driftshare-failover-{self.network}"
+                )
             if gen.init_task is None:  # retired meanwhile
                 gen.settle(None)
         if gen.attempt is None:
@@ -280,10 +295,22 @@ class SharedClient:
         )
 
     def _new_connection(self) -> AsyncClient:
-        settings = self.settings
-        connection = AsyncClient(self.url, commitment=Confirmed, timeout=settings.request_timeout_s)
-        install_transport(connection, RateLimitedTransport.from_settings(settings, stats=self.rpc))
+        connection = AsyncClient(
+            self.endpoints.active, commitment=Confirmed, timeout=self.settings.request_timeout_s
+        )
+        install_transport(connection, self.transport())
         return connection
+
+    def transport(self) -> RateLimitedTransport:
+        """A new HTTP transport; what it sees of each endpoint feeds the endpoint selector."""
+        return RateLimitedTransport.from_settings(
+            self.settings, stats=self.rpc, on_result=self._endpoint_result
+        )
+
+    def _endpoint_result(self, url: httpx.URL, served: bool) -> None:
+        endpoint = self._endpoint_by_key.get(_endpoint_key(url))
+        if endpoint is not None:
+            self.endpoints.report(endpoint, served)
 
     def _open(self, gen: Generation) -> None:
         """Create the generation's connection and (unsubscribed) DriftClient."""
@@ -427,7 +454,9 @@ class SharedClient:
             ready_after = gen.ready_at - gen.created_at
         return {
             "network": self.network,
-            "rpc_url": redact_url(self.url),
+            "rpc_url": redact_url(self.endpoints.active),
+            "rpc_endpoints": [redact_url(url) for url in self.endpoints.urls],
+            "endpoint_switches": self.endpoints.switches,
             "references": self.refs,
             "read_lease": self._lease is not None,
             "initialized": self.initialized,
@@ -446,3 +475,8 @@ class SharedClient:
             "data_slot": self._data_slot,
             "fleet": standalone_stats() if gen is None or gen.fleet is None else gen.fleet.stats(),
         }
+
+
+def _endpoint_key(url: httpx.URL) -> tuple[str, str, int | None, str, bytes]:
+    # "http://h:1" and "http://h:1/" are one endpoint.
+    return (url.scheme, url.host, url.port, url.path.rstrip("/"), url.query)

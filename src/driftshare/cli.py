@@ -1,4 +1,4 @@
-"""The `driftshare` command: simulator, dashboard, funding table, demo and benchmarks."""
+"""The `driftshare` command: simulator, dashboard, funding table and demo."""
 
 from __future__ import annotations
 
@@ -181,12 +181,16 @@ async def _print_funding(ns: argparse.Namespace) -> int:
 def _rpc_url(text: str) -> str:
     from urllib.parse import urlsplit
 
-    from driftshare.config import redact_url
+    from driftshare.config import redact_url, split_rpc_urls
 
-    parts = urlsplit(text)
-    if parts.scheme not in ("http", "https") or not parts.netloc:
-        raise argparse.ArgumentTypeError(f"must be an http(s) URL, got {redact_url(text)!r}")
-    return text
+    urls = split_rpc_urls(text)
+    for url in urls or [text]:
+        parts = urlsplit(url)
+        if parts.scheme not in ("http", "https") or not parts.netloc:
+            raise argparse.ArgumentTypeError(
+                f"must be an http(s) URL or a comma-separated list, got {redact_url(text)!r}"
+            )
+    return ",".join(urls)
 
 
 def _engine_names(text: str) -> list[str]:
@@ -279,10 +283,8 @@ def _cmd_demo(ns: argparse.Namespace) -> int:
     return 0
 
 
-def _add_bench(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
-    from driftshare.bench import add_parser
-
-    add_parser(sub)
+_EXTRAS = {"sim": "sim", "demo": "sim", "serve": "serve"}
+"""The extra each subcommand needs beyond the library."""
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -293,7 +295,6 @@ def build_parser() -> argparse.ArgumentParser:
     _add_funding(sub)
     _add_serve(sub)
     _add_demo(sub)
-    _add_bench(sub)
     return parser
 
 
@@ -312,3 +313,13 @@ def main(argv: Sequence[str] | None = None) -> int:
         return int(ns.func(ns))
     except KeyboardInterrupt:
         return 130
+    except ModuleNotFoundError as exc:
+        extra = _EXTRAS.get(ns.command)
+        if extra is None or exc.name is None or exc.name.startswith("driftshare"):
+            raise
+        print(
+            f"driftshare {ns.command} needs the {extra} extra ({exc.name} is missing): "
+            f"pip install 'driftshare[{extra}]'",
+            file=sys.stderr,
+        )
+        return 2

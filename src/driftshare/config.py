@@ -10,7 +10,15 @@ from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
 from pydantic import Field, SecretStr, ValidationError, field_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
-__all__ = ["ConfigError", "Network", "Settings", "load_settings", "redact_text", "redact_url"]
+__all__ = [
+    "ConfigError",
+    "Network",
+    "Settings",
+    "load_settings",
+    "redact_text",
+    "redact_url",
+    "split_rpc_urls",
+]
 
 Network = Literal["mainnet", "devnet"]
 SubscriptionMode = Literal["websocket", "polling"]
@@ -37,6 +45,7 @@ class Settings(BaseSettings):
     rpc_rps: float = Field(10.0, gt=0)
     rpc_burst: int = Field(1, ge=1)
     request_timeout_s: float = Field(10.0, gt=0)
+    call_deadline_s: float = Field(30.0, gt=0)
     max_retries: int = Field(5, ge=0)
     retry_backoff: float = Field(2.0, gt=0)
     retry_backoff_cap: float = Field(30.0, gt=0)
@@ -74,9 +83,12 @@ class Settings(BaseSettings):
     @field_validator("rpc_url")
     @classmethod
     def _check_url(cls, value: str | None) -> str | None:
-        if value is not None and urlsplit(value).scheme not in ("http", "https"):
-            raise ValueError("must be an http(s) URL")
-        return value
+        if value is None:
+            return None
+        urls = split_rpc_urls(value)
+        if not urls or any(urlsplit(url).scheme not in ("http", "https") for url in urls):
+            raise ValueError("must be an http(s) URL or a comma-separated list of them")
+        return ",".join(urls)
 
     @field_validator("share_url")
     @classmethod
@@ -93,8 +105,13 @@ class Settings(BaseSettings):
             yield name, shown
 
     def effective_rpc_url(self) -> str:
-        """The configured RPC URL, or the network's public endpoint."""
+        """The configured RPC URL (or comma-separated list), or the network's public endpoint."""
         return self.rpc_url or PUBLIC_RPC_URLS[self.network]
+
+
+def split_rpc_urls(value: str) -> list[str]:
+    """The endpoints of an RPC URL setting: one URL or a comma-separated list, in order."""
+    return [url.strip() for url in value.split(",") if url.strip()]
 
 
 def load_settings(**overrides: object) -> Settings:
@@ -113,8 +130,11 @@ _TOKENISH = re.compile(r"^[A-Za-z0-9_\-]{16,}$")
 
 
 def redact_url(url: str) -> str:
-    """Hide API keys and passwords in a URL: secret-looking query values, long path tokens
-    and ``user:password@``."""
+    """Hide API keys and passwords in a URL (or a comma-separated list of RPC URLs):
+    secret-looking query values, long path tokens and ``user:password@``."""
+    urls = split_rpc_urls(url)
+    if len(urls) > 1 and all("://" in part for part in urls):
+        return ",".join(redact_url(part) for part in urls)
     try:
         parts = urlsplit(url)
     except ValueError:

@@ -20,7 +20,13 @@ from driftpy.drift_client import DriftClient
 from driftshare._fleet import standalone_stats
 from driftshare._health import reconnect
 from driftshare._lifecycle import SharedClient
-from driftshare.config import PUBLIC_RPC_URLS, Settings, load_settings, redact_url
+from driftshare.config import (
+    PUBLIC_RPC_URLS,
+    Settings,
+    load_settings,
+    redact_url,
+    split_rpc_urls,
+)
 from driftshare.marketdata import MarketDataReader, MarketSource
 from driftshare.models import FundingRateData, MarketData
 
@@ -69,7 +75,8 @@ class DriftClientManager:
             )
         if rpc_url is None:
             rpc_url = settings.rpc_url if network == settings.network and settings.rpc_url else None
-        return network, rpc_url or PUBLIC_RPC_URLS[network]
+        # A list of endpoints is one shared client, however it is spaced.
+        return network, ",".join(split_rpc_urls(rpc_url or "")) or PUBLIC_RPC_URLS[network]
 
     @classmethod
     def _find(cls, network: str | None, rpc_url: str | None) -> SharedClient | None:
@@ -166,7 +173,7 @@ class DriftClientManager:
         if shared is None:
             snapshot: dict[str, Any] = {
                 "network": key[0],
-                "rpc_url": redact_url(key[1]),
+                "rpc_url": redact_url(split_rpc_urls(key[1])[0]),
                 "references": 0,
                 "initialized": False,
                 "initializations": 0,

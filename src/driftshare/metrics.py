@@ -16,6 +16,8 @@ __all__ = [
     "FLEET_ROLE",
     "RATE_LIMITED",
     "REGISTRY",
+    "RPC_ENDPOINT_ACTIVE",
+    "RPC_ENDPOINT_SWITCHES",
     "RPC_ERRORS",
     "RPC_REQUESTS",
     "RPC_RETRIES",
@@ -53,6 +55,18 @@ RPC_REQUESTS = Counter(
     "drift_rpc_requests_total",
     "HTTP JSON-RPC requests sent upstream.",
     ["method", "status"],
+    registry=REGISTRY,
+)
+RPC_ENDPOINT_ACTIVE = Gauge(
+    "drift_rpc_endpoint_active",
+    "1 for the RPC endpoint (redacted) the shared client uses, 0 for its other endpoints.",
+    ["network", "endpoint"],
+    registry=REGISTRY,
+)
+RPC_ENDPOINT_SWITCHES = Counter(
+    "drift_rpc_endpoint_switches_total",
+    "Fail-overs and returns between the configured RPC endpoints.",
+    ["network"],
     registry=REGISTRY,
 )
 RPC_ERRORS = Counter(

@@ -9,7 +9,7 @@ import math
 import random
 import re
 import time
-from collections import Counter
+from collections import Counter, deque
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
@@ -20,18 +20,13 @@ import httpx
 from aiolimiter import AsyncLimiter
 from solana.rpc.async_api import AsyncClient
 from solana.rpc.commitment import Commitment
-from tenacity import (
-    AsyncRetrying,
-    RetryCallState,
-    retry_if_exception_type,
-    retry_if_result,
-    stop_after_attempt,
-)
+from tenacity import AsyncRetrying, RetryCallState
 
 from driftshare import metrics
 from driftshare.config import Settings, redact_text, redact_url
 
 __all__ = [
+    "NON_IDEMPOTENT_METHODS",
     "RateLimitedTransport",
     "RpcStats",
     "install_transport",
@@ -42,6 +37,11 @@ __all__ = [
 _log = logging.getLogger(__name__)
 
 _RETRYABLE_ERRORS = (httpx.TimeoutException, httpx.NetworkError, httpx.RemoteProtocolError)
+# Errors raised before a byte of the request left: the only ones after which a
+# non-idempotent call may be sent again.
+_NOT_SENT_ERRORS = (httpx.ConnectError, httpx.ConnectTimeout, httpx.PoolTimeout)
+#: JSON-RPC methods that change state: sent twice, they may act twice.
+NON_IDEMPOTENT_METHODS = frozenset({"sendTransaction", "sendRawTransaction", "requestAirdrop"})
 # Only plausible JSON-RPC method names become metric labels, keeping label cardinality bounded.
 _METHOD_NAME = re.compile(r"[A-Za-z][A-Za-z0-9_]{0,63}")
 _MAX_BACKOFF_EXPONENT = 62
@@ -60,6 +60,13 @@ class RpcStats:
         self._retries: Counter[str] = Counter()
         self._failures: Counter[str] = Counter()
         self.rate_limited = 0
+        self.calls = 0
+        self.budget_exhausted = 0
+        self.deadline_exceeded = 0
+
+    def record_call(self) -> None:
+        """Count one logical call (its first attempt; retries are not calls)."""
+        self.calls += 1
 
     def record_request(self, method: str, status: str) -> None:
         """Count one request sent upstream and how it ended."""
@@ -98,7 +105,11 @@ class RpcStats:
             entry["retries"] = self._retries[method]
             entry["failures"] = self._failures[method]
         return {
+            "calls": self.calls,
             "requests": self.requests,
+            "amplification": round(self.requests / self.calls, 4) if self.calls else None,
+            "budget_exhausted": self.budget_exhausted,
+            "deadline_exceeded": self.deadline_exceeded,
             "retries": sum(self._retries.values()),
             "rate_limited": self.rate_limited,
             "failures": sum(self._failures.values()),
@@ -111,12 +122,92 @@ def _empty_method_entry() -> dict[str, Any]:
     return {"requests": 0, "by_status": {}, "retries": 0, "failures": 0}
 
 
+class _RetryBudget:
+    """Retries allowed as a share of calls over a sliding window, plus a small floor.
+
+    Hand-written: tenacity bounds the retries of one call, not of a client; this is
+    Finagle's RetryBudget (a retry storm can add at most ``ratio`` to the load).
+    """
+
+    def __init__(
+        self, ratio: float, window_s: float, minimum: int, clock: Callable[[], float]
+    ) -> None:
+        self._ratio = ratio
+        self._window_s = window_s
+        self._minimum = minimum
+        self._clock = clock
+        self._calls: deque[float] = deque()
+        self._retries: deque[float] = deque()
+
+    def note_call(self) -> None:
+        self._calls.append(self._clock())
+
+    def try_retry(self) -> bool:
+        """Spend one retry if the window allows it."""
+        now = self._clock()
+        for times in (self._calls, self._retries):
+            while times and now - times[0] > self._window_s:
+                times.popleft()
+        if len(self._retries) >= max(self._minimum, self._ratio * len(self._calls)):
+            return False
+        self._retries.append(now)
+        return True
+
+
+class _Backpressure:
+    """The provider's pushback, shared by every call: a cool-down and an adaptive rate.
+
+    A 429 (or any ``Retry-After``) holds every new attempt until the cool-down ends. A 429
+    also halves the rate (once per cut: answers to requests sent before the cut do not cut
+    again, as TCP congestion control), which then creeps back by ``rps / 20`` every
+    ``step_s`` seconds without a 429.
+    """
+
+    def __init__(self, rps: float, clock: Callable[[], float], step_s: float = 2.0) -> None:
+        self._rps = rps
+        self._floor = rps / 16
+        self._clock = clock
+        self._step_s = step_s
+        self._rate = rps
+        self._since = clock()
+        self._last_cut = -math.inf
+        self.cooldown_until = -math.inf
+
+    def rate(self) -> float:
+        """The rate to send at now, crept back since the last change."""
+        if self._rate < self._rps:
+            steps = math.floor((self._clock() - self._since) / self._step_s)
+            if steps > 0:
+                self._rate = min(self._rps, self._rate + steps * self._rps / 20)
+                self._since += steps * self._step_s
+        return self._rate
+
+    def push_back(self, delay: float, *, rate_limited: bool, sent_at: float) -> None:
+        now = self._clock()
+        self.cooldown_until = max(self.cooldown_until, now + delay)
+        if rate_limited and sent_at >= self._last_cut:
+            self._rate = max(self._floor, self.rate() / 2)
+            self._since = self._last_cut = now
+
+
 @dataclass(slots=True)
 class _LoopState:
     limiter: AsyncLimiter
     inner: httpx.AsyncBaseTransport
+    rate: float
     in_flight: int = 0
     drained: asyncio.Event = field(default_factory=asyncio.Event)
+
+
+@dataclass(slots=True)
+class _Call:
+    """One logical call: what it is and how far it got."""
+
+    method: str
+    idempotent: bool
+    started: float
+    cooldown_seen: float = -math.inf
+    sent_at: float = -math.inf
 
 
 class RateLimitedTransport(httpx.AsyncBaseTransport):
@@ -130,6 +221,14 @@ class RateLimitedTransport(httpx.AsyncBaseTransport):
     ``wall_clock`` gives the unix time a ``Retry-After`` date is counted from. Each
     attempt, response body included, must finish within ``timeout_s``. When retries run
     out the last response is returned, or the last exception raised.
+
+    Back-pressure is shared by every call: a ``Retry-After`` holds all new attempts until
+    it has passed, and a 429 halves the sending rate, which creeps back while no 429
+    comes. Retries are at most ``retry_budget`` of the calls of the last
+    ``retry_window_s`` seconds (but ``retry_budget_min`` are always allowed), a call
+    retries only while it can end within ``deadline_s`` of its start, and a call in
+    :data:`NON_IDEMPOTENT_METHODS` is sent again only if it never left. ``on_result``
+    hears, for every call, its URL and whether the provider served it.
 
     The rate limiter (and the default inner transport, whose connections belong to one
     event loop) is kept per running event loop, so one transport serves successive
@@ -145,6 +244,10 @@ class RateLimitedTransport(httpx.AsyncBaseTransport):
         backoff_base: float = 2.0,
         backoff_cap: float = 30.0,
         timeout_s: float = 10.0,
+        deadline_s: float | None = None,
+        retry_budget: float = 0.2,
+        retry_window_s: float = 10.0,
+        retry_budget_min: int = 5,
         stats: RpcStats | None = None,
         inner: httpx.AsyncBaseTransport | None = None,
         sleep: Callable[[float], Awaitable[None]] = asyncio.sleep,
@@ -152,6 +255,7 @@ class RateLimitedTransport(httpx.AsyncBaseTransport):
         clock: Callable[[], float] = time.monotonic,
         wall_clock: Callable[[], float] = time.time,
         log_interval_s: float = 10.0,
+        on_result: Callable[[httpx.URL, bool], None] | None = None,
     ) -> None:
         _require(rps > 0, f"rps must be > 0, got {rps!r}")
         _require(isinstance(burst, int) and burst >= 1, f"burst must be an int >= 1, got {burst!r}")
@@ -162,12 +266,18 @@ class RateLimitedTransport(httpx.AsyncBaseTransport):
         _require(backoff_base > 0, f"backoff_base must be > 0, got {backoff_base!r}")
         _require(backoff_cap > 0, f"backoff_cap must be > 0, got {backoff_cap!r}")
         _require(timeout_s > 0, f"timeout_s must be > 0, got {timeout_s!r}")
+        _require(
+            deadline_s is None or deadline_s > 0, f"deadline_s must be > 0, got {deadline_s!r}"
+        )
+        _require(retry_budget >= 0, f"retry_budget must be >= 0, got {retry_budget!r}")
+        _require(retry_window_s > 0, f"retry_window_s must be > 0, got {retry_window_s!r}")
         self.rps = rps
         self.burst = burst
         self.max_retries = max_retries
         self.backoff_base = backoff_base
         self.backoff_cap = backoff_cap
         self.timeout_s = timeout_s
+        self.deadline_s = deadline_s
         self.stats = stats if stats is not None else RpcStats()
         self._inner = inner
         self._sleep = sleep
@@ -175,15 +285,21 @@ class RateLimitedTransport(httpx.AsyncBaseTransport):
         self._clock = clock
         self._wall_clock = wall_clock
         self._log_interval_s = log_interval_s
+        self._on_result = on_result
+        self._budget = _RetryBudget(retry_budget, retry_window_s, retry_budget_min, clock)
+        self._pressure = _Backpressure(rps, clock)
         self._states: dict[asyncio.AbstractEventLoop, _LoopState] = {}
         self._last_429_log: float | None = None
         self._unlogged_429s = 0
 
     @classmethod
     def from_settings(
-        cls, settings: Settings, stats: RpcStats | None = None
+        cls,
+        settings: Settings,
+        stats: RpcStats | None = None,
+        on_result: Callable[[httpx.URL, bool], None] | None = None,
     ) -> RateLimitedTransport:
-        """A transport configured by the ``DRIFT_RPC_*``, retry and timeout settings."""
+        """A transport configured by the ``DRIFT_RPC_*``, retry, timeout and deadline settings."""
         return cls(
             rps=settings.rpc_rps,
             burst=settings.rpc_burst,
@@ -191,13 +307,20 @@ class RateLimitedTransport(httpx.AsyncBaseTransport):
             backoff_base=settings.retry_backoff,
             backoff_cap=settings.retry_backoff_cap,
             timeout_s=settings.request_timeout_s,
+            deadline_s=settings.call_deadline_s,
             stats=stats,
+            on_result=on_result,
         )
 
     @property
     def limiter(self) -> AsyncLimiter:
         """The rate limiter of the running event loop."""
         return self._state().limiter
+
+    @property
+    def rate(self) -> float:
+        """The requests per second sent now: ``rps``, or less after a 429."""
+        return self._pressure.rate()
 
     async def handle_async_request(self, request: httpx.Request) -> httpx.Response:
         state = self._state()
@@ -213,18 +336,22 @@ class RateLimitedTransport(httpx.AsyncBaseTransport):
     async def _handle(self, state: _LoopState, request: httpx.Request) -> httpx.Response:
         await request.aread()
         _drop_false_gzip_label(request)
-        method = _rpc_method(request.content)
+        method, idempotent = _rpc_method(request.content)
+        call = _Call(method, idempotent, self._clock())
+        self.stats.record_call()
+        self._budget.note_call()
         retrying = AsyncRetrying(
-            stop=stop_after_attempt(self.max_retries + 1),
-            wait=self._backoff,
-            retry=retry_if_exception_type(_RETRYABLE_ERRORS) | retry_if_result(_is_retryable),
+            stop=lambda retry_state: self._stop(call, retry_state),
+            wait=lambda retry_state: self._backoff(call, retry_state),
+            retry=lambda retry_state: _should_retry(call, retry_state),
             sleep=self._sleep,
             before_sleep=lambda retry_state: self._before_retry(method, retry_state),
             retry_error_callback=_last_outcome,
         )
         try:
-            response: httpx.Response = await retrying(self._attempt, state, request, method)
+            response: httpx.Response = await retrying(self._attempt, state, request, call)
         except Exception as exc:
+            self._report(request, False)
             self.stats.record_failure(method)
             _log.warning(
                 "RPC %s to %s failed: %s: %s",
@@ -234,6 +361,7 @@ class RateLimitedTransport(httpx.AsyncBaseTransport):
                 redact_text(str(exc)),
             )
             raise
+        self._report(request, not _is_retryable(response))
         if response.status_code >= 400:
             self.stats.record_failure(method)
             _log.warning(
@@ -258,25 +386,67 @@ class RateLimitedTransport(httpx.AsyncBaseTransport):
         if state is not None:
             await state.inner.aclose()
 
+    def _report(self, request: httpx.Request, served: bool) -> None:
+        if self._on_result is not None:
+            self._on_result(request.url, served)
+
     def _state(self) -> _LoopState:
         loop = asyncio.get_running_loop()
         state = self._states.get(loop)
         if state is None:
             for dead in [lp for lp in self._states if lp.is_closed()]:
                 del self._states[dead]
+            rate = self._pressure.rate()
             state = _LoopState(
-                limiter=AsyncLimiter(self.burst, self.burst / self.rps),
+                limiter=AsyncLimiter(self.burst, self.burst / rate),
                 inner=self._inner if self._inner is not None else httpx.AsyncHTTPTransport(),
+                rate=rate,
             )
             self._states[loop] = state
         return state
 
+    def _remaining(self, call: _Call) -> float:
+        if self.deadline_s is None:
+            return math.inf
+        return self.deadline_s - (self._clock() - call.started)
+
+    async def _admit(self, state: _LoopState, call: _Call, request: httpx.Request) -> None:
+        """Wait out the shared cool-down (once per new one) and the limiter at today's rate."""
+        until = self._pressure.cooldown_until
+        if until > call.cooldown_seen:
+            call.cooldown_seen = until
+            wait = until - self._clock()
+            if wait > 0:
+                if wait >= self._remaining(call):
+                    raise self._deadline_exceeded(call, request)
+                await self._sleep(wait)
+        while True:
+            rate = self._pressure.rate()
+            if rate != state.rate:
+                # aiolimiter's rate is fixed at construction: a new rate is a new limiter.
+                state.limiter = AsyncLimiter(self.burst, self.burst / rate)
+                state.rate = rate
+            limiter = state.limiter
+            await limiter.acquire()
+            if limiter is state.limiter:
+                return
+
+    def _deadline_exceeded(self, call: _Call, request: httpx.Request) -> httpx.ReadTimeout:
+        self.stats.deadline_exceeded += 1
+        return httpx.ReadTimeout(f"call deadline of {self.deadline_s:g}s exceeded", request=request)
+
     async def _attempt(
-        self, state: _LoopState, request: httpx.Request, method: str
+        self, state: _LoopState, request: httpx.Request, call: _Call
     ) -> httpx.Response:
-        await state.limiter.acquire()
+        method = call.method
+        await self._admit(state, call, request)
+        remaining = self._remaining(call)
+        if remaining <= 0:
+            raise self._deadline_exceeded(call, request)
+        timeout = min(self.timeout_s, remaining)
+        call.sent_at = self._clock()
         try:
-            async with asyncio.timeout(self.timeout_s):
+            async with asyncio.timeout(timeout):
                 response = await state.inner.handle_async_request(request)
                 try:
                     body = await _read_raw(response)
@@ -284,6 +454,8 @@ class RateLimitedTransport(httpx.AsyncBaseTransport):
                     await response.aclose()
         except TimeoutError as exc:
             self.stats.record_request(method, "timeout")
+            if timeout < self.timeout_s:
+                raise self._deadline_exceeded(call, request) from exc
             raise httpx.ReadTimeout(
                 f"no response within {self.timeout_s:g}s", request=request
             ) from exc
@@ -294,6 +466,7 @@ class RateLimitedTransport(httpx.AsyncBaseTransport):
             self.stats.record_request(method, "error")
             raise
         self.stats.record_request(method, str(response.status_code))
+        self._note_push_back(response, call)
         if response.status_code == 429:
             self._log_rate_limited(method, request)
         # The body is buffered so a retried or returned response never holds a connection.
@@ -304,18 +477,43 @@ class RateLimitedTransport(httpx.AsyncBaseTransport):
             extensions=response.extensions,
         )
 
-    def _backoff(self, retry_state: RetryCallState) -> float:
+    def _retry_after(self, response: httpx.Response) -> float | None:
+        now = datetime.fromtimestamp(self._wall_clock(), UTC)
+        retry_after = retry_after_seconds(response.headers.get("retry-after"), now=now)
+        # Capped: a "Retry-After: 86400" must not park a request for a day.
+        return None if retry_after is None else min(retry_after, self.backoff_cap)
+
+    def _note_push_back(self, response: httpx.Response, call: _Call) -> None:
+        rate_limited = response.status_code == 429
+        delay = self._retry_after(response)
+        if delay is None and not rate_limited:
+            return
+        if delay is None:
+            delay = min(self.backoff_base, self.backoff_cap)
+        self._pressure.push_back(delay, rate_limited=rate_limited, sent_at=call.sent_at)
+        # This call's own backoff covers the cool-down it caused.
+        call.cooldown_seen = self._pressure.cooldown_until
+
+    def _backoff(self, call: _Call, retry_state: RetryCallState) -> float:
         exponent = min(retry_state.attempt_number - 1, _MAX_BACKOFF_EXPONENT)
         delay = self._rng.uniform(0.0, min(self.backoff_cap, self.backoff_base * 2.0**exponent))
         outcome = retry_state.outcome
         if outcome is not None and not outcome.failed:
-            response: httpx.Response = outcome.result()
-            now = datetime.fromtimestamp(self._wall_clock(), UTC)
-            retry_after = retry_after_seconds(response.headers.get("retry-after"), now=now)
+            retry_after = self._retry_after(outcome.result())
             if retry_after is not None:
-                # Capped: a "Retry-After: 86400" must not park a request for a day.
-                delay = max(delay, min(retry_after, self.backoff_cap))
+                delay = max(delay, retry_after)
         return delay
+
+    def _stop(self, call: _Call, retry_state: RetryCallState) -> bool:
+        if retry_state.attempt_number > self.max_retries:
+            return True
+        if retry_state.upcoming_sleep >= self._remaining(call):
+            self.stats.deadline_exceeded += 1
+            return True
+        if not self._budget.try_retry():
+            self.stats.budget_exhausted += 1
+            return True
+        return False
 
     def _before_retry(self, method: str, retry_state: RetryCallState) -> None:
         self.stats.record_retry(method)
@@ -410,18 +608,20 @@ def _drop_false_gzip_label(request: httpx.Request) -> None:
         del request.headers["content-encoding"]
 
 
-def _rpc_method(body: bytes) -> str:
+def _rpc_method(body: bytes) -> tuple[str, bool]:
+    """The method label of a JSON-RPC body, and whether sending it twice is harmless."""
     try:
         payload = json.loads(body)
     except ValueError:
-        return "unknown"
+        return "unknown", True
     if isinstance(payload, list):
-        return "batch"
+        names = {p.get("method") for p in payload if isinstance(p, dict)}
+        return "batch", names.isdisjoint(NON_IDEMPOTENT_METHODS)
     if isinstance(payload, dict):
         method = payload.get("method")
         if isinstance(method, str) and _METHOD_NAME.fullmatch(method):
-            return method
-    return "unknown"
+            return method, method not in NON_IDEMPOTENT_METHODS
+    return "unknown", True
 
 
 async def _read_raw(response: httpx.Response) -> bytes:
@@ -434,6 +634,16 @@ async def _read_raw(response: httpx.Response) -> bytes:
 
 def _is_retryable(response: httpx.Response) -> bool:
     return response.status_code == 429 or 500 <= response.status_code <= 599
+
+
+def _should_retry(call: _Call, retry_state: RetryCallState) -> bool:
+    outcome = retry_state.outcome
+    assert outcome is not None
+    if outcome.failed:
+        errors = _RETRYABLE_ERRORS if call.idempotent else _NOT_SENT_ERRORS
+        return isinstance(outcome.exception(), errors)
+    # A non-idempotent call that got an answer was sent: never again.
+    return call.idempotent and _is_retryable(outcome.result())
 
 
 def _last_outcome(retry_state: RetryCallState) -> httpx.Response:

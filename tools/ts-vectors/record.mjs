@@ -17,7 +17,7 @@ const sdkVersion = require('@drift-labs/sdk/package.json').version;
 
 const here = dirname(fileURLToPath(import.meta.url));
 const repo = resolve(here, '..', '..');
-const fixturesDir = resolve(process.argv[2] ?? join(repo, '..', 'shared', 'fixtures', 'mainnet'));
+const fixturesDir = resolve(process.argv[2] ?? join(repo, 'tests', 'fixtures', 'mainnet'));
 const outFile = resolve(process.argv[3] ?? join(repo, 'tests', 'vectors', 'mainnet_ts_sdk.json'));
 
 // The clock for every time-dependent value: ten minutes after the market's newest timestamp.

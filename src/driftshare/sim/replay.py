@@ -1,18 +1,28 @@
-"""Accounts saved with ``solana account <ADDRESS> --output json``, loaded for replay."""
+"""Accounts saved with ``solana account <ADDRESS> --output json``, loaded for replay, and what
+the world adopts from them: Drift markets and State, and the prices their oracles decode to."""
 
 from __future__ import annotations
 
 import base64
 import binascii
 import json
+import logging
+from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
 
+from driftpy.accounts.oracle import decode_oracle
 from solders.pubkey import Pubkey
 
+from driftshare.sim import _codec
+from driftshare.sim._codec import DRIFT_PROGRAM_ID, variant
 from driftshare.sim.store import Account
 
-__all__ = ["load_account_files"]
+__all__ = ["decode_drift_account", "load_account_files", "replayed_oracle_prices"]
+
+log = logging.getLogger(__name__)
+
+_ADOPTED = ("PerpMarket", "SpotMarket", "State")
 
 _RENT_EXEMPT_EPOCH = 2**64 - 1
 
@@ -40,6 +50,36 @@ def load_account_files(paths: list[Path]) -> list[tuple[Pubkey, Account]]:
         else:
             raise ValueError(f"{path}: no such file or folder")
     return [_load(file) for file in files]
+
+
+def decode_drift_account(pubkey: Pubkey, account: Account) -> tuple[str, Any] | None:
+    """The Drift perp market, spot market or State in a replayed account, decoded.
+
+    None for any other account, and (with a warning) for one of those that does not decode:
+    the world then serves its bytes as they are and simulates nothing in its place.
+    """
+    if account.owner != DRIFT_PROGRAM_ID:
+        return None
+    name = _codec.account_name(account.data)
+    if name not in _ADOPTED:
+        return None
+    try:
+        return name, _codec.decode(account.data)
+    except Exception:  # construct raises many unrelated error types for bad bytes
+        log.warning("replayed %s %s does not decode; serving it as is", name, pubkey)
+        return None
+
+
+def replayed_oracle_prices(pubkey: Pubkey, data: bytes, sources: Iterable[str]) -> dict[str, int]:
+    """What driftpy decodes from the replayed oracle account ``data``, by each oracle source
+    reading it; a source it does not decode as is left out, with a warning."""
+    prices: dict[str, int] = {}
+    for source in sorted(set(sources)):
+        try:
+            prices[source] = int(decode_oracle(data, variant("OracleSource", source)).price)
+        except Exception:  # driftpy's decoders raise struct, construct and value errors alike
+            log.warning("replayed oracle %s does not decode as %s", pubkey, source)
+    return prices
 
 
 def _load(file: Path) -> tuple[Pubkey, Account]:

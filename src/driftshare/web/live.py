@@ -269,6 +269,8 @@ class LiveState:
             "rpc_requests_per_s": rps,
             "rate_limited": stats.get("rate_limited", 0),
             "retries": stats.get("retries", 0),
+            "rpc_endpoints": len(stats.get("rpc_endpoints", [])) or 1,
+            "endpoint_switches": stats.get("endpoint_switches", 0),
             "cache_hits": hits,
             "cache_misses": misses,
             "cache_hit_ratio": hits / (hits + misses) if hits + misses else None,

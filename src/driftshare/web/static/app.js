@@ -235,6 +235,10 @@
 
   function render() {
     renderPanel(snap.manager);
+    // The active endpoint changes on a fail-over; the page was rendered with the first.
+    const m = snap.manager;
+    $(".rpc").textContent =
+      m.rpc_endpoints > 1 ? `${snap.rpc_url} (1 of ${m.rpc_endpoints}, ${m.endpoint_switches} switches)` : snap.rpc_url;
     chart($("#chart-rps"), snap.history.rpc_requests_per_s, { fmt: (v) => (v == null ? "–" : v.toFixed(1)) });
     chart($("#chart-hits"), snap.history.cache_hit_ratio, { max: 1, fmt: (v) => (v == null ? "–" : `${(v * 100).toFixed(0)}%`) });
     renderEngines(snap.engines);

@@ -1,4 +1,4 @@
-"""One measurement in a fresh process: ``python -m driftshare.benchmarks._worker '<json>'``.
+"""One measurement in a fresh process: ``python -m bench._worker '<json>'``.
 
 A fresh process per measurement keeps its RSS, caches and the manager's state clean. The
 JSON parameters name the ``kind`` (engines, latency, cold, stampede) and its settings; the
@@ -27,8 +27,8 @@ from solana.rpc.async_api import AsyncClient
 from solana.rpc.commitment import Confirmed
 from solders.keypair import Keypair
 
+from bench._harness import percentiles
 from driftshare.adapter import DriftAdapter
-from driftshare.benchmarks._harness import percentiles
 from driftshare.config import Settings
 from driftshare.manager import DriftClientManager
 from driftshare.marketdata import ClientSource, MarketDataReader, MarketSource
@@ -344,7 +344,7 @@ def main(argv: list[str] | None = None) -> int:
         kind = _KINDS[params["kind"]]
     except (IndexError, ValueError, KeyError, TypeError):
         print(
-            f"usage: python -m driftshare.benchmarks._worker '<json, kind in {list(_KINDS)}>'",
+            f"usage: python -m bench._worker '<json, kind in {list(_KINDS)}>'",
             file=sys.stderr,
         )
         return 2

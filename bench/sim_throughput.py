@@ -4,7 +4,9 @@ Starts ``driftshare sim`` in a subprocess (so client and server each get a core)
 perp market accounts with a ``getProgramAccounts`` as driftpy does, then hammers them from
 this process with a persistent aiohttp session. Run::
 
-    .venv/bin/python bench/bench_sim.py --out bench/results/sim.json
+    .venv/bin/python -m bench.sim_throughput --out sim.json
+
+A standalone measurement of the simulator, not a section of BENCHMARKS.md.
 """
 
 from __future__ import annotations

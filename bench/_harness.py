@@ -31,6 +31,7 @@ __all__ = [
     "simulator",
 ]
 
+_REPO = Path(__file__).resolve().parent.parent
 _READY_PREFIX = "driftshare sim ready:"
 _WORKER_TIMEOUT_S = 600.0
 # Far above what one process opens here: the WebSocket cap is not what these cases measure.
@@ -118,7 +119,7 @@ def sim_counters(stats: dict[str, Any]) -> dict[str, int]:
 
 
 def run_worker(sim: SimProcess, params: dict[str, Any]) -> dict[str, Any]:
-    """Run one measurement in a fresh ``python -m driftshare.benchmarks._worker`` process.
+    """Run one measurement in a fresh ``python -m bench._worker`` process.
 
     The result is the worker's JSON, plus ``sim``: what the simulator served meanwhile,
     counted from before the worker started until after it exited, and ``wall_s``.
@@ -134,10 +135,17 @@ def run_worker(sim: SimProcess, params: dict[str, Any]) -> dict[str, Any]:
 
 def spawn_worker(params: dict[str, Any]) -> dict[str, Any]:
     """Run the worker with ``params`` and return the JSON object on its last stdout line."""
-    command = [sys.executable, "-m", "driftshare.benchmarks._worker", json.dumps(params)]
+    command = [sys.executable, "-m", "bench._worker", json.dumps(params)]
+    # The worker imports ``bench``, which is not installed: put the repository on its path.
+    path = os.pathsep.join(filter(None, [str(_REPO), os.environ.get("PYTHONPATH")]))
     try:
         done = subprocess.run(
-            command, capture_output=True, text=True, timeout=_WORKER_TIMEOUT_S, check=False
+            command,
+            capture_output=True,
+            text=True,
+            timeout=_WORKER_TIMEOUT_S,
+            check=False,
+            env={**os.environ, "PYTHONPATH": path},
         )
     except subprocess.TimeoutExpired:
         raise BenchError(f"worker {params['kind']} ran over {_WORKER_TIMEOUT_S:.0f}s") from None

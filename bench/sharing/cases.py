@@ -1,7 +1,7 @@
 """The benchmark cases, each run for the shared path and the legacy path.
 
 Every case starts its own simulator subprocess and runs each measurement in a fresh worker
-subprocess (see :mod:`driftshare.benchmarks._worker`); each returns plain JSON-ready data.
+subprocess (see :mod:`bench._worker`); each returns plain JSON-ready data.
 """
 
 from __future__ import annotations
@@ -12,7 +12,7 @@ from collections.abc import Callable
 from dataclasses import asdict, dataclass
 from typing import Any
 
-from driftshare.benchmarks._harness import run_worker, simulator
+from bench._harness import run_worker, simulator
 
 __all__ = [
     "CASES",
@@ -234,3 +234,8 @@ CASES: dict[str, Callable[[BenchConfig], dict[str, Any]]] = {
     "provider_limit": provider_limit,
 }
 """Every case by name, in the order the suite runs them."""
+
+
+def engine_errors(run: dict[str, Any]) -> int:
+    """Failed connects plus failed reads: the errors the engines of one run saw."""
+    return int(run["connect_failures"]) + int(run["read_errors"])

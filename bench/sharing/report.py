@@ -1,15 +1,14 @@
-"""BENCHMARKS.md and the PNG plots, written from the measured results only."""
+"""The markdown of the sharing section, written from the measured results only."""
 
 from __future__ import annotations
 
-import os
-from collections.abc import Callable, Sequence
-from pathlib import Path
+from collections.abc import Sequence
 from typing import Any
 
-__all__ = ["plot_all", "write_report"]
+from bench._harness import BenchError
+from bench.sharing.cases import engine_errors
 
-_COLORS = {"shared": "#1f77b4", "legacy": "#d62728"}
+__all__ = ["markdown"]
 
 # Targets, each (text, predicate over the measured value); reported beside every figure.
 _TARGET_REDUCTION_PCT = 99.5
@@ -48,220 +47,39 @@ def _run(runs: list[dict[str, Any]], **match: object) -> dict[str, Any] | None:
     return None
 
 
+def _need(runs: list[dict[str, Any]], **match: object) -> dict[str, Any]:
+    """The run matching ``match``; results without it cannot be reported."""
+    run = _run(runs, **match)
+    if run is None:
+        raise BenchError(f"the results have no run with {match}")
+    return run
+
+
 def _at_four(engines: Sequence[int]) -> int:
     """4 engines, or the closest count this run measured (quick mode)."""
     return min(engines, key=lambda n: (abs(n - 4), -n))
 
 
-# -- plots ----------------------------------------------------------------------------------
-
-
-def plot_all(results: dict[str, Any], out: Path) -> list[Path]:
-    """Write one PNG per case into ``out``; returns their paths."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    out.mkdir(parents=True, exist_ok=True)
-    plots: list[tuple[str, Callable[[Any, dict[str, Any]], None]]] = [
-        ("rpc_cost.png", _plot_rpc),
-        ("memory.png", _plot_memory),
-        ("latency.png", _plot_latency),
-        ("cold_start.png", _plot_cold),
-        ("provider_limit.png", _plot_limit),
-    ]
-    written = []
-    for name, draw in plots:
-        import matplotlib.pyplot as plt
-
-        fig = plt.figure(figsize=(10, 4.5))
-        draw(fig, results)
-        fig.tight_layout()
-        path = out / name
-        fig.savefig(path, dpi=110)
-        plt.close(fig)
-        written.append(path)
-    return written
-
-
-def _plot_rpc(fig: Any, results: dict[str, Any]) -> None:
-    runs = results["rpc_cost"]["runs"]
-    for position, mode in enumerate(("websocket", "polling"), start=1):
-        ax = fig.add_subplot(1, 2, position)
-        for path in ("shared", "legacy"):
-            series = sorted(
-                (r for r in runs if r["mode"] == mode and r["path"] == path),
-                key=lambda r: r["engines"],
-            )
-            xs = [r["engines"] for r in series]
-            ax.plot(
-                xs,
-                [r["sim"]["http_requests"] for r in series],
-                "o-",
-                color=_COLORS[path],
-                label=f"{path}: HTTP requests",
-            )
-            if mode == "websocket":
-                ax.plot(
-                    xs,
-                    [r["sim"]["ws_connections"] for r in series],
-                    "s--",
-                    color=_COLORS[path],
-                    alpha=0.6,
-                    label=f"{path}: WebSocket connections",
-                )
-        ax.set_xscale("log", base=2)
-        ax.set_xticks(xs, [str(x) for x in xs])
-        ax.set_yscale("log")
-        ax.set_xlabel("engines (N)")
-        ax.set_ylabel(f"count in the {results['rpc_cost']['window_s']:g} s run")
-        ax.set_title(f"RPC cost vs engines, {mode}")
-        ax.grid(True, which="both", alpha=0.3)
-        ax.legend(fontsize=8)
-
-
-def _plot_memory(fig: Any, results: dict[str, Any]) -> None:
-    runs = [r for r in results["rpc_cost"]["runs"] if r["mode"] == "websocket"]
-    engines = sorted({r["engines"] for r in runs})
-    ax = fig.add_subplot(1, 1, 1)
-    for path in ("shared", "legacy"):
-        series = sorted((r for r in runs if r["path"] == path), key=lambda r: r["engines"])
-        ax.plot(
-            [r["engines"] for r in series],
-            [r["rss_mib"] for r in series],
-            "o-",
-            color=_COLORS[path],
-            label=path,
-        )
-    ax.set_xscale("log", base=2)
-    ax.set_xticks(engines, [str(n) for n in engines])
-    ax.set_xlabel("engines (N)")
-    ax.set_ylabel("client process RSS (MiB)")
-    ax.set_title("Client memory vs engines (websocket mode)")
-    ax.grid(True, alpha=0.3)
-    ax.legend()
-
-
-def _plot_latency(fig: Any, results: dict[str, Any]) -> None:
-    rows = results["latency"]["rows"]
-    for position, function in enumerate(("get_funding_rate", "get_all_perp_markets"), start=1):
-        ax = fig.add_subplot(1, 2, position)
-        labels = [f"{r['api']}\n{r['cache']}" for r in rows]
-        xs = range(len(rows))
-        ax.bar([x - 0.2 for x in xs], [r[function]["p50"] for r in rows], 0.4, label="p50")
-        ax.bar([x + 0.2 for x in xs], [r[function]["p99"] for r in rows], 0.4, label="p99")
-        ax.set_xticks(list(xs), labels, fontsize=6, rotation=30, ha="right")
-        ax.set_yscale("log")
-        ax.set_ylabel("µs per call")
-        ax.set_title(function)
-        ax.grid(True, axis="y", which="both", alpha=0.3)
-        ax.legend(fontsize=8)
-
-
-def _plot_cold(fig: Any, results: dict[str, Any]) -> None:
-    rows = results["cold_start"]["rows"]
-    ax = fig.add_subplot(1, 1, 1)
-    labels = [f"{r['path']}, {r['markets']} markets" for r in rows]
-    xs = range(len(rows))
-    ax.bar(
-        [x - 0.2 for x in xs],
-        [r["process_to_first_rate_s"] for r in rows],
-        0.4,
-        label="process start → first funding rate",
-    )
-    ax.bar(
-        [x + 0.2 for x in xs],
-        [r["client_ready_s"] for r in rows],
-        0.4,
-        label="connect → client ready",
-    )
-    ax.set_xticks(list(xs), labels)
-    ax.set_ylabel("seconds (median)")
-    ax.set_title("Cold start")
-    ax.grid(True, axis="y", alpha=0.3)
-    ax.legend()
-
-
-def _plot_limit(fig: Any, results: dict[str, Any]) -> None:
-    case = results["provider_limit"]
-    runs = case["runs"]
-    ax = fig.add_subplot(1, 1, 1)
-    labels = [f"{r['path']}, N={r['engines']}" for r in runs]
-    xs = range(len(runs))
-    ax.bar(
-        [x - 0.2 for x in xs], [_engine_errors(r) for r in runs], 0.4, label="engine-visible errors"
-    )
-    ax.bar(
-        [x + 0.2 for x in xs],
-        [r["sim"]["rate_limited"] for r in runs],
-        0.4,
-        label="429 answers sent by the provider",
-    )
-    ax.set_xticks(list(xs), labels)
-    ax.set_yscale("symlog")
-    ax.set_ylabel("count")
-    ax.set_title(f"Provider limited to {case['rps']:g} requests/s")
-    ax.grid(True, axis="y", alpha=0.3)
-    ax.legend()
-
-
-def _engine_errors(run: dict[str, Any]) -> int:
-    return int(run["connect_failures"]) + int(run["read_errors"])
-
-
-# -- markdown -------------------------------------------------------------------------------
-
-
-def write_report(results: dict[str, Any], report: Path, plots: list[Path], command: str) -> Path:
-    """Write the markdown report of ``results`` to ``report``, linking ``plots``."""
-    links = {p.name: Path(os.path.relpath(p, report.parent)).as_posix() for p in plots}
-    lines = _header(results, command)
+def markdown(results: dict[str, Any], links: dict[str, str]) -> str:
+    """The section's markdown for ``results``; ``links`` maps each plot's file name to its link."""
+    lines = _intro(results)
     lines += _rpc_section(results, links)
     lines += _memory_section(results, links)
     lines += _latency_section(results, links)
     lines += _cold_section(results, links)
     lines += _stampede_section(results)
     lines += _limit_section(results, links)
-    report.parent.mkdir(parents=True, exist_ok=True)
-    report.write_text("\n".join(lines).rstrip() + "\n")
-    return report
+    return "\n".join(lines).rstrip() + "\n"
 
 
-def _header(results: dict[str, Any], command: str) -> list[str]:
-    machine = results["machine"]
-    config = results["config"]
-    mode = "quick (smoke-test sizes: not for publishing)" if config["quick"] else "full"
+def _intro(results: dict[str, Any]) -> list[str]:
     return [
-        "# driftshare benchmarks",
-        "",
-        "Generated by `driftshare bench`; every figure below was measured in this run. Each",
-        "case runs twice: **shared** is driftshare (`DriftAdapter()` over one shared",
+        "Each case runs twice: **shared** is driftshare (`DriftAdapter()` over one shared",
         "DriftClient), **legacy** is one private DriftClient per engine",
         "(`DriftAdapter(use_singleton=False)`; in polling mode its polling twin built from the",
         "same parts). Everything talks to the local simulator (`driftshare sim`) in its own",
-        "process; each measurement runs in a fresh worker process.",
-        "",
-        *_table(
-            ["", ""],
-            [
-                ["Mode", mode],
-                ["Date", machine["date"]],
-                ["CPU", f"{machine['cpu']}, {machine['cores']} cores"],
-                ["RAM", f"{machine['ram_gib']} GiB"],
-                ["Load average at start", ", ".join(map(str, machine["load_average"]))],
-                ["OS", machine["os"]],
-                [
-                    "Python / driftpy / solana",
-                    f"{machine['python']} / {machine['driftpy']} / {machine['solana']}",
-                ],
-                ["Suite wall time", f"{results['wall_s']:.0f} s"],
-            ],
-        ),
-        "The machine is shared with other work (2 cores in the reference runs), so absolute",
-        "times carry noise; the counts (requests, connections, clients) do not.",
-        "",
-        f"Produced by `{command}`. Reproduce with `make bench` (or `driftshare bench`);",
-        "`driftshare bench --quick` is the one-minute smoke version. Raw numbers:",
-        "`results.json` beside the plots.",
+        "process; each measurement runs in a fresh worker process. The section took",
+        f"{results['wall_s']:.0f} s; raw numbers: `docs/bench/sharing.json`.",
         "",
     ]
 
@@ -271,7 +89,7 @@ def _rpc_section(results: dict[str, Any], links: dict[str, str]) -> list[str]:
     runs = case["runs"]
     engines = sorted({r["engines"] for r in runs})
     lines = [
-        "## 1. RPC cost vs engines",
+        "### 1. RPC cost vs engines",
         "",
         f"N engines each read the funding of all {case['markets']} markets every 100 ms for "
         f"{case['window_s']:g} s (plus start-up, which the counts include). The simulator",
@@ -299,10 +117,10 @@ def _rpc_section(results: dict[str, Any], links: dict[str, str]) -> list[str]:
                     s["subscriptions"],
                     g["subscriptions"],
                     f"{shared['reads']:,} / {legacy['reads']:,}",
-                    f"{_engine_errors(shared)} / {_engine_errors(legacy)}",
+                    f"{engine_errors(shared)} / {engine_errors(legacy)}",
                 ]
             )
-        lines += [f"### {mode}", ""]
+        lines += [f"#### {mode}", ""]
         lines += _table(
             [
                 "N",
@@ -335,10 +153,8 @@ def _rpc_targets(case: dict[str, Any], engines: list[int]) -> list[str]:
     rows = []
     reductions: dict[str, float | None] = {}
     for mode in ("websocket", "polling"):
-        shared = _run(runs, mode=mode, path="shared", engines=four)
-        legacy = _run(runs, mode=mode, path="legacy", engines=four)
-        assert shared is not None
-        assert legacy is not None
+        shared = _need(runs, mode=mode, path="shared", engines=four)
+        legacy = _need(runs, mode=mode, path="legacy", engines=four)
         pct = _pct_fewer(shared["sim"]["http_requests"], legacy["sim"]["http_requests"])
         reductions[mode] = pct
         rows.append(
@@ -362,10 +178,8 @@ def _rpc_targets(case: dict[str, Any], engines: list[int]) -> list[str]:
             )
     low, high = min(engines), max(engines)
     for mode in ("websocket", "polling"):
-        first = _run(runs, mode=mode, path="shared", engines=low)
-        last = _run(runs, mode=mode, path="shared", engines=high)
-        assert first is not None
-        assert last is not None
+        first = _need(runs, mode=mode, path="shared", engines=low)
+        last = _need(runs, mode=mode, path="shared", engines=high)
         a, b = first["sim"]["http_requests"], last["sim"]["http_requests"]
         growth = 100.0 * (b - a) / a if a else None
         rows.append(
@@ -376,12 +190,10 @@ def _rpc_targets(case: dict[str, Any], engines: list[int]) -> list[str]:
                 _verdict(growth is not None and abs(growth) <= _FLAT_TOLERANCE_PCT),
             ]
         )
-    lines = ["### Targets", ""]
+    lines = ["#### Targets", ""]
     lines += _table(["figure", "target", "measured", "verdict"], rows)
-    first = _run(runs, mode="polling", path="shared", engines=low)
-    last = _run(runs, mode="polling", path="shared", engines=high)
-    assert first is not None
-    assert last is not None
+    first = _need(runs, mode="polling", path="shared", engines=low)
+    last = _need(runs, mode="polling", path="shared", engines=high)
     extra = last["sim"]["http_requests"] - first["sim"]["http_requests"]
     if extra > 0:
         lines += [
@@ -391,10 +203,8 @@ def _rpc_targets(case: dict[str, Any], engines: list[int]) -> list[str]:
             f"{_FLAT_TOLERANCE_PCT:g}% band is smaller than one poll.",
             "",
         ]
-    legacy_ws = _run(runs, mode="websocket", path="legacy", engines=four)
-    shared_ws = _run(runs, mode="websocket", path="shared", engines=four)
-    assert legacy_ws is not None
-    assert shared_ws is not None
+    legacy_ws = _need(runs, mode="websocket", path="legacy", engines=four)
+    shared_ws = _need(runs, mode="websocket", path="shared", engines=four)
     per_read = legacy_ws["reads"]
     per_read_pct = _pct_fewer(shared_ws["sim"]["http_requests"], per_read)
     bound = 100.0 * (1 - 1 / four)
@@ -421,10 +231,8 @@ def _memory_section(results: dict[str, Any], links: dict[str, str]) -> list[str]
     engines = sorted({r["engines"] for r in runs})
     rows = []
     for n in engines:
-        shared = _run(runs, path="shared", engines=n)
-        legacy = _run(runs, path="legacy", engines=n)
-        assert shared is not None
-        assert legacy is not None
+        shared = _need(runs, path="shared", engines=n)
+        legacy = _need(runs, path="legacy", engines=n)
         rows.append(
             [
                 n,
@@ -436,14 +244,12 @@ def _memory_section(results: dict[str, Any], links: dict[str, str]) -> list[str]
     shared_slope = case["websocket/shared"]["rss_slope_mib_per_engine"]
     legacy_slope = case["websocket/legacy"]["rss_slope_mib_per_engine"]
     high = max(engines)
-    top_shared = _run(runs, path="shared", engines=high)
-    top_legacy = _run(runs, path="legacy", engines=high)
-    assert top_shared is not None
-    assert top_legacy is not None
+    top_shared = _need(runs, path="shared", engines=high)
+    top_legacy = _need(runs, path="legacy", engines=high)
     whole = _pct_fewer(top_shared["rss_mib"], top_legacy["rss_mib"])
     marginal = _pct_fewer(shared_slope, legacy_slope) if legacy_slope > 0 else None
     lines = [
-        "## 2. Memory",
+        "### 2. Memory",
         "",
         "RSS of the client process at the end of each websocket run of case 1 (a fresh",
         "process per N, simulator in another process).",
@@ -522,7 +328,7 @@ def _latency_section(results: dict[str, Any], links: dict[str, str]) -> list[str
         for f in ("get_funding_rate", "get_all_perp_markets")
     )
     lines = [
-        "## 3. Read latency",
+        "### 3. Read latency",
         "",
         "`time.perf_counter_ns` around each awaited call, cycling through every market. A",
         "hit is a read within its TTL; for misses the TTLs are set to 0, so every read",
@@ -617,7 +423,7 @@ def _cold_section(results: dict[str, Any], links: dict[str, str]) -> list[str]:
             ]
         )
     lines = [
-        "## 4. Cold start",
+        "### 4. Cold start",
         "",
         "Wall time from spawning a Python process to its first funding rate (import of",
         "driftshare, driftpy and solana-py included), and from `get_client()` (shared) or",
@@ -672,7 +478,7 @@ def _stampede_section(results: dict[str, Any]) -> list[str]:
     shared_rows = [r for r in results["stampede"]["rows"] if r["path"] == "shared"]
     one = all(r["clients_started"] == 1 and r["served"] == r["callers"] for r in shared_rows)
     return [
-        "## 5. Stampede",
+        "### 5. Stampede",
         "",
         "Concurrent first callers, each its own engine (`DriftAdapter`), all asking for a",
         "funding rate before anything is connected. Legacy runs only as many callers as",
@@ -726,9 +532,9 @@ def _limit_section(results: dict[str, Any], links: dict[str, str]) -> list[str]:
             ]
         )
     top = max(case["runs"], key=lambda r: (r["path"] == "shared", r["engines"]))
-    errors = _engine_errors(top)
+    errors = engine_errors(top)
     return [
-        "## 6. Provider rate limit",
+        "### 6. Provider rate limit",
         "",
         f"The simulator allows {case['rps']:g} requests/s per client (this host) and answers",
         f"429 beyond; engines read as in case 1 for {case['window_s']:g} s, websocket mode.",
