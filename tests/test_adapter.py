@@ -20,8 +20,9 @@ MODES = pytest.mark.parametrize("use_singleton", [True, False], ids=["singleton"
 
 
 def _without_age(row: dict[str, Any]) -> dict[str, Any]:
-    # age_s is how long the value sat in the cache: the one field truth cannot know.
-    return {**row, "age_s": 0.0}
+    # How long the value sat in the cache and how recently its accounts were confirmed are
+    # the fields truth cannot know (test_freshness_sim checks them).
+    return {**row, "age_s": 0.0, "slot": 0, "data_age_s": 0.0}
 
 
 def _references() -> int:

@@ -3,45 +3,16 @@
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncIterator, Callable
+import dataclasses
 from typing import Any
 
 import pytest
-import pytest_asyncio
 
 from conftest import subscribed
 from driftshare._ledger import AccountLedger
 from driftshare.manager import DriftClientManager
 from driftshare.sim import Simulator
-
-FAST: dict[str, Any] = {
-    "health_interval_s": 0.1,
-    "poll_interval_s": 0.1,
-    "retry_backoff": 0.05,
-    "retry_backoff_cap": 0.2,
-    "rpc_rps": 200.0,
-    "rpc_burst": 50,
-}
-
-
-@pytest_asyncio.fixture(autouse=True)
-async def _clean_manager(simulator_factory: object) -> AsyncIterator[None]:
-    yield
-    await DriftClientManager.shutdown()
-    DriftClientManager._settings = None
-
-
-async def eventually(
-    predicate: Callable[[], bool], *, sim: Simulator | None = None, within: float = 10.0
-) -> None:
-    loop = asyncio.get_running_loop()
-    deadline = loop.time() + within
-    while not predicate():
-        if loop.time() > deadline:
-            raise AssertionError("timed out")
-        if sim is not None:
-            await sim.step()
-        await asyncio.sleep(0.02)
+from test_manager_sim import FAST, _clean_manager, eventually  # noqa: F401 (fixture)
 
 
 async def _start(sim: Simulator, **settings: Any) -> AccountLedger:
@@ -101,3 +72,201 @@ async def test_ledger_holds_every_subscribed_account_and_follows_updates(
     assert _matches_store(ledger, simulator)
     changed = {pubkey for pubkey, c in changes if c}
     assert all(ledger.get(p).record.slot >= slot for p in changed)  # type: ignore[union-attr]
+
+
+STALE_AFTER_S = 1.0
+
+
+async def _subscribed_client(sim: Simulator, **settings: Any) -> Any:
+    await _start(sim, stale_after_s=STALE_AFTER_S, **settings)
+    if settings.get("subscription", "websocket") == "websocket":
+        await eventually(lambda: subscribed(sim))
+    shared = DriftClientManager.shared_state()
+    assert shared is not None
+    return shared
+
+
+async def test_account_that_stops_updating_turns_stale_one_that_stops_changing_does_not(
+    simulator: Simulator,
+) -> None:
+    shared = await _subscribed_client(simulator)
+    world = simulator.world
+    assert world is not None
+    hidden, frozen = world.perp_indexes()[:2]
+    # Market `frozen` only stops changing: its account and oracle keep their bytes.
+    for key in (world.perp_market_pubkey(frozen), world.perp_market(frozen).amm.oracle):
+        account = simulator.store.get(key)
+        assert account is not None
+        simulator.store.put(key, dataclasses.replace(account, frozen=True), force=True)
+    # Market `hidden` keeps changing on chain, but the node stops serving its account.
+    simulator.faults.hide(world.perp_market_pubkey(hidden))
+    hidden_at = asyncio.get_running_loop().time()
+    seen_fresh_frozen: list[bool] = []
+
+    async def hidden_is_stale() -> bool:
+        rate = await DriftClientManager.get_funding_rate(hidden)
+        steady = await DriftClientManager.get_funding_rate(frozen)
+        assert steady is not None
+        seen_fresh_frozen.append(not steady.stale)
+        return rate is not None and rate.stale
+
+    deadline = hidden_at + STALE_AFTER_S + shared.confirmer.period_s + 1.0
+    while not await hidden_is_stale():
+        assert asyncio.get_running_loop().time() < deadline, "hidden market never turned stale"
+        await simulator.step()
+        await asyncio.sleep(0.05)
+    rate = await DriftClientManager.get_funding_rate(hidden)
+    assert rate is not None
+    assert rate.data_age_s > STALE_AFTER_S
+    # The frozen market stays fresh for several more confirmation periods.
+    until = asyncio.get_running_loop().time() + 3 * shared.confirmer.period_s
+    while asyncio.get_running_loop().time() < until:
+        await hidden_is_stale()
+        await simulator.step()
+        await asyncio.sleep(0.05)
+    assert all(seen_fresh_frozen)
+    steady = await DriftClientManager.get_funding_rate(frozen)
+    assert steady is not None
+    assert steady.data_age_s <= STALE_AFTER_S
+    assert steady.slot > shared.ledger.get(str(world.perp_market_pubkey(frozen))).record.slot
+
+
+def _driftpy_is_current(shared: Any, sim: Simulator) -> bool:
+    """Whether the shared client's perp markets and oracles hold the simulator's bytes."""
+    world = sim.world
+    assert world is not None
+    decode = shared.client.program.coder.accounts.decode
+    for index in world.perp_indexes():
+        stored = sim.store.get(world.perp_market_pubkey(index))
+        if decode(stored.data) != shared.client.get_perp_market_account(index):
+            return False
+        oracle = shared.client.get_oracle_price_data_for_perp_market(index)
+        if oracle.price != round(world.oracle_price(index) * 1e6):
+            return False
+    return True
+
+
+@pytest.mark.parametrize("drops", [1, 2])
+async def test_changes_made_while_the_websocket_is_down_are_applied_after_reconnect(
+    simulator: Simulator, drops: int
+) -> None:
+    shared = await _subscribed_client(simulator)
+    for _ in range(drops):
+        assert await simulator.faults.drop_ws() > 0
+        for _ in range(3):
+            await simulator.step()  # changes no notification will carry
+    assert not _driftpy_is_current(shared, simulator)
+    await eventually(lambda: subscribed(simulator), within=30.0)
+    reconnected = asyncio.get_running_loop().time()
+    # No further change on chain: only the re-read after the reconnect can bring these in.
+    await eventually(
+        lambda: _driftpy_is_current(shared, simulator) and _matches_store(shared.ledger, simulator),
+        within=STALE_AFTER_S + 5.0,
+    )
+    assert asyncio.get_running_loop().time() - reconnected <= STALE_AFTER_S
+    for index in simulator.world.perp_indexes():  # type: ignore[union-attr]
+        rate = await DriftClientManager.get_funding_rate(index)
+        assert rate is not None
+        assert not rate.stale
+
+
+@pytest.mark.parametrize("mode", ["websocket", "polling"])
+@pytest.mark.parametrize("corruption", ["truncate", "garble"])
+async def test_undecodable_market_is_never_served_fresh(
+    simulator: Simulator, mode: str, corruption: str
+) -> None:
+    shared = await _subscribed_client(simulator, subscription=mode)
+    world = simulator.world
+    assert world is not None
+    index = world.perp_indexes()[2]
+    key = world.perp_market_pubkey(index)
+    before = await DriftClientManager.get_funding_rate(index)
+    assert before is not None
+    assert not before.stale
+    simulator.faults.corrupt(key, corruption)  # type: ignore[arg-type]
+    served = simulator.faults.serve(key, simulator.store.get(key))  # type: ignore[arg-type]
+    await eventually(
+        lambda: shared.ledger.get(str(key)).record.data == served.data,  # type: ignore[union-attr]
+        sim=simulator,
+    )
+    assert index in shared.unavailable
+    rate = await DriftClientManager.get_funding_rate(index)
+    assert rate is None or rate.stale
+    market = await DriftClientManager.get_market(index)
+    assert market is None or market.stale
+    rows = {m.market_index: m for m in await DriftClientManager.get_all_perp_markets()}
+    assert index not in rows or rows[index].stale
+    assert all(not m.stale for i, m in rows.items() if i != index)
+
+
+async def test_connect_answers_within_a_request_timeout_while_the_rpc_refuses(
+    simulator_factory: Any,
+) -> None:
+    from driftshare.adapter import DriftAdapter
+
+    sim = await simulator_factory(faults=["down=600"])
+    timeout = 2.0
+    # Default retries: the transport alone would spend longer than the timeout retrying.
+    DriftClientManager.configure(rpc_url=sim.http_url, request_timeout_s=timeout)
+    adapter = DriftAdapter()
+    loop = asyncio.get_running_loop()
+    started = loop.time()
+    assert await adapter.connect() is False
+    assert loop.time() - started < timeout
+    started = loop.time()
+    assert await DriftClientManager.get_client() is None
+    assert loop.time() - started < timeout
+    await DriftClientManager.release_client()
+    await adapter.disconnect()
+
+
+async def test_health_follows_data_not_a_get_slot(simulator: Simulator) -> None:
+    shared = await _subscribed_client(simulator)
+    assert shared.health == "healthy"
+    assert await DriftClientManager.get_funding_rate(0) is not None
+    keys = list(shared.tap.pubkeys())
+    # The RPC still answers getSlot, but no account can be read or is notified.
+    simulator.faults.set_stall(True)
+    for key in keys:
+        simulator.faults.hide(key)
+    await eventually(lambda: shared.health == "degraded", sim=simulator)
+    rate = await DriftClientManager.get_funding_rate(0)
+    assert rate is not None
+    assert rate.stale
+    for _ in range(10):  # getSlot answers through these checks; health stays degraded
+        await simulator.step()
+        await asyncio.sleep(0.1)
+        assert shared.health == "degraded"
+    simulator.faults.set_stall(False)
+    for key in keys:
+        simulator.faults.restore(key)
+    await eventually(lambda: shared.health == "healthy", sim=simulator)
+    assert shared.last_confirmed_at is not None
+
+    async def fresh_again() -> bool:
+        rate = await DriftClientManager.get_funding_rate(0)
+        return rate is not None and not rate.stale
+
+    deadline = asyncio.get_running_loop().time() + STALE_AFTER_S + 2.0
+    while not await fresh_again():
+        assert asyncio.get_running_loop().time() < deadline, "market 0 never fresh again"
+        await simulator.step()
+        await asyncio.sleep(0.05)
+
+
+async def test_second_change_within_one_slot_is_read(simulator: Simulator) -> None:
+    shared = await _subscribed_client(simulator)
+    world = simulator.world
+    assert world is not None
+    before = await DriftClientManager.get_funding_rate(0)
+    assert before is not None
+    slot = simulator.store.slot
+    world.set_oracle_price(0, world.oracle_price(0) * 1.01)  # same slot, new bytes
+    expected = round(world.oracle_price(0) * 1e6)
+    await eventually(
+        lambda: shared.client.get_oracle_price_data_for_perp_market(0).price == expected
+    )
+    assert simulator.store.slot == slot
+    after = await DriftClientManager.get_funding_rate(0)
+    assert after is not None
+    assert after.oracle_price == expected / 1e6

@@ -389,6 +389,8 @@ def test_the_health_loop_survives_a_check_that_raises(monkeypatch: pytest.Monkey
             return calls  # data flows: no getSlot needed
 
         monkeypatch.setattr("driftshare._health.newest_data_slot", newest_data_slot)
+        # Account data is confirmed current: health needs no getSlot (the fake has none).
+        monkeypatch.setattr("driftshare._lifecycle.SharedClient.data_flows", lambda self: True)
         await asyncio.wait_for(checked_again.wait(), 10)
         stats = DriftClientManager.stats()
         assert "one unexpected fault" in stats["last_error"]

@@ -21,6 +21,7 @@ from driftshare.sim import Simulator
 FAST: dict[str, Any] = {
     "health_interval_s": 0.1,
     "ws_stall_s": 0.5,
+    "stale_after_s": 1.0,
     "poll_interval_s": 0.1,
     "retry_backoff": 0.05,
     "retry_backoff_cap": 0.2,
@@ -275,7 +276,9 @@ async def test_simulator_down_at_start_gives_none_then_comes_up_by_itself(
     await eventually(DriftClientManager.is_initialized, within=15, what="recovery")
     rate = await DriftClientManager.get_funding_rate(0)
     assert rate is not None
-    assert DriftClientManager.stats()["init_failures"] >= 1
+    # get_client answered at the first refused request; the start it began may itself have
+    # succeeded once the simulator came back, so the refusal is what was certainly seen.
+    assert DriftClientManager.stats()["rpc"]["by_status"].get("error", 0) >= 1
 
 
 async def test_undecodable_market_does_not_take_the_others_down(

@@ -19,8 +19,9 @@ from driftshare.sim.pytest_plugin import SimulatorFactory
 
 
 def _without_age(value: FundingRateData | MarketData) -> FundingRateData | MarketData:
-    # age_s is how long the value sat in the cache: the one field truth cannot know.
-    return dataclasses.replace(value, age_s=0.0)
+    # How long the value sat in the cache and how recently its accounts were confirmed are
+    # the fields truth cannot know (test_freshness_sim checks them).
+    return dataclasses.replace(value, age_s=0.0, slot=0, data_age_s=0.0)
 
 
 def _calls(sim: Simulator) -> int:
@@ -66,13 +67,12 @@ async def test_cache_hit_costs_no_rpc_request(sim_manager: Simulator, truth: Gro
     assert [_without_age(m) for m in markets_again] == [_without_age(m) for m in markets]
 
 
-async def test_value_is_recomputed_after_its_ttl(
+async def test_read_right_after_an_account_change_returns_the_new_value(
     sim_manager: Simulator, truth: GroundTruth, wait_until: WaitUntil
 ) -> None:
     clock = [0.0]
     reader = DriftClientManager.market_data()
-    reader.cache = TTLCache(clock=lambda: clock[0])
-    ttl = DriftClientManager.settings().cache_ttl_funding
+    reader.cache = TTLCache(clock=lambda: clock[0])  # no TTL ever runs out here
     before = await DriftClientManager.get_funding_rate(0)
     assert before is not None
     assert _without_age(before) == truth.funding(0)
@@ -87,17 +87,35 @@ async def test_value_is_recomputed_after_its_ttl(
     await wait_until(
         lambda: client.get_oracle_price_data_for_perp_market(0).price == expected_price
     )
+    after = await DriftClientManager.get_funding_rate(0)
+    assert after is not None
+    assert _without_age(after) == moved
+    assert after.slot >= before.slot
+    assert not after.stale
+
+
+async def test_unchanged_value_is_reused_then_recomputed_after_its_ttl(
+    sim_manager: Simulator, truth: GroundTruth
+) -> None:
+    clock = [0.0]
+    reader = DriftClientManager.market_data()
+    reader.cache = TTLCache(clock=lambda: clock[0])
+    ttl = DriftClientManager.settings().cache_ttl_funding
+    before = await DriftClientManager.get_funding_rate(0)
+    assert before is not None
 
     clock[0] = ttl / 2
     cached = await DriftClientManager.get_funding_rate(0)
     assert cached is not None
-    assert _without_age(cached) == _without_age(before)
     assert cached.age_s == ttl / 2
+    assert reader.cache.stats()["hits"] == {"funding": 1}
 
     clock[0] = ttl
-    fresh = await DriftClientManager.get_funding_rate(0)
-    assert fresh is not None
-    assert _without_age(fresh) == moved
+    again = await DriftClientManager.get_funding_rate(0)
+    assert again is not None
+    assert again.age_s == 0
+    assert _without_age(again) == truth.funding(0)
+    assert reader.cache.stats()["misses"] == {"funding": 2}
 
 
 @pytest.mark.parametrize("symbol", ["SOL-PERP", "sol-perp", "SOL", "sol", " Sol-Perp ", "0", 0])
@@ -165,6 +183,15 @@ async def test_an_unpriceable_market_does_not_hide_the_others(truth: GroundTruth
 
         def oracle_price_data(self, market_index: int) -> Any:
             return truth.oracle(market_index)
+
+        def accounts(self, perp_market: Any) -> None:
+            return None
+
+        def unavailable(self, market_index: int) -> bool:
+            return False
+
+        def current(self) -> bool:
+            return True
 
     async def source() -> MarketSource:
         return _Source()

@@ -98,6 +98,28 @@ async def test_malformed_answers_are_not_json(simulator: Simulator) -> None:
     assert (await _health(simulator)).json()["result"] == "ok"
 
 
+async def test_hide_and_restore_an_account(simulator: Simulator) -> None:
+    key = Pubkey.new_unique()
+    simulator.store.put(key, Account(data=b"before", owner=OWNER, lamports=1))
+    await _post_faults(simulator, {"spec": [f"hide={key}"]})
+    params = [[str(key)], {"encoding": "base64"}]
+    body = {"jsonrpc": "2.0", "id": 1, "method": "getMultipleAccounts", "params": params}
+    async with httpx.AsyncClient() as http:
+        answer = (await http.post(simulator.http_url, json=body)).json()
+    assert answer["result"]["value"] == [None]
+
+    async with connect(simulator.ws_url) as ws:
+        await ws.account_subscribe(key, encoding="base64")
+        await ws.recv()
+        simulator.store.put(key, Account(data=b"hidden", owner=OWNER, lamports=1))
+        simulator.faults.restore(key)
+        simulator.store.put(key, Account(data=b"after", owner=OWNER, lamports=1))
+        # The first notification is the one after the restore: the hidden write sent none.
+        notification = (await asyncio.wait_for(ws.recv(), TIMEOUT_S))[0]
+        assert notification.result.value.data == b"after"
+    assert await _account_data(simulator, key) == b"after"
+
+
 async def test_corrupt_and_restore_an_account(simulator: Simulator) -> None:
     key = Pubkey.new_unique()
     data = bytes(range(1, 41))
@@ -193,6 +215,7 @@ async def test_clear_brings_everything_back(simulator: Simulator) -> None:
         "down": False,
         "malformed_remaining": 0,
         "corrupted": {},
+        "hidden": [],
     }
 
 

@@ -1,9 +1,11 @@
-"""Health of a shared client: data progress, stall detection, fallback, rebuilds, fail-over.
+"""Health of a shared client: data flow, stall detection, fallback, rebuilds, fail-over.
 
-A periodic check asks the RPC for its slot only while no data arrives; a websocket whose
-data stalls while slots advance falls back to polling and returns once notifications flow;
-an RPC failing several checks in a row gets its HTTP session and subscriptions rebuilt.
-With several endpoints, a faster watch feeds the endpoint selector and follows its choice.
+Health is "healthy" while account data is confirmed current (the ledger); a getSlot, asked
+only while none is, tells whether the RPC answers, never that data is fresh. A websocket
+subscription that misses updates (the confirmer finds them) falls back to polling and
+returns once notifications flow; an RPC failing several checks in a row gets its HTTP
+session and subscriptions rebuilt. With several endpoints, a faster watch feeds the
+endpoint selector and follows its choice.
 """
 
 from __future__ import annotations
@@ -21,6 +23,7 @@ from solana.rpc.websocket_api import connect as ws_connect
 from driftshare import metrics
 from driftshare._generation import Generation, cancel_all
 from driftshare.config import redact_text, redact_url
+from driftshare.marketdata import ClientSource, confirmed
 from driftshare.models import market_name
 from driftshare.subscription import SubscriptionMode, newest_data_slot
 from driftshare.transport import install_transport
@@ -67,29 +70,27 @@ def note_data(shared: SharedClient) -> bool:
 
 
 def _note_market_ages(shared: SharedClient) -> None:
-    """Publish ``drift_data_age_seconds``: time since a market's account or oracle advanced."""
+    """Publish ``drift_data_age_seconds``: time since a market's account and oracle were last
+    both known current (the ``data_age_s`` its values carry)."""
     now = time.monotonic()
-    subscriber = shared.client.account_subscriber
-    for ds in subscriber.get_market_accounts_and_slots():
-        if ds is None:
-            continue
-        index = ds.data.market_index
-        slot = ds.slot
-        try:
-            oracle = subscriber.get_oracle_price_data_and_slot_for_perp_market(index)
-        except Exception:  # driftpy raises for a market it has no oracle for
-            oracle = None
-        slot = max(slot, getattr(oracle, "slot", 0) or 0)
-        seen = shared._market_seen.get(index)
-        if seen is None or slot > seen[0]:
-            seen = shared._market_seen[index] = (slot, now)
-        metrics.DATA_AGE_SECONDS.labels(market_name(ds.data)).set(now - seen[1])
+    source = ClientSource(shared.client, shared.ledger)
+    for ds in shared.client.account_subscriber.get_market_accounts_and_slots():
+        if ds is not None:
+            _, confirmed_at = confirmed(source.accounts(ds.data) or ())
+            metrics.DATA_AGE_SECONDS.labels(market_name(ds.data)).set(now - confirmed_at)
 
 
 async def health_loop(shared: SharedClient, gen: Generation) -> None:
+    confirming = gen.spawn(shared.confirmer.run(), f"driftshare-confirm-{shared.network}")
+    try:
+        await _checks(shared, gen)
+    finally:
+        await cancel_all([confirming])
+
+
+async def _checks(shared: SharedClient, gen: Generation) -> None:
     settings = shared.settings
     failures = 0
-    seen_slot = data_slot(shared)
     polling_since: float | None = None
     check_timeout = max(settings.request_timeout_s, settings.health_interval_s)
     while True:
@@ -101,43 +102,35 @@ async def health_loop(shared: SharedClient, gen: Generation) -> None:
                 # A follower asks no RPC: its data is as healthy as its feed from Redis.
                 shared.health = "degraded" if gen.fleet.feed_lost else "healthy"
                 continue
-            slot = data_slot(shared)
-            if slot > seen_slot:
-                # New data proves upstream works: no getSlot, so a client whose data flows
-                # sends no periodic HTTP request at all.
-                seen_slot = slot
-                stalled = False
-            else:
+            if not shared.data_flows():
+                # No account confirmed for DRIFT_STALE_AFTER_S: a getSlot only tells whether
+                # the RPC answers (no answer for long: rebuild); it never makes data fresh.
+                shared.health = "degraded"
                 try:
-                    rpc_slot = (
-                        await asyncio.wait_for(gen.connection.get_slot(), check_timeout)  # type: ignore[union-attr]
-                    ).value
+                    await asyncio.wait_for(gen.connection.get_slot(), check_timeout)  # type: ignore[union-attr]
                 except Exception as exc:  # an unhealthy RPC: count and, past a limit, rebuild
                     gen.check()
                     failures += 1
-                    shared.health = "degraded"
                     shared.last_error = f"health check failed: {type(exc).__name__}"
                     if failures >= _UNHEALTHY_CHECKS_BEFORE_RECONNECT:
                         failures = 0
                         reconnect_in_background(shared, gen)
                     continue
-                stalled = (
-                    shared.last_data_at is not None
-                    and time.monotonic() - shared.last_data_at >= settings.ws_stall_s
-                    and rpc_slot > seen_slot
-                )
-            gen.check()
+                gen.check()
+                failures = 0
+                shared.last_error = "no account data confirmed recently"
+                continue
             failures = 0
             shared.health = "healthy"
             now = time.monotonic()
+            stalled = shared.confirmer.stalled()
             if shared.mode == "websocket" and stalled:
                 metrics.SUBSCRIPTION_FAILURES.labels(shared.network).inc()
                 log.warning(
-                    "no websocket data for %.0fs while slots advance; polling instead",
-                    now - (shared.last_data_at or now),
+                    "websocket subscriptions (%s) missed updates; polling instead",
+                    ", ".join(sorted(stalled)),
                 )
                 await _switch(shared, gen, "polling")
-                seen_slot = data_slot(shared)
                 polling_since = now
             elif (
                 shared.mode == "polling"
@@ -147,7 +140,6 @@ async def health_loop(shared: SharedClient, gen: Generation) -> None:
             ):
                 log.info("websocket notifications flow again; leaving polling")
                 await _switch(shared, gen, "websocket")
-                seen_slot = data_slot(shared)
                 polling_since = None
         except Exception as exc:  # one unexpected fault must not end health checking
             shared.last_error = redact_text(f"health check crashed: {exc!r}")
@@ -161,6 +153,7 @@ async def _switch(shared: SharedClient, gen: Generation, mode: SubscriptionMode)
         log.warning("cannot switch to %s: %s", mode, redact_text(repr(exc)))
         return
     shared.mode_switches += 1
+    shared.confirmer.resubscribed()
     shared._data_slot = 0
     note_data(shared)
 

@@ -11,6 +11,7 @@ import asyncio
 import logging
 import random
 import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -24,6 +25,7 @@ from solders.keypair import Keypair
 from driftshare import metrics
 from driftshare._endpoints import EndpointSelector
 from driftshare._fleet import FleetMember, standalone_stats
+from driftshare._freshness import Confirmer
 from driftshare._generation import Generation, unsubscribe_fully
 from driftshare._health import (
     failover_loop,
@@ -32,7 +34,7 @@ from driftshare._health import (
     publish_endpoint,
     reconnect_in_background,
 )
-from driftshare._ledger import AccountLedger
+from driftshare._ledger import AccountLedger, AccountRecord, LedgerEntry
 from driftshare._ledger_subscriber import LedgerSubscriber
 from driftshare.config import Settings, redact_text, redact_url, split_rpc_urls
 from driftshare.marketdata import ClientSource, MarketSource
@@ -44,6 +46,7 @@ from driftshare.subscription import (
     SubscriptionMode,
     WebsocketSubscriber,
     discover_markets,
+    post_batch,
 )
 from driftshare.transport import RateLimitedTransport, RpcStats, install_transport
 
@@ -69,6 +72,19 @@ def load_keypair(settings: Settings) -> Keypair:
         ) from None
 
 
+class _StartStats(RpcStats):
+    """RpcStats that also reports requests which found no answering server."""
+
+    def __init__(self, on_unreachable: Callable[[], None]) -> None:
+        super().__init__()
+        self._on_unreachable = on_unreachable
+
+    def record_request(self, method: str, status: str) -> None:
+        super().record_request(method, status)
+        if status in ("error", "timeout"):
+            self._on_unreachable()
+
+
 class SharedClient:
     """The shared client of one (network, RPC URL list, event loop): references,
     generations, mode, health and the active endpoint."""
@@ -83,7 +99,7 @@ class SharedClient:
         self.loop = asyncio.get_running_loop()
         self.refs = 0
         self.gen: Generation | None = None
-        self.rpc = RpcStats()
+        self.rpc = _StartStats(self._unreachable)
         self.mode: SubscriptionMode = settings.subscription
         self.health = "idle"
         self.initializations = 0
@@ -92,11 +108,20 @@ class SharedClient:
         self.last_error: str | None = None
         self.unavailable: dict[int, str] = {}
         self.ledger = AccountLedger()
-        """Every subscribed account's raw bytes, slot and confirmation, kept across reconnects."""
+        """Every subscribed account's raw bytes, slot and confirmation, across generations."""
         self.tap: AccountTap | None = None
+        self.last_confirmed_at: float | None = None
+        """``time.monotonic()`` of the newest confirmation of any account."""
+        self.ledger.add_listener(self._on_ledger)
+        self.confirmer = Confirmer(
+            self.ledger,
+            pubkeys=lambda: [] if self.tap is None else self.tap.pubkeys(),
+            post=self._post_batch,
+            inject=self._inject,
+            stale_after_s=settings.stale_after_s,
+        )
         self.last_data_at: float | None = None
         self._data_slot = 0
-        self._market_seen: dict[int, tuple[int, float]] = {}
         self._closing: asyncio.Task[None] | None = None
         self._lease: asyncio.TimerHandle | None = None
         self._lease_until = 0.0
@@ -225,6 +250,16 @@ class SharedClient:
         return self._retire_if_unused()
 
     # -- initialization ---------------------------------------------------------------------
+
+    def _unreachable(self) -> None:
+        # A start whose RPC refuses connections or times out would hold its callers through
+        # the transport's retries: they get None now and the start goes on in the background.
+        # With several endpoints a failing one (or a failed probe of a backup) is the
+        # fail-over's to handle: the start may still succeed on the next endpoint.
+        gen = self.gen
+        if gen is not None and gen.init_task is not None and len(self.endpoints.urls) == 1:
+            self.health = "down"
+            gen.settle(None)
 
     async def _ready(self, gen: Generation) -> Any:
         if gen.ready_at is not None and gen.init_task is None:
@@ -364,6 +399,7 @@ class SharedClient:
         """
         program = gen.client.program
         if gen.fleet is not None and not gen.fleet.upstream:
+            self.tap = None  # nothing to confirm upstream: the leader's confirmations arrive
             await gen.fleet.wait_followed()
             await self._install_subscriber(gen, LedgerSubscriber(program, self.ledger))
             return
@@ -371,6 +407,7 @@ class SharedClient:
         gen.check()
         self.unavailable = discovery.unavailable
         self.tap = tap = AccountTap(self.ledger, discovery.records)
+        tap.on_reconnect = self.confirmer.check_all
         if mode == "websocket":
             try:
                 await self._install_subscriber(gen, self._websocket(gen, discovery, tap))
@@ -398,7 +435,7 @@ class SharedClient:
 
     def _polling(self, gen: Generation, discovery: Discovery, tap: AccountTap) -> PollingSubscriber:
         loader = ResilientLoader(gen.connection, Confirmed, self.settings.poll_interval_s)
-        loader.tap = tap
+        loader.attach(tap)
         return PollingSubscriber(gen.client.program, loader, discovery)
 
     async def _install_subscriber(self, gen: Generation, subscriber: Any) -> None:
@@ -421,6 +458,29 @@ class SharedClient:
         if gen.client is not None:
             await unsubscribe_fully(gen.client.account_subscriber)
 
+    # -- freshness: the ledger, its confirmation and the repairs ---------------------------
+
+    def _on_ledger(self, entry: LedgerEntry, changed: bool) -> None:
+        if self.last_confirmed_at is None or entry.confirmed_at > self.last_confirmed_at:
+            self.last_confirmed_at = entry.confirmed_at
+        if self.health == "degraded" and self.initialized:
+            self.health = "healthy"  # data flows again
+
+    def data_flows(self) -> bool:
+        """Whether some account was confirmed current within ``stale_after_s``."""
+        last = self.last_confirmed_at
+        return last is not None and time.monotonic() - last <= self.settings.stale_after_s
+
+    async def _post_batch(self, batch: list[dict[str, Any]]) -> list[dict[str, Any]]:
+        gen = self.gen
+        if gen is None or gen.connection is None:
+            raise RuntimeError("no connection")
+        return await post_batch(gen.connection, batch)
+
+    def _inject(self, record: AccountRecord) -> None:
+        if self.initialized:
+            self.client.account_subscriber.inject(record)
+
     # -- close and observation ------------------------------------------------------------
 
     async def _close(self, gen: Generation, previous: asyncio.Task[None] | None) -> None:
@@ -438,11 +498,17 @@ class SharedClient:
 
     def source(self) -> MarketSource | None:
         """The subscribed accounts to read from, or None while they cannot be trusted."""
+        client = self.client
         if not self.initialized or self.health != "healthy":
             return None
         if self.gen is not None and self.gen.fleet is not None and self.gen.fleet.feed_lost:
             return None
-        return ClientSource(self.client)
+        return ClientSource(
+            client,
+            self.ledger,
+            lambda: self.unavailable,
+            lambda: self.health == "healthy" and self.client is client and self.initialized,
+        )
 
     def snapshot(self) -> dict[str, Any]:
         note_data(self)  # observation only: the health loop keeps its own progress marker
@@ -473,6 +539,7 @@ class SharedClient:
             "time_to_ready_s": ready_after,
             "last_update_age_s": (now - self.last_data_at) if self.last_data_at else None,
             "data_slot": self._data_slot,
+            "freshness": self.confirmer.snapshot(),
             "fleet": standalone_stats() if gen is None or gen.fleet is None else gen.fleet.stats(),
         }
 

@@ -28,7 +28,7 @@ class Cached(Generic[T]):
 
     value: T
     stale: bool
-    """True when upstream failed and this is the last known value, older than its TTL."""
+    """True when computing failed and this is the last known value."""
     age_s: float
     """Seconds since the value was computed."""
 
@@ -44,7 +44,7 @@ class _Entry:
 # aiocache (no single flight) each lack one of per-entry TTL, single flight, stale-on-error
 # and an injectable clock.
 class TTLCache:
-    """Values by key, each fresh for the TTL of the call that stored it.
+    """Values by key, each fresh for the TTL of the call that stored it and while ``valid``.
 
     :meth:`get` answers a fresh value without computing; otherwise one computation per key
     runs however many callers wait for it. When it raises or returns ``None`` the last
@@ -72,15 +72,18 @@ class TTLCache:
         ttl: float,
         compute: Callable[[], Awaitable[T | None]],
         kind: str,
+        valid: Callable[[T], bool] | None = None,
     ) -> Cached[T] | None:
         """The value for ``key``: cached if fresh, else computed (once for all callers).
 
-        ``None`` when the computation fails and no value younger than ``max_staleness_s``
-        is known. A computation's exception is logged, never raised.
+        A stored value within its TTL is fresh only while ``valid(value)`` (when given) is
+        true: the data it was computed from has not changed. ``None`` when the computation
+        fails and no value younger than ``max_staleness_s`` is known. A computation's
+        exception is logged, never raised.
         """
         if not ttl >= 0:
             raise ValueError(f"ttl must be >= 0, got {ttl!r}")
-        fresh: Cached[T] | None = self.get_fresh(key, kind=kind)
+        fresh: Cached[T] | None = self.get_fresh(key, kind=kind, valid=valid)
         if fresh is not None:
             return fresh
         self._misses[kind] += 1
@@ -103,13 +106,19 @@ class TTLCache:
             return Cached(result.value, False, self._clock() - result.computed_at)
         return self._stale(key)
 
-    def get_fresh(self, key: Hashable, *, kind: str | None = None) -> Cached[Any] | None:
-        """The value for ``key`` if it is within its TTL, without waiting; a hit if ``kind``."""
+    def get_fresh(
+        self,
+        key: Hashable,
+        *,
+        kind: str | None = None,
+        valid: Callable[[Any], bool] | None = None,
+    ) -> Cached[Any] | None:
+        """The value for ``key`` if within its TTL and ``valid``, not waiting; a hit if ``kind``."""
         entry = self._entries.get(key)
         if entry is None:
             return None
         age = self._clock() - entry.computed_at
-        if age >= entry.ttl:
+        if age >= entry.ttl or (valid is not None and not valid(entry.value)):
             return None
         if kind is not None:
             self._count_hit(kind)
@@ -179,4 +188,4 @@ class TTLCache:
         if age > self.max_staleness_s:
             del self._entries[key]
             return None
-        return Cached(entry.value, age >= entry.ttl, age)
+        return Cached(entry.value, True, age)

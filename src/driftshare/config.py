@@ -64,6 +64,8 @@ class Settings(BaseSettings):
     cache_ttl_markets: float = Field(60.0, ge=0)
     cache_ttl_oi: float = Field(60.0, ge=0)
     max_staleness_s: float = Field(300.0, ge=0)
+    stale_after_s: float = Field(10.0, gt=0)
+    """A value whose accounts are not known current for this long is served as stale."""
 
     share_url: str | None = None
     """``redis://[:password@]host:port/db``: join the fleet sharing one upstream there."""

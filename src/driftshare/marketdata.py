@@ -4,9 +4,13 @@ from __future__ import annotations
 
 import dataclasses
 import logging
-from collections.abc import Awaitable, Callable
-from typing import Any, Protocol, TypeVar
+import operator
+import time
+from collections.abc import Awaitable, Callable, Mapping
+from dataclasses import dataclass
+from typing import Any, Generic, Protocol, TypeVar
 
+from driftshare._ledger import AccountLedger, AccountRecord, LedgerEntry
 from driftshare.cache import Cached, TTLCache
 from driftshare.config import Network, Settings
 from driftshare.markets import MarketResolver
@@ -23,6 +27,90 @@ __all__ = ["ClientSource", "MarketDataReader", "MarketSource", "SourceProvider"]
 log = logging.getLogger(__name__)
 
 _T = TypeVar("_T", FundingRateData, MarketData)
+_V = TypeVar("_V")
+
+
+def confirmed(entries: tuple[LedgerEntry, ...]) -> tuple[int, float]:
+    """The newest slot at which every one of ``entries`` is known current, and the
+    ``time.monotonic()`` when the last of them was confirmed; ``(0, -inf)`` for none."""
+    if not entries:
+        return 0, float("-inf")
+    slot, confirmed_at = 1 << 62, float("inf")
+    for entry in entries:  # a plain loop: this runs on every read
+        slot = min(slot, entry.confirmed_slot)
+        confirmed_at = min(confirmed_at, entry.confirmed_at)
+    return slot, confirmed_at
+
+
+@dataclass(frozen=True, slots=True)
+class _Basis:
+    """What one market's value was computed from: its accounts' ledger entries and records."""
+
+    source: MarketSource
+    index: int
+    entries: tuple[LedgerEntry, ...] | None
+    read: tuple[tuple[LedgerEntry, AccountRecord], ...]
+    """Each entry with the record it held when the value was computed."""
+
+    @classmethod
+    def of(cls, source: MarketSource, perp_market: Any) -> _Basis:
+        entries = source.accounts(perp_market)
+        read = () if entries is None else tuple((e, e.record) for e in entries)
+        return cls(source, perp_market.market_index, entries, read)
+
+    def unchanged(self) -> bool:
+        # Bytes, not slots: an account can change twice within one slot.
+        for entry, record in self.read:
+            current = entry.record
+            if current is not record and current.data != record.data:
+                return False
+        return True
+
+    def mark(self, value: _T, cached: Cached[Any], stale_after_s: float) -> _T:
+        """``value`` with its staleness, slot and data age as of now."""
+        # Called on every read: plain loops, no generators (a cache hit costs microseconds).
+        # The source was found current when the value was taken from the cache.
+        entries = self.entries
+        slot, age = 0, 0.0
+        if entries is not None:
+            slot, confirmed_at = confirmed(entries)
+            age = time.monotonic() - confirmed_at
+        marked = _copy(value)
+        marked.stale = cached.stale or age > stale_after_s or self.source.unavailable(self.index)
+        marked.age_s = cached.age_s
+        marked.slot = slot
+        marked.data_age_s = age
+        return marked
+
+
+_FIELD_GETTERS: dict[type, Callable[[Any], tuple[Any, ...]]] = {}
+
+
+def _copy(value: _T) -> _T:
+    # Hand-written: dataclasses.replace costs ~2.8 µs a read, this ~0.5 µs.
+    cls = type(value)
+    getter = _FIELD_GETTERS.get(cls)
+    if getter is None:
+        names = [f.name for f in dataclasses.fields(cls)]
+        getter = _FIELD_GETTERS[cls] = operator.attrgetter(*names)
+    return cls(*getter(value))
+
+
+@dataclass(frozen=True, slots=True)
+class _Computed(Generic[_V]):
+    """A cached value with the basis of each market in it."""
+
+    value: _V
+    bases: tuple[_Basis, ...]
+
+    def unchanged(self) -> bool:
+        """Reusable: same live source, and no account it came from has changed since."""
+        return all(basis.source.current() and basis.unchanged() for basis in self.bases)
+
+    def single_unchanged(self) -> bool:
+        """:meth:`unchanged` for a value of one market, without a generator (every read)."""
+        basis = self.bases[0]
+        return basis.source.current() and basis.unchanged()
 
 
 class MarketSource(Protocol):
@@ -41,16 +129,53 @@ class MarketSource(Protocol):
     def oracle_price_data(self, market_index: int) -> Any | None:
         """The market's OraclePriceData, or None."""
 
+    def accounts(self, perp_market: Any) -> tuple[LedgerEntry, ...] | None:
+        """The ledger entries of the accounts a market's values come from (the market, its
+        oracle); None when this source keeps no ledger."""
+
+    def unavailable(self, market_index: int) -> bool:
+        """Whether the market's account cannot be read (its values may be old)."""
+
+    def current(self) -> bool:
+        """Whether this source is still subscribed and upstream is up."""
+
 
 SourceProvider = Callable[[], Awaitable[MarketSource | None]]
 """Returns the source, or None while upstream is unavailable."""
 
 
-class ClientSource:
-    """A :class:`MarketSource` over a subscribed driftpy DriftClient."""
+def _always() -> bool:
+    return True
 
-    def __init__(self, client: Any) -> None:
+
+class ClientSource:
+    """A :class:`MarketSource` over a subscribed driftpy DriftClient.
+
+    With the ``ledger`` its subscription feeds, values carry the age of their accounts;
+    without one (a private client) their age is unknown and given as 0.
+    """
+
+    def __init__(
+        self,
+        client: Any,
+        ledger: AccountLedger | None = None,
+        unavailable: Callable[[], Mapping[int, str]] = dict,
+        current: Callable[[], bool] = _always,
+    ) -> None:
         self._client = client
+        self._ledger = ledger
+        self._unavailable = unavailable
+        self.current = current
+
+    def accounts(self, perp_market: Any) -> tuple[LedgerEntry, ...] | None:
+        ledger = self._ledger
+        if ledger is None:
+            return None
+        entries = (ledger.get(str(perp_market.pubkey)), ledger.get(str(perp_market.amm.oracle)))
+        return tuple(e for e in entries if e is not None)
+
+    def unavailable(self, market_index: int) -> bool:
+        return market_index in self._unavailable()
 
     def perp_markets(self) -> list[Any]:
         return list(self._client.get_perp_market_accounts())
@@ -122,14 +247,16 @@ class MarketDataReader:
             self._missing_warned.add(index)
             log.warning("perp market %d left out: %s", index, exc)
 
-    @staticmethod
-    def _marked(cached: Cached[_T] | None) -> _T | None:
-        if cached is None:
-            return None
-        return dataclasses.replace(cached.value, stale=cached.stale, age_s=cached.age_s)
+    async def _one(
+        self,
+        key: tuple[str, int],
+        ttl: float,
+        build: Callable[[Any, Any], _T],
+    ) -> _T | None:
+        """One market's value from ``build(perp_market, oracle_price_data)``, cached."""
+        index = key[1]
 
-    async def _one_market(self, index: int, kind: str) -> MarketData | None:
-        async def compute() -> MarketData | None:
+        async def compute() -> _Computed[_T] | None:
             source = await self._current()
             if source is None:
                 return None
@@ -137,13 +264,24 @@ class MarketDataReader:
             if market is None:
                 self._warn_missing(index)
                 return None
-            return market_data_from_market(
-                market, oracle_price_data=source.oracle_price_data(index)
-            )
+            # Read the basis with the accounts, before any await: they describe the same data.
+            basis = _Basis.of(source, market)
+            return _Computed(build(market, source.oracle_price_data(index)), (basis,))
 
+        cached = await self.cache.get(
+            key, ttl=ttl, compute=compute, kind=key[0], valid=_Computed.single_unchanged
+        )
+        if cached is None:
+            return None
+        computed = cached.value
+        return computed.bases[0].mark(computed.value, cached, self._settings.stale_after_s)
+
+    async def _one_market(self, index: int, kind: str) -> MarketData | None:
         ttl = self._settings.cache_ttl_oi if kind == "oi" else self._settings.cache_ttl_price
-        return self._marked(
-            await self.cache.get((kind, index), ttl=ttl, compute=compute, kind=kind)
+        return await self._one(
+            (kind, index),
+            ttl,
+            lambda market, oracle: market_data_from_market(market, oracle_price_data=oracle),
         )
 
     async def get_funding_rate(self, market: str | int) -> FundingRateData | None:
@@ -151,35 +289,23 @@ class MarketDataReader:
         index = await self._index(market)
         if index is None:
             return None
-
-        async def compute() -> FundingRateData | None:
-            source = await self._current()
-            if source is None:
-                return None
-            perp = source.perp_market(index)
-            if perp is None:
-                self._warn_missing(index)
-                return None
-            return funding_rate_from_market(perp, oracle_price_data=source.oracle_price_data(index))
-
-        cached = await self.cache.get(
+        return await self._one(
             ("funding", index),
-            ttl=self._settings.cache_ttl_funding,
-            compute=compute,
-            kind="funding",
+            self._settings.cache_ttl_funding,
+            lambda market, oracle: funding_rate_from_market(market, oracle_price_data=oracle),
         )
-        return self._marked(cached)
 
     async def get_all_perp_markets(self) -> list[MarketData]:
         """Every subscribed perp market, by index."""
 
-        async def compute() -> list[MarketData] | None:
+        async def compute() -> _Computed[list[MarketData]] | None:
             source = await self._current()
             if source is None:
                 return None
             markets = source.perp_markets()
             self.resolver.update(markets)
             rows: list[MarketData] = []
+            bases: list[_Basis] = []
             for m in sorted(markets, key=lambda m: m.market_index):
                 try:
                     data = market_data_from_market(
@@ -190,15 +316,23 @@ class MarketDataReader:
                     self._warn_unpriceable(m.market_index, exc)
                     continue
                 rows.append(data)
-            return rows
+                bases.append(_Basis.of(source, m))
+            return _Computed(rows, tuple(bases))
 
         cached = await self.cache.get(
-            ("markets",), ttl=self._settings.cache_ttl_markets, compute=compute, kind="markets"
+            ("markets",),
+            ttl=self._settings.cache_ttl_markets,
+            compute=compute,
+            kind="markets",
+            valid=_Computed.unchanged,
         )
         if cached is None:
             return []
+        stale_after = self._settings.stale_after_s
+        computed = cached.value
         return [
-            dataclasses.replace(m, stale=cached.stale, age_s=cached.age_s) for m in cached.value
+            basis.mark(row, cached, stale_after)
+            for row, basis in zip(computed.value, computed.bases, strict=True)
         ]
 
     async def get_all_funding_rates(self) -> list[FundingRateData]:

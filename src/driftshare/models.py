@@ -143,7 +143,14 @@ class FundingRateData:
     status: str
     timestamp: float
     stale: bool = False
+    """True when ``data_age_s`` exceeds ``DRIFT_STALE_AFTER_S``, the market is unavailable or
+    upstream is down."""
     age_s: float = 0.0
+    """Seconds since this value was computed from the accounts (the cache entry's age)."""
+    slot: int = 0
+    """The newest slot at which the accounts it was computed from are known to be current."""
+    data_age_s: float = 0.0
+    """Seconds since those accounts were last known current (at ``slot``)."""
 
     def to_dict(self) -> dict[str, _JSONScalar]:
         """The fields as JSON-ready scalars."""
@@ -170,7 +177,14 @@ class MarketData:
     """Negative, as stored on chain."""
     timestamp: float
     stale: bool = False
+    """True when ``data_age_s`` exceeds ``DRIFT_STALE_AFTER_S``, the market is unavailable or
+    upstream is down."""
     age_s: float = 0.0
+    """Seconds since this value was computed from the accounts (the cache entry's age)."""
+    slot: int = 0
+    """The newest slot at which the accounts it was computed from are known to be current."""
+    data_age_s: float = 0.0
+    """Seconds since those accounts were last known current (at ``slot``)."""
 
     def to_dict(self) -> dict[str, _JSONScalar]:
         """The fields as JSON-ready scalars."""

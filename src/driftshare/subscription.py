@@ -49,6 +49,7 @@ __all__ = [
     "WebsocketSubscriber",
     "discover_markets",
     "newest_data_slot",
+    "post_batch",
 ]
 
 log = logging.getLogger(__name__)
@@ -91,10 +92,21 @@ def _index_by_pda(program_id: Pubkey, kind: str) -> dict[Pubkey, int]:
     return {derive(program_id, i): i for i in range(_MAX_MARKET_INDEX)}
 
 
+async def post_batch(connection: Any, batch: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """Send a JSON-RPC batch through ``connection``'s HTTP session; the answers, by request."""
+    # Raw JSON-RPC through the client's session (so through driftshare's transport), as driftpy
+    # does, because solana-py has no batch call and its typed calls drop the context slot.
+    provider = connection._provider
+    response = await provider.session.post(provider.endpoint_uri, json=batch)
+    response.raise_for_status()
+    answers = response.json()
+    if not isinstance(answers, list) or not all(isinstance(a, dict) for a in answers):
+        raise ValueError("the RPC answered a batch with something other than a list of objects")
+    return answers
+
+
 async def _program_accounts(program: Any) -> dict[str, tuple[int, list[dict[str, Any]]]]:
     """Perp and spot market accounts in one batched HTTP request, with their context slots."""
-    # Raw JSON-RPC through the client's session (so through driftshare's transport), as driftpy
-    # does, because solana-py's typed call drops the context slot.
     kinds = {"perp": MarketType.Perp(), "spot": MarketType.Spot()}
     batch = []
     for number, market_type in enumerate(kinds.values()):
@@ -112,10 +124,9 @@ async def _program_accounts(program: Any) -> dict[str, tuple[int, list[dict[str,
                 "params": [str(program.program_id), options],
             }
         )
-    provider = program.provider.connection._provider
-    response = await provider.session.post(provider.endpoint_uri, json=batch)
-    response.raise_for_status()
-    answers = {answer.get("id"): answer for answer in response.json()}
+    answers = {
+        answer.get("id"): answer for answer in await post_batch(program.provider.connection, batch)
+    }
     found: dict[str, tuple[int, list[dict[str, Any]]]] = {}
     for number, kind in enumerate(kinds):
         answer = answers.get(number, {"error": {"message": "no answer"}})
@@ -261,6 +272,12 @@ class AccountTap:
         if known is not None:
             self.ledger.apply(AccountRecord(pubkey, known[0], slot, bytes(data), known[1]))
 
+    def confirm(self, pubkey: str, data: bytes, slot: int) -> None:
+        """Confirm ``pubkey`` at ``slot`` if ``data`` is what the ledger holds for it."""
+        entry = self.ledger.get(pubkey)
+        if pubkey in self._kinds and entry is not None and entry.record.data == data:
+            self.ledger.confirm(pubkey, slot)
+
     def pubkeys(self) -> list[str]:
         """Every subscribed account's address."""
         return list(self._kinds)
@@ -359,8 +376,9 @@ class _TolerantDecoder:
 
     An account that turns undecodable keeps its last good value (a market account starts
     with its own address, so it is still recognised while those 40 bytes are intact) and is
-    listed in ``unavailable``; one never decoded gives None. ``last_raw`` is the account
-    data of the latest call, for the tap.
+    listed in ``unavailable``; one not recognised gives None, and the caller, who knows
+    which market it is, calls :meth:`unreadable`. ``last_raw`` is the account data of the
+    latest call, for the tap.
     """
 
     def __init__(self, program: Any, unavailable: dict[int, str] | None) -> None:
@@ -389,6 +407,12 @@ class _TolerantDecoder:
         if self._unavailable is not None:
             self._unavailable.pop(decoded.market_index, None)
         return decoded
+
+    def unreadable(self, market_index: int) -> None:
+        """Report market ``market_index`` unavailable: its newest account could not be read."""
+        if self._unavailable is not None and market_index not in self._unavailable:
+            log.warning("market %s became unreadable; serving it as stale", market_index)
+            self._unavailable[market_index] = "cannot decode market account"
 
 
 _MarketApply = Callable[[str, bytes, DataAndSlot], None]
@@ -437,13 +461,18 @@ class WebsocketSubscriber(WebsocketDriftClientAccountSubscriber):  # type: ignor
         )
         wanted = {ds.data.market_index for ds in initial}
         decoder = self._decoders[kind] = _TolerantDecoder(self.program, unavailable)
+        by_pda = _index_by_pda(self.program.program_id, kind)
         markets = market_map.market_map
         tap = self._tap
 
         def apply(key: str, raw: bytes, data: DataAndSlot) -> None:
             # The program subscription sends every market of the kind: keep the discovered
             # (and DRIFT_PERP_MARKETS-selected) ones, and skip accounts never decoded.
-            if data.data is not None and data.data.market_index in wanted:
+            if data.data is None:
+                index = by_pda.get(Pubkey.from_string(key))
+                if index is not None and index in wanted:
+                    decoder.unreadable(index)
+            elif data.data.market_index in wanted:
                 current = markets.get(data.data.market_index)
                 if current is None or data.slot >= current.slot:
                     markets[data.data.market_index] = data
@@ -502,6 +531,51 @@ class WebsocketSubscriber(WebsocketDriftClientAccountSubscriber):  # type: ignor
             )
 
 
+class _PollConfirmations:
+    """A BulkAccountLoader's connection that reads each answer for the tap first.
+
+    driftpy's loader reports only changed accounts; an unchanged one in an answer is
+    confirmed current at the answer's slot here, so polling needs no extra reads.
+    """
+
+    def __init__(self, connection: Any, tap: AccountTap) -> None:
+        self._connection = connection
+        self._tap = tap
+
+    @property
+    def _provider(self) -> _PollConfirmations:
+        return self  # driftpy posts through connection._provider.session
+
+    @property
+    def session(self) -> _PollConfirmations:
+        return self
+
+    @property
+    def endpoint_uri(self) -> str:
+        uri: str = self._connection._provider.endpoint_uri
+        return uri
+
+    async def post(self, url: str, **kwargs: Any) -> Any:
+        response = await self._connection._provider.session.post(url, **kwargs)
+        try:
+            self._confirm(kwargs.get("json"), response.json())
+        except Exception as exc:  # untrusted answer: driftpy's own parsing reports it
+            log.debug("cannot read a polling answer for confirmations: %r", exc)
+        return response
+
+    def _confirm(self, requests: Any, answers: Any) -> None:
+        keys_by_id = {r["id"]: r["params"][0] for r in requests}
+        for answer in answers:
+            result = answer.get("result")
+            keys = keys_by_id.get(answer.get("id"))
+            if not isinstance(result, dict) or keys is None:
+                continue
+            slot = int(result["context"]["slot"])
+            for pubkey, value in zip(keys, result["value"], strict=False):
+                if value is not None:
+                    self._tap.confirm(pubkey, base64.b64decode(value["data"][0]), slot)
+
+
 class ResilientLoader(BulkAccountLoader):  # type: ignore[misc]
     """driftpy's BulkAccountLoader whose polling loop survives a failed load.
 
@@ -511,8 +585,15 @@ class ResilientLoader(BulkAccountLoader):  # type: ignore[misc]
 
     failures = 0
     task: asyncio.Task[None] | None
+    connection: Any
     tap: AccountTap | None = None
-    """Told every changed account's raw bytes and slot."""
+    """Told every changed account's raw bytes and slot, and every unchanged one's slot."""
+
+    def attach(self, tap: AccountTap) -> None:
+        """Report every account read to ``tap``: changes with their bytes, the rest as
+        confirmations."""
+        self.tap = tap
+        self.connection = _PollConfirmations(self.connection, tap)
 
     def handle_callbacks(self, account_to_load: Any, buffer: bytes | None, slot: int) -> None:
         super().handle_callbacks(account_to_load, buffer, slot)
@@ -594,7 +675,9 @@ class PollingSubscriber(PollingDriftClientAccountSubscriber):  # type: ignore[mi
             if buffer is None:
                 return
             decoded = self._decoder(buffer)
-            if decoded is not None:
+            if decoded is None:
+                self._decoder.unreadable(market_index)
+            else:
                 self.perp_markets[market_index] = DataAndSlot(slot, decoded)
 
         return on_market

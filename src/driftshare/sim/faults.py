@@ -64,6 +64,7 @@ class _FaultRequest(BaseModel):
     drop_ws: bool = False
     malformed: int | None = Field(None, ge=0)
     corrupt: _Corrupt | None = None
+    hide: str | None = None
     restore: str | None = None
     spec: list[str] = []
 
@@ -117,6 +118,8 @@ def parse_spec(spec: str) -> dict[str, object]:
     if name == "corrupt":
         key, _, mode = arg.partition(":")
         return {"corrupt": {"pubkey": key, "mode": mode or "truncate"}}
+    if name == "hide":
+        return {"hide": arg}
     if name == "restore":
         return {"restore": arg}
     if name == "clear" and not arg:
@@ -124,7 +127,7 @@ def parse_spec(spec: str) -> dict[str, object]:
     raise FaultError(
         f"unknown fault spec {spec!r}; expected fail=STATUS[:N], latency=MS, stall[=on|off], "
         "down=SECONDS, drop-ws, malformed[=N], corrupt=PUBKEY[:truncate|garble], "
-        "restore=PUBKEY or clear"
+        "hide=PUBKEY, restore=PUBKEY or clear"
     )
 
 
@@ -133,8 +136,9 @@ def check_spec(spec: str) -> None:
     request = _validate(parse_spec(spec))
     if request.corrupt is not None:
         _pubkey(request.corrupt.pubkey)
-    if request.restore is not None:
-        _pubkey(request.restore)
+    for key in (request.hide, request.restore):
+        if key is not None:
+            _pubkey(key)
 
 
 def _validate(body: Mapping[str, object]) -> _FaultRequest:
@@ -156,6 +160,7 @@ class _State:
     stalled: bool = False
     malformed_remaining: int = 0
     corrupted: dict[Pubkey, CorruptMode] = dataclasses.field(default_factory=dict)
+    hidden: set[Pubkey] = dataclasses.field(default_factory=set)
 
 
 class Faults:
@@ -198,10 +203,16 @@ class Faults:
         key = _pubkey(pubkey) if isinstance(pubkey, str) else pubkey
         self._state.corrupted[key] = mode
 
+    def hide(self, pubkey: Pubkey | str) -> None:
+        """Stop serving ``pubkey`` (no notifications, null in reads) while it keeps changing:
+        a node that lost track of one account."""
+        self._state.hidden.add(_pubkey(pubkey) if isinstance(pubkey, str) else pubkey)
+
     def restore(self, pubkey: Pubkey | str) -> None:
         """Serve ``pubkey``'s real data again."""
         key = _pubkey(pubkey) if isinstance(pubkey, str) else pubkey
         self._state.corrupted.pop(key, None)
+        self._state.hidden.discard(key)
 
     async def drop_ws(self) -> int:
         """Cut every open WebSocket now; returns how many were cut."""
@@ -251,8 +262,9 @@ class Faults:
             check_spec(spec)
         if request.corrupt is not None:
             _pubkey(request.corrupt.pubkey)
-        if request.restore is not None:
-            _pubkey(request.restore)
+        for key in (request.hide, request.restore):
+            if key is not None:
+                _pubkey(key)
         for part in (request, *(_validate(parse_spec(spec)) for spec in request.spec)):
             await self._apply(part)
 
@@ -269,6 +281,8 @@ class Faults:
             self.malform_next(request.malformed)
         if request.corrupt is not None:
             self.corrupt(request.corrupt.pubkey, request.corrupt.mode)
+        if request.hide is not None:
+            self.hide(request.hide)
         if request.restore is not None:
             self.restore(request.restore)
         if request.drop_ws:
@@ -286,6 +300,7 @@ class Faults:
             "down": self.is_down,
             "malformed_remaining": s.malformed_remaining,
             "corrupted": {str(k): v for k, v in s.corrupted.items()},
+            "hidden": sorted(str(k) for k in s.hidden),
         }
 
     @property
@@ -310,8 +325,10 @@ class Faults:
         self._state.malformed_remaining -= 1
         return True
 
-    def serve(self, pubkey: Pubkey, account: Account) -> Account:
-        """``account`` as clients are to see it: corrupted if a fault says so."""
+    def serve(self, pubkey: Pubkey, account: Account) -> Account | None:
+        """``account`` as clients are to see it: corrupted or hidden (None) if a fault says so."""
+        if pubkey in self._state.hidden:
+            return None
         mode = self._state.corrupted.get(pubkey)
         if mode is None:
             return account

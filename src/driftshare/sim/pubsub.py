@@ -259,6 +259,8 @@ class PubSub:
         if (not account_subs and not program_subs) or self._stalled():
             return
         account = self._encoder.served(pubkey, stored)
+        if account is None:
+            return
         context = f'{{"slot":{self._store.slot}}}'
         for sub in (account_subs or {}).values():
             text = self._encode(pubkey, account, sub)

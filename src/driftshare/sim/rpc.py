@@ -53,7 +53,7 @@ INVALID_PARAMS = -32602
 MIN_CONTEXT_SLOT_NOT_REACHED = -32016
 
 Encoding = Literal["binary", "base58", "base64", "base64+zstd", "jsonParsed"]
-AccountView = Callable[[Pubkey, Account], Account]
+AccountView = Callable[[Pubkey, Account], Account | None]
 
 
 class RpcError(Exception):
@@ -207,8 +207,8 @@ class AccountEncoder:
         self._cache: dict[tuple[Pubkey, str], tuple[Account, str]] = {}
         self._zstd = zstandard.ZstdCompressor()
 
-    def served(self, pubkey: Pubkey, account: Account) -> Account:
-        """The account as clients see it (faults may corrupt it)."""
+    def served(self, pubkey: Pubkey, account: Account) -> Account | None:
+        """The account as clients see it (faults may corrupt or hide it)."""
         return self._view(pubkey, account)
 
     def encode(
@@ -308,15 +308,11 @@ class RpcHandler:
         return f'{{"slot":{slot},"apiVersion":"{API_VERSION}"}}'
 
     def _account_text(self, pubkey: Pubkey, config: _Config) -> str:
-        account = self.store.get(pubkey)
+        stored = self.store.get(pubkey)
+        account = None if stored is None else self.encoder.served(pubkey, stored)
         if account is None:
             return "null"
-        return self.encoder.encode(
-            pubkey,
-            self.encoder.served(pubkey, account),
-            config.encoding or "binary",
-            config.data_slice,
-        )
+        return self.encoder.encode(pubkey, account, config.encoding or "binary", config.data_slice)
 
     def _get_account_info(self, params: list[Any]) -> str:
         if not params:
@@ -356,7 +352,7 @@ class RpcHandler:
             if stored.owner != program:
                 continue
             account = self.encoder.served(pubkey, stored)
-            if not filters.matches(account.data):
+            if account is None or not filters.matches(account.data):
                 continue
             text = self.encoder.encode(pubkey, account, encoding, config.data_slice)
             entries.append(f'{{"account":{text},"pubkey":"{pubkey}"}}')

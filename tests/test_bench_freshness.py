@@ -1,0 +1,40 @@
+"""``python -m bench --quick --only freshness``: the section runs on the simulator and reports.
+
+No timing is asserted here; speed is what the benchmark reports, not what it tests.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from pathlib import Path
+
+import pytest
+
+from bench._runner import main
+
+
+@pytest.mark.timeout(300)
+def test_freshness_section_measures_every_part(tmp_path: Path) -> None:
+    assert main(["--quick", "--out", str(tmp_path), "--only", "freshness"]) == 0
+    results = json.loads((tmp_path / "freshness.json").read_text())
+    for tally in results["reads_behind"].values():
+        assert tally["reads"] > 0
+        assert 0 <= tally["behind"] <= tally["reads"]
+    assert results["write_to_read_ms"]
+    assert results["applied_to_read_ms"]
+    sizes = {(row["markets"], row["ticking"]): row for row in results["confirmation"]}
+    assert set(sizes) == {(m, t) for m in (30, 100) for t in (True, False)}
+    # More markets, more subscribed accounts: the rows measured what they say.
+    assert sizes[(100, True)]["accounts"] > sizes[(30, True)]["accounts"] > 0
+    numbers = [
+        *results["write_to_read_ms"],
+        *results["applied_to_read_ms"],
+        *results["hit_us"].values(),
+        *(v for row in results["confirmation"] for v in row.values() if not isinstance(v, bool)),
+    ]
+    assert all(math.isfinite(n) for n in numbers)
+    section = (tmp_path / "freshness.md").read_text()
+    for heading in ("### Reads behind", "### Write to read", "### Confirmation", "### Cache hit"):
+        assert heading in section
+    assert "## Freshness" in (tmp_path / "BENCHMARKS.md").read_text()
