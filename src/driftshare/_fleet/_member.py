@@ -180,9 +180,8 @@ class FleetMember:
             log.warning("fleet Redis unreachable: %s", redact_text(f"{type(exc).__name__}: {exc}"))
         # Joining with Redis away there is nothing to serve meanwhile: fall back at once.
         waited = now - self._failing_since
-        if self.role != "standalone" and (
-            not self._decided.is_set() or waited >= self.settings.share_fallback_s
-        ):
+        joining = not self._decided.is_set()
+        if joining or (self.role != "standalone" and waited >= self.settings.share_fallback_s):
             log.warning("fleet Redis away: this member uses its own upstream client")
             self.fallback = True
             await self._lose_lead()
