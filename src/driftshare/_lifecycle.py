@@ -28,6 +28,7 @@ from driftshare._freshness import Confirmer
 from driftshare._generation import Generation, unsubscribe_fully
 from driftshare._health import failover_loop, health_loop, note_data, publish_endpoint
 from driftshare._ledger import AccountLedger, AccountRecord, LedgerEntry
+from driftshare._snapshot import WarmSource, snapshot_keeper
 from driftshare.config import Settings, redact_text, redact_url, split_rpc_urls
 from driftshare.marketdata import ClientSource, MarketSource
 from driftshare.subscription import (
@@ -104,6 +105,9 @@ class SharedClient:
         self.tap: AccountTap | None = None
         self.last_confirmed_at: float | None = None
         """``time.monotonic()`` of the newest confirmation of any account."""
+        self.snapshots = snapshot_keeper(self.ledger, settings, network, url)
+        self._warm: WarmSource | None = None
+        self.load_snapshot()
         self.ledger.add_listener(self._on_ledger)
         self.confirmer = Confirmer(
             self.ledger,
@@ -119,6 +123,21 @@ class SharedClient:
         self._lease_until = 0.0
         self._reads = 0
         self._rng = random.Random()
+
+    def load_snapshot(self) -> int:
+        """Serve the snapshot's accounts, stale, until live data replaces them; how many.
+
+        Called at creation; a fleet member calls it when Redis is unreachable at start.
+        """
+        if self.snapshots is None or self._warm is not None:
+            return 0
+        confirmed_at = self.last_confirmed_at
+        loaded = self.snapshots.load()
+        # The snapshot's confirmations are another process's: they prove no data flows now.
+        self.last_confirmed_at = confirmed_at
+        if loaded:
+            self._warm = WarmSource(self.ledger)
+        return loaded
 
     @property
     def client(self) -> Any:
@@ -136,6 +155,8 @@ class SharedClient:
         if self.gen is None:
             # The keypair first: a bad DRIFT_KEYPAIR fails here, once, before anything opens.
             self.gen = Generation(load_keypair(self.settings), after=self._closing)
+            if self.snapshots is not None:
+                self.snapshots.start()
         return self.gen
 
     def _refuse(self, exc: ValueError) -> None:
@@ -209,6 +230,11 @@ class SharedClient:
             return None
         if self.refs == 0:
             self._extend_lease()
+        if self._warm is not None and not self.initialized:
+            # A snapshot answers now, stale, rather than after the first connection.
+            self._begin(gen)
+            self._lease_until = time.monotonic() + self.settings.idle_close_s
+            return self.source()
         self._reads += 1
         try:
             await self._ready(gen)
@@ -251,10 +277,9 @@ class SharedClient:
             self.health = "down"
             gen.settle(None)
 
-    async def _ready(self, gen: Generation) -> Any:
-        if gen.ready_at is not None and gen.init_task is None:
-            return gen.client
-        if gen.init_task is None:
+    def _begin(self, gen: Generation) -> None:
+        """Start ``gen``'s start-up in the background unless it runs or is done."""
+        if gen.ready_at is None and gen.init_task is None:
             gen.attempt = self.loop.create_future()
             gen.init_task = gen.spawn(self._init_loop(gen), f"driftshare-init-{self.network}")
             if len(self.endpoints.urls) > 1 and gen.failover_task is None:
@@ -263,6 +288,11 @@ class SharedClient:
                 )
             if gen.init_task is None:  # retired meanwhile
                 gen.settle(None)
+
+    async def _ready(self, gen: Generation) -> Any:
+        if gen.ready_at is not None and gen.init_task is None:
+            return gen.client
+        self._begin(gen)
         if gen.attempt is None:
             # Between retries: callers get None now instead of blocking on the backoff.
             return None
@@ -456,6 +486,8 @@ class SharedClient:
         if gen.client is not None:
             log.info("last reference released: closing the shared %s DriftClient", self.network)
         await gen.close()
+        if self.gen is None and self.snapshots is not None:
+            await self.snapshots.stop()  # the clean shutdown's write
         if self.gen is None:
             self.health = "idle"
             self.mode = self.settings.subscription
@@ -465,7 +497,13 @@ class SharedClient:
         """The subscribed accounts to read from, or None while they cannot be trusted."""
         client = self.client
         if not self.initialized or self.health != "healthy":
-            return None
+            # Until the client is ready, a loaded snapshot (with whatever live data already
+            # replaced it) answers, every value stale.
+            return self._warm
+        if self._warm is not None:
+            # Live and ready: the snapshot's part is over; later outages serve the cache.
+            self._warm.close()
+            self._warm = None
         return ClientSource(
             client,
             self.ledger,
@@ -503,6 +541,7 @@ class SharedClient:
             "last_update_age_s": (now - self.last_data_at) if self.last_data_at else None,
             "data_slot": self._data_slot,
             "freshness": self.confirmer.snapshot(),
+            "warm_start": None if self.snapshots is None else self.snapshots.stats(),
         }
 
 

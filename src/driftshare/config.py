@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import re
 from collections.abc import Iterable
+from pathlib import Path
 from typing import Annotated, Any, Literal
 from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
 
@@ -66,6 +67,10 @@ class Settings(BaseSettings):
     max_staleness_s: float = Field(300.0, ge=0)
     stale_after_s: float = Field(10.0, gt=0)
     """A value whose accounts are not known current for this long is served as stale."""
+
+    snapshot_path: Path | None = None
+    """A file or folder where each shared client keeps its accounts for a warm start."""
+    snapshot_interval_s: float = Field(10.0, gt=0)
 
     @field_validator("perp_markets", mode="before")
     @classmethod

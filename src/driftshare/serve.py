@@ -168,7 +168,12 @@ class Runtime:
         await self.live.start()
         markets = await self.live.reader.get_all_perp_markets()
         stats = self.live.manager_stats()
-        if markets:
+        if markets and not stats.get("initialized"):
+            say(
+                f"[yellow]serving {len(markets)} perp markets from the snapshot, stale, "
+                "while connecting[/yellow]"
+            )
+        elif markets:
             say(
                 f"subscribed {len(markets)} perp markets by {stats.get('subscription_mode')} "
                 f"in {stats.get('time_to_ready_s') or 0:.2f}s"

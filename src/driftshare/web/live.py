@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import math
 import time
 from collections import deque
 from collections.abc import AsyncIterator, Callable, Sequence
@@ -215,7 +216,9 @@ class LiveState:
         for market in self.markets:
             index = market.market_index
             rate = self.funding.get(index)
-            age = now - self._changed_at.get(index, now)
+            # A value read from a snapshot is as old as its data, however recently it appeared.
+            data_age = market.data_age_s if math.isfinite(market.data_age_s) else 0.0
+            age = max(now - self._changed_at.get(index, now), data_age)
             stale = market.stale or (rate is not None and rate.stale) or age > self.stale_after_s
             rows.append(
                 {

@@ -1,0 +1,381 @@
+"""Warm start: process start to first answer with and without a snapshot, and snapshot costs.
+
+Runs real ``driftshare serve`` processes against a ``driftshare sim`` subprocess: with the
+RPC up, then with it down (the simulator stopped), each with an empty snapshot folder and
+with the snapshot a previous clean shutdown wrote. Then times writing, loading and decoding
+a snapshot of 30 and 100 perp markets. ``python -m bench.warmstart [--quick]`` prints the
+section's markdown; ``python -m bench --only warmstart`` stores it for BENCHMARKS.md.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import os
+import shutil
+import signal
+import socket
+import statistics
+import sys
+import tempfile
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import httpx
+
+from bench import BenchError, Context
+from driftshare._ledger import AccountLedger
+from driftshare._ledger_subscriber import LedgerReads
+from driftshare._snapshot import (
+    SnapshotIdentity,
+    SnapshotKeeper,
+    encode_snapshot,
+    rpc_group,
+    write_snapshot,
+)
+from driftshare.sim._codec import DRIFT_PROGRAM_ID
+from driftshare.sim._records import world_records
+from driftshare.sim.store import AccountStore
+from driftshare.sim.world import World
+
+__all__ = ["TITLE", "run"]
+
+TITLE = "Warm start"
+
+_SIM_READY = "driftshare sim ready:"
+_POLL_S = 0.005
+
+
+# -- processes --------------------------------------------------------------------------------
+
+
+def _free_port() -> int:
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        port: int = probe.getsockname()[1]
+        return port
+
+
+async def _start_sim(markets: int, port: int) -> asyncio.subprocess.Process:
+    sim = await asyncio.create_subprocess_exec(
+        sys.executable,
+        "-m",
+        "driftshare",
+        "sim",
+        "--port",
+        str(port),
+        "--markets",
+        str(markets),
+        stdout=asyncio.subprocess.PIPE,
+        stderr=asyncio.subprocess.DEVNULL,
+    )
+    assert sim.stdout is not None
+    line = (await asyncio.wait_for(sim.stdout.readline(), 60)).decode()
+    if not line.startswith(_SIM_READY):
+        sim.kill()
+        raise BenchError(f"the simulator did not start: {line!r}")
+    return sim
+
+
+async def _stop(process: asyncio.subprocess.Process, sig: int = signal.SIGTERM) -> None:
+    if process.returncode is None:
+        process.send_signal(sig)
+    try:
+        await asyncio.wait_for(process.wait(), 30)
+    except TimeoutError:
+        process.kill()
+        await process.wait()
+
+
+def _serve_env(snapshot: Path) -> dict[str, str]:
+    return {
+        **os.environ,
+        "DRIFT_SNAPSHOT_PATH": str(snapshot),
+        "DRIFT_SNAPSHOT_INTERVAL_S": "3600",
+        "DRIFT_MAX_RETRIES": "0",
+        "DRIFT_RETRY_BACKOFF": "0.2",
+        "DRIFT_RETRY_BACKOFF_CAP": "0.5",
+    }
+
+
+async def _spawn_serve(rpc_url: str, snapshot: Path, port: int) -> asyncio.subprocess.Process:
+    return await asyncio.create_subprocess_exec(
+        sys.executable,
+        "-m",
+        "driftshare",
+        "serve",
+        "--rpc-url",
+        rpc_url,
+        "--port",
+        str(port),
+        stdout=asyncio.subprocess.DEVNULL,
+        stderr=asyncio.subprocess.DEVNULL,
+        env=_serve_env(snapshot),
+    )
+
+
+@dataclass
+class StartRun:
+    """One process start: seconds from spawn to each milestone, None if not reached."""
+
+    first_answer_s: float | None = None
+    """The first HTTP answer of ``/api/markets``, whatever it holds."""
+    all_markets_s: float | None = None
+    """The first answer listing every market."""
+    all_stale: bool | None = None
+    """Whether that answer flagged every market stale."""
+    ready_s: float | None = None
+    """``/readyz`` 200: fresh data."""
+
+
+async def _measure_start(
+    rpc_url: str, snapshot: Path, markets: int, *, expect_ready: bool, cap_s: float
+) -> StartRun:
+    port = _free_port()
+    result = StartRun()
+    started = time.perf_counter()
+    serve = await _spawn_serve(rpc_url, snapshot, port)
+    try:
+        async with httpx.AsyncClient(base_url=f"http://127.0.0.1:{port}", timeout=30) as http:
+            deadline = started + cap_s
+            while time.perf_counter() < deadline:
+                if serve.returncode is not None:
+                    raise BenchError(f"serve exited with {serve.returncode}")
+                try:
+                    response = await http.get("/api/markets")
+                except httpx.TransportError:
+                    await asyncio.sleep(_POLL_S)
+                    continue
+                now = time.perf_counter() - started
+                if result.first_answer_s is None:
+                    result.first_answer_s = now
+                rows = response.json().get("markets", [])
+                if len(rows) == markets:
+                    result.all_markets_s = now
+                    result.all_stale = all(row["stale"] for row in rows)
+                    break
+                await asyncio.sleep(_POLL_S)
+            while expect_ready and time.perf_counter() < deadline:
+                if (await http.get("/readyz")).status_code == 200:
+                    result.ready_s = time.perf_counter() - started
+                    break
+                await asyncio.sleep(_POLL_S)
+    finally:
+        await _stop(serve)
+    return result
+
+
+async def _interpreter_start() -> float:
+    """Seconds to start Python and import serve's modules: the floor of any first answer."""
+    started = time.perf_counter()
+    child = await asyncio.create_subprocess_exec(
+        sys.executable, "-c", "import driftshare.cli, driftshare.serve"
+    )
+    await child.wait()
+    return time.perf_counter() - started
+
+
+# -- start to first answer ----------------------------------------------------------------------
+
+
+async def _start_cases(markets: int, repeats: int, cap_s: float) -> dict[str, Any]:
+    work = Path(tempfile.mkdtemp(prefix="driftshare-bench-warm-"))
+    saved = work / "saved"
+    saved.mkdir()
+    port = _free_port()
+    rpc_url = f"http://127.0.0.1:{port}"
+    runs: dict[str, list[dict[str, Any]]] = {}
+
+    async def case(rpc_up: bool, warm: bool) -> None:
+        # Without a snapshot and without an RPC nothing ever comes: one start shows it.
+        count = repeats if rpc_up or warm else 1
+        name = f"rpc {'up' if rpc_up else 'down'}, {'snapshot' if warm else 'no snapshot'}"
+        runs[name] = []
+        for _ in range(count):
+            # The floor under the same load as the start it is compared with.
+            interpreter_s = await _interpreter_start()
+            run = await _measure_start(
+                rpc_url,
+                _folder(work, saved if warm else None),
+                markets,
+                expect_ready=rpc_up,
+                cap_s=60 if rpc_up or warm else cap_s,
+            )
+            runs[name].append({**run.__dict__, "interpreter_s": interpreter_s})
+
+    try:
+        sim = await _start_sim(markets, port)
+        try:
+            # One clean run writes the snapshot the warm runs start from.
+            await _measure_start(rpc_url, saved, markets, expect_ready=True, cap_s=60)
+            if not list(saved.glob("*.snapshot")):
+                raise BenchError("serve wrote no snapshot at a clean shutdown")
+            await case(rpc_up=True, warm=False)
+            await case(rpc_up=True, warm=True)
+        finally:
+            await _stop(sim)
+        # The RPC is down: nothing listens at its address any more.
+        await case(rpc_up=False, warm=False)
+        await case(rpc_up=False, warm=True)
+        return runs
+    finally:
+        shutil.rmtree(work, ignore_errors=True)
+
+
+def _folder(work: Path, saved: Path | None) -> Path:
+    """A fresh snapshot folder: empty, or holding a copy of the saved snapshot."""
+    folder = Path(tempfile.mkdtemp(dir=work))
+    if saved is not None:
+        for file in saved.glob("*.snapshot"):
+            shutil.copy2(file, folder / file.name)
+    return folder
+
+
+# -- snapshot costs -----------------------------------------------------------------------------
+
+
+def _costs(markets: int, repeats: int) -> dict[str, Any]:
+    world = World(AccountStore(), seed=1, markets=markets)
+    ledger = AccountLedger()
+    for record in world_records(world):
+        ledger.apply(record)
+    identity = SnapshotIdentity("mainnet", str(DRIFT_PROGRAM_ID), rpc_group(["http://bench"]))
+    with tempfile.TemporaryDirectory(prefix="driftshare-bench-snap-") as folder:
+        file = Path(folder) / "bench.snapshot"
+        encode_s, write_s, load_s, decode_s = [], [], [], []
+        size = 0
+        for _ in range(repeats):
+            t0 = time.perf_counter()
+            encode_snapshot(identity, ledger, time.time(), time.monotonic())
+            encode_s.append(time.perf_counter() - t0)
+            t0 = time.perf_counter()
+            size = write_snapshot(file, identity, ledger)
+            write_s.append(time.perf_counter() - t0)
+            restored = AccountLedger()
+            keeper = SnapshotKeeper(restored, file, identity)
+            t0 = time.perf_counter()
+            keeper.load()
+            load_s.append(time.perf_counter() - t0)
+            t0 = time.perf_counter()
+            reads = LedgerReads(restored)
+            decode_s.append(time.perf_counter() - t0)
+            if len(reads.get_perp_market_accounts()) != markets:
+                raise BenchError("the restored snapshot lost markets")
+    return {
+        "markets": markets,
+        "accounts": len(ledger),
+        "bytes": size,
+        "encode_ms": statistics.median(encode_s) * 1e3,
+        "write_ms": statistics.median(write_s) * 1e3,
+        "load_ms": statistics.median(load_s) * 1e3,
+        "decode_ms": statistics.median(decode_s) * 1e3,
+        "repeats": repeats,
+    }
+
+
+# -- report -------------------------------------------------------------------------------------
+
+
+def _ms(values: list[float | None]) -> str:
+    got = [v for v in values if v is not None]
+    if not got:
+        return "never"
+    text = f"{statistics.median(got) * 1e3:,.0f} ms"
+    return text if len(got) == len(values) else f"{text} ({len(got)}/{len(values)})"
+
+
+def _report(results: dict[str, Any]) -> str:
+    starts = results["start"]
+    markets, cap_s = results["markets"], results["cap_s"]
+    lines = [
+        "### Start to first answer",
+        "",
+        f"Real `driftshare serve` processes against a `driftshare sim` subprocess with "
+        f"{markets} perp markets, spawn to answer (median of {results['repeats']} starts; "
+        f"one start for the RPC-down run without a snapshot, watched for {cap_s:g} s). "
+        "Before each start, the time to start Python and import serve's modules is measured "
+        "under the same load: the floor of any first answer (the machine is shared, so the "
+        "floor moves; compare each row with its own). "
+        '"RPC down" is the simulator stopped: nothing listens at the RPC address.',
+        "",
+        "| case | Python + imports alone | first `/api/markets` answer | "
+        "answer with every market | the same, above the floor | those values | "
+        "`/readyz` 200 (fresh) |",
+        "|---|---|---|---|---|---|---|",
+    ]
+    for case, runs in starts.items():
+        stale = {r["all_stale"] for r in runs if r["all_stale"] is not None}
+        shown = "stale" if stale == {True} else "fresh" if stale == {False} else "—"
+        if len(stale) > 1:
+            shown = "mixed"
+        ready = _ms([r["ready_s"] for r in runs]) if case.startswith("rpc up") else "— (503)"
+        above = [
+            None if r["all_markets_s"] is None else r["all_markets_s"] - r["interpreter_s"]
+            for r in runs
+        ]
+        lines.append(
+            f"| {case} | {_ms([r['interpreter_s'] for r in runs])} | "
+            f"{_ms([r['first_answer_s'] for r in runs])} | "
+            f"{_ms([r['all_markets_s'] for r in runs])} | {_ms(above)} | {shown} | {ready} |"
+        )
+    lines += [
+        "",
+        "### Snapshot cost",
+        "",
+        "Encoding is the CPU part (JSON, base64, SHA-256); writing adds the temporary file, "
+        "fsync and rename, which the shared client does at most every "
+        "`DRIFT_SNAPSHOT_INTERVAL_S`, in a thread. Loading is reading and validating the "
+        "file and applying it to a ledger; decoding is the LedgerSubscriber decoding every "
+        "account once, which the first answer from a snapshot waits for. "
+        f"Medians of {results['costs'][0]['repeats']} runs.",
+        "",
+        "| perp markets | accounts | file size | encode | write (with fsync) | load | decode all |",
+        "|---|---|---|---|---|---|---|",
+    ]
+    for cost in results["costs"]:
+        lines.append(
+            f"| {cost['markets']} | {cost['accounts']} | {cost['bytes'] / 1024:,.0f} KiB | "
+            f"{cost['encode_ms']:.1f} ms | {cost['write_ms']:.1f} ms | "
+            f"{cost['load_ms']:.1f} ms | {cost['decode_ms']:.0f} ms |"
+        )
+    return "\n".join(lines) + "\n"
+
+
+def measure(quick: bool) -> dict[str, Any]:
+    """Every figure of the section, as raw numbers."""
+    markets = 8 if quick else 30
+    repeats = 1 if quick else 5
+    cap_s = 8.0 if quick else 20.0
+
+    start = asyncio.run(_start_cases(markets, repeats, cap_s))
+    costs = [_costs(n, 3 if quick else 20) for n in (30, 100)]
+    return {
+        "markets": markets,
+        "repeats": repeats,
+        "cap_s": cap_s,
+        "start": start,
+        "costs": costs,
+    }
+
+
+def run(ctx: Context) -> str:
+    """Measure (small sizes when ``ctx.quick``), store the raw numbers, return the markdown."""
+    results = measure(ctx.quick)
+    ctx.write_json(results)
+    return _report(results)
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--quick", action="store_true", help="small sizes, one start each")
+    args = parser.parse_args(argv)
+    with tempfile.TemporaryDirectory(prefix="driftshare-bench-") as out:
+        ctx = Context("warmstart", args.quick, Path(out), Path("BENCHMARKS.md"))
+        print(f"## {TITLE}\n\n{run(ctx)}")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

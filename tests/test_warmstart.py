@@ -1,0 +1,301 @@
+"""Warm start: real ``driftshare serve`` processes restarted against the simulator."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+import re
+import signal
+import stat
+import sys
+import time
+from collections.abc import AsyncIterator, Awaitable, Callable
+from pathlib import Path
+from typing import Any
+
+import httpx
+import pytest
+
+from driftshare.adapter import DriftAdapter
+from driftshare.feed import DriftFundingFeed
+from driftshare.manager import DriftClientManager
+from driftshare.sim import Simulator
+from driftshare.sim.pytest_plugin import SimulatorFactory
+
+_LISTENING = re.compile(rb"dashboard listening on (http://\S+?)/?\s*$")
+_DEADLINE_S = 60.0
+
+
+class ServeProcess:
+    """One ``driftshare serve`` child process and its dashboard URL."""
+
+    def __init__(self, child: asyncio.subprocess.Process, url: str) -> None:
+        self.child = child
+        self.url = url
+        self.log: list[bytes] = []
+
+    async def get(self, path: str) -> httpx.Response:
+        async with httpx.AsyncClient(base_url=self.url, timeout=30) as http:
+            return await http.get(path)
+
+    async def stop(self) -> int:
+        if self.child.returncode is None:
+            self.child.send_signal(signal.SIGTERM)
+        return await asyncio.wait_for(self.child.wait(), _DEADLINE_S)
+
+
+async def start_serve(rpc_url: str, snapshot: Path, **env: str) -> ServeProcess:
+    environ = {
+        **os.environ,
+        "COLUMNS": "400",
+        "DRIFT_SNAPSHOT_PATH": str(snapshot),
+        "DRIFT_SNAPSHOT_INTERVAL_S": "3600",
+        "DRIFT_MAX_RETRIES": "0",
+        "DRIFT_RETRY_BACKOFF": "0.2",
+        "DRIFT_RETRY_BACKOFF_CAP": "0.5",
+        "DRIFT_INIT_TIMEOUT_S": "5",
+        **env,
+    }
+    child = await asyncio.create_subprocess_exec(
+        sys.executable,
+        "-m",
+        "driftshare",
+        "serve",
+        "--rpc-url",
+        rpc_url,
+        "--port",
+        "0",
+        stdout=asyncio.subprocess.DEVNULL,
+        stderr=asyncio.subprocess.PIPE,
+        env=environ,
+    )
+    assert child.stderr is not None
+    lines: list[bytes] = []
+    async with asyncio.timeout(_DEADLINE_S):
+        while True:
+            line = await child.stderr.readline()
+            if not line:
+                raise AssertionError(f"serve ended before listening: {b''.join(lines)!r}")
+            lines.append(line)
+            match = _LISTENING.search(line.rstrip())
+            if match:
+                process = ServeProcess(child, match.group(1).decode())
+                process.log = lines
+                asyncio.get_running_loop().create_task(_drain(child, lines))
+                return process
+
+
+async def _drain(child: asyncio.subprocess.Process, lines: list[bytes]) -> None:
+    assert child.stderr is not None
+    while line := await child.stderr.readline():
+        lines.append(line)
+
+
+async def poll(check: Callable[[], Awaitable[bool]], what: str) -> None:
+    """Await ``check()`` until true; fail after the deadline."""
+    try:
+        async with asyncio.timeout(_DEADLINE_S):
+            while True:
+                if await check():
+                    return
+                await asyncio.sleep(0.05)
+    except TimeoutError:
+        raise AssertionError(f"{what}: not within {_DEADLINE_S:g} s") from None
+
+
+@pytest.fixture
+async def processes() -> AsyncIterator[list[ServeProcess]]:
+    started: list[ServeProcess] = []
+    yield started
+    for process in started:
+        if process.child.returncode is None:
+            process.child.kill()
+            await process.child.wait()
+
+
+async def _dashboard_rows(process: ServeProcess) -> list[dict[str, Any]]:
+    """The market rows of the first dashboard event that has any."""
+    async with (
+        httpx.AsyncClient(base_url=process.url, timeout=30) as http,
+        http.stream("GET", "/api/events") as events,
+        asyncio.timeout(_DEADLINE_S),
+    ):
+        async for line in events.aiter_lines():
+            if line.startswith("data: "):
+                rows: list[dict[str, Any]] = json.loads(line[6:])["markets"]
+                if rows:
+                    return rows
+    raise AssertionError("the event stream ended")
+
+
+def _snapshots(folder: Path) -> list[Path]:
+    return list(folder.glob("*.snapshot"))
+
+
+async def _markets(process: ServeProcess) -> list[dict[str, Any]]:
+    response = await process.get("/api/markets")
+    assert response.status_code == 200, response.text
+    markets: list[dict[str, Any]] = response.json()["markets"]
+    return markets
+
+
+async def _serve_until_ready(
+    sim: Simulator, folder: Path, processes: list[ServeProcess]
+) -> ServeProcess:
+    process = await start_serve(sim.http_url, folder)
+    processes.append(process)
+
+    async def ready() -> bool:
+        return (await process.get("/readyz")).status_code == 200
+
+    await poll(ready, "first process ready")
+    return process
+
+
+async def test_a_restart_with_the_rpc_down_answers_every_market_stale_from_the_first_answer(
+    simulator_factory: SimulatorFactory, tmp_path: Path, processes: list[ServeProcess]
+) -> None:
+    sim = await simulator_factory(markets=8)
+    world = sim.world
+    assert world is not None
+    first = await _serve_until_ready(sim, tmp_path, processes)
+    live = {m["market_index"]: m for m in await _markets(first)}
+    assert sorted(live) == world.perp_indexes()
+    assert await first.stop() == 0
+    files = _snapshots(tmp_path)
+    assert len(files) == 1
+    assert stat.S_IMODE(files[0].stat().st_mode) == 0o600
+    stopped_at = time.time()
+
+    await sim.faults.down(3600)
+    second = await start_serve(sim.http_url, tmp_path)
+    processes.append(second)
+    markets = await _markets(second)  # the very first request
+    assert sorted(m["market_index"] for m in markets) == world.perp_indexes()
+    assert all(m["stale"] for m in markets)
+    for market in markets:
+        assert market["oracle_price"] == live[market["market_index"]]["oracle_price"]
+        # The data's true age: at least the time since the first process stopped.
+        assert market["data_age_s"] >= time.time() - stopped_at - 0.5
+    assert (await second.get("/readyz")).status_code == 503
+    warm = (await second.get("/api/stats")).json()["manager"]["warm_start"]
+    assert warm["loaded"] == warm["restored"] > len(live)  # markets, oracles and the State
+    rows = await _dashboard_rows(second)
+    assert len(rows) == len(live)
+    assert all(row["stale"] for row in rows)
+    assert all(row["data_age_s"] >= time.time() - stopped_at - 0.5 for row in rows)
+
+    # The RPC comes back with a new price: live data replaces the snapshot's.
+    world.set_oracle_price(0, 321.5)
+    await sim.step()
+    expected = world.oracle_price(0)
+    assert expected != live[0]["oracle_price"]
+    await sim.faults.clear()
+
+    async def fresh() -> bool:
+        rows = await _markets(second)
+        by_index = {m["market_index"]: m for m in rows}
+        return (
+            len(rows) == len(live)
+            and not any(m["stale"] for m in rows)
+            and by_index[0]["oracle_price"] == pytest.approx(expected)
+        )
+
+    await poll(fresh, "fresh data replacing the snapshot")
+
+    async def ready() -> bool:
+        return (await second.get("/readyz")).status_code == 200
+
+    await poll(ready, "ready once fresh data arrived")
+    warm = (await second.get("/api/stats")).json()["manager"]["warm_start"]
+    assert warm["restored"] == 0
+    assert await second.stop() == 0
+
+
+@pytest.mark.parametrize("damage", ["garbled", "truncated", "foreign"])
+async def test_a_bad_snapshot_is_ignored_and_the_process_still_starts(
+    simulator_factory: SimulatorFactory,
+    tmp_path: Path,
+    processes: list[ServeProcess],
+    damage: str,
+) -> None:
+    sim = await simulator_factory(markets=4)
+    first = await _serve_until_ready(sim, tmp_path, processes)
+    assert await first.stop() == 0
+    (file,) = _snapshots(tmp_path)
+    content = file.read_bytes()
+    if damage == "garbled":
+        file.write_bytes(content[:200] + bytes(b ^ 0x5A for b in content[200:400]) + content[400:])
+    elif damage == "truncated":
+        file.write_bytes(content[: len(content) // 2])
+    second_env: dict[str, str] = {}
+    if damage == "foreign":
+        second_env["DRIFT_NETWORK"] = "devnet"
+        file.rename(tmp_path / file.name.replace("mainnet", "devnet"))
+
+    second = await start_serve(sim.http_url, tmp_path, **second_env)
+    processes.append(second)
+
+    async def ready() -> bool:
+        return (await second.get("/readyz")).status_code == 200
+
+    await poll(ready, "started as if there were no snapshot")
+    markets = await _markets(second)
+    assert len(markets) == 4
+    assert not any(m["stale"] for m in markets)
+    assert await second.stop() == 0
+    warnings = [line for line in second.log if b"ignoring the snapshot" in line]
+    assert len(warnings) == 1, second.log
+
+
+async def test_reader_adapter_and_feed_answer_from_the_snapshot_while_the_rpc_is_down(
+    simulator_factory: SimulatorFactory,
+    manager_settings: None,
+    frozen_now: float,
+    tmp_path: Path,
+) -> None:
+    sim = await simulator_factory(markets=6)
+    world = sim.world
+    assert world is not None
+    settings = {
+        "rpc_url": sim.http_url,
+        "snapshot_path": tmp_path,
+        "health_interval_s": 3600,
+        "max_retries": 0,
+        "retry_backoff": 0.2,
+        "retry_backoff_cap": 0.5,
+        "init_timeout_s": 5,
+    }
+    DriftClientManager.configure(**settings)
+    live = {m.market_index: m for m in await DriftClientManager.get_all_perp_markets()}
+    funding = await DriftClientManager.get_funding_rate(2)
+    assert funding is not None
+    assert not funding.stale
+    await DriftClientManager.shutdown()  # a clean shutdown writes the snapshot
+
+    await sim.faults.down(3600)
+    try:
+        DriftClientManager.configure(**settings)
+        adapter = DriftAdapter("mainnet")
+        feed = DriftFundingFeed(adapter)
+        restored = await adapter.get_funding_rate(2)
+        assert restored is not None
+        assert restored["stale"]
+        assert restored["data_age_s"] > 0
+        assert restored["rate_8h"] == funding.rate_8h
+        markets = await DriftClientManager.get_all_perp_markets()
+        assert [m.market_index for m in markets] == sorted(live)
+        for market in markets:
+            assert market.stale
+            assert market.oracle_price == live[market.market_index].oracle_price
+            assert market.slot == live[market.market_index].slot
+        active = [i for i, m in live.items() if m.status == "active"]
+        infos = await feed.get_all_funding_rates()
+        assert len(infos) == len(active)
+        assert not DriftClientManager.is_initialized()
+        await feed.close()
+        await adapter.disconnect()
+    finally:
+        await sim.faults.clear()
+        await DriftClientManager.shutdown()
