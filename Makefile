@@ -4,7 +4,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed-stamp
 
-.PHONY: run test lint bench reliability lock clean browser
+.PHONY: run test lint bench reliability lock clean browser redis
 
 $(STAMP): requirements.lock pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -25,7 +25,11 @@ lint: $(STAMP)
 browser:
 	test -x /usr/bin/chromium || (apt-get update && apt-get install -y chromium)
 
-test: $(STAMP) lint browser
+# The fleet tests start Debian's redis-server themselves, on a free port.
+redis:
+	test -x /usr/bin/redis-server || (apt-get update && apt-get install -y redis-server)
+
+test: $(STAMP) lint browser redis
 	$(BIN)/pytest
 
 # Every section of bench/ (see bench/__init__.py), then BENCHMARKS.md and docs/bench/.

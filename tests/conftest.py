@@ -14,6 +14,7 @@ from driftpy.accounts.oracle import decode_oracle
 from driftpy.types import OraclePriceData
 
 from driftshare import models
+from driftshare._fleet._harness import RedisServer
 from driftshare.manager import DriftClientManager
 from driftshare.models import (
     FundingRateData,
@@ -134,3 +135,23 @@ def wait_until() -> WaitUntil:
             raise AssertionError("condition not met within 10 s") from None
 
     return wait
+
+
+# -- the fleet tests: a real redis-server --------------------------------------------------
+
+
+@pytest.hookimpl(hookwrapper=True)
+def pytest_runtest_makereport(item: pytest.Item) -> Iterator[None]:
+    """Keep each phase's report on the test item, so fixtures can tell a failed test."""
+    outcome = yield
+    report = outcome.get_result()
+    setattr(item, f"rep_{report.when}", report)
+
+
+@pytest.fixture
+def redis_server() -> Iterator[RedisServer]:
+    """A started redis-server without persistence; ``kill()``/``restart()`` it at will."""
+    server = RedisServer()
+    server.start()
+    yield server
+    server.stop()

@@ -7,13 +7,16 @@ import logging
 import time
 from collections.abc import Coroutine
 from contextlib import suppress
-from typing import Any, TypeVar
+from typing import TYPE_CHECKING, Any, TypeVar
 
 import httpx
 from solana.rpc.async_api import AsyncClient
 from solders.keypair import Keypair
 
 from driftshare.config import redact_text
+
+if TYPE_CHECKING:
+    from driftshare._fleet import FleetMember
 
 __all__ = ["Generation", "cancel_all", "unsubscribe_fully"]
 
@@ -82,6 +85,8 @@ class Generation:
         self.reconnecting: asyncio.Task[bool] | None = None
         self.failover_task: asyncio.Task[None] | None = None
         self.old_sessions: list[httpx.AsyncClient] = []
+        self.fleet: FleetMember | None = None
+        """This life's fleet membership when ``DRIFT_SHARE_URL`` is set."""
         self._tasks: set[asyncio.Task[Any]] = set()
 
     def spawn(self, coro: Coroutine[Any, Any, _T], name: str) -> asyncio.Task[_T] | None:
@@ -119,6 +124,9 @@ class Generation:
     async def close(self) -> None:
         """Cancel every task of this (retired) generation and close what it opened."""
         await cancel_all(list(self._tasks))
+        fleet, self.fleet = self.fleet, None
+        if fleet is not None:
+            await fleet.close()
         if self.client is not None:
             await unsubscribe_fully(self.client.account_subscriber)
         await self.close_old_sessions()

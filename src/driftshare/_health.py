@@ -98,6 +98,10 @@ async def _checks(shared: SharedClient, gen: Generation) -> None:
         gen.check()
         try:
             note_data(shared)
+            if gen.fleet is not None and not gen.fleet.upstream:
+                # A follower asks no RPC: its data is as healthy as its feed from Redis.
+                shared.health = "degraded" if gen.fleet.feed_lost else "healthy"
+                continue
             if not shared.data_flows():
                 # No account confirmed for DRIFT_STALE_AFTER_S: a getSlot only tells whether
                 # the RPC answers (no answer for long: rebuild); it never makes data fresh.
@@ -235,6 +239,8 @@ async def failover_loop(shared: SharedClient, gen: Generation) -> None:
         while True:
             await asyncio.sleep(_FAILOVER_CHECK_S)
             gen.check()
+            if gen.fleet is not None and not gen.fleet.upstream:
+                continue  # a fleet follower probes no endpoint: it reads from Redis
             try:
                 slot = data_slot(shared)
                 if slot > seen_slot:

@@ -24,11 +24,19 @@ from solders.keypair import Keypair
 
 from driftshare import metrics
 from driftshare._endpoints import EndpointSelector
+from driftshare._fleet import FleetMember, standalone_stats
 from driftshare._freshness import Confirmer
 from driftshare._generation import Generation, unsubscribe_fully
-from driftshare._health import failover_loop, health_loop, note_data, publish_endpoint
+from driftshare._health import (
+    failover_loop,
+    health_loop,
+    note_data,
+    publish_endpoint,
+    reconnect_in_background,
+)
 from driftshare._ledger import AccountLedger, AccountRecord, LedgerEntry
 from driftshare._snapshot import WarmSource, snapshot_keeper
+from driftshare._ledger_subscriber import LedgerSubscriber
 from driftshare.config import Settings, redact_text, redact_url, split_rpc_urls
 from driftshare.marketdata import ClientSource, MarketSource
 from driftshare.subscription import (
@@ -107,7 +115,9 @@ class SharedClient:
         """``time.monotonic()`` of the newest confirmation of any account."""
         self.snapshots = snapshot_keeper(self.ledger, settings, network, url)
         self._warm: WarmSource | None = None
-        self.load_snapshot()
+        if settings.share_url is None:
+            # A fleet member starts from Redis's last values; see _start.
+            self.load_snapshot()
         self.ledger.add_listener(self._on_ledger)
         self.confirmer = Confirmer(
             self.ledger,
@@ -212,6 +222,8 @@ class SharedClient:
 
     def _publish_refs(self) -> None:
         log.debug("%s references: %d", self.network, self.refs)
+        if self.gen is not None and self.gen.fleet is not None:
+            self.gen.fleet.references = self.refs
         metrics.CLIENT_REF_COUNT.labels(self.network).set(self.refs)
 
     # -- cached reads: a lease instead of a reference ---------------------------------------
@@ -385,6 +397,19 @@ class SharedClient:
         self.health = "connecting"
         if gen.client is None:
             self._open(gen)
+        if self.settings.share_url is not None and gen.fleet is None:
+            gen.fleet = FleetMember(
+                self.settings,
+                self.network,
+                self.ledger,
+                lambda: self._on_fleet_change(gen),
+            )
+            gen.fleet.references = self.refs
+            await gen.fleet.join()
+            if gen.fleet.fallback:
+                # Redis is unreachable at start: the snapshot answers until upstream does.
+                self.load_snapshot()
+            gen.check()
         log.info("starting the shared %s DriftClient at %s", self.network, redact_url(self.url))
         await self._subscribe(gen, self.settings.subscription)
         gen.check()
@@ -403,8 +428,16 @@ class SharedClient:
         )
 
     async def _subscribe(self, gen: Generation, mode: SubscriptionMode) -> None:
-        """Discover the markets and subscribe in ``mode``; websocket falls back to polling."""
+        """Discover the markets and subscribe in ``mode``; websocket falls back to polling.
+
+        A fleet follower subscribes to nothing upstream: its accounts come from the leader.
+        """
         program = gen.client.program
+        if gen.fleet is not None and not gen.fleet.upstream:
+            self.tap = None  # nothing to confirm upstream: the leader's confirmations arrive
+            await gen.fleet.wait_followed()
+            await self._install_subscriber(gen, LedgerSubscriber(program, self.ledger))
+            return
         discovery = await discover_markets(program, self.settings.perp_markets)
         gen.check()
         self.unavailable = discovery.unavailable
@@ -422,6 +455,13 @@ class SharedClient:
                 )
         await self._install_subscriber(gen, self._polling(gen, discovery, tap))
         self.mode = "polling"
+
+    def _on_fleet_change(self, gen: Generation) -> None:
+        """Leader or follower changed: subscribe upstream, or follow, with the same client."""
+        role = gen.fleet.role if gen.fleet is not None else "-"
+        log.info("fleet role of the shared %s DriftClient: %s", self.network, role)
+        if not gen.retired:
+            reconnect_in_background(self, gen)
 
     def _websocket(
         self, gen: Generation, discovery: Discovery, tap: AccountTap
@@ -504,6 +544,8 @@ class SharedClient:
             # Live and ready: the snapshot's part is over; later outages serve the cache.
             self._warm.close()
             self._warm = None
+        if self.gen is not None and self.gen.fleet is not None and self.gen.fleet.feed_lost:
+            return None
         return ClientSource(
             client,
             self.ledger,
@@ -542,6 +584,7 @@ class SharedClient:
             "data_slot": self._data_slot,
             "freshness": self.confirmer.snapshot(),
             "warm_start": None if self.snapshots is None else self.snapshots.stats(),
+            "fleet": standalone_stats() if gen is None or gen.fleet is None else gen.fleet.stats(),
         }
 
 

@@ -216,6 +216,11 @@ def _add_serve(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None
     p.add_argument("--host", default="127.0.0.1", help="listen address (default 127.0.0.1)")
     p.add_argument("--port", type=_port, default=8080)
     p.add_argument(
+        "--share-url",
+        metavar="REDIS_URL",
+        help="join the fleet sharing one upstream on this Redis (default DRIFT_SHARE_URL)",
+    )
+    p.add_argument(
         "--engines",
         type=_engine_names,
         default=[],
@@ -229,7 +234,12 @@ def _cmd_serve(ns: argparse.Namespace) -> int:
     from driftshare.serve import ServeConfig, run_serve
 
     config = ServeConfig(
-        rpc_url=ns.rpc_url, network=ns.network, host=ns.host, port=ns.port, engines=ns.engines
+        rpc_url=ns.rpc_url,
+        network=ns.network,
+        host=ns.host,
+        port=ns.port,
+        engines=ns.engines,
+        share_url=ns.share_url,
     )
     return asyncio.run(run_serve(config))
 

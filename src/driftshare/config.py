@@ -71,6 +71,12 @@ class Settings(BaseSettings):
     snapshot_path: Path | None = None
     """A file or folder where each shared client keeps its accounts for a warm start."""
     snapshot_interval_s: float = Field(10.0, gt=0)
+    share_url: str | None = None
+    """``redis://[:password@]host:port/db``: join the fleet sharing one upstream there."""
+    share_group: str | None = Field(None, pattern=r"^[A-Za-z0-9_.-]{1,64}$")
+    share_lease_s: float = Field(3.0, gt=0)
+    share_fallback_s: float = Field(15.0, gt=0)
+    share_secret: SecretStr | None = None
 
     @field_validator("perp_markets", mode="before")
     @classmethod
@@ -90,10 +96,18 @@ class Settings(BaseSettings):
             raise ValueError("must be an http(s) URL or a comma-separated list of them")
         return ",".join(urls)
 
+    @field_validator("share_url")
+    @classmethod
+    def _check_share_url(cls, value: str | None) -> str | None:
+        if value is not None and urlsplit(value).scheme not in ("redis", "rediss"):
+            raise ValueError("must be a redis:// or rediss:// URL")
+        return value
+
     def __repr_args__(self) -> Iterable[tuple[str | None, Any]]:
         # repr() and str() would otherwise show the API key an RPC URL may carry.
         for name, value in super().__repr_args__():
-            shown = redact_url(value) if name == "rpc_url" and value is not None else value
+            secret = name in ("rpc_url", "share_url") and value is not None
+            shown = redact_url(value) if secret else value
             yield name, shown
 
     def effective_rpc_url(self) -> str:
@@ -122,8 +136,8 @@ _TOKENISH = re.compile(r"^[A-Za-z0-9_\-]{16,}$")
 
 
 def redact_url(url: str) -> str:
-    """Hide API keys in an RPC URL (or a comma-separated list of them): secret-looking
-    query values and long path tokens."""
+    """Hide API keys and passwords in a URL (or a comma-separated list of RPC URLs):
+    secret-looking query values, long path tokens and ``user:password@``."""
     urls = split_rpc_urls(url)
     if len(urls) > 1 and all("://" in part for part in urls):
         return ",".join(redact_url(part) for part in urls)
@@ -145,7 +159,7 @@ def redact_url(url: str) -> str:
     return urlunsplit((parts.scheme, netloc, path, query, parts.fragment))
 
 
-_URL_IN_TEXT = re.compile(r"(?:https?|wss?)://[^\s'\"<>]+")
+_URL_IN_TEXT = re.compile(r"(?:https?|wss?|rediss?)://[^\s'\"<>]+")
 
 
 def redact_text(text: str) -> str:

@@ -17,6 +17,7 @@ from typing import Any, ClassVar
 
 from driftpy.drift_client import DriftClient
 
+from driftshare._fleet import standalone_stats
 from driftshare._health import reconnect
 from driftshare._lifecycle import SharedClient
 from driftshare.config import (
@@ -176,6 +177,7 @@ class DriftClientManager:
                 "references": 0,
                 "initialized": False,
                 "initializations": 0,
+                "fleet": standalone_stats(),
             }
         else:
             snapshot = shared.snapshot()

@@ -10,6 +10,10 @@ __all__ = [
     "CLIENT_INITIALIZATIONS",
     "CLIENT_REF_COUNT",
     "DATA_AGE_SECONDS",
+    "FLEET_RECORDS_APPLIED",
+    "FLEET_RECORDS_PUBLISHED",
+    "FLEET_RECORDS_REJECTED",
+    "FLEET_ROLE",
     "RATE_LIMITED",
     "REGISTRY",
     "RPC_ENDPOINT_ACTIVE",
@@ -92,6 +96,31 @@ DATA_AGE_SECONDS = Gauge(
     "drift_data_age_seconds",
     "Seconds since a market's data last changed.",
     ["market"],
+    registry=REGISTRY,
+)
+
+FLEET_ROLE = Gauge(
+    "drift_fleet_role",
+    "1 for this process's fleet role (leader, follower or standalone), else 0.",
+    ["network", "role"],
+    registry=REGISTRY,
+)
+FLEET_RECORDS_PUBLISHED = Counter(
+    "drift_fleet_records_published_total",
+    "Account records and confirmations this process published to the fleet as leader.",
+    ["network"],
+    registry=REGISTRY,
+)
+FLEET_RECORDS_APPLIED = Counter(
+    "drift_fleet_records_applied_total",
+    "Account records and confirmations this process applied from the fleet as follower.",
+    ["network"],
+    registry=REGISTRY,
+)
+FLEET_RECORDS_REJECTED = Counter(
+    "drift_fleet_records_rejected_total",
+    "Fleet records dropped: malformed or failing the DRIFT_SHARE_SECRET signature.",
+    ["network"],
     registry=REGISTRY,
 )
 

@@ -70,6 +70,8 @@ class ServeConfig:
     """How often the dashboard reads the shared client."""
     stale_after_s: float | None = None
     """None: ``DRIFT_WS_STALL_S``, the manager's own stall limit."""
+    share_url: str | None = None
+    """None: ``DRIFT_SHARE_URL``, else no fleet."""
     settings_overrides: dict[str, Any] = field(default_factory=dict)
 
 
@@ -83,6 +85,8 @@ def serve_settings(config: ServeConfig, environ: dict[str, str] | None = None) -
         overrides["rpc_url"] = config.rpc_url
     if config.network is not None:
         overrides["network"] = config.network
+    if config.share_url is not None:
+        overrides["share_url"] = config.share_url
     overrides.update(config.settings_overrides)
     try:
         return load_settings(**overrides)

@@ -302,6 +302,7 @@ class LiveState:
             "ready": ready,
             "ready_reason": reason,
             "manager": panel,
+            "fleet": self.manager_stats().get("fleet"),
             "history": {
                 "t": [round(t, 3) for t, _, _ in history],
                 "rpc_requests_per_s": [r for _, r, _ in history],

@@ -121,6 +121,16 @@
     }).join("");
   }
 
+  function renderFleet(f) {
+    $("#fleet-card").hidden = !f || f.members.length === 0;
+    if (!f) return;
+    $("#fleet-role").textContent = f.role;
+    $("#fleet-epoch").textContent = `epoch ${f.epoch ?? "–"}`;
+    $("#fleet tbody").innerHTML = f.members.map((m) =>
+      `<tr><td class="text">${esc(m.id)}${m.id === f.member ? " (this process)" : ""}</td><td class="text">${esc(m.role)}</td><td class="text">${esc(m.host)}</td><td class="num">${m.pid}</td><td class="num">${m.references}</td><td class="num">${m.last_seen_age_s.toFixed(1)}s</td></tr>`,
+    ).join("");
+  }
+
   function buildHead() {
     const tr = $("#markets-head");
     for (const col of COLUMNS) {
@@ -232,6 +242,7 @@
     chart($("#chart-rps"), snap.history.rpc_requests_per_s, { fmt: (v) => (v == null ? "–" : v.toFixed(1)) });
     chart($("#chart-hits"), snap.history.cache_hit_ratio, { max: 1, fmt: (v) => (v == null ? "–" : `${(v * 100).toFixed(0)}%`) });
     renderEngines(snap.engines);
+    renderFleet(snap.fleet);
     renderTable();
   }
 

@@ -1,0 +1,232 @@
+"""Real parts on loopback for the fleet tests and benchmarks: Debian's ``redis-server`` and
+``driftshare serve`` processes, each on a free port.
+
+Redis runs without persistence, so a restart starts empty, as a wiped Redis would.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+from typing import IO, Any
+
+import httpx
+
+__all__ = [
+    "RedisServer",
+    "RedisServerError",
+    "ServeProcess",
+    "all_ready",
+    "free_port",
+    "fresh_after",
+]
+
+_START_TIMEOUT_S = 10.0
+
+
+def free_port() -> int:
+    """A TCP port free on 127.0.0.1 right now."""
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port: int = sock.getsockname()[1]
+        return port
+
+
+class RedisServerError(RuntimeError):
+    """redis-server is not installed or did not start."""
+
+
+class RedisServer:
+    """``start()``, ``kill()`` (SIGKILL), ``restart()`` (same port, empty), ``stop()``."""
+
+    def __init__(self, port: int | None = None, password: str | None = None) -> None:
+        executable = shutil.which("redis-server") or "/usr/bin/redis-server"
+        if not shutil.which(executable):
+            raise RedisServerError("redis-server is not installed (apt-get install redis-server)")
+        self.executable = executable
+        self.port = port or free_port()
+        self.password = password
+        self._process: subprocess.Popen[bytes] | None = None
+
+    @property
+    def url(self) -> str:
+        auth = f":{self.password}@" if self.password else ""
+        return f"redis://{auth}127.0.0.1:{self.port}/0"
+
+    @property
+    def running(self) -> bool:
+        return self._process is not None and self._process.poll() is None
+
+    def start(self) -> None:
+        """Start and wait until it accepts connections."""
+        command = [self.executable, "--port", str(self.port), "--bind", "127.0.0.1"]
+        command += ["--save", "", "--appendonly", "no", "--protected-mode", "no"]
+        if self.password:
+            command += ["--requirepass", self.password]
+        self._process = subprocess.Popen(
+            command, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL
+        )
+        deadline = time.monotonic() + _START_TIMEOUT_S
+        while time.monotonic() < deadline:
+            if self._process.poll() is not None:
+                raise RedisServerError(f"redis-server exited with {self._process.returncode}")
+            try:
+                with socket.create_connection(("127.0.0.1", self.port), timeout=0.2) as sock:
+                    sock.sendall(b"PING\r\n")
+                    if sock.recv(64):
+                        return
+            except OSError:
+                # Not listening yet: poll the port, there is no readiness event to wait on.
+                time.sleep(0.02)
+        self.kill()
+        raise RedisServerError("redis-server did not start in time")
+
+    def kill(self) -> None:
+        """SIGKILL, as a crash would; wait until it is gone."""
+        process, self._process = self._process, None
+        if process is not None and process.poll() is None:
+            process.kill()
+            process.wait()
+
+    def restart(self) -> None:
+        """Kill and start again on the same port, empty."""
+        self.kill()
+        self.start()
+
+    def stop(self) -> None:
+        process, self._process = self._process, None
+        if process is not None and process.poll() is None:
+            process.terminate()
+            try:
+                process.wait(5)
+            except subprocess.TimeoutExpired:
+                process.kill()
+                process.wait()
+
+
+class ServeProcess:
+    """``driftshare serve`` on a free loopback port, optionally a fleet member.
+
+    Its stderr goes to a temporary file (:attr:`log_path`) for a failing test to show.
+    """
+
+    def __init__(
+        self,
+        rpc_url: str,
+        share_url: str | None,
+        *,
+        engines: Sequence[str] = (),
+        env: Mapping[str, str] | None = None,
+    ) -> None:
+        self.rpc_url = rpc_url
+        self.share_url = share_url
+        self.engines = list(engines)
+        self.env = dict(env or {})
+        self.port = free_port()
+        self.url = f"http://127.0.0.1:{self.port}"
+        self.process: subprocess.Popen[bytes] | None = None
+        self._log: IO[bytes] | None = None
+        self.log_path: Path | None = None
+
+    def start(self) -> None:
+        command = [sys.executable, "-m", "driftshare", "serve", "--rpc-url", self.rpc_url]
+        command += ["--port", str(self.port)]
+        if self.share_url is not None:
+            command += ["--share-url", self.share_url]
+        if self.engines:
+            command += ["--engines", ",".join(self.engines)]
+        env = {**os.environ, **self.env}
+        if self.share_url is None:
+            env.pop("DRIFT_SHARE_URL", None)  # a standalone process, whatever the caller's env
+        self._log = tempfile.NamedTemporaryFile(prefix="driftshare-serve-", suffix=".log")  # noqa: SIM115
+        self.log_path = Path(self._log.name)
+        self.process = subprocess.Popen(
+            command, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=self._log, env=env
+        )
+
+    @property
+    def pid(self) -> int:
+        assert self.process is not None
+        return self.process.pid
+
+    def alive(self) -> bool:
+        return self.process is not None and self.process.poll() is None
+
+    async def get(self, client: httpx.AsyncClient, path: str) -> Any | None:
+        """The JSON at ``path``, or None while the process does not answer."""
+        try:
+            response = await client.get(self.url + path, timeout=2.0)
+        except httpx.HTTPError:
+            return None
+        return response.json() if response.status_code == 200 else None
+
+    async def stats(self, client: httpx.AsyncClient) -> dict[str, Any]:
+        """``GET /api/stats``, or ``{}`` while the process does not answer."""
+        found = await self.get(client, "/api/stats")
+        return found if isinstance(found, dict) else {}
+
+    async def metrics(self, client: httpx.AsyncClient) -> str:
+        try:
+            return (await client.get(self.url + "/metrics", timeout=2.0)).text
+        except httpx.HTTPError:
+            return ""
+
+    def rss_bytes(self) -> int:
+        """Resident memory now, from /proc."""
+        for line in Path(f"/proc/{self.pid}/status").read_text().splitlines():
+            if line.startswith("VmRSS:"):
+                return int(line.split()[1]) * 1024
+        return 0
+
+    def log_text(self) -> str:
+        return "" if self.log_path is None else self.log_path.read_text(errors="replace")
+
+    def kill(self) -> None:
+        """SIGKILL, as a crash would."""
+        if self.alive():
+            assert self.process is not None
+            self.process.kill()
+            self.process.wait()
+
+    def stop(self) -> None:
+        """SIGTERM and wait (SIGKILL after 10 s)."""
+        if self.alive():
+            assert self.process is not None
+            self.process.send_signal(signal.SIGTERM)
+            try:
+                self.process.wait(10)
+            except subprocess.TimeoutExpired:
+                self.kill()
+        if self._log is not None:
+            self._log.close()
+            self._log = None
+
+
+async def all_ready(
+    client: httpx.AsyncClient, procs: Sequence[ServeProcess], *, fleet: bool = True
+) -> bool:
+    """Every process has its shared client up and, in a fleet, exactly one leads."""
+    found = [await p.stats(client) for p in procs]
+    if not all(s.get("manager", {}).get("initialized") for s in found):
+        return False
+    return not fleet or [s["fleet"]["role"] for s in found].count("leader") == 1
+
+
+async def fresh_after(client: httpx.AsyncClient, procs: Sequence[ServeProcess], slot: int) -> bool:
+    """One of ``procs`` leads, the rest follow, and every one serves data newer than ``slot``."""
+    found = [await p.stats(client) for p in procs]
+    roles = [s.get("fleet", {}).get("role") for s in found]
+    slots = [s.get("manager", {}).get("data_slot") or 0 for s in found]
+    return (
+        roles.count("leader") == 1
+        and roles.count("follower") == len(procs) - 1
+        and (min(slots) > slot)
+    )

@@ -1,0 +1,245 @@
+"""Real ``driftshare serve`` processes sharing one upstream through a real Redis.
+
+The simulator runs in the test's event loop; each process reaches it with its own API key,
+so the simulator's per-client counters say who talked upstream.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
+from typing import Any
+
+import httpx
+import pytest
+import pytest_asyncio
+from redis.asyncio import Redis
+
+from driftshare._fleet._harness import RedisServer, ServeProcess, all_ready, fresh_after
+from driftshare._fleet._records import Message, Signer, encode
+from driftshare._ledger import AccountRecord
+from driftshare.sim import Simulator
+from driftshare.sim.pytest_plugin import SimulatorFactory
+from driftshare.sim.server import client_id
+
+pytestmark = pytest.mark.timeout(240)
+
+FLEET_ENV = {
+    "DRIFT_NETWORK": "mainnet",
+    "DRIFT_SHARE_LEASE_S": "3",
+    "DRIFT_SHARE_FALLBACK_S": "4",
+    "DRIFT_HEALTH_INTERVAL_S": "0.5",
+}
+
+Start = Callable[..., ServeProcess]
+
+
+def key_client(name: str) -> str:
+    """The simulator's client id of a process whose RPC URL carries ``api-key=name``."""
+
+    class _Request:
+        query = {"api-key": name}
+        match_info: dict[str, str] = {}
+        remote = None
+
+    return client_id(_Request())  # type: ignore[arg-type]
+
+
+async def until(
+    condition: Callable[[], Awaitable[bool]], deadline_s: float = 60.0, what: str = "condition"
+) -> float:
+    """Await ``condition`` (polled) until ``deadline_s``; the seconds it took."""
+    start = time.monotonic()
+    while not await condition():
+        assert time.monotonic() - start < deadline_s, f"{what}: not within {deadline_s}s"
+        await asyncio.sleep(0.05)
+    return time.monotonic() - start
+
+
+@pytest_asyncio.fixture
+async def http() -> AsyncIterator[httpx.AsyncClient]:
+    async with httpx.AsyncClient() as client:
+        yield client
+
+
+@pytest.fixture
+def start(redis_server: RedisServer, request: pytest.FixtureRequest) -> Iterator[Start]:
+    procs: list[ServeProcess] = []
+
+    def make(sim: Simulator, name: str, **env: str) -> ServeProcess:
+        proc = ServeProcess(
+            f"{sim.http_url}/?api-key={name}",
+            redis_server.url,
+            engines=["funding"],
+            env={**FLEET_ENV, **env},
+        )
+        proc.start()
+        procs.append(proc)
+        return proc
+
+    yield make
+    report = getattr(request.node, "rep_call", None)
+    for proc in procs:
+        if report is not None and report.failed:
+            print(f"--- driftshare serve at {proc.url}\n{proc.log_text()[-4000:]}")
+        proc.stop()
+
+
+async def with_role(http: httpx.AsyncClient, procs: list[ServeProcess], role: str) -> ServeProcess:
+    for proc in procs:
+        if (await proc.stats(http))["fleet"]["role"] == role:
+            return proc
+    raise AssertionError(f"no {role}")
+
+
+def _numbers(markets: dict[str, Any] | None) -> list[tuple[Any, ...]]:
+    rows = (markets or {}).get("markets", [])
+    return sorted(
+        (r["market_index"], r["mark_price"], r["oracle_price"], r["open_interest"],
+         r["funding_rate"])
+        for r in rows
+    )  # fmt: skip
+
+
+async def test_one_leader_silent_followers_and_equal_numbers(
+    simulator: Simulator, start: Start, http: httpx.AsyncClient
+) -> None:
+    leader = start(simulator, "a")
+    await until(lambda: all_ready(http, [leader]), what="leader ready")
+    before = simulator.stats()
+    followers = [start(simulator, "b"), start(simulator, "c")]
+    trio = [leader, *followers]
+    await until(lambda: all_ready(http, trio), what="followers ready")
+    roles = [(await p.stats(http))["fleet"]["role"] for p in trio]
+    assert roles.count("leader") == 1
+    after = simulator.stats()
+    by_client = after["http_requests"]["by_client"]
+    assert by_client.get(key_client("b"), 0) == 0
+    assert by_client.get(key_client("c"), 0) == 0
+    assert after["ws_connections"]["total"] == before["ws_connections"]["total"]
+    for _ in range(3):
+        await simulator.step()
+    slot = simulator.stats()["slot"]
+
+    async def same_slot() -> bool:
+        found = [(await p.stats(http)).get("manager", {}).get("data_slot") for p in trio]
+        return found == [slot] * 3
+
+    await until(same_slot, what="every member at the chain's slot")
+
+    async def equal_numbers() -> bool:
+        numbers = [_numbers(await p.get(http, "/api/markets")) for p in trio]
+        return bool(numbers[0]) and numbers[0] == numbers[1] == numbers[2]
+
+    await until(equal_numbers, deadline_s=10, what="followers' numbers equal the leader's")
+
+    async def all_members_listed() -> bool:
+        members = (await leader.stats(http))["fleet"]["members"]
+        return sorted(m["pid"] for m in members) == sorted(p.pid for p in trio)
+
+    await until(all_members_listed, deadline_s=10, what="the leader lists every member")
+    text = await followers[0].metrics(http)
+    assert 'drift_fleet_role{network="mainnet",role="follower"} 1.0' in text
+
+
+async def test_sigkill_of_the_leader_then_takeover_within_5s(
+    simulator_factory: SimulatorFactory, start: Start, http: httpx.AsyncClient
+) -> None:
+    simulator = await simulator_factory(tick_s=0.4)
+    trio = [start(simulator, name) for name in "abc"]
+    await until(lambda: all_ready(http, trio), what="fleet ready")
+    leader = await with_role(http, trio, "leader")
+    survivors = [p for p in trio if p is not leader]
+    leader.kill()
+    killed_at_slot = simulator.stats()["slot"]
+
+    await until(
+        lambda: fresh_after(http, survivors, killed_at_slot),
+        deadline_s=5.0,
+        what="takeover with fresh data",
+    )
+    for proc in survivors:
+        engines = (await proc.stats(http))["engines"]
+        assert engines
+        assert all(e["errors"] == 0 for e in engines)
+
+
+async def test_redis_down_stale_fallback_rejoin_and_repopulate(
+    simulator_factory: SimulatorFactory,
+    start: Start,
+    http: httpx.AsyncClient,
+    redis_server: RedisServer,
+) -> None:
+    simulator = await simulator_factory(tick_s=0.4)
+    pair = [start(simulator, "a"), start(simulator, "b")]
+    await until(lambda: all_ready(http, pair), what="fleet ready")
+    follower = await with_role(http, pair, "follower")
+    name = "a" if follower is pair[0] else "b"
+    redis_server.kill()
+
+    async def stale() -> bool:
+        rows = (await follower.get(http, "/api/markets") or {}).get("markets", [])
+        return bool(rows) and all(r["stale"] for r in rows)
+
+    await until(stale, deadline_s=30, what="follower flags its data stale")
+
+    async def fallen_back() -> bool:
+        s = await follower.stats(http)
+        upstream = simulator.stats()["http_requests"]["by_client"].get(key_client(name), 0)
+        return s.get("fleet", {}).get("role") == "standalone" and upstream > 0
+
+    await until(fallen_back, deadline_s=30, what="follower falls back to its own upstream")
+    redis_server.start()  # empty
+    await until(lambda: all_ready(http, pair), deadline_s=30, what="rejoined")
+    redis = Redis.from_url(redis_server.url)
+    try:
+
+        async def repopulated() -> bool:
+            return bool(await redis.hlen("driftshare:mainnet:default:records"))
+
+        await until(repopulated, deadline_s=10, what="Redis repopulated")
+    finally:
+        await redis.aclose()
+
+
+async def test_a_forged_record_is_refused_with_a_secret(
+    simulator: Simulator, start: Start, http: httpx.AsyncClient, redis_server: RedisServer
+) -> None:
+    secret = {"DRIFT_SHARE_SECRET": "fleet-signing-key"}
+    leader = start(simulator, "a", **secret)
+    await until(lambda: all_ready(http, [leader]), what="leader ready")
+    world = simulator.world
+    assert world is not None
+    index = world.perp_indexes()[0]
+    redis = Redis.from_url(redis_server.url)
+    try:
+        perp: list[str] = []
+
+        async def published() -> bool:
+            records = await redis.hgetall("driftshare:mainnet:default:records")
+            perp[:] = [k.decode() for k, v in records.items() if b'"k":"perp"' in v]
+            return bool(perp)
+
+        await until(published, deadline_s=10, what="leader published its perp markets")
+        pubkey = perp[0]
+        record = AccountRecord(pubkey, "perp", 10**9, b"\0" * 8)
+        forged = Message("r", pubkey, 10**9, time.time(), 1, "x", record)
+        text = encode(forged, Signer(b"wrong-key", "default"))
+        # Beside the real record, so a joiner's load meets it as well as the channel.
+        await redis.hset("driftshare:mainnet:default:records", "forged", text)
+        follower = start(simulator, "b", **secret)
+        await until(lambda: all_ready(http, [leader, follower]), what="follower ready")
+        await redis.publish("driftshare:mainnet:default:updates", text)
+
+        async def refused() -> bool:
+            return 'drift_fleet_records_rejected_total{network="mainnet"} 2.0' in (
+                await follower.metrics(http)
+            )
+
+        await until(refused, deadline_s=10, what="both forged copies refused")
+        leader_markets = _numbers(await leader.get(http, "/api/markets"))
+        assert any(row[0] == index for row in leader_markets)
+        assert _numbers(await follower.get(http, "/api/markets")) == leader_markets
+    finally:
+        await redis.aclose()

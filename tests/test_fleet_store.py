@@ -1,0 +1,133 @@
+"""The wire format and the Lua scripts, against a real Redis."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import AsyncIterator
+from typing import Any
+
+import pytest
+import pytest_asyncio
+from redis.asyncio import Redis
+from redis.asyncio.client import PubSub
+from solders.pubkey import Pubkey
+
+from driftshare._fleet._harness import RedisServer
+from driftshare._fleet._records import Message, RecordError, Signer, decode, encode
+from driftshare._fleet._store import FencedOut, FleetStore, Outgoing
+from driftshare._ledger import AccountRecord
+
+PUBKEY = str(Pubkey.new_unique())
+
+
+def record_message(slot: int, data: bytes = b"\x01\x02", epoch: int = 1) -> Message:
+    record = AccountRecord(PUBKEY, "perp", slot, data)
+    return Message("r", PUBKEY, slot, 1000.0, epoch, "m1", record)
+
+
+@pytest_asyncio.fixture
+async def store(redis_server: RedisServer) -> AsyncIterator[FleetStore]:
+    redis = Redis.from_url(redis_server.url)
+    yield FleetStore(redis, "mainnet", "g")
+    await redis.aclose()
+
+
+def test_round_trip_keeps_every_field() -> None:
+    signer = Signer(b"k", "g")
+    message = Message(
+        "r", PUBKEY, 7, 12.5, 3, "m", AccountRecord(PUBKEY, "oracle", 7, b"x", "PythPull")
+    )
+    assert decode(encode(message, signer), signer) == message
+
+
+@pytest.mark.parametrize(
+    ("field", "value", "reason"),
+    [
+        ("s", -1, "bad slot"),
+        ("s", "7", "bad slot"),
+        ("k", "user", "bad account kind"),
+        ("p", "not-a-key", "bad pubkey"),
+        ("d", "***", "bad data"),
+        ("o", "PythPull", "oracle source mismatch"),
+    ],
+)
+def test_malformed_fields_are_refused(field: str, value: object, reason: str) -> None:
+    signer = Signer(None, "g")
+    raw = json.loads(encode(record_message(7), signer))
+    raw[field] = value
+    with pytest.raises(RecordError, match=reason):
+        decode(json.dumps(raw), signer)
+
+
+def test_a_forged_or_unsigned_record_fails_verification() -> None:
+    leader, follower = Signer(b"secret", "g"), Signer(b"secret", "g")
+    forged = json.loads(encode(record_message(7), leader))
+    forged["d"] = "AAAA"  # tampered data under the original signature
+    with pytest.raises(RecordError, match="bad signature"):
+        decode(json.dumps(forged), follower)
+    with pytest.raises(RecordError, match="bad signature"):
+        decode(encode(record_message(7), Signer(None, "g")), follower)
+    with pytest.raises(RecordError, match="bad signature"):
+        decode(encode(record_message(7), Signer(b"secret", "other-group")), follower)
+
+
+def test_garbage_is_refused() -> None:
+    signer = Signer(None, "g")
+    for text in ("", "[]", "{", b"\xff\xfe", "x" * (2 << 20)):
+        with pytest.raises(RecordError):
+            decode(text, signer)
+
+
+async def test_only_one_member_takes_the_lease_and_epochs_increase(store: FleetStore) -> None:
+    first = await store.acquire("a", 3)
+    assert first == 1
+    assert await store.acquire("b", 3) == 0
+    assert await store.leader() == ("a", 1)
+    await store.release("a|1")
+    assert await store.acquire("b", 3) == 2
+    assert not await store.renew("a|1", 3)
+    assert await store.renew("b|2", 3)
+
+
+async def test_writes_are_slot_monotonic_and_published(store: FleetStore) -> None:
+    signer = Signer(None, "g")
+    token = f"a|{await store.acquire('a', 3)}"
+    pubsub = store.redis.pubsub(ignore_subscribe_messages=True)
+    await pubsub.subscribe(store.channel)
+
+    def out(slot: int, data: bytes) -> Outgoing:
+        return Outgoing("r", PUBKEY, slot, encode(record_message(slot, data), signer))
+
+    assert await store.publish(token, [out(10, b"new")]) == 1
+    assert await store.publish(token, [out(9, b"old"), out(10, b"same-slot")]) == 0
+    records, _ = await store.last_values()
+    assert [decode(r, signer).slot for r in records] == [10]
+    published = [m["data"] async for m in _messages(pubsub)]
+    assert [decode(m, signer).record for m in published] == [
+        AccountRecord(PUBKEY, "perp", 10, b"new")
+    ]
+    await pubsub.aclose()
+
+
+async def _messages(pubsub: PubSub) -> AsyncIterator[dict[str, Any]]:
+    """The published messages until none arrives for half a second."""
+    while True:
+        message = await pubsub.get_message(timeout=0.5)
+        if message is None:
+            # get_message answers None for a skipped subscribe reply as well: one more read.
+            message = await pubsub.get_message(timeout=0.5)
+            if message is None:
+                return
+        yield message
+
+
+async def test_a_superseded_epoch_writes_nothing(store: FleetStore) -> None:
+    signer = Signer(None, "g")
+    old = f"a|{await store.acquire('a', 3)}"
+    await store.redis.delete("driftshare:mainnet:g:lease")  # expired
+    new = f"b|{await store.acquire('b', 3)}"
+    update = Outgoing("r", PUBKEY, 5, encode(record_message(5), signer))
+    with pytest.raises(FencedOut):
+        await store.publish(old, [update])
+    assert await store.last_values() == ([], [])
+    assert await store.publish(new, [update]) == 1
