@@ -35,8 +35,8 @@ from driftshare._health import (
     reconnect_in_background,
 )
 from driftshare._ledger import AccountLedger, AccountRecord, LedgerEntry
-from driftshare._snapshot import WarmSource, snapshot_keeper
 from driftshare._ledger_subscriber import LedgerSubscriber
+from driftshare._snapshot import WarmSource, snapshot_keeper
 from driftshare.config import Settings, redact_text, redact_url, split_rpc_urls
 from driftshare.marketdata import ClientSource, MarketSource
 from driftshare.subscription import (
