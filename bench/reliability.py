@@ -57,6 +57,8 @@ ENGINES = 4
 AMPLIFICATION_LIMIT = 1.2
 FAILOVER_FRESH_S = 5.0
 """Issue 10: failover gives engines fresh data within 5 s of the first endpoint going down."""
+WINDOW_IDLE_WAIT_S = 2.0
+"""The longest a fault waits for a moment without HTTP calls in flight to open its window."""
 STALE_MARGIN_S = 1.0
 """Issue 9: a read served unflagged is stale when its data is older than this past
 ``DRIFT_STALE_AFTER_S``."""
@@ -112,25 +114,37 @@ class SuiteConfig:
 class Context:
     sims: list[Simulator]
     config: SuiteConfig
-    counters: Callable[[], tuple[int, int]] = lambda: (0, 0)
-    """(upstream requests, logical calls) so far."""
+    counters: Callable[[], tuple[int, int, int]] = lambda: (0, 0, 0)
+    """(upstream requests, logical calls, WebSockets accepted) so far."""
+    idle: Callable[[], bool] = lambda: True
+    """Whether no HTTP call is in flight."""
     started_at: float = 0.0
     ended_at: float = 0.0
-    window: list[tuple[int, int]] = field(default_factory=list)
+    window: list[tuple[int, int, int]] = field(default_factory=list)
     """``counters()`` when the fault started and ``backoff_cap_s`` after it ended."""
+    window_at: list[float] = field(default_factory=list)
+    """When each reading of ``window`` was taken."""
 
-    def start(self) -> None:
+    async def start(self) -> None:
+        """Open the window between calls, so no call is counted upstream but not as logical."""
+        with contextlib.suppress(TimeoutError):
+            async with asyncio.timeout(WINDOW_IDLE_WAIT_S):
+                while not self.idle():  # noqa: ASYNC110 (a count, not an event, says so)
+                    await asyncio.sleep(0.005)
         self.started_at = time.monotonic()
         self.window = [self.counters()]
+        self.window_at = [self.started_at]
 
     def end(self) -> None:
         self.ended_at = time.monotonic()
 
     def close_window(self, final: bool = False) -> None:
-        """Take the window's second reading once retries of the fault's calls are over."""
+        """Take the window's second reading once retries of the fault's calls are over, between
+        calls (no call counted as logical but not yet upstream), or at the row's end."""
         due = self.ended_at > 0 and time.monotonic() >= self.ended_at + self.config.backoff_cap_s
-        if len(self.window) == 1 and (due or final):
+        if len(self.window) == 1 and ((due and self.idle()) or final):
             self.window.append(self.counters())
+            self.window_at.append(time.monotonic())
 
     @property
     def sim(self) -> Simulator:
@@ -154,7 +168,7 @@ class Fault:
 
 
 async def _window(ctx: Context, on: Callable[[], object], off: Callable[[], object]) -> None:
-    ctx.start()
+    await ctx.start()
     result = on()
     if asyncio.iscoroutine(result):
         await result
@@ -184,7 +198,7 @@ async def _latency(ctx: Context) -> None:
 
 
 async def _ws_drop(ctx: Context) -> None:
-    ctx.start()
+    await ctx.start()
     await ctx.sim.faults.drop_ws()
     await asyncio.sleep(ctx.config.fault_s / 2)
     await ctx.sim.faults.drop_ws()
@@ -203,7 +217,7 @@ async def _until_up(sim: Simulator) -> None:
 
 
 async def _down(ctx: Context) -> None:
-    ctx.start()
+    await ctx.start()
     await ctx.sim.faults.down(ctx.config.fault_s)
     await _until_up(ctx.sim)
     ctx.end()
@@ -229,14 +243,14 @@ async def _down_at_start(ctx: Context) -> None:
 
 
 async def _failover(ctx: Context) -> None:
-    ctx.start()
+    await ctx.start()
     await ctx.sims[0].faults.down(ctx.config.fault_s * 2)
     await _until_up(ctx.sims[0])
     ctx.end()
 
 
 async def _nothing(ctx: Context) -> None:
-    ctx.start()
+    await ctx.start()
     ctx.end()
 
 
@@ -294,6 +308,12 @@ class Row:
     """Seconds from the fault's end to the last bad read; None if reads never settled."""
     upstream: int = 0
     logical: int = 0
+    window_s: float = 0.0
+    """Seconds over which ``upstream`` and ``logical`` were counted."""
+    ws_connections: int = 0
+    """WebSockets the simulators accepted in that window: the engines' reconnects."""
+    subscribed: int = 0
+    """Accounts the shared client held (its ledger) when the row settled."""
     tasks_left: list[str] = field(default_factory=list)
     sockets_left: int = 0
     fds_left: int = 0
@@ -407,10 +427,15 @@ async def run_row(fault: Fault, mode: Mode, config: SuiteConfig) -> Row:
     calls = LogicalCalls()
     calls.ports = ports
 
-    def counters() -> tuple[int, int]:
-        return sum(s.stats()["http_requests"]["total"] for s in sims), calls.count
+    def counters() -> tuple[int, int, int]:
+        stats = [s.stats() for s in sims]
+        return (
+            sum(s["http_requests"]["total"] for s in stats),
+            calls.count,
+            sum(s["ws_connections"]["total"] for s in stats),
+        )
 
-    ctx = Context(sims, config, counters)
+    ctx = Context(sims, config, counters, lambda: calls.in_flight == 0)
     url = ",".join(sim.http_url for sim in sims)
     try:
         with suite_env(**config.env(url, mode)), calls.counting():
@@ -430,8 +455,10 @@ async def run_row(fault: Fault, mode: Mode, config: SuiteConfig) -> Row:
                 baseline=baseline,
                 ports=ports,
             )
-            (upstream_0, logical_0), (upstream_1, logical_1) = ctx.window
+            (upstream_0, logical_0, ws_0), (upstream_1, logical_1, ws_1) = ctx.window
             row.upstream, row.logical = upstream_1 - upstream_0, logical_1 - logical_0
+            row.ws_connections = ws_1 - ws_0
+            row.window_s = ctx.window_at[1] - ctx.window_at[0]
     finally:
         row.background_errors = errors.count
         await DriftClientManager.shutdown()
@@ -459,7 +486,7 @@ async def _measure(
     engines = [Engine(n, truths, tally) for n in range(ENGINES)]
     stop = asyncio.Event()
     if fault.at_start:
-        ctx.start()
+        await ctx.start()
         await ctx.sim.faults.down(config.fault_s)
     await asyncio.gather(*(e.connect() for e in engines))
     behind = BehindWatch(truths, tally.threshold_s)
@@ -478,6 +505,8 @@ async def _measure(
         await _settle(tally, ctx, fault, recovery_bound_s(settings))
         settled = not _still_bad(tally, ctx)
         behind.sample()
+        shared = DriftClientManager.shared_state(settings.network)
+        row.subscribed = len(shared.ledger) if shared is not None else 0
     finally:
         watcher.cancel()
         ctx.close_window(final=True)

@@ -255,15 +255,21 @@ class LogicalCalls:
     def __init__(self) -> None:
         self.ports: set[int] = set()
         self.count = 0
+        self.in_flight = 0
 
     @contextlib.contextmanager
     def counting(self) -> Iterator[None]:
         original = httpx.AsyncClient.send
 
         async def send(client: httpx.AsyncClient, request: httpx.Request, **kw: Any) -> Any:
-            if request.url.port in self.ports:
-                self.count += 1
-            return await original(client, request, **kw)
+            if request.url.port not in self.ports:
+                return await original(client, request, **kw)
+            self.count += 1
+            self.in_flight += 1
+            try:
+                return await original(client, request, **kw)
+            finally:
+                self.in_flight -= 1
 
         httpx.AsyncClient.send = send  # type: ignore[method-assign,assignment]
         try:

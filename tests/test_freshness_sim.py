@@ -9,6 +9,7 @@ from typing import Any
 import pytest
 
 from conftest import subscribed
+from driftshare import DriftAdapter, DriftFundingFeed
 from driftshare._ledger import AccountLedger
 from driftshare.manager import DriftClientManager
 from driftshare.sim import Simulator
@@ -129,6 +130,35 @@ async def test_account_that_stops_updating_turns_stale_one_that_stops_changing_d
     assert steady is not None
     assert steady.data_age_s <= STALE_AFTER_S
     assert steady.slot > shared.ledger.get(str(world.perp_market_pubkey(frozen))).record.slot
+
+
+async def test_the_feed_flags_what_the_adapter_flags(simulator: Simulator) -> None:
+    await _subscribed_client(simulator)
+    world = simulator.world
+    assert world is not None
+    hidden, other = world.perp_indexes()[:2]
+    feed = DriftFundingFeed(DriftAdapter())
+    try:
+        fresh = await feed.get_funding_rate(hidden)
+        assert fresh is not None
+        assert not fresh.stale
+        simulator.faults.hide(world.perp_market_pubkey(hidden))
+        deadline = asyncio.get_running_loop().time() + 4 * STALE_AFTER_S + 2.0
+        while True:
+            info = await feed.get_funding_rate(hidden)
+            assert info is not None
+            if info.stale:
+                break
+            assert asyncio.get_running_loop().time() < deadline, "the feed never flagged it"
+            await simulator.step()
+            await asyncio.sleep(0.05)
+        assert info.data_age_s > STALE_AFTER_S
+        steady = await feed.get_funding_rate(other)
+        assert steady is not None
+        assert not steady.stale
+        assert steady.data_age_s <= STALE_AFTER_S
+    finally:
+        await feed.close()
 
 
 def _driftpy_is_current(shared: Any, sim: Simulator) -> bool:

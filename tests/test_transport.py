@@ -66,6 +66,7 @@ def _transport(inner: httpx.AsyncBaseTransport, sleeps: _Sleeps, **kw: Any) -> R
     kw.setdefault("max_retries", 5)
     # Room for every scripted retry: the budget has tests of its own.
     kw.setdefault("retry_budget_min", 100)
+    kw.setdefault("retry_streak", 100)
     return RateLimitedTransport(inner=inner, sleep=sleeps, rng=random.Random(7), **kw)
 
 
@@ -431,7 +432,12 @@ def test_retries_also_pass_the_limiter() -> None:
         return next(answers)
 
     transport = RateLimitedTransport(
-        rps=2.0, inner=httpx.MockTransport(handler), sleep=_Sleeps(), rng=random.Random(1)
+        rps=2.0,
+        retry_budget_min=2,
+        retry_streak=2,
+        inner=httpx.MockTransport(handler),
+        sleep=_Sleeps(),
+        rng=random.Random(1),
     )
 
     async def one_request() -> int:
@@ -649,7 +655,13 @@ def test_a_429_halves_the_rate_which_creeps_back() -> None:
 async def test_retry_budget_caps_retries_at_a_fifth_of_calls() -> None:
     inner, seen = _script(then=httpx.Response(503))
     transport = RateLimitedTransport(
-        rps=1e6, burst=1000, max_retries=5, retry_budget_min=0, inner=inner, sleep=_Sleeps()
+        rps=1e6,
+        burst=1000,
+        max_retries=5,
+        retry_budget_min=0,
+        retry_streak=100,
+        inner=inner,
+        sleep=_Sleeps(),
     )
 
     async with httpx.AsyncClient(transport=transport) as client:
@@ -662,6 +674,48 @@ async def test_retry_budget_caps_retries_at_a_fifth_of_calls() -> None:
     assert snap["calls"] == 20
     assert snap["amplification"] <= 1.2
     assert snap["budget_exhausted"] > 0
+
+
+def test_a_5xx_burst_under_steady_traffic_is_retried_at_most_a_fifth() -> None:
+    # One call a second, as a polling client makes: 10 s served, 10 s of 503, 10 s served.
+    sent: list[tuple[float, int]] = []
+
+    def handler(request: httpx.Request) -> httpx.Response:
+        now = asyncio.get_running_loop().time()
+        status = 503 if 10.0 <= now < 20.0 else 200
+        sent.append((now, status))
+        return httpx.Response(status) if status == 503 else _ok()
+
+    answers: list[tuple[float, int]] = []
+
+    async def poll() -> None:
+        loop = asyncio.get_running_loop()
+        transport = RateLimitedTransport(
+            rps=10.0, backoff_base=1.0, inner=httpx.MockTransport(handler), clock=_loop_clock
+        )
+        async with httpx.AsyncClient(transport=transport) as client:
+            while loop.time() < 30.0:
+                started = loop.time()
+                answers.append((started, (await client.post(URL, json=_rpc())).status_code))
+                await asyncio.sleep(max(0.0, started + 1.0 - loop.time()))
+
+    _run_virtual(poll)
+
+    in_burst = [t for t, _ in answers if 10.0 <= t < 20.0]
+    sent_in_burst = [t for t, _ in sent if 10.0 <= t < 20.0]
+    assert len(in_burst) >= 5
+    assert len(sent_in_burst) <= 1.2 * len(in_burst)
+    # Retrying resumes with the provider: every call after the burst is served.
+    assert all(status == 200 for t, status in answers if t >= 20.0)
+
+
+async def test_a_blip_is_still_retried() -> None:
+    inner, seen = _script(httpx.Response(503), then=_ok())
+    transport = RateLimitedTransport(rps=1e6, inner=inner, sleep=_Sleeps())
+
+    assert (await _post(transport)).status_code == 200
+    assert (await _post(transport)).status_code == 200
+    assert len(seen) == 3
 
 
 def test_a_call_ends_at_its_deadline_however_many_attempts_remain() -> None:

@@ -6,7 +6,7 @@ import asyncio
 import logging
 import statistics
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any, ClassVar, Literal
 
 from driftshare.adapter import DriftAdapter
@@ -36,6 +36,12 @@ class FundingInfo:
     mark_price: float
     time_to_next_funding: int
     """Whole seconds until the next funding update; 0 once it is due."""
+    stale: bool = False
+    """The :class:`~driftshare.models.FundingRateData` flag: True when the data is older than
+    ``DRIFT_STALE_AFTER_S``, the market is unavailable or upstream is down."""
+    data_age_s: float = field(default=0.0, compare=False)
+    """Seconds since the accounts behind this rate were last known current (not compared:
+    two readings of the same rate are equal whatever their age)."""
 
     @property
     def direction(self) -> Direction:
@@ -68,6 +74,8 @@ class FundingInfo:
             is_positive=bool(funding["is_positive"]),
             mark_price=float(funding["mark_price"]),
             time_to_next_funding=time_to_next_funding,
+            stale=bool(funding.get("stale", False)),
+            data_age_s=float(funding.get("data_age_s", 0.0)),
         )
 
 

@@ -123,27 +123,45 @@ def _empty_method_entry() -> dict[str, Any]:
 
 
 class _RetryBudget:
-    """Retries allowed as a share of calls over a sliding window, plus a small floor.
+    """Retries allowed as a share of calls over a sliding window, and none during an outage.
 
-    Hand-written: tenacity bounds the retries of one call, not of a client; this is
-    Finagle's RetryBudget (a retry storm can add at most ``ratio`` to the load).
+    Hand-written: tenacity bounds the retries of one call, not of a client. The share is
+    Finagle's RetryBudget (a retry storm can add at most ``ratio`` to the load); its floor of
+    ``minimum`` retries per window lets a client with little traffic retry a blip. A retry is
+    for a blip: once more than ``streak`` attempts in a row (of any calls) have failed, the
+    provider is failing, not blipping, and nothing is retried until an answer is served, as
+    gRPC's retry throttling stops retries while failures outweigh successes. Without that, a
+    burst's first failed call alone spends the floor and the share banked before it.
     """
 
     def __init__(
-        self, ratio: float, window_s: float, minimum: int, clock: Callable[[], float]
+        self,
+        ratio: float,
+        window_s: float,
+        minimum: int,
+        streak: int,
+        clock: Callable[[], float],
     ) -> None:
         self._ratio = ratio
         self._window_s = window_s
         self._minimum = minimum
+        self._streak = streak
         self._clock = clock
         self._calls: deque[float] = deque()
         self._retries: deque[float] = deque()
+        self._failed_in_a_row = 0
 
     def note_call(self) -> None:
         self._calls.append(self._clock())
 
+    def note_outcome(self, served: bool) -> None:
+        """Count one attempt's end: served by the provider, or failed (retryably or not)."""
+        self._failed_in_a_row = 0 if served else self._failed_in_a_row + 1
+
     def try_retry(self) -> bool:
-        """Spend one retry if the window allows it."""
+        """Spend one retry if no outage is on and the window allows it."""
+        if self._failed_in_a_row > self._streak:
+            return False
         now = self._clock()
         for times in (self._calls, self._retries):
             while times and now - times[0] > self._window_s:
@@ -225,7 +243,8 @@ class RateLimitedTransport(httpx.AsyncBaseTransport):
     Back-pressure is shared by every call: a ``Retry-After`` holds all new attempts until
     it has passed, and a 429 halves the sending rate, which creeps back while no 429
     comes. Retries are at most ``retry_budget`` of the calls of the last
-    ``retry_window_s`` seconds (but ``retry_budget_min`` are always allowed), a call
+    ``retry_window_s`` seconds (but ``retry_budget_min`` are always allowed), none while more
+    than ``retry_streak`` attempts in a row have failed (an outage, until one is served), a call
     retries only while it can end within ``deadline_s`` of its start, and a call in
     :data:`NON_IDEMPOTENT_METHODS` is sent again only if it never left. ``on_result``
     hears, for every call, its URL and whether the provider served it.
@@ -247,7 +266,8 @@ class RateLimitedTransport(httpx.AsyncBaseTransport):
         deadline_s: float | None = None,
         retry_budget: float = 0.2,
         retry_window_s: float = 10.0,
-        retry_budget_min: int = 5,
+        retry_budget_min: int = 1,
+        retry_streak: int = 1,
         stats: RpcStats | None = None,
         inner: httpx.AsyncBaseTransport | None = None,
         sleep: Callable[[float], Awaitable[None]] = asyncio.sleep,
@@ -271,6 +291,10 @@ class RateLimitedTransport(httpx.AsyncBaseTransport):
         )
         _require(retry_budget >= 0, f"retry_budget must be >= 0, got {retry_budget!r}")
         _require(retry_window_s > 0, f"retry_window_s must be > 0, got {retry_window_s!r}")
+        _require(
+            isinstance(retry_streak, int) and retry_streak >= 0,
+            f"retry_streak must be an int >= 0, got {retry_streak!r}",
+        )
         self.rps = rps
         self.burst = burst
         self.max_retries = max_retries
@@ -286,7 +310,9 @@ class RateLimitedTransport(httpx.AsyncBaseTransport):
         self._wall_clock = wall_clock
         self._log_interval_s = log_interval_s
         self._on_result = on_result
-        self._budget = _RetryBudget(retry_budget, retry_window_s, retry_budget_min, clock)
+        self._budget = _RetryBudget(
+            retry_budget, retry_window_s, retry_budget_min, retry_streak, clock
+        )
         self._pressure = _Backpressure(rps, clock)
         self._states: dict[asyncio.AbstractEventLoop, _LoopState] = {}
         self._last_429_log: float | None = None
@@ -454,6 +480,7 @@ class RateLimitedTransport(httpx.AsyncBaseTransport):
                     await response.aclose()
         except TimeoutError as exc:
             self.stats.record_request(method, "timeout")
+            self._budget.note_outcome(served=False)
             if timeout < self.timeout_s:
                 raise self._deadline_exceeded(call, request) from exc
             raise httpx.ReadTimeout(
@@ -461,11 +488,14 @@ class RateLimitedTransport(httpx.AsyncBaseTransport):
             ) from exc
         except httpx.TimeoutException:
             self.stats.record_request(method, "timeout")
+            self._budget.note_outcome(served=False)
             raise
         except Exception:
             self.stats.record_request(method, "error")
+            self._budget.note_outcome(served=False)
             raise
         self.stats.record_request(method, str(response.status_code))
+        self._budget.note_outcome(served=not _is_retryable(response))
         self._note_push_back(response, call)
         if response.status_code == 429:
             self._log_rate_limited(method, request)
