@@ -28,16 +28,16 @@ from solana.rpc.commitment import Confirmed
 from solders.keypair import Keypair
 
 from bench._harness import percentiles
-from driftshare.adapter import DriftAdapter
-from driftshare.config import Settings
-from driftshare.manager import DriftClientManager
-from driftshare.marketdata import ClientSource, MarketDataReader, MarketSource
-from driftshare.subscription import (
+from driftshare._marketdata import ClientSource, MarketDataReader, MarketSource
+from driftshare._subscription import (
     PollingSubscriber,
     ResilientLoader,
     discover_markets,
     newest_data_slot,
 )
+from driftshare.adapter import DriftAdapter
+from driftshare.config import Settings
+from driftshare.manager import DriftClientManager
 
 __all__ = ["main"]
 

@@ -9,10 +9,10 @@ import pytest
 from driftpy.constants.perp_markets import mainnet_perp_market_configs
 
 from conftest import GroundTruth, WaitUntil
-from driftshare.cache import TTLCache
+from driftshare._cache import TTLCache
+from driftshare._marketdata import MarketDataReader, MarketSource
 from driftshare.config import load_settings
 from driftshare.manager import DriftClientManager
-from driftshare.marketdata import MarketDataReader, MarketSource
 from driftshare.models import FundingRateData, MarketData
 from driftshare.sim import Simulator
 from driftshare.sim.pytest_plugin import SimulatorFactory

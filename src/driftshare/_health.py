@@ -20,13 +20,13 @@ import httpx
 from driftpy.types import get_ws_url
 from solana.rpc.websocket_api import connect as ws_connect
 
-from driftshare import metrics
+from driftshare import _metrics as metrics
 from driftshare._generation import Generation, cancel_all
+from driftshare._marketdata import ClientSource, confirmed
+from driftshare._subscription import SubscriptionMode, newest_data_slot
+from driftshare._transport import install_transport
 from driftshare.config import redact_text, redact_url
-from driftshare.marketdata import ClientSource, confirmed
 from driftshare.models import market_name
-from driftshare.subscription import SubscriptionMode, newest_data_slot
-from driftshare.transport import install_transport
 
 if TYPE_CHECKING:
     from driftshare._lifecycle import SharedClient

@@ -33,8 +33,8 @@ from solders.pubkey import Pubkey
 
 from driftshare._ledger import AccountLedger, AccountRecord, LedgerEntry
 from driftshare._ledger_subscriber import LedgerReads
+from driftshare._marketdata import ClientSource
 from driftshare.config import Settings, redact_url, split_rpc_urls
-from driftshare.marketdata import ClientSource
 
 __all__ = [
     "FORMAT_VERSION",

@@ -17,10 +17,10 @@ from solana.rpc.async_api import AsyncClient
 from solana.rpc.commitment import Confirmed
 from solders.keypair import Keypair
 
+from driftshare._marketdata import ClientSource, MarketDataReader, MarketSource
+from driftshare._subscription import WebsocketSubscriber, discover_markets
 from driftshare.config import PUBLIC_RPC_URLS, Network, Settings, redact_text, redact_url
 from driftshare.manager import DriftClientManager
-from driftshare.marketdata import ClientSource, MarketDataReader, MarketSource
-from driftshare.subscription import WebsocketSubscriber, discover_markets
 
 __all__ = ["DriftAdapter"]
 

@@ -23,7 +23,7 @@ from redis.asyncio.retry import Retry
 from redis.backoff import NoBackoff
 from redis.exceptions import RedisError
 
-from driftshare import metrics
+from driftshare import _metrics as metrics
 from driftshare._fleet._follower import Follower
 from driftshare._fleet._publisher import Publisher
 from driftshare._fleet._records import Signer

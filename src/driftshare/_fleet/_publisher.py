@@ -9,7 +9,7 @@ from collections.abc import Callable
 
 from redis.exceptions import RedisError
 
-from driftshare import metrics
+from driftshare import _metrics as metrics
 from driftshare._fleet._records import Message, Signer, encode
 from driftshare._fleet._store import FencedOut, FleetStore, Outgoing
 from driftshare._fleet._tasks import stop_task

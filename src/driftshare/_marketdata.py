@@ -10,10 +10,10 @@ from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass
 from typing import Any, Generic, Protocol, TypeVar
 
+from driftshare._cache import Cached, TTLCache
 from driftshare._ledger import AccountLedger, AccountRecord, LedgerEntry
-from driftshare.cache import Cached, TTLCache
+from driftshare._markets import MarketResolver
 from driftshare.config import Network, Settings
-from driftshare.markets import MarketResolver
 from driftshare.models import (
     FundingRateData,
     MarketData,
