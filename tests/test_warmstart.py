@@ -27,6 +27,19 @@ _LISTENING = re.compile(rb"dashboard listening on (http://\S+?)/?\s*$")
 _DEADLINE_S = 60.0
 
 
+def _quick_restarts(rpc_url: str, snapshot: Path) -> dict[str, Any]:
+    """Manager settings for an in-process restart: no health timer, short start-up retries."""
+    return {
+        "rpc_url": rpc_url,
+        "snapshot_path": snapshot,
+        "health_interval_s": 3600,
+        "max_retries": 0,
+        "retry_backoff": 0.2,
+        "retry_backoff_cap": 0.5,
+        "init_timeout_s": 5,
+    }
+
+
 class ServeProcess:
     """One ``driftshare serve`` child process and its dashboard URL."""
 
@@ -258,15 +271,7 @@ async def test_reader_adapter_and_feed_answer_from_the_snapshot_while_the_rpc_is
     sim = await simulator_factory(markets=6)
     world = sim.world
     assert world is not None
-    settings = {
-        "rpc_url": sim.http_url,
-        "snapshot_path": tmp_path,
-        "health_interval_s": 3600,
-        "max_retries": 0,
-        "retry_backoff": 0.2,
-        "retry_backoff_cap": 0.5,
-        "init_timeout_s": 5,
-    }
+    settings = _quick_restarts(sim.http_url, tmp_path)
     DriftClientManager.configure(**settings)
     live = {m.market_index: m for m in await DriftClientManager.get_all_perp_markets()}
     funding = await DriftClientManager.get_funding_rate(2)
@@ -310,15 +315,7 @@ async def test_a_fleet_member_reads_its_snapshot_only_when_redis_is_unreachable(
     redis_up: bool,
 ) -> None:
     sim = await simulator_factory(markets=4)
-    settings: dict[str, Any] = {
-        "rpc_url": sim.http_url,
-        "snapshot_path": tmp_path,
-        "health_interval_s": 3600,
-        "max_retries": 0,
-        "retry_backoff": 0.2,
-        "retry_backoff_cap": 0.5,
-        "init_timeout_s": 5,
-    }
+    settings = _quick_restarts(sim.http_url, tmp_path)
     DriftClientManager.configure(**settings)
     assert len(await DriftClientManager.get_all_perp_markets()) == 4
     first = DriftClientManager.shared_state()
