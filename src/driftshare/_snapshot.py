@@ -451,9 +451,17 @@ def snapshot_keeper(
     identity = SnapshotIdentity(network, str(DRIFT_PROGRAM_ID), rpc_group(split_rpc_urls(url)))
     if not identity.allowed:
         return None
-    if not path.is_dir() and (network, url) != (settings.network, settings.effective_rpc_url()):
+    try:
+        if not path.is_dir() and (network, url) != (
+            settings.network,
+            settings.effective_rpc_url(),
+        ):
+            return None
+        return SnapshotKeeper(ledger, path, identity, interval_s=settings.snapshot_interval_s)
+    except OSError as exc:
+        # An unreadable DRIFT_SNAPSHOT_PATH costs the warm start, never the client.
+        log.warning("DRIFT_SNAPSHOT_PATH %s is unusable (%s): no snapshots", path, exc.strerror)
         return None
-    return SnapshotKeeper(ledger, path, identity, interval_s=settings.snapshot_interval_s)
 
 
 class WarmSource(ClientSource):

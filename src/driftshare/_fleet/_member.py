@@ -28,7 +28,7 @@ from driftshare._fleet._follower import Follower
 from driftshare._fleet._publisher import Publisher
 from driftshare._fleet._records import Signer
 from driftshare._fleet._store import FleetStore, StoredMember
-from driftshare._fleet._tasks import stop_task
+from driftshare._generation import cancel_all
 from driftshare._ledger import AccountLedger
 from driftshare.config import Settings, redact_text, redact_url
 
@@ -122,7 +122,7 @@ class FleetMember:
         """Leave the fleet: stop publishing and following, free the lease for another."""
         self._closing = True
         task, self._task = self._task, None
-        await stop_task(task)
+        await cancel_all([task])
         await self._publisher.stop()
         await self._stop_following()
         # Redis away: the lease expires and the member entry ages out by themselves.
@@ -142,7 +142,9 @@ class FleetMember:
             try:
                 await self._tick()
                 self._failing_since = None
-            except (RedisError, OSError) as exc:
+            except (
+                Exception
+            ) as exc:  # Redis away, or garbage in it: a failed round, never a dead loop
                 await self._failed(exc)
             self._decided.set()
             self._wake.clear()
@@ -225,7 +227,7 @@ class FleetMember:
 
     async def _stop_following(self) -> None:
         task, self._follow_task = self._follow_task, None
-        await stop_task(task)
+        await cancel_all([task])
 
     # -- visibility -------------------------------------------------------------------------
 
