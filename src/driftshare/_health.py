@@ -76,7 +76,7 @@ def _note_market_ages(shared: SharedClient) -> None:
     source = ClientSource(shared.client, shared.ledger)
     for ds in shared.client.account_subscriber.get_market_accounts_and_slots():
         if ds is not None:
-            _, confirmed_at = confirmed(source.accounts(ds.data) or ())
+            _, confirmed_at = confirmed(source.accounts(ds.data))
             metrics.DATA_AGE_SECONDS.labels(market_name(ds.data)).set(now - confirmed_at)
 
 
