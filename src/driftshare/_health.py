@@ -14,6 +14,7 @@ import asyncio
 import logging
 import math
 import time
+from collections.abc import Callable
 from datetime import UTC, datetime
 from typing import TYPE_CHECKING, Any
 
@@ -271,20 +272,26 @@ class _Probes:
     """getSlot probes of the endpoints, each no more often than asked, within the client's
     rate limit; a 429 means "alive, back off" and its ``Retry-After`` is honoured."""
 
-    def __init__(self, shared: SharedClient, prober: httpx.AsyncClient) -> None:
+    def __init__(
+        self,
+        shared: SharedClient,
+        prober: httpx.AsyncClient,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
         self._shared = shared
         self._prober = prober
+        self._clock = clock
         self._next: dict[str, float] = {}
 
     async def probe(self, url: str, every: float) -> None:
         """Probe ``url`` unless it was probed within ``every`` seconds or asked for a pause."""
         shared = self._shared
-        if time.monotonic() < self._next.get(url, -math.inf):
+        if self._clock() < self._next.get(url, -math.inf):
             return
         if url == shared.endpoints.active and shared.limits.cooling_down():
             return  # the active endpoint answered 429 lately: it is alive and wants quiet
         await shared.limits.acquire()
-        self._next[url] = time.monotonic() + every
+        self._next[url] = self._clock() + every
         try:
             response = await self._prober.post(
                 url, json={"jsonrpc": "2.0", "id": 1, "method": "getSlot"}
@@ -300,7 +307,7 @@ class _Probes:
             pause = retry_after_seconds(response.headers.get("retry-after"), now=datetime.now(UTC))
             cap = shared.settings.retry_backoff_cap
             wait = min(cap, pause if pause is not None else shared.settings.retry_backoff)
-            self._next[url] = time.monotonic() + max(every, wait)
+            self._next[url] = self._clock() + max(every, wait)
         shared.endpoints.report(url, status in (200, 429))
 
 
