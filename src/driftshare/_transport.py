@@ -167,7 +167,8 @@ class _RetryBudget:
         for times in (self._calls, self._retries):
             while times and now - times[0] > self._window_s:
                 times.popleft()
-        if len(self._retries) >= max(self._minimum, self._ratio * len(self._calls)):
+        # The retry itself counts: spending it must leave retries within the share.
+        if len(self._retries) + 1 > max(self._minimum, self._ratio * len(self._calls)):
             return False
         self._retries.append(now)
         return True
