@@ -94,6 +94,12 @@ async def test_fails_over_to_the_second_endpoint_and_returns_to_the_first(
         stats = DriftClientManager.stats()
         assert stats["rpc_url"] == redact_url(second.http_url)
         assert stats["endpoint_switches"] == 1
+        # The session of the endpoint left is closed and let go, not kept per switch.
+        shared = DriftClientManager.shared_state()
+        assert shared is not None
+        gen = shared.gen
+        assert gen is not None
+        await _until(lambda: not gen.old_sessions, within=10, what="old session let go")
         # What /api/stats and the dashboard serve.
         shown = LiveState(network="mainnet", simulated=True).snapshot()
         assert shown["rpc_url"] == redact_url(second.http_url)

@@ -198,7 +198,9 @@ async def test_provider_rate_limit_is_invisible_to_engines(
     assert sim.stats()["rate_limited"] > 0
     stats = DriftClientManager.stats()
     assert stats["rate_limited"] > 0
-    assert stats["rpc"]["amplification"] <= 1.2
+    assert stats["rpc"]["amplification"] <= 1.2, {
+        k: v for k, v in stats["rpc"].items() if k != "methods"
+    }
     await DriftClientManager.release_client()
 
 
@@ -410,6 +412,28 @@ async def test_force_reconnect_keeps_references_and_client(
         return data is not None and data.slot > rebuilt_at
 
     await eventually(fresh, sim=sim, what="data on the kept client")
+
+
+async def test_a_429_slowdown_survives_a_reconnect(
+    simulator_factory: Callable[..., Awaitable[Simulator]],
+) -> None:
+    """A rebuilt HTTP session keeps the provider's pushback: the halved rate stays halved."""
+    sim = await simulator_factory(markets=8)
+    DriftClientManager.configure(rpc_url=sim.http_url, **{**QUIET, "subscription": "polling"})
+    client = await DriftClientManager.get_client()
+    assert client is not None
+    rps = FAST["rpc_rps"]
+    sim.faults.fail_next(1, 429)
+    await client.connection.get_slot()
+    before = client.connection._provider.session
+    assert before._transport.rate < rps
+
+    assert await DriftClientManager.force_reconnect()
+    after = client.connection._provider.session
+    assert after is not before
+    # The rate creeps back by rps / 20 per 2 s: a reset transport would send at rps at once.
+    assert after._transport.rate < rps
+    await DriftClientManager.release_client()
 
 
 @pytest.mark.parametrize("network", ["mainnet", "devnet"])

@@ -24,6 +24,7 @@ from driftshare._metrics import REGISTRY
 from driftshare._transport import (
     RateLimitedTransport,
     RpcStats,
+    SharedLimits,
     install_transport,
     make_async_client,
     retry_after_seconds,
@@ -650,6 +651,44 @@ def test_a_429_halves_the_rate_which_creeps_back() -> None:
     assert len(after_429) == 4
     assert all(gap == pytest.approx(0.2, abs=1e-6) for gap in after_429)
     assert rates == [5.0, 10.0]
+
+
+def test_transports_sharing_limits_share_the_rate_and_the_cool_down() -> None:
+    """A renewed session (a new transport on the same limits) keeps the 429's cool-down and
+    halved rate, and old and new sessions together send within one ``rps``."""
+    arrivals: list[tuple[str, float]] = []
+
+    def handler(request: httpx.Request) -> httpx.Response:
+        arrivals.append((request.url.host, asyncio.get_running_loop().time()))
+        if len(arrivals) == 1:
+            return httpx.Response(429, headers={"Retry-After": "1"})
+        return _ok()
+
+    async def calls() -> None:
+        limits = SharedLimits(rps=10.0, clock=_loop_clock)
+        old = RateLimitedTransport(
+            rps=10.0, max_retries=0, inner=httpx.MockTransport(handler), limits=limits
+        )
+        new = RateLimitedTransport(
+            rps=10.0, max_retries=0, inner=httpx.MockTransport(handler), limits=limits
+        )
+        async with httpx.AsyncClient(transport=old) as first:
+            assert (await first.post("http://old.test/", json=_rpc())).status_code == 429
+            async with httpx.AsyncClient(transport=new) as second:
+                assert new.rate == 5.0
+                await asyncio.gather(
+                    *(first.post("http://old.test/", json=_rpc()) for _ in range(3)),
+                    *(second.post("http://new.test/", json=_rpc()) for _ in range(3)),
+                )
+
+    _run_virtual(calls)
+
+    hosts = {host for host, _ in arrivals[1:]}
+    assert hosts == {"old.test", "new.test"}
+    times = [at for _, at in arrivals[1:]]
+    assert times[0] == pytest.approx(1.0, abs=1e-6)  # the cool-down holds the new session too
+    # Six calls from both sessions leave 0.2 s apart: one limiter at the halved rate.
+    assert all(b - a == pytest.approx(0.2, abs=1e-6) for a, b in itertools.pairwise(sorted(times)))
 
 
 async def test_retry_budget_caps_retries_at_a_fifth_of_calls() -> None:

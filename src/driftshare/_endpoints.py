@@ -51,7 +51,8 @@ class EndpointSelector:
             raise ValueError("EndpointSelector needs distinct URLs")
         self.urls: tuple[str, ...] = tuple(urls)
         self._fail_after_s = fail_after_s
-        self._recover_after_s = recover_after_s
+        self.recover_after_s = recover_after_s
+        """How long a more preferred endpoint must stay healthy before the selector returns."""
         self._min_failures = min_failures
         self._clock = clock
         now = clock()
@@ -89,7 +90,7 @@ class EndpointSelector:
         now = self._clock()
         for index in range(self._active):
             since = self._health[self.urls[index]].healthy_since
-            if since is not None and now - since >= self._recover_after_s:
+            if since is not None and now - since >= self.recover_after_s:
                 return self._switch(index, now)
         if len(self.urls) > 1 and self._failing(self._health[self.active], now):
             others = [i for i in range(len(self.urls)) if i != self._active]
@@ -102,7 +103,7 @@ class EndpointSelector:
 
     def _failed_lately(self, url: str, now: float) -> bool:
         last = self._health[url].last_failure
-        return last is not None and now - last < self._recover_after_s
+        return last is not None and now - last < self.recover_after_s
 
     def _switch(self, index: int, now: float) -> str:
         self._active = index

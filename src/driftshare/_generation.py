@@ -128,8 +128,11 @@ class Generation:
     async def close_old_sessions(self) -> None:
         """Close the HTTP sessions a reconnect replaced, once their requests have ended."""
         while self.old_sessions:
-            await _close_session(self.old_sessions[0])
-            self.old_sessions.pop(0)
+            session = self.old_sessions[0]
+            await _close_session(session)
+            # A concurrent call (a fail-over's during a rebuild's) may have let it go already.
+            if self.old_sessions and self.old_sessions[0] is session:
+                self.old_sessions.pop(0)
 
     async def close(self) -> None:
         """Cancel every task of this (retired) generation and close what it opened."""

@@ -12,8 +12,10 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import math
 import time
-from contextlib import suppress
+from collections.abc import Callable
+from datetime import UTC, datetime
 from typing import TYPE_CHECKING, Any
 
 import httpx
@@ -24,7 +26,7 @@ from driftshare import _metrics as metrics
 from driftshare._generation import Generation, cancel_all
 from driftshare._marketdata import ClientSource, confirmed
 from driftshare._subscription import SubscriptionMode, newest_data_slot
-from driftshare._transport import install_transport
+from driftshare._transport import install_transport, retry_after_seconds
 from driftshare.config import redact_text, redact_url
 from driftshare.models import market_name
 
@@ -48,6 +50,8 @@ _UNHEALTHY_CHECKS_BEFORE_RECONNECT = 3
 # the endpoint probed), and how long a probe may take.
 _FAILOVER_CHECK_S = 0.5
 _PROBE_TIMEOUT_S = 1.0
+# How many probes a more preferred endpoint gets per ``recover_after_s``.
+_PROBES_PER_RECOVERY = 4
 
 
 def data_slot(shared: SharedClient) -> int:
@@ -233,9 +237,10 @@ async def _reconnect(shared: SharedClient, gen: Generation) -> bool:
 async def failover_loop(shared: SharedClient, gen: Generation) -> None:
     """Feed the endpoint selector (data flow, probes) and follow its choice."""
     seen_slot = 0
-    # Not through RateLimitedTransport: a probe must not retry, wait out a cool-down or log
-    # a warning every half second an endpoint stays down. At most one per endpoint per check.
+    # Not through RateLimitedTransport: a probe must not retry or log a warning every time
+    # an endpoint stays down. It waits for the client's limiter all the same.
     async with httpx.AsyncClient(timeout=_PROBE_TIMEOUT_S) as prober:
+        probes = _Probes(shared, prober)
         while True:
             await asyncio.sleep(_FAILOVER_CHECK_S)
             gen.check()
@@ -248,9 +253,11 @@ async def failover_loop(shared: SharedClient, gen: Generation) -> None:
                     seen_slot = slot
                     shared.endpoints.report(shared.endpoints.active, True)
                 else:
-                    await _probe(shared, prober, shared.endpoints.active)
+                    await probes.probe(shared.endpoints.active, _FAILOVER_CHECK_S)
+                # A return needs ``recover_after_s`` of health: a few probes in that time do.
+                every = shared.endpoints.recover_after_s / _PROBES_PER_RECOVERY
                 for url in shared.endpoints.preferred():
-                    await _probe(shared, prober, url)
+                    await probes.probe(url, every)
                 chosen = shared.endpoints.choose()
                 connection = gen.connection
                 if connection is not None and connection._provider.endpoint_uri != chosen:
@@ -261,17 +268,47 @@ async def failover_loop(shared: SharedClient, gen: Generation) -> None:
                 log.exception("endpoint watch of the shared %s DriftClient failed", shared.network)
 
 
-async def _probe(shared: SharedClient, prober: httpx.AsyncClient, url: str) -> None:
-    """One getSlot to ``url``, reported to the selector and counted."""
-    try:
-        response = await prober.post(url, json={"jsonrpc": "2.0", "id": 1, "method": "getSlot"})
-    except httpx.HTTPError as exc:
-        timeout = isinstance(exc, httpx.TimeoutException)
-        shared.rpc.record_request("getSlot", "timeout" if timeout else "error")
-        shared.endpoints.report(url, False)
-        return
-    shared.rpc.record_request("getSlot", str(response.status_code))
-    shared.endpoints.report(url, response.status_code == 200)
+class _Probes:
+    """getSlot probes of the endpoints, each no more often than asked, within the client's
+    rate limit; a 429 means "alive, back off" and its ``Retry-After`` is honoured."""
+
+    def __init__(
+        self,
+        shared: SharedClient,
+        prober: httpx.AsyncClient,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
+        self._shared = shared
+        self._prober = prober
+        self._clock = clock
+        self._next: dict[str, float] = {}
+
+    async def probe(self, url: str, every: float) -> None:
+        """Probe ``url`` unless it was probed within ``every`` seconds or asked for a pause."""
+        shared = self._shared
+        if self._clock() < self._next.get(url, -math.inf):
+            return
+        if url == shared.endpoints.active and shared.limits.cooling_down():
+            return  # the active endpoint answered 429 lately: it is alive and wants quiet
+        await shared.limits.acquire()
+        self._next[url] = self._clock() + every
+        try:
+            response = await self._prober.post(
+                url, json={"jsonrpc": "2.0", "id": 1, "method": "getSlot"}
+            )
+        except httpx.HTTPError as exc:
+            timeout = isinstance(exc, httpx.TimeoutException)
+            shared.rpc.record_request("getSlot", "timeout" if timeout else "error")
+            shared.endpoints.report(url, False)
+            return
+        status = response.status_code
+        shared.rpc.record_request("getSlot", str(status))
+        if status == 429:
+            pause = retry_after_seconds(response.headers.get("retry-after"), now=datetime.now(UTC))
+            cap = shared.settings.retry_backoff_cap
+            wait = min(cap, pause if pause is not None else shared.settings.retry_backoff)
+            self._next[url] = self._clock() + max(every, wait)
+        shared.endpoints.report(url, status in (200, 429))
 
 
 async def _move_to(shared: SharedClient, gen: Generation, url: str) -> None:
@@ -287,10 +324,9 @@ async def _move_to(shared: SharedClient, gen: Generation, url: str) -> None:
     provider.endpoint_uri = url
     metrics.RPC_ENDPOINT_SWITCHES.labels(shared.network).inc()
     publish_endpoint(shared)
-    old_session = provider.session
     renew_session(shared, gen)
     # The old session closes once its requests (to the endpoint left) have ended.
-    gen.spawn(_close_quietly(old_session), f"driftshare-close-session-{shared.network}")
+    gen.spawn(gen.close_old_sessions(), f"driftshare-close-sessions-{shared.network}")
     if gen.ready_at is None or gen.init_task is not None:
         return  # a start or rebuild under way subscribes on the new endpoint
     try:
@@ -302,11 +338,6 @@ async def _move_to(shared: SharedClient, gen: Generation, url: str) -> None:
         return
     shared._data_slot = 0
     note_data(shared)
-
-
-async def _close_quietly(session: httpx.AsyncClient) -> None:
-    with suppress(Exception):
-        await session.aclose()
 
 
 def publish_endpoint(shared: SharedClient) -> None:

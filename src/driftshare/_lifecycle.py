@@ -48,7 +48,7 @@ from driftshare._subscription import (
     discover_markets,
     post_batch,
 )
-from driftshare._transport import RateLimitedTransport, RpcStats, install_transport
+from driftshare._transport import RateLimitedTransport, RpcStats, SharedLimits, install_transport
 from driftshare.config import Settings, redact_text, redact_url, split_rpc_urls
 
 __all__ = ["SharedClient", "load_keypair"]
@@ -97,6 +97,8 @@ class SharedClient:
         self._endpoint_by_key = {_endpoint_key(httpx.URL(u)): u for u in self.endpoints.urls}
         publish_endpoint(self)
         self.settings = settings
+        self.limits = SharedLimits.from_settings(settings)
+        """Rate limit and back-pressure of every HTTP session this client ever opens."""
         self.loop = asyncio.get_running_loop()
         self.refs = 0
         self.gen: Generation | None = None
@@ -369,9 +371,10 @@ class SharedClient:
         return connection
 
     def transport(self) -> RateLimitedTransport:
-        """A new HTTP transport; what it sees of each endpoint feeds the endpoint selector."""
+        """A new HTTP transport within this client's limits; what it sees of each endpoint
+        feeds the endpoint selector."""
         return RateLimitedTransport.from_settings(
-            self.settings, stats=self.rpc, on_result=self._endpoint_result
+            self.settings, stats=self.rpc, on_result=self._endpoint_result, limits=self.limits
         )
 
     def _endpoint_result(self, url: httpx.URL, served: bool) -> None:

@@ -29,6 +29,7 @@ __all__ = [
     "NON_IDEMPOTENT_METHODS",
     "RateLimitedTransport",
     "RpcStats",
+    "SharedLimits",
     "install_transport",
     "make_async_client",
     "retry_after_seconds",
@@ -166,7 +167,8 @@ class _RetryBudget:
         for times in (self._calls, self._retries):
             while times and now - times[0] > self._window_s:
                 times.popleft()
-        if len(self._retries) >= max(self._minimum, self._ratio * len(self._calls)):
+        # The retry itself counts: spending it must leave retries within the share.
+        if len(self._retries) + 1 > max(self._minimum, self._ratio * len(self._calls)):
             return False
         self._retries.append(now)
         return True
@@ -184,7 +186,7 @@ class _Backpressure:
     def __init__(self, rps: float, clock: Callable[[], float], step_s: float = 2.0) -> None:
         self._rps = rps
         self._floor = rps / 16
-        self._clock = clock
+        self.clock = clock
         self._step_s = step_s
         self._rate = rps
         self._since = clock()
@@ -194,14 +196,14 @@ class _Backpressure:
     def rate(self) -> float:
         """The rate to send at now, crept back since the last change."""
         if self._rate < self._rps:
-            steps = math.floor((self._clock() - self._since) / self._step_s)
+            steps = math.floor((self.clock() - self._since) / self._step_s)
             if steps > 0:
                 self._rate = min(self._rps, self._rate + steps * self._rps / 20)
                 self._since += steps * self._step_s
         return self._rate
 
     def push_back(self, delay: float, *, rate_limited: bool, sent_at: float) -> None:
-        now = self._clock()
+        now = self.clock()
         self.cooldown_until = max(self.cooldown_until, now + delay)
         if rate_limited and sent_at >= self._last_cut:
             self._rate = max(self._floor, self.rate() / 2)
@@ -209,10 +211,95 @@ class _Backpressure:
 
 
 @dataclass(slots=True)
-class _LoopState:
+class _Limiter:
     limiter: AsyncLimiter
-    inner: httpx.AsyncBaseTransport
     rate: float
+
+
+class SharedLimits:
+    """The rate limit, the provider's pushback and the retry budget of one client.
+
+    Every transport built with the same ``SharedLimits`` sends within one ``rps`` and honours
+    one cool-down, adaptive rate and retry budget, so renewing an HTTP session (a reconnect,
+    an endpoint fail-over) neither resets them nor lets old and new sessions each send at
+    ``rps``. The limiter is kept per running event loop.
+    """
+
+    def __init__(
+        self,
+        *,
+        rps: float,
+        burst: int = 1,
+        retry_budget: float = 0.2,
+        retry_window_s: float = 10.0,
+        retry_budget_min: int = 1,
+        retry_streak: int = 1,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
+        _require(rps > 0, f"rps must be > 0, got {rps!r}")
+        _require(isinstance(burst, int) and burst >= 1, f"burst must be an int >= 1, got {burst!r}")
+        _require(retry_budget >= 0, f"retry_budget must be >= 0, got {retry_budget!r}")
+        _require(retry_window_s > 0, f"retry_window_s must be > 0, got {retry_window_s!r}")
+        _require(
+            isinstance(retry_streak, int) and retry_streak >= 0,
+            f"retry_streak must be an int >= 0, got {retry_streak!r}",
+        )
+        self.rps = rps
+        self.burst = burst
+        self.budget = _RetryBudget(
+            retry_budget, retry_window_s, retry_budget_min, retry_streak, clock
+        )
+        self.pressure = _Backpressure(rps, clock)
+        self._limiters: dict[asyncio.AbstractEventLoop, _Limiter] = {}
+
+    @classmethod
+    def from_settings(cls, settings: Settings) -> SharedLimits:
+        """Limits configured by ``DRIFT_RPC_RPS`` and ``DRIFT_RPC_BURST``."""
+        return cls(rps=settings.rpc_rps, burst=settings.rpc_burst)
+
+    @property
+    def rate(self) -> float:
+        """The requests per second sent now: ``rps``, or less after a 429."""
+        return self.pressure.rate()
+
+    @property
+    def limiter(self) -> AsyncLimiter:
+        """The rate limiter of the running event loop."""
+        return self._limiter().limiter
+
+    def cooling_down(self) -> bool:
+        """Whether the provider's last ``Retry-After`` (or 429) holds new requests now."""
+        return self.pressure.cooldown_until > self.pressure.clock()
+
+    async def acquire(self) -> None:
+        """Wait for a slot at today's rate."""
+        state = self._limiter()
+        while True:
+            rate = self.pressure.rate()
+            if rate != state.rate:
+                # aiolimiter's rate is fixed at construction: a new rate is a new limiter.
+                state.limiter = AsyncLimiter(self.burst, self.burst / rate)
+                state.rate = rate
+            limiter = state.limiter
+            await limiter.acquire()
+            if limiter is state.limiter:
+                return
+
+    def _limiter(self) -> _Limiter:
+        loop = asyncio.get_running_loop()
+        state = self._limiters.get(loop)
+        if state is None:
+            for dead in [lp for lp in self._limiters if lp.is_closed()]:
+                del self._limiters[dead]
+            rate = self.pressure.rate()
+            state = _Limiter(AsyncLimiter(self.burst, self.burst / rate), rate)
+            self._limiters[loop] = state
+        return state
+
+
+@dataclass(slots=True)
+class _LoopState:
+    inner: httpx.AsyncBaseTransport
     in_flight: int = 0
     drained: asyncio.Event = field(default_factory=asyncio.Event)
 
@@ -247,7 +334,9 @@ class RateLimitedTransport(httpx.AsyncBaseTransport):
     than ``retry_streak`` attempts in a row have failed (an outage, until one is served), a call
     retries only while it can end within ``deadline_s`` of its start, and a call in
     :data:`NON_IDEMPOTENT_METHODS` is sent again only if it never left. ``on_result``
-    hears, for every call, its URL and whether the provider served it.
+    hears, for every call, its URL and whether the provider served it. Given ``limits``,
+    the transport shares them (rate limit, back-pressure, retry budget) with every other
+    transport built with them, and ignores ``rps``, ``burst`` and the ``retry_*`` arguments.
 
     The rate limiter (and the default inner transport, whose connections belong to one
     event loop) is kept per running event loop, so one transport serves successive
@@ -276,9 +365,8 @@ class RateLimitedTransport(httpx.AsyncBaseTransport):
         wall_clock: Callable[[], float] = time.time,
         log_interval_s: float = 10.0,
         on_result: Callable[[httpx.URL, bool], None] | None = None,
+        limits: SharedLimits | None = None,
     ) -> None:
-        _require(rps > 0, f"rps must be > 0, got {rps!r}")
-        _require(isinstance(burst, int) and burst >= 1, f"burst must be an int >= 1, got {burst!r}")
         _require(
             isinstance(max_retries, int) and max_retries >= 0,
             f"max_retries must be an int >= 0, got {max_retries!r}",
@@ -289,14 +377,19 @@ class RateLimitedTransport(httpx.AsyncBaseTransport):
         _require(
             deadline_s is None or deadline_s > 0, f"deadline_s must be > 0, got {deadline_s!r}"
         )
-        _require(retry_budget >= 0, f"retry_budget must be >= 0, got {retry_budget!r}")
-        _require(retry_window_s > 0, f"retry_window_s must be > 0, got {retry_window_s!r}")
-        _require(
-            isinstance(retry_streak, int) and retry_streak >= 0,
-            f"retry_streak must be an int >= 0, got {retry_streak!r}",
-        )
-        self.rps = rps
-        self.burst = burst
+        if limits is None:
+            limits = SharedLimits(
+                rps=rps,
+                burst=burst,
+                retry_budget=retry_budget,
+                retry_window_s=retry_window_s,
+                retry_budget_min=retry_budget_min,
+                retry_streak=retry_streak,
+                clock=clock,
+            )
+        self.limits = limits
+        self.rps = limits.rps
+        self.burst = limits.burst
         self.max_retries = max_retries
         self.backoff_base = backoff_base
         self.backoff_cap = backoff_cap
@@ -310,10 +403,8 @@ class RateLimitedTransport(httpx.AsyncBaseTransport):
         self._wall_clock = wall_clock
         self._log_interval_s = log_interval_s
         self._on_result = on_result
-        self._budget = _RetryBudget(
-            retry_budget, retry_window_s, retry_budget_min, retry_streak, clock
-        )
-        self._pressure = _Backpressure(rps, clock)
+        self._budget = limits.budget
+        self._pressure = limits.pressure
         self._states: dict[asyncio.AbstractEventLoop, _LoopState] = {}
         self._last_429_log: float | None = None
         self._unlogged_429s = 0
@@ -324,11 +415,14 @@ class RateLimitedTransport(httpx.AsyncBaseTransport):
         settings: Settings,
         stats: RpcStats | None = None,
         on_result: Callable[[httpx.URL, bool], None] | None = None,
+        limits: SharedLimits | None = None,
     ) -> RateLimitedTransport:
-        """A transport configured by the ``DRIFT_RPC_*``, retry, timeout and deadline settings."""
+        """A transport configured by the ``DRIFT_RPC_*``, retry, timeout and deadline settings,
+        sending within ``limits`` (new ones from the settings if None)."""
         return cls(
             rps=settings.rpc_rps,
             burst=settings.rpc_burst,
+            limits=limits,
             max_retries=settings.max_retries,
             backoff_base=settings.retry_backoff,
             backoff_cap=settings.retry_backoff_cap,
@@ -341,12 +435,12 @@ class RateLimitedTransport(httpx.AsyncBaseTransport):
     @property
     def limiter(self) -> AsyncLimiter:
         """The rate limiter of the running event loop."""
-        return self._state().limiter
+        return self.limits.limiter
 
     @property
     def rate(self) -> float:
         """The requests per second sent now: ``rps``, or less after a 429."""
-        return self._pressure.rate()
+        return self.limits.rate
 
     async def handle_async_request(self, request: httpx.Request) -> httpx.Response:
         state = self._state()
@@ -422,11 +516,8 @@ class RateLimitedTransport(httpx.AsyncBaseTransport):
         if state is None:
             for dead in [lp for lp in self._states if lp.is_closed()]:
                 del self._states[dead]
-            rate = self._pressure.rate()
             state = _LoopState(
-                limiter=AsyncLimiter(self.burst, self.burst / rate),
-                inner=self._inner if self._inner is not None else httpx.AsyncHTTPTransport(),
-                rate=rate,
+                inner=self._inner if self._inner is not None else httpx.AsyncHTTPTransport()
             )
             self._states[loop] = state
         return state
@@ -436,26 +527,17 @@ class RateLimitedTransport(httpx.AsyncBaseTransport):
             return math.inf
         return self.deadline_s - (self._clock() - call.started)
 
-    async def _admit(self, state: _LoopState, call: _Call, request: httpx.Request) -> None:
+    async def _admit(self, call: _Call, request: httpx.Request) -> None:
         """Wait out the shared cool-down (once per new one) and the limiter at today's rate."""
         until = self._pressure.cooldown_until
         if until > call.cooldown_seen:
             call.cooldown_seen = until
-            wait = until - self._clock()
+            wait = until - self._pressure.clock()  # the clock the cool-down was set by
             if wait > 0:
                 if wait >= self._remaining(call):
                     raise self._deadline_exceeded(call, request)
                 await self._sleep(wait)
-        while True:
-            rate = self._pressure.rate()
-            if rate != state.rate:
-                # aiolimiter's rate is fixed at construction: a new rate is a new limiter.
-                state.limiter = AsyncLimiter(self.burst, self.burst / rate)
-                state.rate = rate
-            limiter = state.limiter
-            await limiter.acquire()
-            if limiter is state.limiter:
-                return
+        await self.limits.acquire()
 
     def _deadline_exceeded(self, call: _Call, request: httpx.Request) -> httpx.ReadTimeout:
         self.stats.deadline_exceeded += 1
@@ -465,7 +547,7 @@ class RateLimitedTransport(httpx.AsyncBaseTransport):
         self, state: _LoopState, request: httpx.Request, call: _Call
     ) -> httpx.Response:
         method = call.method
-        await self._admit(state, call, request)
+        await self._admit(call, request)
         remaining = self._remaining(call)
         if remaining <= 0:
             raise self._deadline_exceeded(call, request)
