@@ -33,7 +33,7 @@ test: $(STAMP) lint browser redis
 	$(BIN)/pytest
 
 # Every section of bench/ (see bench/__init__.py), then BENCHMARKS.md and docs/bench/.
-bench: $(STAMP)
+bench: $(STAMP) redis
 	$(BIN)/python -m bench
 
 # Every simulator fault in both modes -> docs/RELIABILITY.md; SOAK=seconds runs random faults.

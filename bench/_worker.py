@@ -28,16 +28,18 @@ from solana.rpc.commitment import Confirmed
 from solders.keypair import Keypair
 
 from bench._harness import percentiles
-from driftshare.adapter import DriftAdapter
-from driftshare.config import Settings
-from driftshare.manager import DriftClientManager
-from driftshare.marketdata import ClientSource, MarketDataReader, MarketSource
-from driftshare.subscription import (
+from driftshare._ledger import AccountLedger
+from driftshare._marketdata import ClientSource, MarketDataReader, MarketSource
+from driftshare._subscription import (
+    AccountTap,
     PollingSubscriber,
     ResilientLoader,
     discover_markets,
     newest_data_slot,
 )
+from driftshare.adapter import DriftAdapter
+from driftshare.config import Settings
+from driftshare.manager import DriftClientManager
 
 __all__ = ["main"]
 
@@ -76,15 +78,18 @@ class _LegacyPollingEngine:
             oracle_infos=[],
         )
         self.subscriber: PollingSubscriber | None = None
+        self.ledger = AccountLedger()
         self.reader = MarketDataReader(self._source, settings=settings)
 
     async def _source(self) -> MarketSource | None:
-        return None if self.subscriber is None else ClientSource(self.client)
+        return None if self.subscriber is None else ClientSource(self.client, self.ledger)
 
     async def connect(self) -> bool:
         try:
             discovery = await discover_markets(self.client.program, self.settings.perp_markets)
             loader = ResilientLoader(self.connection, Confirmed, self.settings.poll_interval_s)
+            # Each poll confirms the accounts it reads, so values carry their real age.
+            loader.attach(AccountTap(self.ledger, discovery.records))
             subscriber = PollingSubscriber(self.client.program, loader, discovery)
             await subscriber.subscribe()
         except Exception as exc:  # the engine sees a failed connect, as with the adapter

@@ -171,7 +171,7 @@ async def _interpreter_start() -> float:
     """Seconds to start Python and import serve's modules: the floor of any first answer."""
     started = time.perf_counter()
     child = await asyncio.create_subprocess_exec(
-        sys.executable, "-c", "import driftshare.cli, driftshare.serve"
+        sys.executable, "-c", "import driftshare._cli, driftshare._serve"
     )
     await child.wait()
     return time.perf_counter() - started

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 import socket
 from collections.abc import AsyncIterator
 from typing import Any
@@ -21,7 +22,10 @@ MODES = pytest.mark.parametrize("use_singleton", [True, False], ids=["singleton"
 
 def _without_age(row: dict[str, Any]) -> dict[str, Any]:
     # How long the value sat in the cache and how recently its accounts were confirmed are
-    # the fields truth cannot know (test_freshness_sim checks them).
+    # the fields truth cannot know (test_freshness_sim checks them); in both modes they must
+    # still name a confirmed slot and a finite age.
+    assert row["slot"] > 0
+    assert 0.0 <= row["data_age_s"] < math.inf
     return {**row, "age_s": 0.0, "slot": 0, "data_age_s": 0.0}
 
 

@@ -11,7 +11,7 @@ import sys
 
 import pytest
 
-from driftshare import cli
+from driftshare import _cli as cli
 from driftshare.models import FundingRateData
 from driftshare.sim import SimConfig
 from driftshare.sim.pytest_plugin import SimulatorFactory

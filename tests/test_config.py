@@ -7,7 +7,7 @@ import logging
 import pytest
 
 from driftshare._logging import install_log_redaction
-from driftshare.config import ConfigError, load_settings, redact_url, split_rpc_urls
+from driftshare.config import ConfigError, load_settings, redact_text, redact_url, split_rpc_urls
 
 KEY = "not-a-real-key"
 
@@ -78,6 +78,14 @@ def test_redact_url_hides_keys(url: str, secret: str) -> None:
     redacted = redact_url(url)
     assert secret not in redacted
     assert "***" in redacted
+
+
+@pytest.mark.parametrize("tail", ["", ")", ".", ",", ";", ":", "!", "?", "]", ")."])
+def test_redact_text_hides_a_key_followed_by_punctuation(tail: str) -> None:
+    key = "AbCdEfGhIjKlMnOpQrStUv"
+    text = redact_text(f"RPC (https://rpc.example/v2/{key}{tail} is down")
+    assert key not in text
+    assert text == f"RPC (https://rpc.example/v2/***{tail} is down"
 
 
 def test_redact_url_keeps_what_is_not_secret() -> None:

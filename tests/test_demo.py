@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import pytest
 
-from driftshare import cli
-from driftshare.demo import run_mode
+from driftshare import _cli as cli
+from driftshare._demo import run_mode
 
 
 async def test_shared_mode_uses_one_client_where_legacy_uses_one_per_engine(

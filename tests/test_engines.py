@@ -11,7 +11,7 @@ import pytest
 import pytest_asyncio
 
 from conftest import WaitUntil, subscribed
-from driftshare.engines import (
+from driftshare._engines import (
     ENGINES,
     ArbEngine,
     FundingEngine,
@@ -19,10 +19,10 @@ from driftshare.engines import (
     ScalpEngine,
     make_engines,
 )
+from driftshare._serve import Runtime, ServeConfig
 from driftshare.feed import FundingInfo
 from driftshare.manager import DriftClientManager
 from driftshare.models import mark_price
-from driftshare.serve import Runtime, ServeConfig
 from driftshare.sim import Simulator
 
 

@@ -9,12 +9,12 @@ from typing import Any
 import pytest
 import pytest_asyncio
 
+from driftshare._metrics import REGISTRY
+from driftshare._web.live import LiveState
 from driftshare.config import redact_url
 from driftshare.manager import DriftClientManager
-from driftshare.metrics import REGISTRY
 from driftshare.sim import Simulator
 from driftshare.sim.pytest_plugin import SimulatorFactory
-from driftshare.web.live import LiveState
 
 # The slot clocks run (every 0.2 s), as a chain does: silence means trouble.
 TICK_S = 0.2

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import math
 import socket
 import statistics
 import threading
@@ -238,6 +239,22 @@ def test_funding_info_direction_and_expected_usd(
     assert info.direction == direction
     assert info.expected_8h_usd == pytest.approx(long_pays)
     assert info.expected_usd(10_000, hours=24) == pytest.approx(long_pays * 10 * 3)
+
+
+def test_funding_without_freshness_is_stale() -> None:
+    funding = {
+        "market": "SOL-PERP",
+        "rate_8h": 0.01,
+        "rate_annual": 10.9575,
+        "is_positive": True,
+        "mark_price": 150.0,
+    }
+    info = FundingInfo.from_funding(funding, 60)
+    assert info.stale
+    assert info.data_age_s == math.inf
+    current = FundingInfo.from_funding({**funding, "stale": False, "data_age_s": 0.4}, 60)
+    assert not current.stale
+    assert current.data_age_s == 0.4
 
 
 async def test_unreachable_rpc_never_raises(manager_settings: None) -> None:

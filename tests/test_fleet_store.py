@@ -131,3 +131,9 @@ async def test_a_superseded_epoch_writes_nothing(store: FleetStore) -> None:
         await store.publish(old, [update])
     assert await store.last_values() == ([], [])
     assert await store.publish(new, [update]) == 1
+
+
+@pytest.mark.parametrize("value", ["m1|¹", "m1|x", b"m1|\xff\xfe", "no-epoch"])
+async def test_a_garbled_lease_has_no_leader(store: FleetStore, value: str | bytes) -> None:
+    await store.redis.set("driftshare:mainnet:g:lease", value)
+    assert await store.leader() is None

@@ -132,6 +132,45 @@ async def test_account_that_stops_updating_turns_stale_one_that_stops_changing_d
     assert steady.slot > shared.ledger.get(str(world.perp_market_pubkey(frozen))).record.slot
 
 
+async def test_private_adapter_flags_an_account_that_stops_updating(
+    simulator: Simulator,
+) -> None:
+    DriftClientManager.configure(
+        rpc_url=simulator.http_url, **{**FAST, "stale_after_s": STALE_AFTER_S}
+    )
+    world = simulator.world
+    assert world is not None
+    hidden, other = world.perp_indexes()[:2]
+    adapter = DriftAdapter(use_singleton=False)
+    try:
+        assert await adapter.connect()
+        await eventually(lambda: subscribed(simulator))
+        fresh = await adapter.get_funding_rate(hidden)
+        assert fresh is not None
+        assert not fresh["stale"]
+        assert fresh["slot"] > 0
+        assert fresh["data_age_s"] <= STALE_AFTER_S
+        # The chain goes on and the market keeps changing; the node stops serving it.
+        simulator.faults.hide(world.perp_market_pubkey(hidden))
+        deadline = asyncio.get_running_loop().time() + 4 * STALE_AFTER_S + 2.0
+        while True:
+            rate = await adapter.get_funding_rate(hidden)
+            assert rate is not None
+            if rate["stale"]:
+                break
+            assert asyncio.get_running_loop().time() < deadline, "hidden market never stale"
+            await simulator.step()
+            await asyncio.sleep(0.05)
+        assert rate["data_age_s"] > STALE_AFTER_S
+        # The confirmer keeps the served account current: only the hidden one ages.
+        steady = await adapter.get_funding_rate(other)
+        assert steady is not None
+        assert not steady["stale"]
+        assert steady["data_age_s"] <= STALE_AFTER_S
+    finally:
+        await adapter.disconnect()
+
+
 async def test_the_feed_flags_what_the_adapter_flags(simulator: Simulator) -> None:
     await _subscribed_client(simulator)
     world = simulator.world

@@ -12,9 +12,9 @@ from typing import Any
 import pytest
 import pytest_asyncio
 
+from driftshare._metrics import DATA_AGE_SECONDS, REGISTRY
 from driftshare.adapter import DriftAdapter
 from driftshare.manager import DriftClientManager
-from driftshare.metrics import DATA_AGE_SECONDS, REGISTRY
 from driftshare.sim import Simulator
 
 # Fast health checks and stall detection so the fallbacks happen within a test.

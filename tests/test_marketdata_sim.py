@@ -3,16 +3,19 @@
 from __future__ import annotations
 
 import dataclasses
+from types import SimpleNamespace
 from typing import Any
 
 import pytest
 from driftpy.constants.perp_markets import mainnet_perp_market_configs
+from solders.pubkey import Pubkey
 
 from conftest import GroundTruth, WaitUntil
-from driftshare.cache import TTLCache
+from driftshare._cache import TTLCache
+from driftshare._ledger import AccountLedger, AccountRecord
+from driftshare._marketdata import ClientSource, MarketDataReader, MarketSource
 from driftshare.config import load_settings
 from driftshare.manager import DriftClientManager
-from driftshare.marketdata import MarketDataReader, MarketSource
 from driftshare.models import FundingRateData, MarketData
 from driftshare.sim import Simulator
 from driftshare.sim.pytest_plugin import SimulatorFactory
@@ -184,8 +187,8 @@ async def test_an_unpriceable_market_does_not_hide_the_others(truth: GroundTruth
         def oracle_price_data(self, market_index: int) -> Any:
             return truth.oracle(market_index)
 
-        def accounts(self, perp_market: Any) -> None:
-            return None
+        def accounts(self, perp_market: Any) -> tuple[()]:
+            return ()
 
         def unavailable(self, market_index: int) -> bool:
             return False
@@ -199,5 +202,29 @@ async def test_an_unpriceable_market_does_not_hide_the_others(truth: GroundTruth
     reader = MarketDataReader(source, settings=load_settings())
     markets = await reader.get_all_perp_markets()
     expected = [i for i in truth.indexes() if i != 1]
-    assert [_without_age(m) for m in markets] == [truth.market(i) for i in expected]
+    # Accounts of no known age: every value is stale.
+    assert all(m.stale for m in markets)
+    fresh = [dataclasses.replace(_without_age(m), stale=False) for m in markets]
+    assert fresh == [truth.market(i) for i in expected]
     assert await reader.get_funding_rate(1) is None
+
+
+def test_market_value_without_a_ledger_entry_for_an_account_has_no_age() -> None:
+    market_key, oracle_key = Pubkey.new_unique(), Pubkey.new_unique()
+    ledger = AccountLedger()
+    source = ClientSource(object(), ledger)
+    market = SimpleNamespace(pubkey=market_key, amm=SimpleNamespace(oracle=oracle_key))
+    ledger.apply(AccountRecord(str(market_key), "perp", 10, b"market"))
+    # The oracle's age is unknown: the market's own confirmation must not vouch for it.
+    assert source.accounts(market) == ()
+    ledger.apply(AccountRecord(str(oracle_key), "oracle", 11, b"oracle", "PythPull"))
+    both = source.accounts(market)
+    assert [e.record.pubkey for e in both] == [str(market_key), str(oracle_key)]
+    # Nor the other way round.
+    assert ClientSource(object(), AccountLedger()).accounts(market) == ()
+    only_oracle = AccountLedger()
+    only_oracle.apply(AccountRecord(str(oracle_key), "oracle", 11, b"oracle", "PythPull"))
+    assert ClientSource(object(), only_oracle).accounts(market) == ()
+    # A market without an oracle (Pubkey.default()) is judged by its own account.
+    no_oracle = SimpleNamespace(pubkey=market_key, amm=SimpleNamespace(oracle=Pubkey.default()))
+    assert [e.record.pubkey for e in source.accounts(no_oracle)] == [str(market_key)]

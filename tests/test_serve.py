@@ -7,7 +7,7 @@ import socket
 
 from rich.console import Console
 
-from driftshare.serve import Runtime, ServeConfig
+from driftshare._serve import Runtime, ServeConfig
 
 
 async def test_markup_in_an_rpc_url_or_error_is_printed_literally(manager_settings: None) -> None:

@@ -31,8 +31,10 @@ from driftshare._snapshot import (
     read_snapshot,
     rpc_group,
     snapshot_file,
+    snapshot_keeper,
     write_snapshot,
 )
+from driftshare.config import load_settings
 from driftshare.sim._codec import DRIFT_PROGRAM_ID
 from driftshare.sim._records import world_records
 from driftshare.sim.store import AccountStore
@@ -366,3 +368,15 @@ def test_one_undecodable_account_in_a_sound_file_hides_only_its_market(
     source.close()
     assert not source.current()
     assert source.perp_market(2) == world.perp_market(2)
+
+
+def test_an_unusable_snapshot_path_costs_the_warm_start_not_the_client(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    # A name too long for the file system: checking it raises OSError (ENAMETOOLONG).
+    path = Path("/tmp") / ("x" * 5000)
+    settings = load_settings(snapshot_path=path, rpc_url="http://127.0.0.1:8899")
+    with caplog.at_level(logging.WARNING, logger="driftshare._snapshot"):
+        keeper = snapshot_keeper(AccountLedger(), settings, "mainnet", settings.effective_rpc_url())
+    assert keeper is None
+    assert "DRIFT_SNAPSHOT_PATH" in caplog.text

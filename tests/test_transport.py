@@ -20,15 +20,15 @@ from aiohttp import web
 from aiohttp.test_utils import TestServer
 from solana.rpc.async_api import AsyncClient
 
-from driftshare.config import load_settings
-from driftshare.metrics import REGISTRY
-from driftshare.transport import (
+from driftshare._metrics import REGISTRY
+from driftshare._transport import (
     RateLimitedTransport,
     RpcStats,
     install_transport,
     make_async_client,
     retry_after_seconds,
 )
+from driftshare.config import load_settings
 
 URL = "http://rpc.test/"
 Step = httpx.Response | Exception
@@ -352,7 +352,7 @@ async def test_429_storm_logs_once_then_one_summary_per_interval(
     inner, _ = _script(then=httpx.Response(429))
     transport = _transport(inner, _Sleeps(), max_retries=9, clock=clock, log_interval_s=10.0)
     secret_url = "http://rpc.test/?api-key=SECRETKEY123"
-    caplog.set_level(logging.WARNING, logger="driftshare.transport")
+    caplog.set_level(logging.WARNING, logger="driftshare._transport")
 
     async with httpx.AsyncClient(transport=transport) as client:
         for _ in range(3):

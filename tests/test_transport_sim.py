@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import asyncio
 
+from driftshare._transport import RateLimitedTransport, make_async_client
 from driftshare.sim.pytest_plugin import SimulatorFactory
-from driftshare.transport import RateLimitedTransport, make_async_client
 
 PROVIDER_RPS = 20.0
 CLIENT_RPS = 40.0  # twice what the provider allows

@@ -27,6 +27,19 @@ _LISTENING = re.compile(rb"dashboard listening on (http://\S+?)/?\s*$")
 _DEADLINE_S = 60.0
 
 
+def _quick_restarts(rpc_url: str, snapshot: Path) -> dict[str, Any]:
+    """Manager settings for an in-process restart: no health timer, short start-up retries."""
+    return {
+        "rpc_url": rpc_url,
+        "snapshot_path": snapshot,
+        "health_interval_s": 3600,
+        "max_retries": 0,
+        "retry_backoff": 0.2,
+        "retry_backoff_cap": 0.5,
+        "init_timeout_s": 5,
+    }
+
+
 class ServeProcess:
     """One ``driftshare serve`` child process and its dashboard URL."""
 
@@ -258,15 +271,7 @@ async def test_reader_adapter_and_feed_answer_from_the_snapshot_while_the_rpc_is
     sim = await simulator_factory(markets=6)
     world = sim.world
     assert world is not None
-    settings = {
-        "rpc_url": sim.http_url,
-        "snapshot_path": tmp_path,
-        "health_interval_s": 3600,
-        "max_retries": 0,
-        "retry_backoff": 0.2,
-        "retry_backoff_cap": 0.5,
-        "init_timeout_s": 5,
-    }
+    settings = _quick_restarts(sim.http_url, tmp_path)
     DriftClientManager.configure(**settings)
     live = {m.market_index: m for m in await DriftClientManager.get_all_perp_markets()}
     funding = await DriftClientManager.get_funding_rate(2)
@@ -296,6 +301,40 @@ async def test_reader_adapter_and_feed_answer_from_the_snapshot_while_the_rpc_is
         assert not DriftClientManager.is_initialized()
         await feed.close()
         await adapter.disconnect()
+    finally:
+        await sim.faults.clear()
+        await DriftClientManager.shutdown()
+
+
+@pytest.mark.parametrize("redis_up", [True, False], ids=["redis-up", "redis-unreachable"])
+async def test_a_fleet_member_reads_its_snapshot_only_when_redis_is_unreachable(
+    simulator_factory: SimulatorFactory,
+    manager_settings: None,
+    redis_server: Any,
+    tmp_path: Path,
+    redis_up: bool,
+) -> None:
+    sim = await simulator_factory(markets=4)
+    settings = _quick_restarts(sim.http_url, tmp_path)
+    DriftClientManager.configure(**settings)
+    assert len(await DriftClientManager.get_all_perp_markets()) == 4
+    first = DriftClientManager.shared_state()
+    assert first is not None
+    accounts = len(first.ledger)
+    await DriftClientManager.shutdown()  # a clean shutdown writes the snapshot
+
+    share_url = redis_server.url
+    if not redis_up:
+        redis_server.kill()
+    await sim.faults.down(3600)
+    try:
+        DriftClientManager.configure(**settings, share_url=share_url, share_fallback_s=1)
+        await DriftClientManager.get_all_perp_markets()
+        shared = DriftClientManager.shared_state()
+        assert shared is not None
+        assert shared.snapshots is not None
+        # Redis holds the fleet's last values: the snapshot is the fallback for its absence.
+        assert shared.snapshots.loaded == (0 if redis_up else accounts)
     finally:
         await sim.faults.clear()
         await DriftClientManager.shutdown()

@@ -20,13 +20,13 @@ from hypothesis import HealthCheck, Phase, given, settings
 from hypothesis import strategies as st
 from schemathesis import DataGenerationMethod, experimental
 
-from driftshare import cli
+from driftshare import _cli as cli
+from driftshare._serve import Runtime, ServeConfig
+from driftshare._web import LiveState, create_app
+from driftshare._web.api import OPENAPI
 from driftshare.manager import DriftClientManager
 from driftshare.models import FundingRateData, MarketData
-from driftshare.serve import Runtime, ServeConfig
 from driftshare.sim.world import World
-from driftshare.web import LiveState, create_app
-from driftshare.web.api import OPENAPI
 
 MARKETS = 8
 

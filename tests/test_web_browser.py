@@ -11,8 +11,8 @@ import pytest_asyncio
 from playwright.async_api import Browser, async_playwright, expect
 
 from conftest import WaitUntil, subscribed
+from driftshare._serve import Runtime, ServeConfig
 from driftshare.manager import DriftClientManager
-from driftshare.serve import Runtime, ServeConfig
 
 CHROMIUM = "/usr/bin/chromium"
 CHROMIUM_ARGS = [

@@ -24,11 +24,11 @@ from driftshare.sim import Simulator
 REPO = Path(__file__).resolve().parents[1]
 _NOT_LIBRARY = (
     "driftshare.sim",
-    "driftshare.web",
-    "driftshare.serve",
-    "driftshare.demo",
-    "driftshare.engines",
-    "driftshare.cli",
+    "driftshare._web",
+    "driftshare._serve",
+    "driftshare._demo",
+    "driftshare._engines",
+    "driftshare._cli",
     "bench",
     "matplotlib",
     "pytest_asyncio",

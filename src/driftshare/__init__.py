@@ -1,6 +1,7 @@
 """driftshare: one shared, rate-limit-safe Drift DriftClient per network."""
 
 from driftshare._logging import install_log_redaction
+from driftshare._metrics import REGISTRY as METRICS_REGISTRY
 from driftshare.adapter import DriftAdapter
 from driftshare.config import ConfigError, Settings, load_settings, redact_url
 from driftshare.feed import DriftFundingFeed, FundingInfo
@@ -8,6 +9,7 @@ from driftshare.manager import DriftClientManager
 from driftshare.models import FundingRateData, MarketData
 
 __all__ = [
+    "METRICS_REGISTRY",
     "ConfigError",
     "DriftAdapter",
     "DriftClientManager",

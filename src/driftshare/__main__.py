@@ -1,3 +1,3 @@
-from driftshare.cli import main
+from driftshare._cli import main
 
 raise SystemExit(main())

@@ -20,13 +20,13 @@ import httpx
 from driftpy.types import get_ws_url
 from solana.rpc.websocket_api import connect as ws_connect
 
-from driftshare import metrics
+from driftshare import _metrics as metrics
 from driftshare._generation import Generation, cancel_all
+from driftshare._marketdata import ClientSource, confirmed
+from driftshare._subscription import SubscriptionMode, newest_data_slot
+from driftshare._transport import install_transport
 from driftshare.config import redact_text, redact_url
-from driftshare.marketdata import ClientSource, confirmed
 from driftshare.models import market_name
-from driftshare.subscription import SubscriptionMode, newest_data_slot
-from driftshare.transport import install_transport
 
 if TYPE_CHECKING:
     from driftshare._lifecycle import SharedClient
@@ -76,7 +76,7 @@ def _note_market_ages(shared: SharedClient) -> None:
     source = ClientSource(shared.client, shared.ledger)
     for ds in shared.client.account_subscriber.get_market_accounts_and_slots():
         if ds is not None:
-            _, confirmed_at = confirmed(source.accounts(ds.data) or ())
+            _, confirmed_at = confirmed(source.accounts(ds.data))
             metrics.DATA_AGE_SECONDS.labels(market_name(ds.data)).set(now - confirmed_at)
 
 

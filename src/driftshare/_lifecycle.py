@@ -22,7 +22,7 @@ from solana.rpc.async_api import AsyncClient
 from solana.rpc.commitment import Confirmed
 from solders.keypair import Keypair
 
-from driftshare import metrics
+from driftshare import _metrics as metrics
 from driftshare._endpoints import EndpointSelector
 from driftshare._fleet import FleetMember, standalone_stats
 from driftshare._freshness import Confirmer
@@ -36,10 +36,9 @@ from driftshare._health import (
 )
 from driftshare._ledger import AccountLedger, AccountRecord, LedgerEntry
 from driftshare._ledger_subscriber import LedgerSubscriber
+from driftshare._marketdata import ClientSource, MarketSource
 from driftshare._snapshot import WarmSource, snapshot_keeper
-from driftshare.config import Settings, redact_text, redact_url, split_rpc_urls
-from driftshare.marketdata import ClientSource, MarketSource
-from driftshare.subscription import (
+from driftshare._subscription import (
     AccountTap,
     Discovery,
     PollingSubscriber,
@@ -49,7 +48,8 @@ from driftshare.subscription import (
     discover_markets,
     post_batch,
 )
-from driftshare.transport import RateLimitedTransport, RpcStats, install_transport
+from driftshare._transport import RateLimitedTransport, RpcStats, install_transport
+from driftshare.config import Settings, redact_text, redact_url, split_rpc_urls
 
 __all__ = ["SharedClient", "load_keypair"]
 

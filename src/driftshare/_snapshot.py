@@ -33,8 +33,8 @@ from solders.pubkey import Pubkey
 
 from driftshare._ledger import AccountLedger, AccountRecord, LedgerEntry
 from driftshare._ledger_subscriber import LedgerReads
+from driftshare._marketdata import ClientSource
 from driftshare.config import Settings, redact_url, split_rpc_urls
-from driftshare.marketdata import ClientSource
 
 __all__ = [
     "FORMAT_VERSION",
@@ -451,9 +451,17 @@ def snapshot_keeper(
     identity = SnapshotIdentity(network, str(DRIFT_PROGRAM_ID), rpc_group(split_rpc_urls(url)))
     if not identity.allowed:
         return None
-    if not path.is_dir() and (network, url) != (settings.network, settings.effective_rpc_url()):
+    try:
+        if not path.is_dir() and (network, url) != (
+            settings.network,
+            settings.effective_rpc_url(),
+        ):
+            return None
+        return SnapshotKeeper(ledger, path, identity, interval_s=settings.snapshot_interval_s)
+    except OSError as exc:
+        # An unreadable DRIFT_SNAPSHOT_PATH costs the warm start, never the client.
+        log.warning("DRIFT_SNAPSHOT_PATH %s is unusable (%s): no snapshots", path, exc.strerror)
         return None
-    return SnapshotKeeper(ledger, path, identity, interval_s=settings.snapshot_interval_s)
 
 
 class WarmSource(ClientSource):

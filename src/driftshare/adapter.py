@@ -17,10 +17,12 @@ from solana.rpc.async_api import AsyncClient
 from solana.rpc.commitment import Confirmed
 from solders.keypair import Keypair
 
+from driftshare._freshness import Confirmer
+from driftshare._ledger import AccountLedger
+from driftshare._marketdata import ClientSource, MarketDataReader, MarketSource
+from driftshare._subscription import AccountTap, WebsocketSubscriber, discover_markets, post_batch
 from driftshare.config import PUBLIC_RPC_URLS, Network, Settings, redact_text, redact_url
 from driftshare.manager import DriftClientManager
-from driftshare.marketdata import ClientSource, MarketDataReader, MarketSource
-from driftshare.subscription import WebsocketSubscriber, discover_markets
 
 __all__ = ["DriftAdapter"]
 
@@ -31,7 +33,11 @@ _FALLBACK_FUNDING_PERIOD_S = 3600
 
 
 class _PrivateClient:
-    """One adapter's own connection, DriftClient, websocket subscriber and cached reader."""
+    """One adapter's own connection, DriftClient, websocket subscriber and cached reader.
+
+    Its accounts go through a ledger confirmed by a :class:`Confirmer`, as the shared
+    client's do, so a value whose WebSocket went silent ages and turns stale.
+    """
 
     def __init__(
         self, network: Network, url: str, settings: Settings, wallet: Keypair, sub_account: int
@@ -52,14 +58,31 @@ class _PrivateClient:
             sub_account_ids=[sub_account],
         )
         self.subscriber: WebsocketSubscriber | None = None
+        self.ledger = AccountLedger()
+        self.unavailable: dict[int, str] = {}
+        self._confirming: asyncio.Task[None] | None = None
         self.reader = MarketDataReader(self._source, settings=settings, network=network)
 
     async def _source(self) -> MarketSource | None:
-        return None if self.subscriber is None else ClientSource(self.client)
+        if self.subscriber is None:
+            return None
+        return ClientSource(self.client, self.ledger, lambda: self.unavailable)
+
+    async def _post_batch(self, batch: list[dict[str, Any]]) -> list[dict[str, Any]]:
+        return await post_batch(self.connection, batch)
 
     async def start(self) -> None:
         discovery = await discover_markets(self.client.program, self.settings.perp_markets)
-        subscriber = WebsocketSubscriber(self.client.program, discovery, Confirmed)
+        tap = AccountTap(self.ledger, discovery.records)
+        subscriber = WebsocketSubscriber(self.client.program, discovery, Confirmed, tap)
+        confirmer = Confirmer(
+            self.ledger,
+            pubkeys=tap.pubkeys,
+            post=self._post_batch,
+            inject=subscriber.inject,
+            stale_after_s=self.settings.stale_after_s,
+        )
+        tap.on_reconnect = confirmer.check_all
         try:
             await subscriber.subscribe()
         except BaseException:
@@ -68,8 +91,15 @@ class _PrivateClient:
             raise
         self.client.account_subscriber = subscriber
         self.subscriber = subscriber
+        self.unavailable = discovery.unavailable
+        self._confirming = asyncio.create_task(confirmer.run(), name="driftshare-confirm-private")
 
     async def close(self) -> None:
+        confirming, self._confirming = self._confirming, None
+        if confirming is not None:
+            confirming.cancel()
+            with suppress(asyncio.CancelledError):
+                await confirming
         subscriber, self.subscriber = self.subscriber, None
         if subscriber is not None:
             with suppress(Exception):

@@ -162,6 +162,17 @@ def redact_url(url: str) -> str:
 _URL_IN_TEXT = re.compile(r"(?:https?|wss?|rediss?)://[^\s'\"<>]+")
 
 
+# Prose punctuation right after a URL ("(see https://h/KEY).") belongs to the sentence.
+_SENTENCE_TAIL = re.compile(r"[).,;:!?\]}]+$")
+
+
+def _redact_found_url(match: re.Match[str]) -> str:
+    found = match.group()
+    tail = _SENTENCE_TAIL.search(found)
+    end = tail.start() if tail else len(found)
+    return redact_url(found[:end]) + found[end:]
+
+
 def redact_text(text: str) -> str:
     """``text`` (an error message, a log line) with every URL in it passed through redact_url."""
-    return _URL_IN_TEXT.sub(lambda match: redact_url(match.group()), text)
+    return _URL_IN_TEXT.sub(_redact_found_url, text)

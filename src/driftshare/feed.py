@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import math
 import statistics
 from collections.abc import Sequence
 from dataclasses import dataclass, field
@@ -74,8 +75,9 @@ class FundingInfo:
             is_positive=bool(funding["is_positive"]),
             mark_price=float(funding["mark_price"]),
             time_to_next_funding=time_to_next_funding,
-            stale=bool(funding.get("stale", False)),
-            data_age_s=float(funding.get("data_age_s", 0.0)),
+            # Unknown freshness is not freshness: without both keys the value is stale.
+            stale=bool(funding.get("stale", True)),
+            data_age_s=float(funding.get("data_age_s", math.inf)),
         )
 
 

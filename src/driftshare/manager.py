@@ -20,6 +20,7 @@ from driftpy.drift_client import DriftClient
 from driftshare._fleet import standalone_stats
 from driftshare._health import reconnect
 from driftshare._lifecycle import SharedClient
+from driftshare._marketdata import MarketDataReader, MarketSource
 from driftshare.config import (
     PUBLIC_RPC_URLS,
     Settings,
@@ -27,7 +28,6 @@ from driftshare.config import (
     redact_url,
     split_rpc_urls,
 )
-from driftshare.marketdata import MarketDataReader, MarketSource
 from driftshare.models import FundingRateData, MarketData
 
 __all__ = ["DriftClientManager"]

@@ -9,7 +9,7 @@ from typing import Any
 
 from redis.exceptions import RedisError
 
-from driftshare import metrics
+from driftshare import _metrics as metrics
 from driftshare._fleet._records import Message, RecordError, Signer, decode
 from driftshare._fleet._store import FleetStore
 from driftshare._ledger import AccountLedger

@@ -23,12 +23,12 @@ from redis.asyncio.retry import Retry
 from redis.backoff import NoBackoff
 from redis.exceptions import RedisError
 
-from driftshare import metrics
+from driftshare import _metrics as metrics
 from driftshare._fleet._follower import Follower
 from driftshare._fleet._publisher import Publisher
 from driftshare._fleet._records import Signer
 from driftshare._fleet._store import FleetStore, StoredMember
-from driftshare._fleet._tasks import stop_task
+from driftshare._generation import cancel_all
 from driftshare._ledger import AccountLedger
 from driftshare.config import Settings, redact_text, redact_url
 
@@ -122,7 +122,7 @@ class FleetMember:
         """Leave the fleet: stop publishing and following, free the lease for another."""
         self._closing = True
         task, self._task = self._task, None
-        await stop_task(task)
+        await cancel_all([task])
         await self._publisher.stop()
         await self._stop_following()
         # Redis away: the lease expires and the member entry ages out by themselves.
@@ -142,7 +142,9 @@ class FleetMember:
             try:
                 await self._tick()
                 self._failing_since = None
-            except (RedisError, OSError) as exc:
+            except (
+                Exception
+            ) as exc:  # Redis away, or garbage in it: a failed round, never a dead loop
                 await self._failed(exc)
             self._decided.set()
             self._wake.clear()
@@ -180,9 +182,8 @@ class FleetMember:
             log.warning("fleet Redis unreachable: %s", redact_text(f"{type(exc).__name__}: {exc}"))
         # Joining with Redis away there is nothing to serve meanwhile: fall back at once.
         waited = now - self._failing_since
-        if self.role != "standalone" and (
-            not self._decided.is_set() or waited >= self.settings.share_fallback_s
-        ):
+        joining = not self._decided.is_set()
+        if joining or (self.role != "standalone" and waited >= self.settings.share_fallback_s):
             log.warning("fleet Redis away: this member uses its own upstream client")
             self.fallback = True
             await self._lose_lead()
@@ -226,7 +227,7 @@ class FleetMember:
 
     async def _stop_following(self) -> None:
         task, self._follow_task = self._follow_task, None
-        await stop_task(task)
+        await cancel_all([task])
 
     # -- visibility -------------------------------------------------------------------------
 

@@ -9,10 +9,10 @@ from collections.abc import Callable
 
 from redis.exceptions import RedisError
 
-from driftshare import metrics
+from driftshare import _metrics as metrics
 from driftshare._fleet._records import Message, Signer, encode
 from driftshare._fleet._store import FencedOut, FleetStore, Outgoing
-from driftshare._fleet._tasks import stop_task
+from driftshare._generation import cancel_all
 from driftshare._ledger import AccountLedger, LedgerEntry
 
 __all__ = ["Publisher"]
@@ -77,7 +77,7 @@ class Publisher:
             self._remove = None
         self._pending.clear()
         task, self._task = self._task, None
-        await stop_task(task)
+        await cancel_all([task])
 
     def _on_entry(self, entry: LedgerEntry, changed: bool) -> None:
         if self._token is None:

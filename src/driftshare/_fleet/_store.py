@@ -134,7 +134,7 @@ class FleetStore:
         if value is None:
             return None
         member, _, epoch = _text(value).rpartition("|")
-        return (member, int(epoch)) if epoch.isdigit() else None
+        return (member, int(epoch)) if epoch.isascii() and epoch.isdigit() else None
 
     async def publish(self, token: str, updates: Sequence[Outgoing]) -> int:
         """Store and publish ``updates`` fenced by ``token``; how many were newer than stored.
@@ -195,4 +195,4 @@ def _ms(seconds: float) -> int:
 
 
 def _text(value: bytes | str) -> str:
-    return value.decode() if isinstance(value, bytes) else value
+    return value.decode(errors="replace") if isinstance(value, bytes) else value

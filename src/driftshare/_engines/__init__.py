@@ -4,11 +4,11 @@ from __future__ import annotations
 
 from collections.abc import Iterable
 
-from driftshare.engines.arb import ArbEngine
-from driftshare.engines.base import Engine, EngineDataError, Signal
-from driftshare.engines.funding import FundingEngine
-from driftshare.engines.lst import LstEngine
-from driftshare.engines.scalp import ScalpEngine
+from driftshare._engines.arb import ArbEngine
+from driftshare._engines.base import Engine, EngineDataError, Signal
+from driftshare._engines.funding import FundingEngine
+from driftshare._engines.lst import LstEngine
+from driftshare._engines.scalp import ScalpEngine
 
 __all__ = [
     "ENGINES",

@@ -12,8 +12,8 @@ from pathlib import Path
 from aiohttp import web
 from aiohttp.typedefs import Handler
 
-from driftshare.web.api import LIVE, error_response, routes
-from driftshare.web.live import LiveState
+from driftshare._web.api import LIVE, error_response, routes
+from driftshare._web.live import LiveState
 
 __all__ = ["STATIC_DIR", "create_app"]
 
@@ -21,7 +21,7 @@ log = logging.getLogger(__name__)
 
 _INDEX_TEMPLATE: web.AppKey[str] = web.AppKey("index_template", str)
 
-STATIC_DIR = Path(str(files("driftshare.web") / "static"))
+STATIC_DIR = Path(str(files("driftshare._web") / "static"))
 
 _ERROR_CODES = {
     400: "bad_request",

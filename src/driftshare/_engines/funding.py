@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from driftshare.engines.base import Engine, EngineDataError, Signal
+from driftshare._engines.base import Engine, EngineDataError, Signal
 from driftshare.feed import DriftFundingFeed
 
 __all__ = ["FundingEngine"]

@@ -12,10 +12,10 @@ from contextlib import suppress
 from functools import partial
 from typing import Any
 
+from driftshare._engines import Engine
+from driftshare._marketdata import MarketDataReader
 from driftshare.config import Network
-from driftshare.engines import Engine
 from driftshare.manager import DriftClientManager
-from driftshare.marketdata import MarketDataReader
 from driftshare.models import FundingRateData, MarketData
 
 __all__ = ["LiveState"]

@@ -5,7 +5,7 @@ from __future__ import annotations
 from collections import deque
 from typing import Any
 
-from driftshare.engines.base import Engine, EngineDataError, Signal
+from driftshare._engines.base import Engine, EngineDataError, Signal
 
 __all__ = ["ScalpEngine"]
 

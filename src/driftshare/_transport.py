@@ -22,7 +22,7 @@ from solana.rpc.async_api import AsyncClient
 from solana.rpc.commitment import Commitment
 from tenacity import AsyncRetrying, RetryCallState
 
-from driftshare import metrics
+from driftshare import _metrics as metrics
 from driftshare.config import Settings, redact_text, redact_url
 
 __all__ = [
@@ -52,7 +52,7 @@ class RpcStats:
     """Upstream RPC requests by method and status, retries, 429 answers and final failures.
 
     A status is the HTTP status code as text, ``"timeout"`` or ``"error"``. Every update
-    also feeds the Prometheus metrics in :mod:`driftshare.metrics`.
+    also feeds the Prometheus metrics in :mod:`driftshare._metrics`.
     """
 
     def __init__(self) -> None:

@@ -12,10 +12,10 @@ from aiohttp import web
 from multidict import MultiMapping
 from prometheus_client import CONTENT_TYPE_LATEST
 
-from driftshare import metrics
-from driftshare.markets import normalize_symbol
+from driftshare import _metrics as metrics
+from driftshare._markets import normalize_symbol
+from driftshare._web.live import LiveState
 from driftshare.models import FundingRateData, MarketData
-from driftshare.web.live import LiveState
 
 __all__ = [
     "LIVE",

@@ -194,7 +194,7 @@ def _rpc_url(text: str) -> str:
 
 
 def _engine_names(text: str) -> list[str]:
-    from driftshare.serve import parse_engines
+    from driftshare._serve import parse_engines
 
     try:
         return parse_engines(text)
@@ -231,7 +231,7 @@ def _add_serve(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None
 
 
 def _cmd_serve(ns: argparse.Namespace) -> int:
-    from driftshare.serve import ServeConfig, run_serve
+    from driftshare._serve import ServeConfig, run_serve
 
     config = ServeConfig(
         rpc_url=ns.rpc_url,
@@ -260,7 +260,7 @@ def _add_demo(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
 
 
 def _cmd_demo(ns: argparse.Namespace) -> int:
-    from driftshare.demo import print_results, run_demo
+    from driftshare._demo import print_results, run_demo
 
     print(
         f"running {ns.engines} engines for {ns.duration:g}s, shared then legacy, "

@@ -12,7 +12,7 @@ from typing import Any, Generic, TypeVar
 
 from prometheus_client import Counter as PromCounter
 
-from driftshare import metrics
+from driftshare import _metrics as metrics
 from driftshare.config import redact_text
 
 __all__ = ["Cached", "TTLCache"]

@@ -22,11 +22,11 @@ from typing import Any, Self, cast, get_args
 from aiohttp import web
 from rich.markup import escape
 
+from driftshare._engines import ENGINES, Engine, make_engines
+from driftshare._web import LiveState, create_app
 from driftshare.config import ConfigError, Network, Settings, load_settings, redact_url
-from driftshare.engines import ENGINES, Engine, make_engines
 from driftshare.manager import DriftClientManager
 from driftshare.sim import SimConfigError, Simulator
-from driftshare.web import LiveState, create_app
 
 __all__ = [
     "LIVE_CACHE_TTL_S",

@@ -62,7 +62,7 @@ async def run_mode(
     """Run ``engines`` engines (the four kinds in turn) for ``duration_s`` in this process."""
     from driftpy.drift_client import DriftClient
 
-    from driftshare.engines import ENGINES, make_engines
+    from driftshare._engines import ENGINES, make_engines
     from driftshare.manager import DriftClientManager
     from driftshare.sim import Simulator
 
@@ -103,7 +103,7 @@ async def _child(mode: str, options: Sequence[str]) -> DemoResult:
     process = await asyncio.create_subprocess_exec(
         sys.executable,
         "-m",
-        "driftshare.demo",
+        "driftshare._demo",
         mode,
         *options,
         stdout=asyncio.subprocess.PIPE,
@@ -169,7 +169,7 @@ def print_results(results: Sequence[DemoResult], rate_limit: float | None) -> No
 
 
 def _main(argv: Sequence[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m driftshare.demo")
+    parser = argparse.ArgumentParser(prog="python -m driftshare._demo")
     parser.add_argument("mode", choices=MODES)
     parser.add_argument("--engines", type=int, default=4)
     parser.add_argument("--duration", type=float, default=30.0)

@@ -10,10 +10,12 @@ from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass
 from typing import Any, Generic, Protocol, TypeVar
 
+from solders.pubkey import Pubkey
+
+from driftshare._cache import Cached, TTLCache
 from driftshare._ledger import AccountLedger, AccountRecord, LedgerEntry
-from driftshare.cache import Cached, TTLCache
+from driftshare._markets import MarketResolver
 from driftshare.config import Network, Settings
-from driftshare.markets import MarketResolver
 from driftshare.models import (
     FundingRateData,
     MarketData,
@@ -48,14 +50,14 @@ class _Basis:
 
     source: MarketSource
     index: int
-    entries: tuple[LedgerEntry, ...] | None
+    entries: tuple[LedgerEntry, ...]
     read: tuple[tuple[LedgerEntry, AccountRecord], ...]
     """Each entry with the record it held when the value was computed."""
 
     @classmethod
     def of(cls, source: MarketSource, perp_market: Any) -> _Basis:
         entries = source.accounts(perp_market)
-        read = () if entries is None else tuple((e, e.record) for e in entries)
+        read = tuple((e, e.record) for e in entries)
         return cls(source, perp_market.market_index, entries, read)
 
     def unchanged(self) -> bool:
@@ -70,11 +72,8 @@ class _Basis:
         """``value`` with its staleness, slot and data age as of now."""
         # Called on every read: plain loops, no generators (a cache hit costs microseconds).
         # The source was found current when the value was taken from the cache.
-        entries = self.entries
-        slot, age = 0, 0.0
-        if entries is not None:
-            slot, confirmed_at = confirmed(entries)
-            age = time.monotonic() - confirmed_at
+        slot, confirmed_at = confirmed(self.entries)
+        age = time.monotonic() - confirmed_at
         marked = _copy(value)
         marked.stale = cached.stale or age > stale_after_s or self.source.unavailable(self.index)
         marked.age_s = cached.age_s
@@ -129,9 +128,9 @@ class MarketSource(Protocol):
     def oracle_price_data(self, market_index: int) -> Any | None:
         """The market's OraclePriceData, or None."""
 
-    def accounts(self, perp_market: Any) -> tuple[LedgerEntry, ...] | None:
+    def accounts(self, perp_market: Any) -> tuple[LedgerEntry, ...]:
         """The ledger entries of the accounts a market's values come from (the market, its
-        oracle); None when this source keeps no ledger."""
+        oracle); empty when any of them has no known age (its values are then stale)."""
 
     def unavailable(self, market_index: int) -> bool:
         """Whether the market's account cannot be read (its values may be old)."""
@@ -151,14 +150,13 @@ def _always() -> bool:
 class ClientSource:
     """A :class:`MarketSource` over a subscribed driftpy DriftClient.
 
-    With the ``ledger`` its subscription feeds, values carry the age of their accounts;
-    without one (a private client) their age is unknown and given as 0.
+    Values carry the age of their accounts in the ``ledger`` the client's subscription feeds.
     """
 
     def __init__(
         self,
         client: Any,
-        ledger: AccountLedger | None = None,
+        ledger: AccountLedger,
         unavailable: Callable[[], Mapping[int, str]] = dict,
         current: Callable[[], bool] = _always,
     ) -> None:
@@ -167,12 +165,17 @@ class ClientSource:
         self._unavailable = unavailable
         self.current = current
 
-    def accounts(self, perp_market: Any) -> tuple[LedgerEntry, ...] | None:
+    def accounts(self, perp_market: Any) -> tuple[LedgerEntry, ...]:
         ledger = self._ledger
-        if ledger is None:
-            return None
-        entries = (ledger.get(str(perp_market.pubkey)), ledger.get(str(perp_market.amm.oracle)))
-        return tuple(e for e in entries if e is not None)
+        market = ledger.get(str(perp_market.pubkey))
+        if market is None:
+            return ()
+        oracle_key = perp_market.amm.oracle
+        if oracle_key == Pubkey.default():
+            return (market,)
+        oracle = ledger.get(str(oracle_key))
+        # An account the ledger does not hold has no known age: none, so the value is stale.
+        return () if oracle is None else (market, oracle)
 
     def unavailable(self, market_index: int) -> bool:
         return market_index in self._unavailable()
