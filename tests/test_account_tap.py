@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from driftshare._ledger import AccountLedger, AccountRecord
-from driftshare.subscription import AccountTap
+from driftshare._subscription import AccountTap
 
 KEY = "Key1111111111111111111111111111111111111111"
 
