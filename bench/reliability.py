@@ -281,6 +281,7 @@ SHORT_ROWS: tuple[tuple[Mode, str], ...] = (
     ("websocket", "RPC down mid-run"),
     ("polling", "5xx burst"),
     ("polling", "malformed JSON"),
+    ("polling", "endpoint failover"),
     ("websocket", "release of everything"),
 )
 

@@ -444,11 +444,13 @@ class SharedClient:
         discovery = await discover_markets(program, self.settings.perp_markets)
         gen.check()
         self.unavailable = discovery.unavailable
-        self.tap = tap = AccountTap(self.ledger, discovery.records)
+        # A subscriber already serving (a mode switch, a new endpoint) keeps the ledger until
+        # its replacement is in place: the ledger dates the values being served.
+        self.tap = tap = AccountTap(self.ledger, discovery.records, active=gen.ready_at is None)
         tap.on_reconnect = self.confirmer.check_all
         if mode == "websocket":
             try:
-                await self._install_subscriber(gen, self._websocket(gen, discovery, tap))
+                await self._install_subscriber(gen, self._websocket(gen, discovery, tap), tap)
                 self.mode = "websocket"
                 return
             except Exception as exc:  # any websocket failure: fall back to polling
@@ -456,7 +458,7 @@ class SharedClient:
                 log.warning(
                     "websocket subscription failed (%s); polling instead", redact_text(repr(exc))
                 )
-        await self._install_subscriber(gen, self._polling(gen, discovery, tap))
+        await self._install_subscriber(gen, self._polling(gen, discovery, tap), tap)
         self.mode = "polling"
 
     def _on_fleet_change(self, gen: Generation) -> None:
@@ -476,8 +478,11 @@ class SharedClient:
         loader.attach(tap)
         return PollingSubscriber(gen.client.program, loader, discovery)
 
-    async def _install_subscriber(self, gen: Generation, subscriber: Any) -> None:
-        """Subscribe ``subscriber`` and put it in place of the client's current one.
+    async def _install_subscriber(
+        self, gen: Generation, subscriber: Any, tap: AccountTap | None = None
+    ) -> None:
+        """Subscribe ``subscriber`` and put it in place of the client's current one, then let
+        its ``tap`` write to the ledger.
 
         Whatever happens, cancellation included, the one left out (the new one on failure,
         the previous one on success) ends fully unsubscribed.
@@ -489,6 +494,8 @@ class SharedClient:
             await unsubscribe_fully(subscriber)
             raise
         previous, gen.client.account_subscriber = gen.client.account_subscriber, subscriber
+        if tap is not None:
+            tap.activate()
         if previous is not subscriber:
             await unsubscribe_fully(previous)
 

@@ -12,6 +12,7 @@ from __future__ import annotations
 import asyncio
 import base64
 import logging
+import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from functools import cache
@@ -257,23 +258,52 @@ class AccountTap:
     Only the accounts subscribed to are recorded (discovery's, whose records it applies
     first). ``on_reconnect`` is called when a driftpy subscription opens its WebSocket
     again: notifications sent during the gap are lost, so the caller re-fetches.
+
+    A tap made ``active=False`` (for a subscriber that will replace one still serving) holds
+    what it hears until :meth:`activate`: the ledger must describe the accounts being served,
+    or the old subscriber's values would be dated by the new one's reads.
     """
 
-    def __init__(self, ledger: AccountLedger, records: Sequence[AccountRecord]) -> None:
+    def __init__(
+        self,
+        ledger: AccountLedger,
+        records: Sequence[AccountRecord],
+        *,
+        active: bool = True,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
         self.ledger = ledger
         self.on_reconnect: Callable[[], None] | None = None
         self._kinds: dict[str, tuple[AccountKind, str | None]] = {}
+        self._clock = clock
+        self._held: list[tuple[AccountRecord, float]] | None = None if active else []
         for record in records:
             self._kinds[record.pubkey] = (record.kind, record.oracle_source)
-            ledger.apply(record)
+            self._apply(record)
+
+    def activate(self) -> None:
+        """Write what was heard while inactive to the ledger, dated when it was read, and
+        every later report straight through."""
+        held, self._held = self._held, None
+        for record, read_at in held or ():
+            self.ledger.apply(record, confirmed_at=read_at)
+
+    def _apply(self, record: AccountRecord) -> None:
+        if self._held is None:
+            self.ledger.apply(record)
+        else:
+            self._held.append((record, self._clock()))
 
     def record(self, pubkey: str, data: bytes, slot: int) -> None:
         known = self._kinds.get(pubkey)
         if known is not None:
-            self.ledger.apply(AccountRecord(pubkey, known[0], slot, bytes(data), known[1]))
+            self._apply(AccountRecord(pubkey, known[0], slot, bytes(data), known[1]))
 
     def confirm(self, pubkey: str, data: bytes, slot: int) -> None:
         """Confirm ``pubkey`` at ``slot`` if ``data`` is what the ledger holds for it."""
+        if self._held is not None:
+            self.record(pubkey, data, slot)  # the bytes read at that slot: a record as good
+            return
         entry = self.ledger.get(pubkey)
         if pubkey in self._kinds and entry is not None and entry.record.data == data:
             self.ledger.confirm(pubkey, slot)
