@@ -14,7 +14,6 @@ import asyncio
 import os
 import shutil
 import signal
-import socket
 import statistics
 import sys
 import tempfile
@@ -26,6 +25,7 @@ from typing import Any
 import httpx
 
 from bench import BenchError, Context
+from driftshare._fleet._harness import free_port
 from driftshare._ledger import AccountLedger
 from driftshare._ledger_subscriber import LedgerReads
 from driftshare._snapshot import (
@@ -49,13 +49,6 @@ _POLL_S = 0.005
 
 
 # -- processes --------------------------------------------------------------------------------
-
-
-def _free_port() -> int:
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        port: int = probe.getsockname()[1]
-        return port
 
 
 async def _start_sim(markets: int, port: int) -> asyncio.subprocess.Process:
@@ -133,7 +126,7 @@ class StartRun:
 async def _measure_start(
     rpc_url: str, snapshot: Path, markets: int, *, expect_ready: bool, cap_s: float
 ) -> StartRun:
-    port = _free_port()
+    port = free_port()
     result = StartRun()
     started = time.perf_counter()
     serve = await _spawn_serve(rpc_url, snapshot, port)
@@ -184,7 +177,7 @@ async def _start_cases(markets: int, repeats: int, cap_s: float) -> dict[str, An
     work = Path(tempfile.mkdtemp(prefix="driftshare-bench-warm-"))
     saved = work / "saved"
     saved.mkdir()
-    port = _free_port()
+    port = free_port()
     rpc_url = f"http://127.0.0.1:{port}"
     runs: dict[str, list[dict[str, Any]]] = {}
 
