@@ -42,6 +42,17 @@ async def stored(
 MemberFactory = Callable[..., FleetMember]
 
 
+async def following(members: MemberFactory, **options: object) -> tuple[FleetMember, FleetMember]:
+    """A leader holding the State account and a follower that has loaded it."""
+    leader = members(**options)
+    await leader.join()
+    leader.ledger.apply(STATE)
+    follower = members(**options)
+    await follower.join()
+    await asyncio.wait_for(follower.wait_followed(), 5)
+    return leader, follower
+
+
 @pytest_asyncio.fixture
 async def members(redis_server: RedisServer) -> AsyncIterator[MemberFactory]:
     made: list[FleetMember] = []
@@ -101,12 +112,7 @@ async def test_followers_get_last_values_then_updates_and_confirmations(
 async def test_a_forged_record_is_dropped_and_counted(
     members: MemberFactory, wait_until: WaitUntil, redis_server: RedisServer
 ) -> None:
-    leader = members(share_secret="s3cret")
-    await leader.join()
-    leader.ledger.apply(STATE)
-    follower = members(share_secret="s3cret")
-    await follower.join()
-    await asyncio.wait_for(follower.wait_followed(), 5)
+    leader, follower = await following(members, share_secret="s3cret")
     # The forger writes straight into the channel, as anyone with Redis access could.
     record = AccountRecord(PUBKEY, "perp", 99, b"false price")
     text = encode(
@@ -123,12 +129,7 @@ async def test_a_forged_record_is_dropped_and_counted(
 async def test_without_a_secret_a_follower_holds_a_bounded_number_of_accounts(
     members: MemberFactory, wait_until: WaitUntil
 ) -> None:
-    leader = members()
-    await leader.join()
-    leader.ledger.apply(STATE)
-    follower = members()
-    await follower.join()
-    await asyncio.wait_for(follower.wait_followed(), 5)
+    leader, follower = await following(members)
     # Anyone who can write to Redis publishes records for made-up accounts.
     extra = 10
     async with follower._store.redis.pipeline(transaction=False) as pipe:
@@ -198,12 +199,7 @@ async def test_malformed_member_entries_are_skipped(
 async def test_a_follower_is_not_current_until_a_new_leader_publishes(
     members: MemberFactory, wait_until: WaitUntil
 ) -> None:
-    leader = members()
-    await leader.join()
-    leader.ledger.apply(STATE)
-    follower = members()
-    await follower.join()
-    await asyncio.wait_for(follower.wait_followed(), 5)
+    _, follower = await following(members)
     assert not follower.feed_lost
     # A successor took the lease with epoch 2 (as after the leader's death).
     store = follower._store
