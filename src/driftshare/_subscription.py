@@ -394,11 +394,19 @@ class _OracleSubscriber(_ReconnectHook, WebsocketMultiAccountSubscriber):  # typ
 
 
 class _ProgramSubscriber(_ReconnectHook, WebSocketProgramAccountSubscriber):  # type: ignore[misc]
-    """driftpy's program subscriber, telling the tap when it reconnects."""
+    """driftpy's program subscriber, telling the tap when it reconnects, and letting the
+    loop's readers run before it decodes each notification."""
 
     def __init__(self, tap: AccountTap, *args: Any) -> None:
         self._tap = tap
         super().__init__(*args)
+
+    async def _process_message(self, msg: Any) -> None:
+        # A market account takes about a millisecond to decode, and a slot's notifications
+        # arrive together: without this turn a read waits for every one of them, even when
+        # the accounts it reads were applied first.
+        await asyncio.sleep(0)
+        await super()._process_message(msg)
 
 
 class _TolerantDecoder:
