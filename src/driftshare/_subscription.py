@@ -39,6 +39,7 @@ from driftpy.types import MarketType, OracleInfo
 from solana.rpc.commitment import Commitment
 from solders.pubkey import Pubkey
 
+from driftshare._freshness import multiple_accounts
 from driftshare._ledger import AccountKind, AccountLedger, AccountRecord
 
 __all__ = [
@@ -604,14 +605,15 @@ class _PollConfirmations:
     def _confirm(self, requests: Any, answers: Any) -> None:
         keys_by_id = {r["id"]: r["params"][0] for r in requests}
         for answer in answers:
-            result = answer.get("result")
             keys = keys_by_id.get(answer.get("id"))
-            if not isinstance(result, dict) or keys is None:
+            if keys is None:
                 continue
-            slot = int(result["context"]["slot"])
-            for pubkey, value in zip(keys, result["value"], strict=False):
-                if value is not None:
-                    self._tap.confirm(pubkey, base64.b64decode(value["data"][0]), slot)
+            try:
+                slot, accounts = multiple_accounts(keys, answer)
+            except ValueError:
+                continue  # an error answer: driftpy's own parsing reports it
+            for pubkey, data in accounts:
+                self._tap.confirm(pubkey, data, slot)
 
 
 class ResilientLoader(BulkAccountLoader):  # type: ignore[misc]
