@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import copy
 import os
 import threading
 from collections.abc import AsyncIterator, Awaitable, Callable
@@ -12,7 +13,9 @@ from typing import Any
 import pytest
 import pytest_asyncio
 
-from driftshare._metrics import DATA_AGE_SECONDS, REGISTRY
+from driftshare._health import data_slot
+from driftshare._lifecycle import SharedClient
+from driftshare._metrics import DATA_AGE_SECONDS, REGISTRY, render
 from driftshare.adapter import DriftAdapter
 from driftshare.manager import DriftClientManager
 from driftshare.sim import Simulator
@@ -384,7 +387,6 @@ async def test_data_age_is_exported_per_market(
     DATA_AGE_SECONDS.clear()  # the registry is process-wide: start from no sample at all
     assert REGISTRY.get_sample_value("drift_data_age_seconds", {"market": "SOL-PERP"}) is None
     assert await DriftClientManager.get_client() is not None
-    DriftClientManager.stats()
     age = REGISTRY.get_sample_value("drift_data_age_seconds", {"market": "SOL-PERP"})
     assert age is not None
     assert 0 <= age < 60
@@ -528,3 +530,41 @@ async def test_force_reconnect_lets_requests_in_flight_finish(
     rpc = DriftClientManager.stats()["rpc"]
     assert rpc["retries"] == 0
     assert rpc["failures"] == 0
+
+
+def _copied(value: object) -> object:
+    return copy.copy(value) if isinstance(value, dict | list | set) else value
+
+
+def _state(shared: SharedClient) -> list[dict[str, Any]]:
+    """The attributes of the shared client and of what it owns, copied one level deep."""
+    owned = [shared, shared.gen, shared.rpc, shared.confirmer, shared.endpoints, shared.limits]
+    state = [{k: _copied(v) for k, v in vars(part).items()} for part in owned]
+    state.append({e.record.pubkey: (e.confirmed_slot, e.confirmed_at) for e in shared.ledger})
+    return state
+
+
+async def test_stats_from_another_thread_changes_nothing(
+    simulator_factory: Callable[..., Awaitable[Simulator]],
+) -> None:
+    """stats() only reads: a metrics scrape or a web server thread may call it any time."""
+    sim = await simulator_factory(markets=8)
+    DriftClientManager.configure(rpc_url=sim.http_url, **QUIET)
+    assert await DriftClientManager.get_client() is not None
+    assert await DriftClientManager.get_funding_rate("SOL-PERP") is not None
+    shared = DriftClientManager.shared_state()
+    assert shared is not None
+    first = data_slot(shared)
+    # New data the health loop (idle under QUIET) has not looked at yet.
+    await eventually(lambda: data_slot(shared) > first, sim=sim, what="new data")
+    before, metrics_before = _state(shared), render()
+    found: list[dict[str, Any]] = []
+    # Joined without yielding to the loop: nothing but stats() runs meanwhile.
+    thread = threading.Thread(target=lambda: found.append(DriftClientManager.stats()))
+    thread.start()
+    thread.join()
+    assert _state(shared) == before
+    assert render() == metrics_before
+    assert found[0]["data_slot"] == data_slot(shared)
+    assert found[0]["references"] == 1
+    await DriftClientManager.release_client()

@@ -28,9 +28,10 @@ from driftshare._fleet import FleetMember, standalone_stats
 from driftshare._freshness import Confirmer
 from driftshare._generation import Generation, unsubscribe_fully
 from driftshare._health import (
+    data_slot,
     failover_loop,
     health_loop,
-    note_data,
+    publish_data_ages,
     publish_endpoint,
     reconnect_in_background,
 )
@@ -128,8 +129,6 @@ class SharedClient:
             inject=self._inject,
             stale_after_s=settings.stale_after_s,
         )
-        self.last_data_at: float | None = None
-        self._data_slot = 0
         self._closing: asyncio.Task[None] | None = None
         self._lease: asyncio.TimerHandle | None = None
         self._lease_until = 0.0
@@ -420,7 +419,7 @@ class SharedClient:
         metrics.CLIENT_INITIALIZATIONS.labels(self.network).inc()
         gen.ready_at = time.monotonic()
         self.health = "healthy"
-        note_data(self)
+        publish_data_ages(self)
         gen.health_task = gen.spawn(health_loop(self, gen), f"driftshare-health-{self.network}")
         log.info(
             "shared %s DriftClient ready: %d perp markets by %s (%d unavailable)",
@@ -541,7 +540,6 @@ class SharedClient:
         if self.gen is None:
             self.health = "idle"
             self.mode = self.settings.subscription
-            self._data_slot = 0
 
     def source(self) -> MarketSource | None:
         """The subscribed accounts to read from, or None while they cannot be trusted."""
@@ -564,8 +562,9 @@ class SharedClient:
         )
 
     def snapshot(self) -> dict[str, Any]:
-        note_data(self)  # observation only: the health loop keeps its own progress marker
+        """Plain data about this client; reads only (other threads call it: stats())."""
         now = time.monotonic()
+        confirmed_at = self.last_confirmed_at
         rpc = self.rpc.snapshot()
         gen = self.gen
         ready_after = None
@@ -590,8 +589,8 @@ class SharedClient:
             "rate_limited": rpc.get("rate_limited", 0),
             "retries": rpc.get("retries", 0),
             "time_to_ready_s": ready_after,
-            "last_update_age_s": (now - self.last_data_at) if self.last_data_at else None,
-            "data_slot": self._data_slot,
+            "last_update_age_s": None if confirmed_at is None else now - confirmed_at,
+            "data_slot": data_slot(self),
             "freshness": self.confirmer.snapshot(),
             "warm_start": None if self.snapshots is None else self.snapshots.stats(),
             "fleet": standalone_stats() if gen is None or gen.fleet is None else gen.fleet.stats(),
