@@ -5,18 +5,23 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import copy
+import logging
 import os
+import re
 import threading
 from collections.abc import AsyncIterator, Awaitable, Callable
 from typing import Any
 
 import pytest
 import pytest_asyncio
+from aiohttp.test_utils import TestClient, TestServer
 
 from driftshare._health import data_slot
 from driftshare._lifecycle import SharedClient
 from driftshare._metrics import DATA_AGE_SECONDS, REGISTRY, render
+from driftshare._web import LiveState, create_app
 from driftshare.adapter import DriftAdapter
+from driftshare.config import redact_url
 from driftshare.manager import DriftClientManager
 from driftshare.sim import Simulator
 
@@ -368,15 +373,26 @@ async def test_an_unknown_network_never_raises() -> None:
     await DriftClientManager.release_client("testnet")
 
 
-async def test_api_keys_never_appear_in_stats(
-    simulator_factory: Callable[..., Awaitable[Simulator]],
+async def test_api_keys_never_appear_in_stats_metrics_logs_or_the_dashboard(
+    simulator_factory: Callable[..., Awaitable[Simulator]], caplog: pytest.LogCaptureFixture
 ) -> None:
     sim = await simulator_factory(markets=8)
-    secret = "not-a-real-key"
-    DriftClientManager.configure(rpc_url=f"{sim.http_url}/?api-key={secret}", **FAST)
-    assert await DriftClientManager.get_client() is not None
-    assert secret not in repr(DriftClientManager.stats())
-    assert "api-key=***" in DriftClientManager.stats()["rpc_url"]
+    # Short keys, in the path and in the query, as providers hand them out.
+    keyed = f"{sim.http_url}/pk3y?api-key=qk3y"
+    # A backup at the same provider, with another key: the same redacted label.
+    DriftClientManager.configure(rpc_url=f"{keyed},{sim.http_url}/pk4y?api-key=qk4y", **FAST)
+    with caplog.at_level(logging.DEBUG):
+        assert await DriftClientManager.get_client() is not None
+        live = LiveState(network="mainnet", simulated=False, rpc_url=keyed)
+        async with TestClient(TestServer(create_app(live))) as web:
+            shown = [await (await web.get(path)).text() for path in ("/", "/api/stats")]
+    stats = DriftClientManager.stats()
+    assert stats["rpc_url"] == f"{redact_url(sim.http_url)}/***?***"
+    for text in (repr(stats), render().decode(), caplog.text, *shown):
+        assert not {"pk3y", "qk3y", "pk4y", "qk4y"} & set(re.findall(r"\w+", text))
+    # The label stands for both endpoints: one of them is in use.
+    label = {"network": "mainnet", "endpoint": stats["rpc_url"]}
+    assert REGISTRY.get_sample_value("drift_rpc_endpoint_active", label) == 1
 
 
 async def test_data_age_is_exported_per_market(

@@ -144,7 +144,7 @@ async def _switch(shared: SharedClient, gen: Generation, mode: SubscriptionMode)
     try:
         await shared._subscribe(gen, mode)
     except Exception as exc:  # keep the current subscriber; the next check tries again
-        log.warning("cannot switch to %s: %s", mode, redact_text(repr(exc)))
+        log.warning("cannot switch to %s: %r", mode, exc)
         return
     shared.mode_switches += 1
     shared.confirmer.resubscribed()
@@ -304,9 +304,9 @@ async def _move_to(shared: SharedClient, gen: Generation, url: str) -> None:
     provider: Any = gen.connection._provider  # type: ignore[union-attr]
     log.warning(
         "RPC endpoint %s of %s failing or no longer preferred: switching to %s",
-        redact_url(provider.endpoint_uri),
+        provider.endpoint_uri,
         shared.network,
-        redact_url(url),
+        url,
     )
     provider.endpoint_uri = url
     metrics.RPC_ENDPOINT_SWITCHES.labels(shared.network).inc()
@@ -320,12 +320,15 @@ async def _move_to(shared: SharedClient, gen: Generation, url: str) -> None:
         await shared._subscribe(gen, shared.settings.subscription)
     except Exception as exc:  # the full rebuild retries until it works
         gen.check()
-        log.warning("cannot subscribe at %s: %s", redact_url(url), redact_text(repr(exc)))
+        log.warning("cannot subscribe at %s: %r", url, exc)
         reconnect_in_background(shared, gen)
 
 
 def publish_endpoint(shared: SharedClient) -> None:
-    """Set ``drift_rpc_endpoint_active``: 1 for the endpoint in use, 0 for the others."""
-    for url in shared.endpoints.urls:
-        active = 1 if url == shared.endpoints.active else 0
-        metrics.RPC_ENDPOINT_ACTIVE.labels(shared.network, redact_url(url)).set(active)
+    """Set ``drift_rpc_endpoint_active``: 1 for the endpoint in use, 0 for the others.
+
+    Endpoints that differ only past the host (keys in the path) share one redacted label:
+    it is 1 while one of them is in use."""
+    active = redact_url(shared.endpoints.active)
+    for label in {redact_url(url) for url in shared.endpoints.urls}:
+        metrics.RPC_ENDPOINT_ACTIVE.labels(shared.network, label).set(int(label == active))

@@ -358,7 +358,7 @@ class SharedClient:
             level,
             "cannot start the %s DriftClient at %s (%s); retrying in the background",
             self.network,
-            redact_url(self.url),
+            self.url,
             self.last_error,
         )
 
@@ -412,7 +412,7 @@ class SharedClient:
                 # Redis is unreachable at start: the snapshot answers until upstream does.
                 self.load_snapshot()
             gen.check()
-        log.info("starting the shared %s DriftClient at %s", self.network, redact_url(self.url))
+        log.info("starting the shared %s DriftClient at %s", self.network, self.url)
         await self._subscribe(gen, self.settings.subscription)
         gen.check()
         self.initializations += 1
@@ -454,9 +454,7 @@ class SharedClient:
                 return
             except Exception as exc:  # any websocket failure: fall back to polling
                 metrics.SUBSCRIPTION_FAILURES.labels(self.network).inc()
-                log.warning(
-                    "websocket subscription failed (%s); polling instead", redact_text(repr(exc))
-                )
+                log.warning("websocket subscription failed (%r); polling instead", exc)
         await self._install_subscriber(gen, self._polling(gen, discovery, tap), tap)
         self.mode = "polling"
 

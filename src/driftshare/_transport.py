@@ -23,7 +23,7 @@ from solana.rpc.commitment import Commitment
 from tenacity import AsyncRetrying, RetryCallState
 
 from driftshare import _metrics as metrics
-from driftshare.config import Settings, redact_text, redact_url
+from driftshare.config import Settings
 
 __all__ = [
     "NON_IDEMPOTENT_METHODS",
@@ -458,9 +458,9 @@ class RateLimitedTransport(httpx.AsyncBaseTransport):
             _log.warning(
                 "RPC %s to %s failed: %s: %s",
                 method,
-                redact_url(str(request.url)),
+                request.url,
                 type(exc).__name__,
-                redact_text(str(exc)),
+                exc,
             )
             raise
         self._report(request, not _is_retryable(response))
@@ -469,7 +469,7 @@ class RateLimitedTransport(httpx.AsyncBaseTransport):
             _log.warning(
                 "RPC %s to %s failed: HTTP %d",
                 method,
-                redact_url(str(request.url)),
+                request.url,
                 response.status_code,
             )
         return response
@@ -630,7 +630,7 @@ class RateLimitedTransport(httpx.AsyncBaseTransport):
         if last is not None and now - last < self._log_interval_s:
             self._unlogged_429s += 1
             return
-        url = redact_url(str(request.url))
+        url = request.url
         if last is not None and self._unlogged_429s:
             _log.warning(
                 "RPC provider %s answered HTTP 429 %d more times in the last %.0fs "
