@@ -4,11 +4,9 @@ from __future__ import annotations
 
 import asyncio
 import json
-import os
 import re
 import signal
 import stat
-import sys
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable
 from pathlib import Path
@@ -17,6 +15,7 @@ from typing import Any
 import httpx
 import pytest
 
+from bench._harness import spawn_serve
 from driftshare.adapter import DriftAdapter
 from driftshare.feed import DriftFundingFeed
 from driftshare.manager import DriftClientManager
@@ -59,30 +58,7 @@ class ServeProcess:
 
 
 async def start_serve(rpc_url: str, snapshot: Path, **env: str) -> ServeProcess:
-    environ = {
-        **os.environ,
-        "COLUMNS": "400",
-        "DRIFT_SNAPSHOT_PATH": str(snapshot),
-        "DRIFT_SNAPSHOT_INTERVAL_S": "3600",
-        "DRIFT_MAX_RETRIES": "0",
-        "DRIFT_RETRY_BACKOFF": "0.2",
-        "DRIFT_RETRY_BACKOFF_CAP": "0.5",
-        "DRIFT_INIT_TIMEOUT_S": "5",
-        **env,
-    }
-    child = await asyncio.create_subprocess_exec(
-        sys.executable,
-        "-m",
-        "driftshare",
-        "serve",
-        "--rpc-url",
-        rpc_url,
-        "--port",
-        "0",
-        stdout=asyncio.subprocess.DEVNULL,
-        stderr=asyncio.subprocess.PIPE,
-        env=environ,
-    )
+    child = await spawn_serve(rpc_url, snapshot, stderr=asyncio.subprocess.PIPE, **env)
     assert child.stderr is not None
     lines: list[bytes] = []
     async with asyncio.timeout(_DEADLINE_S):
