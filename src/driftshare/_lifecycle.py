@@ -118,9 +118,12 @@ class SharedClient:
         """``time.monotonic()`` of the newest confirmation of any account."""
         self.snapshots = snapshot_keeper(self.ledger, settings, network, url)
         self._warm: WarmSource | None = None
-        if settings.share_url is None:
+        self._warming: asyncio.Task[int] | None = None
+        if settings.share_url is None and self.snapshots is not None:
             # A fleet member starts from Redis's last values; see _start.
-            self.load_snapshot()
+            self._warming = self.loop.create_task(
+                self.load_snapshot(), name=f"driftshare-snapshot-load-{network}"
+            )
         self.ledger.add_listener(self._on_ledger)
         self.confirmer = Confirmer(
             self.ledger,
@@ -135,15 +138,20 @@ class SharedClient:
         self._reads = 0
         self._rng = random.Random()
 
-    def load_snapshot(self) -> int:
+    async def load_snapshot(self) -> int:
         """Serve the snapshot's accounts, stale, until live data replaces them; how many.
 
-        Called at creation; a fleet member calls it when Redis is unreachable at start.
+        Started at creation; a fleet member calls it when Redis is unreachable at start.
         """
         if self.snapshots is None or self._warm is not None:
             return 0
+        # Off the loop: a mainnet-sized file (165 KiB) reads in milliseconds, but a file may be
+        # up to MAX_FILE_BYTES, read, hashed and parsed, on a disk that may be cold.
+        accounts = await asyncio.to_thread(self.snapshots.read)
+        if self._warm is not None or self.initialized:
+            return 0  # loaded meanwhile, or live data came first
         confirmed_at = self.last_confirmed_at
-        loaded = self.snapshots.load()
+        loaded = self.snapshots.apply(accounts)
         # The snapshot's confirmations are another process's: they prove no data flows now.
         self.last_confirmed_at = confirmed_at
         if loaded:
@@ -243,6 +251,8 @@ class SharedClient:
             return None
         if self.refs == 0:
             self._extend_lease()
+        if self._warming is not None:
+            await asyncio.shield(self._warming)  # the first read may answer from the snapshot
         if self._warm is not None and not self.initialized:
             # A snapshot answers now, stale, rather than after the first connection.
             self._begin(gen)
@@ -410,7 +420,7 @@ class SharedClient:
             await gen.fleet.join()
             if gen.fleet.fallback:
                 # Redis is unreachable at start: the snapshot answers until upstream does.
-                self.load_snapshot()
+                await self.load_snapshot()
             gen.check()
         log.info("starting the shared %s DriftClient at %s", self.network, self.url)
         await self._subscribe(gen, self.settings.subscription)
