@@ -149,16 +149,17 @@ async def test_time_to_funding_of_unknown_market_counts_to_the_hour(
     assert await adapter.get_time_to_funding("NOPE-PERP") == 3600 - int(frozen_now) % 3600
 
 
-async def test_reads_before_connect_connect_lazily(
-    adapter: DriftAdapter, truth: GroundTruth
-) -> None:
+async def test_reads_before_connect_answer(adapter: DriftAdapter, truth: GroundTruth) -> None:
     funding = await adapter.get_funding_rate("SOL-PERP")
-    assert adapter.is_connected
     assert funding is not None
     assert _without_age(funding) == truth.funding(0).to_dict()
     if adapter.use_singleton:
-        # The adapter's alone: reads while it holds the client take none of their own.
-        assert _references() == 1
+        # Reads take no reference: the manager's read lease keeps the client up meanwhile.
+        assert not adapter.is_connected
+        assert _references() == 0
+        assert DriftClientManager.stats()["read_lease"]
+    else:
+        assert adapter.is_connected  # the private client is connected lazily and kept
 
 
 @pytest.mark.parametrize("market", ["NOPE-PERP", 999, "", None])

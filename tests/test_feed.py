@@ -228,25 +228,30 @@ def test_sync_on_the_idle_loop_the_feed_ran_on(
         try:
             assert runner.run(feed.get_funding_rate(0)) == _info(truth, 0)
             assert feed.get_funding_rates_sync() == expected
-            assert adapter.is_connected
+            # Shared reads take no reference (a read lease holds the client); private ones connect.
+            assert adapter.is_connected is not use_singleton
         finally:
             runner.run(adapter.disconnect())
             runner.run(DriftClientManager.shutdown())
 
 
-async def test_feed_without_adapter_uses_the_shared_client(
-    sim_manager: Simulator, truth: GroundTruth, frozen_now: float
+async def test_feed_without_adapter_reads_the_shared_client_under_the_read_lease(
+    sim_manager: Simulator, truth: GroundTruth, frozen_now: float, wait_until: WaitUntil
 ) -> None:
+    DriftClientManager.configure(
+        rpc_url=sim_manager.http_url, health_interval_s=3600, idle_close_s=0.3
+    )
     feed = DriftFundingFeed()
     assert feed.adapter.use_singleton
     info = await feed.get_funding_rate("SOL-PERP")
     assert info is not None
     assert info.rate_8h == truth.funding(0).rate_8h
-    assert DriftClientManager.stats()["references"] == 1
-    await feed.close()
-    await feed.close()
     assert DriftClientManager.stats()["references"] == 0
-    assert not DriftClientManager.is_initialized()
+    await feed.close()
+    await feed.close()
+    # Nothing holds the client once the feed stops reading: it closes when the lease ends.
+    await wait_until(lambda: not DriftClientManager.is_initialized())
+    assert DriftClientManager.stats()["references"] == 0
 
 
 @pytest.mark.parametrize(

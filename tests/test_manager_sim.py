@@ -22,6 +22,7 @@ from driftshare._metrics import DATA_AGE_SECONDS, REGISTRY, render
 from driftshare._web import LiveState, create_app
 from driftshare.adapter import DriftAdapter
 from driftshare.config import redact_url
+from driftshare.feed import DriftFundingFeed
 from driftshare.manager import DriftClientManager
 from driftshare.sim import Simulator
 
@@ -498,6 +499,25 @@ async def test_a_client_started_by_reads_alone_closes_when_idle(
     # The next read that misses the cache starts it again.
     assert await DriftClientManager.get_funding_rate(1) is not None
     assert DriftClientManager.stats()["initializations"] == 2
+
+
+async def test_an_engines_reads_after_its_disconnect_do_not_keep_the_client_open(
+    simulator_factory: Callable[..., Awaitable[Simulator]],
+) -> None:
+    """A feed still iterating its markets when its engine disconnects reads on: those reads
+    must not take the reference back, or the client never closes."""
+    sim = await simulator_factory(markets=8)
+    DriftClientManager.configure(rpc_url=sim.http_url, **{**QUIET, "idle_close_s": 0.3})
+    tasks, sockets = set(asyncio.all_tasks()), _sockets()
+    adapter = DriftAdapter()
+    feed = DriftFundingFeed(adapter)
+    assert await adapter.connect()
+    await adapter.disconnect()
+    assert DriftClientManager.stats()["references"] == 0
+    assert len(await feed.get_all_funding_rates()) == 8
+    assert DriftClientManager.stats()["references"] == 0
+    await eventually(lambda: not DriftClientManager.is_initialized(), what="idle close")
+    await _nothing_left(sim, tasks, sockets)
 
 
 async def test_two_threads_starting_at_once_each_get_a_client_of_their_own_loop(

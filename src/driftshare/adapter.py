@@ -122,8 +122,12 @@ class DriftAdapter:
     its cached reader. With ``use_singleton=False`` the adapter opens its own RPC
     connection and websocket-subscribed DriftClient, as before the shared client existed.
 
-    Reads before :meth:`connect` connect lazily (with no wallet, sub-account 0); the adapter
-    then holds its connection until :meth:`disconnect`. A shared client that cannot start
+    With the singleton, reads take no reference: only :meth:`connect` holds the shared
+    client open, so a read still running when :meth:`disconnect` returns cannot keep it
+    open. A read with no holder starts the client under the manager's read lease, which
+    closes it ``DRIFT_IDLE_CLOSE_S`` after the last read. Without the singleton, reads
+    before :meth:`connect` connect lazily (with no wallet, sub-account 0) and the adapter
+    holds its connection until :meth:`disconnect`. A shared client that cannot start
     yet is held all the same: :meth:`connect` answers False, the manager keeps retrying in
     the background, and reads answer from its cache until it is up. Upstream failures
     never raise: reads answer ``None``, ``[]`` or stale values and log a warning.
@@ -255,13 +259,11 @@ class DriftAdapter:
     # -- reads ----------------------------------------------------------------------------
 
     async def _reader(self) -> MarketDataReader | None:
+        if self.use_singleton:
+            # A shared client that is starting or being rebuilt still answers, from its cache.
+            return DriftClientManager.market_data(self.network, rpc_url=self.rpc_url)
         if not self._holds_connection():
             await self.connect()
-        # A held shared client that is starting or being rebuilt still answers, from its cache.
-        if not self._holds_connection():
-            return None
-        if self.use_singleton:
-            return DriftClientManager.market_data(self.network, rpc_url=self.rpc_url)
         return None if self._private is None else self._private.reader
 
     async def _read(self, what: str, read: Callable[[MarketDataReader], Any]) -> Any:

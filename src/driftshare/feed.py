@@ -85,7 +85,8 @@ class DriftFundingFeed:
     """Funding rates of Drift perp markets through a :class:`DriftAdapter`.
 
     Without ``drift_adapter`` the feed makes a singleton-backed adapter of the configured
-    network and disconnects it in :meth:`close`. ``markets`` (symbols or indexes) defaults
+    network, whose reads hold no reference (see :class:`DriftAdapter`), and disconnects it
+    in :meth:`close`. ``markets`` (symbols or indexes) defaults
     to every perp market whose status is ``active``. Reads never raise for upstream
     problems: they answer ``None`` or empty results.
     """
@@ -149,9 +150,11 @@ class DriftFundingFeed:
     async def _release_shared_of_this_loop(self) -> None:
         network, rpc_url = self.adapter.network, self.adapter.rpc_url
         shared = DriftClientManager.shared_state(network, rpc_url=rpc_url)
-        # A client of this loop cannot outlive it: drop any reference still held on it.
-        while shared is not None and shared.loop is asyncio.get_running_loop() and shared.refs:
-            await DriftClientManager.release_client(network, rpc_url=rpc_url)
+        # A client of this loop cannot outlive it: drop every reference and the read lease.
+        if shared is not None and shared.loop is asyncio.get_running_loop():
+            closing = shared.close_now()
+            if closing is not None:
+                await closing
 
     def get_funding_rates_sync(self) -> dict[str, float]:
         """``{market: rate_8h}`` for callers without ``await``.
