@@ -23,6 +23,8 @@ def test_freshness_section_measures_every_part(tmp_path: Path) -> None:
         assert 0 <= tally["behind"] <= tally["reads"]
     assert results["write_to_read_ms"]
     assert results["applied_to_read_ms"]
+    assert results["in_process_write_to_read_ms"]
+    assert results["in_process_applied_to_read_ms"]
     sizes = {(row["markets"], row["ticking"]): row for row in results["confirmation"]}
     assert set(sizes) == {(m, t) for m in (30, 100) for t in (True, False)}
     # More markets, more subscribed accounts: the rows measured what they say.
@@ -30,11 +32,14 @@ def test_freshness_section_measures_every_part(tmp_path: Path) -> None:
     numbers = [
         *results["write_to_read_ms"],
         *results["applied_to_read_ms"],
+        *results["in_process_write_to_read_ms"],
+        *results["in_process_applied_to_read_ms"],
         *results["hit_us"].values(),
         *(v for row in results["confirmation"] for v in row.values() if not isinstance(v, bool)),
     ]
     assert all(math.isfinite(n) for n in numbers)
     section = (tmp_path / "freshness.md").read_text()
+    assert "| simulator apart | notification applied |" in section
     for heading in ("### Reads behind", "### Write to read", "### Confirmation", "### Cache hit"):
         assert heading in section
     assert "## Freshness" in (tmp_path / "BENCHMARKS.md").read_text()

@@ -214,6 +214,35 @@ def test_hit_completes_without_suspending() -> None:
     assert done.value.value == Cached(1, False, 0.0)
 
 
+async def test_a_miss_that_need_not_wait_completes_without_suspending() -> None:
+    cache = TTLCache(clock=_Clock())
+    upstream = _Upstream()
+
+    coro = cache.get("k", ttl=5.0, compute=upstream, kind="p")
+    # Computed in the caller's own step: no task queued behind the loop's other callbacks.
+    with pytest.raises(StopIteration) as done:
+        coro.send(None)
+    assert done.value.value == Cached(1, False, 0.0)
+    assert cache.peek("k") == Cached(1, False, 0.0)
+    assert cache.stats()["inflight"] == 0
+
+
+async def test_a_computation_that_waits_goes_on_after_its_first_caller_is_cancelled() -> None:
+    cache = TTLCache(clock=_Clock())
+    gate = _Gate()
+    first = asyncio.create_task(cache.get("k", ttl=5.0, compute=gate, kind="p"))
+    await gate.started.wait()
+    second = asyncio.create_task(cache.get("k", ttl=5.0, compute=gate, kind="p"))
+    first.cancel()
+    gate.opened.set()
+
+    assert await second == Cached(99, False, 0.0)
+    with pytest.raises(asyncio.CancelledError):
+        await first
+    assert gate.calls == 1
+    assert cache.peek("k") == Cached(99, False, 0.0)
+
+
 def test_get_fresh_and_peek() -> None:
     clock = _Clock()
     cache = TTLCache(clock=clock)

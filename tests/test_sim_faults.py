@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import base64
 import json
+import time
 from collections.abc import Callable
 from typing import Any
 
@@ -288,3 +289,28 @@ def test_parse_spec() -> None:
     for bad in ("fail=x", "latency=soon", "stall=maybe", "nothing"):
         with pytest.raises(FaultError):
             parse_spec(bad)
+
+
+async def test_an_oracle_write_over_http_moves_the_price_and_says_when() -> None:
+    async with Simulator(markets=2, tick_s=3600.0) as sim:
+        assert sim.world is not None
+        old = sim.world.oracle_price(0)
+        before = time.monotonic()
+        async with httpx.AsyncClient() as http:
+            url = f"{sim.http_url}/_sim/oracle"
+            answer = await http.post(url, json={"market": 0, "price": old * 1.01})
+            bad_market = await http.post(url, json={"market": 9, "price": 1.0})
+            bad_price = await http.post(url, json={"market": 0, "price": -1.0})
+            bad_body = await http.post(url, json={"market": "0", "price": 1.0})
+        assert answer.status_code == 200
+        assert sim.world.oracle_price(0) == pytest.approx(old * 1.01, rel=1e-6)
+        assert before <= answer.json()["written_at"] <= time.monotonic()
+        assert [r.status_code for r in (bad_market, bad_price, bad_body)] == [400, 400, 400]
+        assert "market" in bad_body.json()["error"]
+        assert sim.world.oracle_price(0) == pytest.approx(old * 1.01, rel=1e-6)
+
+
+async def test_an_oracle_write_without_a_world_is_not_found() -> None:
+    async with Simulator(markets=0) as sim, httpx.AsyncClient() as http:
+        answer = await http.post(f"{sim.http_url}/_sim/oracle", json={"market": 0, "price": 1.0})
+    assert answer.status_code == 404

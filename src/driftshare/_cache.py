@@ -6,7 +6,7 @@ import asyncio
 import logging
 import time
 from collections import Counter
-from collections.abc import Awaitable, Callable, Hashable
+from collections.abc import Awaitable, Callable, Coroutine, Generator, Hashable
 from dataclasses import dataclass
 from typing import Any, Generic, TypeVar
 
@@ -59,7 +59,8 @@ class TTLCache:
         self._clock = clock
         self.max_staleness_s = max_staleness_s
         self._entries: dict[Hashable, _Entry] = {}
-        self._inflight: dict[Hashable, asyncio.Task[Any]] = {}
+        self._inflight: dict[Hashable, asyncio.Future[_Entry | None]] = {}
+        self._running: set[asyncio.Task[Any]] = set()
         self._hits: Counter[str] = Counter()
         self._misses: Counter[str] = Counter()
         self._hit_metrics: dict[str, PromCounter] = {}
@@ -87,20 +88,22 @@ class TTLCache:
             return fresh
         self._misses[kind] += 1
         metrics.CACHE_MISSES.labels(kind=kind).inc()
-        task = self._inflight.get(key)
+        flight = self._inflight.get(key)
         loop = asyncio.get_running_loop()
-        # A task of another (possibly closed) loop can never be awaited here: start afresh.
-        if task is None or task.get_loop() is not loop:
-            task = loop.create_task(self._compute(key, ttl, compute, kind))
-            self._inflight[key] = task
-        try:
-            result = await asyncio.shield(task)
-        except asyncio.CancelledError:
-            current = asyncio.current_task()
-            if current is not None and current.cancelling():
-                raise
-            # The computation was cancelled, not this caller: that is a failed computation.
-            result = None
+        # A computation of another (possibly closed) loop can never be awaited here.
+        if flight is None or flight.get_loop() is not loop:
+            flight = self._start(key, ttl, compute, kind, loop)
+        if flight.done():
+            result = flight.result()
+        else:
+            try:
+                result = await asyncio.shield(flight)
+            except asyncio.CancelledError:
+                current = asyncio.current_task()
+                if current is not None and current.cancelling():
+                    raise
+                # The computation was cancelled, not this caller: that is a failed computation.
+                result = None
         if result is not None:
             return Cached(result.value, False, self._clock() - result.computed_at)
         return self._stale(key)
@@ -157,25 +160,58 @@ class TTLCache:
             counter = self._hit_metrics[kind] = metrics.CACHE_HITS.labels(kind=kind)
         counter.inc()
 
+    def _start(
+        self,
+        key: Hashable,
+        ttl: float,
+        compute: Callable[[], Awaitable[Any]],
+        kind: str,
+        loop: asyncio.AbstractEventLoop,
+    ) -> asyncio.Future[_Entry | None]:
+        """Start computing ``key``: its first step runs here, in the caller's task.
+
+        Most computations finish without suspending. A task (asyncio's own single flight)
+        would first wait behind every callback already queued, such as the decoding of
+        other accounts' notifications: the read of a changed value would wait for all of
+        them. Python 3.12's eager tasks do the same; this runs on 3.11.
+        """
+        flight: asyncio.Future[_Entry | None] = loop.create_future()
+        self._inflight[key] = flight
+        steps = self._compute(key, ttl, compute, kind, flight)
+        try:
+            suspended_on = steps.send(None)
+        except StopIteration:
+            return flight
+        task = loop.create_task(_resume(steps, suspended_on))
+        self._running.add(task)
+        task.add_done_callback(self._running.discard)
+        return flight
+
     async def _compute(
-        self, key: Hashable, ttl: float, compute: Callable[[], Awaitable[Any]], kind: str
-    ) -> _Entry | None:
-        me = asyncio.current_task()
+        self,
+        key: Hashable,
+        ttl: float,
+        compute: Callable[[], Awaitable[Any]],
+        kind: str,
+        flight: asyncio.Future[_Entry | None],
+    ) -> None:
+        """Compute ``key`` and resolve ``flight`` with the stored entry (None on failure)."""
         value: Any = None
         try:
             value = await compute()
+        except asyncio.CancelledError:
+            pass  # cancelled from inside the computation: a failed computation
         except Exception as exc:
             _log.warning("computing %s %r failed: %s: %s", kind, key, type(exc).__name__, exc)
         finally:
-            registered = self._inflight.get(key) is me
+            registered = self._inflight.get(key) is flight
             if registered:
                 del self._inflight[key]
-        if value is None:
-            return None
-        entry = _Entry(value, self._clock(), ttl)
-        if registered:
-            self._entries[key] = entry
-        return entry
+            entry = None if value is None else _Entry(value, self._clock(), ttl)
+            if entry is not None and registered:
+                self._entries[key] = entry
+            if not flight.done() and not flight.get_loop().is_closed():
+                flight.set_result(entry)
 
     def _stale(self, key: Hashable) -> Cached[Any] | None:
         entry = self._entries.get(key)
@@ -186,3 +222,35 @@ class TTLCache:
             del self._entries[key]
             return None
         return Cached(entry.value, True, age)
+
+
+async def _resume(steps: Coroutine[Any, Any, None], suspended_on: Any) -> None:
+    """Run ``steps`` on from where it suspended, awaiting ``suspended_on``, as a task would."""
+    await _Continuation(steps, suspended_on)
+
+
+class _Continuation:
+    """Awaitable driving a coroutine whose first step already ran elsewhere."""
+
+    def __init__(self, steps: Coroutine[Any, Any, None], suspended_on: Any) -> None:
+        self._steps = steps
+        self._suspended_on = suspended_on
+
+    def __await__(self) -> Generator[Any, Any, None]:
+        waiting_on = self._suspended_on
+        while True:
+            try:
+                sent = yield waiting_on
+            except GeneratorExit:  # closed, as ``yield from`` does
+                self._steps.close()
+                raise
+            except BaseException as exc:  # a cancellation thrown in by the task: pass it on
+                try:
+                    waiting_on = self._steps.throw(exc)
+                except StopIteration:
+                    return
+            else:
+                try:
+                    waiting_on = self._steps.send(sent)
+                except StopIteration:
+                    return

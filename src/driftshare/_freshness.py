@@ -22,7 +22,7 @@ from typing import Any
 
 from driftshare._ledger import AccountKind, AccountLedger, AccountRecord
 
-__all__ = ["Confirmer"]
+__all__ = ["Confirmer", "multiple_accounts"]
 
 log = logging.getLogger(__name__)
 
@@ -35,6 +35,31 @@ _MISSED_ROUNDS_FOR_STALL = 2
 _KINDS: tuple[AccountKind, ...] = ("perp", "spot", "oracle", "state")
 
 PostBatch = Callable[[list[dict[str, Any]]], Awaitable[list[dict[str, Any]]]]
+
+
+def multiple_accounts(keys: Sequence[str], answer: Any) -> tuple[int, list[tuple[str, bytes]]]:
+    """The slot of a base64 ``getMultipleAccounts`` answer for ``keys``, and the address and
+    data of each account it holds; accounts missing or garbled in it are left out.
+
+    ValueError for an answer without a result (an error, or not one at all).
+    """
+    try:
+        result = answer["result"]
+        slot = int(result["context"]["slot"])
+        values = list(result["value"])
+    except (KeyError, TypeError, ValueError):
+        raise ValueError(f"bad getMultipleAccounts answer: {str(answer)[:200]}") from None
+    accounts: list[tuple[str, bytes]] = []
+    for pubkey, value in zip(keys, values, strict=False):
+        if value is None:
+            continue  # gone from the chain
+        try:
+            data = base64.b64decode(value["data"][0], validate=True)
+        except (KeyError, TypeError, IndexError, binascii.Error):
+            log.debug("bad account data for %s in a getMultipleAccounts answer", pubkey)
+            continue
+        accounts.append((pubkey, data))
+    return slot, accounts
 
 
 class Confirmer:
@@ -136,20 +161,10 @@ class Confirmer:
     def _settle(
         self, chunk: list[str], answer: dict[str, Any] | None, missed: Counter[AccountKind]
     ) -> None:
-        try:
-            result = answer["result"]  # type: ignore[index]
-            slot = int(result["context"]["slot"])
-            values = list(result["value"])
-        except (KeyError, TypeError, ValueError):
-            raise ValueError(f"bad getMultipleAccounts answer: {str(answer)[:200]}") from None
-        for pubkey, value in zip(chunk, values, strict=False):
+        slot, accounts = multiple_accounts(chunk, answer)
+        for pubkey, data in accounts:
             entry = self._ledger.get(pubkey)
-            if entry is None or value is None:
-                continue  # gone from the chain: it cannot be confirmed, so it ages
-            try:
-                data = base64.b64decode(value["data"][0], validate=True)
-            except (KeyError, TypeError, IndexError, binascii.Error):
-                log.debug("bad account data for %s in a confirmation", pubkey)
+            if entry is None:
                 continue
             record = entry.record
             if data == record.data:

@@ -39,6 +39,7 @@ from driftpy.types import MarketType, OracleInfo
 from solana.rpc.commitment import Commitment
 from solders.pubkey import Pubkey
 
+from driftshare._freshness import multiple_accounts
 from driftshare._ledger import AccountKind, AccountLedger, AccountRecord
 
 __all__ = [
@@ -394,11 +395,19 @@ class _OracleSubscriber(_ReconnectHook, WebsocketMultiAccountSubscriber):  # typ
 
 
 class _ProgramSubscriber(_ReconnectHook, WebSocketProgramAccountSubscriber):  # type: ignore[misc]
-    """driftpy's program subscriber, telling the tap when it reconnects."""
+    """driftpy's program subscriber, telling the tap when it reconnects, and letting the
+    loop's readers run before it decodes each notification."""
 
     def __init__(self, tap: AccountTap, *args: Any) -> None:
         self._tap = tap
         super().__init__(*args)
+
+    async def _process_message(self, msg: Any) -> None:
+        # A market account takes about a millisecond to decode, and a slot's notifications
+        # arrive together: without this turn a read waits for every one of them, even when
+        # the accounts it reads were applied first.
+        await asyncio.sleep(0)
+        await super()._process_message(msg)
 
 
 class _TolerantDecoder:
@@ -596,14 +605,15 @@ class _PollConfirmations:
     def _confirm(self, requests: Any, answers: Any) -> None:
         keys_by_id = {r["id"]: r["params"][0] for r in requests}
         for answer in answers:
-            result = answer.get("result")
             keys = keys_by_id.get(answer.get("id"))
-            if not isinstance(result, dict) or keys is None:
+            if keys is None:
                 continue
-            slot = int(result["context"]["slot"])
-            for pubkey, value in zip(keys, result["value"], strict=False):
-                if value is not None:
-                    self._tap.confirm(pubkey, base64.b64decode(value["data"][0]), slot)
+            try:
+                slot, accounts = multiple_accounts(keys, answer)
+            except ValueError:
+                continue  # an error answer: driftpy's own parsing reports it
+            for pubkey, data in accounts:
+                self._tap.confirm(pubkey, data, slot)
 
 
 class ResilientLoader(BulkAccountLoader):  # type: ignore[misc]

@@ -11,10 +11,13 @@ import hashlib
 import json
 import logging
 import socket
+import time
 import zlib
+from collections.abc import Callable
 
 from aiohttp import web
 from aiohttp.web_protocol import RequestHandler
+from pydantic import BaseModel, ConfigDict, ValidationError
 
 from driftshare.sim.faults import FaultError, Faults
 from driftshare.sim.limits import ClientLimits
@@ -94,6 +97,18 @@ def _json_response(status: int, body: object) -> web.Response:
     return web.Response(status=status, text=json.dumps(body), content_type=_JSON)
 
 
+class _OracleWrite(BaseModel):
+    """Body of ``POST /_sim/oracle``."""
+
+    model_config = ConfigDict(extra="forbid", strict=True)
+    market: int
+    price: float
+
+
+OracleWriter = Callable[[int, float], None]
+"""Moves perp market ``index``'s oracle to ``price`` (``World.set_oracle_price``)."""
+
+
 class SimServer:
     """HTTP + WebSocket server of one simulator; see :class:`driftshare.sim.Simulator`."""
 
@@ -107,8 +122,10 @@ class SimServer:
         rate_limit: float | None,
         burst: int | None,
         max_ws_per_client: int,
+        oracle_writer: OracleWriter | None = None,
     ) -> None:
         self.store = store
+        self._oracle_writer = oracle_writer
         self.host = host
         self.port = port
         self.stats = SimStats(lambda: store.slot)
@@ -142,6 +159,7 @@ class SimServer:
                 web.get("/_sim/metrics", self._get_metrics),
                 web.get("/_sim/faults", self._get_faults),
                 web.post("/_sim/faults", self._post_faults),
+                web.post("/_sim/oracle", self._post_oracle),
                 web.post("/", self._post_rpc),
                 web.post("/{token}", self._post_rpc),
                 web.get("/", self._get),
@@ -288,6 +306,27 @@ class SimServer:
         if self._down:
             response.force_close()
         return response
+
+    async def _post_oracle(self, request: web.Request) -> web.Response:
+        """Move one perp market's oracle now; the answer carries the write's
+        ``time.monotonic()`` (CLOCK_MONOTONIC, shared by every process on a Linux host)."""
+        if self._oracle_writer is None:
+            return _json_response(404, {"error": "this simulator has no Drift world"})
+        try:
+            write = _OracleWrite.model_validate_json(await request.read())
+        except ValidationError as exc:
+            problems = "; ".join(
+                f"{'.'.join(map(str, e['loc'])) or 'body'}: {e['msg']}" for e in exc.errors()
+            )
+            return _json_response(400, {"error": f"invalid oracle write: {problems}"})
+        written_at = time.monotonic()
+        try:
+            self._oracle_writer(write.market, write.price)
+        except (KeyError, ValueError) as exc:
+            return _json_response(400, {"error": str(exc).strip("'\"")})
+        return _json_response(
+            200, {"market": write.market, "price": write.price, "written_at": written_at}
+        )
 
 
 def _gunzip(body: bytes) -> bytes:

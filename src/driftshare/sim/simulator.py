@@ -112,6 +112,7 @@ class Simulator:
             rate_limit=config.rate_limit,
             burst=config.burst,
             max_ws_per_client=config.max_ws_per_client,
+            oracle_writer=None if self.world is None else self.world.set_oracle_price,
         )
         self._ticker: asyncio.Task[None] | None = None
         self._started = False
