@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import os
 import shutil
 import signal
 import statistics
@@ -25,6 +24,7 @@ from typing import Any
 import httpx
 
 from bench import BenchError, Context
+from bench._harness import spawn_serve
 from driftshare._fleet._harness import free_port
 from driftshare._ledger import AccountLedger
 from driftshare._ledger_subscriber import LedgerReads
@@ -82,33 +82,6 @@ async def _stop(process: asyncio.subprocess.Process, sig: int = signal.SIGTERM) 
         await process.wait()
 
 
-def _serve_env(snapshot: Path) -> dict[str, str]:
-    return {
-        **os.environ,
-        "DRIFT_SNAPSHOT_PATH": str(snapshot),
-        "DRIFT_SNAPSHOT_INTERVAL_S": "3600",
-        "DRIFT_MAX_RETRIES": "0",
-        "DRIFT_RETRY_BACKOFF": "0.2",
-        "DRIFT_RETRY_BACKOFF_CAP": "0.5",
-    }
-
-
-async def _spawn_serve(rpc_url: str, snapshot: Path, port: int) -> asyncio.subprocess.Process:
-    return await asyncio.create_subprocess_exec(
-        sys.executable,
-        "-m",
-        "driftshare",
-        "serve",
-        "--rpc-url",
-        rpc_url,
-        "--port",
-        str(port),
-        stdout=asyncio.subprocess.DEVNULL,
-        stderr=asyncio.subprocess.DEVNULL,
-        env=_serve_env(snapshot),
-    )
-
-
 @dataclass
 class StartRun:
     """One process start: seconds from spawn to each milestone, None if not reached."""
@@ -129,7 +102,7 @@ async def _measure_start(
     port = free_port()
     result = StartRun()
     started = time.perf_counter()
-    serve = await _spawn_serve(rpc_url, snapshot, port)
+    serve = await spawn_serve(rpc_url, snapshot, port=port)
     try:
         async with httpx.AsyncClient(base_url=f"http://127.0.0.1:{port}", timeout=30) as http:
             deadline = started + cap_s

@@ -317,7 +317,7 @@ async def test_compute_errors_are_logged_not_raised_and_urls_redacted(
         assert await cache.get("k", ttl=5.0, compute=broken, kind="funding") is None
 
     assert "computing funding 'k' failed: RuntimeError" in caplog.text
-    assert "api-key=***" in caplog.text
+    assert "https://rpc.example/?***" in caplog.text
     assert "SECRETKEY123" not in caplog.text
 
 

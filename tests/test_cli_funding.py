@@ -102,7 +102,7 @@ async def test_verbose_output_never_shows_the_api_key(simulator_factory: Simulat
     assert b"not-a-real-key" not in out + err
     # The requests and the websocket handshake were logged, with the key redacted.
     assert b"HTTP Request: POST http://" in err
-    assert b"> GET /?api-key=*** HTTP/1.1" in err
+    assert b"> GET /?*** HTTP/1.1" in err
 
 
 def test_rpc_url_option_takes_a_list_of_endpoints(capsys: pytest.CaptureFixture[str]) -> None:

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import asyncio
+import concurrent.futures
+import contextlib
 import math
 import socket
 import statistics
@@ -165,8 +167,10 @@ def threaded_sim(sim_thread: _LoopThread, manager_settings: None) -> Iterator[Si
         yield sim
     finally:
         sim_thread.run(sim.stop())
-        # Forget clients whose loops have ended.
-        asyncio.run(DriftClientManager.shutdown())
+        # Forget clients whose loops have ended, on a loop of its own: asyncio.run would
+        # replace the event loop pytest-asyncio leaves set in this thread, unclosed.
+        with asyncio.Runner(loop_factory=asyncio.new_event_loop) as runner:
+            runner.run(DriftClientManager.shutdown())
 
 
 @pytest.mark.parametrize("use_singleton", [True, False], ids=["singleton", "private"])
@@ -194,6 +198,23 @@ def test_sync_with_no_loop_running(
     sim_thread.run(wait_until(lambda: threaded_sim.stats()["ws_connections"]["open"] == 0))
 
 
+def test_sync_with_no_loop_running_leaves_the_threads_event_loop_alone(
+    threaded_sim: Simulator, frozen_now: float
+) -> None:
+    feed = DriftFundingFeed(DriftAdapter(clock=lambda: frozen_now))
+
+    def in_a_thread_with_its_own_loop() -> bool:
+        policy = asyncio.get_event_loop_policy()
+        with contextlib.closing(asyncio.new_event_loop()) as mine:
+            policy.set_event_loop(mine)  # set, not running: between two run_until_complete
+            assert feed.get_funding_rates_sync()
+            # Replaced and dropped, it would be left for the garbage collector to find unclosed.
+            return policy.get_event_loop() is mine
+
+    with concurrent.futures.ThreadPoolExecutor(1) as thread:
+        assert thread.submit(in_a_thread_with_its_own_loop).result(60)
+
+
 @pytest.mark.parametrize("use_singleton", [True, False], ids=["singleton", "private"])
 def test_sync_on_the_idle_loop_the_feed_ran_on(
     threaded_sim: Simulator, frozen_now: float, use_singleton: bool
@@ -202,16 +223,16 @@ def test_sync_on_the_idle_loop_the_feed_ran_on(
     expected = {info.market: info.rate_8h for info in (_info(truth, i) for i in _active(truth))}
     adapter = DriftAdapter(use_singleton=use_singleton, clock=lambda: frozen_now)
     feed = DriftFundingFeed(adapter)
-    loop = asyncio.new_event_loop()
-    try:
-        assert loop.run_until_complete(feed.get_funding_rate(0)) == _info(truth, 0)
-        assert feed.get_funding_rates_sync() == expected
-        # Shared reads take no reference (a read lease holds the client); private ones connect.
-        assert adapter.is_connected is not use_singleton
-        loop.run_until_complete(adapter.disconnect())
-        loop.run_until_complete(DriftClientManager.shutdown())
-    finally:
-        loop.close()
+    # The Runner's close cancels what is left and closes async generators, executor and loop.
+    with asyncio.Runner(loop_factory=asyncio.new_event_loop) as runner:
+        try:
+            assert runner.run(feed.get_funding_rate(0)) == _info(truth, 0)
+            assert feed.get_funding_rates_sync() == expected
+            # Shared reads take no reference (a read lease holds the client); private ones connect.
+            assert adapter.is_connected is not use_singleton
+        finally:
+            runner.run(adapter.disconnect())
+            runner.run(DriftClientManager.shutdown())
 
 
 async def test_feed_without_adapter_reads_the_shared_client_under_the_read_lease(

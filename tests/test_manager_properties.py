@@ -379,16 +379,15 @@ def test_the_health_loop_survives_a_check_that_raises(monkeypatch: pytest.Monkey
         calls = 0
         checked_again = asyncio.Event()
 
-        def newest_data_slot(subscriber: object) -> int:
+        def publish_data_ages(shared: object) -> None:
             nonlocal calls
             calls += 1
             if calls == 1:
                 raise RuntimeError("one unexpected fault")
             if calls >= 4:
                 checked_again.set()
-            return calls  # data flows: no getSlot needed
 
-        monkeypatch.setattr("driftshare._health.newest_data_slot", newest_data_slot)
+        monkeypatch.setattr("driftshare._health.publish_data_ages", publish_data_ages)
         # Account data is confirmed current: health needs no getSlot (the fake has none).
         monkeypatch.setattr("driftshare._lifecycle.SharedClient.data_flows", lambda self: True)
         await asyncio.wait_for(checked_again.wait(), 10)

@@ -4,16 +4,24 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import copy
+import logging
 import os
+import re
 import threading
 from collections.abc import AsyncIterator, Awaitable, Callable
 from typing import Any
 
 import pytest
 import pytest_asyncio
+from aiohttp.test_utils import TestClient, TestServer
 
-from driftshare._metrics import DATA_AGE_SECONDS, REGISTRY
+from driftshare._health import data_slot
+from driftshare._lifecycle import SharedClient
+from driftshare._metrics import DATA_AGE_SECONDS, REGISTRY, render
+from driftshare._web import LiveState, create_app
 from driftshare.adapter import DriftAdapter
+from driftshare.config import redact_url
 from driftshare.feed import DriftFundingFeed
 from driftshare.manager import DriftClientManager
 from driftshare.sim import Simulator
@@ -366,15 +374,26 @@ async def test_an_unknown_network_never_raises() -> None:
     await DriftClientManager.release_client("testnet")
 
 
-async def test_api_keys_never_appear_in_stats(
-    simulator_factory: Callable[..., Awaitable[Simulator]],
+async def test_api_keys_never_appear_in_stats_metrics_logs_or_the_dashboard(
+    simulator_factory: Callable[..., Awaitable[Simulator]], caplog: pytest.LogCaptureFixture
 ) -> None:
     sim = await simulator_factory(markets=8)
-    secret = "not-a-real-key"
-    DriftClientManager.configure(rpc_url=f"{sim.http_url}/?api-key={secret}", **FAST)
-    assert await DriftClientManager.get_client() is not None
-    assert secret not in repr(DriftClientManager.stats())
-    assert "api-key=***" in DriftClientManager.stats()["rpc_url"]
+    # Short keys, in the path and in the query, as providers hand them out.
+    keyed = f"{sim.http_url}/pk3y?api-key=qk3y"
+    # A backup at the same provider, with another key: the same redacted label.
+    DriftClientManager.configure(rpc_url=f"{keyed},{sim.http_url}/pk4y?api-key=qk4y", **FAST)
+    with caplog.at_level(logging.DEBUG):
+        assert await DriftClientManager.get_client() is not None
+        live = LiveState(network="mainnet", simulated=False, rpc_url=keyed)
+        async with TestClient(TestServer(create_app(live))) as web:
+            shown = [await (await web.get(path)).text() for path in ("/", "/api/stats")]
+    stats = DriftClientManager.stats()
+    assert stats["rpc_url"] == f"{redact_url(sim.http_url)}/***?***"
+    for text in (repr(stats), render().decode(), caplog.text, *shown):
+        assert not {"pk3y", "qk3y", "pk4y", "qk4y"} & set(re.findall(r"\w+", text))
+    # The label stands for both endpoints: one of them is in use.
+    label = {"network": "mainnet", "endpoint": stats["rpc_url"]}
+    assert REGISTRY.get_sample_value("drift_rpc_endpoint_active", label) == 1
 
 
 async def test_data_age_is_exported_per_market(
@@ -385,7 +404,6 @@ async def test_data_age_is_exported_per_market(
     DATA_AGE_SECONDS.clear()  # the registry is process-wide: start from no sample at all
     assert REGISTRY.get_sample_value("drift_data_age_seconds", {"market": "SOL-PERP"}) is None
     assert await DriftClientManager.get_client() is not None
-    DriftClientManager.stats()
     age = REGISTRY.get_sample_value("drift_data_age_seconds", {"market": "SOL-PERP"})
     assert age is not None
     assert 0 <= age < 60
@@ -548,3 +566,41 @@ async def test_force_reconnect_lets_requests_in_flight_finish(
     rpc = DriftClientManager.stats()["rpc"]
     assert rpc["retries"] == 0
     assert rpc["failures"] == 0
+
+
+def _copied(value: object) -> object:
+    return copy.copy(value) if isinstance(value, dict | list | set) else value
+
+
+def _state(shared: SharedClient) -> list[dict[str, Any]]:
+    """The attributes of the shared client and of what it owns, copied one level deep."""
+    owned = [shared, shared.gen, shared.rpc, shared.confirmer, shared.endpoints, shared.limits]
+    state = [{k: _copied(v) for k, v in vars(part).items()} for part in owned]
+    state.append({e.record.pubkey: (e.confirmed_slot, e.confirmed_at) for e in shared.ledger})
+    return state
+
+
+async def test_stats_from_another_thread_changes_nothing(
+    simulator_factory: Callable[..., Awaitable[Simulator]],
+) -> None:
+    """stats() only reads: a metrics scrape or a web server thread may call it any time."""
+    sim = await simulator_factory(markets=8)
+    DriftClientManager.configure(rpc_url=sim.http_url, **QUIET)
+    assert await DriftClientManager.get_client() is not None
+    assert await DriftClientManager.get_funding_rate("SOL-PERP") is not None
+    shared = DriftClientManager.shared_state()
+    assert shared is not None
+    first = data_slot(shared)
+    # New data the health loop (idle under QUIET) has not looked at yet.
+    await eventually(lambda: data_slot(shared) > first, sim=sim, what="new data")
+    before, metrics_before = _state(shared), render()
+    found: list[dict[str, Any]] = []
+    # Joined without yielding to the loop: nothing but stats() runs meanwhile.
+    thread = threading.Thread(target=lambda: found.append(DriftClientManager.stats()))
+    thread.start()
+    thread.join()
+    assert _state(shared) == before
+    assert render() == metrics_before
+    assert found[0]["data_slot"] == data_slot(shared)
+    assert found[0]["references"] == 1
+    await DriftClientManager.release_client()

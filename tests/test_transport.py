@@ -9,6 +9,7 @@ import json
 import logging
 import random
 import selectors
+import time
 import warnings
 from collections.abc import Awaitable, Callable
 from datetime import UTC, datetime
@@ -61,14 +62,18 @@ def _script(*steps: Step, then: Step | None = None) -> tuple[httpx.MockTransport
     return httpx.MockTransport(handler), seen
 
 
-def _transport(inner: httpx.AsyncBaseTransport, sleeps: _Sleeps, **kw: Any) -> RateLimitedTransport:
-    kw.setdefault("rps", 1e6)
-    kw.setdefault("burst", 1000)
-    kw.setdefault("max_retries", 5)
+def _transport(
+    inner: httpx.AsyncBaseTransport,
+    sleeps: _Sleeps,
+    clock: Callable[[], float] = time.monotonic,
+    **kw: Any,
+) -> RateLimitedTransport:
     # Room for every scripted retry: the budget has tests of its own.
-    kw.setdefault("retry_budget_min", 100)
-    kw.setdefault("retry_streak", 100)
-    return RateLimitedTransport(inner=inner, sleep=sleeps, rng=random.Random(7), **kw)
+    limits = SharedLimits(rps=1e6, burst=1000, retry_budget_min=100, retry_streak=100, clock=clock)
+    kw.setdefault("max_retries", 5)
+    return RateLimitedTransport(
+        limits, inner=inner, sleep=sleeps, rng=random.Random(7), clock=clock, **kw
+    )
 
 
 def _rpc(method: str = "getSlot") -> dict[str, Any]:
@@ -413,7 +418,9 @@ def test_limiter_spaces_requests_at_rps_after_burst() -> None:
         arrivals.append(asyncio.get_running_loop().time())
         return _ok()
 
-    transport = RateLimitedTransport(rps=10.0, burst=2, inner=httpx.MockTransport(handler))
+    transport = RateLimitedTransport(
+        SharedLimits(rps=10.0, burst=2), inner=httpx.MockTransport(handler)
+    )
 
     async def burst_of_six() -> None:
         async with httpx.AsyncClient(transport=transport) as client:
@@ -433,9 +440,7 @@ def test_retries_also_pass_the_limiter() -> None:
         return next(answers)
 
     transport = RateLimitedTransport(
-        rps=2.0,
-        retry_budget_min=2,
-        retry_streak=2,
+        SharedLimits(rps=2.0, retry_budget_min=2, retry_streak=2),
         inner=httpx.MockTransport(handler),
         sleep=_Sleeps(),
         rng=random.Random(1),
@@ -451,7 +456,7 @@ def test_retries_also_pass_the_limiter() -> None:
 
 def test_works_across_successive_event_loops() -> None:
     inner, seen = _script(then=_ok())
-    transport = RateLimitedTransport(rps=1000.0, inner=inner)
+    transport = RateLimitedTransport(SharedLimits(rps=1000.0), inner=inner)
     limiters = []
 
     async def three_requests() -> None:
@@ -484,8 +489,8 @@ def test_from_settings() -> None:
     transport = RateLimitedTransport.from_settings(settings, stats=stats)
 
     assert (
-        transport.rps,
-        transport.burst,
+        transport.limits.rps,
+        transport.limits.burst,
         transport.max_retries,
         transport.backoff_base,
         transport.backoff_cap,
@@ -499,20 +504,32 @@ def test_from_settings() -> None:
     [
         ({"rps": 0}, "rps must be > 0"),
         ({"rps": 1, "burst": 0}, "burst must be an int >= 1"),
-        ({"rps": 1, "max_retries": -1}, "max_retries must be an int >= 0"),
-        ({"rps": 1, "backoff_base": 0}, "backoff_base must be > 0"),
-        ({"rps": 1, "backoff_cap": -1}, "backoff_cap must be > 0"),
-        ({"rps": 1, "timeout_s": 0}, "timeout_s must be > 0"),
+        ({"rps": 1, "retry_window_s": 0}, "retry_window_s must be > 0"),
+        ({"rps": 1, "retry_streak": -1}, "retry_streak must be an int >= 0"),
+    ],
+)
+def test_bad_limits_are_rejected_clearly(kwargs: dict[str, Any], message: str) -> None:
+    with pytest.raises(ValueError, match=message):
+        SharedLimits(**kwargs)
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "message"),
+    [
+        ({"max_retries": -1}, "max_retries must be an int >= 0"),
+        ({"backoff_base": 0}, "backoff_base must be > 0"),
+        ({"backoff_cap": -1}, "backoff_cap must be > 0"),
+        ({"timeout_s": 0}, "timeout_s must be > 0"),
     ],
 )
 def test_bad_arguments_are_rejected_clearly(kwargs: dict[str, Any], message: str) -> None:
     with pytest.raises(ValueError, match=message):
-        RateLimitedTransport(**kwargs)
+        RateLimitedTransport(SharedLimits(rps=1), **kwargs)
 
 
 def test_install_transport_rejects_non_http_clients() -> None:
     with pytest.raises(TypeError, match=r"needs a solana\.rpc\.async_api\.AsyncClient"):
-        install_transport(object(), RateLimitedTransport(rps=1))
+        install_transport(object(), RateLimitedTransport(SharedLimits(rps=1)))
 
 
 async def test_solana_client_and_driftpy_style_posts_go_through_the_transport() -> None:
@@ -530,7 +547,7 @@ async def test_solana_client_and_driftpy_style_posts_go_through_the_transport() 
     app = web.Application()
     app.router.add_post("/", rpc)
     sleeps = _Sleeps()
-    transport = RateLimitedTransport(rps=1000.0, sleep=sleeps, rng=random.Random(0))
+    transport = RateLimitedTransport(SharedLimits(rps=1000.0), sleep=sleeps, rng=random.Random(0))
     async with TestServer(app, host="127.0.0.1", port=0) as server:
         client = make_async_client(str(server.make_url("/")), transport)
         try:
@@ -573,7 +590,7 @@ async def test_real_gzip_bodies_keep_their_label() -> None:
 def test_install_transport_keeps_timeout_and_headers() -> None:
     client = AsyncClient(URL, timeout=3.5)
     original = client._provider.session
-    transport = RateLimitedTransport(rps=1)
+    transport = RateLimitedTransport(SharedLimits(rps=1))
 
     install_transport(client, transport)
 
@@ -606,7 +623,9 @@ def test_a_429_cools_down_the_whole_client() -> None:
 
     async def two_calls() -> None:
         transport = RateLimitedTransport(
-            rps=1000.0, inner=httpx.MockTransport(handler), clock=_loop_clock
+            SharedLimits(rps=1000.0, clock=_loop_clock),
+            inner=httpx.MockTransport(handler),
+            clock=_loop_clock,
         )
         async with httpx.AsyncClient(transport=transport) as client:
             first = asyncio.create_task(client.post(URL, json=_rpc("first")))
@@ -635,7 +654,10 @@ def test_a_429_halves_the_rate_which_creeps_back() -> None:
 
     async def calls() -> None:
         transport = RateLimitedTransport(
-            rps=10.0, max_retries=0, inner=httpx.MockTransport(handler), clock=_loop_clock
+            SharedLimits(rps=10.0, clock=_loop_clock),
+            max_retries=0,
+            inner=httpx.MockTransport(handler),
+            clock=_loop_clock,
         )
         async with httpx.AsyncClient(transport=transport) as client:
             for _ in range(8):
@@ -666,12 +688,8 @@ def test_transports_sharing_limits_share_the_rate_and_the_cool_down() -> None:
 
     async def calls() -> None:
         limits = SharedLimits(rps=10.0, clock=_loop_clock)
-        old = RateLimitedTransport(
-            rps=10.0, max_retries=0, inner=httpx.MockTransport(handler), limits=limits
-        )
-        new = RateLimitedTransport(
-            rps=10.0, max_retries=0, inner=httpx.MockTransport(handler), limits=limits
-        )
+        old = RateLimitedTransport(limits, max_retries=0, inner=httpx.MockTransport(handler))
+        new = RateLimitedTransport(limits, max_retries=0, inner=httpx.MockTransport(handler))
         async with httpx.AsyncClient(transport=old) as first:
             assert (await first.post("http://old.test/", json=_rpc())).status_code == 429
             async with httpx.AsyncClient(transport=new) as second:
@@ -694,11 +712,8 @@ def test_transports_sharing_limits_share_the_rate_and_the_cool_down() -> None:
 async def test_retry_budget_caps_retries_at_a_fifth_of_calls() -> None:
     inner, seen = _script(then=httpx.Response(503))
     transport = RateLimitedTransport(
-        rps=1e6,
-        burst=1000,
+        SharedLimits(rps=1e6, burst=1000, retry_budget_min=0, retry_streak=100),
         max_retries=5,
-        retry_budget_min=0,
-        retry_streak=100,
         inner=inner,
         sleep=_Sleeps(),
     )
@@ -730,7 +745,10 @@ def test_a_5xx_burst_under_steady_traffic_is_retried_at_most_a_fifth() -> None:
     async def poll() -> None:
         loop = asyncio.get_running_loop()
         transport = RateLimitedTransport(
-            rps=10.0, backoff_base=1.0, inner=httpx.MockTransport(handler), clock=_loop_clock
+            SharedLimits(rps=10.0, clock=_loop_clock),
+            backoff_base=1.0,
+            inner=httpx.MockTransport(handler),
+            clock=_loop_clock,
         )
         async with httpx.AsyncClient(transport=transport) as client:
             while loop.time() < 30.0:
@@ -750,7 +768,7 @@ def test_a_5xx_burst_under_steady_traffic_is_retried_at_most_a_fifth() -> None:
 
 async def test_a_blip_is_still_retried() -> None:
     inner, seen = _script(httpx.Response(503), then=_ok())
-    transport = RateLimitedTransport(rps=1e6, inner=inner, sleep=_Sleeps())
+    transport = RateLimitedTransport(SharedLimits(rps=1e6), inner=inner, sleep=_Sleeps())
 
     assert (await _post(transport)).status_code == 200
     assert (await _post(transport)).status_code == 200
@@ -766,7 +784,7 @@ def test_a_call_ends_at_its_deadline_however_many_attempts_remain() -> None:
 
     async def one_call() -> None:
         transport = RateLimitedTransport(
-            rps=1000.0,
+            SharedLimits(rps=1000.0, clock=_loop_clock),
             timeout_s=10.0,
             deadline_s=4.0,
             inner=httpx.MockTransport(hang),

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import asyncio
 
-from driftshare._transport import RateLimitedTransport, make_async_client
+from driftshare._transport import RateLimitedTransport, SharedLimits, make_async_client
 from driftshare.sim.pytest_plugin import SimulatorFactory
 
 PROVIDER_RPS = 20.0
@@ -17,7 +17,9 @@ async def test_a_provider_slower_than_rpc_rps_sees_few_429s_and_little_amplifica
     simulator_factory: SimulatorFactory,
 ) -> None:
     sim = await simulator_factory(markets=0, rate_limit=PROVIDER_RPS)
-    transport = RateLimitedTransport(rps=CLIENT_RPS, backoff_base=0.5, backoff_cap=5.0)
+    transport = RateLimitedTransport(
+        SharedLimits(rps=CLIENT_RPS), backoff_base=0.5, backoff_cap=5.0
+    )
     client = make_async_client(sim.http_url, transport)
     slots: list[int] = []
 

@@ -4,11 +4,10 @@ from __future__ import annotations
 
 import asyncio
 import json
-import os
 import re
 import signal
 import stat
-import sys
+import threading
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable
 from pathlib import Path
@@ -17,6 +16,8 @@ from typing import Any
 import httpx
 import pytest
 
+from bench._harness import spawn_serve
+from driftshare import _snapshot
 from driftshare.adapter import DriftAdapter
 from driftshare.feed import DriftFundingFeed
 from driftshare.manager import DriftClientManager
@@ -59,30 +60,7 @@ class ServeProcess:
 
 
 async def start_serve(rpc_url: str, snapshot: Path, **env: str) -> ServeProcess:
-    environ = {
-        **os.environ,
-        "COLUMNS": "400",
-        "DRIFT_SNAPSHOT_PATH": str(snapshot),
-        "DRIFT_SNAPSHOT_INTERVAL_S": "3600",
-        "DRIFT_MAX_RETRIES": "0",
-        "DRIFT_RETRY_BACKOFF": "0.2",
-        "DRIFT_RETRY_BACKOFF_CAP": "0.5",
-        "DRIFT_INIT_TIMEOUT_S": "5",
-        **env,
-    }
-    child = await asyncio.create_subprocess_exec(
-        sys.executable,
-        "-m",
-        "driftshare",
-        "serve",
-        "--rpc-url",
-        rpc_url,
-        "--port",
-        "0",
-        stdout=asyncio.subprocess.DEVNULL,
-        stderr=asyncio.subprocess.PIPE,
-        env=environ,
-    )
+    child = await spawn_serve(rpc_url, snapshot, stderr=asyncio.subprocess.PIPE, **env)
     assert child.stderr is not None
     lines: list[bytes] = []
     async with asyncio.timeout(_DEADLINE_S):
@@ -301,6 +279,39 @@ async def test_reader_adapter_and_feed_answer_from_the_snapshot_while_the_rpc_is
         assert not DriftClientManager.is_initialized()
         await feed.close()
         await adapter.disconnect()
+    finally:
+        await sim.faults.clear()
+        await DriftClientManager.shutdown()
+
+
+async def test_the_snapshot_is_read_off_the_event_loop(
+    simulator_factory: SimulatorFactory,
+    manager_settings: None,
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    sim = await simulator_factory(markets=4)
+    settings = _quick_restarts(sim.http_url, tmp_path)
+    DriftClientManager.configure(**settings)
+    assert len(await DriftClientManager.get_all_perp_markets()) == 4
+    await DriftClientManager.shutdown()  # a clean shutdown writes the snapshot
+
+    readers: list[threading.Thread] = []
+    real = _snapshot.read_snapshot
+
+    def read_snapshot(*args: Any, **kwargs: Any) -> Any:
+        readers.append(threading.current_thread())
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(_snapshot, "read_snapshot", read_snapshot)
+    await sim.faults.down(3600)
+    try:
+        DriftClientManager.configure(**settings)
+        markets = await DriftClientManager.get_all_perp_markets()
+        assert len(markets) == 4
+        assert all(m.stale for m in markets)  # the snapshot's, the RPC being down
+        assert readers
+        assert threading.current_thread() not in readers
     finally:
         await sim.faults.clear()
         await DriftClientManager.shutdown()

@@ -13,7 +13,6 @@ from typing import Any, Generic, TypeVar
 from prometheus_client import Counter as PromCounter
 
 from driftshare import _metrics as metrics
-from driftshare.config import redact_text
 
 __all__ = ["Cached", "TTLCache"]
 
@@ -203,9 +202,7 @@ class TTLCache:
         except asyncio.CancelledError:
             pass  # cancelled from inside the computation: a failed computation
         except Exception as exc:
-            # Upstream errors may quote the RPC URL, API key included.
-            detail = redact_text(str(exc))
-            _log.warning("computing %s %r failed: %s: %s", kind, key, type(exc).__name__, detail)
+            _log.warning("computing %s %r failed: %s: %s", kind, key, type(exc).__name__, exc)
         finally:
             registered = self._inflight.get(key) is flight
             if registered:

@@ -13,8 +13,6 @@ import httpx
 from solana.rpc.async_api import AsyncClient
 from solders.keypair import Keypair
 
-from driftshare.config import redact_text
-
 if TYPE_CHECKING:
     from driftshare._fleet import FleetMember
 
@@ -63,7 +61,7 @@ async def unsubscribe_fully(subscriber: Any) -> None:
         except Exception:  # reported below, from the task itself
             break
     if not task.cancelled() and task.exception() is not None:
-        log.debug("unsubscribe failed: %s", redact_text(repr(task.exception())))
+        log.debug("unsubscribe failed: %r", task.exception())
     if cancelled is not None:
         raise cancelled
 

@@ -37,7 +37,7 @@ __all__ = [
     "data_slot",
     "failover_loop",
     "health_loop",
-    "note_data",
+    "publish_data_ages",
     "publish_endpoint",
     "reconnect",
     "reconnect_in_background",
@@ -61,21 +61,11 @@ def data_slot(shared: SharedClient) -> int:
     return newest_data_slot(shared.client.account_subscriber) or 0
 
 
-def note_data(shared: SharedClient) -> bool:
-    """Record whether any data advanced since the last look; refresh per-market ages."""
-    slot = data_slot(shared)
-    if shared.initialized:
-        _note_market_ages(shared)
-    if slot > shared._data_slot:
-        shared._data_slot = slot
-        shared.last_data_at = time.monotonic()
-        return True
-    return False
-
-
-def _note_market_ages(shared: SharedClient) -> None:
+def publish_data_ages(shared: SharedClient) -> None:
     """Publish ``drift_data_age_seconds``: time since a market's account and oracle were last
     both known current (the ``data_age_s`` its values carry)."""
+    if not shared.initialized:
+        return
     now = time.monotonic()
     source = ClientSource(shared.client, shared.ledger)
     for ds in shared.client.account_subscriber.get_market_accounts_and_slots():
@@ -101,7 +91,7 @@ async def _checks(shared: SharedClient, gen: Generation) -> None:
         await asyncio.sleep(settings.health_interval_s)
         gen.check()
         try:
-            note_data(shared)
+            publish_data_ages(shared)
             if gen.fleet is not None and not gen.fleet.upstream:
                 # A follower asks no RPC: its data is as healthy as its feed from Redis.
                 shared.health = "degraded" if gen.fleet.feed_lost else "healthy"
@@ -154,12 +144,10 @@ async def _switch(shared: SharedClient, gen: Generation, mode: SubscriptionMode)
     try:
         await shared._subscribe(gen, mode)
     except Exception as exc:  # keep the current subscriber; the next check tries again
-        log.warning("cannot switch to %s: %s", mode, redact_text(repr(exc)))
+        log.warning("cannot switch to %s: %r", mode, exc)
         return
     shared.mode_switches += 1
     shared.confirmer.resubscribed()
-    shared._data_slot = 0
-    note_data(shared)
 
 
 async def _websocket_works(shared: SharedClient) -> bool:
@@ -225,7 +213,6 @@ async def _reconnect(shared: SharedClient, gen: Generation) -> bool:
     gen.check()
     if gen.connection is not None:
         renew_session(shared, gen)
-    shared._data_slot = 0
     ready = await shared._ready(gen) is not None
     await gen.close_old_sessions()
     return ready
@@ -317,9 +304,9 @@ async def _move_to(shared: SharedClient, gen: Generation, url: str) -> None:
     provider: Any = gen.connection._provider  # type: ignore[union-attr]
     log.warning(
         "RPC endpoint %s of %s failing or no longer preferred: switching to %s",
-        redact_url(provider.endpoint_uri),
+        provider.endpoint_uri,
         shared.network,
-        redact_url(url),
+        url,
     )
     provider.endpoint_uri = url
     metrics.RPC_ENDPOINT_SWITCHES.labels(shared.network).inc()
@@ -333,15 +320,15 @@ async def _move_to(shared: SharedClient, gen: Generation, url: str) -> None:
         await shared._subscribe(gen, shared.settings.subscription)
     except Exception as exc:  # the full rebuild retries until it works
         gen.check()
-        log.warning("cannot subscribe at %s: %s", redact_url(url), redact_text(repr(exc)))
+        log.warning("cannot subscribe at %s: %r", url, exc)
         reconnect_in_background(shared, gen)
-        return
-    shared._data_slot = 0
-    note_data(shared)
 
 
 def publish_endpoint(shared: SharedClient) -> None:
-    """Set ``drift_rpc_endpoint_active``: 1 for the endpoint in use, 0 for the others."""
-    for url in shared.endpoints.urls:
-        active = 1 if url == shared.endpoints.active else 0
-        metrics.RPC_ENDPOINT_ACTIVE.labels(shared.network, redact_url(url)).set(active)
+    """Set ``drift_rpc_endpoint_active``: 1 for the endpoint in use, 0 for the others.
+
+    Endpoints that differ only past the host (keys in the path) share one redacted label:
+    it is 1 while one of them is in use."""
+    active = redact_url(shared.endpoints.active)
+    for label in {redact_url(url) for url in shared.endpoints.urls}:
+        metrics.RPC_ENDPOINT_ACTIVE.labels(shared.network, label).set(int(label == active))

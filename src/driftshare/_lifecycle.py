@@ -28,9 +28,10 @@ from driftshare._fleet import FleetMember, standalone_stats
 from driftshare._freshness import Confirmer
 from driftshare._generation import Generation, unsubscribe_fully
 from driftshare._health import (
+    data_slot,
     failover_loop,
     health_loop,
-    note_data,
+    publish_data_ages,
     publish_endpoint,
     reconnect_in_background,
 )
@@ -117,9 +118,12 @@ class SharedClient:
         """``time.monotonic()`` of the newest confirmation of any account."""
         self.snapshots = snapshot_keeper(self.ledger, settings, network, url)
         self._warm: WarmSource | None = None
-        if settings.share_url is None:
+        self._warming: asyncio.Task[int] | None = None
+        if settings.share_url is None and self.snapshots is not None:
             # A fleet member starts from Redis's last values; see _start.
-            self.load_snapshot()
+            self._warming = self.loop.create_task(
+                self.load_snapshot(), name=f"driftshare-snapshot-load-{network}"
+            )
         self.ledger.add_listener(self._on_ledger)
         self.confirmer = Confirmer(
             self.ledger,
@@ -128,23 +132,26 @@ class SharedClient:
             inject=self._inject,
             stale_after_s=settings.stale_after_s,
         )
-        self.last_data_at: float | None = None
-        self._data_slot = 0
         self._closing: asyncio.Task[None] | None = None
         self._lease: asyncio.TimerHandle | None = None
         self._lease_until = 0.0
         self._reads = 0
         self._rng = random.Random()
 
-    def load_snapshot(self) -> int:
+    async def load_snapshot(self) -> int:
         """Serve the snapshot's accounts, stale, until live data replaces them; how many.
 
-        Called at creation; a fleet member calls it when Redis is unreachable at start.
+        Started at creation; a fleet member calls it when Redis is unreachable at start.
         """
         if self.snapshots is None or self._warm is not None:
             return 0
+        # Off the loop: a mainnet-sized file (165 KiB) reads in milliseconds, but a file may be
+        # up to MAX_FILE_BYTES, read, hashed and parsed, on a disk that may be cold.
+        accounts = await asyncio.to_thread(self.snapshots.read)
+        if self._warm is not None or self.initialized:
+            return 0  # loaded meanwhile, or live data came first
         confirmed_at = self.last_confirmed_at
-        loaded = self.snapshots.load()
+        loaded = self.snapshots.apply(accounts)
         # The snapshot's confirmations are another process's: they prove no data flows now.
         self.last_confirmed_at = confirmed_at
         if loaded:
@@ -244,6 +251,8 @@ class SharedClient:
             return None
         if self.refs == 0:
             self._extend_lease()
+        if self._warming is not None:
+            await asyncio.shield(self._warming)  # the first read may answer from the snapshot
         if self._warm is not None and not self.initialized:
             # A snapshot answers now, stale, rather than after the first connection.
             self._begin(gen)
@@ -359,7 +368,7 @@ class SharedClient:
             level,
             "cannot start the %s DriftClient at %s (%s); retrying in the background",
             self.network,
-            redact_url(self.url),
+            self.url,
             self.last_error,
         )
 
@@ -411,16 +420,16 @@ class SharedClient:
             await gen.fleet.join()
             if gen.fleet.fallback:
                 # Redis is unreachable at start: the snapshot answers until upstream does.
-                self.load_snapshot()
+                await self.load_snapshot()
             gen.check()
-        log.info("starting the shared %s DriftClient at %s", self.network, redact_url(self.url))
+        log.info("starting the shared %s DriftClient at %s", self.network, self.url)
         await self._subscribe(gen, self.settings.subscription)
         gen.check()
         self.initializations += 1
         metrics.CLIENT_INITIALIZATIONS.labels(self.network).inc()
         gen.ready_at = time.monotonic()
         self.health = "healthy"
-        note_data(self)
+        publish_data_ages(self)
         gen.health_task = gen.spawn(health_loop(self, gen), f"driftshare-health-{self.network}")
         log.info(
             "shared %s DriftClient ready: %d perp markets by %s (%d unavailable)",
@@ -455,9 +464,7 @@ class SharedClient:
                 return
             except Exception as exc:  # any websocket failure: fall back to polling
                 metrics.SUBSCRIPTION_FAILURES.labels(self.network).inc()
-                log.warning(
-                    "websocket subscription failed (%s); polling instead", redact_text(repr(exc))
-                )
+                log.warning("websocket subscription failed (%r); polling instead", exc)
         await self._install_subscriber(gen, self._polling(gen, discovery, tap), tap)
         self.mode = "polling"
 
@@ -541,7 +548,6 @@ class SharedClient:
         if self.gen is None:
             self.health = "idle"
             self.mode = self.settings.subscription
-            self._data_slot = 0
 
     def source(self) -> MarketSource | None:
         """The subscribed accounts to read from, or None while they cannot be trusted."""
@@ -564,8 +570,9 @@ class SharedClient:
         )
 
     def snapshot(self) -> dict[str, Any]:
-        note_data(self)  # observation only: the health loop keeps its own progress marker
+        """Plain data about this client; reads only (other threads call it: stats())."""
         now = time.monotonic()
+        confirmed_at = self.last_confirmed_at
         rpc = self.rpc.snapshot()
         gen = self.gen
         ready_after = None
@@ -590,8 +597,8 @@ class SharedClient:
             "rate_limited": rpc.get("rate_limited", 0),
             "retries": rpc.get("retries", 0),
             "time_to_ready_s": ready_after,
-            "last_update_age_s": (now - self.last_data_at) if self.last_data_at else None,
-            "data_slot": self._data_slot,
+            "last_update_age_s": None if confirmed_at is None else now - confirmed_at,
+            "data_slot": data_slot(self),
             "freshness": self.confirmer.snapshot(),
             "warm_start": None if self.snapshots is None else self.snapshots.stats(),
             "fleet": standalone_stats() if gen is None or gen.fleet is None else gen.fleet.stats(),

@@ -347,16 +347,28 @@ class SnapshotKeeper:
 
     def load(self) -> int:
         """Apply the snapshot's accounts to the ledger; how many. Never raises."""
+        return self.apply(self.read())
+
+    def read(self) -> list[Restored]:
+        """The file's accounts; none, with one warning, when it cannot be used. Never raises.
+
+        It touches nothing but the file: it may run in any thread.
+        """
         remove_leftovers(self.file)
         try:
-            accounts = read_snapshot(self.file, self.identity, wall_now=self._wall())
+            return read_snapshot(self.file, self.identity, wall_now=self._wall())
         except FileNotFoundError:
-            return 0
+            return []
         except (OSError, SnapshotError) as exc:
             reason = exc.strerror if isinstance(exc, OSError) and exc.strerror else exc
             log.warning(
                 "ignoring the snapshot %s (%s); starting without it", self.file.name, reason
             )
+            return []
+
+    def apply(self, accounts: list[Restored]) -> int:
+        """Apply :meth:`read`'s accounts to the ledger; how many are served from them."""
+        if not accounts:
             return 0
         mono, wall = self._mono(), self._wall()
         restored: set[str] = set()

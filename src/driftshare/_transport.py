@@ -23,7 +23,7 @@ from solana.rpc.commitment import Commitment
 from tenacity import AsyncRetrying, RetryCallState
 
 from driftshare import _metrics as metrics
-from driftshare.config import Settings, redact_text, redact_url
+from driftshare.config import Settings
 
 __all__ = [
     "NON_IDEMPOTENT_METHODS",
@@ -219,6 +219,13 @@ class _Limiter:
 class SharedLimits:
     """The rate limit, the provider's pushback and the retry budget of one client.
 
+    At most ``rps`` requests per second leave, with bursts of up to ``burst``. A
+    ``Retry-After`` holds all new attempts until it has passed, and a 429 halves the sending
+    rate, which creeps back while no 429 comes. Retries are at most ``retry_budget`` of the
+    calls of the last ``retry_window_s`` seconds (but ``retry_budget_min`` are always
+    allowed), none while more than ``retry_streak`` attempts in a row have failed (an outage,
+    until one is served).
+
     Every transport built with the same ``SharedLimits`` sends within one ``rps`` and honours
     one cool-down, adaptive rate and retry budget, so renewing an HTTP session (a reconnect,
     an endpoint fail-over) neither resets them nor lets old and new sessions each send at
@@ -318,25 +325,20 @@ class _Call:
 class RateLimitedTransport(httpx.AsyncBaseTransport):
     """An httpx transport that rate limits, retries and counts JSON-RPC requests.
 
-    At most ``rps`` requests per second leave, with bursts of up to ``burst``. HTTP 429,
-    5xx, timeouts and connection errors are retried up to ``max_retries`` times with
-    full-jitter exponential backoff (``backoff_base`` doubling per retry, capped at
-    ``backoff_cap`` seconds). A ``Retry-After`` header is waited out up to ``backoff_cap``
-    seconds too: a longer ask is retried sooner than asked, at most ``max_retries`` times.
-    ``wall_clock`` gives the unix time a ``Retry-After`` date is counted from. Each
-    attempt, response body included, must finish within ``timeout_s``. When retries run
-    out the last response is returned, or the last exception raised.
+    Requests leave within ``limits`` (:class:`SharedLimits`: the rate limit, the provider's
+    back-pressure and the retry budget), shared with every other transport built with the
+    same ones. HTTP 429, 5xx, timeouts and connection errors are retried up to
+    ``max_retries`` times with full-jitter exponential backoff (``backoff_base`` doubling
+    per retry, capped at ``backoff_cap`` seconds). A ``Retry-After`` header is waited out
+    up to ``backoff_cap`` seconds too: a longer ask is retried sooner than asked, at most
+    ``max_retries`` times. ``wall_clock`` gives the unix time a ``Retry-After`` date is
+    counted from. Each attempt, response body included, must finish within ``timeout_s``.
+    When retries run out the last response is returned, or the last exception raised.
 
-    Back-pressure is shared by every call: a ``Retry-After`` holds all new attempts until
-    it has passed, and a 429 halves the sending rate, which creeps back while no 429
-    comes. Retries are at most ``retry_budget`` of the calls of the last
-    ``retry_window_s`` seconds (but ``retry_budget_min`` are always allowed), none while more
-    than ``retry_streak`` attempts in a row have failed (an outage, until one is served), a call
-    retries only while it can end within ``deadline_s`` of its start, and a call in
-    :data:`NON_IDEMPOTENT_METHODS` is sent again only if it never left. ``on_result``
-    hears, for every call, its URL and whether the provider served it. Given ``limits``,
-    the transport shares them (rate limit, back-pressure, retry budget) with every other
-    transport built with them, and ignores ``rps``, ``burst`` and the ``retry_*`` arguments.
+    A retry also needs the limits' retry budget, a call retries only while it can end
+    within ``deadline_s`` of its start, and a call in :data:`NON_IDEMPOTENT_METHODS` is sent
+    again only if it never left. ``on_result`` hears, for every call, its URL and whether
+    the provider served it.
 
     The rate limiter (and the default inner transport, whose connections belong to one
     event loop) is kept per running event loop, so one transport serves successive
@@ -345,18 +347,13 @@ class RateLimitedTransport(httpx.AsyncBaseTransport):
 
     def __init__(
         self,
+        limits: SharedLimits,
         *,
-        rps: float,
-        burst: int = 1,
         max_retries: int = 5,
         backoff_base: float = 2.0,
         backoff_cap: float = 30.0,
         timeout_s: float = 10.0,
         deadline_s: float | None = None,
-        retry_budget: float = 0.2,
-        retry_window_s: float = 10.0,
-        retry_budget_min: int = 1,
-        retry_streak: int = 1,
         stats: RpcStats | None = None,
         inner: httpx.AsyncBaseTransport | None = None,
         sleep: Callable[[float], Awaitable[None]] = asyncio.sleep,
@@ -365,7 +362,6 @@ class RateLimitedTransport(httpx.AsyncBaseTransport):
         wall_clock: Callable[[], float] = time.time,
         log_interval_s: float = 10.0,
         on_result: Callable[[httpx.URL, bool], None] | None = None,
-        limits: SharedLimits | None = None,
     ) -> None:
         _require(
             isinstance(max_retries, int) and max_retries >= 0,
@@ -377,19 +373,7 @@ class RateLimitedTransport(httpx.AsyncBaseTransport):
         _require(
             deadline_s is None or deadline_s > 0, f"deadline_s must be > 0, got {deadline_s!r}"
         )
-        if limits is None:
-            limits = SharedLimits(
-                rps=rps,
-                burst=burst,
-                retry_budget=retry_budget,
-                retry_window_s=retry_window_s,
-                retry_budget_min=retry_budget_min,
-                retry_streak=retry_streak,
-                clock=clock,
-            )
         self.limits = limits
-        self.rps = limits.rps
-        self.burst = limits.burst
         self.max_retries = max_retries
         self.backoff_base = backoff_base
         self.backoff_cap = backoff_cap
@@ -420,9 +404,7 @@ class RateLimitedTransport(httpx.AsyncBaseTransport):
         """A transport configured by the ``DRIFT_RPC_*``, retry, timeout and deadline settings,
         sending within ``limits`` (new ones from the settings if None)."""
         return cls(
-            rps=settings.rpc_rps,
-            burst=settings.rpc_burst,
-            limits=limits,
+            limits if limits is not None else SharedLimits.from_settings(settings),
             max_retries=settings.max_retries,
             backoff_base=settings.retry_backoff,
             backoff_cap=settings.retry_backoff_cap,
@@ -476,9 +458,9 @@ class RateLimitedTransport(httpx.AsyncBaseTransport):
             _log.warning(
                 "RPC %s to %s failed: %s: %s",
                 method,
-                redact_url(str(request.url)),
+                request.url,
                 type(exc).__name__,
-                redact_text(str(exc)),
+                exc,
             )
             raise
         self._report(request, not _is_retryable(response))
@@ -487,7 +469,7 @@ class RateLimitedTransport(httpx.AsyncBaseTransport):
             _log.warning(
                 "RPC %s to %s failed: HTTP %d",
                 method,
-                redact_url(str(request.url)),
+                request.url,
                 response.status_code,
             )
         return response
@@ -648,7 +630,7 @@ class RateLimitedTransport(httpx.AsyncBaseTransport):
         if last is not None and now - last < self._log_interval_s:
             self._unlogged_429s += 1
             return
-        url = redact_url(str(request.url))
+        url = request.url
         if last is not None and self._unlogged_429s:
             _log.warning(
                 "RPC provider %s answered HTTP 429 %d more times in the last %.0fs "

@@ -21,7 +21,7 @@ from driftshare._freshness import Confirmer
 from driftshare._ledger import AccountLedger
 from driftshare._marketdata import ClientSource, MarketDataReader, MarketSource
 from driftshare._subscription import AccountTap, WebsocketSubscriber, discover_markets, post_batch
-from driftshare.config import PUBLIC_RPC_URLS, Network, Settings, redact_text, redact_url
+from driftshare.config import PUBLIC_RPC_URLS, Network, Settings, redact_url
 from driftshare.manager import DriftClientManager
 
 __all__ = ["DriftAdapter"]
@@ -222,8 +222,7 @@ class DriftAdapter:
             await asyncio.wait_for(private.start(), settings.init_timeout_s)
         except Exception as exc:  # any upstream failure: not connected
             await private.close()
-            cause = redact_text(str(exc)) or type(exc).__name__
-            log.warning("cannot connect to %s: %s", redact_url(url), cause)
+            log.warning("cannot connect to %s: %s", url, str(exc) or type(exc).__name__)
             return False
         self._private = private
         return True

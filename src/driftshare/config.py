@@ -6,7 +6,7 @@ import re
 from collections.abc import Iterable
 from pathlib import Path
 from typing import Annotated, Any, Literal
-from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
+from urllib.parse import urlsplit, urlunsplit
 
 from pydantic import Field, SecretStr, ValidationError, field_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
@@ -131,32 +131,37 @@ def load_settings(**overrides: object) -> Settings:
         raise ConfigError(f"invalid configuration: {problems}") from None
 
 
-_SECRET_QUERY_KEYS = re.compile(r"(api[-_]?key|token|key|secret|auth)", re.IGNORECASE)
-_TOKENISH = re.compile(r"^[A-Za-z0-9_\-]{16,}$")
+_HIDDEN = "***"
 
 
 def redact_url(url: str) -> str:
-    """Hide API keys and passwords in a URL (or a comma-separated list of RPC URLs):
-    secret-looking query values, long path tokens and ``user:password@``."""
+    """A URL (or a comma-separated list of RPC URLs) safe to show: only its scheme, host and
+    port are kept; every path segment, the query, the fragment and ``user:password@`` become
+    ``***``.
+
+    Providers put API keys in the path (``/v2/KEY``), in the query, under any name or none
+    (``?KEY``), and in the user info (Redis passwords), at any length: no part beyond the
+    host is shown, since no rule can tell a key from the rest.
+    """
     urls = split_rpc_urls(url)
     if len(urls) > 1 and all("://" in part for part in urls):
         return ",".join(redact_url(part) for part in urls)
     try:
         parts = urlsplit(url)
+        port = parts.port  # a malformed port raises here
     except ValueError:
         return "<unparseable url>"
-    query = urlencode(
-        [
-            (k, "***" if _SECRET_QUERY_KEYS.search(k) else v)
-            for k, v in parse_qsl(parts.query, keep_blank_values=True)
-        ],
-        safe="*",
-    )
-    path = "/".join("***" if _TOKENISH.match(seg) else seg for seg in parts.path.split("/"))
-    netloc = parts.netloc
-    if "@" in netloc:
-        netloc = "***@" + netloc.rsplit("@", 1)[1]
-    return urlunsplit((parts.scheme, netloc, path, query, parts.fragment))
+    netloc = parts.hostname or ""
+    if ":" in netloc:  # an IPv6 address
+        netloc = f"[{netloc}]"
+    if port is not None:
+        netloc = f"{netloc}:{port}"
+    if "@" in parts.netloc:
+        netloc = f"{_HIDDEN}@{netloc}"
+    path = "/".join(_HIDDEN if segment else "" for segment in parts.path.split("/"))
+    query = _HIDDEN if parts.query else ""
+    fragment = _HIDDEN if parts.fragment else ""
+    return urlunsplit((parts.scheme, netloc, path, query, fragment))
 
 
 _URL_IN_TEXT = re.compile(r"(?:https?|wss?|rediss?)://[^\s'\"<>]+")

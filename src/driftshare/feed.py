@@ -160,12 +160,12 @@ class DriftFundingFeed:
         """``{market: rate_8h}`` for callers without ``await``.
 
         With no event loop running in this thread the rates are read on the feed's idle
-        loop, else on a temporary one (``asyncio.run``) whose connections are closed before
-        it ends. From another thread while the feed's loop runs, the read runs on that loop
-        and this thread waits up to ``sync_timeout_s``. From the thread of a running loop it
-        cannot wait without blocking that loop, so it returns the rates of the last
-        :meth:`get_all_funding_rates` (empty before the first). Any failure logs a warning
-        and returns the last known rates.
+        loop, else on a temporary one whose connections are closed before it ends (the
+        thread's event loop, if one is set, stays set). From another thread while the feed's
+        loop runs, the read runs on that loop and this thread waits up to ``sync_timeout_s``.
+        From the thread of a running loop it cannot wait without blocking that loop, so it
+        returns the rates of the last :meth:`get_all_funding_rates` (empty before the first).
+        Any failure logs a warning and returns the last known rates.
         """
         try:
             asyncio.get_running_loop()
@@ -180,7 +180,9 @@ class DriftFundingFeed:
                 return self._wait_on(loop)
             if loop is not None and not loop.is_closed():
                 return loop.run_until_complete(self._rates_8h())
-            return asyncio.run(self._rates_8h_on_temporary_loop())
+            # Not asyncio.run: it would replace this thread's event loop and leave it unset.
+            with asyncio.Runner(loop_factory=asyncio.new_event_loop) as runner:
+                return runner.run(self._rates_8h_on_temporary_loop())
         except Exception as exc:  # the caller gets the last known rates, never an exception
             log.warning("cannot read funding rates: %r", exc)
         return dict(self._last_rates)

@@ -30,7 +30,7 @@ from driftshare._fleet._records import Signer
 from driftshare._fleet._store import FleetStore, StoredMember
 from driftshare._generation import cancel_all
 from driftshare._ledger import AccountLedger
-from driftshare.config import Settings, redact_text, redact_url
+from driftshare.config import Settings, redact_url
 
 __all__ = ["FleetMember", "Role", "standalone_stats"]
 
@@ -186,7 +186,7 @@ class FleetMember:
         now = time.monotonic()
         if self._failing_since is None:
             self._failing_since = now
-            log.warning("fleet Redis unreachable: %s", redact_text(f"{type(exc).__name__}: {exc}"))
+            log.warning("fleet Redis unreachable: %s: %s", type(exc).__name__, exc)
         # Joining with Redis away there is nothing to serve meanwhile: fall back at once.
         waited = now - self._failing_since
         joining = not self._decided.is_set()
