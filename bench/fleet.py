@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import hashlib
 import os
 import statistics
 import sys
@@ -21,6 +22,7 @@ import httpx
 
 from bench import BenchError, Context
 from driftshare._fleet._harness import RedisServer, ServeProcess, all_ready, free_port, fresh_after
+from driftshare._ledger import AccountRecord
 from driftshare.sim import Simulator
 
 TITLE = "Fleet: many processes, one upstream"
@@ -28,6 +30,10 @@ ENGINES = ["funding", "lst", "scalp", "arb"]
 MARKETS = 8
 _ENV = {"DRIFT_NETWORK": "mainnet", "DRIFT_HEALTH_INTERVAL_S": "1"}
 _READY_DEADLINE_S = 240.0
+_REPORT_EVERY_S = 0.5
+_STEADY_MIN_S = 30.0
+"""The least time between all processes being ready and the window's end."""
+_FLOOR_CHANNEL = "driftshare-bench:floor"
 
 
 async def _poll(check: Any, deadline_s: float, what: str, every_s: float = 0.05) -> float:
@@ -46,40 +52,63 @@ async def _poll(check: Any, deadline_s: float, what: str, every_s: float = 0.05)
 async def _upstream_cost(
     processes: int, fleet: bool, window_s: float, redis: RedisServer
 ) -> dict[str, Any]:
+    """What ``processes`` processes cost the RPC in the ``window_s`` seconds from the first
+    one's start: the first starts alone, the rest once it is ready (in a fleet, once it
+    leads). The steady rate is counted from the moment all are ready to the window's end."""
     sim = Simulator(markets=MARKETS, tick_s=0.4)
     await sim.start()
+    keys = [f"p{i}" for i in range(processes)]
     procs = [
         ServeProcess(
-            f"{sim.http_url}/?api-key=p{i}",
+            f"{sim.http_url}/?api-key={key}",
             redis.url if fleet else None,
             engines=ENGINES,
             env={**_ENV, "DRIFT_SHARE_GROUP": f"cost{processes}"},
         )
-        for i in range(processes)
+        for key in keys
     ]
     try:
         async with httpx.AsyncClient() as http:
-            # The first process leads; the rest join once it has published.
+            started = time.monotonic()
             procs[0].start()
             await _poll(lambda: all_ready(http, procs[:1], fleet=fleet), _READY_DEADLINE_S, "first")
             for proc in procs[1:]:
                 proc.start()
             await _poll(lambda: all_ready(http, procs, fleet=fleet), _READY_DEADLINE_S, "all ready")
-            await asyncio.sleep(window_s)  # the measured window: engines read, chain moves
+            ready_s = time.monotonic() - started
+            if ready_s > window_s - _STEADY_MIN_S:
+                raise BenchError(
+                    f"{processes} processes were ready only after {ready_s:.0f}s: no steady "
+                    f"state within the {window_s:g}s window"
+                )
+            at_ready = sim.stats()
+            await asyncio.sleep(started + window_s - time.monotonic())  # the engines read
             found = sim.stats()
-            roles = [(await p.stats(http)).get("fleet", {}).get("role") for p in procs]
-            engines = [e for p in procs for e in (await p.stats(http)).get("engines", [])]
-            engine_errors = sum(e.get("errors", 0) for e in engines)
+            stats = [await p.stats(http) for p in procs]
         rss = {p.pid: p.rss_bytes() for p in procs}
     finally:
         for proc in procs:
             proc.stop()
         await sim.stop()
+    roles = [s.get("fleet", {}).get("role") for s in stats]
+    engine_errors = sum(e.get("errors", 0) for s in stats for e in s.get("engines", []))
     followers = [rss[p.pid] for p, r in zip(procs, roles, strict=True) if r == "follower"]
+    by_client = found["http_requests"]["by_client"]
+    follower_requests = sum(
+        by_client.get(_client_id(key), 0)
+        for key, role in zip(keys, roles, strict=True)
+        if role == "follower"
+    )
+    steady_s = window_s - ready_s
+    http_total = found["http_requests"]["total"]
     return {
         "processes": processes,
         "fleet": fleet,
-        "http_requests": found["http_requests"]["total"],
+        "ready_s": ready_s,
+        "http_requests": http_total,
+        "http_per_min_steady": (http_total - at_ready["http_requests"]["total"]) * 60 / steady_s,
+        "calls_by_method": found["calls"]["by_method"],
+        "follower_http_requests": follower_requests if fleet else None,
         "ws_connections": found["ws_connections"]["total"],
         "subscriptions": found["subscriptions"]["total"],
         "engine_errors": engine_errors,
@@ -89,14 +118,22 @@ async def _upstream_cost(
     }
 
 
+def _client_id(api_key: str) -> str:
+    """How the simulator names a client in its counters (``sim.server.client_id``)."""
+    return "key:" + hashlib.sha256(api_key.encode()).hexdigest()[:12]
+
+
 # -- propagation --------------------------------------------------------------------------
 
 
-async def _propagation(seconds: float, redis: RedisServer) -> list[float]:
+async def _propagation(seconds: float, redis: RedisServer) -> tuple[list[float], list[float]]:
     """Leader's ledger receives an update → a follower process's getter returns it (ms).
 
     The chain (``driftshare sim``), the leader (this process) and the follower each run in
     their own process; both ends stamp with CLOCK_MONOTONIC, which all processes share.
+    The leader's stamp is taken as its account tap hands the update to the ledger, before
+    any of the ledger's listeners (the fleet's publisher among them) runs. Also returned:
+    the part until the follower has read and verified the message (the hop through Redis).
     """
     from driftshare.manager import DriftClientManager
 
@@ -109,6 +146,7 @@ async def _propagation(seconds: float, redis: RedisServer) -> list[float]:
     rpc_url = f"http://127.0.0.1:{port}"
     received: dict[tuple[str, int], float] = {}
     latencies: list[float] = []
+    hops: list[float] = []
     DriftClientManager.configure(
         rpc_url=rpc_url, share_url=redis.url, share_group="propagation", network="mainnet"
     )
@@ -121,11 +159,14 @@ async def _propagation(seconds: float, redis: RedisServer) -> list[float]:
         if client is None or shared is None or shared.gen is None or shared.gen.fleet is None:
             raise BenchError("the leader did not start")
 
-        def on_entry(entry: Any, changed: bool) -> None:
-            if changed:
-                received[(entry.record.pubkey, entry.record.slot)] = time.monotonic()
+        ledger = shared.ledger
+        apply = ledger.apply
 
-        shared.ledger.add_listener(on_entry)
+        def stamped(record: AccountRecord, *, confirmed_at: float | None = None) -> bool:
+            received.setdefault((record.pubkey, record.slot), time.monotonic())
+            return apply(record, confirmed_at=confirmed_at)
+
+        ledger.apply = stamped  # type: ignore[method-assign]  # the probe: stamp, then apply
         follower = await asyncio.create_subprocess_exec(
             sys.executable, "-m", "bench.fleet", "--follow", redis.url, "--rpc", rpc_url,
             stdout=asyncio.subprocess.PIPE,
@@ -140,10 +181,13 @@ async def _propagation(seconds: float, redis: RedisServer) -> list[float]:
                 line = await asyncio.wait_for(follower.stdout.readline(), end - time.monotonic())
             except TimeoutError:
                 break
-            pubkey, slot, at = line.decode().split()
+            if not line:
+                break
+            pubkey, slot, verified, at = line.decode().split()
             sent = received.get((pubkey, int(slot)))
             if sent is not None:
                 latencies.append((float(at) - sent) * 1000)
+                hops.append((float(verified) - sent) * 1000)
     finally:
         for process in (follower, sim):
             if process is not None and process.returncode is None:
@@ -152,7 +196,7 @@ async def _propagation(seconds: float, redis: RedisServer) -> list[float]:
         await DriftClientManager.shutdown()
     if not latencies:
         raise BenchError("no update reached the follower")
-    return latencies
+    return latencies, hops
 
 
 async def _answers(http: httpx.AsyncClient, rpc_url: str) -> bool:
@@ -198,15 +242,75 @@ async def _follow(share_url: str, rpc_url: str) -> None:
             found = subscriber.get_state_account_and_slot()
         return None if found is None else found.slot
 
+    fleet = shared.gen.fleet if shared.gen is not None else None
+    if fleet is None:
+        raise SystemExit("not in a fleet")
+
     def on_entry(entry: Any, changed: bool) -> None:
         # The LedgerSubscriber's listener ran first: the getter now returns the new value.
         if changed and served_slot(entry.record) == entry.record.slot:
-            sys.stdout.write(f"{entry.record.pubkey} {entry.record.slot} {time.monotonic()}\n")
-            sys.stdout.flush()
+            record, verified = entry.record, fleet.follower.last_message_at
+            sys.stdout.write(f"{record.pubkey} {record.slot} {verified} {time.monotonic()}\n")
 
     shared.ledger.add_listener(on_entry)
     print("ready", flush=True)
-    await asyncio.Event().wait()
+    await _flush_stdout_every(_REPORT_EVERY_S)
+
+
+async def _flush_stdout_every(seconds: float) -> None:
+    """Hand the stamps over in chunks: a write per update would wake the leader's process
+    (where they are read) once per update, in the middle of what is measured."""
+    while True:
+        await asyncio.sleep(seconds)
+        sys.stdout.flush()
+
+
+async def _pubsub_floor(seconds: float, rate: float, redis: RedisServer) -> list[float]:
+    """The same path with nothing of driftshare: redis-py PUBLISH of a timestamp from this
+    process → a redis-py subscriber in another process (ms), ``rate`` messages a second."""
+    from redis.asyncio import Redis
+
+    listener = await asyncio.create_subprocess_exec(
+        sys.executable, "-m", "bench.fleet", "--echo", redis.url, stdout=asyncio.subprocess.PIPE
+    )
+    assert listener.stdout is not None
+    client = Redis.from_url(redis.url)
+    try:
+        ready = await asyncio.wait_for(listener.stdout.readline(), _READY_DEADLINE_S)
+        if ready.strip() != b"ready":
+            raise BenchError("the reference subscriber did not start")
+        end = time.monotonic() + seconds
+        while time.monotonic() < end:
+            await client.publish(_FLOOR_CHANNEL, repr(time.monotonic()))
+            await asyncio.sleep(1 / rate)
+        await client.publish(_FLOOR_CHANNEL, "end")
+        output = await asyncio.wait_for(listener.stdout.read(), _READY_DEADLINE_S)
+    finally:
+        await client.aclose()
+        if listener.returncode is None:
+            listener.kill()
+            await listener.wait()
+    return [float(line) for line in output.split()]
+
+
+async def _echo(share_url: str) -> None:
+    """The subscriber of :func:`_pubsub_floor`: print each message's latency at the end."""
+    from redis.asyncio import Redis
+
+    client = Redis.from_url(share_url)
+    pubsub = client.pubsub(ignore_subscribe_messages=True)
+    await pubsub.subscribe(_FLOOR_CHANNEL)
+    print("ready", flush=True)
+    latencies = []
+    while True:
+        message = await pubsub.get_message(timeout=None)
+        if message is None or message.get("type") != "message":
+            continue
+        if message["data"] == b"end":
+            break
+        latencies.append((time.monotonic() - float(message["data"])) * 1000)
+    print("\n".join(f"{ms:.4f}" for ms in latencies), flush=True)
+    await client.aclose()
 
 
 # -- failover -----------------------------------------------------------------------------
@@ -302,14 +406,18 @@ def _markdown(results: dict[str, Any], plot: str) -> str:
         "depend on load, the times do.",
         "",
         f"Each process is `driftshare serve --engines {','.join(ENGINES)}` on the simulator "
-        f"({MARKETS} perp markets, a slot every 0.4 s), measured {results['window_s']:g} s "
-        "after every process is ready (start-up included in the counts). **standalone**: no "
-        "`DRIFT_SHARE_URL`; **fleet**: all processes share one Redis (`redis-server` on "
-        "loopback).",
+        f"({MARKETS} perp markets, a slot every 0.4 s). **standalone**: no `DRIFT_SHARE_URL`; "
+        "**fleet**: all processes share one Redis (`redis-server` on loopback). Every row "
+        f"counts the same window: the {results['window_s']:g} s from the first process's "
+        "start (start-up included). The first process starts alone, the others once it is "
+        "ready (in a fleet: leads); *ready after* is when the last one is. The steady rate "
+        "counts from then to the window's end. *followers' HTTP* are the requests the "
+        "simulator received with a follower's API key.",
         "",
-        "| processes | mode | HTTP requests | WS connections | subscriptions | engine errors "
+        "| processes | mode | ready after | HTTP requests | HTTP / min, steady | "
+        "followers' HTTP | WS connections | subscriptions | engine errors "
         "| vs 1 process (HTTP / WS / subs) |",
-        "|---:|---|---:|---:|---:|---:|---|",
+        "|---:|---|---:|---:|---:|---:|---:|---:|---:|---|",
     ]
     for r in cost:
         ratio = " / ".join(
@@ -317,26 +425,38 @@ def _markdown(results: dict[str, Any], plot: str) -> str:
             for k in ("http_requests", "ws_connections", "subscriptions")
         )
         mode = "fleet" if r["fleet"] else "standalone"
+        followers = "-" if r["follower_http_requests"] is None else r["follower_http_requests"]
         lines.append(
-            f"| {r['processes']} | {mode} | {r['http_requests']} | {r['ws_connections']} | "
+            f"| {r['processes']} | {mode} | {r['ready_s']:.1f} s | {r['http_requests']} | "
+            f"{r['http_per_min_steady']:.1f} | {followers} | {r['ws_connections']} | "
             f"{r['subscriptions']} | {r['engine_errors']} | {ratio} |"
         )
     lines += ["", f"![Upstream cost, standalone vs fleet]({plot})", ""]
-    lat = results["propagation_ms"]
+    lat, hop = results["propagation_ms"], results["propagation_hop_ms"]
+    floor = results["pubsub_floor_ms"]
     lines += [
         "### Propagation",
         "",
-        "From the leader's ledger receiving an account update (its WebSocket notification, "
-        "decoded) to a follower process's getter (`get_perp_market_and_slot`, "
-        "`get_spot_market_and_slot`, `get_oracle_price_data_and_slot`, "
-        "`get_state_account_and_slot`) returning it, on loopback; chain, leader and follower "
-        f"in three processes (slot every 0.1 s, {results['propagation_s']:g} s): "
-        f"{len(lat)} updates, "
-        f"**p50 {_pct(lat, 0.5):.2f} ms, p99 {_pct(lat, 0.99):.2f} ms**, max {max(lat):.2f} ms "
-        "(target: p99 ≤ 5 ms). The path: the leader's loop finishes the notifications it is "
-        "decoding, writes the batch (one Lua call), Redis publishes, the follower verifies the "
-        "record and its LedgerSubscriber decodes it (about 1 ms for a market account with "
-        "driftpy's decoder).",
+        "From the leader receiving an account update to a follower process's getter "
+        "(`get_perp_market_and_slot`, `get_spot_market_and_slot`, "
+        "`get_oracle_price_data_and_slot`, `get_state_account_and_slot`) returning it, on "
+        "loopback. *Receiving* is the moment the leader's account tap hands the update "
+        "(raw bytes and slot, after driftpy's WebSocket subscriber decoded the notification) "
+        "to its ledger, before any listener of the ledger runs; the fleet's publisher is one "
+        "of them and writes the update to Redis right there (one Lua call per update, on a "
+        "connection of its own, without waiting for the event loop). The follower verifies "
+        "the message and its LedgerSubscriber decodes it. Chain, leader and follower run in "
+        f"three processes (slot every 0.1 s, {results['propagation_s']:g} s): {len(lat)} "
+        f"updates, **p50 {_pct(lat, 0.5):.2f} ms, p99 {_pct(lat, 0.99):.2f} ms**, max "
+        f"{max(lat):.2f} ms (target: p99 ≤ 5 ms). Of that, until the follower has read and "
+        f"verified the message (the hop through Redis): p50 {_pct(hop, 0.5):.2f} ms, p99 "
+        f"{_pct(hop, 0.99):.2f} ms; the rest is the follower's decode and the getter.",
+        "",
+        "For reference, the same machine right after, without driftshare: redis-py "
+        "`PUBLISH` of a timestamp from one process to a redis-py subscriber in another, "
+        f"through the same Redis, {results['pubsub_floor_rate']:g} messages a second (the "
+        f"propagation run's rate): {len(floor)} messages, p50 {_pct(floor, 0.5):.2f} ms, "
+        f"p99 {_pct(floor, 0.99):.2f} ms, max {max(floor):.2f} ms.",
         "",
         "### Failover",
         "",
@@ -368,7 +488,7 @@ def _markdown(results: dict[str, Any], plot: str) -> str:
 async def _measure(quick: bool) -> dict[str, Any]:
     load = [round(x, 2) for x in os.getloadavg()]
     sizes = [1, 2] if quick else [1, 4, 16]
-    window = 5.0 if quick else 20.0
+    window = 45.0 if quick else 120.0
     redis = RedisServer()
     redis.start()
     try:
@@ -377,7 +497,9 @@ async def _measure(quick: bool) -> dict[str, Any]:
             for fleet in (False, True):
                 cost.append(await _upstream_cost(n, fleet, window, redis))
         propagation_s = 5.0 if quick else 30.0
-        latencies = await _propagation(propagation_s, redis)
+        latencies, hops = await _propagation(propagation_s, redis)
+        rate = len(latencies) / propagation_s
+        floor = await _pubsub_floor(propagation_s / 2, rate, redis)
         failover = await _failover(1 if quick else 5, redis)
     finally:
         redis.stop()
@@ -388,6 +510,9 @@ async def _measure(quick: bool) -> dict[str, Any]:
         "upstream_cost": cost,
         "propagation_s": propagation_s,
         "propagation_ms": latencies,
+        "propagation_hop_ms": hops,
+        "pubsub_floor_rate": round(rate),
+        "pubsub_floor_ms": floor,
         "failover_s": failover,
     }
 
@@ -407,7 +532,11 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--out", type=Path, default=Path("docs/bench"))
     parser.add_argument("--follow", help=argparse.SUPPRESS)
     parser.add_argument("--rpc", help=argparse.SUPPRESS)
+    parser.add_argument("--echo", help=argparse.SUPPRESS)
     ns = parser.parse_args(argv)
+    if ns.echo:
+        asyncio.run(_echo(ns.echo))
+        return 0
     if ns.follow:
         asyncio.run(_follow(ns.follow, ns.rpc))
         return 0

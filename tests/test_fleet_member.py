@@ -12,6 +12,7 @@ from solders.pubkey import Pubkey
 
 from conftest import WaitUntil
 from driftshare._fleet import FleetMember
+from driftshare._fleet._follower import MAX_ACCOUNTS
 from driftshare._fleet._harness import RedisServer
 from driftshare._fleet._records import Message, Signer, decode, encode
 from driftshare._fleet._store import Outgoing
@@ -39,6 +40,17 @@ async def stored(
 
 
 MemberFactory = Callable[..., FleetMember]
+
+
+async def following(members: MemberFactory, **options: object) -> tuple[FleetMember, FleetMember]:
+    """A leader holding the State account and a follower that has loaded it."""
+    leader = members(**options)
+    await leader.join()
+    leader.ledger.apply(STATE)
+    follower = members(**options)
+    await follower.join()
+    await asyncio.wait_for(follower.wait_followed(), 5)
+    return leader, follower
 
 
 @pytest_asyncio.fixture
@@ -100,12 +112,7 @@ async def test_followers_get_last_values_then_updates_and_confirmations(
 async def test_a_forged_record_is_dropped_and_counted(
     members: MemberFactory, wait_until: WaitUntil, redis_server: RedisServer
 ) -> None:
-    leader = members(share_secret="s3cret")
-    await leader.join()
-    leader.ledger.apply(STATE)
-    follower = members(share_secret="s3cret")
-    await follower.join()
-    await asyncio.wait_for(follower.wait_followed(), 5)
+    leader, follower = await following(members, share_secret="s3cret")
     # The forger writes straight into the channel, as anyone with Redis access could.
     record = AccountRecord(PUBKEY, "perp", 99, b"false price")
     text = encode(
@@ -117,6 +124,26 @@ async def test_a_forged_record_is_dropped_and_counted(
     leader.ledger.apply(AccountRecord(PUBKEY, "perp", 100, b"true price"))
     await wait_until(lambda: follower.ledger.get(PUBKEY) is not None)
     assert follower.ledger.get(PUBKEY).record.data == b"true price"  # type: ignore[union-attr]
+
+
+async def test_without_a_secret_a_follower_holds_a_bounded_number_of_accounts(
+    members: MemberFactory, wait_until: WaitUntil
+) -> None:
+    leader, follower = await following(members)
+    # Anyone who can write to Redis publishes records for made-up accounts.
+    extra = 10
+    async with follower._store.redis.pipeline(transaction=False) as pipe:
+        for _ in range(MAX_ACCOUNTS + extra):
+            pubkey = str(Pubkey.new_unique())
+            record = AccountRecord(pubkey, "oracle", 5, b"made up", "PythPull")
+            message = Message("r", pubkey, 5, time.time(), 1, "x", record)
+            pipe.publish(follower._store.channel, encode(message, Signer(None, "default")))
+        await pipe.execute()
+    await wait_until(lambda: follower.follower.rejected == extra + 1)  # STATE was held
+    assert len(follower.ledger) == MAX_ACCOUNTS
+    # Accounts already held still take updates.
+    leader.ledger.apply(AccountRecord(STATE.pubkey, "state", 2, b"newer state"))
+    await wait_until(lambda: follower.ledger.get(STATE.pubkey).record.slot == 2)  # type: ignore[union-attr]
 
 
 async def test_redis_down_falls_back_and_rejoins(
@@ -172,12 +199,7 @@ async def test_malformed_member_entries_are_skipped(
 async def test_a_follower_is_not_current_until_a_new_leader_publishes(
     members: MemberFactory, wait_until: WaitUntil
 ) -> None:
-    leader = members()
-    await leader.join()
-    leader.ledger.apply(STATE)
-    follower = members()
-    await follower.join()
-    await asyncio.wait_for(follower.wait_followed(), 5)
+    _, follower = await following(members)
     assert not follower.feed_lost
     # A successor took the lease with epoch 2 (as after the leader's death).
     store = follower._store

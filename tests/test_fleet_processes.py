@@ -7,6 +7,7 @@ so the simulator's per-client counters say who talked upstream.
 from __future__ import annotations
 
 import asyncio
+import json
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 from typing import Any
@@ -16,7 +17,14 @@ import pytest
 import pytest_asyncio
 from redis.asyncio import Redis
 
-from driftshare._fleet._harness import RedisServer, ServeProcess, all_ready, fresh_after
+from driftshare._fleet._harness import (
+    RedisServer,
+    RedisServerError,
+    ServeProcess,
+    TlsFiles,
+    all_ready,
+    fresh_after,
+)
 from driftshare._fleet._records import Message, Signer, encode
 from driftshare._ledger import AccountRecord
 from driftshare.sim import Simulator
@@ -84,6 +92,24 @@ def start(redis_server: RedisServer, request: pytest.FixtureRequest) -> Iterator
         if report is not None and report.failed:
             print(f"--- driftshare serve at {proc.url}\n{proc.log_text()[-4000:]}")
         proc.stop()
+
+
+REDIS_PASSWORD = "fleet-redis-pw-7f3a9c"
+
+
+@pytest.fixture(params=["password", "tls"])
+def protected_redis(request: pytest.FixtureRequest, tmp_path: Any) -> Iterator[RedisServer]:
+    """A redis-server requiring a password; for ``tls``, serving ``rediss://`` only."""
+    tls = None
+    if request.param == "tls":
+        try:
+            tls = TlsFiles.make(tmp_path)
+        except RedisServerError as exc:
+            pytest.skip(f"no TLS certificate for the test: {exc}")
+    server = RedisServer(password=REDIS_PASSWORD, tls=tls)
+    server.start()
+    yield server
+    server.stop()
 
 
 async def with_role(http: httpx.AsyncClient, procs: list[ServeProcess], role: str) -> ServeProcess:
@@ -243,3 +269,36 @@ async def test_a_forged_record_is_refused_with_a_secret(
         assert _numbers(await follower.get(http, "/api/markets")) == leader_markets
     finally:
         await redis.aclose()
+
+
+async def test_a_protected_redis_carries_the_fleet_and_its_password_shows_nowhere(
+    simulator: Simulator, protected_redis: RedisServer, http: httpx.AsyncClient
+) -> None:
+    url = protected_redis.url
+    assert REDIS_PASSWORD in url
+    procs = [
+        ServeProcess(f"{simulator.http_url}/?api-key={name}", url, env=FLEET_ENV)
+        for name in ("a", "b")
+    ]
+    try:
+        procs[0].start()
+        await until(lambda: all_ready(http, procs[:1]), what="leader ready")
+        procs[1].start()
+        await until(lambda: all_ready(http, procs), what="follower ready")
+        stats = [await p.stats(http) for p in procs]
+        assert sorted(s["fleet"]["role"] for s in stats) == ["follower", "leader"]
+        scheme = "rediss" if protected_redis.tls else "redis"
+        assert stats[1]["fleet"]["redis"].startswith(f"{scheme}://***@127.0.0.1:")
+        by_client = simulator.stats()["http_requests"]["by_client"]
+        assert by_client.get(key_client("b"), 0) == 0  # the follower is fed through Redis
+        for proc, found in zip(procs, stats, strict=True):
+            assert REDIS_PASSWORD not in json.dumps(found)
+            assert REDIS_PASSWORD not in await proc.metrics(http)
+            assert REDIS_PASSWORD not in (await http.get(proc.url + "/")).text
+            log = proc.log_text()
+            assert "joins at" in log  # the line that names the Redis URL
+            assert REDIS_PASSWORD not in log
+    finally:
+        for proc in procs:
+            print(f"--- driftshare serve at {proc.url}\n{proc.log_text()[-2000:]}")
+            proc.stop()

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import json
 from collections.abc import AsyncIterator
 from typing import Any
@@ -10,11 +11,12 @@ import pytest
 import pytest_asyncio
 from redis.asyncio import Redis
 from redis.asyncio.client import PubSub
+from redis.exceptions import RedisError
 from solders.pubkey import Pubkey
 
 from driftshare._fleet._harness import RedisServer
 from driftshare._fleet._records import Message, RecordError, Signer, decode, encode
-from driftshare._fleet._store import FencedOut, FleetStore, Outgoing
+from driftshare._fleet._store import FencedOut, FleetStore, Outgoing, PublishStream
 from driftshare._ledger import AccountRecord
 
 PUBKEY = str(Pubkey.new_unique())
@@ -137,3 +139,47 @@ async def test_a_superseded_epoch_writes_nothing(store: FleetStore) -> None:
 async def test_a_garbled_lease_has_no_leader(store: FleetStore, value: str | bytes) -> None:
     await store.redis.set("driftshare:mainnet:g:lease", value)
     assert await store.leader() is None
+
+
+async def test_the_publish_stream_writes_at_once_and_answers_in_order(store: FleetStore) -> None:
+    signer = Signer(None, "g")
+    token = f"a|{await store.acquire('a', 3)}"
+    stream = PublishStream(store)
+    await stream.open()
+    assert stream.ready
+
+    def out(slot: int) -> Outgoing:
+        return Outgoing("r", PUBKEY, slot, encode(record_message(slot), signer))
+
+    # Three writes issued without awaiting in between: each reply goes to its own write.
+    futures = [stream.publish(token, [out(slot)]) for slot in (10, 9, 11)]
+    assert await asyncio.gather(*futures) == [1, 0, 1]
+    records, _ = await store.last_values()
+    assert [decode(r, signer).slot for r in records] == [11]
+    with pytest.raises(FencedOut):
+        await stream.publish("someone-else|9", [out(12)])
+    assert stream.ready  # a refused write is an answer, not a broken stream
+    await stream.close()
+    assert not stream.ready
+
+
+async def test_the_publish_stream_breaks_with_redis_and_reopens_on_an_empty_one(
+    store: FleetStore, redis_server: RedisServer
+) -> None:
+    signer = Signer(None, "g")
+    stream = PublishStream(store)
+    await stream.open()
+    redis_server.restart()  # empty: the script and the lease are gone
+    update = Outgoing("r", PUBKEY, 5, encode(record_message(5), signer))
+    with pytest.raises((RedisError, OSError)):
+        await stream.publish("a|1", [update])
+    assert not stream.ready
+    token = None
+    while token is None:  # the client's pooled connections notice the restart one by one
+        try:
+            token = f"a|{await store.acquire('a', 3)}"
+        except RedisError:
+            continue
+    await stream.open()
+    assert await stream.publish(token, [update]) == 1
+    await stream.close()

@@ -119,7 +119,8 @@ FLEET_RECORDS_APPLIED = Counter(
 )
 FLEET_RECORDS_REJECTED = Counter(
     "drift_fleet_records_rejected_total",
-    "Fleet records dropped: malformed or failing the DRIFT_SHARE_SECRET signature.",
+    "Fleet records dropped: malformed, failing the DRIFT_SHARE_SECRET signature, or past the"
+    " account limit.",
     ["network"],
     registry=REGISTRY,
 )

@@ -20,6 +20,10 @@ log = logging.getLogger(__name__)
 
 _RETRY_S = 0.25
 """Pause before subscribing again after Redis dropped the connection."""
+MAX_ACCOUNTS = 2048
+"""The most accounts a follower holds: about seven times Drift's mainnet (markets and their
+oracles). Without ``DRIFT_SHARE_SECRET`` anyone who can write to Redis can publish records
+for made-up accounts; past this, new ones are refused, so memory stays bounded."""
 
 
 class Follower:
@@ -29,8 +33,16 @@ class Follower:
     Every message is untrusted: malformed or unverifiable ones are dropped and counted.
     """
 
-    def __init__(self, store: FleetStore, signer: Signer, ledger: AccountLedger, network: str):
+    def __init__(
+        self,
+        store: FleetStore,
+        signer: Signer,
+        ledger: AccountLedger,
+        network: str,
+        max_accounts: int = MAX_ACCOUNTS,
+    ):
         self._store = store
+        self._max_accounts = max_accounts
         self._signer = signer
         self._ledger = ledger
         self._network = network
@@ -82,12 +94,20 @@ class Follower:
         except RecordError as exc:
             self._reject(str(exc))
             return False
+        record = message.record
+        if (
+            record is not None
+            and len(self._ledger) >= self._max_accounts
+            and self._ledger.get(record.pubkey) is None
+        ):
+            self._reject(f"more than {self._max_accounts} accounts")
+            return False
         self.last_message_at = time.monotonic()
         self.epoch = max(self.epoch, message.epoch)
         confirmed_at = _local_time(message)
-        if message.record is not None:
-            self._ledger.apply(message.record, confirmed_at=confirmed_at)
-            if self._loaded and message.record.kind == "state":
+        if record is not None:
+            self._ledger.apply(record, confirmed_at=confirmed_at)
+            if self._loaded and record.kind == "state":
                 self.ready.set()
         else:
             self._ledger.confirm(message.pubkey, message.slot, confirmed_at=confirmed_at)

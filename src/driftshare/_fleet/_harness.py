@@ -10,11 +10,13 @@ import os
 import shutil
 import signal
 import socket
+import ssl
 import subprocess
 import sys
 import tempfile
 import time
 from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
 from pathlib import Path
 from typing import IO, Any
 
@@ -24,6 +26,7 @@ __all__ = [
     "RedisServer",
     "RedisServerError",
     "ServeProcess",
+    "TlsFiles",
     "all_ready",
     "free_port",
     "fresh_after",
@@ -44,22 +47,51 @@ class RedisServerError(RuntimeError):
     """redis-server is not installed or did not start."""
 
 
-class RedisServer:
-    """``start()``, ``kill()`` (SIGKILL), ``restart()`` (same port, empty), ``stop()``."""
+@dataclass(frozen=True)
+class TlsFiles:
+    """A self-signed certificate for 127.0.0.1 and its key; the certificate is its own CA."""
 
-    def __init__(self, port: int | None = None, password: str | None = None) -> None:
+    cert: Path
+    key: Path
+
+    @classmethod
+    def make(cls, directory: Path) -> TlsFiles:
+        """Generate them with ``openssl`` in ``directory`` (RedisServerError without it)."""
+        executable = shutil.which("openssl")
+        if executable is None:
+            raise RedisServerError("openssl is not installed")
+        files = cls(directory / "redis.crt", directory / "redis.key")
+        command = [executable, "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "1"]
+        command += ["-subj", "/CN=127.0.0.1", "-addext", "subjectAltName=IP:127.0.0.1"]
+        command += ["-keyout", str(files.key), "-out", str(files.cert)]
+        subprocess.run(command, check=True, capture_output=True)
+        return files
+
+
+class RedisServer:
+    """``start()``, ``kill()`` (SIGKILL), ``restart()`` (same port, empty), ``stop()``.
+
+    With ``tls`` it serves TLS only (``rediss://``), with ``password`` it requires AUTH.
+    """
+
+    def __init__(
+        self, port: int | None = None, password: str | None = None, tls: TlsFiles | None = None
+    ) -> None:
         executable = shutil.which("redis-server") or "/usr/bin/redis-server"
         if not shutil.which(executable):
             raise RedisServerError("redis-server is not installed (apt-get install redis-server)")
         self.executable = executable
         self.port = port or free_port()
         self.password = password
+        self.tls = tls
         self._process: subprocess.Popen[bytes] | None = None
 
     @property
     def url(self) -> str:
         auth = f":{self.password}@" if self.password else ""
-        return f"redis://{auth}127.0.0.1:{self.port}/0"
+        if self.tls is None:
+            return f"redis://{auth}127.0.0.1:{self.port}/0"
+        return f"rediss://{auth}127.0.0.1:{self.port}/0?ssl_ca_certs={self.tls.cert}"
 
     @property
     def running(self) -> bool:
@@ -67,8 +99,14 @@ class RedisServer:
 
     def start(self) -> None:
         """Start and wait until it accepts connections."""
-        command = [self.executable, "--port", str(self.port), "--bind", "127.0.0.1"]
+        command = [self.executable, "--bind", "127.0.0.1"]
         command += ["--save", "", "--appendonly", "no", "--protected-mode", "no"]
+        if self.tls is None:
+            command += ["--port", str(self.port)]
+        else:
+            command += ["--port", "0", "--tls-port", str(self.port), "--tls-auth-clients", "no"]
+            command += ["--tls-cert-file", str(self.tls.cert), "--tls-key-file", str(self.tls.key)]
+            command += ["--tls-ca-cert-file", str(self.tls.cert)]
         if self.password:
             command += ["--requirepass", self.password]
         self._process = subprocess.Popen(
@@ -79,15 +117,22 @@ class RedisServer:
             if self._process.poll() is not None:
                 raise RedisServerError(f"redis-server exited with {self._process.returncode}")
             try:
-                with socket.create_connection(("127.0.0.1", self.port), timeout=0.2) as sock:
-                    sock.sendall(b"PING\r\n")
-                    if sock.recv(64):
-                        return
+                if self._answers():
+                    return
             except OSError:
                 # Not listening yet: poll the port, there is no readiness event to wait on.
                 time.sleep(0.02)
         self.kill()
         raise RedisServerError("redis-server did not start in time")
+
+    def _answers(self) -> bool:
+        with socket.create_connection(("127.0.0.1", self.port), timeout=0.2) as raw:
+            sock = raw
+            if self.tls is not None:
+                context = ssl.create_default_context(cafile=self.tls.cert)
+                sock = context.wrap_socket(raw, server_hostname="127.0.0.1")
+            sock.sendall(b"PING\r\n")
+            return bool(sock.recv(64))
 
     def kill(self) -> None:
         """SIGKILL, as a crash would; wait until it is gone."""

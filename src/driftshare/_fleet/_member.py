@@ -111,6 +111,13 @@ class FleetMember:
     async def join(self) -> None:
         """Start the member and wait for its first decision (one lease round trip)."""
         if self._task is None:
+            log.info(
+                "fleet %s/%s: %s joins at %s",
+                self.network,
+                self.group,
+                self.id,
+                redact_url(self.settings.share_url or ""),
+            )
             self._task = asyncio.create_task(self._run(), name="driftshare-fleet")
         await self._decided.wait()
 

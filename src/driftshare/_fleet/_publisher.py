@@ -11,7 +11,7 @@ from redis.exceptions import RedisError
 
 from driftshare import _metrics as metrics
 from driftshare._fleet._records import Message, Signer, encode
-from driftshare._fleet._store import FencedOut, FleetStore, Outgoing
+from driftshare._fleet._store import FencedOut, FleetStore, Outgoing, PublishStream
 from driftshare._generation import cancel_all
 from driftshare._ledger import AccountLedger, LedgerEntry
 
@@ -25,11 +25,20 @@ _RETRY_S = 0.25
 """Pause between writes while Redis does not answer."""
 
 
-class Publisher:
-    """Queue the ledger's updates while leading; one task writes them in batches.
+_Key = tuple[str, str]
+"""(message type, pubkey)."""
+_Item = tuple[LedgerEntry, bool]
+"""An entry and whether its data changed."""
 
-    Updates are coalesced per account (only the newest record and confirmation wait), so a
-    slow or absent Redis costs memory bounded by the number of accounts, not by time.
+
+class Publisher:
+    """Write each ledger update to Redis the moment it is received, while leading.
+
+    Each update goes out at once on a :class:`PublishStream`. While that stream is not up
+    (at the start, or after a failure), updates wait, coalesced per account (only the
+    newest record and confirmation), so a slow or absent Redis costs memory bounded by the
+    number of accounts, not by time; one task writes what waits in batches and reopens the
+    stream.
     """
 
     def __init__(
@@ -45,7 +54,8 @@ class Publisher:
         self._member = member
         self._network = network
         self._on_fenced = on_fenced
-        self._pending: dict[tuple[str, str], tuple[LedgerEntry, bool]] = {}
+        self._pending: dict[_Key, _Item] = {}
+        self._stream = PublishStream(store)
         self._wake = asyncio.Event()
         self._token: str | None = None
         self._epoch = 0
@@ -78,16 +88,46 @@ class Publisher:
         self._pending.clear()
         task, self._task = self._task, None
         await cancel_all([task])
+        await self._stream.close()
 
     def _on_entry(self, entry: LedgerEntry, changed: bool) -> None:
         if self._token is None:
             return
-        kind = "r" if changed else "c"
+        key = ("r" if changed else "c", entry.record.pubkey)
         # A record is itself a confirmation at its slot: a pending confirmation can go.
         if changed:
             self._pending.pop(("c", entry.record.pubkey), None)
-        self._pending[(kind, entry.record.pubkey)] = (entry, changed)
+        if self._stream.ready and not self._pending:
+            token = self._token
+            future = self._stream.publish(token, [self._message(entry, changed, self._epoch)])
+            future.add_done_callback(lambda done: self._written(done, token, key, (entry, changed)))
+            return
+        self._pending[key] = (entry, changed)
         self._wake.set()
+
+    def _written(self, done: asyncio.Future[int], token: str, key: _Key, item: _Item) -> None:
+        """The reply to one update written on the stream."""
+        if done.cancelled() or token != self._token:
+            return
+        exc = done.exception()
+        if isinstance(exc, FencedOut):
+            self._lost_lease()
+        elif exc is not None:
+            # The stream broke: the batch task writes it with whatever else waits by then.
+            self._pending.setdefault(key, item)
+            self._wake.set()
+        else:
+            self._count(1)
+
+    def _lost_lease(self) -> None:
+        log.warning("fleet lease lost: this member stops publishing")
+        self._token = None
+        self._pending.clear()
+        self._on_fenced()
+
+    def _count(self, published: int) -> None:
+        self.published += published
+        metrics.FLEET_RECORDS_PUBLISHED.labels(self._network).inc(published)
 
     def _message(self, entry: LedgerEntry, changed: bool, token_epoch: int) -> Outgoing:
         record = entry.record
@@ -116,10 +156,7 @@ class Publisher:
                 try:
                     await self._store.publish(token, updates)
                 except FencedOut:
-                    log.warning("fleet lease lost: this member stops publishing")
-                    self._token = None
-                    self._pending.clear()
-                    self._on_fenced()
+                    self._lost_lease()
                     break
                 except (RedisError, OSError):
                     # Redis away: keep the newest per account and retry when woken again.
@@ -127,5 +164,14 @@ class Publisher:
                         self._pending.setdefault(key, item)
                     await asyncio.sleep(_RETRY_S)
                     continue
-                self.published += len(updates)
-                metrics.FLEET_RECORDS_PUBLISHED.labels(self._network).inc(len(updates))
+                self._count(len(updates))
+            if self._token is not None and not self._stream.ready:
+                await self._open_stream()
+
+    async def _open_stream(self) -> None:
+        try:
+            await self._stream.open()
+        except (RedisError, OSError):
+            await self._stream.close()
+            await asyncio.sleep(_RETRY_S)
+            self._wake.set()  # try again

@@ -9,15 +9,22 @@ name.
 
 from __future__ import annotations
 
+import asyncio
+import collections
 import dataclasses
 import json
 from collections.abc import Sequence
+from contextlib import suppress
 from dataclasses import dataclass
 from typing import Any
 
 from redis.asyncio import Redis
+from redis.asyncio.connection import AbstractConnection
+from redis.exceptions import RedisError
 
-__all__ = ["FencedOut", "FleetStore", "Outgoing", "StoredMember"]
+from driftshare._generation import cancel_all
+
+__all__ = ["FencedOut", "FleetStore", "Outgoing", "PublishStream", "StoredMember"]
 
 # Take the lease if nobody holds it; the epoch counter fences out every earlier holder.
 _ACQUIRE = """
@@ -141,14 +148,15 @@ class FleetStore:
 
         :class:`FencedOut` when ``token`` no longer holds the lease.
         """
+        keys, args = self._publish_call(token, updates)
+        return _kept(await self._publish(keys=keys, args=args), token)
+
+    def _publish_call(self, token: str, updates: Sequence[Outgoing]) -> tuple[list[str], list[Any]]:
         args: list[Any] = [token, self.channel]
         for update in updates:
             args += [update.type, update.pubkey, update.slot, update.message]
         keys = [self._lease, self._records, self._slots, self._confirm_slots, self._confirms]
-        kept = int(await self._publish(keys=keys, args=args))
-        if kept < 0:
-            raise FencedOut(token)
-        return kept
+        return keys, args
 
     async def last_values(self) -> tuple[list[bytes], list[bytes]]:
         """Every stored record, then every stored confirmation (raw, untrusted)."""
@@ -179,6 +187,98 @@ class FleetStore:
             if _well_typed(member):
                 found.append(member)
         return sorted(found, key=lambda m: m.id)
+
+
+class PublishStream:
+    """One connection of its own on which :meth:`publish` writes at once, without awaiting.
+
+    redis-py sends only from a coroutine, which runs when the event loop next gets to it:
+    after a whole burst of WebSocket notifications has been decoded. Writing on the
+    connection's stream from the caller puts each update on the wire as it is received.
+    One task reads the replies in order. Any failure breaks the stream: every reply still
+    due fails, and the owner closes it and opens another.
+    """
+
+    def __init__(self, store: FleetStore) -> None:
+        self._store = store
+        self._connection: AbstractConnection | None = None
+        self._waiting: collections.deque[tuple[asyncio.Future[int], str]] = collections.deque()
+        self._replies = asyncio.Event()
+        self._reader: asyncio.Task[None] | None = None
+        self.broken = False
+
+    @property
+    def ready(self) -> bool:
+        return self._connection is not None and not self.broken
+
+    async def open(self) -> None:
+        """Connect and load the publish script (a restarted Redis has forgotten it)."""
+        await self.close()
+        redis = self._store.redis
+        await redis.script_load(_PUBLISH)
+        pool = redis.connection_pool
+        self._connection = connection = await pool.get_connection()  # type: ignore[no-untyped-call]
+        self.broken = False
+        self._reader = asyncio.create_task(self._read(connection), name="driftshare-fleet-replies")
+
+    def publish(self, token: str, updates: Sequence[Outgoing]) -> asyncio.Future[int]:
+        """Write the fenced publish of ``updates`` now; the future gets what
+        :meth:`FleetStore.publish` returns or raises. Only while :attr:`ready`."""
+        future: asyncio.Future[int] = asyncio.get_running_loop().create_future()
+        connection = self._connection
+        # redis-py's send_packed_command writes on this stream too, then awaits the drain.
+        writer = None if connection is None else connection._writer
+        if connection is None or writer is None or writer.is_closing():
+            self.broken = True
+            future.set_exception(ConnectionError("the fleet's publish stream is closed"))
+            return future
+        keys, args = self._store._publish_call(token, updates)
+        sha = self._store._publish.sha
+        writer.writelines(connection.pack_command("EVALSHA", sha, len(keys), *keys, *args))
+        self._waiting.append((future, token))
+        self._replies.set()
+        return future
+
+    async def _read(self, connection: AbstractConnection) -> None:
+        try:
+            while True:
+                await self._replies.wait()
+                self._replies.clear()
+                while self._waiting:
+                    reply = await connection.read_response()
+                    future, token = self._waiting.popleft()
+                    if not future.done():
+                        try:
+                            future.set_result(_kept(reply, token))
+                        except FencedOut as exc:
+                            future.set_exception(exc)
+        except (RedisError, OSError) as exc:
+            self.broken = True
+            self._fail(exc)
+
+    def _fail(self, exc: BaseException) -> None:
+        while self._waiting:
+            future, _ = self._waiting.popleft()
+            if not future.done():
+                future.set_exception(exc)
+
+    async def close(self) -> None:
+        """Drop the connection; replies still due fail with ConnectionError."""
+        connection, self._connection = self._connection, None
+        reader, self._reader = self._reader, None
+        await cancel_all([reader])
+        self._fail(ConnectionError("the fleet's publish stream was closed"))
+        if connection is not None:
+            # Replies may still be due on it: it is not given back to the pool.
+            with suppress(RedisError, OSError):
+                await connection.disconnect(nowait=True)
+
+
+def _kept(reply: Any, token: str) -> int:
+    kept = int(reply)
+    if kept < 0:
+        raise FencedOut(token)
+    return kept
 
 
 def _well_typed(member: StoredMember) -> bool:
