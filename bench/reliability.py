@@ -686,8 +686,9 @@ def render(results: dict[str, Any], soak: dict[str, Any] | None) -> str:
         "- **Accounts behind**: the most perp market accounts and oracles held by the shared "
         f"DriftClient that were more than {threshold:.0f} s behind the chain at once, sampled "
         f"every 100 ms from {threshold:.0f} s after the fault ended (failover: "
-        f"{FAILOVER_FRESH_S:.0f} s after it started) to the end of the row; in brackets the "
-        "worst lag.",
+        f"{FAILOVER_FRESH_S:.0f} s after it started) to the end of the row, while the client "
+        "is up (one still starting holds no account and serves none: its reads count as None); "
+        "in brackets the worst lag.",
         "- **Recovery**: seconds from the end of the fault (for failover: its start) to the last "
         "bad read (exception, None, flagged, or behind); *not settled* if reads were still bad "
         "when the row ended.",

@@ -227,11 +227,11 @@ def _held(read: Callable[[int], Any], index: int) -> Any:
 def accounts_behind(truths: Sequence[ChainTruth], threshold_s: float) -> dict[str, float] | None:
     """The shared client's accounts further behind the chain than ``threshold_s`` (``perp 3``,
     ``oracle 3``) with their lag (``inf``: not held, or a value the chain never held); None
-    without a shared client."""
+    without a shared client that is up."""
     shared = DriftClientManager.shared_state(_NETWORK)
-    client = getattr(shared, "client", None)
-    if client is None:
+    if shared is None or not shared.initialized:
         return None
+    client = shared.client
     now = time.monotonic()
     lags: dict[str, float] = {}
     for i in truths[0].indexes:
