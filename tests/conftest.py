@@ -15,6 +15,7 @@ from driftpy.types import OraclePriceData
 
 from driftshare import models
 from driftshare._fleet._harness import RedisServer
+from driftshare._fleet._store import FleetStore
 from driftshare.manager import DriftClientManager
 from driftshare.models import (
     FundingRateData,
@@ -155,3 +156,8 @@ def redis_server() -> Iterator[RedisServer]:
     server.start()
     yield server
     server.stop()
+
+
+async def last_values(store: FleetStore) -> tuple[list[bytes], list[bytes]]:
+    """What ``store`` keeps in Redis: every record, then every confirmation."""
+    return [r async for r in store.records()], [c async for c in store.confirmations()]

@@ -10,7 +10,7 @@ import pytest_asyncio
 from redis.exceptions import RedisError
 from solders.pubkey import Pubkey
 
-from conftest import WaitUntil
+from conftest import WaitUntil, last_values
 from driftshare._fleet import FleetMember
 from driftshare._fleet._follower import MAX_ACCOUNTS
 from driftshare._fleet._harness import RedisServer
@@ -30,7 +30,7 @@ async def stored(
     deadline = time.monotonic() + 10
     while True:
         try:
-            found = await member._store.last_values()
+            found = await last_values(member._store)
         except RedisError:  # a pooled connection from before a restart
             found = ([], [])
         if condition(*found):
@@ -146,6 +146,29 @@ async def test_without_a_secret_a_follower_holds_a_bounded_number_of_accounts(
     await wait_until(lambda: follower.ledger.get(STATE.pubkey).record.slot == 2)  # type: ignore[union-attr]
 
 
+async def test_a_follower_joining_a_flooded_redis_holds_a_bounded_number_of_accounts(
+    members: MemberFactory, wait_until: WaitUntil
+) -> None:
+    leader = members()
+    await leader.join()
+    leader.ledger.apply(STATE)
+    await stored(leader, lambda records, _: len(records) == 1)
+    # Anyone who can write to Redis fills the stored records with made-up accounts.
+    extra = 10
+    made_up = {}
+    for _ in range(MAX_ACCOUNTS + extra):
+        pubkey = str(Pubkey.new_unique())
+        record = AccountRecord(pubkey, "oracle", 5, b"made up", "PythPull")
+        message = Message("r", pubkey, 5, time.time(), 1, "x", record)
+        made_up[pubkey] = encode(message, Signer(None, "default"))
+    await leader._store.redis.hset(leader._store._records, mapping=made_up)
+    follower = members()
+    await follower.join()
+    await wait_until(lambda: follower.follower.connected)  # the stored values are loaded
+    assert len(follower.ledger) == MAX_ACCOUNTS
+    assert follower.follower.rejected in (extra, extra + 1)  # STATE too, if read last
+
+
 async def test_redis_down_falls_back_and_rejoins(
     members: MemberFactory, wait_until: WaitUntil, redis_server: RedisServer
 ) -> None:
@@ -179,7 +202,7 @@ async def test_a_superseded_leader_stops_publishing(
     await old._store.redis.set("driftshare:mainnet:default:epoch", 2)
     old.ledger.apply(AccountRecord(PUBKEY, "perp", 10, b"from a stale leader"))
     await wait_until(lambda: old.role == "follower")
-    assert await old._store.last_values() == ([], [])
+    assert await last_values(old._store) == ([], [])
     assert old.leader == "other"
 
 

@@ -14,6 +14,7 @@ from redis.asyncio.client import PubSub
 from redis.exceptions import RedisError
 from solders.pubkey import Pubkey
 
+from conftest import last_values
 from driftshare._fleet._harness import RedisServer
 from driftshare._fleet._records import Message, RecordError, Signer, decode, encode
 from driftshare._fleet._store import FencedOut, FleetStore, Outgoing, PublishStream
@@ -102,7 +103,7 @@ async def test_writes_are_slot_monotonic_and_published(store: FleetStore) -> Non
 
     assert await store.publish(token, [out(10, b"new")]) == 1
     assert await store.publish(token, [out(9, b"old"), out(10, b"same-slot")]) == 0
-    records, _ = await store.last_values()
+    records, _ = await last_values(store)
     assert [decode(r, signer).slot for r in records] == [10]
     published = [m["data"] async for m in _messages(pubsub)]
     assert [decode(m, signer).record for m in published] == [
@@ -131,7 +132,7 @@ async def test_a_superseded_epoch_writes_nothing(store: FleetStore) -> None:
     update = Outgoing("r", PUBKEY, 5, encode(record_message(5), signer))
     with pytest.raises(FencedOut):
         await store.publish(old, [update])
-    assert await store.last_values() == ([], [])
+    assert await last_values(store) == ([], [])
     assert await store.publish(new, [update]) == 1
 
 
@@ -154,7 +155,7 @@ async def test_the_publish_stream_writes_at_once_and_answers_in_order(store: Fle
     # Three writes issued without awaiting in between: each reply goes to its own write.
     futures = [stream.publish(token, [out(slot)]) for slot in (10, 9, 11)]
     assert await asyncio.gather(*futures) == [1, 0, 1]
-    records, _ = await store.last_values()
+    records, _ = await last_values(store)
     assert [decode(r, signer).slot for r in records] == [11]
     with pytest.raises(FencedOut):
         await stream.publish("someone-else|9", [out(12)])

@@ -73,8 +73,10 @@ class Follower:
         self.epoch = 0  # a restarted Redis starts its epochs afresh
         try:
             await pubsub.subscribe(self._store.channel)
-            records, confirms = await self._store.last_values()
-            for raw in (*records, *confirms):
+            # Applied as they are read: past the account cap, new records are refused.
+            async for raw in self._store.records():
+                self.apply(raw)
+            async for raw in self._store.confirmations():
                 self.apply(raw)
             self.connected = self._loaded = True
             if any(entry.record.kind == "state" for entry in self._ledger):

@@ -13,7 +13,7 @@ import asyncio
 import collections
 import dataclasses
 import json
-from collections.abc import Sequence
+from collections.abc import AsyncIterator, Sequence
 from contextlib import suppress
 from dataclasses import dataclass
 from typing import Any
@@ -75,6 +75,10 @@ for i = 3, #ARGV, 4 do
 end
 return kept
 """
+
+
+_SCAN_PAGE = 512
+"""Hash fields asked for per HSCAN call."""
 
 
 class FencedOut(Exception):
@@ -158,13 +162,19 @@ class FleetStore:
         keys = [self._lease, self._records, self._slots, self._confirm_slots, self._confirms]
         return keys, args
 
-    async def last_values(self) -> tuple[list[bytes], list[bytes]]:
-        """Every stored record, then every stored confirmation (raw, untrusted)."""
-        async with self.redis.pipeline(transaction=True) as pipe:
-            pipe.hvals(self._records)
-            pipe.hvals(self._confirms)
-            records, confirms = await pipe.execute()
-        return list(records), list(confirms)
+    def records(self) -> AsyncIterator[bytes]:
+        """Every stored record (raw, untrusted), page by page."""
+        return self._scan(self._records)
+
+    def confirmations(self) -> AsyncIterator[bytes]:
+        """Every stored confirmation (raw, untrusted), page by page."""
+        return self._scan(self._confirms)
+
+    async def _scan(self, key: str) -> AsyncIterator[bytes]:
+        # Paged, not read whole: a hash grown by whoever can write to Redis then costs a
+        # reader one page at a time. What changes meanwhile also arrives on the channel.
+        async for _, value in self.redis.hscan_iter(key, count=_SCAN_PAGE):
+            yield value
 
     async def announce(self, member: StoredMember, forget_after_s: float) -> None:
         """Record ``member`` as seen now; drop members silent for ``forget_after_s``."""
