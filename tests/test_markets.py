@@ -51,6 +51,24 @@ def test_onchain_names_take_precedence_over_configs() -> None:
     assert resolver.resolve("1mbonk") == 4
 
 
+def test_a_resolution_remembered_before_an_update_does_not_outlive_it() -> None:
+    resolver = MarketResolver("mainnet")
+    assert resolver.resolve("TAO") == 26
+    assert resolver.known("TAO") == 26
+    resolver.update(_fixture_markets())  # index 26 is another market on chain
+    assert resolver.known("TAO") is None
+    assert resolver.resolve("TAO") is None
+
+
+@pytest.mark.parametrize("alias", [True, 1.0])
+def test_values_equal_to_a_resolved_index_are_still_rejected(alias: Any) -> None:
+    resolver = MarketResolver("mainnet")
+    assert resolver.resolve(1) == 1
+    assert resolver.known(alias) is None
+    with pytest.raises(TypeError, match="symbol or an index"):
+        resolver.resolve(alias)
+
+
 def test_update_adds_markets_unknown_to_the_configs() -> None:
     resolver = MarketResolver("devnet")
     markets = _fixture_markets()

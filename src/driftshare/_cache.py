@@ -10,8 +10,6 @@ from collections.abc import Awaitable, Callable, Coroutine, Generator, Hashable
 from dataclasses import dataclass
 from typing import Any, Generic, TypeVar
 
-from prometheus_client import Counter as PromCounter
-
 from driftshare import _metrics as metrics
 
 __all__ = ["Cached", "TTLCache"]
@@ -63,7 +61,6 @@ class TTLCache:
         self._running: set[asyncio.Task[Any]] = set()
         self._hits: Counter[str] = Counter()
         self._misses: Counter[str] = Counter()
-        self._hit_metrics: dict[str, PromCounter] = {}
 
     async def get(
         self,
@@ -155,10 +152,7 @@ class TTLCache:
 
     def _count_hit(self, kind: str) -> None:
         self._hits[kind] += 1
-        counter = self._hit_metrics.get(kind)
-        if counter is None:
-            counter = self._hit_metrics[kind] = metrics.CACHE_HITS.labels(kind=kind)
-        counter.inc()
+        metrics.CACHE_HITS.counts[kind] += 1
 
     def _start(
         self,

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+import functools
 import logging
 import operator
 import time
@@ -196,6 +197,14 @@ class ClientSource:
             return None
 
 
+def _funding(perp_market: Any, oracle_price_data: Any) -> FundingRateData:
+    return funding_rate_from_market(perp_market, oracle_price_data=oracle_price_data)
+
+
+def _market_data(perp_market: Any, oracle_price_data: Any) -> MarketData:
+    return market_data_from_market(perp_market, oracle_price_data=oracle_price_data)
+
+
 class MarketDataReader:
     """Funding, prices and open interest with one TTL per kind, single flight and stale values.
 
@@ -227,6 +236,9 @@ class MarketDataReader:
         return source
 
     async def _index(self, market: str | int) -> int | None:
+        known = self.resolver.known(market)
+        if known is not None:
+            return known
         try:
             index = self.resolver.resolve(market)
         except TypeError:
@@ -257,46 +269,48 @@ class MarketDataReader:
         build: Callable[[Any, Any], _T],
     ) -> _T | None:
         """One market's value from ``build(perp_market, oracle_price_data)``, cached."""
-        index = key[1]
-
-        async def compute() -> _Computed[_T] | None:
-            source = await self._current()
-            if source is None:
-                return None
-            market = source.perp_market(index)
-            if market is None:
-                self._warn_missing(index)
-                return None
-            # Read the basis with the accounts, before any await: they describe the same data.
-            basis = _Basis.of(source, market)
-            return _Computed(build(market, source.oracle_price_data(index)), (basis,))
-
-        cached = await self.cache.get(
-            key, ttl=ttl, compute=compute, kind=key[0], valid=_Computed.single_unchanged
+        # A hit is answered before any closure or coroutine is made: each read's garbage is
+        # what sets how often the collector pauses it.
+        cached: Cached[_Computed[_T]] | None = self.cache.get_fresh(
+            key, kind=key[0], valid=_Computed.single_unchanged
         )
         if cached is None:
-            return None
+            cached = await self.cache.get(
+                key,
+                ttl=ttl,
+                compute=functools.partial(self._compute_one, key[1], build),
+                kind=key[0],
+                valid=_Computed.single_unchanged,
+            )
+            if cached is None:
+                return None
         computed = cached.value
         return computed.bases[0].mark(computed.value, cached, self._settings.stale_after_s)
 
+    async def _compute_one(
+        self, index: int, build: Callable[[Any, Any], _T]
+    ) -> _Computed[_T] | None:
+        source = await self._current()
+        if source is None:
+            return None
+        market = source.perp_market(index)
+        if market is None:
+            self._warn_missing(index)
+            return None
+        # Read the basis with the accounts, before any await: they describe the same data.
+        basis = _Basis.of(source, market)
+        return _Computed(build(market, source.oracle_price_data(index)), (basis,))
+
     async def _one_market(self, index: int, kind: str) -> MarketData | None:
         ttl = self._settings.cache_ttl_oi if kind == "oi" else self._settings.cache_ttl_price
-        return await self._one(
-            (kind, index),
-            ttl,
-            lambda market, oracle: market_data_from_market(market, oracle_price_data=oracle),
-        )
+        return await self._one((kind, index), ttl, _market_data)
 
     async def get_funding_rate(self, market: str | int) -> FundingRateData | None:
         """Funding of one market (``SOL-PERP``, ``sol``, ``0``…), or None."""
         index = await self._index(market)
         if index is None:
             return None
-        return await self._one(
-            ("funding", index),
-            self._settings.cache_ttl_funding,
-            lambda market, oracle: funding_rate_from_market(market, oracle_price_data=oracle),
-        )
+        return await self._one(("funding", index), self._settings.cache_ttl_funding, _funding)
 
     async def get_all_perp_markets(self) -> list[MarketData]:
         """Every subscribed perp market, by index."""

@@ -38,6 +38,9 @@ class UnknownMarketError(LookupError):
     """No market of the network has the requested index."""
 
 
+_RESOLVED_MAX = 1024
+
+
 def normalize_symbol(text: str) -> str:
     """Canonical spelling of a market symbol: trimmed, inner spaces removed, upper case."""
     return "".join(text.split()).upper()
@@ -56,6 +59,8 @@ class MarketResolver:
         self._warned: set[str] = set()
         self._symbols: dict[int, str] = {}
         self._aliases: dict[str, int] = {}
+        self._resolved: dict[str | int, int] = {}
+        """Arguments already resolved (a cached read resolves on every call)."""
         self._config_symbols = {
             c.market_index: normalize_symbol(c.symbol) for c in _CONFIGS[network]
         }
@@ -91,14 +96,25 @@ class MarketResolver:
             aliases[symbol] = index
         self._symbols = symbols
         self._aliases = aliases
+        self._resolved = {}
 
     @property
     def indexes(self) -> list[int]:
         """Every known market index, ascending."""
         return sorted(self._symbols)
 
+    def known(self, market: object) -> int | None:
+        """The index of ``market`` if it was resolved before; None otherwise. Never raises."""
+        # Exact types only: True == 1 and 1.0 == 1 share a key with 1 but are no index.
+        if type(market) is int or type(market) is str:
+            return self._resolved.get(market)
+        return None
+
     def resolve(self, market: str | int) -> int | None:
         """The index of ``market``, or None (logged once per unknown name) if there is none."""
+        found = self.known(market)
+        if found is not None:
+            return found
         if isinstance(market, bool) or not isinstance(market, int | str):
             raise TypeError(f"market must be a symbol or an index, got {type(market).__name__}")
         if isinstance(market, int):
@@ -111,6 +127,8 @@ class MarketResolver:
                 index = int(key)
         if index is None:
             self._warn_once(key, market)
+        elif len(self._resolved) < _RESOLVED_MAX:  # spellings come from callers: bounded
+            self._resolved[market] = index
         return index
 
     def _warn_once(self, key: str, market: str | int) -> None:

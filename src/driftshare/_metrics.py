@@ -2,7 +2,12 @@
 
 from __future__ import annotations
 
+import collections
+from collections.abc import Iterator
+
 from prometheus_client import CollectorRegistry, Counter, Gauge, generate_latest
+from prometheus_client.core import CounterMetricFamily
+from prometheus_client.registry import Collector
 
 __all__ = [
     "CACHE_HITS",
@@ -39,12 +44,29 @@ CLIENT_INITIALIZATIONS = Counter(
     ["network"],
     registry=REGISTRY,
 )
-CACHE_HITS = Counter(
-    "drift_cache_hits_total",
-    "Market-data reads answered from cache.",
-    ["kind"],
-    registry=REGISTRY,
-)
+
+
+class _HitCounter(Collector):
+    """``drift_cache_hits_total`` by kind, counted in a plain dict.
+
+    A hit is the hottest path there is, and a Prometheus Counter's lock would be a tenth of
+    its cost; a hit is counted on its event loop's thread, and the collector reads the dict.
+    """
+
+    def __init__(self) -> None:
+        self.counts: collections.Counter[str] = collections.Counter()
+
+    def collect(self) -> Iterator[CounterMetricFamily]:
+        family = CounterMetricFamily(
+            "drift_cache_hits", "Market-data reads answered from cache.", labels=["kind"]
+        )
+        for kind, count in sorted(self.counts.items()):
+            family.add_metric([kind], count)
+        yield family
+
+
+CACHE_HITS = _HitCounter()
+REGISTRY.register(CACHE_HITS)
 CACHE_MISSES = Counter(
     "drift_cache_misses_total",
     "Market-data reads that had to compute.",

@@ -52,6 +52,9 @@ class DriftClientManager:
     _lock: ClassVar[threading.Lock] = threading.Lock()
     _shared: ClassVar[dict[tuple[str, str, asyncio.AbstractEventLoop], SharedClient]] = {}
     _readers: ClassVar[dict[tuple[str, str], MarketDataReader]] = {}
+    _keys: ClassVar[dict[tuple[str | None, str | None], tuple[str, str]]] = {}
+    """``_url``'s answers under ``_keys_of`` (every cached read asks again)."""
+    _keys_of: ClassVar[Settings | None] = None
 
     @classmethod
     def configure(cls, settings: Settings | None = None, **overrides: Any) -> Settings:
@@ -68,6 +71,17 @@ class DriftClientManager:
     @classmethod
     def _url(cls, network: str | None, rpc_url: str | None) -> tuple[str, str]:
         settings = cls.settings()
+        if cls._keys_of is not settings:
+            cls._keys, cls._keys_of = {}, settings
+        key = cls._keys.get((network, rpc_url))
+        if key is None:
+            key = cls._keys[(network, rpc_url)] = cls._resolve_url(settings, network, rpc_url)
+        return key
+
+    @classmethod
+    def _resolve_url(
+        cls, settings: Settings, network: str | None, rpc_url: str | None
+    ) -> tuple[str, str]:
         network = network or settings.network
         if network not in PUBLIC_RPC_URLS:
             raise ValueError(
@@ -199,6 +213,9 @@ class DriftClientManager:
         :meth:`release_market_data` or :meth:`shutdown`.
         """
         key = cls._url(network, rpc_url)
+        reader = cls._readers.get(key)  # one dict read, atomic: the lock only for creation
+        if reader is not None:
+            return reader
         with cls._lock:
             reader = cls._readers.get(key)
             if reader is None:
@@ -236,8 +253,11 @@ class DriftClientManager:
 
     @classmethod
     def _reader(cls, network: str | None) -> MarketDataReader | None:
-        key = cls._find_key(network, None)
-        return None if key is None else cls.market_data(key[0], rpc_url=key[1])
+        try:
+            return cls.market_data(network)
+        except ValueError as exc:
+            log.warning("%s", exc)
+            return None
 
     @classmethod
     async def get_funding_rate(
