@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import inspect
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 from dataclasses import dataclass
@@ -27,6 +28,31 @@ from driftshare.sim import Simulator
 from driftshare.sim.pytest_plugin import SimulatorFactory
 
 WaitUntil = Callable[[Callable[[], bool]], Awaitable[None]]
+
+
+async def eventually(
+    predicate: Callable[[], object],
+    *,
+    sim: Simulator | None = None,
+    within: float = 10.0,
+    what: str = "condition",
+) -> float:
+    """Await ``predicate`` (plain or async), advancing the simulator's slots meanwhile when
+    given one; the seconds it took. Polled: what it waits for (a chain, a process, a clock)
+    has no event to await."""
+    loop = asyncio.get_running_loop()
+    start = loop.time()
+    while True:
+        answer = predicate()
+        if inspect.isawaitable(answer):
+            answer = await answer
+        if answer:
+            return loop.time() - start
+        if loop.time() - start > within:
+            raise AssertionError(f"{what}: not within {within:g} s")
+        if sim is not None:
+            await sim.step()
+        await asyncio.sleep(0.02)
 
 
 def subscriptions_per_client(sim: Simulator) -> int:
@@ -123,17 +149,10 @@ def truth(simulator: Simulator, frozen_now: float) -> GroundTruth:
 
 @pytest.fixture
 def wait_until() -> WaitUntil:
-    """``await wait_until(condition)``: poll until true, failing after a 10 s deadline."""
+    """``await wait_until(condition)``: :func:`eventually`, failing after 10 s."""
 
     async def wait(condition: Callable[[], bool]) -> None:
-        try:
-            async with asyncio.timeout(10):
-                while True:
-                    if condition():
-                        return
-                    await asyncio.sleep(0.01)
-        except TimeoutError:
-            raise AssertionError("condition not met within 10 s") from None
+        await eventually(condition)
 
     return wait
 

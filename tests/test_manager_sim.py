@@ -16,6 +16,7 @@ import pytest
 import pytest_asyncio
 from aiohttp.test_utils import TestClient, TestServer
 
+from conftest import eventually
 from driftshare._health import data_slot
 from driftshare._lifecycle import SharedClient
 from driftshare._metrics import DATA_AGE_SECONDS, REGISTRY, render
@@ -49,24 +50,6 @@ async def _clean_manager(simulator_factory: object) -> AsyncIterator[None]:
     yield
     await DriftClientManager.shutdown()
     DriftClientManager._settings = None
-
-
-async def eventually(
-    predicate: Callable[[], bool],
-    *,
-    sim: Simulator | None = None,
-    within: float = 10.0,
-    what: str = "condition",
-) -> None:
-    """Await ``predicate``, advancing the simulator's slots meanwhile when given one."""
-    loop = asyncio.get_running_loop()
-    deadline = loop.time() + within
-    while not predicate():
-        if loop.time() > deadline:
-            raise AssertionError(f"timed out waiting for {what}")
-        if sim is not None:
-            await sim.step()
-        await asyncio.sleep(0.02)
 
 
 def _client_side(task: asyncio.Task[Any]) -> bool:
