@@ -259,6 +259,23 @@ def test_get_fresh_and_peek() -> None:
     assert cache.stats()["hits"] == {"p": 1}
 
 
+def test_refresh_computes_a_miss_without_looking_for_a_hit() -> None:
+    cache = TTLCache(clock=_Clock())
+    upstream = _Upstream()
+
+    async def fill_then_refresh() -> tuple[Cached[int] | None, Cached[int] | None]:
+        first = await cache.refresh("k", ttl=5.0, compute=upstream, kind="p")
+        return first, await cache.refresh("k", ttl=5.0, compute=upstream, kind="p")
+
+    assert _run(fill_then_refresh) == (Cached(1, False, 0.0), Cached(2, False, 0.0))
+    assert cache.stats()["hits"] == {}
+    assert cache.stats()["misses"] == {"p": 2}
+    upstream.failure = "raise"
+    assert _run(lambda: cache.refresh("k", ttl=5.0, compute=upstream, kind="p")) == Cached(
+        2, True, 0.0
+    )
+
+
 def test_each_entry_keeps_the_ttl_it_was_stored_with() -> None:
     clock = _Clock()
     cache = TTLCache(clock=clock)

@@ -83,6 +83,22 @@ class TTLCache:
         fresh: Cached[T] | None = self.get_fresh(key, kind=kind, valid=valid)
         if fresh is not None:
             return fresh
+        return await self.refresh(key, ttl=ttl, compute=compute, kind=kind)
+
+    async def refresh(
+        self,
+        key: Hashable,
+        *,
+        ttl: float,
+        compute: Callable[[], Awaitable[T | None]],
+        kind: str,
+    ) -> Cached[T] | None:
+        """:meth:`get` after :meth:`get_fresh` missed: a miss, computed once for all callers.
+
+        For a caller that answers its hits with :meth:`get_fresh` before making ``compute``.
+        """
+        if not ttl >= 0:
+            raise ValueError(f"ttl must be >= 0, got {ttl!r}")
         self._misses[kind] += 1
         metrics.CACHE_MISSES.labels(kind=kind).inc()
         flight = self._inflight.get(key)

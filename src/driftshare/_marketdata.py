@@ -275,12 +275,11 @@ class MarketDataReader:
             key, kind=key[0], valid=_Computed.single_unchanged
         )
         if cached is None:
-            cached = await self.cache.get(
+            cached = await self.cache.refresh(
                 key,
                 ttl=ttl,
                 compute=functools.partial(self._compute_one, key[1], build),
                 kind=key[0],
-                valid=_Computed.single_unchanged,
             )
             if cached is None:
                 return None

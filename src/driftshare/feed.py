@@ -148,13 +148,12 @@ class DriftFundingFeed:
                 await self._release_shared_of_this_loop()
 
     async def _release_shared_of_this_loop(self) -> None:
-        network, rpc_url = self.adapter.network, self.adapter.rpc_url
-        shared = DriftClientManager.shared_state(network, rpc_url=rpc_url)
+        # Inside a running loop the manager answers this loop's client only.
+        shared = DriftClientManager.shared_state(self.adapter.network, rpc_url=self.adapter.rpc_url)
         # A client of this loop cannot outlive it: drop every reference and the read lease.
-        if shared is not None and shared.loop is asyncio.get_running_loop():
-            closing = shared.close_now()
-            if closing is not None:
-                await closing
+        closing = None if shared is None else shared.close_now()
+        if closing is not None:
+            await closing
 
     def get_funding_rates_sync(self) -> dict[str, float]:
         """``{market: rate_8h}`` for callers without ``await``.

@@ -293,16 +293,17 @@ class LiveState:
         rows = self.rows(now)
         panel = self.manager_panel(now)
         panel["stale_markets"] = sum(1 for row in rows if row["stale"])
+        stats = self.manager_stats()
         return {
             "version": self.version,
             "network": self.network,
-            "rpc_url": self.manager_stats()["rpc_url"],
+            "rpc_url": stats["rpc_url"],
             "simulated": self.simulated,
             "server_time": now,
             "ready": ready,
             "ready_reason": reason,
             "manager": panel,
-            "fleet": self.manager_stats().get("fleet"),
+            "fleet": stats.get("fleet"),
             "history": {
                 "t": [round(t, 3) for t, _, _ in history],
                 "rpc_requests_per_s": [r for _, r, _ in history],
