@@ -101,7 +101,6 @@ async def test_account_that_stops_updating_turns_stale_one_that_stops_changing_d
         simulator.store.put(key, dataclasses.replace(account, frozen=True), force=True)
     # Market `hidden` keeps changing on chain, but the node stops serving its account.
     simulator.faults.hide(world.perp_market_pubkey(hidden))
-    hidden_at = asyncio.get_running_loop().time()
     seen_fresh_frozen: list[bool] = []
 
     async def hidden_is_stale() -> bool:
@@ -111,11 +110,12 @@ async def test_account_that_stops_updating_turns_stale_one_that_stops_changing_d
         seen_fresh_frozen.append(not steady.stale)
         return rate is not None and rate.stale
 
-    deadline = hidden_at + STALE_AFTER_S + shared.confirmer.period_s + 1.0
-    while not await hidden_is_stale():
-        assert asyncio.get_running_loop().time() < deadline, "hidden market never turned stale"
-        await simulator.step()
-        await asyncio.sleep(0.05)
+    await eventually(
+        hidden_is_stale,
+        sim=simulator,
+        within=STALE_AFTER_S + shared.confirmer.period_s + 1.0,
+        what="the hidden market to turn stale",
+    )
     rate = await DriftClientManager.get_funding_rate(hidden)
     assert rate is not None
     assert rate.data_age_s > STALE_AFTER_S
@@ -152,15 +152,17 @@ async def test_private_adapter_flags_an_account_that_stops_updating(
         assert fresh["data_age_s"] <= STALE_AFTER_S
         # The chain goes on and the market keeps changing; the node stops serving it.
         simulator.faults.hide(world.perp_market_pubkey(hidden))
-        deadline = asyncio.get_running_loop().time() + 4 * STALE_AFTER_S + 2.0
-        while True:
+
+        async def hidden_is_stale() -> bool:
             rate = await adapter.get_funding_rate(hidden)
             assert rate is not None
-            if rate["stale"]:
-                break
-            assert asyncio.get_running_loop().time() < deadline, "hidden market never stale"
-            await simulator.step()
-            await asyncio.sleep(0.05)
+            return bool(rate["stale"])
+
+        await eventually(
+            hidden_is_stale, sim=simulator, within=4 * STALE_AFTER_S + 2.0, what="stale"
+        )
+        rate = await adapter.get_funding_rate(hidden)
+        assert rate is not None
         assert rate["data_age_s"] > STALE_AFTER_S
         # The confirmer keeps the served account current: only the hidden one ages.
         steady = await adapter.get_funding_rate(other)
@@ -182,15 +184,15 @@ async def test_the_feed_flags_what_the_adapter_flags(simulator: Simulator) -> No
         assert fresh is not None
         assert not fresh.stale
         simulator.faults.hide(world.perp_market_pubkey(hidden))
-        deadline = asyncio.get_running_loop().time() + 4 * STALE_AFTER_S + 2.0
-        while True:
+
+        async def flagged() -> bool:
             info = await feed.get_funding_rate(hidden)
             assert info is not None
-            if info.stale:
-                break
-            assert asyncio.get_running_loop().time() < deadline, "the feed never flagged it"
-            await simulator.step()
-            await asyncio.sleep(0.05)
+            return info.stale
+
+        await eventually(flagged, sim=simulator, within=4 * STALE_AFTER_S + 2.0, what="flag")
+        info = await feed.get_funding_rate(hidden)
+        assert info is not None
         assert info.data_age_s > STALE_AFTER_S
         steady = await feed.get_funding_rate(other)
         assert steady is not None
@@ -316,11 +318,9 @@ async def test_health_follows_data_not_a_get_slot(simulator: Simulator) -> None:
         rate = await DriftClientManager.get_funding_rate(0)
         return rate is not None and not rate.stale
 
-    deadline = asyncio.get_running_loop().time() + STALE_AFTER_S + 2.0
-    while not await fresh_again():
-        assert asyncio.get_running_loop().time() < deadline, "market 0 never fresh again"
-        await simulator.step()
-        await asyncio.sleep(0.05)
+    await eventually(
+        fresh_again, sim=simulator, within=STALE_AFTER_S + 2.0, what="market 0 fresh again"
+    )
 
 
 async def test_second_change_within_one_slot_is_read(simulator: Simulator) -> None:

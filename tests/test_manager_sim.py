@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import copy
+import inspect
 import logging
 import os
 import re
@@ -52,16 +53,22 @@ async def _clean_manager(simulator_factory: object) -> AsyncIterator[None]:
 
 
 async def eventually(
-    predicate: Callable[[], bool],
+    predicate: Callable[[], bool | Awaitable[bool]],
     *,
     sim: Simulator | None = None,
     within: float = 10.0,
     what: str = "condition",
 ) -> None:
-    """Await ``predicate``, advancing the simulator's slots meanwhile when given one."""
+    """Await ``predicate`` (plain or async), advancing the simulator's slots meanwhile when
+    given one."""
     loop = asyncio.get_running_loop()
     deadline = loop.time() + within
-    while not predicate():
+
+    async def holds() -> bool:
+        result = predicate()
+        return await result if inspect.isawaitable(result) else result
+
+    while not await holds():
         if loop.time() > deadline:
             raise AssertionError(f"timed out waiting for {what}")
         if sim is not None:
