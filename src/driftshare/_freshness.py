@@ -22,11 +22,11 @@ from typing import Any
 
 from driftshare._ledger import AccountKind, AccountLedger, AccountRecord
 
-__all__ = ["Confirmer", "multiple_accounts"]
+__all__ = ["KEYS_PER_CALL", "Confirmer", "multiple_accounts"]
 
 log = logging.getLogger(__name__)
 
-_KEYS_PER_CALL = 100
+KEYS_PER_CALL = 100
 """getMultipleAccounts' limit."""
 _CALLS_PER_BATCH = 10
 _RESUBSCRIBE_GRACE_S = 0.5
@@ -135,7 +135,7 @@ class Confirmer:
                 keys.append(pubkey)
         self.rounds += 1
         missed: Counter[AccountKind] = Counter()
-        calls = [keys[i : i + _KEYS_PER_CALL] for i in range(0, len(keys), _KEYS_PER_CALL)]
+        calls = [keys[i : i + KEYS_PER_CALL] for i in range(0, len(keys), KEYS_PER_CALL)]
         for start in range(0, len(calls), _CALLS_PER_BATCH):
             batch = calls[start : start + _CALLS_PER_BATCH]
             self.requests += len(batch)

@@ -39,7 +39,7 @@ from driftpy.types import MarketType, OracleInfo
 from solana.rpc.commitment import Commitment
 from solders.pubkey import Pubkey
 
-from driftshare._freshness import multiple_accounts
+from driftshare._freshness import KEYS_PER_CALL, multiple_accounts
 from driftshare._ledger import AccountKind, AccountLedger, AccountRecord
 
 __all__ = [
@@ -59,7 +59,6 @@ log = logging.getLogger(__name__)
 SubscriptionMode = Literal["websocket", "polling"]
 
 _MAX_MARKET_INDEX = 512
-_GMA_CHUNK = 100
 
 
 @dataclass
@@ -177,8 +176,8 @@ async def _oracles_and_state(
     keys = [state_key, *sources]
     wrappers: list[FullOracleWrapper] = []
     state: DataAndSlot | None = None
-    for start in range(0, len(keys), _GMA_CHUNK):
-        chunk = keys[start : start + _GMA_CHUNK]
+    for start in range(0, len(keys), KEYS_PER_CALL):
+        chunk = keys[start : start + KEYS_PER_CALL]
         resp = await program.provider.connection.get_multiple_accounts(chunk, encoding="base64")
         slot = resp.context.slot
         for pubkey, account in zip(chunk, resp.value, strict=True):
