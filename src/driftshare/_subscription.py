@@ -94,7 +94,8 @@ def _index_by_pda(program_id: Pubkey, kind: str) -> dict[Pubkey, int]:
 
 
 async def post_batch(connection: Any, batch: list[dict[str, Any]]) -> list[dict[str, Any]]:
-    """Send a JSON-RPC batch through ``connection``'s HTTP session; the answers, by request."""
+    """Send a JSON-RPC batch through ``connection``'s HTTP session; the answers, by request:
+    the one with each request's ``id``, or an error answer where the RPC gave none."""
     # Raw JSON-RPC through the client's session (so through driftshare's transport), as driftpy
     # does, because solana-py has no batch call and its typed calls drop the context slot.
     provider = connection._provider
@@ -103,7 +104,9 @@ async def post_batch(connection: Any, batch: list[dict[str, Any]]) -> list[dict[
     answers = response.json()
     if not isinstance(answers, list) or not all(isinstance(a, dict) for a in answers):
         raise ValueError("the RPC answered a batch with something other than a list of objects")
-    return answers
+    # A batch's answers may come in any order.
+    by_id = {answer.get("id"): answer for answer in answers}
+    return [by_id.get(request.get("id"), {"error": {"message": "no answer"}}) for request in batch]
 
 
 async def _program_accounts(program: Any) -> dict[str, tuple[int, list[dict[str, Any]]]]:
@@ -125,12 +128,9 @@ async def _program_accounts(program: Any) -> dict[str, tuple[int, list[dict[str,
                 "params": [str(program.program_id), options],
             }
         )
-    answers = {
-        answer.get("id"): answer for answer in await post_batch(program.provider.connection, batch)
-    }
+    answers = await post_batch(program.provider.connection, batch)
     found: dict[str, tuple[int, list[dict[str, Any]]]] = {}
-    for number, kind in enumerate(kinds):
-        answer = answers.get(number, {"error": {"message": "no answer"}})
+    for kind, answer in zip(kinds, answers, strict=True):
         if "error" in answer:
             message = answer["error"].get("message")
             raise RuntimeError(f"getProgramAccounts ({kind} markets) failed: {message}")
