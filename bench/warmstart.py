@@ -222,7 +222,7 @@ def _costs(markets: int, repeats: int) -> dict[str, Any]:
             restored = AccountLedger()
             keeper = SnapshotKeeper(restored, file, identity)
             t0 = time.perf_counter()
-            keeper.load()
+            keeper.apply(keeper.read())
             load_s.append(time.perf_counter() - t0)
             t0 = time.perf_counter()
             reads = LedgerReads(restored)

@@ -84,7 +84,7 @@ def test_round_trip_keeps_values_slots_and_true_ages(world: World, tmp_path: Pat
     keeper = SnapshotKeeper(
         ledger, tmp_path, IDENTITY, mono_clock=Clock(7.0), wall_clock=Clock(50_100.0)
     )
-    assert keeper.load() == len(source)
+    assert keeper.apply(keeper.read()) == len(source)
     market = ledger.get(str(world.perp_market_pubkey(0)))
     assert market is not None
     assert 7.0 - market.confirmed_at == pytest.approx(130.0)
@@ -122,7 +122,8 @@ def _load_warnings(
     ledger = AccountLedger()
     caplog.clear()
     with caplog.at_level(logging.WARNING, logger="driftshare._snapshot"):
-        loaded = SnapshotKeeper(ledger, file, identity, wall_clock=Clock(50_100.0)).load()
+        keeper = SnapshotKeeper(ledger, file, identity, wall_clock=Clock(50_100.0))
+        loaded = keeper.apply(keeper.read())
     return loaded, [r.getMessage() for r in caplog.records], ledger
 
 
@@ -221,7 +222,7 @@ def test_live_data_replaces_the_snapshot_account_by_account(world: World, tmp_pa
     file = _written(world, tmp_path)
     ledger = AccountLedger()
     keeper = SnapshotKeeper(ledger, file, IDENTITY, wall_clock=Clock(50_100.0))
-    keeper.load()
+    keeper.apply(keeper.read())
     records = {r.pubkey: r for r in world_records(world, slot=40)}
     market0 = str(world.perp_market_pubkey(0))
     market1 = str(world.perp_market_pubkey(1))
@@ -318,7 +319,7 @@ async def test_a_crash_mid_write_leaves_the_previous_snapshot_usable(
     os.utime(leftover, (time.time() - 3600, time.time() - 3600))  # a crash of an hour ago
     ledger = AccountLedger()
     keeper = SnapshotKeeper(ledger, file, IDENTITY)
-    assert keeper.load() == len(_filled(world))
+    assert keeper.apply(keeper.read()) == len(_filled(world))
     assert {e.record.slot for e in ledger} == {40}
     assert _leftovers(tmp_path) == []
 
@@ -357,9 +358,8 @@ def test_one_undecodable_account_in_a_sound_file_hides_only_its_market(
     file = tmp_path / "snap"
     write_snapshot(file, IDENTITY, ledger, wall_now=50_000.0, mono_now=1030.0)
     restored = AccountLedger()
-    assert SnapshotKeeper(restored, file, IDENTITY, wall_clock=Clock(50_100.0)).load() == len(
-        ledger
-    )
+    keeper = SnapshotKeeper(restored, file, IDENTITY, wall_clock=Clock(50_100.0))
+    assert keeper.apply(keeper.read()) == len(ledger)
     source = WarmSource(restored)
     served = sorted(m.market_index for m in source.perp_markets())
     assert served == [i for i in world.perp_indexes() if i != 3]

@@ -22,11 +22,11 @@ from typing import Any
 
 from driftshare._ledger import AccountKind, AccountLedger, AccountRecord
 
-__all__ = ["Confirmer", "multiple_accounts"]
+__all__ = ["KEYS_PER_CALL", "Confirmer", "multiple_accounts"]
 
 log = logging.getLogger(__name__)
 
-_KEYS_PER_CALL = 100
+KEYS_PER_CALL = 100
 """getMultipleAccounts' limit."""
 _CALLS_PER_BATCH = 10
 _RESUBSCRIBE_GRACE_S = 0.5
@@ -35,6 +35,7 @@ _MISSED_ROUNDS_FOR_STALL = 2
 _KINDS: tuple[AccountKind, ...] = ("perp", "spot", "oracle", "state")
 
 PostBatch = Callable[[list[dict[str, Any]]], Awaitable[list[dict[str, Any]]]]
+"""Sends a JSON-RPC batch; the answers in the order of the requests (see ``post_batch``)."""
 
 
 def multiple_accounts(keys: Sequence[str], answer: Any) -> tuple[int, list[tuple[str, bytes]]]:
@@ -135,7 +136,7 @@ class Confirmer:
                 keys.append(pubkey)
         self.rounds += 1
         missed: Counter[AccountKind] = Counter()
-        calls = [keys[i : i + _KEYS_PER_CALL] for i in range(0, len(keys), _KEYS_PER_CALL)]
+        calls = [keys[i : i + KEYS_PER_CALL] for i in range(0, len(keys), KEYS_PER_CALL)]
         for start in range(0, len(calls), _CALLS_PER_BATCH):
             batch = calls[start : start + _CALLS_PER_BATCH]
             self.requests += len(batch)
@@ -150,16 +151,15 @@ class Confirmer:
                     for number, chunk in enumerate(batch)
                 ]
             )
-            by_id = {answer.get("id"): answer for answer in answers}
-            for number, chunk in enumerate(batch):
-                self._settle(chunk, by_id.get(number), missed)
+            for chunk, answer in zip(batch, answers, strict=True):
+                self._settle(chunk, answer, missed)
         self.last_success_at = self._clock()
         if not full:
             for kind in _KINDS:
                 self._missed_rounds[kind] = self._missed_rounds[kind] + 1 if missed[kind] else 0
 
     def _settle(
-        self, chunk: list[str], answer: dict[str, Any] | None, missed: Counter[AccountKind]
+        self, chunk: list[str], answer: dict[str, Any], missed: Counter[AccountKind]
     ) -> None:
         slot, accounts = multiple_accounts(chunk, answer)
         for pubkey, data in accounts:

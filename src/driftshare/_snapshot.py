@@ -307,12 +307,11 @@ def _parse(model: type[Any], raw: bytes, part: str) -> Any:
 class SnapshotKeeper:
     """Loads one shared client's snapshot into its ledger, then keeps the file up to date.
 
-    :meth:`load` applies the file's accounts to the ledger with their true confirmation
-    times, so their age is the age of the data, and remembers them as :attr:`restored`
-    until live data for the same account arrives (the ledger's slot rule decides which
-    value is kept). :meth:`start` writes the ledger at most every ``interval_s`` while it
-    changes; :meth:`stop` writes once more. :meth:`load` is also the hook for a fleet
-    member, which uses the snapshot only when Redis cannot be reached at start.
+    :meth:`apply` puts the accounts :meth:`read` found in the file into the ledger with
+    their true confirmation times, so their age is the age of the data, and remembers them
+    as :attr:`restored` until live data for the same account arrives (the ledger's slot rule
+    decides which value is kept). :meth:`start` writes the ledger at most every
+    ``interval_s`` while it changes; :meth:`stop` writes once more.
     """
 
     def __init__(
@@ -344,10 +343,6 @@ class SnapshotKeeper:
     def _on_entry(self, entry: LedgerEntry, changed: bool) -> None:
         self.restored.discard(entry.record.pubkey)
         self._dirty = True
-
-    def load(self) -> int:
-        """Apply the snapshot's accounts to the ledger; how many. Never raises."""
-        return self.apply(self.read())
 
     def read(self) -> list[Restored]:
         """The file's accounts; none, with one warning, when it cannot be used. Never raises.

@@ -39,7 +39,7 @@ from driftpy.types import MarketType, OracleInfo
 from solana.rpc.commitment import Commitment
 from solders.pubkey import Pubkey
 
-from driftshare._freshness import multiple_accounts
+from driftshare._freshness import KEYS_PER_CALL, multiple_accounts
 from driftshare._ledger import AccountKind, AccountLedger, AccountRecord
 
 __all__ = [
@@ -59,7 +59,6 @@ log = logging.getLogger(__name__)
 SubscriptionMode = Literal["websocket", "polling"]
 
 _MAX_MARKET_INDEX = 512
-_GMA_CHUNK = 100
 
 
 @dataclass
@@ -95,7 +94,8 @@ def _index_by_pda(program_id: Pubkey, kind: str) -> dict[Pubkey, int]:
 
 
 async def post_batch(connection: Any, batch: list[dict[str, Any]]) -> list[dict[str, Any]]:
-    """Send a JSON-RPC batch through ``connection``'s HTTP session; the answers, by request."""
+    """Send a JSON-RPC batch through ``connection``'s HTTP session; the answers, by request:
+    the one with each request's ``id``, or an error answer where the RPC gave none."""
     # Raw JSON-RPC through the client's session (so through driftshare's transport), as driftpy
     # does, because solana-py has no batch call and its typed calls drop the context slot.
     provider = connection._provider
@@ -104,7 +104,9 @@ async def post_batch(connection: Any, batch: list[dict[str, Any]]) -> list[dict[
     answers = response.json()
     if not isinstance(answers, list) or not all(isinstance(a, dict) for a in answers):
         raise ValueError("the RPC answered a batch with something other than a list of objects")
-    return answers
+    # A batch's answers may come in any order.
+    by_id = {answer.get("id"): answer for answer in answers}
+    return [by_id.get(request.get("id"), {"error": {"message": "no answer"}}) for request in batch]
 
 
 async def _program_accounts(program: Any) -> dict[str, tuple[int, list[dict[str, Any]]]]:
@@ -126,12 +128,9 @@ async def _program_accounts(program: Any) -> dict[str, tuple[int, list[dict[str,
                 "params": [str(program.program_id), options],
             }
         )
-    answers = {
-        answer.get("id"): answer for answer in await post_batch(program.provider.connection, batch)
-    }
+    answers = await post_batch(program.provider.connection, batch)
     found: dict[str, tuple[int, list[dict[str, Any]]]] = {}
-    for number, kind in enumerate(kinds):
-        answer = answers.get(number, {"error": {"message": "no answer"}})
+    for kind, answer in zip(kinds, answers, strict=True):
         if "error" in answer:
             message = answer["error"].get("message")
             raise RuntimeError(f"getProgramAccounts ({kind} markets) failed: {message}")
@@ -177,8 +176,8 @@ async def _oracles_and_state(
     keys = [state_key, *sources]
     wrappers: list[FullOracleWrapper] = []
     state: DataAndSlot | None = None
-    for start in range(0, len(keys), _GMA_CHUNK):
-        chunk = keys[start : start + _GMA_CHUNK]
+    for start in range(0, len(keys), KEYS_PER_CALL):
+        chunk = keys[start : start + KEYS_PER_CALL]
         resp = await program.provider.connection.get_multiple_accounts(chunk, encoding="base64")
         slot = resp.context.slot
         for pubkey, account in zip(chunk, resp.value, strict=True):
