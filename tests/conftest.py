@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import inspect
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 from dataclasses import dataclass
@@ -121,21 +122,33 @@ def truth(simulator: Simulator, frozen_now: float) -> GroundTruth:
     return GroundTruth(simulator, frozen_now)
 
 
+async def until(
+    condition: Callable[[], bool | Awaitable[bool]],
+    what: str = "condition",
+    timeout_s: float = 10.0,
+    every_s: float = 0.01,
+) -> None:
+    """Poll ``condition`` (sync or async) every ``every_s`` until true; fail after ``timeout_s``.
+
+    For states that raise no event a test can await: another process, Redis, a counter.
+    """
+    try:
+        async with asyncio.timeout(timeout_s):
+            while True:
+                result = condition()
+                if inspect.isawaitable(result):
+                    result = await result
+                if result:
+                    return
+                await asyncio.sleep(every_s)
+    except TimeoutError:
+        raise AssertionError(f"{what} not met within {timeout_s:g} s") from None
+
+
 @pytest.fixture
 def wait_until() -> WaitUntil:
-    """``await wait_until(condition)``: poll until true, failing after a 10 s deadline."""
-
-    async def wait(condition: Callable[[], bool]) -> None:
-        try:
-            async with asyncio.timeout(10):
-                while True:
-                    if condition():
-                        return
-                    await asyncio.sleep(0.01)
-        except TimeoutError:
-            raise AssertionError("condition not met within 10 s") from None
-
-    return wait
+    """``await wait_until(condition)``: :func:`until` with its 10 s deadline."""
+    return until
 
 
 # -- the fleet tests: a real redis-server --------------------------------------------------
