@@ -12,7 +12,6 @@ import asyncio
 import dataclasses
 import logging
 import math
-import statistics
 import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
@@ -22,7 +21,7 @@ from typing import Any
 import httpx
 
 from bench import BenchError, Context
-from bench._harness import simulator
+from bench._harness import percentiles, simulator
 from driftshare.manager import DriftClientManager
 from driftshare.models import market_data_from_market
 from driftshare.sim import Simulator
@@ -32,11 +31,6 @@ TITLE = "Freshness"
 log = logging.getLogger(__name__)
 
 _MARKET = 0
-
-
-def _percentile(values: list[float], q: float) -> float:
-    ordered = sorted(values)
-    return ordered[min(len(ordered) - 1, math.ceil(q * len(ordered)) - 1)]
 
 
 async def _shared(http_url: str, stats: Callable[[], Awaitable[dict[str, Any]]]) -> Any:
@@ -298,7 +292,7 @@ def run(ctx: Context) -> str:
             "in_process_write_to_read_ms": [v * 1000 for v in local.from_write],
             "in_process_applied_to_read_ms": [v * 1000 for v in local.from_applied],
             "confirmation": [{"markets": m, "ticking": t, **r} for (m, t), r in rates.items()],
-            "hit_us": _summary(hits),
+            "hit_us": percentiles(hits),
         }
     )
 
@@ -352,12 +346,11 @@ def run(ctx: Context) -> str:
             ("simulator write", measured.from_write),
             ("notification applied", measured.from_applied),
         ):
-            ms = [v * 1000 for v in values]
-            p99 = _percentile(ms, 0.99)
-            target = _verdict(p99 <= 1.0) if label == "notification applied" else ""
+            ms = percentiles([v * 1000 for v in values])
+            target = _verdict(ms["p99"] <= 1.0) if label == "notification applied" else ""
             lines.append(
-                f"| {setup} | {label} | {len(ms)} | {statistics.median(ms):.3f} | "
-                f"{p99:.3f} | {max(ms):.3f} | {target} |"
+                f"| {setup} | {label} | {ms['count']:.0f} | {ms['p50']:.3f} | "
+                f"{ms['p99']:.3f} | {ms['max']:.3f} | {target} |"
             )
     lines += [
         "",
@@ -389,7 +382,7 @@ def run(ctx: Context) -> str:
             f"{r['rate']:.3f} | {r['bound']:.3f} | {r['http_calls_rate']:.3f} | "
             f"{r['oldest_age_s']:.2f} |"
         )
-    hit = _summary(hits)
+    hit = percentiles(hits)
     lines += [
         "",
         "### Cache hit",
@@ -404,11 +397,3 @@ def run(ctx: Context) -> str:
         f"| {len(hits):,} | {hit['p50']:.1f} | {hit['p99']:.1f} | {hit['max']:.1f} |",
     ]
     return "\n".join(lines) + "\n"
-
-
-def _summary(values: list[float]) -> dict[str, float]:
-    return {
-        "p50": statistics.median(values),
-        "p99": _percentile(values, 0.99),
-        "max": max(values),
-    }

@@ -27,32 +27,37 @@ from driftshare.models import (
 from driftshare.sim import Simulator
 from driftshare.sim.pytest_plugin import SimulatorFactory
 
-WaitUntil = Callable[[Callable[[], bool]], Awaitable[None]]
+WaitUntil = Callable[[Callable[[], bool]], Awaitable[float]]
 
 
 async def eventually(
     predicate: Callable[[], object],
-    *,
-    sim: Simulator | None = None,
-    within: float = 10.0,
     what: str = "condition",
+    *,
+    within: float = 10.0,
+    every_s: float = 0.02,
+    sim: Simulator | None = None,
 ) -> float:
-    """Await ``predicate`` (plain or async), advancing the simulator's slots meanwhile when
-    given one; the seconds it took. Polled: what it waits for (a chain, a process, a clock)
-    has no event to await."""
+    """Poll ``predicate`` (plain or async) every ``every_s`` until true, advancing the
+    simulator's slots meanwhile when given one; the seconds it took. Fails after ``within``.
+
+    For states that raise no event a test can await: another process, Redis, a chain, a clock.
+    """
     loop = asyncio.get_running_loop()
     start = loop.time()
-    while True:
-        answer = predicate()
-        if inspect.isawaitable(answer):
-            answer = await answer
-        if answer:
-            return loop.time() - start
-        if loop.time() - start > within:
-            raise AssertionError(f"{what}: not within {within:g} s")
-        if sim is not None:
-            await sim.step()
-        await asyncio.sleep(0.02)
+    try:
+        async with asyncio.timeout(within):
+            while True:
+                answer = predicate()
+                if inspect.isawaitable(answer):
+                    answer = await answer
+                if answer:
+                    return loop.time() - start
+                if sim is not None:
+                    await sim.step()
+                await asyncio.sleep(every_s)
+    except TimeoutError:
+        raise AssertionError(f"{what}: not within {within:g} s") from None
 
 
 def subscriptions_per_client(sim: Simulator) -> int:
@@ -149,12 +154,8 @@ def truth(simulator: Simulator, frozen_now: float) -> GroundTruth:
 
 @pytest.fixture
 def wait_until() -> WaitUntil:
-    """``await wait_until(condition)``: :func:`eventually`, failing after 10 s."""
-
-    async def wait(condition: Callable[[], bool]) -> None:
-        await eventually(condition)
-
-    return wait
+    """``await wait_until(condition)``: :func:`eventually` with its 10 s deadline."""
+    return eventually
 
 
 # -- the fleet tests: a real redis-server --------------------------------------------------

@@ -3,12 +3,13 @@
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator
 from typing import Any
 
 import pytest
 import pytest_asyncio
 
+from conftest import eventually
 from driftshare._metrics import REGISTRY
 from driftshare._web.live import LiveState
 from driftshare.config import redact_url
@@ -33,17 +34,6 @@ async def _clean_manager(simulator_factory: object) -> AsyncIterator[None]:
     yield
     await DriftClientManager.shutdown()
     DriftClientManager._settings = None
-
-
-async def _until(predicate: Callable[[], bool], *, within: float, what: str) -> None:
-    try:
-        async with asyncio.timeout(within):
-            while True:
-                if predicate():
-                    return
-                await asyncio.sleep(0.02)
-    except TimeoutError:
-        raise AssertionError(f"no {what} within {within:g} s") from None
 
 
 def _oracle_slot(client: Any) -> int:
@@ -87,7 +77,7 @@ async def test_fails_over_to_the_second_endpoint_and_returns_to_the_first(
         # Past every slot either chain had when the first went down: only the second can
         # deliver such data now.
         newest = _newest_slot(first, second)
-        await _until(lambda: _oracle_slot(client) > newest, within=30, what="fresh data")
+        await eventually(lambda: _oracle_slot(client) > newest, within=30, what="fresh data")
         failover_s = loop.time() - went_down
         print(f"\n{mode}: fresh data from the second {failover_s:.2f}s after the first went down")
 
@@ -99,7 +89,7 @@ async def test_fails_over_to_the_second_endpoint_and_returns_to_the_first(
         assert shared is not None
         gen = shared.gen
         assert gen is not None
-        await _until(lambda: not gen.old_sessions, within=10, what="old session let go")
+        await eventually(lambda: not gen.old_sessions, within=10, what="old session let go")
         # What /api/stats and the dashboard serve.
         shown = LiveState(network="mainnet", simulated=True).snapshot()
         assert shown["rpc_url"] == redact_url(second.http_url)
@@ -111,21 +101,23 @@ async def test_fails_over_to_the_second_endpoint_and_returns_to_the_first(
 
         await first.faults.clear()
         came_back = loop.time()
-        await _until(
+        await eventually(
             lambda: DriftClientManager.stats()["rpc_url"] == redact_url(first.http_url),
             within=40,
             what="return to the first",
         )
         print(f"back on the first endpoint {loop.time() - came_back:.2f}s after it came back")
         newest = _newest_slot(first, second)
-        await _until(lambda: _oracle_slot(client) > newest, within=10, what="data from the first")
+        await eventually(
+            lambda: _oracle_slot(client) > newest, within=10, what="data from the first"
+        )
 
         stats = DriftClientManager.stats()
         assert stats["endpoint_switches"] == 2
         assert (_active_gauge(first), _active_gauge(second)) == (1, 0)
         assert stats["subscription_mode"] == mode
         # The second endpoint is let go: no subscription is left there.
-        await _until(
+        await eventually(
             lambda: second.stats()["subscriptions"]["active"] == 0,
             within=10,
             what="subscriptions on the second closed",

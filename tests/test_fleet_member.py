@@ -10,7 +10,7 @@ import pytest_asyncio
 from redis.exceptions import RedisError
 from solders.pubkey import Pubkey
 
-from conftest import WaitUntil, last_values
+from conftest import WaitUntil, eventually, last_values
 from driftshare._fleet import FleetMember
 from driftshare._fleet._follower import MAX_ACCOUNTS
 from driftshare._fleet._harness import RedisServer
@@ -27,16 +27,18 @@ async def stored(
     member: FleetMember, condition: Callable[[list[bytes], list[bytes]], bool]
 ) -> tuple[list[bytes], list[bytes]]:
     """Redis's last values once ``condition`` holds for them (10 s deadline)."""
-    deadline = time.monotonic() + 10
-    while True:
+    found: tuple[list[bytes], list[bytes]] = ([], [])
+
+    async def holds() -> bool:
+        nonlocal found
         try:
             found = await last_values(member._store)
         except RedisError:  # a pooled connection from before a restart
             found = ([], [])
-        if condition(*found):
-            return found
-        assert time.monotonic() < deadline, "Redis never held what was expected"
-        await asyncio.sleep(0.02)
+        return condition(*found)
+
+    await eventually(holds, "Redis holding what was expected")
+    return found
 
 
 MemberFactory = Callable[..., FleetMember]

@@ -6,10 +6,10 @@ so the simulator's per-client counters say who talked upstream.
 
 from __future__ import annotations
 
-import asyncio
+import functools
 import json
 import time
-from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
+from collections.abc import AsyncIterator, Callable, Iterator
 from typing import Any
 
 import httpx
@@ -17,6 +17,7 @@ import pytest
 import pytest_asyncio
 from redis.asyncio import Redis
 
+import conftest
 from driftshare._fleet._harness import (
     RedisServer,
     RedisServerError,
@@ -54,15 +55,8 @@ def key_client(name: str) -> str:
     return client_id(_Request())  # type: ignore[arg-type]
 
 
-async def until(
-    condition: Callable[[], Awaitable[bool]], deadline_s: float = 60.0, what: str = "condition"
-) -> float:
-    """Await ``condition`` (polled) until ``deadline_s``; the seconds it took."""
-    start = time.monotonic()
-    while not await condition():
-        assert time.monotonic() - start < deadline_s, f"{what}: not within {deadline_s}s"
-        await asyncio.sleep(0.05)
-    return time.monotonic() - start
+# Other processes: polled every 50 ms, a minute at most unless a call says otherwise.
+until = functools.partial(conftest.eventually, within=60.0, every_s=0.05)
 
 
 @pytest_asyncio.fixture
@@ -158,13 +152,13 @@ async def test_one_leader_silent_followers_and_equal_numbers(
         numbers = [_numbers(await p.get(http, "/api/markets")) for p in trio]
         return bool(numbers[0]) and numbers[0] == numbers[1] == numbers[2]
 
-    await until(equal_numbers, deadline_s=10, what="followers' numbers equal the leader's")
+    await until(equal_numbers, within=10, what="followers' numbers equal the leader's")
 
     async def all_members_listed() -> bool:
         members = (await leader.stats(http))["fleet"]["members"]
         return sorted(m["pid"] for m in members) == sorted(p.pid for p in trio)
 
-    await until(all_members_listed, deadline_s=10, what="the leader lists every member")
+    await until(all_members_listed, within=10, what="the leader lists every member")
     text = await followers[0].metrics(http)
     assert 'drift_fleet_role{network="mainnet",role="follower"} 1.0' in text
 
@@ -182,7 +176,7 @@ async def test_sigkill_of_the_leader_then_takeover_within_5s(
 
     await until(
         lambda: fresh_after(http, survivors, killed_at_slot),
-        deadline_s=5.0,
+        within=5.0,
         what="takeover with fresh data",
     )
     for proc in survivors:
@@ -208,23 +202,23 @@ async def test_redis_down_stale_fallback_rejoin_and_repopulate(
         rows = (await follower.get(http, "/api/markets") or {}).get("markets", [])
         return bool(rows) and all(r["stale"] for r in rows)
 
-    await until(stale, deadline_s=30, what="follower flags its data stale")
+    await until(stale, within=30, what="follower flags its data stale")
 
     async def fallen_back() -> bool:
         s = await follower.stats(http)
         upstream = simulator.stats()["http_requests"]["by_client"].get(key_client(name), 0)
         return s.get("fleet", {}).get("role") == "standalone" and upstream > 0
 
-    await until(fallen_back, deadline_s=30, what="follower falls back to its own upstream")
+    await until(fallen_back, within=30, what="follower falls back to its own upstream")
     redis_server.start()  # empty
-    await until(lambda: all_ready(http, pair), deadline_s=30, what="rejoined")
+    await until(lambda: all_ready(http, pair), within=30, what="rejoined")
     redis = Redis.from_url(redis_server.url)
     try:
 
         async def repopulated() -> bool:
             return bool(await redis.hlen("driftshare:mainnet:default:records"))
 
-        await until(repopulated, deadline_s=10, what="Redis repopulated")
+        await until(repopulated, within=10, what="Redis repopulated")
     finally:
         await redis.aclose()
 
@@ -247,7 +241,7 @@ async def test_a_forged_record_is_refused_with_a_secret(
             perp[:] = [k.decode() for k, v in records.items() if b'"k":"perp"' in v]
             return bool(perp)
 
-        await until(published, deadline_s=10, what="leader published its perp markets")
+        await until(published, within=10, what="leader published its perp markets")
         pubkey = perp[0]
         record = AccountRecord(pubkey, "perp", 10**9, b"\0" * 8)
         forged = Message("r", pubkey, 10**9, time.time(), 1, "x", record)
@@ -263,7 +257,7 @@ async def test_a_forged_record_is_refused_with_a_secret(
                 await follower.metrics(http)
             )
 
-        await until(refused, deadline_s=10, what="both forged copies refused")
+        await until(refused, within=10, what="both forged copies refused")
         leader_markets = _numbers(await leader.get(http, "/api/markets"))
         assert any(row[0] == index for row in leader_markets)
         assert _numbers(await follower.get(http, "/api/markets")) == leader_markets

@@ -4,10 +4,9 @@ from __future__ import annotations
 
 import asyncio
 import base64
+import functools
 import json
 import time
-from collections.abc import Callable
-from typing import Any
 
 import aiohttp
 import httpx
@@ -16,6 +15,7 @@ import websockets
 from solana.rpc.websocket_api import connect
 from solders.pubkey import Pubkey
 
+from conftest import eventually
 from driftshare.sim import Simulator
 from driftshare.sim.faults import FaultError, parse_spec
 from driftshare.sim.pytest_plugin import SimulatorFactory
@@ -27,19 +27,7 @@ TIMEOUT_S = 5.0
 HEALTH = {"jsonrpc": "2.0", "id": 1, "method": "getHealth"}
 
 
-async def _until(condition: Callable[[], Any], what: str) -> None:
-    """Await ``condition`` (sync or async) until truthy, failing after :data:`TIMEOUT_S`."""
-    try:
-        async with asyncio.timeout(TIMEOUT_S):
-            while True:
-                result = condition()
-                if asyncio.iscoroutine(result):
-                    result = await result
-                if result:
-                    return
-                await asyncio.sleep(0.02)
-    except TimeoutError:
-        raise AssertionError(what) from None
+_until = functools.partial(eventually, within=TIMEOUT_S)
 
 
 async def _post_faults(sim: Simulator, body: object) -> httpx.Response:

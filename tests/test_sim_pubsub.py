@@ -4,8 +4,9 @@ from __future__ import annotations
 
 import asyncio
 import base64
+import functools
 import json
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from typing import Any
 
@@ -17,6 +18,7 @@ from solana.rpc.websocket_api import connect
 from solders.pubkey import Pubkey
 from solders.rpc.responses import AccountNotification, ProgramNotification, SlotNotification
 
+from conftest import eventually
 from driftshare.sim import Simulator
 from driftshare.sim.pytest_plugin import SimulatorFactory
 from driftshare.sim.store import Account
@@ -29,16 +31,7 @@ def _put(sim: Simulator, key: Pubkey, data: bytes, *, lamports: int = 1) -> None
     sim.store.put(key, Account(data=data, owner=OWNER, lamports=lamports))
 
 
-async def _until(condition: Callable[[], bool], what: str) -> None:
-    """Poll a server counter until ``condition`` holds, failing after :data:`TIMEOUT_S`."""
-    try:
-        async with asyncio.timeout(TIMEOUT_S):
-            while True:
-                if condition():
-                    return
-                await asyncio.sleep(0.01)
-    except TimeoutError:
-        raise AssertionError(what) from None
+_until = functools.partial(eventually, within=TIMEOUT_S, every_s=0.01)
 
 
 class _Raw:

@@ -3,13 +3,14 @@
 from __future__ import annotations
 
 import asyncio
+import functools
 import json
 import re
 import signal
 import stat
 import threading
 import time
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
 
@@ -17,6 +18,7 @@ import httpx
 import pytest
 
 from bench._harness import spawn_serve
+from conftest import eventually
 from driftshare import _snapshot
 from driftshare.adapter import DriftAdapter
 from driftshare.feed import DriftFundingFeed
@@ -83,16 +85,7 @@ async def _drain(child: asyncio.subprocess.Process, lines: list[bytes]) -> None:
         lines.append(line)
 
 
-async def poll(check: Callable[[], Awaitable[bool]], what: str) -> None:
-    """Await ``check()`` until true; fail after the deadline."""
-    try:
-        async with asyncio.timeout(_DEADLINE_S):
-            while True:
-                if await check():
-                    return
-                await asyncio.sleep(0.05)
-    except TimeoutError:
-        raise AssertionError(f"{what}: not within {_DEADLINE_S:g} s") from None
+poll = functools.partial(eventually, within=_DEADLINE_S, every_s=0.05)
 
 
 @pytest.fixture

@@ -69,7 +69,9 @@ class _FaultRequest(BaseModel):
     spec: list[str] = []
 
 
-def _pubkey(text: str) -> Pubkey:
+def _pubkey(text: Pubkey | str) -> Pubkey:
+    if isinstance(text, Pubkey):
+        return text
     try:
         return Pubkey.from_string(text)
     except ValueError as exc:
@@ -133,7 +135,11 @@ def parse_spec(spec: str) -> dict[str, object]:
 
 def check_spec(spec: str) -> None:
     """Raise :class:`FaultError` unless ``spec`` is a valid start-up fault spec."""
-    request = _validate(parse_spec(spec))
+    _check_pubkeys(_validate(parse_spec(spec)))
+
+
+def _check_pubkeys(request: _FaultRequest) -> None:
+    """Raise :class:`FaultError` unless every pubkey ``request`` names parses."""
     if request.corrupt is not None:
         _pubkey(request.corrupt.pubkey)
     for key in (request.hide, request.restore):
@@ -200,17 +206,17 @@ class Faults:
         """Serve ``pubkey``'s data cut in half (``truncate``) or bit-flipped (``garble``)."""
         if mode not in ("truncate", "garble"):
             raise FaultError(f"corrupt mode must be truncate or garble, got {mode!r}")
-        key = _pubkey(pubkey) if isinstance(pubkey, str) else pubkey
+        key = _pubkey(pubkey)
         self._state.corrupted[key] = mode
 
     def hide(self, pubkey: Pubkey | str) -> None:
         """Stop serving ``pubkey`` (no notifications, null in reads) while it keeps changing:
         a node that lost track of one account."""
-        self._state.hidden.add(_pubkey(pubkey) if isinstance(pubkey, str) else pubkey)
+        self._state.hidden.add(_pubkey(pubkey))
 
     def restore(self, pubkey: Pubkey | str) -> None:
         """Serve ``pubkey``'s real data again."""
-        key = _pubkey(pubkey) if isinstance(pubkey, str) else pubkey
+        key = _pubkey(pubkey)
         self._state.corrupted.pop(key, None)
         self._state.hidden.discard(key)
 
@@ -260,11 +266,7 @@ class Faults:
         request = _validate(body)
         for spec in request.spec:
             check_spec(spec)
-        if request.corrupt is not None:
-            _pubkey(request.corrupt.pubkey)
-        for key in (request.hide, request.restore):
-            if key is not None:
-                _pubkey(key)
+        _check_pubkeys(request)
         for part in (request, *(_validate(parse_spec(spec)) for spec in request.spec)):
             await self._apply(part)
 
