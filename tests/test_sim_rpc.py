@@ -410,3 +410,17 @@ def test_cli_rejects_a_bad_fault_without_a_traceback() -> None:
     assert proc.returncode == 2
     assert "Traceback" not in err
     assert "fail" in err
+
+
+async def test_each_simulator_is_a_chain_of_its_own(
+    simulator_factory: SimulatorFactory,
+) -> None:
+    """getGenesisHash is stable for one simulator and differs between two with equal seeds."""
+    first = await simulator_factory(markets=0)
+    second = await simulator_factory(markets=0)
+    hashes = []
+    for sim in (first, first, second):
+        async with AsyncClient(sim.http_url) as client:
+            hashes.append(str((await client.get_genesis_hash()).value))
+    assert hashes[0] == hashes[1]
+    assert hashes[0] != hashes[2]

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import base64
 import json
+import os
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any, Literal
@@ -275,6 +276,9 @@ class RpcHandler:
         self.store = store
         self.encoder = encoder
         self._seed = seed
+        # Each simulator is a chain of its own: two simulators never share a genesis hash, so
+        # a client can tell them apart even when their seeds and accounts are equal.
+        self.genesis_hash = str(Hash(os.urandom(32)))
         self._methods: dict[str, Callable[[list[Any]], str]] = {
             "getAccountInfo": self._get_account_info,
             "getMultipleAccounts": self._get_multiple_accounts,
@@ -284,6 +288,7 @@ class RpcHandler:
             "getVersion": self._get_version,
             "getLatestBlockhash": self._get_latest_blockhash,
             "getBalance": self._get_balance,
+            "getGenesisHash": self._get_genesis_hash,
         }
 
     def result(self, method: str, params: object) -> str:
@@ -381,6 +386,10 @@ class RpcHandler:
         blockhash = Hash.hash(f"driftshare-sim:{self._seed}:{slot}".encode())
         value = json.dumps({"blockhash": str(blockhash), "lastValidBlockHeight": slot + 150})
         return f'{{"context":{context},"value":{value}}}'
+
+    def _get_genesis_hash(self, params: list[Any]) -> str:
+        _max_params(params, 0)
+        return f'"{self.genesis_hash}"'
 
     def _get_balance(self, params: list[Any]) -> str:
         if not params:
