@@ -66,7 +66,7 @@ def margin_excess(books: Books, pubkey: Pubkey, user: Any, *, initial: bool) -> 
     else:
         collateral = reader.get_total_collateral(MarginCategory.MAINTENANCE)
         requirement = reader.get_margin_requirement(MarginCategory.MAINTENANCE)
-    return collateral - requirement
+    return int(collateral - requirement)  # driftpy's math mixes in float divisions
 
 
 def require_margin(books: Books, pubkey: Pubkey, user: Any, *, initial: bool) -> None:
