@@ -8,12 +8,14 @@ from solders.hash import Hash
 
 from driftshare.sim.store import AccountStore
 
-__all__ = ["MAX_PROCESSING_AGE", "MAX_RECENT_BLOCKHASHES", "Blocks"]
+__all__ = ["FINALITY_DEPTH", "MAX_PROCESSING_AGE", "MAX_RECENT_BLOCKHASHES", "Blocks"]
 
 MAX_PROCESSING_AGE = 150
 """Blocks a blockhash stays usable for, as in agave (``lastValidBlockHeight`` = height + this)."""
 MAX_RECENT_BLOCKHASHES = 300
 """Blockhashes a node remembers (agave's blockhash queue length)."""
+FINALITY_DEPTH = 32
+"""Slots between the tip and the root (finalized), about what a mainnet node reports."""
 
 
 class Blocks:
@@ -25,12 +27,10 @@ class Blocks:
 
     def __init__(self, store: AccountStore, genesis_hash: Hash) -> None:
         self._store = store
+        self.genesis = genesis_hash
         self._genesis = bytes(genesis_hash)
         self._heights: OrderedDict[Hash, int] = OrderedDict()
         self._synced = -1
-        self.max_age = MAX_PROCESSING_AGE
-        """Blocks a blockhash is accepted for; lower than ``MAX_PROCESSING_AGE`` only under the
-        early-expiry fault, which ``lastValidBlockHeight`` does not tell clients about."""
 
     @property
     def height(self) -> int:
@@ -51,11 +51,6 @@ class Blocks:
         self._sync(height)
         at = self._heights.get(blockhash)
         return None if at is None else height - at
-
-    def is_valid(self, blockhash: Hash) -> bool:
-        """Whether a transaction citing ``blockhash`` can land now."""
-        age = self.age(blockhash)
-        return age is not None and age <= self.max_age
 
     def _sync(self, height: int) -> None:
         for at in range(max(self._synced + 1, height - MAX_RECENT_BLOCKHASHES + 1), height + 1):

@@ -118,7 +118,7 @@ class Simulator:
             self.store,
             host=config.host,
             port=config.port,
-            seed=config.seed,
+            programs=self.programs,
             rate_limit=config.rate_limit,
             burst=config.burst,
             max_ws_per_client=config.max_ws_per_client,
@@ -219,6 +219,7 @@ class Simulator:
         else:
             self.store.slot += 1
         self._server.pubsub.notify_slot(self.store.slot)
+        self._server.pubsub.notify_signatures()
         return self.store.slot
 
     async def _tick(self) -> None:

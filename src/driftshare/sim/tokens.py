@@ -31,7 +31,7 @@ from spl.token.instructions import get_associated_token_address
 
 from driftshare.sim._codec import DRIFT_PROGRAM_ID, rent_exempt_lamports
 from driftshare.sim.programs import InstructionFailed, TxAccounts
-from driftshare.sim.store import Account
+from driftshare.sim.store import Account, AccountStore
 
 if TYPE_CHECKING:
     from driftshare.sim.world import World
@@ -46,6 +46,7 @@ __all__ = [
     "TokenAccount",
     "associated_token_address",
     "mint_account",
+    "mint_to_owner",
     "read_mint",
     "read_token_account",
     "token_account",
@@ -164,6 +165,22 @@ def with_amount(account: Account, amount: int) -> Account:
     offset = ACCOUNT_LAYOUT.subcons[0].sizeof() + ACCOUNT_LAYOUT.subcons[1].sizeof()
     data = account.data[:offset] + amount.to_bytes(8, "little") + account.data[offset + 8 :]
     return dataclasses.replace(account, data=data)
+
+
+def mint_to_owner(store: AccountStore, owner: Pubkey, amount: int) -> tuple[Pubkey, int]:
+    """Mint ``amount`` simulated USDC (base units) to ``owner``'s associated token account,
+    creating it (and the mint) if missing; the account and its new balance."""
+    address = associated_token_address(owner, USDC_MINT)
+    mint = read_mint(store.get(USDC_MINT)) or Mint(0, USDC_DECIMALS)
+    held = read_token_account(store.get(address))
+    if held is not None and (held.owner, held.mint) != (owner, USDC_MINT):
+        raise ValueError(f"{address} is not {owner}'s USDC account")
+    balance = (0 if held is None else held.amount) + amount
+    if balance >= 1 << 64 or mint.supply + amount >= 1 << 64:
+        raise ValueError("the balance would overflow a u64")
+    store.put(USDC_MINT, mint_account(mint.decimals, mint.supply + amount, MINT_AUTHORITY))
+    store.put(address, token_account(USDC_MINT, owner, balance))
+    return address, balance
 
 
 def transfer(
