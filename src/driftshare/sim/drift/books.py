@@ -24,6 +24,7 @@ from solders.pubkey import Pubkey
 from driftshare.sim import _codec
 from driftshare.sim._codec import DRIFT_PROGRAM_ID
 from driftshare.sim.drift.errors import anchor_error, drift_error
+from driftshare.sim.programs import InstructionFailed
 from driftshare.sim.store import Account
 
 __all__ = ["AccountIO", "Books", "decode_copy", "decoded_view"]
@@ -136,17 +137,26 @@ class Books:
         return self.load(get_state_public_key(DRIFT_PROGRAM_ID), "State")
 
     def perp_market(self, index: int) -> Any:
-        """Perp market ``index``; Drift's ``PerpMarketNotFound`` if there is none."""
-        market = self.find(get_perp_market_public_key(DRIFT_PROGRAM_ID, index), "PerpMarket")
-        if market is None:
-            raise drift_error("PerpMarketNotFound", f"perp market {index}")
-        return market
+        """Perp market ``index``; Drift's ``PerpMarketNotFound`` if it is not passed."""
+        pubkey = get_perp_market_public_key(DRIFT_PROGRAM_ID, index)
+        return self._market(pubkey, "PerpMarket", "PerpMarketNotFound", f"perp market {index}")
 
     def spot_market(self, index: int) -> Any:
-        """Spot market ``index``; Drift's ``SpotMarketNotFound`` if there is none."""
-        market = self.find(get_spot_market_public_key(DRIFT_PROGRAM_ID, index), "SpotMarket")
+        """Spot market ``index``; Drift's ``SpotMarketNotFound`` if it is not passed."""
+        pubkey = get_spot_market_public_key(DRIFT_PROGRAM_ID, index)
+        return self._market(pubkey, "SpotMarket", "SpotMarketNotFound", f"spot market {index}")
+
+    def _market(self, pubkey: Pubkey, name: str, missing: str, what: str) -> Any:
+        # The runner refuses accounts the instruction was not passed, as the program's account
+        # maps hold only the remaining accounts: to the client, either is a missing market.
+        try:
+            market = self.find(pubkey, name)
+        except InstructionFailed as exc:
+            if exc.error != "MissingAccount":
+                raise
+            market = None
         if market is None:
-            raise drift_error("SpotMarketNotFound", f"spot market {index}")
+            raise drift_error(missing, what)
         return market
 
     def mark_perp_market(self, index: int) -> None:
@@ -166,7 +176,12 @@ class Books:
         return self._oracle(market.oracle, market.oracle_source)
 
     def _oracle(self, pubkey: Pubkey, source: Any) -> OraclePriceData:
-        account = self.io.get(pubkey)
+        try:
+            account = self.io.get(pubkey)
+        except InstructionFailed as exc:
+            if exc.error != "MissingAccount":
+                raise
+            account = None
         if account is None:
             raise drift_error("OracleNotFound", f"oracle {pubkey}")
         try:
