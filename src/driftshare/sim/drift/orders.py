@@ -250,7 +250,7 @@ def _validate(order: Any, market: Any, model: FillModel, oracle_price: int, trig
         if order.price != 0 and order.oracle_price_offset != 0:
             raise drift_error("InvalidOrderLimitPrice", "oracle offset limit order has a price")
         tick = amm.order_tick_size
-        if order.post_only and model.fill_price(order, oracle_price, tick, rest=False):
+        if order.post_only and model.crosses(order, oracle_price, tick):
             raise _WouldTake
     else:
         if order.post_only:

@@ -155,7 +155,8 @@ class DriftProgram:
         if order is not None:
             market = books.perp_market(order.market_index)
             oracle = books.perp_oracle(order.market_index).price
-            price = self.model.fill_price(order, oracle, market.amm.order_tick_size, rest=False)
+            tick = market.amm.order_tick_size
+            price = self.model.fill_price(order, oracle, tick, arriving=True, rest=False)
             if price is not None:
                 filled = fill_order(books, user_key, user, order, price)
             if orders.is_open(order) and order.immediate_or_cancel:
@@ -289,7 +290,11 @@ class DriftProgram:
                 continue
             market = books.perp_market(order.market_index)
             oracle = books.perp_oracle(order.market_index).price
-            price = self.model.fill_price(order, oracle, market.amm.order_tick_size, rest=True)
+            # An order placed since the last slot reaches the market now, as a keeper's fill
+            # would take it; one that already saw a slot rests.
+            arriving = order.slot >= books.slot - 1
+            tick = market.amm.order_tick_size
+            price = self.model.fill_price(order, oracle, tick, arriving=arriving, rest=True)
             if price is not None:
                 fill_order(books, user_key, user, order, price)
 
