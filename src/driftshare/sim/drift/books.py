@@ -29,7 +29,7 @@ from driftshare.sim.store import Account
 
 __all__ = ["AccountIO", "Books", "decode_copy", "decoded_view"]
 
-_DECODED_CACHE = 512
+_DECODED_CACHE = 256
 """Decoded accounts kept by their bytes: decoding a User takes tens of milliseconds."""
 
 

@@ -277,17 +277,16 @@ class DriftProgram:
             try:
                 self._fill_user(books, user_key, now)
             except (InstructionFailed, LookupError) as exc:
-                log.warning("cannot fill the orders of %s: %s", user_key, exc)
+                log.debug("cannot fill the orders of %s: %s", user_key, exc)
                 continue
             books.commit()
 
     def _fill_user(self, books: Books, user_key: Pubkey, now: int) -> None:
         user = books.load(user_key, "User")
+        if any(o.max_ts != 0 and now > o.max_ts for o in open_perp_orders(user)):
+            orders.expire_orders(user, now)
+            books.mark(user_key)
         for order in open_perp_orders(user):
-            if order.max_ts != 0 and now > order.max_ts:
-                orders.cancel_order(user, order)
-                books.mark(user_key)
-                continue
             market = books.perp_market(order.market_index)
             oracle = books.perp_oracle(order.market_index).price
             # An order placed since the last slot reaches the market now, as a keeper's fill
