@@ -329,6 +329,13 @@ def position(user: Any, market_index: int = SOL_PERP) -> Any:
     return found[0] if found else None
 
 
+def assert_only_canceled(user: Any) -> None:
+    """The user's one order was canceled unfilled: no open order, no position."""
+    assert open_orders(user) == []
+    assert type(user.orders[0].status).__name__ == "Canceled"
+    assert position(user) is None
+
+
 @pytest.fixture
 def desk() -> Desk:
     return Desk()
@@ -499,10 +506,7 @@ def test_immediate_or_cancel_only_takes(desk: Desk) -> None:
     refused = desk.refused(place(owner, ioc), signers=[owner])
     assert refused.error == drift("InvalidOrderIOC")
     desk.ok(take(owner, ioc), signers=[owner])
-    user = desk.user(owner)
-    assert open_orders(user) == []
-    assert type(user.orders[0].status).__name__ == "Canceled"
-    assert position(user) is None
+    assert_only_canceled(desk.user(owner))
 
 
 def test_max_ts_skips_late_orders_and_expires_resting_ones(desk: Desk) -> None:
@@ -514,10 +518,7 @@ def test_max_ts_skips_late_orders_and_expires_resting_ones(desk: Desk) -> None:
     desk.ok(place(owner, order("long", 0.1, 100.0, max_ts=now + 5)), signers=[owner])
     assert len(open_orders(desk.user(owner))) == 1
     desk.step(seconds=10)
-    user = desk.user(owner)
-    assert open_orders(user) == []
-    assert type(user.orders[0].status).__name__ == "Canceled"
-    assert position(user) is None
+    assert_only_canceled(desk.user(owner))
 
 
 def test_a_placed_market_order_fills_on_the_next_slot_at_oracle_plus_spread(desk: Desk) -> None:
@@ -686,3 +687,21 @@ def test_market_data_still_evolves_around_the_fills(desk: Desk) -> None:
     assert market.amm.historical_oracle_data.last_oracle_price_twap_ts >= twap_ts
     assert position(desk.user(owner)).base_asset_amount == SOL
     assert copy.deepcopy(market) == desk.world.perp_market(SOL_PERP)
+
+
+def test_a_flip_realizes_the_closed_part_and_enters_the_rest(desk: Desk) -> None:
+    owner = desk.trader()
+    amm = desk.world.perp_market(SOL_PERP).amm
+    desk.ok(take(owner, order("long", 1.0, kind="Market")), signers=[owner])  # at 150.15
+    desk.ok(take(owner, order("short", 3.0, kind="Market")), signers=[owner])  # at 149.85
+    held = position(desk.user(owner))
+    assert held.base_asset_amount == -2 * SOL
+    assert held.quote_asset_amount == -150_150_000 + 3 * 149_850_000
+    # The 2 SOL left short entered at 149.85; the closed 1 SOL realized 149.85 - 150.15.
+    assert held.quote_entry_amount == held.quote_break_even_amount == 2 * 149_850_000
+    assert held.quote_asset_amount - held.quote_entry_amount == 149_850_000 - 150_150_000
+    after = desk.world.perp_market(SOL_PERP).amm
+    assert after.base_asset_amount_long == amm.base_asset_amount_long
+    assert after.base_asset_amount_short == amm.base_asset_amount_short - 2 * SOL
+    assert after.quote_entry_amount_long == amm.quote_entry_amount_long
+    assert after.quote_entry_amount_short == amm.quote_entry_amount_short + 2 * 149_850_000

@@ -175,11 +175,7 @@ class DriftProgram:
         if order_id is None:
             order_id = user.next_order_id - 1 if user.next_order_id > 1 else 2**32 - 1
         order = next((o for o in user.orders if o.order_id == order_id and orders.is_open(o)), None)
-        if order is None:
-            call.books.log(f"could not find order id {order_id}")
-            return
-        orders.cancel_order(user, order)
-        self._touched(call, user_key, user)
+        self._cancel(call, user_key, user, order, f"order id {order_id}")
 
     def _cancel_order_by_user_id(self, call: Call) -> None:
         user_key, user = self._user(call)
@@ -187,11 +183,7 @@ class DriftProgram:
         # The program takes the first order with this id whatever its status, so an old
         # filled or canceled order ahead of the open one fails with OrderNotOpen.
         order = next((o for o in user.orders if o.user_order_id == user_order_id), None)
-        if order is None:
-            call.books.log(f"could not find user order id {user_order_id}")
-            return
-        orders.cancel_order(user, order)
-        self._touched(call, user_key, user)
+        self._cancel(call, user_key, user, order, f"user order id {user_order_id}")
 
     def _cancel_orders(self, call: Call) -> None:
         user_key, user = self._user(call)
@@ -250,6 +242,14 @@ class DriftProgram:
                 call.books, user_key, user, params, self.model, expire_first=False
             )
         self._watched[user_key] = None
+
+    def _cancel(self, call: Call, user_key: Pubkey, user: Any, order: Any, what: str) -> None:
+        """Cancel ``order``; a missing one is only logged, as the program does."""
+        if order is None:
+            call.books.log(f"could not find {what}")
+            return
+        orders.cancel_order(user, order)
+        self._touched(call, user_key, user)
 
     @staticmethod
     def _touched(call: Call, user_key: Pubkey, user: Any) -> None:
