@@ -183,37 +183,27 @@ def _ix(name: str, *args: Any, accounts: dict[str, Pubkey]) -> Instruction:
     return built
 
 
-def init_stats(owner: Keypair) -> Instruction:
+def _creation_accounts(owner: Keypair) -> dict[str, Pubkey]:
+    """The accounts Anchor's ``init`` of a user or its stats takes, paid by ``owner``."""
     key = owner.pubkey()
-    return _ix(
-        "initialize_user_stats",
-        accounts={
-            "user_stats": stats_key(owner),
-            "state": STATE,
-            "authority": key,
-            "payer": key,
-            "rent": RENT,
-            "system_program": SYSTEM_PROGRAM_ID,
-        },
-    )
+    return {
+        "user_stats": stats_key(owner),
+        "state": STATE,
+        "authority": key,
+        "payer": key,
+        "rent": RENT,
+        "system_program": SYSTEM_PROGRAM_ID,
+    }
+
+
+def init_stats(owner: Keypair) -> Instruction:
+    return _ix("initialize_user_stats", accounts=_creation_accounts(owner))
 
 
 def init_user(owner: Keypair, sub: int) -> Instruction:
-    key = owner.pubkey()
-    return _ix(
-        "initialize_user",
-        sub,
-        list(f"Sub {sub}".encode().ljust(32)),
-        accounts={
-            "user": user_key(owner, sub),
-            "user_stats": stats_key(owner),
-            "state": STATE,
-            "authority": key,
-            "payer": key,
-            "rent": RENT,
-            "system_program": SYSTEM_PROGRAM_ID,
-        },
-    )
+    name = list(f"Sub {sub}".encode().ljust(32))
+    accounts = _creation_accounts(owner) | {"user": user_key(owner, sub)}
+    return _ix("initialize_user", sub, name, accounts=accounts)
 
 
 def _collateral_accounts(owner: Keypair, sub: int) -> dict[str, Pubkey]:

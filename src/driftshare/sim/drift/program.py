@@ -169,13 +169,17 @@ class DriftProgram:
         if success == _PLACE_AND_TAKE_FULL and (filled == 0 or unfilled):
             raise drift_error("PlaceAndTakeOrderSuccessConditionFailed", "no full fill")
 
-    def _cancel_order(self, call: Call) -> None:
-        user_key, user = self._user(call)
-        order_id = call.args.order_id
+    @staticmethod
+    def _by_order_id(user: Any, order_id: int | None) -> tuple[Any, str]:
+        """The open order ``order_id`` (None: the last placed) or None, and how to name it."""
         if order_id is None:
             order_id = user.next_order_id - 1 if user.next_order_id > 1 else 2**32 - 1
-        order = next((o for o in user.orders if o.order_id == order_id and orders.is_open(o)), None)
-        self._cancel(call, user_key, user, order, f"order id {order_id}")
+        found = next((o for o in user.orders if o.order_id == order_id and orders.is_open(o)), None)
+        return found, f"order id {order_id}"
+
+    def _cancel_order(self, call: Call) -> None:
+        user_key, user = self._user(call)
+        self._cancel(call, user_key, user, *self._by_order_id(user, call.args.order_id))
 
     def _cancel_order_by_user_id(self, call: Call) -> None:
         user_key, user = self._user(call)
@@ -211,11 +215,7 @@ class DriftProgram:
 
     def _modify_order(self, call: Call) -> None:
         user_key, user = self._user(call)
-        order_id = call.args.order_id
-        if order_id is None:
-            order_id = user.next_order_id - 1 if user.next_order_id > 1 else 2**32 - 1
-        found = next((o for o in user.orders if o.order_id == order_id and orders.is_open(o)), None)
-        self._modify(call, user_key, user, found, f"order id {order_id}")
+        self._modify(call, user_key, user, *self._by_order_id(user, call.args.order_id))
 
     def _modify_order_by_user_id(self, call: Call) -> None:
         user_key, user = self._user(call)
