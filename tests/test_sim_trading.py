@@ -38,6 +38,7 @@ from driftshare.sim.drift.books import Books
 from driftshare.sim.drift.margin import drift_user
 from driftshare.sim.tokens import associated_token_address
 from driftshare.sim.world import World
+from tests.conftest import eventually
 
 SOL_PERP = 0
 SPREAD_BPS = 10.0
@@ -57,6 +58,18 @@ async def sim(simulator_factory: Any) -> Simulator:
 @pytest.fixture
 async def trader(sim: Simulator) -> AsyncIterator[tuple[DriftClient, Keypair]]:
     """A DriftClient (sub-accounts 0 and 1) of a wallet holding 1 SOL and 10,000 USDC."""
+    async for client in _trader(sim, "cached"):
+        yield client
+
+
+@pytest.fixture
+async def ws_trader(sim: Simulator) -> AsyncIterator[tuple[DriftClient, Keypair]]:
+    """The same, subscribed over the simulator's WebSocket."""
+    async for client in _trader(sim, "websocket"):
+        yield client
+
+
+async def _trader(sim: Simulator, mode: str) -> AsyncIterator[tuple[DriftClient, Keypair]]:
     connection = AsyncClient(sim.http_url)
     wallet = Keypair()
     await connection.request_airdrop(wallet.pubkey(), 10**9)
@@ -69,7 +82,7 @@ async def trader(sim: Simulator) -> AsyncIterator[tuple[DriftClient, Keypair]]:
         connection,
         wallet,
         env="mainnet",
-        account_subscription=AccountSubscriptionConfig("cached"),
+        account_subscription=AccountSubscriptionConfig(mode),  # type: ignore[arg-type]
         sub_account_ids=[0, 1],
     )
     await client.subscribe()
@@ -279,3 +292,27 @@ async def test_margin_refusal_is_drift_insufficient_collateral_and_changes_nothi
 def _accounts(sim: Simulator, *keys: Pubkey) -> list[bytes]:
     found = [sim.store.get(key) for key in keys]
     return [account.data for account in found if account is not None]
+
+
+async def test_a_fill_reaches_a_websocket_subscriber_with_no_request(
+    sim: Simulator, ws_trader: tuple[DriftClient, Keypair]
+) -> None:
+    client, wallet = ws_trader
+    world = world_of(sim)
+    await client.initialize_user(0)
+    await client.get_user(0).account_subscriber.fetch()
+    await client.deposit(1_000 * USDC, 0, associated_token_address(wallet.pubkey()))
+    world.set_oracle_price(SOL_PERP, 150.0)
+    await client.place_perp_order(limit("short", 1.0, 151.0), sub_account_id=0)
+    await sim.step()  # an ask at 151 is above the market's bid (149.85): it rests
+    world.set_oracle_price(SOL_PERP, 152.0)
+    await sim.step()  # the keeper fills the resting ask at 151; the User account changes
+
+    def filled() -> bool:
+        position = client.get_user(0).get_perp_position(SOL_PERP)
+        return position is not None and position.base_asset_amount == -BASE_PRECISION
+
+    await eventually(filled, "the fill notified to the user's account subscription")
+    position = client.get_user(0).get_perp_position(SOL_PERP)
+    assert position is not None
+    assert position.quote_asset_amount == 151 * USDC
