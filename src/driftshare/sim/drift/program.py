@@ -265,16 +265,20 @@ class DriftProgram:
         Run once a slot after the oracles moved; writes straight into ``store``, as a landed
         keeper transaction would.
         """
+        # Read-only first: most users' orders do not fill in most slots, and copying a User
+        # out to change it costs more than looking.
+        look = Books(store, slot=store.slot, now=now)
         for user_key in list(self._watched):
             account = store.get(user_key)
-            if account is None:
+            pending = [] if account is None else open_perp_orders(decoded_view(account.data))
+            if not pending:
                 del self._watched[user_key]
                 continue
-            if not open_perp_orders(decoded_view(account.data)):
-                del self._watched[user_key]
-                continue
-            books = Books(store, slot=store.slot, now=now)
             try:
+                due = (self._fill_price(look, o) is not None or _expired(o, now) for o in pending)
+                if not any(due):
+                    continue
+                books = Books(store, slot=store.slot, now=now)
                 self._fill_user(books, user_key, now)
             except (InstructionFailed, LookupError) as exc:
                 log.debug("cannot fill the orders of %s: %s", user_key, exc)
@@ -283,19 +287,27 @@ class DriftProgram:
 
     def _fill_user(self, books: Books, user_key: Pubkey, now: int) -> None:
         user = books.load(user_key, "User")
-        if any(o.max_ts != 0 and now > o.max_ts for o in open_perp_orders(user)):
+        if any(_expired(o, now) for o in open_perp_orders(user)):
             orders.expire_orders(user, now)
             books.mark(user_key)
         for order in open_perp_orders(user):
-            market = books.perp_market(order.market_index)
-            oracle = books.perp_oracle(order.market_index).price
-            # An order placed since the last slot reaches the market now, as a keeper's fill
-            # would take it; one that already saw a slot rests.
-            arriving = order.slot >= books.slot - 1
-            tick = market.amm.order_tick_size
-            price = self.model.fill_price(order, oracle, tick, arriving=arriving, rest=True)
+            price = self._fill_price(books, order)
             if price is not None:
                 fill_order(books, user_key, user, order, price)
+
+    def _fill_price(self, books: Books, order: Any) -> int | None:
+        """The price a keeper fills ``order`` at this slot, or None."""
+        tick = books.perp_market(order.market_index).amm.order_tick_size
+        oracle = books.perp_oracle(order.market_index).price
+        # An order placed since the last slot reaches the market now, as a keeper's fill
+        # would take it; one that already saw a slot rests.
+        arriving = order.slot >= books.slot - 1
+        return self.model.fill_price(order, oracle, tick, arriving=arriving, rest=True)
+
+
+def _expired(order: Any, now: int) -> bool:
+    max_ts: int = order.max_ts
+    return max_ts != 0 and now > max_ts
 
 
 def _camel(name: str) -> str:
