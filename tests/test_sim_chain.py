@@ -291,6 +291,12 @@ async def test_statuses_settle_and_signature_subscriptions_fire(
     status = await _status(client, tx.signatures[0])
     assert str(status.confirmation_status).endswith("Finalized")
     assert status.confirmations is None
+    # Out of the status cache (300 slots), a status is found only in the history.
+    for _ in range(300):
+        await sim.step()
+    assert await _status(client, tx.signatures[0]) is None
+    found = await client.get_signature_statuses([tx.signatures[0]], search_transaction_history=True)
+    assert found.value[0] is not None
 
 
 async def test_dropped_transactions_never_land(sim: Simulator, client: AsyncClient) -> None:

@@ -455,8 +455,7 @@ class Chain:
             pre_balances=pre,
             post_balances=[self._lamports(key) for key in run.keys],
         )
-        while len(self._ledger) > _HISTORY:
-            self._ledger.popitem(last=False)
+        self._forget_old(slot)
         self._fees_by_slot.setdefault(slot, []).append((run.unit_price, run.writable))
         while len(self._fees_by_slot) > MAX_PROCESSING_AGE:
             self._fees_by_slot.popitem(last=False)
@@ -464,6 +463,15 @@ class Chain:
         for listener in self.listeners:
             listener()
         return True
+
+    def _forget_old(self, slot: int) -> None:
+        """Keep at most ``_HISTORY`` transactions, but every one whose blockhash could still
+        be valid: forgetting those would let a copy land twice."""
+        while len(self._ledger) > _HISTORY:
+            oldest = next(iter(self._ledger.values()))
+            if slot - oldest.slot <= MAX_RECENT_BLOCKHASHES:
+                return
+            self._ledger.popitem(last=False)
 
     def _lamports(self, pubkey: Pubkey) -> int:
         account = self.store.get(pubkey)
