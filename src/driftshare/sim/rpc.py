@@ -28,6 +28,7 @@ __all__ = [
     "AccountView",
     "CallConfig",
     "Filters",
+    "JsonParser",
     "RpcError",
     "RpcHandler",
     "RpcMethod",
@@ -59,6 +60,9 @@ MIN_CONTEXT_SLOT_NOT_REACHED = -32016
 
 Encoding = Literal["binary", "base58", "base64", "base64+zstd", "jsonParsed"]
 AccountView = Callable[[Pubkey, Account], Account | None]
+JsonParser = Callable[[Account], dict[str, object] | None]
+"""An account's ``jsonParsed`` data (``{"parsed", "program", "space"}``), or None when the
+node has no parser for it."""
 RpcMethod = Callable[[list[Any]], str]
 """Answers one method's params with its result's JSON text; raises :class:`RpcError`."""
 
@@ -214,8 +218,9 @@ def parse_subscribe_config(params: list[Any], index: int) -> SubscribeConfig:
 class AccountEncoder:
     """Account JSON text per encoding, as nodes send it, cached per account version."""
 
-    def __init__(self, view: AccountView) -> None:
+    def __init__(self, view: AccountView, parser: JsonParser | None = None) -> None:
         self._view = view
+        self._parser = parser
         self._cache: dict[tuple[Pubkey, str], tuple[Account, str]] = {}
         self._zstd = zstandard.ZstdCompressor()
 
@@ -238,9 +243,12 @@ class AccountEncoder:
         data = account.data
         if data_slice is not None:
             data = data[data_slice.offset : data_slice.offset + data_slice.length]
+        parsed = None
+        if encoding == "jsonParsed" and self._parser is not None:
+            parsed = self._parser(account)
         text = json.dumps(
             {
-                "data": self._data(data, encoding),
+                "data": self._data(data, encoding) if parsed is None else parsed,
                 "executable": account.executable,
                 "lamports": account.lamports,
                 "owner": str(account.owner),

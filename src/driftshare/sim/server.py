@@ -39,7 +39,7 @@ from driftshare.sim.rpc import (
 )
 from driftshare.sim.stats import SimStats
 from driftshare.sim.store import AccountStore
-from driftshare.sim.tokens import USDC_DECIMALS, mint_to_owner
+from driftshare.sim.tokens import USDC_DECIMALS, mint_to_owner, token_json_parser
 from driftshare.sim.tx_rpc import TxRpc
 
 __all__ = ["RATE_LIMIT_MESSAGE", "SimServer", "client_id"]
@@ -151,7 +151,7 @@ class SimServer:
         self.stats = SimStats(lambda: store.slot)
         self.faults = Faults(self)
         self.limits = ClientLimits(rate_limit, burst, max_ws_per_client)
-        encoder = AccountEncoder(self.faults.serve)
+        encoder = AccountEncoder(self.faults.serve, token_json_parser(store))
         # Each simulator is a chain of its own: two simulators never share a genesis hash (nor
         # blockhashes), so a client can tell them apart even when their seeds are equal.
         blocks = Blocks(store, Hash(os.urandom(32)))

@@ -5,7 +5,6 @@ from __future__ import annotations
 import base64
 import binascii
 import json
-from decimal import Decimal
 from typing import Any, Literal, TypeVar
 
 import based58
@@ -38,7 +37,7 @@ from driftshare.sim.rpc import (
     parse_pubkey,
 )
 from driftshare.sim.store import Account
-from driftshare.sim.tokens import read_mint, read_token_account
+from driftshare.sim.tokens import read_mint, read_token_account, ui_amount_string
 
 __all__ = ["TxRpc"]
 
@@ -153,12 +152,6 @@ def _signature(value: object) -> Signature:
         return Signature.from_string(value)
     except ValueError:
         raise invalid_params(f"invalid signature {value!r}") from None
-
-
-def _ui_amount(amount: int, decimals: int) -> str:
-    """``amount`` in whole tokens as agave prints ``uiAmountString``: no trailing zeros."""
-    text = f"{Decimal(amount).scaleb(-decimals):f}"
-    return text.rstrip("0").rstrip(".") if "." in text else text
 
 
 class TxRpc:
@@ -435,7 +428,7 @@ class TxRpc:
         mint = read_mint(self._chain.store.get(token.mint))
         if mint is None:
             raise _plain_invalid("Invalid param: could not find mint")
-        ui = _ui_amount(token.amount, mint.decimals)
+        ui = ui_amount_string(token.amount, mint.decimals)
         value = {
             "amount": str(token.amount),
             "decimals": mint.decimals,
