@@ -11,6 +11,7 @@ import based58
 import httpx
 import pytest
 from driftpy.address_lookup_table import get_address_lookup_table
+from driftpy.drift_client import DriftClient
 from solana.exceptions import SolanaRpcException
 from solana.rpc.async_api import AsyncClient
 from solana.rpc.commitment import Confirmed
@@ -380,3 +381,17 @@ async def test_base58_wire_and_the_fault_endpoint(sim: Simulator, client: AsyncC
     answer = await _raw(sim, "sendTransaction", [based58.b58encode(bytes(tx)).decode()])
     assert answer["result"] == str(tx.signatures[0])
     assert await _balance(client, target) == 3
+
+
+async def test_driftpy_sends_through_its_own_tx_sender(simulator_factory: Any) -> None:
+    sim: Simulator = await simulator_factory(markets=1, tick_s=0.05)
+    async with AsyncClient(sim.http_url) as connection:
+        wallet = await _funded(connection)
+        client = DriftClient(connection, wallet, env="mainnet")
+        target = Pubkey.new_unique()
+        sent = await client.send_ixs([_pay(wallet, target, 321)])
+        status = await _status(connection, sent.tx_sig)
+        assert status.err is None
+        assert await _balance(connection, target) == 321
+        # driftpy's default compute budget (600k units at price 0) adds no priority fee.
+        assert await _balance(connection, wallet.pubkey()) == SOL - 321 - LAMPORTS_PER_SIGNATURE
