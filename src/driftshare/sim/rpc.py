@@ -41,6 +41,7 @@ __all__ = [
     "parse_config",
     "parse_pubkey",
     "parse_subscribe_config",
+    "validation_problems",
 ]
 
 API_VERSION = "2.2.7"
@@ -100,9 +101,10 @@ def parse_pubkey(value: object) -> Pubkey:
         raise invalid_params(f"invalid pubkey {value!r}: {exc}") from None
 
 
-def _pydantic_problems(exc: ValidationError) -> str:
+def validation_problems(exc: ValidationError, whole: str = "config") -> str:
+    """Every problem pydantic found, ``field: message; ...`` (``whole`` names the object)."""
     return "; ".join(
-        f"{'.'.join(str(p) for p in err['loc']) or 'config'}: {err['msg']}" for err in exc.errors()
+        f"{'.'.join(str(p) for p in err['loc']) or whole}: {err['msg']}" for err in exc.errors()
     )
 
 
@@ -153,7 +155,7 @@ def parse_config(params: list[Any], index: int) -> CallConfig:
     try:
         return CallConfig.model_validate(raw)
     except ValidationError as exc:
-        raise invalid_params(_pydantic_problems(exc)) from None
+        raise invalid_params(validation_problems(exc)) from None
 
 
 def max_params(params: list[Any], count: int) -> None:

@@ -36,6 +36,7 @@ from driftshare.sim.rpc import (
     call_count,
     error_text,
     parse_body,
+    validation_problems,
 )
 from driftshare.sim.stats import SimStats
 from driftshare.sim.store import AccountStore
@@ -355,9 +356,7 @@ class SimServer:
         try:
             write = _OracleWrite.model_validate_json(await request.read())
         except ValidationError as exc:
-            problems = "; ".join(
-                f"{'.'.join(map(str, e['loc'])) or 'body'}: {e['msg']}" for e in exc.errors()
-            )
+            problems = validation_problems(exc, "body")
             return _json_response(400, {"error": f"invalid oracle write: {problems}"})
         written_at = time.monotonic()
         try:
@@ -374,9 +373,7 @@ class SimServer:
             credit = _UsdcCredit.model_validate_json(await request.read())
             owner = Pubkey.from_string(credit.owner)
         except ValidationError as exc:
-            problems = "; ".join(
-                f"{'.'.join(map(str, e['loc'])) or 'body'}: {e['msg']}" for e in exc.errors()
-            )
+            problems = validation_problems(exc, "body")
             return _json_response(400, {"error": f"invalid USDC credit: {problems}"})
         except ValueError as exc:
             return _json_response(400, {"error": f"invalid owner: {exc}"})

@@ -5,6 +5,8 @@ from __future__ import annotations
 import base64
 import binascii
 import json
+from collections.abc import Iterator
+from contextlib import contextmanager
 from typing import Any, Literal, TypeVar
 
 import based58
@@ -35,6 +37,7 @@ from driftshare.sim.rpc import (
     max_params,
     parse_config,
     parse_pubkey,
+    validation_problems,
 )
 from driftshare.sim.store import Account
 from driftshare.sim.tokens import read_mint, read_token_account, ui_amount_string
@@ -100,10 +103,7 @@ def _model(model: type[_M], params: list[Any], index: int) -> _M:
     try:
         return model.model_validate(raw)
     except ValidationError as exc:
-        problems = "; ".join(
-            f"{'.'.join(str(p) for p in e['loc']) or 'config'}: {e['msg']}" for e in exc.errors()
-        )
-        raise invalid_params(problems) from None
+        raise invalid_params(validation_problems(exc)) from None
 
 
 def _plain_invalid(message: str) -> RpcError:
@@ -145,6 +145,19 @@ def _wire(params: list[Any], encoding: str | None) -> VersionedTransaction:
         raise _plain_invalid(f"failed to deserialize {_TX_TYPE}: {exc}") from None
 
 
+@contextmanager
+def _refusals() -> Iterator[None]:
+    """Answer a transaction the chain cannot read or whose signatures fail as agave does."""
+    try:
+        yield
+    except InvalidTransaction as exc:
+        raise _plain_invalid(str(exc)) from None
+    except SignatureFailure:
+        raise RpcError(
+            SIGNATURE_VERIFICATION_FAILURE, "Transaction signature verification failure"
+        ) from None
+
+
 def _signature(value: object) -> Signature:
     if not isinstance(value, str):
         raise invalid_params(f"expected a base58 signature string, got {json.dumps(value)}")
@@ -182,14 +195,9 @@ class TxRpc:
         self._rpc.context(parse_config([{"minContextSlot": config.min_context_slot}], 0))
         tx = _wire(params, config.encoding)
         try:
-            self._chain.load(tx)
-            signature = self._chain.send(tx, skip_preflight=bool(config.skip_preflight))
-        except InvalidTransaction as exc:
-            raise _plain_invalid(str(exc)) from None
-        except SignatureFailure:
-            raise RpcError(
-                SIGNATURE_VERIFICATION_FAILURE, "Transaction signature verification failure"
-            ) from None
+            with _refusals():
+                self._chain.load(tx)
+                signature = self._chain.send(tx, skip_preflight=bool(config.skip_preflight))
         except PreflightFailure as exc:
             raise RpcError(
                 SEND_PREFLIGHT_FAILURE,
@@ -205,19 +213,13 @@ class TxRpc:
             raise _plain_invalid("sigVerify may not be used with replaceRecentBlockhash")
         context = self._rpc.context(parse_config([{"minContextSlot": config.min_context_slot}], 0))
         tx = _wire(params, config.encoding)
-        try:
+        with _refusals():
             self._chain.load(tx)
             run = self._chain.simulate(
                 tx,
                 sig_verify=bool(config.sig_verify),
                 replace_blockhash=bool(config.replace_recent_blockhash),
             )
-        except InvalidTransaction as exc:
-            raise _plain_invalid(str(exc)) from None
-        except SignatureFailure:
-            raise RpcError(
-                SIGNATURE_VERIFICATION_FAILURE, "Transaction signature verification failure"
-            ) from None
         replacement = None
         if config.replace_recent_blockhash:
             blockhash, last_valid = self._chain.blocks.latest()
