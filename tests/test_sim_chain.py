@@ -17,6 +17,7 @@ from solana.rpc.async_api import AsyncClient
 from solana.rpc.commitment import Confirmed
 from solana.rpc.types import TxOpts
 from solana.rpc.websocket_api import connect
+from solders.address_lookup_table_account import AddressLookupTableAccount
 from solders.compute_budget import set_compute_unit_limit, set_compute_unit_price
 from solders.instruction import AccountMeta, Instruction
 from solders.keypair import Keypair
@@ -395,3 +396,34 @@ async def test_driftpy_sends_through_its_own_tx_sender(simulator_factory: Any) -
         assert await _balance(connection, target) == 321
         # driftpy's default compute budget (600k units at price 0) adds no priority fee.
         assert await _balance(connection, wallet.pubkey()) == SOL - 321 - LAMPORTS_PER_SIGNATURE
+
+
+async def test_unreadable_transactions_get_one_clear_error(
+    sim: Simulator, client: AsyncClient
+) -> None:
+    payer = await _funded(client)
+    missing_table = AddressLookupTableAccount(Pubkey.new_unique(), [Pubkey.new_unique()])
+    ix = _pay(payer, Pubkey.new_unique(), 1)
+    reads = [AccountMeta(missing_table.addresses[0], False, False)]
+    ix = Instruction(ix.program_id, ix.data, [*ix.accounts, *reads])
+    unknown_table = await _tx(client, payer, [ix], tables=[missing_table])
+    cases = [
+        (["%%%", {"encoding": "base64"}], "invalid base64 encoding"),
+        (["0OIl"], "invalid base58 encoding"),
+        (
+            [base64.b64encode(b"\x01garbage").decode(), {"encoding": "base64"}],
+            "failed to deserialize",
+        ),
+        (["A" * 2000, {"encoding": "base64"}], "too large"),
+        (["AAAA", {"encoding": "json"}], "unsupported encoding: json"),
+        (
+            [base64.b64encode(bytes(unknown_table)).decode(), {"encoding": "base64"}],
+            "address table account that doesn't exist",
+        ),
+    ]
+    for params, message in cases:
+        for method in ("sendTransaction", "simulateTransaction"):
+            answer = await _raw(sim, method, params)
+            assert answer["error"]["code"] == -32602, (method, params, answer)
+            assert message in answer["error"]["message"]
+    assert sim.stats()["transactions"]["received"] == 1  # the airdrop only

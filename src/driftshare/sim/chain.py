@@ -32,7 +32,7 @@ from solders.signature import Signature
 from solders.system_program import ID as SYSTEM_PROGRAM_ID
 from solders.system_program import TransferParams
 from solders.system_program import transfer as system_transfer
-from solders.transaction import Transaction, VersionedTransaction
+from solders.transaction import SanitizeError, Transaction, VersionedTransaction
 
 from driftshare.sim.blocks import FINALITY_DEPTH, MAX_PROCESSING_AGE, MAX_RECENT_BLOCKHASHES, Blocks
 from driftshare.sim.faults import Faults, LostReply
@@ -347,7 +347,7 @@ class Chain:
         """Raise :class:`InvalidTransaction` unless ``tx`` is well formed on this chain."""
         try:
             tx.sanitize()
-        except Exception as exc:  # solders raises its own SanitizeError type
+        except SanitizeError as exc:
             raise InvalidTransaction(f"invalid transaction: {exc}") from None
         self._keys(tx.message)
 
@@ -393,7 +393,8 @@ class Chain:
 
     def airdrop(self, recipient: Pubkey, lamports: int) -> Signature:
         """Send ``lamports`` from the faucet as a test validator does: a signed System transfer
-        that lands now (no trading fault applies to it)."""
+        that lands now (no trading fault applies to it). As there, the same airdrop asked twice
+        in one slot is the same transaction, so it lands once."""
         faucet = self._faucet.pubkey()
         if self.store.get(faucet) is None:
             self.store.put(faucet, Account(b"", SYSTEM_PROGRAM_ID, _FAUCET_LAMPORTS))
