@@ -19,6 +19,7 @@ from solana.rpc.types import TxOpts
 from solana.rpc.websocket_api import connect
 from solders.address_lookup_table_account import AddressLookupTableAccount
 from solders.compute_budget import set_compute_unit_limit, set_compute_unit_price
+from solders.hash import Hash
 from solders.instruction import AccountMeta, Instruction
 from solders.keypair import Keypair
 from solders.message import MessageV0, to_bytes_versioned
@@ -427,3 +428,28 @@ async def test_unreadable_transactions_get_one_clear_error(
             assert answer["error"]["code"] == -32602, (method, params, answer)
             assert message in answer["error"]["message"]
     assert sim.stats()["transactions"]["received"] == 1  # the airdrop only
+
+
+async def test_simulation_changes_nothing_and_can_replace_the_blockhash(
+    sim: Simulator, client: AsyncClient
+) -> None:
+    payer = await _funded(client)
+    target = Pubkey.new_unique()
+    stale = Hash.hash(b"not a blockhash of this chain")
+    message = MessageV0.try_compile(payer.pubkey(), [_pay(payer, target, 70)], [], stale)
+    wire = base64.b64encode(bytes(VersionedTransaction(message, [payer]))).decode()
+    config: dict[str, Any] = {"encoding": "base64"}
+    plain = await _raw(sim, "simulateTransaction", [wire, config])
+    assert plain["result"]["value"]["err"] == "BlockhashNotFound"
+    config |= {"replaceRecentBlockhash": True, "accounts": {"addresses": [str(target)]}}
+    replaced = (await _raw(sim, "simulateTransaction", [wire, config]))["result"]["value"]
+    assert replaced["err"] is None
+    latest = (await client.get_latest_blockhash()).value
+    assert replaced["replacementBlockhash"] == {
+        "blockhash": str(latest.blockhash),
+        "lastValidBlockHeight": latest.last_valid_block_height,
+    }
+    assert replaced["accounts"][0]["lamports"] == 70
+    assert await _balance(client, target) == 0
+    both = await _raw(sim, "simulateTransaction", [wire, {**config, "sigVerify": True}])
+    assert both["error"]["message"] == "sigVerify may not be used with replaceRecentBlockhash"
