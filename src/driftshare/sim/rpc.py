@@ -27,6 +27,7 @@ __all__ = [
     "AccountEncoder",
     "AccountView",
     "CallConfig",
+    "Encoding",
     "Filters",
     "JsonParser",
     "RpcError",
@@ -327,8 +328,12 @@ class RpcHandler:
 
     def context(self, config: CallConfig) -> str:
         """The ``context`` JSON of an answer; MinContextSlot error if the tip is not there yet."""
+        return self.context_at(config.min_context_slot)
+
+    def context_at(self, min_context_slot: int | None) -> str:
+        """:meth:`context` for a config of another shape than :class:`CallConfig`."""
         slot = self.store.slot
-        if config.min_context_slot is not None and config.min_context_slot > slot:
+        if min_context_slot is not None and min_context_slot > slot:
             raise RpcError(
                 MIN_CONTEXT_SLOT_NOT_REACHED,
                 "Minimum context slot has not been reached",

@@ -13,6 +13,7 @@ import based58
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 from solders.hash import Hash
 from solders.message import MessageV0, from_bytes_versioned
+from solders.pubkey import Pubkey
 from solders.signature import Signature
 from solders.transaction import VersionedTransaction
 
@@ -30,6 +31,7 @@ from driftshare.sim.chain import (
 from driftshare.sim.rpc import (
     INVALID_PARAMS,
     AccountEncoder,
+    Encoding,
     RpcError,
     RpcHandler,
     RpcMethod,
@@ -53,6 +55,12 @@ _MAX_ENCODED = {"base58": 1683, "base64": 1644}
 _MAX_SIGNATURES = 256
 _MAX_FEE_ACCOUNTS = 128
 _TX_TYPE = "solana_transaction::versioned::VersionedTransaction"
+_SIMULATED_ACCOUNT_ENCODINGS: dict[str, Encoding] = {
+    "base64": "base64",
+    "base64+zstd": "base64+zstd",
+    "jsonParsed": "jsonParsed",
+}
+"""What ``simulateTransaction`` may return accounts in (agave refuses base58)."""
 
 
 class _Base(BaseModel):
@@ -192,7 +200,7 @@ class TxRpc:
     def _send_transaction(self, params: list[Any]) -> str:
         max_params(params, 2)
         config = _model(_SendConfig, params, 1)
-        self._rpc.context(parse_config([{"minContextSlot": config.min_context_slot}], 0))
+        self._rpc.context_at(config.min_context_slot)
         tx = _wire(params, config.encoding)
         try:
             with _refusals():
@@ -211,7 +219,7 @@ class TxRpc:
         config = _model(_SimulateConfig, params, 1)
         if config.sig_verify and config.replace_recent_blockhash:
             raise _plain_invalid("sigVerify may not be used with replaceRecentBlockhash")
-        context = self._rpc.context(parse_config([{"minContextSlot": config.min_context_slot}], 0))
+        context = self._rpc.context_at(config.min_context_slot)
         tx = _wire(params, config.encoding)
         with _refusals():
             self._chain.load(tx)
@@ -235,16 +243,18 @@ class TxRpc:
     ) -> str:
         accounts_text = "null"
         if accounts is not None:
-            encoding = accounts.encoding or "base64"
-            if encoding not in ("base64", "base64+zstd", "jsonParsed"):
-                raise invalid_params(f"{encoding} encoding not supported")
+            name = accounts.encoding or "base64"
+            encoding = _SIMULATED_ACCOUNT_ENCODINGS.get(name)
+            if encoding is None:
+                raise invalid_params(f"{name} encoding not supported")
             texts = []
             for address in accounts.addresses:
                 pubkey = parse_pubkey(address)
-                account = run.writes.get(pubkey) or self._chain.store.get(pubkey)
+                # As agave: the accounts after the transaction, fee paid; none if it failed.
+                account = None if run.err is not None else self._after(run, pubkey)
                 served = None if account is None else self._encoder.served(pubkey, account)
                 texts.append(
-                    "null" if served is None else self._encoder.encode(pubkey, served, encoding)  # type: ignore[arg-type]
+                    "null" if served is None else self._encoder.encode(pubkey, served, encoding)
                 )
             accounts_text = f"[{','.join(texts)}]"
         rest = json.dumps(
@@ -258,6 +268,13 @@ class TxRpc:
             }
         )
         return f'{{"accounts":{accounts_text},{rest[1:]}'
+
+    def _after(self, run: Execution, pubkey: Pubkey) -> Account | None:
+        if pubkey in run.writes:
+            return run.writes[pubkey]
+        if run.fee_payer is not None and run.fee_payer[0] == pubkey:
+            return run.fee_payer[1]
+        return self._chain.store.get(pubkey)
 
     def _get_signature_statuses(self, params: list[Any]) -> str:
         if not params or not isinstance(params[0], list):
