@@ -92,10 +92,10 @@ class DriftProgram:
     def _parse(data: bytes) -> NamedInstruction:
         if len(data) < _DISCRIMINATOR:
             raise anchor_error("InstructionMissing")
+        if data[:_DISCRIMINATOR] not in DRIFT_CODER.instruction.sighash_to_name:
+            raise anchor_error("InstructionFallbackNotFound")
         try:
             named: NamedInstruction = DRIFT_CODER.instruction.parse(data)
-        except KeyError:
-            raise anchor_error("InstructionFallbackNotFound") from None
         except Exception as exc:  # construct raises many kinds for bytes that do not decode
             raise anchor_error("InstructionDidNotDeserialize", str(exc)) from None
         return named
