@@ -706,3 +706,23 @@ def test_nobody_deposits_into_another_users_account(desk: Desk) -> None:
     }
     refused = desk.refused(_ix("deposit", 0, USDC, False, accounts=accounts), signers=[stranger])
     assert refused.error == drift("DefaultError")
+
+
+def test_modify_by_user_order_id_keeps_the_id_and_must_modify_fails_when_missing(
+    desk: Desk,
+) -> None:
+    owner = desk.trader()
+    desk.ok(place(owner, order("short", 0.2, 180.0, user_order_id=9)), signers=[owner])
+    accounts = _order_accounts(owner, 0, None)
+    new_price = ModifyOrderParams(price=175 * PRICE_PRECISION)
+    desk.ok(_ix("modify_order_by_user_id", 9, new_price, accounts=accounts), signers=[owner])
+    (modified,) = open_orders(desk.user(owner))
+    assert (modified.user_order_id, modified.price) == (9, 175 * PRICE_PRECISION)
+    assert modified.base_asset_amount == SOL // 5
+
+    must_modify = 1  # ModifyOrderParams.policy is a u8 of flags in driftpy's IDL
+    missing = ModifyOrderParams(price=1, policy=must_modify)
+    refused = desk.refused(
+        _ix("modify_order_by_user_id", 4, missing, accounts=accounts), signers=[owner]
+    )
+    assert refused.error == drift("OrderDoesNotExist")
