@@ -464,3 +464,19 @@ async def test_simulation_changes_nothing_and_can_replace_the_blockhash(
     assert await _balance(client, target) == 0
     both = await _raw(sim, "simulateTransaction", [wire, {**config, "sigVerify": True}])
     assert both["error"]["message"] == "sigVerify may not be used with replaceRecentBlockhash"
+
+
+async def test_a_delayed_transaction_whose_blockhash_expires_never_lands(
+    sim: Simulator, client: AsyncClient
+) -> None:
+    payer = await _funded(client)
+    target = Pubkey.new_unique()
+    sim.faults.expire_blockhashes(0)  # valid only within its own block
+    sim.faults.delay_landing(0.2)
+    tx = await _tx(client, payer, [_pay(payer, target, 4)])
+    assert (await client.send_raw_transaction(bytes(tx))).value == tx.signatures[0]
+    await sim.step()
+    await eventually(lambda: sim.stats()["transactions"]["dropped"] == 1, "the leader drops it")
+    assert await _status(client, tx.signatures[0]) is None
+    assert await _balance(client, target) == 0
+    _all_accounted(sim)
