@@ -284,7 +284,7 @@ class TxRpc:
             raise invalid_params(f"Too many inputs provided; max {_MAX_SIGNATURES}")
         signatures = [_signature(value) for value in params[0]]
         config = _model(_StatusConfig, params, 1)
-        context = self._rpc.context(parse_config([], 0))
+        context = self._rpc.context_at(None)
         values = []
         for signature in signatures:
             history = bool(config.search_transaction_history)
