@@ -83,7 +83,6 @@ class DriftProgram:
             metas[len(names) :],
             tx,
             books,
-            self.model,
         )
         tx.log(f"Instruction: {_camel(named.name)}")
         handler(call)
