@@ -1,0 +1,228 @@
+"""Signers' sub-accounts on the shared client, against the simulator and driftpy's own math."""
+
+from __future__ import annotations
+
+import asyncio
+import math
+from collections.abc import AsyncIterator
+from typing import Any
+
+import pytest
+import pytest_asyncio
+from driftpy.account_subscription_config import AccountSubscriptionConfig
+from driftpy.constants.numeric_constants import BASE_PRECISION, PRICE_PRECISION, QUOTE_PRECISION
+from driftpy.drift_client import DriftClient
+from driftpy.drift_user import DriftUser
+from driftpy.math.perp_position import calculate_entry_price
+from solana.rpc.async_api import AsyncClient
+from solders.keypair import Keypair
+
+from conftest import eventually, subscriptions_per_client
+from driftshare import DriftAdapter
+from driftshare.manager import DriftClientManager
+from driftshare.sim import Simulator
+from driftshare.sim.pytest_plugin import SimulatorFactory
+from sim_users import Perp, put_user, put_user_stats
+
+_MARKETS = 3
+_SOL, _BTC = 0, 1
+_ENGINE_ACCOUNTS = {
+    0: {"usdc": 1_000.0, "perps": ()},
+    1: {"usdc": 2_000.0, "perps": (Perp(_SOL, 3.0, 140.0, bid=1.0, bid_price=100.0),)},
+    2: {"usdc": 5_000.0, "perps": (Perp(_BTC, -0.05, 99_000.0), Perp(_SOL, 10.0, 160.0))},
+    3: {"usdc": 300.0, "perps": (Perp(_SOL, -4.0, 150.0),)},
+}
+
+
+@pytest_asyncio.fixture
+async def sim(
+    simulator_factory: SimulatorFactory, manager_settings: None
+) -> AsyncIterator[Simulator]:
+    """A small simulator and the manager pointed at it, with no background RPC during a test
+    (health checks and confirmation rounds far apart)."""
+    simulator = await simulator_factory(markets=_MARKETS)
+    DriftClientManager.configure(
+        rpc_url=simulator.http_url, health_interval_s=3600, stale_after_s=600
+    )
+    yield simulator
+    await DriftClientManager.shutdown()
+
+
+def _wallet_with_accounts(sim: Simulator, subs: dict[int, dict[str, Any]]) -> Keypair:
+    wallet = Keypair()
+    put_user_stats(sim, wallet.pubkey())
+    for sub, spec in subs.items():
+        put_user(sim, wallet.pubkey(), sub, **spec)
+    return wallet
+
+
+async def _driftpy(sim: Simulator, wallet: Keypair, subs: list[int]) -> DriftClient:
+    """The reference: driftpy's own DriftClient reading the same accounts once."""
+    client = DriftClient(
+        AsyncClient(sim.http_url),
+        wallet,
+        env="mainnet",
+        account_subscription=AccountSubscriptionConfig("cached"),
+        sub_account_ids=subs,
+        active_sub_account_id=subs[0],
+    )
+    await asyncio.wait_for(client.subscribe(), 30)
+    return client
+
+
+async def _close_driftpy(client: DriftClient) -> None:
+    await client.unsubscribe()
+    await client.connection.close()
+
+
+def _expected_info(user: DriftUser) -> dict[str, Any]:
+    liabilities = user.get_total_liability_value()
+    assets = user.get_total_collateral(margin_category=None)
+    return {
+        "collateral": user.get_total_collateral() / QUOTE_PRECISION,
+        "free_collateral": user.get_free_collateral() / QUOTE_PRECISION,
+        "leverage": user.get_leverage() / 10_000,
+        "unrealized_pnl": user.get_unrealized_pnl(True) / QUOTE_PRECISION,
+        "margin_ratio": None if liabilities == 0 else (assets * 10_000 // liabilities) / 10_000,
+    }
+
+
+def _expected_positions(user: DriftUser) -> list[dict[str, Any]]:
+    rows = []
+    for p in sorted(user.get_active_perp_positions(), key=lambda p: p.market_index):
+        liq = user.get_perp_liq_price(p.market_index)
+        rows.append(
+            {
+                "market_index": p.market_index,
+                "size": p.base_asset_amount / BASE_PRECISION,
+                "entry_price": calculate_entry_price(p) / PRICE_PRECISION,
+                "unrealized_pnl": user.get_unrealized_pnl(True, p.market_index) / QUOTE_PRECISION,
+                "liquidation_price": None if liq == -1 else liq / PRICE_PRECISION,
+            }
+        )
+    return rows
+
+
+_POSITION_FIELDS = ("market_index", "size", "entry_price", "unrealized_pnl", "liquidation_price")
+
+
+def _fresh(row: dict[str, Any]) -> None:
+    assert row["slot"] > 0
+    assert 0.0 <= row["data_age_s"] < math.inf
+    assert row["stale"] is False
+
+
+def _subscriptions(sim: Simulator) -> int:
+    active: int = sim.stats()["subscriptions"]["active"]
+    return active
+
+
+def _sockets(sim: Simulator) -> int:
+    open_: int = sim.stats()["ws_connections"]["open"]
+    return open_
+
+
+def _calls(sim: Simulator, method: str) -> int:
+    calls: int = sim.stats()["calls"]["by_method"].get(method, 0)
+    return calls
+
+
+async def test_five_engines_two_wallets_share_one_client_and_one_subscription_per_user(
+    sim: Simulator,
+) -> None:
+    first = _wallet_with_accounts(sim, _ENGINE_ACCOUNTS)
+    second = _wallet_with_accounts(sim, {0: {"usdc": 750.0}})
+    reader = DriftAdapter()  # a market-data engine: no signer
+    assert await reader.connect()
+    markets_only = subscriptions_per_client(sim)
+    await eventually(lambda: _subscriptions(sim) == markets_only, "markets subscribed")
+    sockets = _sockets(sim)
+    reads_before = _calls(sim, "getMultipleAccounts")
+
+    engines = [DriftAdapter() for _ in range(6)]
+    wallets = [(first, 0), (first, 1), (first, 2), (first, 3), (second, 0), (first, 0)]
+    assert (
+        await asyncio.gather(*(e.connect(w, s) for e, (w, s) in zip(engines, wallets, strict=True)))
+        == [True] * 6
+    )
+    shared = DriftClientManager.shared_state()
+    assert shared is not None
+    assert DriftClientManager.stats()["references"] == 7
+    assert DriftClientManager.stats()["initializations"] == 1
+    # Five User accounts and two UserStats, once each, on the sockets already open.
+    await eventually(lambda: _subscriptions(sim) == markets_only + 5 + 2, "users subscribed")
+    assert _sockets(sim) == sockets
+    assert len(shared.accounts.watched()) == 7
+    # One batched read per new registration (the repeated one reads nothing).
+    assert _calls(sim, "getMultipleAccounts") - reads_before == 5 + shared.confirmer.requests
+    # One DriftClient per authority, the repeated sub-account one handle with two references.
+    assert engines[0].account is engines[5].account
+    assert engines[0].account is not None
+    assert engines[0].account.refs == 2
+    clients = {id(e.account.client) for e in engines if e.account is not None}
+    assert len(clients) == 2
+
+    calls = sim.stats()["calls"]["total"]
+    for engine in engines:
+        _fresh(await engine.get_account_info() or {})
+        for row in await engine.get_positions() + await engine.get_open_orders():
+            _fresh(row)
+        assert (await engine.verify_drift_account())["ready"]
+    assert sim.stats()["calls"]["total"] == calls  # no RPC request per read
+
+    for engine in engines[:5]:
+        await engine.disconnect()
+    # Sub-account 0 of the first wallet is still used by the sixth engine.
+    await eventually(lambda: _subscriptions(sim) == markets_only + 2, "users unsubscribed")
+    assert engines[5].can_trade
+    await engines[5].disconnect()
+    await eventually(lambda: _subscriptions(sim) == markets_only, "last user unsubscribed")
+    assert shared.accounts.watched() == {}
+    assert shared.accounts.accounts() == []
+    await reader.disconnect()
+    await eventually(lambda: _subscriptions(sim) == 0 and _sockets(sim) == 0, "all closed")
+    left = [t for t in asyncio.all_tasks() if t.get_name().startswith("driftshare")]
+    assert left == []
+
+
+@pytest.mark.parametrize("use_singleton", [True, False], ids=["singleton", "private"])
+async def test_reads_equal_driftpys_drift_user_math(sim: Simulator, use_singleton: bool) -> None:
+    wallet = _wallet_with_accounts(sim, _ENGINE_ACCOUNTS)
+    reference = await _driftpy(sim, wallet, sorted(_ENGINE_ACCOUNTS))
+    engines = {sub: DriftAdapter(use_singleton=use_singleton) for sub in _ENGINE_ACCOUNTS}
+    try:
+        for sub, engine in engines.items():
+            assert await engine.connect(wallet, sub)
+        for sub, engine in engines.items():
+            user = reference.get_user(sub)
+            info = await engine.get_account_info()
+            assert info is not None
+            _fresh(info)
+            assert {k: info[k] for k in _expected_info(user)} == _expected_info(user)
+            assert info["user_account"] == str(user.user_public_key)
+            positions = await engine.get_positions()
+            expected = _expected_positions(user)
+            assert [{k: p[k] for k in _POSITION_FIELDS} for p in positions] == expected
+            for row in positions:
+                _fresh(row)
+                market = reference.get_perp_market_account(row["market_index"])
+                assert row["symbol"] == bytes(market.name).decode().strip()
+            orders = await engine.get_open_orders()
+            assert [(o["order_id"], o["user_order_id"], o["size"], o["price"]) for o in orders] == [
+                (
+                    o.order_id,
+                    o.user_order_id,
+                    o.base_asset_amount / BASE_PRECISION,
+                    o.price / PRICE_PRECISION,
+                )
+                for o in user.get_open_orders()
+            ]
+            status = await engine.verify_drift_account()
+            assert status["ready"]
+            assert status["positions"] == len(expected)
+            assert status["collateral"] == info["collateral"]
+            assert status["address"] == engine.address == str(wallet.pubkey())
+    finally:
+        for engine in engines.values():
+            await engine.disconnect()
+        await _close_driftpy(reference)
