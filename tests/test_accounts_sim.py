@@ -10,10 +10,13 @@ from typing import Any
 import pytest
 import pytest_asyncio
 from driftpy.account_subscription_config import AccountSubscriptionConfig
+from driftpy.addresses import get_user_account_public_key
+from driftpy.constants.config import DRIFT_PROGRAM_ID
 from driftpy.constants.numeric_constants import BASE_PRECISION, PRICE_PRECISION, QUOTE_PRECISION
 from driftpy.drift_client import DriftClient
 from driftpy.drift_user import DriftUser
 from driftpy.math.perp_position import calculate_entry_price
+from driftpy.types import MarketType, OrderParams, OrderType, PositionDirection
 from solana.rpc.async_api import AsyncClient
 from solders.keypair import Keypair
 
@@ -226,3 +229,182 @@ async def test_reads_equal_driftpys_drift_user_math(sim: Simulator, use_singleto
         for engine in engines.values():
             await engine.disconnect()
         await _close_driftpy(reference)
+
+
+@pytest.mark.parametrize("use_singleton", [True, False], ids=["singleton", "private"])
+async def test_a_missing_user_answers_false_and_says_how_to_initialize_it(
+    sim: Simulator, use_singleton: bool
+) -> None:
+    wallet = Keypair()
+    address = get_user_account_public_key(DRIFT_PROGRAM_ID, wallet.pubkey(), 2)
+    engine = DriftAdapter(use_singleton=use_singleton)
+    try:
+        assert not await engine.connect(wallet, 2)
+        status = await engine.verify_drift_account()
+        assert status["ready"] is False
+        assert "initialize_user(sub_account_id=2)" in status["message"]
+        assert status["user_account"] == str(address)
+        assert status["address"] == str(wallet.pubkey())
+        assert status["stale"] is True
+        assert not engine.can_trade
+        assert await engine.get_account_info() is None
+        assert await engine.get_positions() == []
+        assert sim.store.get(address) is None  # never created
+        if use_singleton:
+            shared = DriftClientManager.shared_state()
+            assert shared is not None
+            assert shared.accounts.watched() == {}
+        # Once the wallet has initialized it, connecting again registers it.
+        put_user(sim, wallet.pubkey(), 2)
+        assert await engine.connect(wallet, 2)
+        assert engine.can_trade
+        assert (await engine.verify_drift_account())["ready"]
+    finally:
+        await engine.disconnect()
+
+
+@pytest.mark.parametrize("mode", ["websocket", "polling"])
+async def test_a_write_reaches_the_reads_by_the_slot_waited_for(sim: Simulator, mode: str) -> None:
+    DriftClientManager.configure(
+        rpc_url=sim.http_url,
+        health_interval_s=3600,
+        stale_after_s=600,
+        subscription=mode,
+        poll_interval_s=0.05,
+    )
+    wallet = _wallet_with_accounts(sim, {0: {"usdc": 1_000.0}})
+    engine = DriftAdapter()
+    try:
+        assert await engine.connect(wallet, 0)
+        account = engine.account
+        assert account is not None
+        # What a confirmed deposit and fill would leave, at a new slot.
+        slot = await sim.step()
+        put_user(sim, wallet.pubkey(), 0, usdc=4_000.0, perps=(Perp(_SOL, 1.0, 150.0),))
+        assert await account.wait_for_slot(slot, 5.0)
+        assert account.confirmed_slot() >= slot
+        reference = await _driftpy(sim, wallet, [0])
+        try:
+            user = reference.get_user(0)
+            info = await engine.get_account_info()
+            assert info is not None
+            assert {k: info[k] for k in _expected_info(user)} == _expected_info(user)
+            positions = await engine.get_positions()
+            assert [{k: p[k] for k in _POSITION_FIELDS} for p in positions] == (
+                _expected_positions(user)
+            )
+        finally:
+            await _close_driftpy(reference)
+        # A slot the account never reaches: False at the timeout, and reads stale after it.
+        assert not await account.wait_for_slot(slot + 1_000, 0.2)
+        info = await engine.get_account_info()
+        assert info is not None
+        assert info["stale"] is True
+    finally:
+        await engine.disconnect()
+
+
+async def test_instructions_are_built_for_the_explicit_sub_account(sim: Simulator) -> None:
+    wallet = _wallet_with_accounts(
+        sim, {0: {"usdc": 1_000.0}, 2: {"usdc": 5_000.0, "perps": (Perp(_BTC, -0.05, 99_000.0),)}}
+    )
+    first, second = DriftAdapter(), DriftAdapter()
+    try:
+        assert await first.connect(wallet, 0)
+        assert await second.connect(wallet, 2)
+        zero, two = first.account, second.account
+        assert zero is not None
+        assert two is not None
+        client = zero.client
+        assert two.client is client
+        active = client.active_sub_account_id
+        params = OrderParams(
+            order_type=OrderType.Limit(),
+            base_asset_amount=BASE_PRECISION,
+            market_index=_SOL,
+            direction=PositionDirection.Long(),
+            market_type=MarketType.Perp(),
+            price=100 * PRICE_PRECISION,
+            user_order_id=5,
+        )
+        seen: list[int] = []
+
+        def build(c: DriftClient) -> Any:
+            seen.append(c.active_sub_account_id)
+            return c.get_place_perp_order_ix(params, two.sub_account_id)
+
+        ix = two.build_ixs(build)
+        assert seen == [2]
+        assert client.active_sub_account_id == active
+        keys = [meta.pubkey for meta in ix.accounts]
+        assert get_user_account_public_key(DRIFT_PROGRAM_ID, wallet.pubkey(), 2) in keys
+        assert get_user_account_public_key(DRIFT_PROGRAM_ID, wallet.pubkey(), 0) not in keys
+        # Remaining accounts come from sub-account 2's own positions (BTC).
+        assert client.get_perp_market_account(_BTC).pubkey in keys
+
+        async def later(c: DriftClient) -> None:
+            """A coroutine would run under whatever sub-account is active when awaited."""
+
+        pytest.raises(TypeError, two.build_ixs, later).match("synchronous")
+        assert client.active_sub_account_id == active
+    finally:
+        await first.disconnect()
+        await second.disconnect()
+
+
+async def test_manager_level_reads_for_engines_without_an_adapter(sim: Simulator) -> None:
+    wallet = _wallet_with_accounts(sim, {1: _ENGINE_ACCOUNTS[1]})
+    account = await DriftClientManager.open_account(wallet, 1)
+    assert account is not None
+    assert DriftClientManager.stats()["references"] == 1
+    reference = await _driftpy(sim, wallet, [1])
+    try:
+        user = reference.get_user(1)
+        info = await DriftClientManager.get_account_info(wallet.pubkey(), 1)
+        assert info is not None
+        assert {k: getattr(info, k) for k in _expected_info(user)} == _expected_info(user)
+        positions = await DriftClientManager.get_positions(str(wallet.pubkey()), 1)
+        assert [{k: getattr(p, k) for k in _POSITION_FIELDS} for p in positions] == (
+            _expected_positions(user)
+        )
+        orders = await DriftClientManager.get_open_orders(wallet.pubkey(), 1)
+        assert [o.order_id for o in orders] == [o.order_id for o in user.get_open_orders()]
+        assert (await DriftClientManager.verify_account(wallet.pubkey(), 1)).ready
+    finally:
+        await _close_driftpy(reference)
+    unregistered = await DriftClientManager.verify_account(wallet.pubkey(), 3)
+    assert not unregistered.ready
+    assert "open_account" in unregistered.message
+    assert await DriftClientManager.open_account(wallet, 3) is None
+    assert DriftClientManager.stats()["references"] == 1
+    missing = await DriftClientManager.verify_account(wallet.pubkey(), 3)
+    assert "initialize_user(sub_account_id=3)" in missing.message
+    await DriftClientManager.close_account(account)
+    assert DriftClientManager.stats()["references"] == 0
+    assert DriftClientManager.account(wallet.pubkey(), 1) is None
+
+
+async def test_sync_wrappers_for_callers_without_an_event_loop(sim: Simulator) -> None:
+    wallet = _wallet_with_accounts(sim, {0: {"usdc": 1_000.0}})
+    engine = DriftAdapter()
+    # Inside a running loop a sync wrapper cannot wait: it answers at once.
+    assert engine.connect_sync(wallet, 0) is False
+    assert engine.verify_drift_account_sync()["ready"] is False
+
+    def trade_script() -> tuple[bool, dict[str, Any], bool]:
+        connected = engine.connect_sync(wallet, 0)
+        status = engine.verify_drift_account_sync()
+        can_trade = engine.can_trade
+        engine.disconnect_sync()
+        return connected, status, can_trade
+
+    connected, status, can_trade = await asyncio.to_thread(trade_script)
+    assert connected
+    assert can_trade
+    assert status["ready"]
+    reference = await _driftpy(sim, wallet, [0])
+    try:
+        assert status["collateral"] == _expected_info(reference.get_user(0))["collateral"]
+    finally:
+        await _close_driftpy(reference)
+    await eventually(lambda: _subscriptions(sim) == 0 and _sockets(sim) == 0, "closed")
