@@ -410,3 +410,28 @@ async def test_sync_wrappers_for_callers_without_an_event_loop(sim: Simulator) -
     finally:
         await _close_driftpy(reference)
     await eventually(lambda: _subscriptions(sim) == 0 and _sockets(sim) == 0, "closed")
+
+
+async def test_a_rebuilt_subscription_keeps_each_user_subscribed_once(sim: Simulator) -> None:
+    wallet = _wallet_with_accounts(sim, {0: {"usdc": 1_000.0}})
+    engine = DriftAdapter()
+    try:
+        assert await engine.connect(wallet, 0)
+        markets_only = subscriptions_per_client(sim)
+        await eventually(lambda: _subscriptions(sim) == markets_only + 2, "user subscribed")
+        assert await DriftClientManager.force_reconnect()
+        await eventually(lambda: _subscriptions(sim) == markets_only + 2, "user resubscribed")
+        account = engine.account
+        assert account is not None
+        reads = _calls(sim, "getMultipleAccounts")
+        slot = await sim.step()
+        put_user(sim, wallet.pubkey(), 0, usdc=2_500.0)
+        assert await account.wait_for_slot(slot, 5.0)
+        # A notification on the new subscription brought it: no account was read.
+        assert _calls(sim, "getMultipleAccounts") == reads
+        info = await engine.get_account_info()
+        assert info is not None
+        assert info["stale"] is False
+        assert info["collateral"] > 2_000.0
+    finally:
+        await engine.disconnect()

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import functools
 import logging
 from collections.abc import Callable
 from contextlib import suppress
@@ -142,34 +143,31 @@ class SubAccount:
             required_slot=self.required_slot,
         )
 
+    def _read(self, what: str, compute: Callable[[DriftUser, reads.Freshness], _T]) -> _T | None:
+        try:
+            return compute(self.user, self._freshness())
+        except Exception as exc:  # a missing market or undecodable account: no value
+            log.warning("cannot read the %s of %r: %r", what, self, exc)
+            return None
+
     def account_info(self) -> AccountInfo | None:
         """Collateral, free collateral, margin ratio, leverage and PnL; None if unreadable."""
-        try:
-            return reads.account_info(
-                self.user,
-                self._freshness(),
+        return self._read(
+            "margin",
+            functools.partial(
+                reads.account_info,
                 authority=str(self.authority),
                 sub_account_id=self.sub_account_id,
-            )
-        except Exception as exc:  # a missing market or undecodable account: no value
-            log.warning("cannot read %r: %r", self, exc)
-            return None
+            ),
+        )
 
     def positions(self) -> list[PositionInfo] | None:
         """Every open perp position; None if unreadable."""
-        try:
-            return reads.positions(self.user, self._freshness())
-        except Exception as exc:  # a missing market or undecodable account: no value
-            log.warning("cannot read the positions of %r: %r", self, exc)
-            return None
+        return self._read("positions", reads.positions)
 
     def open_orders(self) -> list[OrderInfo] | None:
         """Every open order; None if unreadable."""
-        try:
-            return reads.open_orders(self.user, self._freshness())
-        except Exception as exc:  # a missing market or undecodable account: no value
-            log.warning("cannot read the orders of %r: %r", self, exc)
-            return None
+        return self._read("orders", reads.open_orders)
 
     def status(self) -> AccountStatus:
         """Whether this sub-account can trade now, and why not."""
