@@ -7,6 +7,7 @@ import math
 from collections.abc import AsyncIterator
 from typing import Any
 
+import httpx
 import pytest
 import pytest_asyncio
 from driftpy.account_subscription_config import AccountSubscriptionConfig
@@ -25,6 +26,7 @@ from driftshare import DriftAdapter
 from driftshare.manager import DriftClientManager
 from driftshare.sim import Simulator
 from driftshare.sim.pytest_plugin import SimulatorFactory
+from driftshare.sim.tokens import associated_token_address
 from sim_users import Perp, put_user, put_user_stats
 
 _MARKETS = 3
@@ -435,3 +437,77 @@ async def test_a_rebuilt_subscription_keeps_each_user_subscribed_once(sim: Simul
         assert info["collateral"] > 2_000.0
     finally:
         await engine.disconnect()
+
+
+async def test_users_the_program_initialized_read_as_driftpy_reads_them(sim: Simulator) -> None:
+    """Users created, funded and trading through the simulator's Drift program."""
+    wallet = Keypair()
+    trader = DriftClient(
+        AsyncClient(sim.http_url),
+        wallet,
+        env="mainnet",
+        account_subscription=AccountSubscriptionConfig("cached"),
+        sub_account_ids=[0, 1],
+    )
+    await trader.connection.request_airdrop(wallet.pubkey(), 10**9)
+    async with httpx.AsyncClient() as http:
+        funded = await http.post(
+            f"{sim.http_url}/_sim/usdc", json={"owner": str(wallet.pubkey()), "amount": 10_000}
+        )
+    assert funded.status_code == 200
+    await trader.subscribe()
+    engines = [DriftAdapter(), DriftAdapter()]
+    try:
+        usdc = associated_token_address(wallet.pubkey())
+        for sub, amount in ((0, 1_000), (1, 500)):
+            await trader.initialize_user(sub)
+            await trader.get_user(sub).account_subscriber.fetch()  # driftpy reads it once
+            await trader.deposit(amount * QUOTE_PRECISION, 0, usdc, sub_account_id=sub)
+            await trader.get_user(sub).account_subscriber.fetch()
+        market = OrderParams(
+            order_type=OrderType.Market(),
+            base_asset_amount=BASE_PRECISION,
+            market_index=_SOL,
+            direction=PositionDirection.Long(),
+            market_type=MarketType.Perp(),
+        )
+        await trader.place_and_take_perp_order(market, sub_account_id=0)
+        for sub, engine in enumerate(engines):
+            assert await engine.connect(wallet, sub)
+        account = engines[1].account
+        assert account is not None
+        # Read your writes: an order sent by driftpy itself, then the slot it landed at.
+        bid = OrderParams(
+            order_type=OrderType.Limit(),
+            base_asset_amount=2 * BASE_PRECISION,
+            market_index=_SOL,
+            direction=PositionDirection.Long(),
+            market_type=MarketType.Perp(),
+            price=100 * PRICE_PRECISION,
+            user_order_id=3,
+        )
+        sent = await trader.send_ixs([trader.get_place_perp_order_ix(bid, 1)])
+        assert await account.wait_for_slot(sent.slot, 5.0)
+        await trader.account_subscriber.fetch()
+        for sub, engine in enumerate(engines):
+            user = trader.get_user(sub)
+            await user.account_subscriber.fetch()
+            info = await engine.get_account_info()
+            assert info is not None
+            _fresh(info)
+            assert {k: info[k] for k in _expected_info(user)} == _expected_info(user)
+            positions = await engine.get_positions()
+            assert [{k: p[k] for k in _POSITION_FIELDS} for p in positions] == (
+                _expected_positions(user)
+            )
+            orders = await engine.get_open_orders()
+            assert [(o["user_order_id"], o["size"]) for o in orders] == [
+                (o.user_order_id, o.base_asset_amount / BASE_PRECISION)
+                for o in user.get_open_orders()
+            ]
+        assert [o["user_order_id"] for o in await engines[1].get_open_orders()] == [3]
+        assert [p["size"] for p in await engines[0].get_positions()] == [1.0]
+    finally:
+        for engine in engines:
+            await engine.disconnect()
+        await _close_driftpy(trader)
