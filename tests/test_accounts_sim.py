@@ -158,6 +158,15 @@ async def test_five_engines_two_wallets_share_one_client_and_one_subscription_pe
     await eventually(lambda: _subscriptions(sim) == markets_only + 5 + 2, "users subscribed")
     assert _sockets(sim) == sockets
     assert len(shared.accounts.watched()) == 7
+    registered = DriftClientManager.stats()["accounts"]
+    assert (registered["signers"], registered["watched"]) == (2, 7)
+    assert sorted((a["sub_account_id"], a["references"]) for a in registered["sub_accounts"]) == [
+        (0, 1),
+        (0, 2),
+        (1, 1),
+        (2, 1),
+        (3, 1),
+    ]
     # One batched read per new registration (the repeated one reads nothing).
     assert _calls(sim, "getMultipleAccounts") - reads_before == 5 + shared.confirmer.requests
     # One DriftClient per authority, the repeated sub-account one handle with two references.
@@ -376,6 +385,13 @@ async def test_manager_level_reads_for_engines_without_an_adapter(sim: Simulator
         assert (await DriftClientManager.verify_account(wallet.pubkey(), 1)).ready
     finally:
         await _close_driftpy(reference)
+    put_user(sim, wallet.pubkey(), 2, usdc=0.0)
+    empty = await DriftClientManager.open_account(wallet, 2)
+    assert empty is not None
+    status = await DriftClientManager.verify_account(wallet.pubkey(), 2)
+    assert not status.ready
+    assert "deposit" in status.message
+    await DriftClientManager.close_account(empty)
     unregistered = await DriftClientManager.verify_account(wallet.pubkey(), 3)
     assert not unregistered.ready
     assert "open_account" in unregistered.message
