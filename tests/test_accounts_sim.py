@@ -127,6 +127,18 @@ def _sockets(sim: Simulator) -> int:
     return open_
 
 
+def _client_tasks() -> list[asyncio.Task[object]]:
+    """The tasks driftshare's clients and driftpy's subscribers run now (not the simulator's;
+    driftpy names none of its tasks, so they are told by their code's file)."""
+    found = []
+    for task in asyncio.all_tasks():
+        code = getattr(task.get_coro(), "cr_code", None)
+        where = "" if code is None else code.co_filename
+        if ("/driftpy/" in where or "/driftshare/" in where) and "/driftshare/sim/" not in where:
+            found.append(task)
+    return found
+
+
 def _calls(sim: Simulator, method: str) -> int:
     calls: int = sim.stats()["calls"]["by_method"].get(method, 0)
     return calls
@@ -289,6 +301,7 @@ async def test_a_write_reaches_the_reads_by_the_slot_waited_for(sim: Simulator, 
         assert await engine.connect(wallet, 0)
         account = engine.account
         assert account is not None
+        tasks = len(_client_tasks())
         # What a confirmed deposit and fill would leave, at a new slot.
         slot = await sim.step()
         put_user(sim, wallet.pubkey(), 0, usdc=4_000.0, perps=(Perp(_SOL, 1.0, 150.0),))
@@ -311,8 +324,14 @@ async def test_a_write_reaches_the_reads_by_the_slot_waited_for(sim: Simulator, 
         info = await engine.get_account_info()
         assert info is not None
         assert info["stale"] is True
+        # A rebuild while the user is watched: the replaced subscription stops everything.
+        assert await DriftClientManager.force_reconnect()
+        await eventually(lambda: len(_client_tasks()) == tasks, "tasks of the old one ended")
     finally:
         await engine.disconnect()
+    await DriftClientManager.shutdown()
+    # driftpy cancels its loader's task without waiting for it: it ends within a turn or two.
+    await eventually(lambda: _client_tasks() == [], "every task ended")
 
 
 async def test_instructions_are_built_for_the_explicit_sub_account(sim: Simulator) -> None:
