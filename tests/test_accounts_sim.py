@@ -207,8 +207,7 @@ async def test_five_engines_two_wallets_share_one_client_and_one_subscription_pe
     assert shared.accounts.accounts() == []
     await reader.disconnect()
     await eventually(lambda: _subscriptions(sim) == 0 and _sockets(sim) == 0, "all closed")
-    left = [t for t in asyncio.all_tasks() if t.get_name().startswith("driftshare")]
-    assert left == []
+    await eventually(lambda: _client_tasks() == [], "every task ended")
 
 
 @pytest.mark.parametrize("use_singleton", [True, False], ids=["singleton", "private"])
