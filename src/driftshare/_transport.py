@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import asyncio
+import heapq
+import itertools
 import json
 import logging
 import math
@@ -214,6 +216,10 @@ class _Backpressure:
 class _Limiter:
     limiter: AsyncLimiter
     rate: float
+    busy: bool = False
+    """Whether a call is taking its turn at the limiter now."""
+    queue: list[tuple[int, int, asyncio.Future[None]]] = field(default_factory=list)
+    """Calls waiting for their turn: (lane, arrival, wake-up); sends' lane 0 goes first."""
 
 
 class SharedLimits:
@@ -258,6 +264,7 @@ class SharedLimits:
         )
         self.pressure = _Backpressure(rps, clock)
         self._limiters: dict[asyncio.AbstractEventLoop, _Limiter] = {}
+        self._arrivals = itertools.count()
 
     @classmethod
     def from_settings(cls, settings: Settings) -> SharedLimits:
@@ -278,19 +285,48 @@ class SharedLimits:
         """Whether the provider's last ``Retry-After`` (or 429) holds new requests now."""
         return self.pressure.cooldown_until > self.pressure.clock()
 
-    async def acquire(self) -> None:
-        """Wait for a slot at today's rate."""
+    async def acquire(self, *, send: bool = False) -> None:
+        """Wait for a slot at today's rate; a ``send`` (a transaction) goes before every
+        read waiting, so no backlog of reads delays an order."""
         state = self._limiter()
-        while True:
-            rate = self.pressure.rate()
-            if rate != state.rate:
-                # aiolimiter's rate is fixed at construction: a new rate is a new limiter.
-                state.limiter = AsyncLimiter(self.burst, self.burst / rate)
-                state.rate = rate
-            limiter = state.limiter
-            await limiter.acquire()
-            if limiter is state.limiter:
+        await self._turn(state, send)
+        try:
+            while True:
+                rate = self.pressure.rate()
+                if rate != state.rate:
+                    # aiolimiter's rate is fixed at construction: a new rate is a new limiter.
+                    state.limiter = AsyncLimiter(self.burst, self.burst / rate)
+                    state.rate = rate
+                limiter = state.limiter
+                await limiter.acquire()
+                if limiter is state.limiter:
+                    return
+        finally:
+            self._pass_turn(state)
+
+    async def _turn(self, state: _Limiter, send: bool) -> None:
+        # Hand-written: aiolimiter serves waiters first come, first served, with no lanes.
+        # One call at a time waits at the limiter; the others queue here, sends first.
+        if not state.busy and not state.queue:
+            state.busy = True
+            return
+        woken: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        heapq.heappush(state.queue, (0 if send else 1, next(self._arrivals), woken))
+        try:
+            await woken
+        except asyncio.CancelledError:
+            if woken.done() and not woken.cancelled():  # handed the turn, then cancelled
+                self._pass_turn(state)
+            raise
+
+    @staticmethod
+    def _pass_turn(state: _Limiter) -> None:
+        while state.queue:
+            woken = heapq.heappop(state.queue)[2]
+            if not woken.done():
+                woken.set_result(None)  # the turn passes on: still busy
                 return
+        state.busy = False
 
     def _limiter(self) -> _Limiter:
         loop = asyncio.get_running_loop()
@@ -519,7 +555,7 @@ class RateLimitedTransport(httpx.AsyncBaseTransport):
                 if wait >= self._remaining(call):
                     raise self._deadline_exceeded(call, request)
                 await self._sleep(wait)
-        await self.limits.acquire()
+        await self.limits.acquire(send=not call.idempotent)
 
     def _deadline_exceeded(self, call: _Call, request: httpx.Request) -> httpx.ReadTimeout:
         self.stats.deadline_exceeded += 1
