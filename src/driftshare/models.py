@@ -641,6 +641,9 @@ class TxResult(BaseModel):
     """``sendTransaction`` requests made (resends of the same bytes included)."""
     elapsed_s: float = 0.0
     user_order_id: int | None = None
+    reflected: bool | None = None
+    """Confirmed writes: whether the sub-account's reads reflected it within
+    ``DRIFT_TX_READ_TIMEOUT_S`` (if not, they stay marked stale until they do)."""
 
     def to_dict(self) -> dict[str, Any]:
         """The fields as JSON-ready data."""

@@ -23,6 +23,7 @@ from driftshare._generation import cancel_all
 from driftshare._tx.blockhash import Blockhash, BlockhashKeeper
 from driftshare._tx.fees import PriorityFees
 from driftshare._tx.lookup_tables import LookupTables
+from driftshare._tx.order_ids import UserOrderIds
 from driftshare._tx.rpc import TxRpc
 from driftshare._tx.sender import Build, TransactionSender
 from driftshare._tx.statuses import SignatureWatcher
@@ -73,6 +74,8 @@ class TransactionPath:
             clock=clock,
         )
         self.compute_units = settings.tx_compute_units
+        self._order_ids: dict[str, UserOrderIds] = {}
+        self._order_id_hold_s = settings.tx_timeout_s
         self._tasks: list[asyncio.Task[None]] = []
 
     @property
@@ -93,6 +96,13 @@ class TransactionPath:
         """Stop the background work; the next write starts it again."""
         tasks, self._tasks = self._tasks, []
         await cancel_all(list(tasks))
+
+    def order_ids(self, user_account: str) -> UserOrderIds:
+        """The ``user_order_id`` allocator of one User account, shared by its engines."""
+        ids = self._order_ids.get(user_account)
+        if ids is None:
+            ids = self._order_ids[user_account] = UserOrderIds(self._order_id_hold_s)
+        return ids
 
     def compute_budget(self) -> list[Instruction]:
         """The compute-unit limit and the shared priority fee, as instructions."""

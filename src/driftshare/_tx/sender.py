@@ -35,7 +35,7 @@ from driftshare._tx.rpc import NOT_SENT_ERRORS, RpcError, TxRpc
 from driftshare._tx.statuses import SignatureStatus, SignatureWatcher
 from driftshare.models import TxResult
 
-__all__ = ["Build", "TransactionSender"]
+__all__ = ["Build", "TransactionSender", "failed_before_sending"]
 
 log = logging.getLogger(__name__)
 
@@ -48,6 +48,12 @@ _SIGNATURE_VERIFICATION_FAILURE = -32003
 # lags), or the very same signature has already landed.
 _NOT_YET = frozenset({"BlockhashNotFound"})
 _ALREADY = frozenset({"AlreadyProcessed"})
+
+
+def failed_before_sending(error: str, user_order_id: int | None = None) -> TxResult:
+    """The result of a write refused before anything was signed: it cannot land."""
+    metrics.TX_RESULTS.labels(status="failed").inc()
+    return TxResult(success=False, status="failed", error=error, user_order_id=user_order_id)
 
 
 class _Sent(enum.Enum):
