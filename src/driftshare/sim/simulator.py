@@ -13,9 +13,13 @@ from pathlib import Path
 from types import TracebackType
 from typing import Any, Self
 
+from driftshare.sim.builtins import register_builtins
 from driftshare.sim.faults import FaultError, Faults, check_spec
+from driftshare.sim.lookup_tables import lookup_table_account, world_tables
+from driftshare.sim.programs import Programs
 from driftshare.sim.server import SimServer
 from driftshare.sim.store import AccountStore
+from driftshare.sim.tokens import world_token_accounts
 from driftshare.sim.world import World
 
 __all__ = ["SimConfig", "SimConfigError", "Simulator", "run_simulator"]
@@ -104,11 +108,17 @@ class Simulator:
         self.config = config
         self.store = AccountStore()
         self.world: World | None = self._make_world()
+        self.programs = Programs()
+        """The programs transactions run: System, ComputeBudget, Token and Associated Token
+        Account are registered; Drift registers with ``sim.programs.register(id, handler)``."""
+        register_builtins(self.programs)
+        if self.world is not None:
+            self._serve_chain_accounts(self.world)
         self._server = SimServer(
             self.store,
             host=config.host,
             port=config.port,
-            seed=config.seed,
+            programs=self.programs,
             rate_limit=config.rate_limit,
             burst=config.burst,
             max_ws_per_client=config.max_ws_per_client,
@@ -133,6 +143,14 @@ class Simulator:
         except ValueError as exc:
             raise SimConfigError(f"invalid simulator config: {exc}") from None
         return world
+
+    def _serve_chain_accounts(self, world: World) -> None:
+        """Write the token mints and vaults of ``world``'s spot markets and Drift's market
+        lookup tables, at the addresses driftpy reads them from."""
+        for pubkey, account in world_token_accounts(world).items():
+            self.store.put(pubkey, account)
+        for pubkey, addresses in world_tables(world).items():
+            self.store.put(pubkey, lookup_table_account(addresses))
 
     @property
     def faults(self) -> Faults:
@@ -201,6 +219,7 @@ class Simulator:
         else:
             self.store.slot += 1
         self._server.pubsub.notify_slot(self.store.slot)
+        self._server.pubsub.notify_signatures()
         return self.store.slot
 
     async def _tick(self) -> None:
