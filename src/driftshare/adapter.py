@@ -29,6 +29,7 @@ from driftshare._lifecycle import load_keypair
 from driftshare._marketdata import ClientSource, MarketDataReader, MarketSource
 from driftshare._subscription import AccountTap, WebsocketSubscriber, discover_markets, post_batch
 from driftshare._sync import LoopThread
+from driftshare._tx.writes import AdapterWrites
 from driftshare.config import PUBLIC_RPC_URLS, Network, Settings, redact_url
 from driftshare.manager import DriftClientManager
 
@@ -164,7 +165,7 @@ def _check_network(network: str) -> Network:
     return cast(Network, network)
 
 
-class DriftAdapter:
+class DriftAdapter(AdapterWrites):
     """Funding, market data and a signer's sub-account of one Drift network, as plain dicts.
 
     With ``use_singleton=True`` (the default) :meth:`connect` takes one reference on the
@@ -370,6 +371,7 @@ class DriftAdapter:
         """Unregister the sub-account, release the shared reference or close the private
         client; safe to repeat."""
         async with self._guard():
+            await self._close_trading()
             await self._unregister()
             if self._holds_reference:
                 self._holds_reference = False
