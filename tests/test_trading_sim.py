@@ -6,7 +6,8 @@ open) and the simulator's own transaction counts, never the sender's word.
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator
+import asyncio
+from collections.abc import AsyncIterator, Callable, Coroutine
 from typing import Any
 
 import pytest
@@ -69,7 +70,8 @@ async def test_writes_land_once_and_the_next_read_reflects_them(
         assert info is not None
         assert info["slot"] >= deposit["slot"]
         assert not info["stale"]
-        assert info["collateral"] == pytest.approx(500, rel=1e-6)
+        # The deposit is in (before it, none): 500 plus the little interest accrued since.
+        assert info["collateral"] == pytest.approx(500, rel=1e-3)
 
         bid = await adapter.place_perp_order(
             0, "long", 0.5, "LIMIT", price=await resting_bid(adapter), user_order_id=7
@@ -85,5 +87,111 @@ async def test_writes_land_once_and_the_next_read_reflects_them(
         assert open_user_order_ids(chain, wallet, 0) == []
         assert await adapter.get_open_orders() == []
         assert orders_placed(chain, wallet, 0) == 1
+    finally:
+        await adapter.disconnect()
+
+
+def _landed(sim: Simulator, wallet: Keypair) -> int:
+    counts = sim.stats()["transactions"]["by_signer"].get(str(wallet.pubkey()), {})
+    return int(counts.get("landed", 0)) + int(counts.get("failed", 0))
+
+
+async def _dropped_then_resent(sim: Simulator) -> None:
+    sim.faults.drop_transactions(2)
+
+
+async def _landed_then_429(sim: Simulator) -> None:
+    sim.faults.lose_replies(1, "429")
+
+
+async def _landed_then_no_answer(sim: Simulator) -> None:
+    sim.faults.lose_replies(1, "timeout")
+
+
+async def _landing_late(sim: Simulator) -> None:
+    sim.faults.delay_landing(1.0)
+
+
+async def _blockhash_refused_for_a_while(sim: Simulator) -> None:
+    sim.faults.expire_blockhashes(0)
+    await asyncio.sleep(1.0)
+    sim.faults.expire_blockhashes(150)
+
+
+FAULTS: dict[str, tuple[Callable[[Simulator], Coroutine[Any, Any, None]], int]] = {
+    "dropped": (_dropped_then_resent, 3),
+    "landed-then-429": (_landed_then_429, 1),
+    "landed-then-timeout": (_landed_then_no_answer, 1),
+    "late-landing": (_landing_late, 2),
+    "early-blockhash-expiry": (_blockhash_refused_for_a_while, 2),
+}
+"""Each sets its fault (and lifts it, where it lasts a while) while the order is placed, and
+the fewest sends the fault forces (resends of the same bytes)."""
+
+
+@pytest.mark.parametrize("fault", list(FAULTS))
+async def test_every_trading_fault_lands_the_order_exactly_once(
+    chain: Simulator, fault: str
+) -> None:
+    DriftClientManager.configure(
+        rpc_url=chain.http_url, request_timeout_s=1.0, call_deadline_s=2.0, **TX_SETTINGS
+    )
+    wallet = await open_wallet(chain, DriftClientManager.settings(), subs=1, usdc=1_000)
+    adapter = await connected(wallet, 0)
+    try:
+        assert (await adapter.deposit(500))["status"] == "confirmed"
+        price = await resting_bid(adapter)
+        landed_before = _landed(chain, wallet)
+        inject, fewest_sends = FAULTS[fault]
+        faulty = asyncio.create_task(inject(chain))
+        await asyncio.sleep(0)  # the fault is on before the order leaves
+        bid = await adapter.place_perp_order(0, "long", 0.5, "LIMIT", price=price)
+        await faulty
+        await chain.faults.clear()
+        # The chain holds the order exactly once, and the result says so.
+        assert bid["status"] == "confirmed", bid
+        assert open_user_order_ids(chain, wallet, 0) == [bid["user_order_id"]]
+        assert orders_placed(chain, wallet, 0) == 1
+        assert _landed(chain, wallet) == landed_before + 1
+        assert bid["signatures"] == [bid["signature"]]
+        assert bid["sends"] >= fewest_sends
+    finally:
+        await adapter.disconnect()
+
+
+async def test_a_write_whose_sends_all_vanish_is_unknown_and_never_signed_again(
+    chain: Simulator,
+) -> None:
+    wallet = await open_wallet(chain, DriftClientManager.settings(), subs=1, usdc=1_000)
+    adapter = await connected(wallet, 0)
+    try:
+        assert (await adapter.deposit(500))["status"] == "confirmed"
+        price = await resting_bid(adapter)
+        shared = DriftClientManager.shared_state()
+        assert shared is not None
+        shared.tx.sender.timeout_s = 1.5  # well inside the blockhash's 150 blocks
+        chain.faults.drop_transactions(1_000)
+        bid = await adapter.place_perp_order(0, "long", 0.5, "LIMIT", price=price)
+        await chain.faults.clear()
+        assert bid["status"] == "unknown", bid
+        assert bid["signature"] is not None
+        assert bid["signatures"] == [bid["signature"]]
+        assert bid["sends"] > 1  # resent, always the same bytes: one signature
+        assert orders_placed(chain, wallet, 0) == 0
+    finally:
+        await adapter.disconnect()
+
+
+async def test_a_refused_order_is_failed_with_drifts_error_name(chain: Simulator) -> None:
+    wallet = await open_wallet(chain, DriftClientManager.settings(), subs=1, usdc=1_000)
+    adapter = await connected(wallet, 0)
+    try:
+        # No collateral: the program refuses the order for margin.
+        bid = await adapter.place_perp_order(
+            0, "long", 5.0, "LIMIT", price=await resting_bid(adapter)
+        )
+        assert bid["status"] == "failed", bid
+        assert bid["error"] == "InsufficientCollateral"
+        assert orders_placed(chain, wallet, 0) == 0
     finally:
         await adapter.disconnect()
