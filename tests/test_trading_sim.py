@@ -14,6 +14,7 @@ import pytest
 import pytest_asyncio
 from solders.keypair import Keypair
 
+from conftest import eventually
 from driftshare import DriftAdapter
 from driftshare.manager import DriftClientManager
 from driftshare.sim import Simulator
@@ -22,6 +23,7 @@ from sim_trading import open_user_order_ids, open_wallet, orders_placed, ticking
 
 TX_SETTINGS: dict[str, Any] = {
     "health_interval_s": 3600,
+    "rpc_rps": 10,
     "tx_blockhash_interval_s": 0.05,
     "tx_status_interval_s": 0.05,
     "tx_resend_s": 0.3,
@@ -195,3 +197,43 @@ async def test_a_refused_order_is_failed_with_drifts_error_name(chain: Simulator
         assert orders_placed(chain, wallet, 0) == 0
     finally:
         await adapter.disconnect()
+
+
+def _tx_tasks() -> list[asyncio.Task[Any]]:
+    return [t for t in asyncio.all_tasks() if t.get_name().startswith("driftshare-tx-")]
+
+
+async def test_five_engines_on_two_wallets_trade_at_once_through_one_client(
+    chain: Simulator,
+) -> None:
+    settings = DriftClientManager.settings()
+    first = await open_wallet(chain, settings, subs=4, usdc=4_000)
+    second = await open_wallet(chain, settings, subs=1, usdc=1_000)
+    engines = [(first, sub) for sub in range(4)] + [(second, 0)]
+    adapters = [await connected(wallet, sub) for wallet, sub in engines]
+    try:
+        deposits = await asyncio.gather(*(a.deposit(500) for a in adapters))
+        assert [d["status"] for d in deposits] == ["confirmed"] * 5
+        price = await resting_bid(adapters[0])
+        bids = await asyncio.gather(
+            *(a.place_perp_order(0, "long", 0.5, "LIMIT", price=price) for a in adapters)
+        )
+        assert [b["status"] for b in bids] == ["confirmed"] * 5, bids
+        for (wallet, sub), bid, adapter in zip(engines, bids, adapters, strict=True):
+            # Each order is on its own sub-account, once, and that engine reads it.
+            assert open_user_order_ids(chain, wallet, sub) == [bid["user_order_id"]]
+            assert orders_placed(chain, wallet, sub) == 1
+            orders = await adapter.get_open_orders()
+            assert [o["user_order_id"] for o in orders] == [bid["user_order_id"]]
+        cancels = await asyncio.gather(*(a.cancel_all_orders() for a in adapters))
+        assert [c["status"] for c in cancels] == ["confirmed"] * 5
+        assert all(open_user_order_ids(chain, w, s) == [] for w, s in engines)
+        assert DriftClientManager.stats()["references"] == 5
+        # Every write landed once: the set-up, then a deposit, an order and a cancel each.
+        assert _landed(chain, first) == 1 + 4 * 3
+        assert _landed(chain, second) == 1 + 3
+    finally:
+        for adapter in adapters:
+            await adapter.disconnect()
+    assert DriftClientManager.stats()["references"] == 0
+    await eventually(lambda: not _tx_tasks(), "the transaction path's tasks end")

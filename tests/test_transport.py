@@ -910,3 +910,38 @@ def test_a_cancelled_waiter_passes_its_turn_on() -> None:
     _run_virtual(cancel_some)
 
     assert arrivals == [0, 3, 4]
+
+
+def test_a_flood_of_sends_lets_every_other_turn_go_to_a_read() -> None:
+    arrivals: list[str] = []
+
+    def handler(request: httpx.Request) -> httpx.Response:
+        arrivals.append(json.loads(request.content)["method"])
+        return _ok()
+
+    transport = RateLimitedTransport(SharedLimits(rps=10.0), inner=httpx.MockTransport(handler))
+
+    async def sends_then_reads() -> None:
+        async with httpx.AsyncClient(transport=transport) as client:
+            sends = [
+                asyncio.create_task(client.post(URL, json=_rpc("sendTransaction")))
+                for _ in range(6)
+            ]
+            await asyncio.sleep(0.05)
+            reads = [asyncio.create_task(client.post(URL, json=_rpc())) for _ in range(2)]
+            await asyncio.gather(*sends, *reads)
+
+    _run_virtual(sends_then_reads)
+
+    # Two sends were out (one sent, one at the limiter) when the reads queued: from then on
+    # the lanes alternate, so the reads are not left behind the four sends still queued.
+    assert arrivals == [
+        "sendTransaction",
+        "sendTransaction",
+        "getSlot",
+        "sendTransaction",
+        "getSlot",
+        "sendTransaction",
+        "sendTransaction",
+        "sendTransaction",
+    ]

@@ -3,8 +3,6 @@
 from __future__ import annotations
 
 import asyncio
-import heapq
-import itertools
 import json
 import logging
 import math
@@ -218,8 +216,10 @@ class _Limiter:
     rate: float
     busy: bool = False
     """Whether a call is taking its turn at the limiter now."""
-    queue: list[tuple[int, int, asyncio.Future[None]]] = field(default_factory=list)
-    """Calls waiting for their turn: (lane, arrival, wake-up); sends' lane 0 goes first."""
+    last_was_send: bool = False
+    sends: deque[asyncio.Future[None]] = field(default_factory=deque)
+    reads: deque[asyncio.Future[None]] = field(default_factory=deque)
+    """Calls waiting for their turn, by lane."""
 
 
 class SharedLimits:
@@ -264,7 +264,6 @@ class SharedLimits:
         )
         self.pressure = _Backpressure(rps, clock)
         self._limiters: dict[asyncio.AbstractEventLoop, _Limiter] = {}
-        self._arrivals = itertools.count()
 
     @classmethod
     def from_settings(cls, settings: Settings) -> SharedLimits:
@@ -286,8 +285,9 @@ class SharedLimits:
         return self.pressure.cooldown_until > self.pressure.clock()
 
     async def acquire(self, *, send: bool = False) -> None:
-        """Wait for a slot at today's rate; a ``send`` (a transaction) goes before every
-        read waiting, so no backlog of reads delays an order."""
+        """Wait for a slot at today's rate. A ``send`` (a transaction) waits for at most one
+        read, however many are queued, and a read for at most one send: an order is never
+        stuck behind a backlog of reads, nor are the reads that confirm it behind resends."""
         state = self._limiter()
         await self._turn(state, send)
         try:
@@ -306,12 +306,12 @@ class SharedLimits:
 
     async def _turn(self, state: _Limiter, send: bool) -> None:
         # Hand-written: aiolimiter serves waiters first come, first served, with no lanes.
-        # One call at a time waits at the limiter; the others queue here, sends first.
-        if not state.busy and not state.queue:
-            state.busy = True
+        # One call at a time waits at the limiter; the others queue here in their lane.
+        if not state.busy and not state.sends and not state.reads:
+            state.busy, state.last_was_send = True, send
             return
         woken: asyncio.Future[None] = asyncio.get_running_loop().create_future()
-        heapq.heappush(state.queue, (0 if send else 1, next(self._arrivals), woken))
+        (state.sends if send else state.reads).append(woken)
         try:
             await woken
         except asyncio.CancelledError:
@@ -321,11 +321,15 @@ class SharedLimits:
 
     @staticmethod
     def _pass_turn(state: _Limiter) -> None:
-        while state.queue:
-            woken = heapq.heappop(state.queue)[2]
-            if not woken.done():
-                woken.set_result(None)  # the turn passes on: still busy
-                return
+        # The lanes alternate while both wait; otherwise the one waiting goes.
+        lanes = (state.reads, state.sends) if state.last_was_send else (state.sends, state.reads)
+        for lane in lanes:
+            while lane:
+                woken = lane.popleft()
+                if not woken.done():
+                    woken.set_result(None)  # the turn passes on: still busy
+                    state.last_was_send = lane is state.sends
+                    return
         state.busy = False
 
     def _limiter(self) -> _Limiter:
