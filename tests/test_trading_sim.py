@@ -12,10 +12,13 @@ from typing import Any
 
 import pytest
 import pytest_asyncio
+from driftpy.constants.numeric_constants import BASE_PRECISION, PRICE_PRECISION
+from driftpy.types import MarketType, OrderParams, OrderType, PositionDirection
 from solders.keypair import Keypair
 
 from conftest import eventually
 from driftshare import DriftAdapter
+from driftshare._tx import PathTxSender
 from driftshare.manager import DriftClientManager
 from driftshare.sim import Simulator
 from driftshare.sim.pytest_plugin import SimulatorFactory
@@ -237,3 +240,32 @@ async def test_five_engines_on_two_wallets_trade_at_once_through_one_client(
             await adapter.disconnect()
     assert DriftClientManager.stats()["references"] == 0
     await eventually(lambda: not _tx_tasks(), "the transaction path's tasks end")
+
+
+async def test_an_engine_calling_driftpy_itself_takes_the_shared_path(chain: Simulator) -> None:
+    wallet = await open_wallet(chain, DriftClientManager.settings(), subs=1, usdc=1_000)
+    adapter = await connected(wallet, 0)
+    try:
+        account = adapter.account
+        assert account is not None
+        # Registered: its signer's DriftClient sends through the path before any write.
+        assert isinstance(account.client.tx_sender, PathTxSender)
+        assert (await adapter.deposit(500))["status"] == "confirmed"
+        params = OrderParams(
+            order_type=OrderType.Limit(),
+            base_asset_amount=BASE_PRECISION // 2,
+            market_index=0,
+            direction=PositionDirection.Long(),
+            market_type=MarketType.Perp(),
+            price=round(await resting_bid(adapter) * PRICE_PRECISION),
+            user_order_id=9,
+        )
+        before = dict(chain.stats()["calls"]["by_method"])
+        signature = await account.client.place_perp_order(params, sub_account_id=0)
+        after = chain.stats()["calls"]["by_method"]
+        assert open_user_order_ids(chain, wallet, 0) == [9]
+        assert signature is not None
+        # driftpy's own sender would have read both lookup tables and a blockhash for it.
+        assert after.get("getAccountInfo", 0) == before.get("getAccountInfo", 0)
+    finally:
+        await adapter.disconnect()
