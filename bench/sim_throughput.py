@@ -1,8 +1,11 @@
-"""Benchmark the simulator: getMultipleAccounts(100 keys) per second on loopback, and its RSS.
+"""Benchmark the simulator: getMultipleAccounts(100 keys) per second on loopback, transactions
+from ``sendTransaction`` to a status in ``getSignatureStatuses`` per second, and its RSS.
 
 Starts ``driftshare sim`` in a subprocess (so client and server each get a core), finds the
 perp market accounts with a ``getProgramAccounts`` as driftpy does, then hammers them from
-this process with a persistent aiohttp session. Run::
+this process with a persistent aiohttp session. For transactions, each worker has its own
+airdropped wallet and sends signed System transfers (with preflight, as clients do by
+default), polling ``getSignatureStatuses`` until each has a status. Run::
 
     .venv/bin/python -m bench.sim_throughput --out sim.json
 
@@ -13,6 +16,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import base64
 import json
 import statistics
 import subprocess
@@ -24,6 +28,11 @@ from typing import Any
 import aiohttp
 import psutil  # type: ignore[import-untyped]
 from driftpy.constants.config import DRIFT_PROGRAM_ID
+from solders.hash import Hash
+from solders.keypair import Keypair
+from solders.pubkey import Pubkey
+from solders.system_program import TransferParams, transfer
+from solders.transaction import Transaction
 
 PERP_MARKET_DISCRIMINATOR_B58 = "2pTyMkwXuti"
 """Base58 of the PerpMarket account discriminator, the filter driftpy uses."""
@@ -39,6 +48,7 @@ def _parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--seconds", type=float, default=10.0, help="measured duration")
     p.add_argument("--warmup", type=float, default=1.0)
     p.add_argument("--concurrency", type=int, default=16)
+    p.add_argument("--tx-seconds", type=float, default=10.0, help="measured transaction time")
     p.add_argument("--tick-s", type=float, default=0.4, help="simulator slot time")
     p.add_argument("--out", type=Path, required=True, help="JSON results file")
     return p.parse_args(argv)
@@ -137,6 +147,81 @@ async def _load(
     }
 
 
+async def _call(session: aiohttp.ClientSession, url: str, method: str, params: list[Any]) -> Any:
+    body = {"jsonrpc": "2.0", "id": 1, "method": method, "params": params}
+    async with session.post(url, json=body) as response:
+        answer = await response.json()
+    if "error" in answer:
+        raise RuntimeError(f"{method}: {answer['error']}")
+    return answer["result"]
+
+
+async def _tx_load(
+    session: aiohttp.ClientSession, url: str, args: argparse.Namespace
+) -> dict[str, Any]:
+    latencies: list[float] = []
+    errors = 0
+    measuring = False
+    destination = Pubkey.new_unique()
+
+    async def worker() -> None:
+        nonlocal errors
+        wallet = Keypair()
+        await _call(session, url, "requestAirdrop", [str(wallet.pubkey()), 10**12])
+        latest = await _call(session, url, "getLatestBlockhash", [])
+        blockhash = Hash.from_string(latest["value"]["blockhash"])
+        lamports = 0
+        while True:
+            lamports += 1  # a new amount each time, so a new signature
+            ix = transfer(
+                TransferParams(
+                    from_pubkey=wallet.pubkey(), to_pubkey=destination, lamports=lamports
+                )
+            )
+            tx = Transaction.new_signed_with_payer([ix], wallet.pubkey(), [wallet], blockhash)
+            wire = base64.b64encode(bytes(tx)).decode()
+            started = time.perf_counter()
+            try:
+                signature = await _call(
+                    session, url, "sendTransaction", [wire, {"encoding": "base64"}]
+                )
+                while True:
+                    statuses = await _call(session, url, "getSignatureStatuses", [[signature]])
+                    if statuses["value"][0] is not None:
+                        break
+            except RuntimeError:
+                if measuring:
+                    errors += 1
+                continue
+            if measuring:
+                latencies.append(time.perf_counter() - started)
+
+    workers = [asyncio.create_task(worker()) for _ in range(args.concurrency)]
+    await asyncio.sleep(args.warmup)
+    measuring = True
+    started = time.perf_counter()
+    await asyncio.sleep(args.tx_seconds)
+    measuring = False
+    elapsed = time.perf_counter() - started
+    for task in workers:
+        task.cancel()
+    await asyncio.gather(*workers, return_exceptions=True)
+    latencies.sort()
+    return {
+        "tx_landed": len(latencies),
+        "tx_errors": errors,
+        "tx_per_s": round(len(latencies) / elapsed, 1),
+        "tx_latency_p50_ms": _ms(latencies, 0.5),
+        "tx_latency_p99_ms": _ms(latencies, 0.99),
+    }
+
+
+def _ms(ordered: list[float], quantile: float) -> float | None:
+    if not ordered:
+        return None
+    return round(ordered[min(len(ordered) - 1, int(len(ordered) * quantile))] * 1000, 2)
+
+
 async def _run(args: argparse.Namespace) -> dict[str, Any]:
     proc, url = _start_simulator(args.markets, args.tick_s)
     server = psutil.Process(proc.pid)
@@ -149,6 +234,7 @@ async def _run(args: argparse.Namespace) -> dict[str, Any]:
             rss_idle = server.memory_info().rss
             load = await _load(session, url, markets[: args.keys], args)
             rss_loaded = server.memory_info().rss
+            transactions = await _tx_load(session, url, args)
     finally:
         proc.terminate()
         proc.wait(timeout=30)
@@ -161,6 +247,7 @@ async def _run(args: argparse.Namespace) -> dict[str, Any]:
         **load,
         "rss_idle_mb": round(rss_idle / 2**20, 1),
         "rss_after_load_mb": round(rss_loaded / 2**20, 1),
+        **transactions,
     }
 
 

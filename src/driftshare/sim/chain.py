@@ -366,6 +366,7 @@ class Chain:
         payer = str(tx.message.account_keys[0])
         signature = tx.signatures[0]
         self._stats.count_tx(payer, "received")
+        preflight: Execution | None = None
         if not skip_preflight:
             if not all(tx.verify_with_results()):
                 self._stats.count_tx(payer, "refused")
@@ -385,7 +386,8 @@ class Chain:
             loop = asyncio.get_running_loop()
             self._delayed[signature] = loop.call_later(delay, self._land_later, tx)
             return signature
-        if self._land(tx):
+        # Landing at once on the state preflight just ran on: its execution is the landing's.
+        if self._land(tx, preflight):
             self.lost_reply = self._faults.take_lost_reply()
         return signature
 
@@ -415,17 +417,19 @@ class Chain:
         self._delayed.pop(tx.signatures[0], None)
         self._land(tx)
 
-    def _land(self, tx: VersionedTransaction) -> bool:
-        """Land ``tx`` now if a leader would; True if it landed (with or without error)."""
+    def _land(self, tx: VersionedTransaction, run: Execution | None = None) -> bool:
+        """Land ``tx`` now if a leader would, with ``run`` if it was just executed on this very
+        state; True if it landed (with or without error)."""
         payer = str(tx.message.account_keys[0])
-        try:
-            self.load(tx)
-            if not all(tx.verify_with_results()):
-                raise SignatureFailure
-        except (InvalidTransaction, SignatureFailure):
-            self._stats.count_tx(payer, "dropped")
-            return False
-        run = self._execute(tx, check_blockhash=True)
+        if run is None:
+            try:
+                self.load(tx)
+                if not all(tx.verify_with_results()):
+                    raise SignatureFailure
+            except (InvalidTransaction, SignatureFailure):
+                self._stats.count_tx(payer, "dropped")
+                return False
+            run = self._execute(tx, check_blockhash=True)
         if not run.executed:
             self._stats.count_tx(payer, "duplicate" if run.err == "AlreadyProcessed" else "dropped")
             return False

@@ -43,8 +43,7 @@ _Kind = Literal["account", "program", "slot", "signature"]
 
 class _SignatureConfig(BaseModel):
     model_config = ConfigDict(extra="ignore")
-    commitment: Literal["processed", "confirmed", "finalized"] = "finalized"
-    enableReceivedNotification: bool = False
+    commitment: Literal["processed", "confirmed", "finalized"] | None = None
 
 
 @dataclass(eq=False)
@@ -292,12 +291,17 @@ class PubSub:
             signature = Signature.from_string(params[0])
             raw = params[1] if len(params) > 1 and params[1] is not None else {}
             config = _SignatureConfig.model_validate(raw)
-        except (ValueError, ValidationError) as exc:
-            raise RpcError(INVALID_PARAMS, f"Invalid params: {exc}") from None
+        except ValidationError as exc:
+            problems = "; ".join(
+                f"{'.'.join(map(str, e['loc']))}: {e['msg']}" for e in exc.errors()
+            )
+            raise RpcError(INVALID_PARAMS, f"Invalid params: {problems}") from None
+        except ValueError:
+            raise RpcError(INVALID_PARAMS, f"Invalid params: bad signature {params[0]!r}") from None
         sub_id = self._add(conn, "signature", "signatureSubscribe", None, None)
         sub = conn.subscriptions[int(sub_id)]
         sub.signature = signature
-        sub.commitment = config.commitment
+        sub.commitment = config.commitment or "finalized"
         # After the answer is queued: a transaction already there is notified at once.
         asyncio.get_running_loop().call_soon(self.notify_signatures)
         return sub_id

@@ -13,6 +13,7 @@ from pathlib import Path
 from types import TracebackType
 from typing import Any, Self
 
+from driftshare.sim._codec import DRIFT_PROGRAM_ID
 from driftshare.sim.builtins import register_builtins
 from driftshare.sim.faults import FaultError, Faults, check_spec
 from driftshare.sim.lookup_tables import lookup_table_account, world_tables
@@ -49,6 +50,9 @@ class SimConfig:
     burst: int | None = None
     """Token bucket size; default ``max(1, int(rate_limit))``."""
     funding_period_s: float = 60.0
+    fill_spread_bps: float = 10.0
+    """Half-spread, in basis points of the oracle price, at which Drift orders take from the
+    simulated market (see :mod:`driftshare.sim.drift.pricing`)."""
     tick_s: float = 0.4
     """Seconds per slot of the background clock."""
     max_ws_per_client: int = 64
@@ -70,6 +74,8 @@ class SimConfig:
             problems.append(f"burst: must be >= 1, got {self.burst}")
         if not self.funding_period_s > 0:
             problems.append(f"funding_period_s: must be > 0, got {self.funding_period_s}")
+        if not 0 <= self.fill_spread_bps < 10_000:
+            problems.append(f"fill_spread_bps: must be 0..10000, got {self.fill_spread_bps}")
         if not self.tick_s > 0:
             problems.append(f"tick_s: must be > 0, got {self.tick_s}")
         if self.max_ws_per_client < 1:
@@ -113,6 +119,8 @@ class Simulator:
         Account are registered; Drift registers with ``sim.programs.register(id, handler)``."""
         register_builtins(self.programs)
         if self.world is not None:
+            self.programs.register(DRIFT_PROGRAM_ID, self.world.program)
+        if self.world is not None:
             self._serve_chain_accounts(self.world)
         self._server = SimServer(
             self.store,
@@ -137,6 +145,7 @@ class Simulator:
                 seed=self.config.seed,
                 markets=self.config.markets,
                 funding_period_s=self.config.funding_period_s,
+                fill_spread_bps=self.config.fill_spread_bps,
             )
             if self.config.accounts:
                 world.replay(self.config.accounts)

@@ -59,7 +59,7 @@ class _Base(BaseModel):
 
 class _SendConfig(_Base):
     encoding: str | None = None
-    skip_preflight: bool = Field(False, alias="skipPreflight")
+    skip_preflight: bool | None = Field(None, alias="skipPreflight")
     preflight_commitment: str | None = Field(None, alias="preflightCommitment")
     max_retries: int | None = Field(None, alias="maxRetries", ge=0)
     min_context_slot: int | None = Field(None, alias="minContextSlot", ge=0)
@@ -72,20 +72,20 @@ class _SimulateAccounts(_Base):
 
 class _SimulateConfig(_Base):
     encoding: str | None = None
-    sig_verify: bool = Field(False, alias="sigVerify")
-    replace_recent_blockhash: bool = Field(False, alias="replaceRecentBlockhash")
+    sig_verify: bool | None = Field(None, alias="sigVerify")
+    replace_recent_blockhash: bool | None = Field(None, alias="replaceRecentBlockhash")
     commitment: str | None = None
     accounts: _SimulateAccounts | None = None
     min_context_slot: int | None = Field(None, alias="minContextSlot", ge=0)
 
 
 class _StatusConfig(_Base):
-    search_transaction_history: bool = Field(False, alias="searchTransactionHistory")
+    search_transaction_history: bool | None = Field(None, alias="searchTransactionHistory")
 
 
 class _TransactionConfig(_Base):
-    encoding: Literal["json", "base58", "base64"] = "json"
-    commitment: Literal["processed", "confirmed", "finalized"] = "finalized"
+    encoding: Literal["json", "base58", "base64"] | None = None
+    commitment: Literal["processed", "confirmed", "finalized"] | None = None
     max_supported_transaction_version: int | None = Field(
         None, alias="maxSupportedTransactionVersion", ge=0
     )
@@ -190,7 +190,7 @@ class TxRpc:
         tx = _wire(params, config.encoding)
         try:
             self._chain.load(tx)
-            signature = self._chain.send(tx, skip_preflight=config.skip_preflight)
+            signature = self._chain.send(tx, skip_preflight=bool(config.skip_preflight))
         except InvalidTransaction as exc:
             raise _plain_invalid(str(exc)) from None
         except SignatureFailure:
@@ -216,8 +216,8 @@ class TxRpc:
             self._chain.load(tx)
             run = self._chain.simulate(
                 tx,
-                sig_verify=config.sig_verify,
-                replace_blockhash=config.replace_recent_blockhash,
+                sig_verify=bool(config.sig_verify),
+                replace_blockhash=bool(config.replace_recent_blockhash),
             )
         except InvalidTransaction as exc:
             raise _plain_invalid(str(exc)) from None
@@ -275,7 +275,8 @@ class TxRpc:
         context = self._rpc.context(parse_config([], 0))
         values = []
         for signature in signatures:
-            landed = self._chain.status(signature, history=config.search_transaction_history)
+            history = bool(config.search_transaction_history)
+            landed = self._chain.status(signature, history=history)
             values.append(None if landed is None else self._status(landed))
         return f'{{"context":{context},"value":{json.dumps(values)}}}'
 
@@ -298,7 +299,7 @@ class TxRpc:
         if config.commitment == "processed":
             raise invalid_params("Method does not support commitment below `confirmed`")
         landed = self._chain.status(signature, history=True)
-        if landed is None or not self._chain.reached(landed, config.commitment):
+        if landed is None or not self._chain.reached(landed, config.commitment or "finalized"):
             return "null"
         tx = landed.transaction
         is_v0 = isinstance(tx.message, MessageV0)
@@ -312,7 +313,7 @@ class TxRpc:
         answer: dict[str, object] = {
             "slot": landed.slot,
             "blockTime": landed.block_time,
-            "transaction": self._encode_transaction(tx, config.encoding),
+            "transaction": self._encode_transaction(tx, config.encoding or "json"),
             "meta": {
                 "err": landed.err,
                 "status": {"Ok": None} if landed.err is None else {"Err": landed.err},

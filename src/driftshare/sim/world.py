@@ -504,20 +504,23 @@ class World:
 
     def _sync(self, item: _Perp | _Spot) -> None:
         """Adopt a market a transaction rewrote since the world last wrote it."""
-        if item.frozen:
-            return
-        stored = self._store.get(item.pubkey)
-        if stored is not None and stored.data != item.written:
-            item.market = _codec.decode(stored.data)
-            item.written = stored.data
+        data = None if item.frozen else self._rewritten(item.pubkey, item.written)
+        if data is not None:
+            item.market = _codec.decode(data)
+            item.written = data
 
     def _sync_state(self) -> None:
         if self._state_frozen:
             return
-        stored = self._store.get(self._state_pubkey)
-        if stored is not None and stored.data != self._state_written:
-            self._state = _codec.decode(stored.data)
-            self._state_written = stored.data
+        data = self._rewritten(self._state_pubkey, self._state_written)
+        if data is not None:
+            self._state = _codec.decode(data)
+            self._state_written = data
+
+    def _rewritten(self, pubkey: Pubkey, written: bytes) -> bytes | None:
+        """The bytes at ``pubkey`` if something other than the world wrote them last."""
+        stored = self._store.get(pubkey)
+        return stored.data if stored is not None and stored.data != written else None
 
     # replay helpers
 

@@ -38,7 +38,3 @@ class Call:
         if not meta.is_signer or meta.pubkey not in self.tx.signers:
             raise anchor_error("AccountNotSigner", f"{name} {meta.pubkey}")
         return meta.pubkey
-
-    def signed(self, pubkey: Pubkey) -> bool:
-        """Whether ``pubkey`` signed the transaction."""
-        return pubkey in self.tx.signers

@@ -16,7 +16,6 @@ __all__ = [
     "UNSUPPORTED",
     "anchor_error",
     "drift_error",
-    "drift_error_code",
     "unsupported",
 ]
 
@@ -31,15 +30,10 @@ ACCOUNT_IN_USE: dict[str, int] = {"Custom": 0}
 fails with."""
 
 
-def drift_error_code(name: str) -> int:
-    """The code of Drift's error ``name`` in driftpy's IDL; KeyError for an unknown name."""
-    return _DRIFT_CODES[name]
-
-
 def drift_error(name: str, message: str = "") -> InstructionFailed:
     """Drift's error ``name`` (e.g. ``InsufficientCollateral``), as ``{"Custom": code}``."""
     return InstructionFailed(
-        {"Custom": drift_error_code(name)}, f"Error Code: {name}. {message}".strip()
+        {"Custom": _DRIFT_CODES[name]}, f"Error Code: {name}. {message}".strip()
     )
 
 

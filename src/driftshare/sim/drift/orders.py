@@ -110,9 +110,11 @@ def place_perp_order(
     """Place a perp order from ``params`` (the IDL's ``OrderParams``) on ``user``.
 
     Returns the new order, or None when the program skips it without failing (``max_ts``
-    already past, or a ``TryPostOnly`` order that would take). Marks the user changed.
+    already past, or a ``TryPostOnly`` order that would take). Marks the user changed: even a
+    skipped order may have expired others and used an order id, as in the program.
     """
     now, slot = books.now, books.slot
+    books.mark(user_pubkey)
     if expire_first:
         expire_orders(user, now)
     if user.status & _USER_REDUCE_ONLY and not params.reduce_only:
@@ -200,19 +202,15 @@ def place_perp_order(
     user.orders[slot_index] = order
     position.open_orders += 1
     change_open_orders(position, order.direction, base)
-    books.mark(user_pubkey)
 
     if check_margin:
         require_margin(books, user_pubkey, user, initial=risk_increasing)
     if force_reduce_only:
         _check_force_reduce_only(order, position.base_asset_amount)
     if amm.max_open_interest != 0 and risk_increasing:
-        side = (
-            amm.base_asset_amount_long
-            if direction_sign(order.direction) > 0
-            else (amm.base_asset_amount_short)
-        )
-        if abs(side + direction_sign(order.direction) * base) > amm.max_open_interest:
+        sign = direction_sign(order.direction)
+        side = amm.base_asset_amount_long if sign > 0 else amm.base_asset_amount_short
+        if abs(side + sign * base) > amm.max_open_interest:
             raise drift_error("MaxOpenInterest", f"market {order.market_index}")
     user.last_active_slot = slot
     user.idle = False
@@ -250,7 +248,7 @@ def _validate(order: Any, market: Any, model: FillModel, oracle_price: int, trig
         if order.price != 0 and order.oracle_price_offset != 0:
             raise drift_error("InvalidOrderLimitPrice", "oracle offset limit order has a price")
         tick = amm.order_tick_size
-        if order.post_only and model.fill_price(order, oracle_price, tick, rest=False):
+        if order.post_only and model.crosses(order, oracle_price, tick):
             raise _WouldTake
     else:
         if order.post_only:

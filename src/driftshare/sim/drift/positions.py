@@ -180,34 +180,13 @@ def apply_fill(position: Any, market: Any, base_delta: int, quote_delta: int) ->
     elif kind == "close":
         market.number_of_users_with_base = max(0, market.number_of_users_with_base - 1)
     amm.quote_asset_amount += quote_delta
-    side_long = new_base > 0 if kind in ("open", "increase") else base > 0
-    if kind in ("open", "increase", "reduce", "close"):
-        entry_change = quote_delta if kind in ("open", "increase") else new_entry - entry
-        break_even_change = (
-            quote_delta if kind in ("open", "increase") else new_break_even - break_even
-        )
-        if side_long:
-            amm.base_asset_amount_long += base_delta
-            amm.quote_entry_amount_long += entry_change
-            amm.quote_break_even_amount_long += break_even_change
-        else:
-            amm.base_asset_amount_short += base_delta
-            amm.quote_entry_amount_short += entry_change
-            amm.quote_break_even_amount_short += break_even_change
-    elif new_base > 0:
-        amm.base_asset_amount_short -= base
-        amm.base_asset_amount_long += new_base
-        amm.quote_entry_amount_short -= entry
-        amm.quote_entry_amount_long += new_entry
-        amm.quote_break_even_amount_short -= break_even
-        amm.quote_break_even_amount_long += new_break_even
+    if kind in ("open", "increase"):
+        _move_side(amm, new_base > 0, base_delta, quote_delta, quote_delta)
+    elif kind in ("reduce", "close"):
+        _move_side(amm, base > 0, base_delta, new_entry - entry, new_break_even - break_even)
     else:
-        amm.base_asset_amount_long -= base
-        amm.base_asset_amount_short += new_base
-        amm.quote_entry_amount_long -= entry
-        amm.quote_entry_amount_short += new_entry
-        amm.quote_break_even_amount_long -= break_even
-        amm.quote_break_even_amount_short += new_break_even
+        _move_side(amm, base > 0, -base, -entry, -break_even)
+        _move_side(amm, new_base > 0, new_base, new_entry, new_break_even)
 
     if kind == "close":
         position.last_cumulative_funding_rate = 0
@@ -221,6 +200,17 @@ def apply_fill(position: Any, market: Any, base_delta: int, quote_delta: int) ->
     position.quote_break_even_amount = new_break_even
     _count_users(market, position, before_empty)
     return pnl
+
+
+def _move_side(amm: Any, long: bool, base: int, entry: int, break_even: int) -> None:
+    """Add to the AMM's totals of its long or its short side."""
+    side = "long" if long else "short"
+    for field_name, delta in (
+        (f"base_asset_amount_{side}", base),
+        (f"quote_entry_amount_{side}", entry),
+        (f"quote_break_even_amount_{side}", break_even),
+    ):
+        setattr(amm, field_name, getattr(amm, field_name) + delta)
 
 
 def direction_sign(direction: Any) -> int:

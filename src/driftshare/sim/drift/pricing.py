@@ -2,12 +2,12 @@
 
 - The market quotes ``oracle * (1 - spread)`` to sell and ``oracle * (1 + spread)`` to buy
   (``fill_spread_bps``), rounded outward to the market's tick, with unlimited size.
-- A *taking* order fills in full at that quote: a market order, an oracle order, or a limit
-  order (not post-only) whose price reaches the quote. ``place_and_take_perp_order`` takes at
-  once; an order placed with ``place_perp_order`` or ``place_orders`` is taken on the next slot,
-  as a keeper would.
-- A *resting* limit order fills in full at its own price on the first slot whose oracle price
-  reaches it (at or below a bid, at or above an ask).
+- A *taking* order fills in full at that quote: a market order or an oracle order whenever its
+  limit (if any) allows, and a limit order (not post-only) whose price reaches the quote when it
+  arrives. ``place_and_take_perp_order`` takes at once; an order placed with
+  ``place_perp_order`` or ``place_orders`` arrives on the next slot, when a keeper would fill it.
+- A limit order that did not take *rests*, and fills in full at its own price on the first
+  slot whose oracle price reaches it (at or below a bid, at or above an ask).
 - Reduce-only orders fill at most the position they reduce, and are canceled once it is gone;
   orders past their ``max_ts`` are canceled instead of filled. No fees are charged.
 
@@ -51,19 +51,29 @@ class FillModel:
         price: int = order.price
         return price if price > 0 else None
 
-    def fill_price(self, order: Any, oracle_price: int, tick: int, *, rest: bool) -> int | None:
-        """The price ``order`` fills at now, or None if it does not fill.
-
-        A taking order fills at the market's quote; with ``rest``, a limit order that does not
-        take fills at its own price once the oracle reaches it.
-        """
+    def crosses(self, order: Any, oracle_price: int, tick: int) -> bool:
+        """Whether the order's limit reaches the market's quote (a market order always does)."""
         sign = direction_sign(order.direction)
         limit = self.limit_price(order, oracle_price)
         bid, ask = self.quotes(oracle_price, tick)
-        quote = ask if sign > 0 else bid
-        if not order.post_only and (limit is None or (limit - quote) * sign >= 0):
-            return quote
+        return limit is None or (limit - (ask if sign > 0 else bid)) * sign >= 0
+
+    def fill_price(
+        self, order: Any, oracle_price: int, tick: int, *, arriving: bool, rest: bool
+    ) -> int | None:
+        """The price ``order`` fills at now, or None if it does not fill.
+
+        An ``arriving`` limit order (one the market has not yet seen) takes at the market's
+        quote if its price reaches it; market and oracle orders always may. With ``rest``, a
+        limit order that does not take fills at its own price once the oracle reaches it.
+        """
+        sign = direction_sign(order.direction)
         kind = variant_name(order.order_type)
+        may_take = not order.post_only and (arriving or kind != "Limit")
+        if may_take and self.crosses(order, oracle_price, tick):
+            bid, ask = self.quotes(oracle_price, tick)
+            return ask if sign > 0 else bid
+        limit = self.limit_price(order, oracle_price)
         if rest and kind == "Limit" and limit is not None and (limit - oracle_price) * sign >= 0:
             return limit
         return None

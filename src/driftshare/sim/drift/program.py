@@ -155,7 +155,8 @@ class DriftProgram:
         if order is not None:
             market = books.perp_market(order.market_index)
             oracle = books.perp_oracle(order.market_index).price
-            price = self.model.fill_price(order, oracle, market.amm.order_tick_size, rest=False)
+            tick = market.amm.order_tick_size
+            price = self.model.fill_price(order, oracle, tick, arriving=True, rest=False)
             if price is not None:
                 filled = fill_order(books, user_key, user, order, price)
             if orders.is_open(order) and order.immediate_or_cancel:
@@ -168,17 +169,17 @@ class DriftProgram:
         if success == _PLACE_AND_TAKE_FULL and (filled == 0 or unfilled):
             raise drift_error("PlaceAndTakeOrderSuccessConditionFailed", "no full fill")
 
-    def _cancel_order(self, call: Call) -> None:
-        user_key, user = self._user(call)
-        order_id = call.args.order_id
+    @staticmethod
+    def _by_order_id(user: Any, order_id: int | None) -> tuple[Any, str]:
+        """The open order ``order_id`` (None: the last placed) or None, and how to name it."""
         if order_id is None:
             order_id = user.next_order_id - 1 if user.next_order_id > 1 else 2**32 - 1
-        order = next((o for o in user.orders if o.order_id == order_id and orders.is_open(o)), None)
-        if order is None:
-            call.books.log(f"could not find order id {order_id}")
-            return
-        orders.cancel_order(user, order)
-        self._touched(call, user_key, user)
+        found = next((o for o in user.orders if o.order_id == order_id and orders.is_open(o)), None)
+        return found, f"order id {order_id}"
+
+    def _cancel_order(self, call: Call) -> None:
+        user_key, user = self._user(call)
+        self._cancel(call, user_key, user, *self._by_order_id(user, call.args.order_id))
 
     def _cancel_order_by_user_id(self, call: Call) -> None:
         user_key, user = self._user(call)
@@ -186,11 +187,7 @@ class DriftProgram:
         # The program takes the first order with this id whatever its status, so an old
         # filled or canceled order ahead of the open one fails with OrderNotOpen.
         order = next((o for o in user.orders if o.user_order_id == user_order_id), None)
-        if order is None:
-            call.books.log(f"could not find user order id {user_order_id}")
-            return
-        orders.cancel_order(user, order)
-        self._touched(call, user_key, user)
+        self._cancel(call, user_key, user, order, f"user order id {user_order_id}")
 
     def _cancel_orders(self, call: Call) -> None:
         user_key, user = self._user(call)
@@ -218,11 +215,7 @@ class DriftProgram:
 
     def _modify_order(self, call: Call) -> None:
         user_key, user = self._user(call)
-        order_id = call.args.order_id
-        if order_id is None:
-            order_id = user.next_order_id - 1 if user.next_order_id > 1 else 2**32 - 1
-        found = next((o for o in user.orders if o.order_id == order_id and orders.is_open(o)), None)
-        self._modify(call, user_key, user, found, f"order id {order_id}")
+        self._modify(call, user_key, user, *self._by_order_id(user, call.args.order_id))
 
     def _modify_order_by_user_id(self, call: Call) -> None:
         user_key, user = self._user(call)
@@ -250,6 +243,14 @@ class DriftProgram:
             )
         self._watched[user_key] = None
 
+    def _cancel(self, call: Call, user_key: Pubkey, user: Any, order: Any, what: str) -> None:
+        """Cancel ``order``; a missing one is only logged, as the program does."""
+        if order is None:
+            call.books.log(f"could not find {what}")
+            return
+        orders.cancel_order(user, order)
+        self._touched(call, user_key, user)
+
     @staticmethod
     def _touched(call: Call, user_key: Pubkey, user: Any) -> None:
         """Record that a cancel changed ``user`` (margin is checked only on placing)."""
@@ -264,34 +265,49 @@ class DriftProgram:
         Run once a slot after the oracles moved; writes straight into ``store``, as a landed
         keeper transaction would.
         """
+        # Read-only first: most users' orders do not fill in most slots, and copying a User
+        # out to change it costs more than looking.
+        look = Books(store, slot=store.slot, now=now)
         for user_key in list(self._watched):
             account = store.get(user_key)
-            if account is None:
+            pending = [] if account is None else open_perp_orders(decoded_view(account.data))
+            if not pending:
                 del self._watched[user_key]
                 continue
-            if not open_perp_orders(decoded_view(account.data)):
-                del self._watched[user_key]
-                continue
-            books = Books(store, slot=store.slot, now=now)
             try:
+                due = (self._fill_price(look, o) is not None or _expired(o, now) for o in pending)
+                if not any(due):
+                    continue
+                books = Books(store, slot=store.slot, now=now)
                 self._fill_user(books, user_key, now)
             except (InstructionFailed, LookupError) as exc:
-                log.warning("cannot fill the orders of %s: %s", user_key, exc)
+                log.debug("cannot fill the orders of %s: %s", user_key, exc)
                 continue
             books.commit()
 
     def _fill_user(self, books: Books, user_key: Pubkey, now: int) -> None:
         user = books.load(user_key, "User")
+        if any(_expired(o, now) for o in open_perp_orders(user)):
+            orders.expire_orders(user, now)
+            books.mark(user_key)
         for order in open_perp_orders(user):
-            if order.max_ts != 0 and now > order.max_ts:
-                orders.cancel_order(user, order)
-                books.mark(user_key)
-                continue
-            market = books.perp_market(order.market_index)
-            oracle = books.perp_oracle(order.market_index).price
-            price = self.model.fill_price(order, oracle, market.amm.order_tick_size, rest=True)
+            price = self._fill_price(books, order)
             if price is not None:
                 fill_order(books, user_key, user, order, price)
+
+    def _fill_price(self, books: Books, order: Any) -> int | None:
+        """The price a keeper fills ``order`` at this slot, or None."""
+        tick = books.perp_market(order.market_index).amm.order_tick_size
+        oracle = books.perp_oracle(order.market_index).price
+        # An order placed since the last slot reaches the market now, as a keeper's fill
+        # would take it; one that already saw a slot rests.
+        arriving = order.slot >= books.slot - 1
+        return self.model.fill_price(order, oracle, tick, arriving=arriving, rest=True)
+
+
+def _expired(order: Any, now: int) -> bool:
+    max_ts: int = order.max_ts
+    return max_ts != 0 and now > max_ts
 
 
 def _camel(name: str) -> str:
