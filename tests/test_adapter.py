@@ -128,6 +128,16 @@ async def test_get_all_perp_markets_equals_ground_truth(
     ]
 
 
+async def test_mark_price_and_perp_market_symbols(
+    adapter: DriftAdapter, truth: GroundTruth
+) -> None:
+    assert await adapter.get_perp_markets() == [truth.market(i).symbol for i in truth.indexes()]
+    for index in truth.indexes():
+        assert await adapter.get_mark_price(index) == truth.market(index).mark_price
+    assert await adapter.get_mark_price("sol") == truth.market(0).mark_price
+    assert await adapter.get_mark_price("NOPE-PERP") is None
+
+
 async def test_get_time_to_funding(
     adapter: DriftAdapter, truth: GroundTruth, frozen_now: float
 ) -> None:

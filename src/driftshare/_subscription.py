@@ -60,6 +60,9 @@ log = logging.getLogger(__name__)
 SubscriptionMode = Literal["websocket", "polling"]
 
 _MAX_MARKET_INDEX = 512
+_SUBSCRIBE_ANSWER_S = 5.0
+"""How long a watched account's subscription may wait for its id."""
+_SUBSCRIBE_POLL_S = 0.005
 
 
 @dataclass
@@ -619,11 +622,28 @@ class WebsocketSubscriber(WebsocketDriftClientAccountSubscriber):  # type: ignor
             return  # watched already: a second accountSubscribe would never be unsubscribed
         initial = DataAndSlot(record.slot, record.data)
         await self.oracle_subscriber.add_account(key, bytes, initial)
+        await self._settled(key)
+
+    async def _settled(self, key: Pubkey) -> None:
+        """Wait (bounded) until ``key``'s subscription is no longer awaiting its id.
+
+        driftpy can only unsubscribe an account whose id it holds, and offers no event for
+        its arrival: one unsubscribed while pending would stay subscribed until the socket
+        closes. Polled, as the answer comes within one round trip.
+        """
+        oracles = self.oracle_subscriber
+        deadline = asyncio.get_running_loop().time() + _SUBSCRIBE_ANSWER_S
+        while key in oracles.pending_subscriptions and oracles.ws is not None:
+            if asyncio.get_running_loop().time() > deadline:
+                log.debug("no subscription id for %s within %.0f s", key, _SUBSCRIBE_ANSWER_S)
+                return
+            await asyncio.sleep(_SUBSCRIBE_POLL_S)
 
     async def unwatch_account(self, pubkey: str) -> None:
         """Unsubscribe an account :meth:`watch_account` subscribed."""
         key = Pubkey.from_string(pubkey)
         oracles = self.oracle_subscriber
+        await self._settled(key)
         await oracles.remove_account(key)
         # driftpy removes only a subscription the RPC has confirmed: one still pending would
         # be subscribed again at the next reconnect.

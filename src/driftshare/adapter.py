@@ -25,13 +25,12 @@ from driftshare._accounts.hosts import signer_client
 from driftshare._accounts.reads import missing_status
 from driftshare._freshness import Confirmer
 from driftshare._ledger import AccountLedger
-from driftshare._lifecycle import load_keypair
 from driftshare._marketdata import ClientSource, MarketDataReader, MarketSource
 from driftshare._subscription import AccountTap, WebsocketSubscriber, discover_markets, post_batch
 from driftshare._sync import LoopThread
 from driftshare._tx.writes import AdapterWrites
 from driftshare.config import PUBLIC_RPC_URLS, Network, Settings, redact_url
-from driftshare.manager import DriftClientManager
+from driftshare.manager import DriftClientManager, configured_signer
 
 __all__ = ["DriftAdapter"]
 
@@ -147,12 +146,6 @@ class _PrivateClient:
                 await subscriber.unsubscribe()
         with suppress(Exception):
             await self.connection.close()
-
-
-def _default_signer() -> Keypair | None:
-    """``DRIFT_KEYPAIR``, or None when it is not set (ValueError when it is unreadable)."""
-    settings = DriftClientManager.settings()
-    return None if settings.keypair is None else load_keypair(settings)
 
 
 def _identity(signer: Keypair | None, sub_account: int) -> tuple[Pubkey | None, int]:
@@ -279,7 +272,8 @@ class DriftAdapter(AdapterWrites):
         async with self._guard():
             self._loop = asyncio.get_running_loop()
             try:
-                signer = wallet if wallet is not None else _default_signer()
+                settings = DriftClientManager.settings()
+                signer = wallet if wallet is not None else configured_signer(settings)
             except ValueError as exc:  # a bad DRIFT_KEYPAIR: no retry can fix it
                 self._problem = str(exc)
                 log.error("cannot connect: %s", exc)
