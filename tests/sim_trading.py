@@ -47,8 +47,6 @@ async def ticking(sim: Simulator, every_s: float = 0.02) -> AsyncIterator[None]:
 async def open_wallet(sim: Simulator, settings: Settings, *, subs: int, usdc: float) -> Keypair:
     """A new wallet with SOL, ``usdc`` in its token account and Drift users 0..``subs``-1,
     created by transactions (the chain must be ticking)."""
-    if sim.world is not None and sim.programs.get(DRIFT_PROGRAM_ID) is None:
-        sim.programs.register(DRIFT_PROGRAM_ID, sim.world.program)
     wallet = Keypair()
     owner = str(wallet.pubkey())
     async with httpx.AsyncClient() as http:

@@ -269,3 +269,20 @@ async def test_an_engine_calling_driftpy_itself_takes_the_shared_path(chain: Sim
         assert after.get("getAccountInfo", 0) == before.get("getAccountInfo", 0)
     finally:
         await adapter.disconnect()
+
+
+async def test_an_order_landing_after_its_max_ts_does_not_act(chain: Simulator) -> None:
+    DriftClientManager.configure(rpc_url=chain.http_url, **{**TX_SETTINGS, "tx_timeout_s": 1.0})
+    wallet = await open_wallet(chain, DriftClientManager.settings(), subs=1, usdc=1_000)
+    adapter = await connected(wallet, 0)
+    try:
+        assert (await adapter.deposit(500))["status"] == "confirmed"
+        price = await resting_bid(adapter)
+        landed = _landed(chain, wallet)
+        chain.faults.delay_landing(2.5)  # past max_ts, within the blockhash
+        bid = await adapter.place_perp_order(0, "long", 0.5, "LIMIT", price=price)
+        assert bid["status"] == "unknown", bid  # the sender gave up before it landed
+        await eventually(lambda: _landed(chain, wallet) == landed + 1, "the late copy lands")
+        assert open_user_order_ids(chain, wallet, 0) == []
+    finally:
+        await adapter.disconnect()
