@@ -22,7 +22,8 @@ from driftshare._tx import PathTxSender
 from driftshare.manager import DriftClientManager
 from driftshare.sim import Simulator
 from driftshare.sim.pytest_plugin import SimulatorFactory
-from sim_trading import open_user_order_ids, open_wallet, orders_placed, ticking
+from driftshare.sim.wallets import open_wallet
+from sim_trading import open_user_order_ids, orders_placed, ticking
 
 TX_SETTINGS: dict[str, Any] = {
     "health_interval_s": 3600,
@@ -65,7 +66,7 @@ async def test_writes_land_once_and_the_next_read_reflects_them(
     chain: Simulator, use_singleton: bool
 ) -> None:
     settings = DriftClientManager.settings()
-    wallet = await open_wallet(chain, settings, subs=1, usdc=1_000)
+    wallet = await open_wallet(chain.http_url, settings, subs=1, usdc=1_000)
     adapter = await connected(wallet, 0, use_singleton=use_singleton)
     try:
         deposit = await adapter.deposit(500)
@@ -141,7 +142,7 @@ async def test_every_trading_fault_lands_the_order_exactly_once(
     DriftClientManager.configure(
         rpc_url=chain.http_url, request_timeout_s=1.0, call_deadline_s=2.0, **TX_SETTINGS
     )
-    wallet = await open_wallet(chain, DriftClientManager.settings(), subs=1, usdc=1_000)
+    wallet = await open_wallet(chain.http_url, DriftClientManager.settings(), subs=1, usdc=1_000)
     adapter = await connected(wallet, 0)
     try:
         assert (await adapter.deposit(500))["status"] == "confirmed"
@@ -167,7 +168,7 @@ async def test_every_trading_fault_lands_the_order_exactly_once(
 async def test_a_write_whose_sends_all_vanish_is_unknown_and_never_signed_again(
     chain: Simulator,
 ) -> None:
-    wallet = await open_wallet(chain, DriftClientManager.settings(), subs=1, usdc=1_000)
+    wallet = await open_wallet(chain.http_url, DriftClientManager.settings(), subs=1, usdc=1_000)
     adapter = await connected(wallet, 0)
     try:
         assert (await adapter.deposit(500))["status"] == "confirmed"
@@ -188,7 +189,7 @@ async def test_a_write_whose_sends_all_vanish_is_unknown_and_never_signed_again(
 
 
 async def test_a_refused_order_is_failed_with_drifts_error_name(chain: Simulator) -> None:
-    wallet = await open_wallet(chain, DriftClientManager.settings(), subs=1, usdc=1_000)
+    wallet = await open_wallet(chain.http_url, DriftClientManager.settings(), subs=1, usdc=1_000)
     adapter = await connected(wallet, 0)
     try:
         # No collateral: the program refuses the order for margin.
@@ -210,8 +211,8 @@ async def test_five_engines_on_two_wallets_trade_at_once_through_one_client(
     chain: Simulator,
 ) -> None:
     settings = DriftClientManager.settings()
-    first = await open_wallet(chain, settings, subs=4, usdc=4_000)
-    second = await open_wallet(chain, settings, subs=1, usdc=1_000)
+    first = await open_wallet(chain.http_url, settings, subs=4, usdc=4_000)
+    second = await open_wallet(chain.http_url, settings, subs=1, usdc=1_000)
     engines = [(first, sub) for sub in range(4)] + [(second, 0)]
     adapters = [await connected(wallet, sub) for wallet, sub in engines]
     try:
@@ -232,8 +233,9 @@ async def test_five_engines_on_two_wallets_trade_at_once_through_one_client(
         assert [c["status"] for c in cancels] == ["confirmed"] * 5
         assert all(open_user_order_ids(chain, w, s) == [] for w, s in engines)
         assert DriftClientManager.stats()["references"] == 5
-        # Every write landed once: the set-up, then a deposit, an order and a cancel each.
-        assert _landed(chain, first) == 1 + 4 * 3
+        # Every write landed once: the set-up (UserStats and 4 users: 2 transactions), then
+        # a deposit, an order and a cancel each.
+        assert _landed(chain, first) == 2 + 4 * 3
         assert _landed(chain, second) == 1 + 3
     finally:
         for adapter in adapters:
@@ -243,7 +245,7 @@ async def test_five_engines_on_two_wallets_trade_at_once_through_one_client(
 
 
 async def test_an_engine_calling_driftpy_itself_takes_the_shared_path(chain: Simulator) -> None:
-    wallet = await open_wallet(chain, DriftClientManager.settings(), subs=1, usdc=1_000)
+    wallet = await open_wallet(chain.http_url, DriftClientManager.settings(), subs=1, usdc=1_000)
     adapter = await connected(wallet, 0)
     try:
         account = adapter.account
@@ -273,7 +275,7 @@ async def test_an_engine_calling_driftpy_itself_takes_the_shared_path(chain: Sim
 
 async def test_an_order_landing_after_its_max_ts_does_not_act(chain: Simulator) -> None:
     DriftClientManager.configure(rpc_url=chain.http_url, **{**TX_SETTINGS, "tx_timeout_s": 1.0})
-    wallet = await open_wallet(chain, DriftClientManager.settings(), subs=1, usdc=1_000)
+    wallet = await open_wallet(chain.http_url, DriftClientManager.settings(), subs=1, usdc=1_000)
     adapter = await connected(wallet, 0)
     try:
         assert (await adapter.deposit(500))["status"] == "confirmed"
