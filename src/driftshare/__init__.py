@@ -2,11 +2,12 @@
 
 from driftshare._logging import install_log_redaction
 from driftshare._metrics import REGISTRY as METRICS_REGISTRY
+from driftshare._tx import TransactionFailed, TransactionNotConfirmed, TransactionUnknown
 from driftshare.adapter import DriftAdapter
 from driftshare.config import ConfigError, Settings, load_settings, redact_url
 from driftshare.feed import DriftFundingFeed, FundingInfo
 from driftshare.manager import DriftClientManager
-from driftshare.models import FundingRateData, MarketData
+from driftshare.models import FundingRateData, MarketData, TxResult
 
 __all__ = [
     "METRICS_REGISTRY",
@@ -18,6 +19,10 @@ __all__ = [
     "FundingRateData",
     "MarketData",
     "Settings",
+    "TransactionFailed",
+    "TransactionNotConfirmed",
+    "TransactionUnknown",
+    "TxResult",
     "load_settings",
     "redact_url",
 ]
