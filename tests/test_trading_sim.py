@@ -18,12 +18,13 @@ from solders.keypair import Keypair
 
 from conftest import eventually
 from driftshare import DriftAdapter
+from driftshare._engines import FundingEngine
 from driftshare._tx import PathTxSender
 from driftshare.manager import DriftClientManager
 from driftshare.sim import Simulator
 from driftshare.sim.pytest_plugin import SimulatorFactory
 from driftshare.sim.wallets import open_wallet
-from sim_trading import open_user_order_ids, orders_placed, ticking
+from sim_trading import open_user_order_ids, orders_placed, ticking, user_account
 
 TX_SETTINGS: dict[str, Any] = {
     "health_interval_s": 3600,
@@ -288,3 +289,29 @@ async def test_an_order_landing_after_its_max_ts_does_not_act(chain: Simulator) 
         assert open_user_order_ids(chain, wallet, 0) == []
     finally:
         await adapter.disconnect()
+
+
+async def test_the_funding_engine_opens_and_closes_delta_neutral_legs(chain: Simulator) -> None:
+    wallet = await open_wallet(chain.http_url, DriftClientManager.settings(), subs=1, usdc=10_000)
+    engine = FundingEngine()
+    engine.trade_with(wallet)
+    assert await engine.adapter.connect(wallet)  # as start() does, without the ticking task
+    try:
+        await engine.run_once()  # deposits
+        assert engine.orders["confirmed"] == 1, engine.last_error
+        await engine.run_once()  # opens two legs, opposite sides of the same notional
+        assert engine.orders["confirmed"] + engine.orders["failed"] == 3
+        assert engine.orders["unknown"] == 0
+        held = {
+            p.market_index: p.base_asset_amount > 0
+            for p in user_account(chain, wallet, 0).perp_positions
+            if p.base_asset_amount
+        }
+        # What the engine believes it holds is what the chain holds.
+        assert len(held) == engine.orders["confirmed"] - 1
+        if len(held) == 2:
+            assert held[0] != held[1]
+        await engine.run_once()  # closes them
+        assert not any(p.base_asset_amount for p in user_account(chain, wallet, 0).perp_positions)
+    finally:
+        await engine.stop()
