@@ -200,6 +200,22 @@ async def test_a_refused_order_is_failed_with_drifts_error_name(chain: Simulator
         assert bid["status"] == "failed", bid
         assert bid["error"] == "InsufficientCollateral"
         assert orders_placed(chain, wallet, 0) == 0
+        # Writes that cannot be built fail before anything is signed, never raising.
+        nan = float("nan")
+        refused = {
+            "InvalidDirection": adapter.place_perp_order(0, "sideways", 1.0),
+            "InvalidOrderType": adapter.place_perp_order(0, "long", 1.0, "STOP"),
+            "InvalidOrderPrice": adapter.place_perp_order(0, "long", 1.0, "LIMIT", price=nan),
+            "InvalidOrderSize": adapter.place_perp_order(0, "long", float("inf")),
+            "UnknownMarket": adapter.place_perp_order("NOPE-PERP", "long", 1.0),
+            "InvalidAmount": adapter.deposit(nan),
+            "NoPosition": adapter.close_position(0),
+        }
+        for name, write in refused.items():
+            result = await write
+            assert result["status"] == "failed", result
+            assert result["error"].startswith(name), result
+            assert result["signatures"] == []
     finally:
         await adapter.disconnect()
 

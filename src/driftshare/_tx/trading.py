@@ -9,6 +9,7 @@ sub-account's reads reflect it.
 from __future__ import annotations
 
 import logging
+import math
 import time
 from collections.abc import Callable
 from typing import Any
@@ -100,7 +101,9 @@ class Trader:
             problem = f"InvalidOrderType: {order_type!r} (MARKET or LIMIT)"
         elif kind is OrderType.Limit and price is None:
             problem = "InvalidOrderPrice: a LIMIT order needs a price"
-        elif not size > 0:
+        elif price is not None and not _positive(price):
+            problem = f"InvalidOrderPrice: {price!r} (a positive price)"
+        elif not _positive(size):
             problem = f"InvalidOrderSize: {size!r} (a positive base amount)"
         if problem is not None or index is None or side is None or kind is None:
             return failed_before_sending(problem or "InvalidOrder", user_order_id)
@@ -226,7 +229,7 @@ class Trader:
         spot = self.account.client.get_spot_market_account(_QUOTE_SPOT_MARKET)
         if spot is None:
             return failed_before_sending("MarketUnavailable: the USDC spot market")
-        units = round(amount * 10 ** int(spot.decimals))
+        units = round(amount * 10 ** int(spot.decimals)) if _positive(amount) else 0
         if units <= 0:
             return failed_before_sending(f"InvalidAmount: {amount!r} (a positive USDC amount)")
         sub = self.account.sub_account_id
@@ -271,6 +274,10 @@ class Trader:
             reflected = await account.wait_for_slot(result.slot, self.read_timeout_s)
             result = result.model_copy(update={"reflected": reflected})
         return result
+
+
+def _positive(value: float) -> bool:
+    return isinstance(value, int | float) and math.isfinite(value) and value > 0
 
 
 def _collateral_ixs(client: DriftClient, kind: str, units: int, sub: int) -> list[Instruction]:
