@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import AsyncIterator, Callable, Coroutine
+from contextlib import asynccontextmanager
 from typing import Any
 
 import pytest
@@ -53,6 +54,18 @@ async def connected(wallet: Keypair, sub: int, *, use_singleton: bool = True) ->
     adapter = DriftAdapter(use_singleton=use_singleton)
     assert await adapter.connect(wallet, sub), adapter.verify_drift_account
     return adapter
+
+
+@asynccontextmanager
+async def funded_engine(chain: Simulator) -> AsyncIterator[tuple[Keypair, DriftAdapter]]:
+    """A new wallet's sub-account 0 with 500 USDC deposited, its adapter connected."""
+    wallet = await open_wallet(chain.http_url, DriftClientManager.settings(), subs=1, usdc=1_000)
+    adapter = await connected(wallet, 0)
+    try:
+        assert (await adapter.deposit(500))["status"] == "confirmed"
+        yield wallet, adapter
+    finally:
+        await adapter.disconnect()
 
 
 async def resting_bid(adapter: DriftAdapter) -> float:
@@ -143,10 +156,7 @@ async def test_every_trading_fault_lands_the_order_exactly_once(
     DriftClientManager.configure(
         rpc_url=chain.http_url, request_timeout_s=1.0, call_deadline_s=2.0, **TX_SETTINGS
     )
-    wallet = await open_wallet(chain.http_url, DriftClientManager.settings(), subs=1, usdc=1_000)
-    adapter = await connected(wallet, 0)
-    try:
-        assert (await adapter.deposit(500))["status"] == "confirmed"
+    async with funded_engine(chain) as (wallet, adapter):
         price = await resting_bid(adapter)
         landed_before = _landed(chain, wallet)
         inject, fewest_sends = FAULTS[fault]
@@ -162,17 +172,12 @@ async def test_every_trading_fault_lands_the_order_exactly_once(
         assert _landed(chain, wallet) == landed_before + 1
         assert bid["signatures"] == [bid["signature"]]
         assert bid["sends"] >= fewest_sends
-    finally:
-        await adapter.disconnect()
 
 
 async def test_a_write_whose_sends_all_vanish_is_unknown_and_never_signed_again(
     chain: Simulator,
 ) -> None:
-    wallet = await open_wallet(chain.http_url, DriftClientManager.settings(), subs=1, usdc=1_000)
-    adapter = await connected(wallet, 0)
-    try:
-        assert (await adapter.deposit(500))["status"] == "confirmed"
+    async with funded_engine(chain) as (wallet, adapter):
         price = await resting_bid(adapter)
         shared = DriftClientManager.shared_state()
         assert shared is not None
@@ -185,8 +190,6 @@ async def test_a_write_whose_sends_all_vanish_is_unknown_and_never_signed_again(
         assert bid["signatures"] == [bid["signature"]]
         assert bid["sends"] > 1  # resent, always the same bytes: one signature
         assert orders_placed(chain, wallet, 0) == 0
-    finally:
-        await adapter.disconnect()
 
 
 async def test_a_refused_order_is_failed_with_drifts_error_name(chain: Simulator) -> None:
@@ -292,10 +295,7 @@ async def test_an_engine_calling_driftpy_itself_takes_the_shared_path(chain: Sim
 
 async def test_an_order_landing_after_its_max_ts_does_not_act(chain: Simulator) -> None:
     DriftClientManager.configure(rpc_url=chain.http_url, **{**TX_SETTINGS, "tx_timeout_s": 1.0})
-    wallet = await open_wallet(chain.http_url, DriftClientManager.settings(), subs=1, usdc=1_000)
-    adapter = await connected(wallet, 0)
-    try:
-        assert (await adapter.deposit(500))["status"] == "confirmed"
+    async with funded_engine(chain) as (wallet, adapter):
         price = await resting_bid(adapter)
         landed = _landed(chain, wallet)
         chain.faults.delay_landing(2.5)  # past max_ts, within the blockhash
@@ -303,8 +303,6 @@ async def test_an_order_landing_after_its_max_ts_does_not_act(chain: Simulator) 
         assert bid["status"] == "unknown", bid  # the sender gave up before it landed
         await eventually(lambda: _landed(chain, wallet) == landed + 1, "the late copy lands")
         assert open_user_order_ids(chain, wallet, 0) == []
-    finally:
-        await adapter.disconnect()
 
 
 async def test_the_funding_engine_opens_and_closes_delta_neutral_legs(chain: Simulator) -> None:
