@@ -27,6 +27,7 @@ class FundingEngine(Engine):
     notional_usd = 50.0
     """Each leg of a trade, in USD."""
     collateral_usd = 1_000.0
+    hedge_market = "SOL-PERP"
 
     def __init__(self, **options: Any) -> None:
         super().__init__(**options)
@@ -42,8 +43,8 @@ class FundingEngine(Engine):
 
     def trade_with(self, wallet: Keypair) -> None:
         """Trade with ``wallet``'s sub-account 0 (call before :meth:`start`): each tick closes
-        the legs it holds, or opens two: the collecting side of the largest funding and the
-        opposite side, of the same notional, on the smallest."""
+        the legs it holds, or opens two of the same notional: the collecting side of the
+        largest funding and the opposite side on :attr:`hedge_market`."""
         self.wallet = wallet
         self.trading = True
 
@@ -73,26 +74,34 @@ class FundingEngine(Engine):
             best.market, action, best.rate_annual, f"APR {best.rate_annual:+.2f}% funding"
         )
 
-    async def _trade(self, best: FundingInfo, hedge: FundingInfo, action: str) -> None:
+    async def _trade(self, best: FundingInfo, quietest: FundingInfo, action: str) -> None:
         if not self._funded:
             self._funded = await self._write(self.adapter.deposit(self.collateral_usd))
             return
         if self._legs:
+            # Last opened, first closed: the hedge (opened first) goes last.
             legs, self._legs = self._legs, []
-            for market in legs:
+            for market in reversed(legs):
                 await self._write(self.adapter.close_position(market))
             return
-        if action == "no_edge" or best.market == hedge.market:
+        if action == "no_edge":
             return
         side = "short" if action == "collect_short" else "long"
         opposite = "long" if side == "short" else "short"
-        for market, direction in ((best.market, side), (hedge.market, opposite)):
+        # The hedge is SOL-PERP, the deepest market, unless the funding is there: then the
+        # market with the smallest funding.
+        if best.market == self.hedge_market:
+            plan = [(best.market, side), (quietest.market, opposite)]
+        else:
+            plan = [(self.hedge_market, opposite), (best.market, side)]
+        for market, direction in plan:
             price = await self.adapter.get_mark_price(market)
             if not price:
-                continue
+                return
             order = self.adapter.place_perp_order(market, direction, self.notional_usd / price)
-            if await self._write(order):
-                self._legs.append(market)
+            if not await self._write(order):
+                return  # one leg alone is not delta-neutral: the next tick closes it
+            self._legs.append(market)
 
     async def _write(self, write: Awaitable[dict[str, Any]]) -> bool:
         result = await write
