@@ -22,6 +22,7 @@ import statistics
 import subprocess
 import sys
 import time
+from collections.abc import Callable, Coroutine
 from pathlib import Path
 from typing import Any
 
@@ -33,6 +34,8 @@ from solders.keypair import Keypair
 from solders.pubkey import Pubkey
 from solders.system_program import TransferParams, transfer
 from solders.transaction import Transaction
+
+from bench._harness import percentiles
 
 PERP_MARKET_DISCRIMINATOR_B58 = "2pTyMkwXuti"
 """Base58 of the PerpMarket account discriminator, the filter driftpy uses."""
@@ -99,16 +102,15 @@ async def _load(
     latencies: list[float] = []
     sizes: list[int] = []
     errors = 0
-    measuring = False
     done = 0
 
-    async def worker() -> None:
+    async def worker(window: _Window) -> None:
         nonlocal errors, done
         while True:
             started = time.perf_counter()
             async with session.post(url, data=body, headers=headers) as response:
                 raw = await response.read()
-            if not measuring:
+            if not window.measuring:
                 continue
             if response.status != 200:
                 errors += 1
@@ -121,17 +123,8 @@ async def _load(
                 if len(values) != len(keys) or any(v is None for v in values):
                     errors += 1
 
-    workers = [asyncio.create_task(worker()) for _ in range(args.concurrency)]
-    await asyncio.sleep(args.warmup)
-    measuring = True
-    started = time.perf_counter()
-    await asyncio.sleep(args.seconds)
-    measuring = False
-    elapsed = time.perf_counter() - started
-    for task in workers:
-        task.cancel()
-    await asyncio.gather(*workers, return_exceptions=True)
-    latencies.sort()
+    elapsed = await _measure(worker, args.concurrency, args.warmup, args.seconds)
+    latency = percentiles(latencies)
     return {
         "requests": done,
         "errors": errors,
@@ -140,11 +133,36 @@ async def _load(
         "accounts_per_s": round(done * len(keys) / elapsed, 1),
         "mb_per_s": round(sum(sizes) / elapsed / 1e6, 1),
         "response_bytes": int(statistics.mean(sizes)) if sizes else 0,
-        "latency_p50_ms": round(latencies[len(latencies) // 2] * 1000, 2) if latencies else None,
-        "latency_p99_ms": (
-            round(latencies[int(len(latencies) * 0.99)] * 1000, 2) if latencies else None
-        ),
+        "latency_p50_ms": round(latency["p50"] * 1000, 2),
+        "latency_p99_ms": round(latency["p99"] * 1000, 2),
     }
+
+
+class _Window:
+    """Whether workers are inside the measured window (warm-up and wind-down are not)."""
+
+    measuring = False
+
+
+async def _measure(
+    worker: Callable[[_Window], Coroutine[Any, Any, None]],
+    concurrency: int,
+    warmup: float,
+    seconds: float,
+) -> float:
+    """Run ``concurrency`` workers for a warm-up, then a measured window; its length."""
+    window = _Window()
+    tasks = [asyncio.create_task(worker(window)) for _ in range(concurrency)]
+    await asyncio.sleep(warmup)
+    window.measuring = True
+    started = time.perf_counter()
+    await asyncio.sleep(seconds)
+    window.measuring = False
+    elapsed = time.perf_counter() - started
+    for task in tasks:
+        task.cancel()
+    await asyncio.gather(*tasks, return_exceptions=True)
+    return elapsed
 
 
 async def _call(session: aiohttp.ClientSession, url: str, method: str, params: list[Any]) -> Any:
@@ -161,10 +179,9 @@ async def _tx_load(
 ) -> dict[str, Any]:
     latencies: list[float] = []
     errors = 0
-    measuring = False
     destination = Pubkey.new_unique()
 
-    async def worker() -> None:
+    async def worker(window: _Window) -> None:
         nonlocal errors
         wallet = Keypair()
         await _call(session, url, "requestAirdrop", [str(wallet.pubkey()), 10**12])
@@ -190,36 +207,21 @@ async def _tx_load(
                     if statuses["value"][0] is not None:
                         break
             except RuntimeError:
-                if measuring:
+                if window.measuring:
                     errors += 1
                 continue
-            if measuring:
+            if window.measuring:
                 latencies.append(time.perf_counter() - started)
 
-    workers = [asyncio.create_task(worker()) for _ in range(args.concurrency)]
-    await asyncio.sleep(args.warmup)
-    measuring = True
-    started = time.perf_counter()
-    await asyncio.sleep(args.tx_seconds)
-    measuring = False
-    elapsed = time.perf_counter() - started
-    for task in workers:
-        task.cancel()
-    await asyncio.gather(*workers, return_exceptions=True)
-    latencies.sort()
+    elapsed = await _measure(worker, args.concurrency, args.warmup, args.tx_seconds)
+    latency = percentiles(latencies)
     return {
         "tx_landed": len(latencies),
         "tx_errors": errors,
         "tx_per_s": round(len(latencies) / elapsed, 1),
-        "tx_latency_p50_ms": _ms(latencies, 0.5),
-        "tx_latency_p99_ms": _ms(latencies, 0.99),
+        "tx_latency_p50_ms": round(latency["p50"] * 1000, 2),
+        "tx_latency_p99_ms": round(latency["p99"] * 1000, 2),
     }
-
-
-def _ms(ordered: list[float], quantile: float) -> float | None:
-    if not ordered:
-        return None
-    return round(ordered[min(len(ordered) - 1, int(len(ordered) * quantile))] * 1000, 2)
 
 
 async def _run(args: argparse.Namespace) -> dict[str, Any]:

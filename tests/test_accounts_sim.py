@@ -7,6 +7,7 @@ import math
 from collections.abc import AsyncIterator
 from typing import Any
 
+import httpx
 import pytest
 import pytest_asyncio
 from driftpy.account_subscription_config import AccountSubscriptionConfig
@@ -25,6 +26,7 @@ from driftshare import DriftAdapter
 from driftshare.manager import DriftClientManager
 from driftshare.sim import Simulator
 from driftshare.sim.pytest_plugin import SimulatorFactory
+from driftshare.sim.tokens import associated_token_address
 from sim_users import Perp, put_user, put_user_stats
 
 _MARKETS = 3
@@ -125,6 +127,18 @@ def _sockets(sim: Simulator) -> int:
     return open_
 
 
+def _client_tasks() -> list[asyncio.Task[object]]:
+    """The tasks driftshare's clients and driftpy's subscribers run now (not the simulator's;
+    driftpy names none of its tasks, so they are told by their code's file)."""
+    found = []
+    for task in asyncio.all_tasks():
+        code = getattr(task.get_coro(), "cr_code", None)
+        where = "" if code is None else code.co_filename
+        if ("/driftpy/" in where or "/driftshare/" in where) and "/driftshare/sim/" not in where:
+            found.append(task)
+    return found
+
+
 def _calls(sim: Simulator, method: str) -> int:
     calls: int = sim.stats()["calls"]["by_method"].get(method, 0)
     return calls
@@ -156,6 +170,15 @@ async def test_five_engines_two_wallets_share_one_client_and_one_subscription_pe
     await eventually(lambda: _subscriptions(sim) == markets_only + 5 + 2, "users subscribed")
     assert _sockets(sim) == sockets
     assert len(shared.accounts.watched()) == 7
+    registered = DriftClientManager.stats()["accounts"]
+    assert (registered["signers"], registered["watched"]) == (2, 7)
+    assert sorted((a["sub_account_id"], a["references"]) for a in registered["sub_accounts"]) == [
+        (0, 1),
+        (0, 2),
+        (1, 1),
+        (2, 1),
+        (3, 1),
+    ]
     # One batched read per new registration (the repeated one reads nothing).
     assert _calls(sim, "getMultipleAccounts") - reads_before == 5 + shared.confirmer.requests
     # One DriftClient per authority, the repeated sub-account one handle with two references.
@@ -184,8 +207,7 @@ async def test_five_engines_two_wallets_share_one_client_and_one_subscription_pe
     assert shared.accounts.accounts() == []
     await reader.disconnect()
     await eventually(lambda: _subscriptions(sim) == 0 and _sockets(sim) == 0, "all closed")
-    left = [t for t in asyncio.all_tasks() if t.get_name().startswith("driftshare")]
-    assert left == []
+    await eventually(lambda: _client_tasks() == [], "every task ended")
 
 
 @pytest.mark.parametrize("use_singleton", [True, False], ids=["singleton", "private"])
@@ -278,6 +300,7 @@ async def test_a_write_reaches_the_reads_by_the_slot_waited_for(sim: Simulator, 
         assert await engine.connect(wallet, 0)
         account = engine.account
         assert account is not None
+        tasks = len(_client_tasks())
         # What a confirmed deposit and fill would leave, at a new slot.
         slot = await sim.step()
         put_user(sim, wallet.pubkey(), 0, usdc=4_000.0, perps=(Perp(_SOL, 1.0, 150.0),))
@@ -300,8 +323,14 @@ async def test_a_write_reaches_the_reads_by_the_slot_waited_for(sim: Simulator, 
         info = await engine.get_account_info()
         assert info is not None
         assert info["stale"] is True
+        # A rebuild while the user is watched: the replaced subscription stops everything.
+        assert await DriftClientManager.force_reconnect()
+        await eventually(lambda: len(_client_tasks()) == tasks, "tasks of the old one ended")
     finally:
         await engine.disconnect()
+    await DriftClientManager.shutdown()
+    # driftpy cancels its loader's task without waiting for it: it ends within a turn or two.
+    await eventually(lambda: _client_tasks() == [], "every task ended")
 
 
 async def test_instructions_are_built_for_the_explicit_sub_account(sim: Simulator) -> None:
@@ -374,6 +403,13 @@ async def test_manager_level_reads_for_engines_without_an_adapter(sim: Simulator
         assert (await DriftClientManager.verify_account(wallet.pubkey(), 1)).ready
     finally:
         await _close_driftpy(reference)
+    put_user(sim, wallet.pubkey(), 2, usdc=0.0)
+    empty = await DriftClientManager.open_account(wallet, 2)
+    assert empty is not None
+    status = await DriftClientManager.verify_account(wallet.pubkey(), 2)
+    assert not status.ready
+    assert "deposit" in status.message
+    await DriftClientManager.close_account(empty)
     unregistered = await DriftClientManager.verify_account(wallet.pubkey(), 3)
     assert not unregistered.ready
     assert "open_account" in unregistered.message
@@ -410,3 +446,102 @@ async def test_sync_wrappers_for_callers_without_an_event_loop(sim: Simulator) -
     finally:
         await _close_driftpy(reference)
     await eventually(lambda: _subscriptions(sim) == 0 and _sockets(sim) == 0, "closed")
+
+
+async def test_a_rebuilt_subscription_keeps_each_user_subscribed_once(sim: Simulator) -> None:
+    wallet = _wallet_with_accounts(sim, {0: {"usdc": 1_000.0}})
+    engine = DriftAdapter()
+    try:
+        assert await engine.connect(wallet, 0)
+        markets_only = subscriptions_per_client(sim)
+        await eventually(lambda: _subscriptions(sim) == markets_only + 2, "user subscribed")
+        assert await DriftClientManager.force_reconnect()
+        await eventually(lambda: _subscriptions(sim) == markets_only + 2, "user resubscribed")
+        account = engine.account
+        assert account is not None
+        reads = _calls(sim, "getMultipleAccounts")
+        slot = await sim.step()
+        put_user(sim, wallet.pubkey(), 0, usdc=2_500.0)
+        assert await account.wait_for_slot(slot, 5.0)
+        # A notification on the new subscription brought it: no account was read.
+        assert _calls(sim, "getMultipleAccounts") == reads
+        info = await engine.get_account_info()
+        assert info is not None
+        assert info["stale"] is False
+        assert info["collateral"] > 2_000.0
+    finally:
+        await engine.disconnect()
+
+
+async def test_users_the_program_initialized_read_as_driftpy_reads_them(sim: Simulator) -> None:
+    """Users created, funded and trading through the simulator's Drift program."""
+    wallet = Keypair()
+    trader = DriftClient(
+        AsyncClient(sim.http_url),
+        wallet,
+        env="mainnet",
+        account_subscription=AccountSubscriptionConfig("cached"),
+        sub_account_ids=[0, 1],
+    )
+    await trader.connection.request_airdrop(wallet.pubkey(), 10**9)
+    async with httpx.AsyncClient() as http:
+        funded = await http.post(
+            f"{sim.http_url}/_sim/usdc", json={"owner": str(wallet.pubkey()), "amount": 10_000}
+        )
+    assert funded.status_code == 200
+    await trader.subscribe()
+    engines = [DriftAdapter(), DriftAdapter()]
+    try:
+        usdc = associated_token_address(wallet.pubkey())
+        for sub, amount in ((0, 1_000), (1, 500)):
+            await trader.initialize_user(sub)
+            await trader.get_user(sub).account_subscriber.fetch()  # driftpy reads it once
+            await trader.deposit(amount * QUOTE_PRECISION, 0, usdc, sub_account_id=sub)
+            await trader.get_user(sub).account_subscriber.fetch()
+        market = OrderParams(
+            order_type=OrderType.Market(),
+            base_asset_amount=BASE_PRECISION,
+            market_index=_SOL,
+            direction=PositionDirection.Long(),
+            market_type=MarketType.Perp(),
+        )
+        await trader.place_and_take_perp_order(market, sub_account_id=0)
+        for sub, engine in enumerate(engines):
+            assert await engine.connect(wallet, sub)
+        account = engines[1].account
+        assert account is not None
+        # Read your writes: an order sent by driftpy itself, then the slot it landed at.
+        bid = OrderParams(
+            order_type=OrderType.Limit(),
+            base_asset_amount=2 * BASE_PRECISION,
+            market_index=_SOL,
+            direction=PositionDirection.Long(),
+            market_type=MarketType.Perp(),
+            price=100 * PRICE_PRECISION,
+            user_order_id=3,
+        )
+        sent = await trader.send_ixs([trader.get_place_perp_order_ix(bid, 1)])
+        assert await account.wait_for_slot(sent.slot, 5.0)
+        await trader.account_subscriber.fetch()
+        for sub, engine in enumerate(engines):
+            user = trader.get_user(sub)
+            await user.account_subscriber.fetch()
+            info = await engine.get_account_info()
+            assert info is not None
+            _fresh(info)
+            assert {k: info[k] for k in _expected_info(user)} == _expected_info(user)
+            positions = await engine.get_positions()
+            assert [{k: p[k] for k in _POSITION_FIELDS} for p in positions] == (
+                _expected_positions(user)
+            )
+            orders = await engine.get_open_orders()
+            assert [(o["user_order_id"], o["size"]) for o in orders] == [
+                (o.user_order_id, o.base_asset_amount / BASE_PRECISION)
+                for o in user.get_open_orders()
+            ]
+        assert [o["user_order_id"] for o in await engines[1].get_open_orders()] == [3]
+        assert [p["size"] for p in await engines[0].get_positions()] == [1.0]
+    finally:
+        for engine in engines:
+            await engine.disconnect()
+        await _close_driftpy(trader)

@@ -11,12 +11,15 @@ import based58
 import httpx
 import pytest
 from driftpy.address_lookup_table import get_address_lookup_table
+from driftpy.drift_client import DriftClient
 from solana.exceptions import SolanaRpcException
 from solana.rpc.async_api import AsyncClient
 from solana.rpc.commitment import Confirmed
 from solana.rpc.types import TxOpts
 from solana.rpc.websocket_api import connect
+from solders.address_lookup_table_account import AddressLookupTableAccount
 from solders.compute_budget import set_compute_unit_limit, set_compute_unit_price
+from solders.hash import Hash
 from solders.instruction import AccountMeta, Instruction
 from solders.keypair import Keypair
 from solders.message import MessageV0, to_bytes_versioned
@@ -291,6 +294,12 @@ async def test_statuses_settle_and_signature_subscriptions_fire(
     status = await _status(client, tx.signatures[0])
     assert str(status.confirmation_status).endswith("Finalized")
     assert status.confirmations is None
+    # Out of the status cache (300 slots), a status is found only in the history.
+    for _ in range(300):
+        await sim.step()
+    assert await _status(client, tx.signatures[0]) is None
+    found = await client.get_signature_statuses([tx.signatures[0]], search_transaction_history=True)
+    assert found.value[0] is not None
 
 
 async def test_dropped_transactions_never_land(sim: Simulator, client: AsyncClient) -> None:
@@ -374,3 +383,73 @@ async def test_base58_wire_and_the_fault_endpoint(sim: Simulator, client: AsyncC
     answer = await _raw(sim, "sendTransaction", [based58.b58encode(bytes(tx)).decode()])
     assert answer["result"] == str(tx.signatures[0])
     assert await _balance(client, target) == 3
+
+
+async def test_driftpy_sends_through_its_own_tx_sender(simulator_factory: Any) -> None:
+    sim: Simulator = await simulator_factory(markets=1, tick_s=0.05)
+    async with AsyncClient(sim.http_url) as connection:
+        wallet = await _funded(connection)
+        client = DriftClient(connection, wallet, env="mainnet")
+        target = Pubkey.new_unique()
+        sent = await client.send_ixs([_pay(wallet, target, 321)])
+        status = await _status(connection, sent.tx_sig)
+        assert status.err is None
+        assert await _balance(connection, target) == 321
+        # driftpy's default compute budget (600k units at price 0) adds no priority fee.
+        assert await _balance(connection, wallet.pubkey()) == SOL - 321 - LAMPORTS_PER_SIGNATURE
+
+
+async def test_unreadable_transactions_get_one_clear_error(
+    sim: Simulator, client: AsyncClient
+) -> None:
+    payer = await _funded(client)
+    missing_table = AddressLookupTableAccount(Pubkey.new_unique(), [Pubkey.new_unique()])
+    ix = _pay(payer, Pubkey.new_unique(), 1)
+    reads = [AccountMeta(missing_table.addresses[0], False, False)]
+    ix = Instruction(ix.program_id, ix.data, [*ix.accounts, *reads])
+    unknown_table = await _tx(client, payer, [ix], tables=[missing_table])
+    cases = [
+        (["%%%", {"encoding": "base64"}], "invalid base64 encoding"),
+        (["0OIl"], "invalid base58 encoding"),
+        (
+            [base64.b64encode(b"\x01garbage").decode(), {"encoding": "base64"}],
+            "failed to deserialize",
+        ),
+        (["A" * 2000, {"encoding": "base64"}], "too large"),
+        (["AAAA", {"encoding": "json"}], "unsupported encoding: json"),
+        (
+            [base64.b64encode(bytes(unknown_table)).decode(), {"encoding": "base64"}],
+            "address table account that doesn't exist",
+        ),
+    ]
+    for params, message in cases:
+        for method in ("sendTransaction", "simulateTransaction"):
+            answer = await _raw(sim, method, params)
+            assert answer["error"]["code"] == -32602, (method, params, answer)
+            assert message in answer["error"]["message"]
+    assert sim.stats()["transactions"]["received"] == 1  # the airdrop only
+
+
+async def test_simulation_changes_nothing_and_can_replace_the_blockhash(
+    sim: Simulator, client: AsyncClient
+) -> None:
+    payer = await _funded(client)
+    target = Pubkey.new_unique()
+    stale = Hash.hash(b"not a blockhash of this chain")
+    message = MessageV0.try_compile(payer.pubkey(), [_pay(payer, target, 70)], [], stale)
+    wire = base64.b64encode(bytes(VersionedTransaction(message, [payer]))).decode()
+    config: dict[str, Any] = {"encoding": "base64"}
+    plain = await _raw(sim, "simulateTransaction", [wire, config])
+    assert plain["result"]["value"]["err"] == "BlockhashNotFound"
+    config |= {"replaceRecentBlockhash": True, "accounts": {"addresses": [str(target)]}}
+    replaced = (await _raw(sim, "simulateTransaction", [wire, config]))["result"]["value"]
+    assert replaced["err"] is None
+    latest = (await client.get_latest_blockhash()).value
+    assert replaced["replacementBlockhash"] == {
+        "blockhash": str(latest.blockhash),
+        "lastValidBlockHeight": latest.last_valid_block_height,
+    }
+    assert replaced["accounts"][0]["lamports"] == 70
+    assert await _balance(client, target) == 0
+    both = await _raw(sim, "simulateTransaction", [wire, {**config, "sigVerify": True}])
+    assert both["error"]["message"] == "sigVerify may not be used with replaceRecentBlockhash"

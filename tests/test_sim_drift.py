@@ -695,3 +695,14 @@ def test_a_flip_realizes_the_closed_part_and_enters_the_rest(desk: Desk) -> None
     assert after.base_asset_amount_short == amm.base_asset_amount_short - 2 * SOL
     assert after.quote_entry_amount_long == amm.quote_entry_amount_long
     assert after.quote_entry_amount_short == amm.quote_entry_amount_short + 2 * 149_850_000
+
+
+def test_nobody_deposits_into_another_users_account(desk: Desk) -> None:
+    owner = desk.trader()
+    stranger = desk.wallet()
+    accounts = _collateral_accounts(owner, 0) | {
+        "authority": stranger.pubkey(),
+        "user_token_account": tokens.associated_token_address(stranger.pubkey()),
+    }
+    refused = desk.refused(_ix("deposit", 0, USDC, False, accounts=accounts), signers=[stranger])
+    assert refused.error == drift("DefaultError")

@@ -67,6 +67,19 @@ async def test_usdc_credit_creates_a_real_token_account(simulator: Simulator) ->
         assert len(mint.data) == 82
         assert (mint.data[44], mint.data[45]) == (6, 1)
 
+        parsed = (await client.get_account_info_json_parsed(ata)).value
+        assert parsed is not None
+        info = parsed.data.parsed["info"]  # type: ignore[union-attr]
+        assert (info["owner"], info["mint"], info["state"]) == (
+            str(owner),
+            str(USDC_MINT),
+            "initialized",
+        )
+        assert info["tokenAmount"]["uiAmountString"] == "1000"
+        parsed_mint = (await client.get_account_info_json_parsed(USDC_MINT)).value
+        assert parsed_mint is not None
+        assert parsed_mint.data.parsed["type"] == "mint"  # type: ignore[union-attr]
+
     again = await _credit(simulator, {"owner": str(owner), "amount": 0.25})
     assert again.json()["balance"] == 1000 * USDC + USDC // 4
     assert (await _token_balance(simulator, ata))["result"]["value"]["uiAmountString"] == "1000.25"

@@ -7,10 +7,20 @@ from driftshare.adapter import DriftAdapter
 from driftshare.config import ConfigError, Settings, load_settings, redact_url
 from driftshare.feed import DriftFundingFeed, FundingInfo
 from driftshare.manager import DriftClientManager
-from driftshare.models import FundingRateData, MarketData, TxResult
+from driftshare.models import (
+    AccountInfo,
+    AccountStatus,
+    FundingRateData,
+    MarketData,
+    OrderInfo,
+    PositionInfo,
+    TxResult,
+)
 
 __all__ = [
     "METRICS_REGISTRY",
+    "AccountInfo",
+    "AccountStatus",
     "ConfigError",
     "DriftAdapter",
     "DriftClientManager",
@@ -18,6 +28,8 @@ __all__ = [
     "FundingInfo",
     "FundingRateData",
     "MarketData",
+    "OrderInfo",
+    "PositionInfo",
     "Settings",
     "TransactionFailed",
     "TransactionNotConfirmed",

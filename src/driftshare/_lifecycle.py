@@ -620,6 +620,7 @@ class SharedClient:
             "last_update_age_s": None if confirmed_at is None else now - confirmed_at,
             "data_slot": data_slot(self),
             "freshness": self.confirmer.snapshot(),
+            "accounts": self.accounts.snapshot(),
             "transactions": self.tx.snapshot(),
             "warm_start": None if self.snapshots is None else self.snapshots.stats(),
             "fleet": standalone_stats() if gen is None or gen.fleet is None else gen.fleet.stats(),

@@ -785,6 +785,12 @@ class PollingSubscriber(PollingDriftClientAccountSubscriber):  # type: ignore[mi
             self.bulk_account_loader.remove_account(Pubkey.from_string(pubkey), callback)
             self.bulk_account_loader.buffer_and_slot_map.pop(pubkey, None)
 
+    async def unsubscribe(self) -> None:
+        await super().unsubscribe()
+        # The loader stops polling only once no account is left in it.
+        for pubkey in list(self._watched):
+            await self.unwatch_account(pubkey)
+
     async def subscribe(self) -> None:
         if len(self.callbacks) != 0:
             return

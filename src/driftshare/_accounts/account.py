@@ -3,10 +3,11 @@
 from __future__ import annotations
 
 import asyncio
+import functools
 import logging
 from collections.abc import Callable
 from contextlib import suppress
-from typing import TYPE_CHECKING, TypeVar
+from typing import TYPE_CHECKING, Any, TypeVar, cast
 
 from driftpy.drift_client import DriftClient
 from driftpy.drift_user import DriftUser
@@ -15,7 +16,8 @@ from solders.pubkey import Pubkey
 
 from driftshare._accounts import reads
 from driftshare._accounts.signer import Signer
-from driftshare.models import AccountInfo, AccountStatus, OrderInfo, PositionInfo
+from driftshare._ledger import AccountRecord
+from driftshare.models import AccountInfo, AccountRead, AccountStatus, OrderInfo, PositionInfo
 
 if TYPE_CHECKING:
     from driftshare._accounts.registry import AccountRegistry
@@ -25,6 +27,7 @@ __all__ = ["SubAccount"]
 log = logging.getLogger(__name__)
 
 _T = TypeVar("_T")
+_V = TypeVar("_V")
 
 _REFRESH_AFTER = 0.5
 """The fraction of :meth:`SubAccount.wait_for_slot`'s timeout after which the User account
@@ -63,6 +66,8 @@ class SubAccount:
         self.required_slot = 0
         """Reads are stale until the User account is confirmed at this slot."""
         self._waiters: list[tuple[int, asyncio.Future[bool]]] = []
+        self._computed: dict[str, tuple[tuple[AccountRecord, ...], Any]] = {}
+        """Each read's last value, with the records it was computed from."""
 
     @property
     def client(self) -> DriftClient:
@@ -132,58 +137,76 @@ class SubAccount:
 
     # -- reads ------------------------------------------------------------------------------
 
-    def _freshness(self) -> reads.Freshness:
+    def _read(self, what: str, compute: Callable[[DriftUser, reads.Freshness], _V]) -> _V | None:
+        """``compute``'s value, computed again only when an account it came from has
+        changed, stamped with how current it is now; None if it cannot be read."""
         host = self._registry.host
-        return reads.freshness(
-            self.user,
-            host.ledger,
-            current=host.accounts_current() and not self.closed,
-            stale_after_s=host.stale_after_s,
-            required_slot=self.required_slot,
-        )
+        try:
+            entries = reads.basis(self.user, host.ledger)
+            fresh = reads.freshness(
+                entries,
+                current=host.accounts_current() and not self.closed,
+                stale_after_s=host.stale_after_s,
+                required_slot=self.required_slot,
+            )
+            records = () if entries is None else tuple(entry.record for entry in entries)
+            cached = self._computed.get(what)
+            if records and cached is not None and _same_bytes(cached[0], records):
+                value: _V = cached[1]
+            else:
+                value = compute(self.user, fresh)
+                if records:
+                    self._computed[what] = (records, value)
+        except Exception as exc:  # a missing market or undecodable account: no value
+            log.warning("cannot read the %s of %r: %r", what, self, exc)
+            return None
+        return _stamped(value, fresh)
 
     def account_info(self) -> AccountInfo | None:
         """Collateral, free collateral, margin ratio, leverage and PnL; None if unreadable."""
-        try:
-            return reads.account_info(
-                self.user,
-                self._freshness(),
+        return self._read(
+            "margin",
+            functools.partial(
+                reads.account_info,
                 authority=str(self.authority),
                 sub_account_id=self.sub_account_id,
-            )
-        except Exception as exc:  # a missing market or undecodable account: no value
-            log.warning("cannot read %r: %r", self, exc)
-            return None
+            ),
+        )
 
     def positions(self) -> list[PositionInfo] | None:
         """Every open perp position; None if unreadable."""
-        try:
-            return reads.positions(self.user, self._freshness())
-        except Exception as exc:  # a missing market or undecodable account: no value
-            log.warning("cannot read the positions of %r: %r", self, exc)
-            return None
+        return self._read("positions", reads.positions)
 
     def open_orders(self) -> list[OrderInfo] | None:
         """Every open order; None if unreadable."""
-        try:
-            return reads.open_orders(self.user, self._freshness())
-        except Exception as exc:  # a missing market or undecodable account: no value
-            log.warning("cannot read the orders of %r: %r", self, exc)
-            return None
+        return self._read("orders", reads.open_orders)
 
     def status(self) -> AccountStatus:
         """Whether this sub-account can trade now, and why not."""
-        try:
-            return reads.account_status(
-                self.user,
-                self._freshness(),
-                authority=str(self.authority),
-                sub_account_id=self.sub_account_id,
-            )
-        except Exception as exc:  # a missing market or undecodable account
+        info = self.account_info()
+        if info is None:
             return reads.missing_status(
                 authority=str(self.authority),
                 sub_account_id=self.sub_account_id,
                 user_account=str(self.user_pubkey),
-                message=f"the account cannot be read now: {exc!r}",
+                message="the account cannot be read now: are all its markets subscribed?",
             )
+        return reads.account_status(info, open_positions=len(self.user.get_active_perp_positions()))
+
+
+def _same_bytes(old: tuple[AccountRecord, ...], new: tuple[AccountRecord, ...]) -> bool:
+    """Whether ``new`` names the same accounts as ``old``, holding the same bytes."""
+    if len(old) != len(new):
+        return False
+    for was, now in zip(old, new, strict=True):
+        if was is not now and (was.pubkey != now.pubkey or was.data != now.data):
+            return False
+    return True
+
+
+def _stamped(value: _V, fresh: reads.Freshness) -> _V:
+    """``value`` (a model or a list of models) carrying ``fresh``."""
+    stamp = fresh.fields()
+    if isinstance(value, list):
+        return cast(_V, [item.model_copy(update=stamp) for item in value])
+    return cast(_V, cast(AccountRead, value).model_copy(update=stamp))

@@ -41,6 +41,7 @@ __all__ = [
     "Freshness",
     "account_info",
     "account_status",
+    "basis",
     "freshness",
     "missing_status",
     "open_orders",
@@ -93,31 +94,38 @@ def _touched_keys(user: DriftUser) -> Iterable[Pubkey]:
             yield spot.oracle
 
 
+def basis(user: DriftUser, ledger: AccountLedger) -> tuple[LedgerEntry, ...] | None:
+    """The ledger entries ``user``'s values come from, its User account's first; None when
+    one of them is not in the ledger (no known age)."""
+    user_entry = ledger.get(str(user.user_public_key))
+    if user_entry is None:
+        return None
+    entries: list[LedgerEntry] = [user_entry]
+    for key in _touched_keys(user):
+        entry = ledger.get(str(key))
+        if entry is None:
+            return None
+        entries.append(entry)
+    return tuple(entries)
+
+
 def freshness(
-    user: DriftUser,
-    ledger: AccountLedger,
+    entries: tuple[LedgerEntry, ...] | None,
     *,
     current: bool,
     stale_after_s: float,
     required_slot: int = 0,
 ) -> Freshness:
-    """How current ``user``'s values are: its User account and every account they touch.
+    """How current values computed from ``entries`` (see :func:`basis`) are.
 
     Stale past ``stale_after_s``, when upstream is not ``current``, when an account is not
     in the ledger, or while the User account has not been confirmed at ``required_slot``.
     """
-    user_entry = ledger.get(str(user.user_public_key))
-    if user_entry is None:
+    if entries is None:
         return Freshness(0, float("inf"), True)
-    entries: list[LedgerEntry] = [user_entry]
-    for key in _touched_keys(user):
-        entry = ledger.get(str(key))
-        if entry is None:
-            return Freshness(0, float("inf"), True)
-        entries.append(entry)
-    slot, confirmed_at = confirmed(tuple(entries))
+    slot, confirmed_at = confirmed(entries)
     age = time.monotonic() - confirmed_at
-    stale = not current or age > stale_after_s or user_entry.confirmed_slot < required_slot
+    stale = not current or age > stale_after_s or entries[0].confirmed_slot < required_slot
     return Freshness(slot, age, stale)
 
 
@@ -215,33 +223,29 @@ def open_orders(user: DriftUser, fresh: Freshness) -> list[OrderInfo]:
     return found
 
 
-def account_status(
-    user: DriftUser, fresh: Freshness, *, authority: str, sub_account_id: int
-) -> AccountStatus:
-    """Ready when the account holds collateral and its data is fresh; the message says why not."""
-    info = account_info(user, fresh, authority=authority, sub_account_id=sub_account_id)
-    open_positions = len(user.get_active_perp_positions())
-    if fresh.stale:
-        ready, message = False, "the account's data is stale: upstream is down or catching up"
+def account_status(info: AccountInfo, *, open_positions: int) -> AccountStatus:
+    """Ready when the account holds collateral and ``info`` is fresh; the message says why
+    not."""
+    who = f"sub-account {info.sub_account_id} of {info.authority}"
+    if info.stale:
+        ready, message = False, f"{who}: its data is stale (upstream down or catching up)"
     elif info.collateral <= 0:
-        ready = False
-        message = (
-            f"sub-account {sub_account_id} of {authority} holds no collateral: deposit some "
-            "before trading"
-        )
+        ready, message = False, f"{who} holds no collateral: deposit some before trading"
     else:
-        ready, message = True, f"sub-account {sub_account_id} of {authority} is ready to trade"
+        ready, message = True, f"{who} is ready to trade"
     return AccountStatus(
         ready=ready,
         message=message,
-        address=authority,
-        sub_account_id=sub_account_id,
+        address=info.authority,
+        sub_account_id=info.sub_account_id,
         user_account=info.user_account,
         collateral=info.collateral,
         free_collateral=info.free_collateral,
         margin_ratio=info.margin_ratio,
         positions=open_positions,
-        **fresh.fields(),
+        slot=info.slot,
+        data_age_s=info.data_age_s,
+        stale=info.stale,
     )
 
 

@@ -85,6 +85,24 @@ class AccountRegistry:
         """Every registered sub-account, by authority and sub-account id."""
         return [self._accounts[key] for key in sorted(self._accounts, key=str)]
 
+    def snapshot(self) -> dict[str, Any]:
+        """Plain data for stats(): each registered sub-account (public keys only) and how
+        many accounts are watched for them; safe to call from another thread."""
+        accounts = [
+            {
+                "authority": str(account.authority),
+                "sub_account_id": account.sub_account_id,
+                "user_account": str(account.user_pubkey),
+                "references": account.refs,
+            }
+            for account in list(self._accounts.values())
+        ]
+        return {
+            "signers": len(self._signers),
+            "watched": len(self._watched),
+            "sub_accounts": accounts,
+        }
+
     def watched(self) -> dict[str, AccountKind]:
         """The address and kind of every account subscribed for a signer."""
         return dict(self._watched)

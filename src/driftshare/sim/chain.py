@@ -32,7 +32,7 @@ from solders.signature import Signature
 from solders.system_program import ID as SYSTEM_PROGRAM_ID
 from solders.system_program import TransferParams
 from solders.system_program import transfer as system_transfer
-from solders.transaction import Transaction, VersionedTransaction
+from solders.transaction import SanitizeError, Transaction, VersionedTransaction
 
 from driftshare.sim.blocks import FINALITY_DEPTH, MAX_PROCESSING_AGE, MAX_RECENT_BLOCKHASHES, Blocks
 from driftshare.sim.faults import Faults, LostReply
@@ -347,7 +347,7 @@ class Chain:
         """Raise :class:`InvalidTransaction` unless ``tx`` is well formed on this chain."""
         try:
             tx.sanitize()
-        except Exception as exc:  # solders raises its own SanitizeError type
+        except SanitizeError as exc:
             raise InvalidTransaction(f"invalid transaction: {exc}") from None
         self._keys(tx.message)
 
@@ -393,7 +393,8 @@ class Chain:
 
     def airdrop(self, recipient: Pubkey, lamports: int) -> Signature:
         """Send ``lamports`` from the faucet as a test validator does: a signed System transfer
-        that lands now (no trading fault applies to it)."""
+        that lands now (no trading fault applies to it). As there, the same airdrop asked twice
+        in one slot is the same transaction, so it lands once."""
         faucet = self._faucet.pubkey()
         if self.store.get(faucet) is None:
             self.store.put(faucet, Account(b"", SYSTEM_PROGRAM_ID, _FAUCET_LAMPORTS))
@@ -455,8 +456,7 @@ class Chain:
             pre_balances=pre,
             post_balances=[self._lamports(key) for key in run.keys],
         )
-        while len(self._ledger) > _HISTORY:
-            self._ledger.popitem(last=False)
+        self._forget_old(slot)
         self._fees_by_slot.setdefault(slot, []).append((run.unit_price, run.writable))
         while len(self._fees_by_slot) > MAX_PROCESSING_AGE:
             self._fees_by_slot.popitem(last=False)
@@ -464,6 +464,15 @@ class Chain:
         for listener in self.listeners:
             listener()
         return True
+
+    def _forget_old(self, slot: int) -> None:
+        """Keep at most ``_HISTORY`` transactions, but every one whose blockhash could still
+        be valid: forgetting those would let a copy land twice."""
+        while len(self._ledger) > _HISTORY:
+            oldest = next(iter(self._ledger.values()))
+            if slot - oldest.slot <= MAX_RECENT_BLOCKHASHES:
+                return
+            self._ledger.popitem(last=False)
 
     def _lamports(self, pubkey: Pubkey) -> int:
         account = self.store.get(pubkey)

@@ -11,6 +11,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError
 from solders.pubkey import Pubkey
 
 from driftshare.sim.blocks import MAX_PROCESSING_AGE
+from driftshare.sim.rpc import validation_problems
 from driftshare.sim.store import Account
 
 __all__ = [
@@ -175,10 +176,7 @@ def _validate(body: Mapping[str, object]) -> _FaultRequest:
     try:
         return _FaultRequest.model_validate(body)
     except ValidationError as exc:
-        problems = "; ".join(
-            f"{'.'.join(str(p) for p in err['loc']) or 'body'}: {err['msg']}"
-            for err in exc.errors()
-        )
+        problems = validation_problems(exc, "body")
         raise FaultError(f"invalid fault request: {problems}") from None
 
 

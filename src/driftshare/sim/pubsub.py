@@ -28,8 +28,10 @@ from driftshare.sim.rpc import (
     RpcError,
     SubscribeConfig,
     error_text,
+    invalid_params,
     parse_pubkey,
     parse_subscribe_config,
+    validation_problems,
 )
 from driftshare.sim.stats import SimStats
 from driftshare.sim.store import Account, AccountStore
@@ -292,10 +294,7 @@ class PubSub:
             raw = params[1] if len(params) > 1 and params[1] is not None else {}
             config = _SignatureConfig.model_validate(raw)
         except ValidationError as exc:
-            problems = "; ".join(
-                f"{'.'.join(map(str, e['loc']))}: {e['msg']}" for e in exc.errors()
-            )
-            raise RpcError(INVALID_PARAMS, f"Invalid params: {problems}") from None
+            raise invalid_params(validation_problems(exc)) from None
         except ValueError:
             raise RpcError(INVALID_PARAMS, f"Invalid params: bad signature {params[0]!r}") from None
         sub_id = self._add(conn, "signature", "signatureSubscribe", None, None)

@@ -27,7 +27,9 @@ __all__ = [
     "AccountEncoder",
     "AccountView",
     "CallConfig",
+    "Encoding",
     "Filters",
+    "JsonParser",
     "RpcError",
     "RpcHandler",
     "RpcMethod",
@@ -40,6 +42,7 @@ __all__ = [
     "parse_config",
     "parse_pubkey",
     "parse_subscribe_config",
+    "validation_problems",
 ]
 
 API_VERSION = "2.2.7"
@@ -59,6 +62,9 @@ MIN_CONTEXT_SLOT_NOT_REACHED = -32016
 
 Encoding = Literal["binary", "base58", "base64", "base64+zstd", "jsonParsed"]
 AccountView = Callable[[Pubkey, Account], Account | None]
+JsonParser = Callable[[Account], dict[str, object] | None]
+"""An account's ``jsonParsed`` data (``{"parsed", "program", "space"}``), or None when the
+node has no parser for it."""
 RpcMethod = Callable[[list[Any]], str]
 """Answers one method's params with its result's JSON text; raises :class:`RpcError`."""
 
@@ -96,9 +102,10 @@ def parse_pubkey(value: object) -> Pubkey:
         raise invalid_params(f"invalid pubkey {value!r}: {exc}") from None
 
 
-def _pydantic_problems(exc: ValidationError) -> str:
+def validation_problems(exc: ValidationError, whole: str = "config") -> str:
+    """Every problem pydantic found, ``field: message; ...`` (``whole`` names the object)."""
     return "; ".join(
-        f"{'.'.join(str(p) for p in err['loc']) or 'config'}: {err['msg']}" for err in exc.errors()
+        f"{'.'.join(str(p) for p in err['loc']) or whole}: {err['msg']}" for err in exc.errors()
     )
 
 
@@ -149,7 +156,7 @@ def parse_config(params: list[Any], index: int) -> CallConfig:
     try:
         return CallConfig.model_validate(raw)
     except ValidationError as exc:
-        raise invalid_params(_pydantic_problems(exc)) from None
+        raise invalid_params(validation_problems(exc)) from None
 
 
 def max_params(params: list[Any], count: int) -> None:
@@ -214,8 +221,9 @@ def parse_subscribe_config(params: list[Any], index: int) -> SubscribeConfig:
 class AccountEncoder:
     """Account JSON text per encoding, as nodes send it, cached per account version."""
 
-    def __init__(self, view: AccountView) -> None:
+    def __init__(self, view: AccountView, parser: JsonParser | None = None) -> None:
         self._view = view
+        self._parser = parser
         self._cache: dict[tuple[Pubkey, str], tuple[Account, str]] = {}
         self._zstd = zstandard.ZstdCompressor()
 
@@ -238,9 +246,12 @@ class AccountEncoder:
         data = account.data
         if data_slice is not None:
             data = data[data_slice.offset : data_slice.offset + data_slice.length]
+        parsed = None
+        if encoding == "jsonParsed" and self._parser is not None:
+            parsed = self._parser(account)
         text = json.dumps(
             {
-                "data": self._data(data, encoding),
+                "data": self._data(data, encoding) if parsed is None else parsed,
                 "executable": account.executable,
                 "lamports": account.lamports,
                 "owner": str(account.owner),
@@ -317,8 +328,12 @@ class RpcHandler:
 
     def context(self, config: CallConfig) -> str:
         """The ``context`` JSON of an answer; MinContextSlot error if the tip is not there yet."""
+        return self.context_at(config.min_context_slot)
+
+    def context_at(self, min_context_slot: int | None) -> str:
+        """:meth:`context` for a config of another shape than :class:`CallConfig`."""
         slot = self.store.slot
-        if config.min_context_slot is not None and config.min_context_slot > slot:
+        if min_context_slot is not None and min_context_slot > slot:
             raise RpcError(
                 MIN_CONTEXT_SLOT_NOT_REACHED,
                 "Minimum context slot has not been reached",

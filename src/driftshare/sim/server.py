@@ -36,10 +36,11 @@ from driftshare.sim.rpc import (
     call_count,
     error_text,
     parse_body,
+    validation_problems,
 )
 from driftshare.sim.stats import SimStats
 from driftshare.sim.store import AccountStore
-from driftshare.sim.tokens import USDC_DECIMALS, mint_to_owner
+from driftshare.sim.tokens import USDC_DECIMALS, mint_to_owner, token_json_parser
 from driftshare.sim.tx_rpc import TxRpc
 
 __all__ = ["RATE_LIMIT_MESSAGE", "SimServer", "client_id"]
@@ -151,7 +152,7 @@ class SimServer:
         self.stats = SimStats(lambda: store.slot)
         self.faults = Faults(self)
         self.limits = ClientLimits(rate_limit, burst, max_ws_per_client)
-        encoder = AccountEncoder(self.faults.serve)
+        encoder = AccountEncoder(self.faults.serve, token_json_parser(store))
         # Each simulator is a chain of its own: two simulators never share a genesis hash (nor
         # blockhashes), so a client can tell them apart even when their seeds are equal.
         blocks = Blocks(store, Hash(os.urandom(32)))
@@ -355,9 +356,7 @@ class SimServer:
         try:
             write = _OracleWrite.model_validate_json(await request.read())
         except ValidationError as exc:
-            problems = "; ".join(
-                f"{'.'.join(map(str, e['loc'])) or 'body'}: {e['msg']}" for e in exc.errors()
-            )
+            problems = validation_problems(exc, "body")
             return _json_response(400, {"error": f"invalid oracle write: {problems}"})
         written_at = time.monotonic()
         try:
@@ -374,9 +373,7 @@ class SimServer:
             credit = _UsdcCredit.model_validate_json(await request.read())
             owner = Pubkey.from_string(credit.owner)
         except ValidationError as exc:
-            problems = "; ".join(
-                f"{'.'.join(map(str, e['loc'])) or 'body'}: {e['msg']}" for e in exc.errors()
-            )
+            problems = validation_problems(exc, "body")
             return _json_response(400, {"error": f"invalid USDC credit: {problems}"})
         except ValueError as exc:
             return _json_response(400, {"error": f"invalid owner: {exc}"})

@@ -8,7 +8,9 @@ tokens with :func:`transfer` over one transaction's :class:`~driftshare.sim.prog
 from __future__ import annotations
 
 import dataclasses
+from collections.abc import Callable
 from dataclasses import dataclass
+from decimal import Decimal
 from typing import TYPE_CHECKING
 
 from construct import ConstructError
@@ -50,7 +52,9 @@ __all__ = [
     "read_mint",
     "read_token_account",
     "token_account",
+    "token_json_parser",
     "transfer",
+    "ui_amount_string",
     "with_amount",
     "world_token_accounts",
 ]
@@ -87,6 +91,8 @@ class Mint:
 
     supply: int
     decimals: int
+    authority: Pubkey | None
+    """Who may mint more; None for nobody."""
 
 
 def associated_token_address(owner: Pubkey, mint: Pubkey = USDC_MINT) -> Pubkey:
@@ -155,7 +161,8 @@ def read_mint(account: Account | None) -> Mint | None:
     parsed = MINT_LAYOUT.parse(account.data)
     if not parsed.is_initialized:
         return None
-    return Mint(parsed.supply, parsed.decimals)
+    authority = Pubkey.from_bytes(parsed.mint_authority) if parsed.mint_authority_option else None
+    return Mint(parsed.supply, parsed.decimals, authority)
 
 
 def with_amount(account: Account, amount: int) -> Account:
@@ -171,14 +178,14 @@ def mint_to_owner(store: AccountStore, owner: Pubkey, amount: int) -> tuple[Pubk
     """Mint ``amount`` simulated USDC (base units) to ``owner``'s associated token account,
     creating it (and the mint) if missing; the account and its new balance."""
     address = associated_token_address(owner, USDC_MINT)
-    mint = read_mint(store.get(USDC_MINT)) or Mint(0, USDC_DECIMALS)
+    mint = read_mint(store.get(USDC_MINT)) or Mint(0, USDC_DECIMALS, MINT_AUTHORITY)
     held = read_token_account(store.get(address))
     if held is not None and (held.owner, held.mint) != (owner, USDC_MINT):
         raise ValueError(f"{address} is not {owner}'s USDC account")
     balance = (0 if held is None else held.amount) + amount
     if balance >= 1 << 64 or mint.supply + amount >= 1 << 64:
         raise ValueError("the balance would overflow a u64")
-    store.put(USDC_MINT, mint_account(mint.decimals, mint.supply + amount, MINT_AUTHORITY))
+    store.put(USDC_MINT, mint_account(mint.decimals, mint.supply + amount, mint.authority))
     store.put(address, token_account(USDC_MINT, owner, balance))
     return address, balance
 
@@ -235,3 +242,55 @@ def world_token_accounts(world: World) -> dict[Pubkey, Account]:
         authority = None if market.mint == WRAPPED_SOL_MINT else MINT_AUTHORITY
         accounts[market.mint] = mint_account(market.decimals, supplies[market.mint], authority)
     return accounts
+
+
+def token_json_parser(store: AccountStore) -> Callable[[Account], dict[str, object] | None]:
+    """``jsonParsed`` data of SPL Token accounts and mints in ``store``, as agave's
+    ``spl-token`` parser writes it; None for any other account."""
+
+    def parse(account: Account) -> dict[str, object] | None:
+        token = read_token_account(account)
+        if token is not None:
+            mint = read_mint(store.get(token.mint))
+            if mint is None:
+                return None
+            ui = ui_amount_string(token.amount, mint.decimals)
+            info: dict[str, object] = {
+                "isNative": False,
+                "mint": str(token.mint),
+                "owner": str(token.owner),
+                "state": "frozen" if token.frozen else "initialized",
+                "tokenAmount": {
+                    "amount": str(token.amount),
+                    "decimals": mint.decimals,
+                    "uiAmount": float(ui),
+                    "uiAmountString": ui,
+                },
+            }
+            kind = "account"
+        else:
+            own = read_mint(account)
+            if own is None:
+                return None
+            info = {
+                "decimals": own.decimals,
+                "freezeAuthority": None,
+                "isInitialized": True,
+                "mintAuthority": None if own.authority is None else str(own.authority),
+                "supply": str(own.supply),
+            }
+            kind = "mint"
+        return {
+            "parsed": {"info": info, "type": kind},
+            "program": "spl-token",
+            "space": len(account.data),
+        }
+
+    return parse
+
+
+def ui_amount_string(amount: int, decimals: int) -> str:
+    """``amount`` base units in whole tokens as agave prints ``uiAmountString``: no trailing
+    zeros."""
+    text = f"{Decimal(amount).scaleb(-decimals):f}"
+    return text.rstrip("0").rstrip(".") if "." in text else text

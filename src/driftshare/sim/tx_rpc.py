@@ -5,13 +5,15 @@ from __future__ import annotations
 import base64
 import binascii
 import json
-from decimal import Decimal
+from collections.abc import Iterator
+from contextlib import contextmanager
 from typing import Any, Literal, TypeVar
 
 import based58
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 from solders.hash import Hash
 from solders.message import MessageV0, from_bytes_versioned
+from solders.pubkey import Pubkey
 from solders.signature import Signature
 from solders.transaction import VersionedTransaction
 
@@ -29,6 +31,7 @@ from driftshare.sim.chain import (
 from driftshare.sim.rpc import (
     INVALID_PARAMS,
     AccountEncoder,
+    Encoding,
     RpcError,
     RpcHandler,
     RpcMethod,
@@ -36,9 +39,10 @@ from driftshare.sim.rpc import (
     max_params,
     parse_config,
     parse_pubkey,
+    validation_problems,
 )
 from driftshare.sim.store import Account
-from driftshare.sim.tokens import read_mint, read_token_account
+from driftshare.sim.tokens import read_mint, read_token_account, ui_amount_string
 
 __all__ = ["TxRpc"]
 
@@ -51,6 +55,12 @@ _MAX_ENCODED = {"base58": 1683, "base64": 1644}
 _MAX_SIGNATURES = 256
 _MAX_FEE_ACCOUNTS = 128
 _TX_TYPE = "solana_transaction::versioned::VersionedTransaction"
+_SIMULATED_ACCOUNT_ENCODINGS: dict[str, Encoding] = {
+    "base64": "base64",
+    "base64+zstd": "base64+zstd",
+    "jsonParsed": "jsonParsed",
+}
+"""What ``simulateTransaction`` may return accounts in (agave refuses base58)."""
 
 
 class _Base(BaseModel):
@@ -101,10 +111,7 @@ def _model(model: type[_M], params: list[Any], index: int) -> _M:
     try:
         return model.model_validate(raw)
     except ValidationError as exc:
-        problems = "; ".join(
-            f"{'.'.join(str(p) for p in e['loc']) or 'config'}: {e['msg']}" for e in exc.errors()
-        )
-        raise invalid_params(problems) from None
+        raise invalid_params(validation_problems(exc)) from None
 
 
 def _plain_invalid(message: str) -> RpcError:
@@ -146,6 +153,19 @@ def _wire(params: list[Any], encoding: str | None) -> VersionedTransaction:
         raise _plain_invalid(f"failed to deserialize {_TX_TYPE}: {exc}") from None
 
 
+@contextmanager
+def _refusals() -> Iterator[None]:
+    """Answer a transaction the chain cannot read or whose signatures fail as agave does."""
+    try:
+        yield
+    except InvalidTransaction as exc:
+        raise _plain_invalid(str(exc)) from None
+    except SignatureFailure:
+        raise RpcError(
+            SIGNATURE_VERIFICATION_FAILURE, "Transaction signature verification failure"
+        ) from None
+
+
 def _signature(value: object) -> Signature:
     if not isinstance(value, str):
         raise invalid_params(f"expected a base58 signature string, got {json.dumps(value)}")
@@ -153,12 +173,6 @@ def _signature(value: object) -> Signature:
         return Signature.from_string(value)
     except ValueError:
         raise invalid_params(f"invalid signature {value!r}") from None
-
-
-def _ui_amount(amount: int, decimals: int) -> str:
-    """``amount`` in whole tokens as agave prints ``uiAmountString``: no trailing zeros."""
-    text = f"{Decimal(amount).scaleb(-decimals):f}"
-    return text.rstrip("0").rstrip(".") if "." in text else text
 
 
 class TxRpc:
@@ -186,17 +200,12 @@ class TxRpc:
     def _send_transaction(self, params: list[Any]) -> str:
         max_params(params, 2)
         config = _model(_SendConfig, params, 1)
-        self._rpc.context(parse_config([{"minContextSlot": config.min_context_slot}], 0))
+        self._rpc.context_at(config.min_context_slot)
         tx = _wire(params, config.encoding)
         try:
-            self._chain.load(tx)
-            signature = self._chain.send(tx, skip_preflight=bool(config.skip_preflight))
-        except InvalidTransaction as exc:
-            raise _plain_invalid(str(exc)) from None
-        except SignatureFailure:
-            raise RpcError(
-                SIGNATURE_VERIFICATION_FAILURE, "Transaction signature verification failure"
-            ) from None
+            with _refusals():
+                self._chain.load(tx)
+                signature = self._chain.send(tx, skip_preflight=bool(config.skip_preflight))
         except PreflightFailure as exc:
             raise RpcError(
                 SEND_PREFLIGHT_FAILURE,
@@ -210,21 +219,15 @@ class TxRpc:
         config = _model(_SimulateConfig, params, 1)
         if config.sig_verify and config.replace_recent_blockhash:
             raise _plain_invalid("sigVerify may not be used with replaceRecentBlockhash")
-        context = self._rpc.context(parse_config([{"minContextSlot": config.min_context_slot}], 0))
+        context = self._rpc.context_at(config.min_context_slot)
         tx = _wire(params, config.encoding)
-        try:
+        with _refusals():
             self._chain.load(tx)
             run = self._chain.simulate(
                 tx,
                 sig_verify=bool(config.sig_verify),
                 replace_blockhash=bool(config.replace_recent_blockhash),
             )
-        except InvalidTransaction as exc:
-            raise _plain_invalid(str(exc)) from None
-        except SignatureFailure:
-            raise RpcError(
-                SIGNATURE_VERIFICATION_FAILURE, "Transaction signature verification failure"
-            ) from None
         replacement = None
         if config.replace_recent_blockhash:
             blockhash, last_valid = self._chain.blocks.latest()
@@ -240,16 +243,18 @@ class TxRpc:
     ) -> str:
         accounts_text = "null"
         if accounts is not None:
-            encoding = accounts.encoding or "base64"
-            if encoding not in ("base64", "base64+zstd", "jsonParsed"):
-                raise invalid_params(f"{encoding} encoding not supported")
+            name = accounts.encoding or "base64"
+            encoding = _SIMULATED_ACCOUNT_ENCODINGS.get(name)
+            if encoding is None:
+                raise invalid_params(f"{name} encoding not supported")
             texts = []
             for address in accounts.addresses:
                 pubkey = parse_pubkey(address)
-                account = run.writes.get(pubkey) or self._chain.store.get(pubkey)
+                # As agave: the accounts after the transaction, fee paid; none if it failed.
+                account = None if run.err is not None else self._after(run, pubkey)
                 served = None if account is None else self._encoder.served(pubkey, account)
                 texts.append(
-                    "null" if served is None else self._encoder.encode(pubkey, served, encoding)  # type: ignore[arg-type]
+                    "null" if served is None else self._encoder.encode(pubkey, served, encoding)
                 )
             accounts_text = f"[{','.join(texts)}]"
         rest = json.dumps(
@@ -263,6 +268,13 @@ class TxRpc:
             }
         )
         return f'{{"accounts":{accounts_text},{rest[1:]}'
+
+    def _after(self, run: Execution, pubkey: Pubkey) -> Account | None:
+        if pubkey in run.writes:
+            return run.writes[pubkey]
+        if run.fee_payer is not None and run.fee_payer[0] == pubkey:
+            return run.fee_payer[1]
+        return self._chain.store.get(pubkey)
 
     def _get_signature_statuses(self, params: list[Any]) -> str:
         if not params or not isinstance(params[0], list):
@@ -435,7 +447,7 @@ class TxRpc:
         mint = read_mint(self._chain.store.get(token.mint))
         if mint is None:
             raise _plain_invalid("Invalid param: could not find mint")
-        ui = _ui_amount(token.amount, mint.decimals)
+        ui = ui_amount_string(token.amount, mint.decimals)
         value = {
             "amount": str(token.amount),
             "decimals": mint.decimals,

@@ -13,6 +13,7 @@ from driftpy.accounts.oracle import DRIFT_CODER, DRIFT_IDL
 from solders.instruction import Instruction
 from solders.pubkey import Pubkey
 
+from driftshare.sim._codec import account_name
 from driftshare.sim.drift import orders, pnl, users
 from driftshare.sim.drift.books import Books, decoded_view
 from driftshare.sim.drift.call import Call
@@ -92,10 +93,10 @@ class DriftProgram:
     def _parse(data: bytes) -> NamedInstruction:
         if len(data) < _DISCRIMINATOR:
             raise anchor_error("InstructionMissing")
+        if data[:_DISCRIMINATOR] not in DRIFT_CODER.instruction.sighash_to_name:
+            raise anchor_error("InstructionFallbackNotFound")
         try:
             named: NamedInstruction = DRIFT_CODER.instruction.parse(data)
-        except KeyError:
-            raise anchor_error("InstructionFallbackNotFound") from None
         except Exception as exc:  # construct raises many kinds for bytes that do not decode
             raise anchor_error("InstructionDidNotDeserialize", str(exc)) from None
         return named
@@ -270,7 +271,8 @@ class DriftProgram:
         look = Books(store, slot=store.slot, now=now)
         for user_key in list(self._watched):
             account = store.get(user_key)
-            pending = [] if account is None else open_perp_orders(decoded_view(account.data))
+            data = b"" if account is None else account.data
+            pending = open_perp_orders(decoded_view(data)) if account_name(data) == "User" else []
             if not pending:
                 del self._watched[user_key]
                 continue

@@ -160,6 +160,9 @@ def deposit(call: Call) -> None:
     amount: int = call.args.amount
     if amount == 0:
         raise drift_error("InsufficientDeposit")
+    if authority not in (user.authority, user.delegate):
+        # Mainnet's program takes deposits into another's account only from a whitelist.
+        raise drift_error("DefaultError", "Not whitelisted external depositor")
     if variant_name(market.status) == "Initialized":
         raise drift_error("MarketBeingInitialized")
     position = spot_position(user, market.market_index)
