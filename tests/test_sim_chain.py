@@ -87,6 +87,13 @@ async def _send_raw(sim: Simulator, tx: VersionedTransaction, **config: Any) -> 
     return await _raw(sim, "sendTransaction", [encoded, {"encoding": "base64", **config}])
 
 
+def _all_accounted(sim: Simulator) -> None:
+    """Every transaction received ended one way, for every fee payer."""
+    for counts in sim.stats()["transactions"]["by_signer"].values():
+        ends = ("refused", "landed", "failed", "dropped", "duplicate")
+        assert counts["received"] == sum(counts[end] for end in ends), counts
+
+
 async def _balance(client: AsyncClient, key: Pubkey) -> int:
     return (await client.get_balance(key)).value
 
@@ -165,6 +172,7 @@ async def test_a_failed_instruction_changes_nothing_but_the_fee(
     assert await _balance(client, first) == 0
     assert await _balance(client, payer.pubkey()) == SOL - LAMPORTS_PER_SIGNATURE
     assert sim.stats()["transactions"]["failed"] == 1
+    _all_accounted(sim)
 
 
 async def test_an_instruction_of_an_unknown_program_is_unsupported(
@@ -316,6 +324,7 @@ async def test_dropped_transactions_never_land(sim: Simulator, client: AsyncClie
     await client.send_raw_transaction(bytes(kept))
     assert await _balance(client, target) == 11
     assert sim.stats()["transactions"]["dropped"] == 1
+    _all_accounted(sim)
 
 
 @pytest.mark.parametrize("mode", ["429", "timeout"])
@@ -339,6 +348,7 @@ async def test_a_lost_reply_still_lands(sim: Simulator, mode: str) -> None:
         resent = await client.send_raw_transaction(bytes(tx), TxOpts(skip_preflight=True))
         assert resent.value == tx.signatures[0]
         assert await _balance(client, target) == 42
+        _all_accounted(sim)
 
 
 async def test_a_delayed_transaction_lands_later(sim: Simulator, client: AsyncClient) -> None:
@@ -357,6 +367,7 @@ async def test_a_delayed_transaction_lands_later(sim: Simulator, client: AsyncCl
     await eventually(landed, "the delayed transaction lands")
     assert await _balance(client, target) == 9
     assert sim.stats()["transactions"]["duplicate"] == 1
+    _all_accounted(sim)
 
 
 async def test_blockhashes_expiring_early_are_refused(sim: Simulator, client: AsyncClient) -> None:
@@ -453,3 +464,19 @@ async def test_simulation_changes_nothing_and_can_replace_the_blockhash(
     assert await _balance(client, target) == 0
     both = await _raw(sim, "simulateTransaction", [wire, {**config, "sigVerify": True}])
     assert both["error"]["message"] == "sigVerify may not be used with replaceRecentBlockhash"
+
+
+async def test_a_delayed_transaction_whose_blockhash_expires_never_lands(
+    sim: Simulator, client: AsyncClient
+) -> None:
+    payer = await _funded(client)
+    target = Pubkey.new_unique()
+    sim.faults.expire_blockhashes(0)  # valid only within its own block
+    sim.faults.delay_landing(0.2)
+    tx = await _tx(client, payer, [_pay(payer, target, 4)])
+    assert (await client.send_raw_transaction(bytes(tx))).value == tx.signatures[0]
+    await sim.step()
+    await eventually(lambda: sim.stats()["transactions"]["dropped"] == 1, "the leader drops it")
+    assert await _status(client, tx.signatures[0]) is None
+    assert await _balance(client, target) == 0
+    _all_accounted(sim)

@@ -7,7 +7,6 @@ RPC is in ``test_sim_trading.py``.
 
 from __future__ import annotations
 
-import copy
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -22,7 +21,12 @@ from driftpy.addresses import (
     get_user_stats_account_public_key,
 )
 from driftpy.constants.config import DRIFT_PROGRAM_ID
-from driftpy.constants.numeric_constants import BASE_PRECISION, PRICE_PRECISION, QUOTE_PRECISION
+from driftpy.constants.numeric_constants import (
+    BASE_PRECISION,
+    PEG_PRECISION,
+    PRICE_PRECISION,
+    QUOTE_PRECISION,
+)
 from driftpy.decode.user import decode_user
 from driftpy.math.perp_position import calculate_position_funding_pnl
 from driftpy.types import (
@@ -667,16 +671,18 @@ def test_settle_pnl_pays_realized_pnl_only_to_its_owner(desk: Desk) -> None:
     assert before + gain - 1 <= desk.reader(owner).get_token_amount(0) <= before + gain
 
 
-def test_market_data_still_evolves_around_the_fills(desk: Desk) -> None:
+def test_the_world_reprices_a_market_a_fill_changed_and_keeps_the_fill(desk: Desk) -> None:
     owner = desk.trader()
+    longs = desk.world.perp_market(SOL_PERP).amm.base_asset_amount_long
     desk.ok(take(owner, order("long", 1.0, kind="Market")), signers=[owner])
-    twap_ts = desk.world.perp_market(SOL_PERP).amm.historical_oracle_data.last_oracle_price_twap_ts
     desk.world.set_oracle_price(SOL_PERP, 180.0)
     market = desk.world.perp_market(SOL_PERP)
+    # Re-pegged to the new oracle ...
     assert market.amm.historical_oracle_data.last_oracle_price == 180 * PRICE_PRECISION
-    assert market.amm.historical_oracle_data.last_oracle_price_twap_ts >= twap_ts
-    assert position(desk.user(owner)).base_asset_amount == SOL
-    assert copy.deepcopy(market) == desk.world.perp_market(SOL_PERP)
+    assert market.amm.peg_multiplier == 180 * PEG_PRECISION
+    # ... without losing what the fill wrote.
+    assert market.amm.base_asset_amount_long == longs + SOL
+    assert market.last_fill_price == 150_150_000
 
 
 def test_a_flip_realizes_the_closed_part_and_enters_the_rest(desk: Desk) -> None:
@@ -706,3 +712,23 @@ def test_nobody_deposits_into_another_users_account(desk: Desk) -> None:
     }
     refused = desk.refused(_ix("deposit", 0, USDC, False, accounts=accounts), signers=[stranger])
     assert refused.error == drift("DefaultError")
+
+
+def test_modify_by_user_order_id_keeps_the_id_and_must_modify_fails_when_missing(
+    desk: Desk,
+) -> None:
+    owner = desk.trader()
+    desk.ok(place(owner, order("short", 0.2, 180.0, user_order_id=9)), signers=[owner])
+    accounts = _order_accounts(owner, 0, None)
+    new_price = ModifyOrderParams(price=175 * PRICE_PRECISION)
+    desk.ok(_ix("modify_order_by_user_id", 9, new_price, accounts=accounts), signers=[owner])
+    (modified,) = open_orders(desk.user(owner))
+    assert (modified.user_order_id, modified.price) == (9, 175 * PRICE_PRECISION)
+    assert modified.base_asset_amount == SOL // 5
+
+    must_modify = 1  # ModifyOrderParams.policy is a u8 of flags in driftpy's IDL
+    missing = ModifyOrderParams(price=1, policy=must_modify)
+    refused = desk.refused(
+        _ix("modify_order_by_user_id", 4, missing, accounts=accounts), signers=[owner]
+    )
+    assert refused.error == drift("OrderDoesNotExist")

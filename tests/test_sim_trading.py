@@ -114,6 +114,16 @@ def ground_truth(sim: Simulator, user: DriftUser) -> DriftUser:
     return drift_user(books, user.user_public_key, books.load(user.user_public_key, "User"))
 
 
+async def open_sub_account_0(
+    sim: Simulator, client: DriftClient, wallet: Keypair, *, usdc: int
+) -> None:
+    """Sub-account 0 of ``wallet`` holding ``usdc`` USDC, with SOL-PERP's oracle at 150."""
+    await client.initialize_user(0)
+    await client.get_user(0).account_subscriber.fetch()
+    await client.deposit(usdc * USDC, 0, associated_token_address(wallet.pubkey()))
+    world_of(sim).set_oracle_price(SOL_PERP, 150.0)
+
+
 def market(side: str, size: float, **fields: Any) -> OrderParams:
     direction = PositionDirection.Long() if side == "long" else PositionDirection.Short()
     return OrderParams(
@@ -268,10 +278,7 @@ async def test_margin_refusal_is_drift_insufficient_collateral_and_changes_nothi
 ) -> None:
     client, wallet = trader
     world = world_of(sim)
-    await client.initialize_user(0)
-    await refreshed(client, 0)
-    await client.deposit(100 * USDC, 0, associated_token_address(wallet.pubkey()))
-    world.set_oracle_price(SOL_PERP, 150.0)
+    await open_sub_account_0(sim, client, wallet, usdc=100)
     user_key = get_user_account_public_key(DRIFT_PROGRAM_ID, wallet.pubkey(), 0)
     before = _accounts(sim, user_key, world.perp_market_pubkey(SOL_PERP))
 
@@ -299,10 +306,7 @@ async def test_a_fill_reaches_a_websocket_subscriber_with_no_request(
 ) -> None:
     client, wallet = ws_trader
     world = world_of(sim)
-    await client.initialize_user(0)
-    await client.get_user(0).account_subscriber.fetch()
-    await client.deposit(1_000 * USDC, 0, associated_token_address(wallet.pubkey()))
-    world.set_oracle_price(SOL_PERP, 150.0)
+    await open_sub_account_0(sim, client, wallet, usdc=1_000)
     await client.place_perp_order(limit("short", 1.0, 151.0), sub_account_id=0)
     await sim.step()  # an ask at 151 is above the market's bid (149.85): it rests
     world.set_oracle_price(SOL_PERP, 152.0)

@@ -34,9 +34,11 @@ class Blocks:
 
     @property
     def height(self) -> int:
+        """The block height of the tip."""
         return self._store.slot
 
     def hash_at(self, height: int) -> Hash:
+        """The blockhash of the block at ``height``."""
         return Hash.hash(self._genesis + height.to_bytes(8, "little"))
 
     def latest(self) -> tuple[Hash, int]:

@@ -324,6 +324,7 @@ class Chain:
         return "confirmed" if depth >= 1 else "processed"
 
     def reached(self, landed: Landed, commitment: Commitment) -> bool:
+        """Whether ``landed`` is at least as settled as ``commitment``."""
         return _LEVELS[self.commitment_of(landed)] >= _LEVELS[commitment]
 
     def prioritization_fees(self, accounts: Sequence[Pubkey]) -> list[tuple[int, int]]:

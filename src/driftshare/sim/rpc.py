@@ -10,7 +10,7 @@ import base64
 import json
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any, Literal
+from typing import Any, Literal, TypeVar
 
 import based58
 import zstandard
@@ -40,6 +40,7 @@ __all__ = [
     "max_params",
     "parse_body",
     "parse_config",
+    "parse_model",
     "parse_pubkey",
     "parse_subscribe_config",
     "validation_problems",
@@ -148,15 +149,24 @@ class CallConfig(BaseModel):
     filters: list[_MemcmpFilter | _DataSizeFilter] | None = None
 
 
-def parse_config(params: list[Any], index: int) -> CallConfig:
-    """The config object at ``params[index]`` (absent: all defaults); Invalid params if bad."""
+_Model = TypeVar("_Model", bound=BaseModel)
+
+
+def parse_model(model: type[_Model], params: list[Any], index: int) -> _Model:
+    """The config object at ``params[index]`` as ``model`` (absent: all defaults); Invalid
+    params if bad."""
     raw = params[index] if len(params) > index and params[index] is not None else {}
     if not isinstance(raw, dict):
         raise invalid_params(f"config must be an object, got {json.dumps(raw)}")
     try:
-        return CallConfig.model_validate(raw)
+        return model.model_validate(raw)
     except ValidationError as exc:
         raise invalid_params(validation_problems(exc)) from None
+
+
+def parse_config(params: list[Any], index: int) -> CallConfig:
+    """The account methods' config object at ``params[index]``."""
+    return parse_model(CallConfig, params, index)
 
 
 def max_params(params: list[Any], count: int) -> None:

@@ -7,10 +7,10 @@ import binascii
 import json
 from collections.abc import Iterator
 from contextlib import contextmanager
-from typing import Any, Literal, TypeVar
+from typing import Any, Literal
 
 import based58
-from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from pydantic import BaseModel, ConfigDict, Field
 from solders.hash import Hash
 from solders.message import MessageV0, from_bytes_versioned
 from solders.pubkey import Pubkey
@@ -38,8 +38,8 @@ from driftshare.sim.rpc import (
     invalid_params,
     max_params,
     parse_config,
+    parse_model,
     parse_pubkey,
-    validation_problems,
 )
 from driftshare.sim.store import Account
 from driftshare.sim.tokens import read_mint, read_token_account, ui_amount_string
@@ -99,19 +99,6 @@ class _TransactionConfig(_Base):
     max_supported_transaction_version: int | None = Field(
         None, alias="maxSupportedTransactionVersion", ge=0
     )
-
-
-_M = TypeVar("_M", bound=BaseModel)
-
-
-def _model(model: type[_M], params: list[Any], index: int) -> _M:
-    raw = params[index] if len(params) > index and params[index] is not None else {}
-    if not isinstance(raw, dict):
-        raise invalid_params(f"config must be an object, got {json.dumps(raw)}")
-    try:
-        return model.model_validate(raw)
-    except ValidationError as exc:
-        raise invalid_params(validation_problems(exc)) from None
 
 
 def _plain_invalid(message: str) -> RpcError:
@@ -199,7 +186,7 @@ class TxRpc:
 
     def _send_transaction(self, params: list[Any]) -> str:
         max_params(params, 2)
-        config = _model(_SendConfig, params, 1)
+        config = parse_model(_SendConfig, params, 1)
         self._rpc.context_at(config.min_context_slot)
         tx = _wire(params, config.encoding)
         try:
@@ -216,7 +203,7 @@ class TxRpc:
 
     def _simulate_transaction(self, params: list[Any]) -> str:
         max_params(params, 2)
-        config = _model(_SimulateConfig, params, 1)
+        config = parse_model(_SimulateConfig, params, 1)
         if config.sig_verify and config.replace_recent_blockhash:
             raise _plain_invalid("sigVerify may not be used with replaceRecentBlockhash")
         context = self._rpc.context_at(config.min_context_slot)
@@ -283,8 +270,8 @@ class TxRpc:
         if len(params[0]) > _MAX_SIGNATURES:
             raise invalid_params(f"Too many inputs provided; max {_MAX_SIGNATURES}")
         signatures = [_signature(value) for value in params[0]]
-        config = _model(_StatusConfig, params, 1)
-        context = self._rpc.context(parse_config([], 0))
+        config = parse_model(_StatusConfig, params, 1)
+        context = self._rpc.context_at(None)
         values = []
         for signature in signatures:
             history = bool(config.search_transaction_history)
@@ -307,7 +294,7 @@ class TxRpc:
             raise invalid_params("missing signature")
         max_params(params, 2)
         signature = _signature(params[0])
-        config = _model(_TransactionConfig, params, 1)
+        config = parse_model(_TransactionConfig, params, 1)
         if config.commitment == "processed":
             raise invalid_params("Method does not support commitment below `confirmed`")
         landed = self._chain.status(signature, history=True)

@@ -10,7 +10,6 @@ from solders.pubkey import Pubkey
 
 from driftshare.sim.drift.books import Books
 from driftshare.sim.drift.errors import anchor_error
-from driftshare.sim.drift.pricing import FillModel
 from driftshare.sim.programs import TxAccounts
 
 __all__ = ["Call"]
@@ -26,7 +25,6 @@ class Call:
     remaining: list[AccountMeta]
     tx: TxAccounts
     books: Books
-    model: FillModel
 
     def key(self, name: str) -> Pubkey:
         """The address passed as the IDL account ``name``."""

@@ -30,6 +30,7 @@ from driftshare.sim.drift.positions import (
 from driftshare.sim.drift.pricing import FillModel
 
 __all__ = [
+    "MUST_MODIFY",
     "cancel_order",
     "expire_orders",
     "is_open",
@@ -46,6 +47,9 @@ _USER_REDUCE_ONLY = 4
 """``UserStatus::ReduceOnly``'s bit."""
 _DEFAULT_MARKET_ORDER_TTL = 30
 _MAX_PREDICTION_PRICE = 1_000_000
+MUST_MODIFY = 1
+EXCLUDE_PREVIOUS_FILL = 2
+"""``ModifyOrderParams.policy`` bits (a ``u8`` in the IDL), as protocol-v2 defines them."""
 _ZERO_PARAMS = bytes(128)
 """Decodes as the IDL's ``OrderParams`` with every field zero, false, None or its first variant."""
 
@@ -288,8 +292,7 @@ def modified_params(existing: Any, modify: Any) -> Any | None:
 
     None when an ``ExcludePreviousFill`` size leaves nothing to place.
     """
-    policy = variant_name(modify.policy) if modify.policy is not None else ""
-    if modify.base_asset_amount is not None and policy == "ExcludePreviousFill":
+    if modify.base_asset_amount is not None and (modify.policy or 0) & EXCLUDE_PREVIOUS_FILL:
         base = max(0, modify.base_asset_amount - existing.base_asset_amount_filled)
         if base == 0:
             return None

@@ -83,7 +83,6 @@ class DriftProgram:
             metas[len(names) :],
             tx,
             books,
-            self.model,
         )
         tx.log(f"Instruction: {_camel(named.name)}")
         handler(call)
@@ -231,8 +230,7 @@ class DriftProgram:
         modify = call.args.modify_order_params
         if found is None:
             call.books.log(f"{what} not found")
-            policy = modify.policy
-            if policy is not None and type(policy).__name__ == "MustModify":
+            if (modify.policy or 0) & orders.MUST_MODIFY:
                 raise drift_error("OrderDoesNotExist", what)
             return
         orders.cancel_order(user, found)
