@@ -183,7 +183,9 @@ class DriftAdapter(AdapterWrites):
     yet is held all the same: :meth:`connect` answers False, the manager keeps retrying in
     the background, and reads answer from its cache until it is up; calling :meth:`connect`
     again registers the sub-account once it can. Upstream failures never raise: reads
-    answer ``None``, ``[]`` or stale values and log a warning.
+    answer ``None``, ``[]`` or stale values and log a warning. Writes
+    (:class:`~driftshare._tx.writes.AdapterWrites`) go through the client's one transaction
+    path on the registered sub-account and answer a ``TxResult`` dict, never an exception.
     ``rpc_url`` defaults to ``DRIFT_RPC_URL`` for the configured network, else the
     network's public endpoint; ``clock`` gives the unix time for :meth:`get_time_to_funding`.
     """
