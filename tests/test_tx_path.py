@@ -403,3 +403,12 @@ async def test_metrics_count_writes_by_status_and_time_confirmations(make_path: 
     age = path.keeper.age_s()
     assert age is not None
     assert 0 <= _sample("drift_blockhash_age_seconds") <= age
+
+
+async def test_a_closed_client_fails_writes_unsent_and_starts_no_task() -> None:
+    path = TransactionPath(ConnectionRpc(lambda: None), settings(), active=lambda: False)
+    result = await submit(path)
+    assert result.status == "failed"
+    assert result.error is not None
+    assert result.error.startswith("NotSent")
+    assert not path.running

@@ -138,7 +138,10 @@ class SharedClient:
             stale_after_s=settings.stale_after_s,
         )
         self.tx = TransactionPath(
-            ConnectionRpc(self._connection), settings, fee_accounts=self._perp_market_keys
+            ConnectionRpc(self._connection),
+            settings,
+            fee_accounts=self._perp_market_keys,
+            active=lambda: self.gen is not None,
         )
         """Every write's one way out, across generations; its work starts with the first."""
         self._closing: asyncio.Task[None] | None = None

@@ -36,9 +36,10 @@ __all__ = ["TransactionPath"]
 class TransactionPath:
     """Signs, sends and confirms writes for every engine of a process.
 
-    The background work (blockhash, fee, status poll) starts with the first write and ends
-    at :meth:`aclose`; a process that never writes sends none of it. ``fee_accounts`` names
-    the accounts whose recent fees set the priority fee (the markets orders write to).
+    The background work (blockhash, fee, status poll) starts with the first write while
+    ``active()`` and ends at :meth:`aclose`; a process that never writes sends none of it.
+    ``fee_accounts`` names the accounts whose recent fees set the priority fee (the markets
+    orders write to).
     """
 
     def __init__(
@@ -47,6 +48,7 @@ class TransactionPath:
         settings: Settings,
         *,
         fee_accounts: Callable[[], Sequence[str]] = tuple,
+        active: Callable[[], bool] = lambda: True,
         clock: Callable[[], float] = time.monotonic,
     ) -> None:
         self.keeper = BlockhashKeeper(
@@ -74,6 +76,7 @@ class TransactionPath:
             clock=clock,
         )
         self.compute_units = settings.tx_compute_units
+        self._active = active
         self._order_ids: dict[str, UserOrderIds] = {}
         self._order_id_hold_s = settings.tx_timeout_s
         self._tasks: list[asyncio.Task[None]] = []
@@ -83,8 +86,9 @@ class TransactionPath:
         return any(not t.done() for t in self._tasks)
 
     def start(self) -> None:
-        """Start the background refreshes and the status poll (once)."""
-        if self.running:
+        """Start the background refreshes and the status poll (once), unless the client is
+        closed (``active()`` false): a write then fails unsent instead of leaving tasks."""
+        if self.running or not self._active():
             return
         self._tasks = [
             asyncio.create_task(self.keeper.run(), name="driftshare-tx-blockhash"),
