@@ -327,3 +327,17 @@ async def test_the_funding_engine_opens_and_closes_delta_neutral_legs(chain: Sim
         assert engine.errors == 0
     finally:
         await engine.adapter.disconnect()
+
+
+async def test_the_path_survives_a_reconnect(chain: Simulator) -> None:
+    async with funded_engine(chain) as (wallet, adapter):
+        shared = DriftClientManager.shared_state()
+        assert shared is not None
+        path = shared.tx
+        assert await DriftClientManager.force_reconnect()
+        bid = await adapter.place_perp_order(
+            0, "long", 0.5, "LIMIT", price=await resting_bid(adapter)
+        )
+        assert bid["status"] == "confirmed", bid
+        assert open_user_order_ids(chain, wallet, 0) == [bid["user_order_id"]]
+        assert shared.tx is path
