@@ -193,6 +193,8 @@ def test_openapi_document_describes_every_route(api: httpx.Client) -> None:
         "/api/markets/{symbol}",
         "/api/funding",
         "/api/stats",
+        "/api/accounts",
+        "/api/orders",
         "/api/openapi.json",
         "/healthz",
         "/readyz",

@@ -88,6 +88,8 @@ class PathTxSender(TxSender):  # type: ignore[misc]
         else:
             build, blockhash = built
             result = await self.path.sender.land(build, signed=(tx, blockhash))
+        # driftpy does not say which sub-account it wrote: the fee payer is the authority.
+        self.path.history.add("driftpy", result, authority=str(tx.message.account_keys[0]))
         if result.status == "confirmed":
             assert result.signature is not None
             assert result.slot is not None

@@ -22,6 +22,7 @@ from solders.transaction import VersionedTransaction
 from driftshare._generation import cancel_all
 from driftshare._tx.blockhash import Blockhash, BlockhashKeeper
 from driftshare._tx.fees import PriorityFees
+from driftshare._tx.history import TxHistory
 from driftshare._tx.lookup_tables import LookupTables
 from driftshare._tx.order_ids import UserOrderIds
 from driftshare._tx.rpc import TxRpc
@@ -76,6 +77,8 @@ class TransactionPath:
             clock=clock,
         )
         self.compute_units = settings.tx_compute_units
+        self.history = TxHistory()
+        """The last writes ended on this path, for the dashboard and ``/api/orders``."""
         self._active = active
         self._order_ids: dict[str, UserOrderIds] = {}
         self._order_id_hold_s = settings.tx_timeout_s

@@ -8,11 +8,12 @@ sub-account's reads reflect it.
 
 from __future__ import annotations
 
+import functools
 import logging
 import math
 import time
-from collections.abc import Callable
-from typing import Any
+from collections.abc import Callable, Coroutine
+from typing import Any, Concatenate, ParamSpec
 
 from anchorpy import Context
 from driftpy.constants.numeric_constants import BASE_PRECISION, PRICE_PRECISION
@@ -47,6 +48,32 @@ _ORDER_TYPES = {"MARKET": OrderType.Market, "LIMIT": OrderType.Limit}
 
 Builder = Callable[[DriftClient], list[Instruction]]
 
+_P = ParamSpec("_P")
+_Write = Callable[Concatenate["Trader", _P], Coroutine[Any, Any, TxResult]]
+
+
+def _recorded(kind: str, *, market: bool = False) -> Callable[[_Write[_P]], _Write[_P]]:
+    """Record every result of the write in the path's history, refusals before sending
+    included; ``market``: the write's first argument (``symbol``) names its market."""
+
+    def wrap(write: _Write[_P]) -> _Write[_P]:
+        @functools.wraps(write)
+        async def recorded(self: Trader, /, *args: _P.args, **kwargs: _P.kwargs) -> TxResult:
+            result = await write(self, *args, **kwargs)
+            symbol = (args[0] if args else kwargs.get("symbol")) if market else None
+            self.path.history.add(
+                kind,
+                result,
+                authority=str(self.account.authority),
+                sub_account_id=self.account.sub_account_id,
+                market=None if symbol is None else str(symbol),
+            )
+            return result
+
+        return recorded
+
+    return wrap
+
 
 class Trader:
     """Places, cancels and settles for one sub-account; each write returns a
@@ -76,6 +103,7 @@ class Trader:
 
     # -- orders -----------------------------------------------------------------------------
 
+    @_recorded("place_perp_order", market=True)
     async def place_perp_order(
         self,
         symbol: str | int,
@@ -118,6 +146,7 @@ class Trader:
             user_order_id=user_order_id,
         )
 
+    @_recorded("close_position", market=True)
     async def close_position(self, symbol: str | int) -> TxResult:
         """A reduce-only market order for the whole open position in ``symbol``."""
         index = self._market(symbol)
@@ -181,6 +210,7 @@ class Trader:
             lambda c: [c.get_place_perp_order_ix(params, sub)], user_order_id=user_order_id
         )
 
+    @_recorded("cancel_order")
     async def cancel_order(
         self, order_id: int | None = None, *, user_order_id: int | None = None
     ) -> TxResult:
@@ -192,6 +222,7 @@ class Trader:
             return await self._write(lambda c: [c.get_cancel_order_by_user_id_ix(uid, sub)])
         return await self._write(lambda c: [c.get_cancel_order_ix(order_id, sub)])
 
+    @_recorded("cancel_all_orders", market=True)
     async def cancel_all_orders(self, symbol: str | int | None = None) -> TxResult:
         """Cancel every open order, or every one in ``symbol``'s perp market."""
         sub = self.account.sub_account_id
@@ -205,15 +236,18 @@ class Trader:
 
     # -- collateral and PnL -----------------------------------------------------------------
 
+    @_recorded("deposit")
     async def deposit(self, amount: float) -> TxResult:
         """Deposit ``amount`` USDC from the signer's associated token account."""
         return await self._collateral("deposit", amount)
 
+    @_recorded("withdraw")
     async def withdraw(self, amount: float) -> TxResult:
         """Withdraw ``amount`` USDC (never borrowing) to the signer's associated token
         account, created if missing."""
         return await self._collateral("withdraw", amount)
 
+    @_recorded("settle_pnl", market=True)
     async def settle_pnl(self, symbol: str | int) -> TxResult:
         """Settle this sub-account's PnL in ``symbol``'s perp market."""
         index = self._market(symbol)

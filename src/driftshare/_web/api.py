@@ -11,11 +11,14 @@ from typing import Any
 from aiohttp import web
 from multidict import MultiMapping
 from prometheus_client import CONTENT_TYPE_LATEST
+from pydantic import BaseModel
 
 from driftshare import _metrics as metrics
 from driftshare._markets import normalize_symbol
+from driftshare._tx.history import TxRecord
+from driftshare._web.accounts import UNREADABLE_FIELDS, account_rows, order_rows
 from driftshare._web.live import LiveState
-from driftshare.models import FundingRateData, MarketData
+from driftshare.models import AccountInfo, FundingRateData, MarketData, OrderInfo, PositionInfo
 
 __all__ = [
     "LIVE",
@@ -207,6 +210,32 @@ async def stats(request: web.Request) -> web.Response:
     )
 
 
+async def _trading_listing(
+    request: web.Request, key: str, rows: Callable[[LiveState], list[dict[str, Any]]]
+) -> web.Response:
+    """A trading list endpoint: it takes no query parameters."""
+    if request.query:
+        given = sorted(request.query)[0]
+        return error_response(400, "bad_request", f"unknown query parameter {given!r}")
+    live = request.app[LIVE]
+    result = rows(live)
+    return web.json_response(_envelope(live, count=len(result), **{key: result}))
+
+
+async def accounts(request: web.Request) -> web.Response:
+    """``GET /api/accounts``: every registered sub-account's margin, positions and orders."""
+    return await _trading_listing(
+        request, "accounts", lambda live: account_rows(live.network, live.rpc_url)
+    )
+
+
+async def orders(request: web.Request) -> web.Response:
+    """``GET /api/orders``: the last writes this process sent and how each ended."""
+    return await _trading_listing(
+        request, "orders", lambda live: order_rows(live.network, live.rpc_url)
+    )
+
+
 async def healthz(request: web.Request) -> web.Response:
     """``GET /healthz``: the process answers."""
     return web.json_response({"status": "alive"})
@@ -241,6 +270,8 @@ def routes() -> list[web.RouteDef]:
         web.get("/api/markets/{symbol}", market),
         web.get("/api/funding", funding),
         web.get("/api/stats", stats),
+        web.get("/api/accounts", accounts),
+        web.get("/api/orders", orders),
         web.get("/api/openapi.json", openapi),
         web.get("/healthz", healthz),
         web.get("/readyz", readyz),
@@ -310,6 +341,25 @@ def _list_of(item: str, key: str) -> dict[str, Any]:
 
 
 _ERROR = _json(_ref("Error"), "error")
+
+
+def _model_schema(cls: type[BaseModel], nullable: tuple[str, ...] = ()) -> dict[str, Any]:
+    """An OpenAPI 3.0 object schema of a pydantic model of scalar fields (pydantic emits
+    JSON Schema 2020-12, whose ``anyOf [X, null]`` is 3.0's ``nullable``)."""
+    properties: dict[str, Any] = {}
+    for name, prop in cls.model_json_schema()["properties"].items():
+        variants = [v for v in prop.get("anyOf", [prop]) if v.get("type") != "null"]
+        schema = {k: v for k, v in variants[0].items() if k in ("type", "enum")}
+        if len(variants) < len(prop.get("anyOf", [prop])) or name in nullable:
+            schema["nullable"] = True
+        properties[name] = schema
+    return {"type": "object", "required": list(properties), "properties": properties}
+
+
+_ACCOUNT: dict[str, Any] = _model_schema(AccountInfo, nullable=UNREADABLE_FIELDS)
+_ACCOUNT["properties"]["positions"] = {"type": "array", "items": _ref("PositionInfo")}
+_ACCOUNT["properties"]["open_orders"] = {"type": "array", "items": _ref("OrderInfo")}
+_ACCOUNT["required"] += ["positions", "open_orders"]
 _OBJECT: dict[str, Any] = {"type": "object"}
 
 
@@ -374,6 +424,16 @@ OPENAPI: dict[str, Any] = {
         "/api/stats": _get(
             "The shared client, RPC traffic, cache and engines", _json(_OBJECT, "stats")
         ),
+        "/api/accounts": _get(
+            "Every registered sub-account: collateral, leverage, positions with PnL, orders",
+            _json(_list_of("Account", "accounts"), "sub-accounts (public keys only)"),
+            errors=(400,),
+        ),
+        "/api/orders": _get(
+            "The last writes this process sent, newest first, with their status",
+            _json(_list_of("TxRecord", "orders"), "writes"),
+            errors=(400,),
+        ),
         "/api/openapi.json": _get("This document", _json(_OBJECT, "OpenAPI 3.0")),
         "/healthz": _get("Liveness", _json(_OBJECT, "alive")),
         "/readyz": _get(
@@ -393,6 +453,10 @@ OPENAPI: dict[str, Any] = {
         "schemas": {
             "MarketData": _schema_of(MarketData),
             "FundingRateData": _schema_of(FundingRateData),
+            "Account": _ACCOUNT,
+            "PositionInfo": _model_schema(PositionInfo),
+            "OrderInfo": _model_schema(OrderInfo),
+            "TxRecord": _model_schema(TxRecord),
             "Error": {
                 "type": "object",
                 "required": ["error", "message"],

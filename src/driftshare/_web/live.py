@@ -14,6 +14,7 @@ from typing import Any
 
 from driftshare._engines import Engine
 from driftshare._marketdata import MarketDataReader
+from driftshare._web.accounts import trading_view
 from driftshare.config import Network
 from driftshare.manager import DriftClientManager
 from driftshare.models import FundingRateData, MarketData
@@ -311,4 +312,5 @@ class LiveState:
             },
             "markets": rows,
             "engines": [engine.status() for engine in self.engines],
+            **trading_view(self.network, self.rpc_url),
         }

@@ -131,6 +131,50 @@
     ).join("");
   }
 
+  const short = (key) => `${key.slice(0, 4)}…${key.slice(-4)}`;
+  const ORDER_BADGE = { confirmed: "active", failed: "closed", unknown: "paused" };
+  function signed(v, digits) { return v == null ? "–" : `${v >= 0 ? "+" : ""}${v.toFixed(digits)}`; }
+  function signClass(v) { return v == null || v === 0 ? "" : v > 0 ? "pos" : "neg"; }
+
+  function positionLine(p) {
+    return `<tr class="sub${p.stale ? " stale" : ""}" data-position="${esc(p.symbol)}"><td class="text">↳ <b>${esc(p.symbol)}</b> <span class="${signClass(p.size)}">${esc(signed(p.size, 4))}</span></td>`
+      + `<td class="num" colspan="2">entry ${esc(price(p.entry_price))}</td><td class="num" colspan="2">liq. ${esc(price(p.liquidation_price))}</td>`
+      + `<td class="num ${signClass(p.unrealized_pnl)}" data-col="pnl">${esc(signed(p.unrealized_pnl, 2))}</td><td class="num">${p.data_age_s.toFixed(1)}s</td></tr>`;
+  }
+
+  function orderLine(o) {
+    const kind = `${o.direction} ${o.order_type.toLowerCase()}${o.reduce_only ? " reduce-only" : ""}`;
+    return `<tr class="sub" data-order="${o.order_id}"><td class="text">↳ order #${o.order_id} <span class="muted">${esc(kind)}</span> <b>${esc(o.symbol)}</b></td>`
+      + `<td class="num" colspan="2">${esc(o.filled)} / ${esc(o.size)}</td><td class="num" colspan="2">${o.price ? `@ ${esc(price(o.price))}` : "market"}</td><td class="num" colspan="2">uid ${o.user_order_id}</td></tr>`;
+  }
+
+  function renderAccounts(accounts) {
+    $("#accounts-card").hidden = accounts.length === 0;
+    $("#accounts tbody").innerHTML = accounts.map((a) => {
+      const who = `<span title="${esc(a.authority)} · user ${esc(a.user_account)}">${esc(short(a.authority))}</span> / ${a.sub_account_id}`;
+      const head = `<tr data-account="${esc(a.authority)}/${a.sub_account_id}" class="${a.stale ? "stale" : ""}"><td class="text sym">${who}</td>`
+        + `<td class="num" data-col="equity">${esc(usd(a.collateral))}</td><td class="num" data-col="free_collateral">${esc(usd(a.free_collateral))}</td>`
+        + `<td class="num" data-col="leverage">${a.leverage == null ? "–" : `${a.leverage.toFixed(2)}×`}</td>`
+        + `<td class="num">${a.margin_ratio == null ? "–" : `${(a.margin_ratio * 100).toFixed(1)}%`}</td>`
+        + `<td class="num ${signClass(a.unrealized_pnl)}">${esc(signed(a.unrealized_pnl, 2))}</td>`
+        + `<td class="num">${a.data_age_s == null ? "–" : `${a.data_age_s.toFixed(1)}s`}</td></tr>`;
+      return head + a.positions.map(positionLine).join("") + a.open_orders.map(orderLine).join("");
+    }).join("");
+  }
+
+  function renderOrders(orders) {
+    $("#orders-card").hidden = orders.length === 0;
+    $("#orders-count").textContent = `newest first, last ${orders.length}`;
+    $("#orders tbody").innerHTML = orders.map((o) => {
+      const who = o.authority == null ? "–" : `${esc(short(o.authority))}${o.sub_account_id == null ? "" : ` / ${o.sub_account_id}`}`;
+      const sig = o.signature ? `<span title="${esc(o.signature)}">${esc(short(o.signature))}</span>` : "–";
+      return `<tr data-status="${esc(o.status)}"><td class="text">${esc(new Date(o.time * 1000).toLocaleTimeString())}</td><td class="text">${who}</td>`
+        + `<td class="text">${esc(o.kind.replace(/_/g, " "))}</td><td class="text">${esc(o.market ?? "–")}</td>`
+        + `<td class="text"><span class="badge ${ORDER_BADGE[o.status] ?? ""}">${esc(o.status)}</span></td><td class="num">${o.slot ?? "–"}</td>`
+        + `<td class="text mono">${sig}</td><td class="text ${o.error ? "neg" : "muted"}">${esc(o.error ?? "")}</td></tr>`;
+    }).join("");
+  }
+
   function buildHead() {
     const tr = $("#markets-head");
     for (const col of COLUMNS) {
@@ -243,6 +287,8 @@
     chart($("#chart-hits"), snap.history.cache_hit_ratio, { max: 1, fmt: (v) => (v == null ? "–" : `${(v * 100).toFixed(0)}%`) });
     renderEngines(snap.engines);
     renderFleet(snap.fleet);
+    renderAccounts(snap.accounts ?? []);
+    renderOrders(snap.orders ?? []);
     renderTable();
   }
 
