@@ -107,6 +107,7 @@ async def test_accounts_and_orders_show_a_trading_sub_account(
         orders = answer["orders"]
         assert [o["status"] for o in orders] == ["failed", "confirmed", "confirmed", "confirmed"]
         assert [o["kind"] for o in orders[1:]] == ["place_perp_order"] * 2 + ["deposit"]
+        assert [o["market"] for o in orders] == ["SOL-PERP"] * 3 + [None]
         assert [o["signature"] for o in orders[1:]] == [w["signature"] for w in writes[2::-1]]
         assert [o["slot"] for o in orders[1:]] == [w["slot"] for w in writes[2::-1]]
         assert orders[0]["error"].startswith("InvalidDirection")

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 import shutil
 from collections.abc import AsyncIterator
 from pathlib import Path
@@ -11,8 +12,12 @@ import pytest_asyncio
 from playwright.async_api import Browser, async_playwright, expect
 
 from conftest import WaitUntil, subscribed
+from driftshare import DriftAdapter
 from driftshare._serve import Runtime, ServeConfig
 from driftshare.manager import DriftClientManager
+from driftshare.sim.wallets import open_wallet
+from sim_trading import ticking
+from test_trading_sim import TX_SETTINGS, resting_bid
 
 CHROMIUM = "/usr/bin/chromium"
 CHROMIUM_ARGS = [
@@ -107,3 +112,59 @@ async def test_dashboard_shows_every_market_and_live_changes(
     await page.add_style_tag(content="td.up, td.down { animation: none !important; }")
     await page.screenshot(path=ARTIFACTS / "dashboard.png", full_page=True)
     assert errors == []
+
+
+@pytest_asyncio.fixture
+async def trading_runtime(manager_settings: None) -> AsyncIterator[Runtime]:
+    """serve on a two-market simulator whose chain advances (writes confirm), no engines."""
+    config = ServeConfig(
+        port=0, sim_markets=2, sim_tick_s=3600, settings_overrides=dict(TX_SETTINGS)
+    )
+    async with Runtime(config) as rt:
+        assert rt.simulator is not None
+        async with ticking(rt.simulator):
+            yield rt
+
+
+async def test_accounts_panel_shows_a_trading_sub_account(
+    browser: Browser, trading_runtime: Runtime
+) -> None:
+    sim = trading_runtime.simulator
+    assert sim is not None
+    wallet = await open_wallet(sim.http_url, DriftClientManager.settings(), subs=1, usdc=1_000)
+    adapter = DriftAdapter()
+    assert await adapter.connect(wallet, 0)
+    try:
+        assert (await adapter.deposit(500))["status"] == "confirmed"
+        assert (await adapter.place_perp_order(0, "long", 0.5))["status"] == "confirmed"
+        bid = await resting_bid(adapter)
+        limit = await adapter.place_perp_order(0, "long", 0.2, "LIMIT", price=bid, user_order_id=9)
+        assert limit["status"] == "confirmed"
+        assert (await adapter.place_perp_order(0, "sideways", 1.0))["status"] == "failed"
+
+        page = await browser.new_page(viewport={"width": 1440, "height": 1000})
+        errors: list[str] = []
+        page.on("pageerror", lambda exc: errors.append(str(exc)))
+        await page.goto(trading_runtime.url)
+        account = page.locator(f'#accounts tr[data-account="{wallet.pubkey()}/0"]')
+        await expect(account).to_have_count(1, timeout=3000)
+        await expect(account.locator('td[data-col="equity"]')).to_have_text(re.compile(r"^\$\d"))
+        await expect(account.locator('td[data-col="leverage"]')).to_have_text(
+            re.compile(r"^\d+\.\d\d\u00d7$")
+        )
+        # The chain's position: 0.5 SOL long, shown signed.
+        position = page.locator('#accounts tr[data-position="SOL-PERP"]')
+        await expect(position).to_contain_text("+0.5000")
+        await expect(page.locator("#accounts tr[data-order]")).to_contain_text("uid 9")
+        await expect(page.locator('#orders tr[data-status="confirmed"]')).to_have_count(3)
+        await expect(page.locator('#orders tr[data-status="failed"]')).to_contain_text(
+            "InvalidDirection"
+        )
+        html = await page.content()
+        assert str(wallet) not in html
+        ARTIFACTS.mkdir(exist_ok=True)
+        await page.locator("#accounts-card").scroll_into_view_if_needed()
+        await page.screenshot(path=ARTIFACTS / "dashboard-accounts.png", full_page=True)
+        assert errors == []
+    finally:
+        await adapter.disconnect()

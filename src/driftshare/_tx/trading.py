@@ -66,7 +66,7 @@ def _recorded(kind: str, *, market: bool = False) -> Callable[[_Write[_P]], _Wri
                 result,
                 authority=str(self.account.authority),
                 sub_account_id=self.account.sub_account_id,
-                market=None if symbol is None else str(symbol),
+                market=None if symbol is None else self._market_name(symbol),
             )
             return result
 
@@ -277,6 +277,11 @@ class Trader:
             return self._markets.resolve(symbol)
         except TypeError:
             return None
+
+    def _market_name(self, symbol: object) -> str:
+        """``symbol``'s market as the chain names it (SOL-PERP for 0 or "sol"), else as given."""
+        index = self._market(symbol) if isinstance(symbol, str | int) else None
+        return str(symbol) if index is None else self._markets.symbol(index)
 
     def _open_user_order_ids(self) -> list[int]:
         try:

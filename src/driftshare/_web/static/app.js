@@ -133,6 +133,7 @@
 
   const short = (key) => `${key.slice(0, 4)}…${key.slice(-4)}`;
   const ORDER_BADGE = { confirmed: "active", failed: "closed", unknown: "paused" };
+  function dollars(v) { return v == null ? "–" : `$${v.toLocaleString("en-US", { minimumFractionDigits: 2, maximumFractionDigits: 2 })}`; }
   function signed(v, digits) { return v == null ? "–" : `${v >= 0 ? "+" : ""}${v.toFixed(digits)}`; }
   function signClass(v) { return v == null || v === 0 ? "" : v > 0 ? "pos" : "neg"; }
 
@@ -153,7 +154,7 @@
     $("#accounts tbody").innerHTML = accounts.map((a) => {
       const who = `<span title="${esc(a.authority)} · user ${esc(a.user_account)}">${esc(short(a.authority))}</span> / ${a.sub_account_id}`;
       const head = `<tr data-account="${esc(a.authority)}/${a.sub_account_id}" class="${a.stale ? "stale" : ""}"><td class="text sym">${who}</td>`
-        + `<td class="num" data-col="equity">${esc(usd(a.collateral))}</td><td class="num" data-col="free_collateral">${esc(usd(a.free_collateral))}</td>`
+        + `<td class="num" data-col="equity">${esc(dollars(a.collateral))}</td><td class="num" data-col="free_collateral">${esc(dollars(a.free_collateral))}</td>`
         + `<td class="num" data-col="leverage">${a.leverage == null ? "–" : `${a.leverage.toFixed(2)}×`}</td>`
         + `<td class="num">${a.margin_ratio == null ? "–" : `${(a.margin_ratio * 100).toFixed(1)}%`}</td>`
         + `<td class="num ${signClass(a.unrealized_pnl)}">${esc(signed(a.unrealized_pnl, 2))}</td>`
