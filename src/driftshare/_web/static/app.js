@@ -139,7 +139,9 @@
 
   function positionLine(p) {
     return `<tr class="sub${p.stale ? " stale" : ""}" data-position="${esc(p.symbol)}"><td class="text">↳ <b>${esc(p.symbol)}</b> <span class="${signClass(p.size)}">${esc(signed(p.size, 4))}</span></td>`
-      + `<td class="num" colspan="2">entry ${esc(price(p.entry_price))}</td><td class="num" colspan="2">liq. ${esc(price(p.liquidation_price))}</td>`
+      // A closed position stays listed while its PnL is unsettled.
+      + (p.size === 0 ? '<td class="num" colspan="4">closed, PnL unsettled</td>'
+        : `<td class="num" colspan="2">entry ${esc(price(p.entry_price))}</td><td class="num" colspan="2">liq. ${esc(price(p.liquidation_price))}</td>`)
       + `<td class="num ${signClass(p.unrealized_pnl)}" data-col="pnl">${esc(signed(p.unrealized_pnl, 2))}</td><td class="num">${p.data_age_s.toFixed(1)}s</td></tr>`;
   }
 
