@@ -91,6 +91,7 @@ def _cmd_funding(ns: argparse.Namespace) -> int:
 async def _funding(ns: argparse.Namespace) -> int:
     from contextlib import AsyncExitStack
 
+    from driftshare._lifecycle import load_keypair
     from driftshare.config import ConfigError, load_settings
     from driftshare.manager import DriftClientManager
     from driftshare.sim import Simulator
@@ -99,6 +100,7 @@ async def _funding(ns: argparse.Namespace) -> int:
     overrides = {key: value for key, value in overrides.items() if value is not None}
     try:
         settings = load_settings(**overrides)
+        load_keypair(settings)  # a bad DRIFT_KEYPAIR is said now, not as "cannot reach"
     except ConfigError as exc:
         print(f"driftshare funding: {exc}", file=sys.stderr)
         return 2

@@ -50,27 +50,41 @@ from driftshare._subscription import (
     post_batch,
 )
 from driftshare._transport import RateLimitedTransport, RpcStats, SharedLimits, install_transport
-from driftshare.config import Settings, redact_text, redact_url, split_rpc_urls
+from driftshare.config import ConfigError, Settings, redact_text, redact_url, split_rpc_urls
 
 __all__ = ["SharedClient", "load_keypair"]
 
 log = logging.getLogger(__name__)
 
 
+_BASE58 = frozenset("123456789ABCDEFGHJKLMNPQRSTUVWXYZabcdefghijkmnopqrstuvwxyz")
+
+
 def load_keypair(settings: Settings) -> Keypair:
-    """The configured signer, or a throwaway keypair for read-only use."""
+    """The configured signer, or a throwaway keypair for read-only use.
+
+    A bad ``DRIFT_KEYPAIR`` is a :class:`ConfigError` whose message never shows the value:
+    a mistyped path may be a secret with a typo in it.
+    """
     if settings.keypair is None:
         return Keypair()
     secret = settings.keypair.get_secret_value().strip()
     path = Path(secret).expanduser()
-    try:
-        if path.is_file():
+    if path.is_file():
+        try:
             return Keypair.from_json(path.read_text())
+        except (ValueError, OSError) as exc:
+            raise ConfigError(
+                f"DRIFT_KEYPAIR: the keypair file cannot be read as a JSON keypair "
+                f"({type(exc).__name__})"
+            ) from None
+    if not set(secret) <= _BASE58:  # "/", ".", "~"…: meant as a path, not base58
+        raise ConfigError("DRIFT_KEYPAIR: no such keypair file")
+    try:
         return Keypair.from_base58_string(secret)
-    except (ValueError, OSError) as exc:
-        # The message must not echo the secret itself.
-        raise ValueError(
-            f"DRIFT_KEYPAIR is neither a keypair file nor base58: {type(exc).__name__}"
+    except ValueError:
+        raise ConfigError(
+            "DRIFT_KEYPAIR: not a base58 secret key (64 bytes), and no such keypair file"
         ) from None
 
 
@@ -110,6 +124,8 @@ class SharedClient:
         self.init_failures = 0
         self.mode_switches = 0
         self.last_error: str | None = None
+        self.config_error: str | None = None
+        """Set once a setting makes every start fail (a bad DRIFT_KEYPAIR): no retries."""
         self.unavailable: dict[int, str] = {}
         self.ledger = AccountLedger()
         """Every subscribed account's raw bytes, slot and confirmation, across generations."""
@@ -169,25 +185,31 @@ class SharedClient:
 
     # -- references -------------------------------------------------------------------------
 
-    def _generation(self) -> Generation:
-        """The live generation, started when there is none (ValueError for a bad keypair)."""
+    def _generation(self) -> Generation | None:
+        """The live generation, started when there is none; None after a configuration error."""
         if self.gen is None:
-            # The keypair first: a bad DRIFT_KEYPAIR fails here, once, before anything opens.
-            self.gen = Generation(load_keypair(self.settings), after=self._closing)
+            if self.config_error is not None:
+                return None  # no retry can fix the configuration: refused once, for good
+            try:
+                # The keypair first: a bad DRIFT_KEYPAIR fails here, before anything opens.
+                keypair = load_keypair(self.settings)
+            except ConfigError as exc:
+                self._refuse(exc)
+                return None
+            self.gen = Generation(keypair, after=self._closing)
             if self.snapshots is not None:
                 self.snapshots.start()
         return self.gen
 
-    def _refuse(self, exc: ValueError) -> None:
+    def _refuse(self, exc: ConfigError) -> None:
+        self.config_error = self.last_error = str(exc)
+        self.init_failures += 1
         self.health = "down"
-        self.last_error = str(exc)
         log.error("cannot start the shared %s DriftClient: %s", self.network, exc)
 
     async def acquire(self) -> Any:
-        try:
-            gen = self._generation()
-        except ValueError as exc:  # a configuration error: no background retry can fix it
-            self._refuse(exc)
+        gen = self._generation()
+        if gen is None:
             return None
         self.refs += 1
         self._publish_refs()
@@ -244,10 +266,8 @@ class SharedClient:
         after they leave. A read with no holder starts the client if needed under a lease
         that ends ``idle_close_s`` after the last such read has finished.
         """
-        try:
-            gen = self._generation()
-        except ValueError as exc:
-            self._refuse(exc)
+        gen = self._generation()
+        if gen is None:
             return None
         if self.refs == 0:
             self._extend_lease()
@@ -592,6 +612,7 @@ class SharedClient:
             "mode_switches": self.mode_switches,
             "health": self.health,
             "last_error": self.last_error,
+            "config_error": self.config_error,
             "unavailable_markets": dict(self.unavailable),
             "rpc": rpc,
             "rate_limited": rpc.get("rate_limited", 0),

@@ -23,6 +23,7 @@ from aiohttp import web
 from rich.markup import escape
 
 from driftshare._engines import ENGINES, Engine, make_engines
+from driftshare._lifecycle import load_keypair
 from driftshare._web import LiveState, create_app
 from driftshare.config import ConfigError, Network, Settings, load_settings, redact_url
 from driftshare.manager import DriftClientManager
@@ -89,7 +90,9 @@ def serve_settings(config: ServeConfig, environ: dict[str, str] | None = None) -
         overrides["share_url"] = config.share_url
     overrides.update(config.settings_overrides)
     try:
-        return load_settings(**overrides)
+        settings = load_settings(**overrides)
+        load_keypair(settings)  # a bad DRIFT_KEYPAIR stops serve at once, with its one message
+        return settings
     except ConfigError as exc:
         raise ServeError(str(exc)) from None
 
