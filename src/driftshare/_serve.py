@@ -14,7 +14,7 @@ import os
 import signal
 import sys
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Coroutine, Sequence
 from dataclasses import dataclass, field
 from types import TracebackType
 from typing import Any, Self, cast, get_args
@@ -119,6 +119,8 @@ class Runtime:
         self._managing = False
         self.url = ""
         self.started_at = time.time()
+        self.waiting: str | None = None
+        """Rich markup: why no market data was read at start (None once some was)."""
 
     @property
     def simulated(self) -> bool:
@@ -187,11 +189,16 @@ class Runtime:
             )
         else:
             cause = escape(str(stats.get("last_error") or "connecting"))
-            say(f"[yellow]no market data yet ({cause}); retrying in the background[/yellow]")
+            self.waiting = f"no market data yet ({cause}); retrying in the background"
         for engine in self.engines:
             await engine.start()
         if self.engines:
             say(f"engines running: {', '.join(e.name for e in self.engines)}")
+
+    async def first_data(self) -> None:
+        """Return once the dashboard has read some market data."""
+        if self.live is not None:
+            await self.live.first_data.wait()
 
     async def _listen(self, app: web.Application) -> None:
         runner = web.AppRunner(app, access_log=None, shutdown_timeout=2.0)
@@ -237,6 +244,17 @@ class Runtime:
         await self.stop()
 
 
+async def _first_of(*waits: Coroutine[Any, Any, Any]) -> None:
+    """Wait until one of ``waits`` returns; the others are cancelled."""
+    tasks = [asyncio.ensure_future(wait) for wait in waits]
+    try:
+        await asyncio.wait(tasks, return_when=asyncio.FIRST_COMPLETED)
+    finally:
+        for task in tasks:
+            task.cancel()
+        await asyncio.gather(*tasks, return_exceptions=True)
+
+
 def parse_engines(text: str) -> list[str]:
     """``funding,lst`` → ``["funding", "lst"]``; ``all`` → every engine; ValueError if unknown."""
     names = [part.strip().lower() for part in text.split(",") if part.strip()]
@@ -273,11 +291,18 @@ async def run_serve(config: ServeConfig) -> int:
                 status.update(text)
 
             await runtime.start(progress)
-        label = "[b yellow]SIMULATED CHAIN[/b yellow]" if runtime.simulated else "live RPC"
         url = escape(runtime.url)
-        console.print(f"[b]ready[/b] ({label}): dashboard at [link]{url}[/link]")
-        console.print("press Ctrl+C to stop")
         try:
+            if runtime.waiting is not None:
+                # No check mark and no "ready" while nothing answers: only data makes it ready.
+                console.print(f"[yellow]waiting for the RPC: {runtime.waiting}[/yellow]")
+                console.print(f"dashboard at [link]{url}[/link]; press Ctrl+C to stop")
+                await _first_of(runtime.first_data(), stopping.wait())
+                if stopping.is_set():
+                    return 0
+            label = "[b yellow]SIMULATED CHAIN[/b yellow]" if runtime.simulated else "live RPC"
+            console.print(f"[b]ready[/b] ({label}): dashboard at [link]{url}[/link]")
+            console.print("press Ctrl+C to stop")
             await stopping.wait()
         finally:
             console.print("stopping…")

@@ -62,6 +62,8 @@ class LiveState:
         self._clock = clock
         self.started_at = clock()
         self.first_data_at: float | None = None
+        self.first_data = asyncio.Event()
+        """Set once some market data was read."""
         self.version = 0
         self.markets: list[MarketData] = []
         self.funding: dict[int, FundingRateData] = {}
@@ -140,6 +142,7 @@ class LiveState:
         self.markets, self.funding = markets, funding
         if markets and self.first_data_at is None:
             self.first_data_at = now
+            self.first_data.set()
         self._sample(now)
         if changed or now - self._published_at >= _PUBLISH_EVERY_S or self._snapshot is None:
             await self._publish(now)
