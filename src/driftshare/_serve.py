@@ -188,7 +188,8 @@ class Runtime:
                 f"in {stats.get('time_to_ready_s') or 0:.2f}s"
             )
         else:
-            cause = escape(str(stats.get("last_error") or "connecting"))
+            reasons = "; ".join(stats.get("unavailable_markets", {}).values())
+            cause = escape(str(stats.get("last_error") or reasons or "connecting"))
             self.waiting = f"no market data yet ({cause}); retrying in the background"
         for engine in self.engines:
             await engine.start()

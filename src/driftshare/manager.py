@@ -11,6 +11,7 @@ import asyncio
 import functools
 import logging
 import threading
+import warnings
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from typing import Any, ClassVar
@@ -20,7 +21,7 @@ from driftpy.drift_client import DriftClient
 from driftshare._fleet import standalone_stats
 from driftshare._health import reconnect
 from driftshare._lifecycle import SharedClient
-from driftshare._marketdata import MarketDataReader, MarketSource
+from driftshare._marketdata import OPEN_INTEREST_DEPRECATION, MarketDataReader, MarketSource
 from driftshare.config import (
     PUBLIC_RPC_URLS,
     Settings,
@@ -287,9 +288,20 @@ class DriftClientManager:
 
     @classmethod
     async def get_open_interest(cls, market: str | int, network: str | None = None) -> float | None:
-        """Open interest of one market in USD, cached; never raises."""
+        """Deprecated: :meth:`get_open_interest_usd`, whose name says the unit."""
+        warnings.warn(OPEN_INTEREST_DEPRECATION, DeprecationWarning, stacklevel=2)
+        return await cls.get_open_interest_usd(market, network)
+
+    @classmethod
+    async def get_open_interest_usd(
+        cls, market: str | int, network: str | None = None
+    ) -> float | None:
+        """Open interest of one market in USD at the oracle price, cached; never raises.
+
+        ``MarketData.open_interest`` is the same in base units.
+        """
         reader = cls._reader(network)
-        return None if reader is None else await reader.get_open_interest(market)
+        return None if reader is None else await reader.get_open_interest_usd(market)
 
     @classmethod
     def shared_state(

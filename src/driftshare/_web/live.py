@@ -264,7 +264,8 @@ class LiveState:
         cache = stats.get("cache", {})
         hits = sum(cache.get("hits", {}).values())
         misses = sum(cache.get("misses", {}).values())
-        rps = self._history[-1][1] if self._history else None
+        # The cards show the charts' newest points: one definition for each figure.
+        _, rps, hit_ratio = self._history[-1] if self._history else (now, None, None)
         return {
             "references": stats.get("references", 0),
             "initializations": stats.get("initializations", 0),
@@ -279,7 +280,7 @@ class LiveState:
             "endpoint_switches": stats.get("endpoint_switches", 0),
             "cache_hits": hits,
             "cache_misses": misses,
-            "cache_hit_ratio": hits / (hits + misses) if hits + misses else None,
+            "cache_hit_ratio": hit_ratio,
             "time_to_ready_s": stats.get("time_to_ready_s"),
             "time_to_first_data_s": (
                 None if self.first_data_at is None else self.first_data_at - self.started_at
