@@ -7,7 +7,7 @@ snapshot writer and the fleet publisher all read, and that a follower or a warm 
 from __future__ import annotations
 
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
 from typing import Literal
 
@@ -94,6 +94,10 @@ class AccountLedger:
 
     def clear(self) -> None:
         self._entries.clear()
+
+    def remove(self, pubkeys: Iterable[str]) -> int:
+        """Forget ``pubkeys`` (a snapshot of another chain); how many were held."""
+        return sum(self._entries.pop(pubkey, None) is not None for pubkey in pubkeys)
 
     def add_listener(self, listener: Listener) -> Callable[[], None]:
         """Call ``listener`` on every change or confirmation; returns its remover."""

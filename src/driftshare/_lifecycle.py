@@ -89,16 +89,16 @@ def load_keypair(settings: Settings) -> Keypair:
 
 
 class _StartStats(RpcStats):
-    """RpcStats that also reports requests which found no answering server."""
+    """RpcStats that also reports each request that was not answered with success."""
 
-    def __init__(self, on_unreachable: Callable[[], None]) -> None:
+    def __init__(self, on_failed: Callable[[str, str], None]) -> None:
         super().__init__()
-        self._on_unreachable = on_unreachable
+        self._on_failed = on_failed
 
     def record_request(self, method: str, status: str) -> None:
         super().record_request(method, status)
-        if status in ("error", "timeout"):
-            self._on_unreachable()
+        if not status.startswith("2"):
+            self._on_failed(method, status)
 
 
 class SharedClient:
@@ -117,7 +117,7 @@ class SharedClient:
         self.loop = asyncio.get_running_loop()
         self.refs = 0
         self.gen: Generation | None = None
-        self.rpc = _StartStats(self._unreachable)
+        self.rpc = _StartStats(self._request_failed)
         self.mode: SubscriptionMode = settings.subscription
         self.health = "idle"
         self.initializations = 0
@@ -163,11 +163,11 @@ class SharedClient:
             return 0
         # Off the loop: a mainnet-sized file (165 KiB) reads in milliseconds, but a file may be
         # up to MAX_FILE_BYTES, read, hashed and parsed, on a disk that may be cold.
-        accounts = await asyncio.to_thread(self.snapshots.read)
+        contents = await asyncio.to_thread(self.snapshots.read)
         if self._warm is not None or self.initialized:
             return 0  # loaded meanwhile, or live data came first
         confirmed_at = self.last_confirmed_at
-        loaded = self.snapshots.apply(accounts)
+        loaded = self.snapshots.apply(contents)
         # The snapshot's confirmations are another process's: they prove no data flows now.
         self.last_confirmed_at = confirmed_at
         if loaded:
@@ -310,13 +310,21 @@ class SharedClient:
 
     # -- initialization ---------------------------------------------------------------------
 
-    def _unreachable(self) -> None:
+    def _request_failed(self, method: str, status: str) -> None:
+        gen = self.gen
+        starting = gen is not None and gen.init_task is not None
+        if starting and self.last_error is None:
+            # The first failure shows in stats() now, not once the retries are spent: with no
+            # DRIFT_RPC_URL it is Solana's public endpoint refusing, and the user should see so.
+            answer = {"error": "no answer", "timeout": "timed out"}.get(status, f"HTTP {status}")
+            self.last_error = f"{method} to {redact_url(self.endpoints.active)}: {answer}"
+        if status not in ("error", "timeout") or gen is None or not starting:
+            return
         # A start whose RPC refuses connections or times out would hold its callers through
         # the transport's retries: they get None now and the start goes on in the background.
         # With several endpoints a failing one (or a failed probe of a backup) is the
         # fail-over's to handle: the start may still succeed on the next endpoint.
-        gen = self.gen
-        if gen is not None and gen.init_task is not None and len(self.endpoints.urls) == 1:
+        if len(self.endpoints.urls) == 1:
             self.health = "down"
             gen.settle(None)
 
@@ -470,6 +478,8 @@ class SharedClient:
             await gen.fleet.wait_followed()
             await self._install_subscriber(gen, LedgerSubscriber(program, self.ledger))
             return
+        if self.snapshots is not None and not self.snapshots.chain_known:
+            await self._check_chain(gen)
         discovery = await discover_markets(program, self.settings.perp_markets)
         gen.check()
         self.unavailable = discovery.unavailable
@@ -487,6 +497,19 @@ class SharedClient:
                 log.warning("websocket subscription failed (%r); polling instead", exc)
         await self._install_subscriber(gen, self._polling(gen, discovery, tap), tap)
         self.mode = "polling"
+
+    async def _check_chain(self, gen: Generation) -> None:
+        """Ask the RPC for its chain's genesis hash: a snapshot of another chain is dropped."""
+        if self._warming is not None:
+            await asyncio.shield(self._warming)  # its accounts are in the ledger before the check
+        if gen.connection is None:
+            raise RuntimeError("no connection")
+        genesis = str((await gen.connection.get_genesis_hash()).value)
+        gen.check()
+        dropped = self.snapshots is not None and self.snapshots.on_chain(genesis)
+        if dropped and self._warm is not None:
+            self._warm.close()  # nothing of the snapshot's is left to serve
+            self._warm = None
 
     def _on_fleet_change(self, gen: Generation) -> None:
         """Leader or follower changed: subscribe upstream, or follow, with the same client."""
