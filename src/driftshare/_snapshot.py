@@ -17,8 +17,8 @@ from __future__ import annotations
 
 import asyncio
 import base64
-import dataclasses
 import binascii
+import dataclasses
 import hashlib
 import json
 import logging
