@@ -44,8 +44,9 @@ async def test_sim_exits_cleanly_on_sigint() -> None:
 async def test_a_fleet_member_hands_its_lease_over_and_writes_its_snapshot_at_sigterm(
     simulator: Simulator, redis_server: RedisServer, tmp_path: Path
 ) -> None:
-    # A lease far longer than the test: only a hand-over lets the follower lead in time.
-    env = {"DRIFT_SHARE_LEASE_S": "120", "DRIFT_SNAPSHOT_INTERVAL_S": "3600"}
+    # Only a hand-over, seen at the next lease tick (5 s), lets the follower lead before the
+    # 30 s lease expires.
+    env = {"DRIFT_SHARE_LEASE_S": "30", "DRIFT_SNAPSHOT_INTERVAL_S": "3600"}
     folders = [tmp_path / "a", tmp_path / "b"]
     members = []
     for folder in folders:
@@ -72,7 +73,7 @@ async def test_a_fleet_member_hands_its_lease_over_and_writes_its_snapshot_at_si
             async def follower_leads() -> bool:
                 return (await follower.stats(client)).get("fleet", {}).get("role") == "leader"
 
-            await eventually(follower_leads, "the follower leads after the hand-over", within=60)
+            await eventually(follower_leads, "the follower leads after the hand-over", within=25)
         assert len(read_snapshot(leader_file, MAINNET).accounts) > 0
     finally:
         await asyncio.gather(*(asyncio.to_thread(m.stop) for m in members))

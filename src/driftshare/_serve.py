@@ -41,6 +41,9 @@ __all__ = [
 LIVE_CACHE_TTL_S = 0.5
 """Cache TTL of funding, prices, markets and open interest under serve (see the module doc)."""
 
+_IDLE_REFRESH_S = 5.0
+"""How often the dashboard reads while no page listens (see LiveState)."""
+
 _TTL_FIELDS = ("cache_ttl_funding", "cache_ttl_price", "cache_ttl_markets", "cache_ttl_oi")
 
 Progress = Callable[[str], None]
@@ -157,6 +160,8 @@ class Runtime:
             simulated=rpc_url is None,
             engines=self.engines,
             refresh_s=config.refresh_s,
+            # Often enough that reads alone keep the shared client open.
+            idle_refresh_s=min(_IDLE_REFRESH_S, settings.idle_close_s / 2),
             stale_after_s=settings.ws_stall_s
             if config.stale_after_s is None
             else config.stale_after_s,
