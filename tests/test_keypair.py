@@ -75,6 +75,17 @@ def test_funding_prints_the_keypair_error_and_exits_2(
     assert "cannot reach" not in err
 
 
+def test_demo_prints_the_keypair_error_and_exits_2(
+    monkeypatch: pytest.MonkeyPatch,
+    manager_settings: None,
+    tmp_path: Path,
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    monkeypatch.setenv("DRIFT_KEYPAIR", str(tmp_path / "nope.json"))
+    assert cli.main(["demo", "--duration", "1"]) == 2
+    assert "driftshare demo: DRIFT_KEYPAIR: no such keypair file" in capsys.readouterr().err
+
+
 def test_serve_refuses_a_bad_keypair_before_starting_anything(
     monkeypatch: pytest.MonkeyPatch, manager_settings: None
 ) -> None:

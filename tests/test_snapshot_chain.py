@@ -1,6 +1,6 @@
-"""Warm start keyed by the chain: a snapshot serves a restart on another endpoint of the same
-chain, and its accounts leave as soon as the RPC answers with another genesis hash. The
-keeper's stop lets the caller's cancellation through and never lets an older write land last."""
+"""Snapshots keyed by the chain: a snapshot's accounts leave the ledger as soon as the RPC
+answers with another genesis hash (restarts: test_warmstart.py). The keeper's stop lets the
+caller's cancellation through and never lets an older write land last."""
 
 from __future__ import annotations
 
@@ -16,28 +16,14 @@ from conftest import eventually
 from driftshare import _snapshot
 from driftshare._ledger import AccountLedger
 from driftshare._snapshot import SnapshotIdentity, SnapshotKeeper, read_snapshot, write_snapshot
-from driftshare.manager import DriftClientManager
 from driftshare.sim._codec import DRIFT_PROGRAM_ID
 from driftshare.sim._records import world_records
-from driftshare.sim.pytest_plugin import SimulatorFactory
 from driftshare.sim.store import AccountStore
 from driftshare.sim.world import World
 
 CHAIN_A = "5eykt4UsFv8P8NJdTREpY1vzqKqZKvdpKuc147dw2N9d"
 CHAIN_B = "EtWTRABZaYq6iMfeYKouRu166VU2xqa1wcaWoxPkrZBG"
 NETWORK_ONLY = SnapshotIdentity("mainnet", str(DRIFT_PROGRAM_ID))
-
-
-def _settings(rpc_url: str, folder: Path) -> dict[str, Any]:
-    return {
-        "rpc_url": rpc_url,
-        "snapshot_path": folder,
-        "health_interval_s": 3600,
-        "max_retries": 0,
-        "retry_backoff": 0.2,
-        "retry_backoff_cap": 0.5,
-        "init_timeout_s": 5,
-    }
 
 
 def _identity(genesis: str) -> SnapshotIdentity:
@@ -70,66 +56,6 @@ def test_a_snapshot_of_another_chain_leaves_the_ledger_when_the_rpc_answers(
     # The new chain's accounts, at its own lower slots, are taken from now on.
     fresh = next(iter(world_records(world, slot=5)))
     assert other.apply(fresh)
-
-
-async def test_a_restart_on_another_endpoint_of_the_same_chain_answers_from_the_snapshot(
-    simulator_factory: SimulatorFactory, manager_settings: None, tmp_path: Path
-) -> None:
-    sim = await simulator_factory(markets=3)
-    DriftClientManager.configure(**_settings(sim.http_url, tmp_path))
-    live = {m.market_index: m for m in await DriftClientManager.get_all_perp_markets()}
-    assert len(live) == 3
-    await DriftClientManager.shutdown()  # a clean shutdown writes the snapshot
-
-    await sim.faults.down(3600)
-    backup = sim.http_url.replace("127.0.0.1", "localhost")  # another URL, the same chain
-    try:
-        DriftClientManager.configure(**_settings(backup, tmp_path))
-        markets = await DriftClientManager.get_all_perp_markets()
-        assert sorted(m.market_index for m in markets) == sorted(live)
-        for market in markets:
-            assert market.stale
-            assert market.oracle_price == live[market.market_index].oracle_price
-    finally:
-        await sim.faults.clear()
-        await DriftClientManager.shutdown()
-
-
-async def test_a_restart_on_another_chain_drops_the_snapshot_once_it_answers(
-    simulator_factory: SimulatorFactory, manager_settings: None, tmp_path: Path
-) -> None:
-    first = await simulator_factory(markets=3, seed=1)
-    for _ in range(20):  # its slots ahead of the second chain's
-        await first.step()
-    DriftClientManager.configure(**_settings(first.http_url, tmp_path))
-    assert len(await DriftClientManager.get_all_perp_markets()) == 3
-    await DriftClientManager.shutdown()
-
-    second = await simulator_factory(markets=3, seed=2)
-    world = second.world
-    assert world is not None
-    DriftClientManager.configure(**_settings(second.http_url, tmp_path))
-    try:
-        await DriftClientManager.get_all_perp_markets()
-        shared = DriftClientManager.shared_state()
-        assert shared is not None
-        assert shared.snapshots is not None
-
-        async def second_chains_prices() -> bool:
-            markets = await DriftClientManager.get_all_perp_markets()
-            return len(markets) == 3 and all(
-                not m.stale and m.oracle_price == pytest.approx(world.oracle_price(m.market_index))
-                for m in markets
-            )
-
-        await eventually(second_chains_prices, "the second chain's data served")
-        warm = shared.snapshots.stats()
-        assert warm["loaded"] > 0
-        assert warm["dropped"] == warm["loaded"]
-        assert warm["genesis_hash"] is not None
-    finally:
-        await DriftClientManager.shutdown()
-    assert read_snapshot(shared.snapshots.file, NETWORK_ONLY).genesis_hash == warm["genesis_hash"]
 
 
 async def test_stop_lets_the_callers_cancellation_through(tmp_path: Path) -> None:

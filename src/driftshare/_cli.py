@@ -302,6 +302,14 @@ def _add_demo(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
 
 def _cmd_demo(ns: argparse.Namespace) -> int:
     from driftshare._demo import print_results, run_demo
+    from driftshare._lifecycle import load_keypair
+    from driftshare.config import ConfigError, load_settings
+
+    try:
+        load_keypair(load_settings())  # the shared run's engines would all get None
+    except ConfigError as exc:
+        print(f"driftshare demo: {exc}", file=sys.stderr)
+        return 2
 
     print(
         f"running {ns.engines} engines for {ns.duration:g}s, shared then legacy, "

@@ -13,7 +13,7 @@ import random
 import time
 from collections.abc import Callable
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import httpx
 from driftpy.account_subscription_config import AccountSubscriptionConfig
@@ -24,7 +24,6 @@ from solders.keypair import Keypair
 
 from driftshare import _metrics as metrics
 from driftshare._endpoints import EndpointSelector
-from driftshare._fleet import FleetMember, standalone_stats
 from driftshare._freshness import Confirmer
 from driftshare._generation import Generation, unsubscribe_fully
 from driftshare._health import (
@@ -38,7 +37,6 @@ from driftshare._health import (
 from driftshare._ledger import AccountLedger, AccountRecord, LedgerEntry
 from driftshare._ledger_subscriber import LedgerSubscriber
 from driftshare._marketdata import ClientSource, MarketSource
-from driftshare._snapshot import WarmSource, snapshot_keeper
 from driftshare._subscription import (
     AccountTap,
     Discovery,
@@ -51,6 +49,9 @@ from driftshare._subscription import (
 )
 from driftshare._transport import RateLimitedTransport, RpcStats, SharedLimits, install_transport
 from driftshare.config import ConfigError, Settings, redact_text, redact_url, split_rpc_urls
+
+if TYPE_CHECKING:
+    from driftshare._snapshot import SnapshotKeeper, WarmSource
 
 __all__ = ["SharedClient", "load_keypair"]
 
@@ -132,7 +133,12 @@ class SharedClient:
         self.tap: AccountTap | None = None
         self.last_confirmed_at: float | None = None
         """``time.monotonic()`` of the newest confirmation of any account."""
-        self.snapshots = snapshot_keeper(self.ledger, settings, network, url)
+        self.snapshots: SnapshotKeeper | None = None
+        if settings.snapshot_path is not None:
+            # Imported on use: `import driftshare` stays as light as driftpy allows.
+            from driftshare._snapshot import snapshot_keeper
+
+            self.snapshots = snapshot_keeper(self.ledger, settings, network, url)
         self._warm: WarmSource | None = None
         self._warming: asyncio.Task[int] | None = None
         if settings.share_url is None and self.snapshots is not None:
@@ -171,6 +177,8 @@ class SharedClient:
         # The snapshot's confirmations are another process's: they prove no data flows now.
         self.last_confirmed_at = confirmed_at
         if loaded:
+            from driftshare._snapshot import WarmSource
+
             self._warm = WarmSource(self.ledger)
         return loaded
 
@@ -438,6 +446,8 @@ class SharedClient:
         if gen.client is None:
             self._open(gen)
         if self.settings.share_url is not None and gen.fleet is None:
+            from driftshare._fleet import FleetMember  # redis-py only in a fleet
+
             gen.fleet = FleetMember(
                 self.settings,
                 self.network,
@@ -614,6 +624,8 @@ class SharedClient:
 
     def snapshot(self) -> dict[str, Any]:
         """Plain data about this client; reads only (other threads call it: stats())."""
+        from driftshare._fleet import standalone_stats  # on use: redis-py is not imported before
+
         now = time.monotonic()
         confirmed_at = self.last_confirmed_at
         rpc = self.rpc.snapshot()

@@ -18,7 +18,6 @@ from typing import Any, ClassVar
 
 from driftpy.drift_client import DriftClient
 
-from driftshare._fleet import standalone_stats
 from driftshare._health import reconnect
 from driftshare._lifecycle import SharedClient
 from driftshare._marketdata import OPEN_INTEREST_DEPRECATION, MarketDataReader, MarketSource
@@ -186,6 +185,8 @@ class DriftClientManager:
             return {"network": network, "references": 0, "initialized": False, "error": str(exc)}
         shared = cls._find(*key)
         if shared is None:
+            from driftshare._fleet import standalone_stats  # on use: see _lifecycle
+
             snapshot: dict[str, Any] = {
                 "network": key[0],
                 "rpc_url": redact_url(split_rpc_urls(key[1])[0]),
