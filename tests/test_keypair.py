@@ -62,28 +62,21 @@ async def test_a_bad_keypair_is_refused_once_counted_and_logged_once(
         await DriftClientManager.shutdown()
 
 
-def test_funding_prints_the_keypair_error_and_exits_2(
+@pytest.mark.parametrize(
+    "command", [["funding", "--rpc-url", CLOSED_PORT_URL], ["demo", "--duration", "1"]]
+)
+def test_a_command_prints_the_keypair_error_and_exits_2(
     monkeypatch: pytest.MonkeyPatch,
     manager_settings: None,
     tmp_path: Path,
     capsys: pytest.CaptureFixture[str],
+    command: list[str],
 ) -> None:
     monkeypatch.setenv("DRIFT_KEYPAIR", str(tmp_path / "nope.json"))
-    assert cli.main(["funding", "--rpc-url", CLOSED_PORT_URL]) == 2
+    assert cli.main(command) == 2
     err = capsys.readouterr().err
-    assert "driftshare funding: DRIFT_KEYPAIR: no such keypair file" in err
+    assert f"driftshare {command[0]}: DRIFT_KEYPAIR: no such keypair file" in err
     assert "cannot reach" not in err
-
-
-def test_demo_prints_the_keypair_error_and_exits_2(
-    monkeypatch: pytest.MonkeyPatch,
-    manager_settings: None,
-    tmp_path: Path,
-    capsys: pytest.CaptureFixture[str],
-) -> None:
-    monkeypatch.setenv("DRIFT_KEYPAIR", str(tmp_path / "nope.json"))
-    assert cli.main(["demo", "--duration", "1"]) == 2
-    assert "driftshare demo: DRIFT_KEYPAIR: no such keypair file" in capsys.readouterr().err
 
 
 def test_serve_refuses_a_bad_keypair_before_starting_anything(
