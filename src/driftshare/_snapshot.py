@@ -515,6 +515,8 @@ class SnapshotKeeper:
         if task is not None:
             task.cancel()
             await asyncio.wait([task])  # raises only if the caller itself is cancelled
+            if not task.cancelled():
+                task.result()  # a failure the background writer met is the caller's to see
         await self.write_if_changed()
 
 
