@@ -188,7 +188,9 @@ async def test_down_refuses_connections_then_comes_back(simulator: Simulator) ->
 async def test_clear_brings_everything_back(simulator: Simulator) -> None:
     key = Pubkey.new_unique()
     simulator.store.put(key, Account(data=b"data", owner=OWNER, lamports=1))
-    for spec in ("fail=503:9", "latency=10", "stall", "malformed=4", f"corrupt={key}", "down=600"):
+    specs = ("fail=503:9", "latency=10", "stall", "malformed=4", f"corrupt={key}", "down=600")
+    trading = ("drop-tx=3", "lost-reply=timeout:2", "land-delay=5", "blockhash-age=10")
+    for spec in specs + trading:
         await simulator.faults.apply_spec(spec)
     with pytest.raises(httpx.ConnectError):
         await _health(simulator)
@@ -205,6 +207,10 @@ async def test_clear_brings_everything_back(simulator: Simulator) -> None:
         "malformed_remaining": 0,
         "corrupted": {},
         "hidden": [],
+        "drop_tx_remaining": 0,
+        "lost_reply": {"mode": "429", "remaining": 0},
+        "land_delay_s": 0.0,
+        "blockhash_max_age": 150,
     }
 
 

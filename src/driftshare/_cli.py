@@ -76,6 +76,12 @@ def _add_sim(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
         default=60.0,
         help="seconds between funding settlements",
     )
+    p.add_argument(
+        "--fill-spread-bps",
+        type=float,
+        default=10.0,
+        help="half-spread around the oracle at which Drift orders take (basis points)",
+    )
     p.add_argument("--tick-s", type=_positive_float, default=0.4, help="seconds per slot")
     p.add_argument(
         "--max-ws-per-client", type=int, default=64, help="WebSocket connections per client"
@@ -102,6 +108,7 @@ def _cmd_sim(ns: argparse.Namespace) -> int:
         rate_limit=ns.rate_limit,
         burst=ns.burst,
         funding_period_s=ns.funding_period_s,
+        fill_spread_bps=ns.fill_spread_bps,
         tick_s=ns.tick_s,
         max_ws_per_client=ns.max_ws_per_client,
         faults=list(ns.fault),
@@ -268,6 +275,11 @@ def _add_serve(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None
         metavar="LIST",
         help="sample engines to run: funding,lst,scalp,arb or all",
     )
+    p.add_argument(
+        "--trade",
+        action="store_true",
+        help="the funding engine trades small delta-neutral positions (embedded simulator only)",
+    )
     p.set_defaults(func=_cmd_serve)
 
 
@@ -281,6 +293,7 @@ def _cmd_serve(ns: argparse.Namespace) -> int:
         port=ns.port,
         engines=ns.engines,
         share_url=ns.share_url,
+        trade=ns.trade,
     )
     return asyncio.run(run_serve(config))
 

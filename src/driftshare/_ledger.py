@@ -7,13 +7,16 @@ snapshot writer and the fleet publisher all read, and that a follower or a warm 
 from __future__ import annotations
 
 import time
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from typing import Literal
 
-__all__ = ["AccountKind", "AccountLedger", "AccountRecord", "LedgerEntry"]
+__all__ = ["MARKET_KINDS", "AccountKind", "AccountLedger", "AccountRecord", "LedgerEntry"]
 
-AccountKind = Literal["perp", "spot", "oracle", "state"]
+AccountKind = Literal["perp", "spot", "oracle", "state", "user", "user_stats"]
+
+MARKET_KINDS: frozenset[AccountKind] = frozenset({"perp", "spot", "oracle", "state"})
+"""The program-wide accounts every member subscribes; the others belong to one signer."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -95,9 +98,9 @@ class AccountLedger:
     def clear(self) -> None:
         self._entries.clear()
 
-    def remove(self, pubkeys: Iterable[str]) -> int:
-        """Forget ``pubkeys`` (a snapshot of another chain); how many were held."""
-        return sum(self._entries.pop(pubkey, None) is not None for pubkey in pubkeys)
+    def discard(self, pubkey: str) -> None:
+        """Forget ``pubkey`` (no longer subscribed); its listeners are not told."""
+        self._entries.pop(pubkey, None)
 
     def add_listener(self, listener: Listener) -> Callable[[], None]:
         """Call ``listener`` on every change or confirmation; returns its remover."""

@@ -23,6 +23,8 @@ from solana.rpc.commitment import Confirmed
 from solders.keypair import Keypair
 
 from driftshare import _metrics as metrics
+from driftshare._accounts import AccountRegistry
+from driftshare._accounts.hosts import SharedHost
 from driftshare._endpoints import EndpointSelector
 from driftshare._freshness import Confirmer
 from driftshare._generation import Generation, unsubscribe_fully
@@ -48,6 +50,7 @@ from driftshare._subscription import (
     post_batch,
 )
 from driftshare._transport import RateLimitedTransport, RpcStats, SharedLimits, install_transport
+from driftshare._tx import ConnectionRpc, TransactionPath, install_path
 from driftshare.config import ConfigError, Settings, redact_text, redact_url, split_rpc_urls
 
 if TYPE_CHECKING:
@@ -147,6 +150,8 @@ class SharedClient:
                 self.load_snapshot(), name=f"driftshare-snapshot-load-{network}"
             )
         self.ledger.add_listener(self._on_ledger)
+        self.accounts = AccountRegistry(SharedHost(self))
+        """The signers and sub-accounts engines registered, watched on this subscription."""
         self.confirmer = Confirmer(
             self.ledger,
             pubkeys=lambda: [] if self.tap is None else self.tap.pubkeys(),
@@ -154,6 +159,13 @@ class SharedClient:
             inject=self._inject,
             stale_after_s=settings.stale_after_s,
         )
+        self.tx = TransactionPath(
+            ConnectionRpc(self._connection),
+            settings,
+            fee_accounts=self._perp_market_keys,
+            active=lambda: self.gen is not None,
+        )
+        """Every write's one way out, across generations; its work starts with the first."""
         self._closing: asyncio.Task[None] | None = None
         self._lease: asyncio.TimerHandle | None = None
         self._lease_until = 0.0
@@ -186,6 +198,13 @@ class SharedClient:
     def client(self) -> Any:
         """The current generation's DriftClient, or None."""
         return None if self.gen is None else self.gen.client
+
+    def _connection(self) -> AsyncClient | None:
+        return None if self.gen is None else self.gen.connection
+
+    def _perp_market_keys(self) -> list[str]:
+        # The accounts every order writes: their recent fees are the ones to outbid.
+        return [entry.record.pubkey for entry in self.ledger if entry.record.kind == "perp"]
 
     @property
     def initialized(self) -> bool:
@@ -439,6 +458,7 @@ class SharedClient:
             spot_market_indexes=[],
             oracle_infos=[],
         )
+        install_path(gen.client, self.tx)
 
     async def _start(self, gen: Generation) -> None:
         gen.check()
@@ -548,6 +568,7 @@ class SharedClient:
         the previous one on success) ends fully unsubscribed.
         """
         try:
+            await self.accounts.attach(subscriber, tap)
             await asyncio.wait_for(subscriber.subscribe(), self.settings.init_timeout_s)
             gen.check()
         except BaseException:
@@ -596,9 +617,11 @@ class SharedClient:
         if gen.client is not None:
             log.info("last reference released: closing the shared %s DriftClient", self.network)
         await gen.close()
+        self.accounts.clear()  # registrations end with the connection they were made on
         if self.gen is None and self.snapshots is not None:
             await self.snapshots.stop()  # the clean shutdown's write
         if self.gen is None:
+            await self.tx.aclose()
             self.health = "idle"
             self.mode = self.settings.subscription
 
@@ -656,6 +679,8 @@ class SharedClient:
             "last_update_age_s": None if confirmed_at is None else now - confirmed_at,
             "data_slot": data_slot(self),
             "freshness": self.confirmer.snapshot(),
+            "accounts": self.accounts.snapshot(),
+            "transactions": self.tx.snapshot(),
             "warm_start": None if self.snapshots is None else self.snapshots.stats(),
             "fleet": standalone_stats() if gen is None or gen.fleet is None else gen.fleet.stats(),
         }

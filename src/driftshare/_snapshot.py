@@ -36,7 +36,7 @@ from driftpy.constants.config import DRIFT_PROGRAM_ID
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 from solders.pubkey import Pubkey
 
-from driftshare._ledger import AccountLedger, AccountRecord, LedgerEntry
+from driftshare._ledger import MARKET_KINDS, AccountLedger, AccountRecord, LedgerEntry
 from driftshare._ledger_subscriber import LedgerReads
 from driftshare._marketdata import ClientSource
 from driftshare.config import Settings
@@ -190,6 +190,8 @@ def encode_snapshot(
             "data": base64.b64encode(e.record.data).decode(),
         }
         for e in entries
+        # A signer's own accounts are subscribed again by its engines, never served warm.
+        if e.record.kind in MARKET_KINDS
     ]
     body = json.dumps({"records": records}, separators=(",", ":")).encode()
     header = {
@@ -430,7 +432,9 @@ class SnapshotKeeper:
         loaded, self._loaded_chain = self._loaded_chain, None
         if loaded is None or loaded == genesis_hash or not self.restored:
             return 0
-        dropped = self.ledger.remove(self.restored)
+        dropped = sum(self.ledger.get(pubkey) is not None for pubkey in self.restored)
+        for pubkey in self.restored:
+            self.ledger.discard(pubkey)
         self.restored = set()
         self._another_chain(loaded, dropped)
         return dropped
