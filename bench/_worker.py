@@ -1,7 +1,7 @@
 """One measurement in a fresh process: ``python -m bench._worker '<json>'``.
 
 A fresh process per measurement keeps its RSS, caches and the manager's state clean. The
-JSON parameters name the ``kind`` (engines, latency, cold, stampede) and its settings; the
+JSON parameters name the ``kind`` (engines, latency, cold, stampede, idle) and its settings; the
 result is one JSON object on the last stdout line.
 """
 
@@ -332,7 +332,41 @@ async def _stampede(params: dict[str, Any]) -> dict[str, Any]:
     }
 
 
+async def _idle(params: dict[str, Any]) -> dict[str, Any]:
+    """Connect, read nothing, and measure this process's CPU over ``window_s`` seconds after
+    ``warmup_s``: a bare driftpy WebSocket client, or the shared client holding one reference."""
+    if params["client"] == "driftpy":
+        connection = AsyncClient(params["url"], commitment=Confirmed)
+        client = DriftClient(
+            connection,
+            Keypair(),
+            env="mainnet",
+            account_subscription=AccountSubscriptionConfig("websocket", commitment=Confirmed),
+        )
+        await client.subscribe()
+    else:
+        DriftClientManager.configure(rpc_url=params["url"])
+        if await DriftClientManager.get_client() is None:
+            raise RuntimeError("the shared client did not start")
+    await asyncio.sleep(params["warmup_s"])
+    cpu_before, wall_before = _cpu_s(), time.perf_counter()
+    await asyncio.sleep(params["window_s"])
+    cpu_pct = 100 * (_cpu_s() - cpu_before) / (time.perf_counter() - wall_before)
+    if params["client"] == "driftpy":
+        await client.unsubscribe()
+        await connection.close()
+    else:
+        await DriftClientManager.shutdown()
+    return {"client": params["client"], "cpu_pct": cpu_pct, "window_s": params["window_s"]}
+
+
+def _cpu_s() -> float:
+    usage = resource.getrusage(resource.RUSAGE_SELF)
+    return usage.ru_utime + usage.ru_stime
+
+
 _KINDS: dict[str, Callable[[dict[str, Any]], Coroutine[Any, Any, dict[str, Any]]]] = {
+    "idle": _idle,
     "engines": _engines,
     "latency": _latency,
     "cold": _cold,

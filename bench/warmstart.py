@@ -32,7 +32,6 @@ from driftshare._snapshot import (
     SnapshotIdentity,
     SnapshotKeeper,
     encode_snapshot,
-    rpc_group,
     write_snapshot,
 )
 from driftshare.sim._codec import DRIFT_PROGRAM_ID
@@ -207,7 +206,7 @@ def _costs(markets: int, repeats: int) -> dict[str, Any]:
     ledger = AccountLedger()
     for record in world_records(world):
         ledger.apply(record)
-    identity = SnapshotIdentity("mainnet", str(DRIFT_PROGRAM_ID), rpc_group(["http://bench"]))
+    identity = SnapshotIdentity("mainnet", str(DRIFT_PROGRAM_ID), genesis_hash="bench")
     with tempfile.TemporaryDirectory(prefix="driftshare-bench-snap-") as folder:
         file = Path(folder) / "bench.snapshot"
         encode_s, write_s, load_s, decode_s = [], [], [], []

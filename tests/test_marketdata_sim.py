@@ -132,7 +132,9 @@ async def test_symbols_resolve(
     assert _without_age(funding) == truth.funding(0)
     assert _without_age(market) == truth.market(0)
     assert await DriftClientManager.get_mark_price(symbol) == truth.market(0).mark_price
-    assert await DriftClientManager.get_open_interest(symbol) == truth.market(0).open_interest_usd
+    assert (
+        await DriftClientManager.get_open_interest_usd(symbol) == truth.market(0).open_interest_usd
+    )
 
 
 @pytest.mark.parametrize("symbol", ["NOPE-PERP", "", "-1", 999, 1.5, None, True])

@@ -1,13 +1,20 @@
-"""serve's terminal output: text from URLs and errors is shown as is, never read as markup."""
+"""serve's terminal output: text from URLs and errors shown as is, never read as markup; no
+"ready" before market data."""
 
 from __future__ import annotations
 
+import asyncio
 import io
+import os
+import signal
 import socket
 
+import pytest
 from rich.console import Console
 
-from driftshare._serve import Runtime, ServeConfig
+from conftest import eventually
+from driftshare._serve import Runtime, ServeConfig, run_serve
+from driftshare.sim import Simulator
 
 
 async def test_markup_in_an_rpc_url_or_error_is_printed_literally(manager_settings: None) -> None:
@@ -29,4 +36,39 @@ async def test_markup_in_an_rpc_url_or_error_is_printed_literally(manager_settin
         await runtime.stop()
     output = terminal.getvalue()
     assert f"to {host}/***" in output  # the path is redacted, its markup with it
-    assert "no market data yet (" in output
+    assert runtime.waiting is not None
+    console.print(runtime.waiting)
+    assert "no market data yet (" in terminal.getvalue()
+
+
+async def test_serve_waits_for_the_rpc_without_a_check_mark_until_data_arrives(
+    manager_settings: None, simulator: Simulator, capsys: pytest.CaptureFixture[str]
+) -> None:
+    await simulator.faults.down(3600)
+    config = ServeConfig(
+        rpc_url=simulator.http_url,
+        port=0,
+        settings_overrides={
+            "retry_backoff": 0.05,
+            "retry_backoff_cap": 0.2,
+            "health_interval_s": 3600,
+        },
+    )
+    serving = asyncio.create_task(run_serve(config))
+    seen: list[str] = []
+
+    def printed(text: str) -> bool:
+        seen.append(capsys.readouterr().err)
+        return text in "".join(seen)
+
+    await eventually(lambda: printed("waiting for the RPC"), "waiting said", within=30)
+    assert "ready" not in "".join(seen)
+    await simulator.faults.clear()
+    await eventually(lambda: printed("ready (live RPC)"), "ready said", within=30)
+    os.kill(os.getpid(), signal.SIGINT)
+    assert await serving == 0
+    output = "".join(seen)
+    waiting_line = next(line for line in output.splitlines() if "no market data yet" in line)
+    assert "✓" not in waiting_line
+    assert waiting_line.startswith("waiting for the RPC")
+    assert output.index("waiting for the RPC") < output.index("ready (live RPC)")

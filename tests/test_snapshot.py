@@ -29,7 +29,6 @@ from driftshare._snapshot import (
     SnapshotKeeper,
     WarmSource,
     read_snapshot,
-    rpc_group,
     snapshot_file,
     snapshot_keeper,
     write_snapshot,
@@ -40,8 +39,8 @@ from driftshare.sim._records import world_records
 from driftshare.sim.store import AccountStore
 from driftshare.sim.world import World
 
-KEYED_URL = "https://rpc.example.com/v2/abcdefghijklmnopqrstuvwxyz123456?api-key=SECRETKEY42"
-IDENTITY = SnapshotIdentity("mainnet", str(DRIFT_PROGRAM_ID), rpc_group([KEYED_URL]))
+MAINNET_GENESIS = "5eykt4UsFv8P8NJdTREpY1vzqKqZKvdpKuc147dw2N9d"
+IDENTITY = SnapshotIdentity("mainnet", str(DRIFT_PROGRAM_ID), MAINNET_GENESIS)
 
 
 class Clock:
@@ -100,20 +99,27 @@ def test_round_trip_keeps_values_slots_and_true_ages(world: World, tmp_path: Pat
     assert client.get_state_account() == world.state()
 
 
-def test_the_file_holds_no_url_or_key(world: World, tmp_path: Path) -> None:
-    content = _written(world, tmp_path).read_bytes()
-    assert b"SECRETKEY42" not in content
-    assert b"abcdefghijklmnopqrstuvwxyz123456" not in content
-    assert b"example.com" not in content
-    assert rpc_group([KEYED_URL]) == rpc_group([KEYED_URL.replace("SECRETKEY42", "OTHERKEY")])
-    assert rpc_group([KEYED_URL]) != rpc_group(["https://other.example.com"])
+def test_the_file_is_keyed_by_the_chain_and_holds_no_url(world: World, tmp_path: Path) -> None:
+    header = json.loads(_written(world, tmp_path).read_bytes().split(b"\n", 1)[0])
+    assert sorted(header) == [
+        "body_bytes",
+        "body_sha256",
+        "format",
+        "genesis_hash",
+        "network",
+        "program_id",
+        "records",
+        "version",
+        "written_at",
+    ]
+    assert header["genesis_hash"] == MAINNET_GENESIS
 
 
 def test_only_drift_program_on_mainnet_or_devnet_is_kept() -> None:
     assert IDENTITY.allowed
-    assert SnapshotIdentity("devnet", str(DRIFT_PROGRAM_ID), "g").allowed
-    assert not SnapshotIdentity("localnet", str(DRIFT_PROGRAM_ID), "g").allowed
-    assert not SnapshotIdentity("mainnet", "11111111111111111111111111111111", "g").allowed
+    assert SnapshotIdentity("devnet", str(DRIFT_PROGRAM_ID)).allowed
+    assert not SnapshotIdentity("localnet", str(DRIFT_PROGRAM_ID)).allowed
+    assert not SnapshotIdentity("mainnet", "11111111111111111111111111111111").allowed
 
 
 def _load_warnings(
@@ -132,7 +138,6 @@ def _load_warnings(
     [
         ({"network": "devnet"}, "written for mainnet, not devnet"),
         ({"program_id": "11111111111111111111111111111111"}, "written for program"),
-        ({"rpc_group": rpc_group(["https://other.example.com"])}, "another RPC endpoint group"),
     ],
 )
 def test_a_foreign_snapshot_is_ignored_with_one_warning(
@@ -253,7 +258,7 @@ async def test_the_keeper_writes_changes_and_once_at_close(world: World, tmp_pat
     await keeper.stop()
     assert keeper.writes == 2
     restored = read_snapshot(keeper.file, IDENTITY)
-    assert changed in [r.record for r in restored]
+    assert changed in [r.record for r in restored.accounts]
 
 
 _WRITER = textwrap.dedent(
@@ -266,8 +271,8 @@ _WRITER = textwrap.dedent(
     from driftshare.sim.store import AccountStore
     from driftshare.sim.world import World
 
-    file, program, group = Path(sys.argv[1]), sys.argv[2], sys.argv[3]
-    identity = SnapshotIdentity("mainnet", program, group)
+    file, program, genesis = Path(sys.argv[1]), sys.argv[2], sys.argv[3]
+    identity = SnapshotIdentity("mainnet", program, genesis)
     world = World(AccountStore(), seed=5, markets=5)
     world.step()
     ledger = AccountLedger()
@@ -298,7 +303,7 @@ async def test_a_crash_mid_write_leaves_the_previous_snapshot_usable(
         _WRITER,
         str(file),
         IDENTITY.program_id,
-        IDENTITY.rpc_group,
+        MAINNET_GENESIS,
         stdin=asyncio.subprocess.PIPE,
         stdout=asyncio.subprocess.PIPE,
     )
@@ -342,7 +347,7 @@ async def test_a_failing_disk_warns_once_and_the_next_good_write_lands(
     assert "cannot write the snapshot" in caplog.records[0].getMessage()
     folder.mkdir()
     assert await keeper.write_if_changed()
-    assert len(read_snapshot(keeper.file, IDENTITY)) == len(ledger)
+    assert len(read_snapshot(keeper.file, IDENTITY).accounts) == len(ledger)
 
 
 def test_one_undecodable_account_in_a_sound_file_hides_only_its_market(

@@ -342,3 +342,66 @@ async def test_a_fleet_member_reads_its_snapshot_only_when_redis_is_unreachable(
     finally:
         await sim.faults.clear()
         await DriftClientManager.shutdown()
+
+
+async def test_a_restart_on_another_endpoint_of_the_same_chain_answers_from_the_snapshot(
+    simulator_factory: SimulatorFactory, manager_settings: None, tmp_path: Path
+) -> None:
+    sim = await simulator_factory(markets=3)
+    DriftClientManager.configure(**_quick_restarts(sim.http_url, tmp_path))
+    live = {m.market_index: m for m in await DriftClientManager.get_all_perp_markets()}
+    assert len(live) == 3
+    await DriftClientManager.shutdown()  # a clean shutdown writes the snapshot
+
+    await sim.faults.down(3600)
+    backup = sim.http_url.replace("127.0.0.1", "localhost")  # another URL, the same chain
+    try:
+        DriftClientManager.configure(**_quick_restarts(backup, tmp_path))
+        markets = await DriftClientManager.get_all_perp_markets()
+        assert sorted(m.market_index for m in markets) == sorted(live)
+        for market in markets:
+            assert market.stale
+            assert market.oracle_price == live[market.market_index].oracle_price
+    finally:
+        await sim.faults.clear()
+        await DriftClientManager.shutdown()
+
+
+async def test_a_restart_on_another_chain_drops_the_snapshot_once_it_answers(
+    simulator_factory: SimulatorFactory, manager_settings: None, tmp_path: Path
+) -> None:
+    first = await simulator_factory(markets=3, seed=1)
+    for _ in range(20):  # its slots ahead of the second chain's
+        await first.step()
+    DriftClientManager.configure(**_quick_restarts(first.http_url, tmp_path))
+    assert len(await DriftClientManager.get_all_perp_markets()) == 3
+    await DriftClientManager.shutdown()
+
+    second = await simulator_factory(markets=3, seed=2)
+    world = second.world
+    assert world is not None
+    DriftClientManager.configure(**_quick_restarts(second.http_url, tmp_path))
+    try:
+        await DriftClientManager.get_all_perp_markets()
+        shared = DriftClientManager.shared_state()
+        assert shared is not None
+        assert shared.snapshots is not None
+
+        async def second_chains_prices() -> bool:
+            markets = await DriftClientManager.get_all_perp_markets()
+            return len(markets) == 3 and all(
+                not m.stale and m.oracle_price == pytest.approx(world.oracle_price(m.market_index))
+                for m in markets
+            )
+
+        await eventually(second_chains_prices, "the second chain's data served")
+        warm = shared.snapshots.stats()
+        assert warm["loaded"] > 0
+        assert warm["dropped"] == warm["loaded"]
+        assert warm["genesis_hash"] is not None
+    finally:
+        await DriftClientManager.shutdown()
+    assert (
+        _snapshot.read_snapshot(shared.snapshots.file, shared.snapshots.identity).genesis_hash
+        == warm["genesis_hash"]
+    )

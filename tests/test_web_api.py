@@ -119,6 +119,20 @@ def test_markets_sort_ascending_by_price(api: httpx.Client) -> None:
     assert prices == sorted(prices)
 
 
+@pytest.mark.parametrize(
+    ("sort", "field"), [("symbol", "symbol"), ("rate_hourly", "funding_rate"), ("mark_price", None)]
+)
+def test_markets_and_funding_sort_by_one_vocabulary(
+    api: httpx.Client, sort: str, field: str | None
+) -> None:
+    query = {"sort": sort, "order": "desc"}
+    markets = api.get("/api/markets", params=query).json()["markets"]
+    funding = api.get("/api/funding", params=query).json()["funding"]
+    assert [m["market_index"] for m in markets] == [f["market_index"] for f in funding]
+    values = [m[field or sort] for m in markets]
+    assert values == sorted(values, reverse=True)
+
+
 @pytest.mark.parametrize("symbol", ["SOL-PERP", "sol-perp", "SOL", "0"])
 def test_market_by_symbol_or_index(api: httpx.Client, runtime: Runtime, symbol: str) -> None:
     response = api.get(f"/api/markets/{symbol}")

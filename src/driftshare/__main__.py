@@ -1,3 +1,3 @@
-from driftshare._cli import main
+from driftshare._cli import run
 
-raise SystemExit(main())
+raise SystemExit(run())

@@ -13,7 +13,7 @@ import random
 import time
 from collections.abc import Callable
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import httpx
 from driftpy.account_subscription_config import AccountSubscriptionConfig
@@ -26,7 +26,6 @@ from driftshare import _metrics as metrics
 from driftshare._accounts import AccountRegistry
 from driftshare._accounts.hosts import SharedHost
 from driftshare._endpoints import EndpointSelector
-from driftshare._fleet import FleetMember, standalone_stats
 from driftshare._freshness import Confirmer
 from driftshare._generation import Generation, unsubscribe_fully
 from driftshare._health import (
@@ -40,7 +39,6 @@ from driftshare._health import (
 from driftshare._ledger import AccountLedger, AccountRecord, LedgerEntry
 from driftshare._ledger_subscriber import LedgerSubscriber
 from driftshare._marketdata import ClientSource, MarketSource
-from driftshare._snapshot import WarmSource, snapshot_keeper
 from driftshare._subscription import (
     AccountTap,
     Discovery,
@@ -53,41 +51,58 @@ from driftshare._subscription import (
 )
 from driftshare._transport import RateLimitedTransport, RpcStats, SharedLimits, install_transport
 from driftshare._tx import ConnectionRpc, TransactionPath, install_path
-from driftshare.config import Settings, redact_text, redact_url, split_rpc_urls
+from driftshare.config import ConfigError, Settings, redact_text, redact_url, split_rpc_urls
+
+if TYPE_CHECKING:
+    from driftshare._snapshot import SnapshotKeeper, WarmSource
 
 __all__ = ["SharedClient", "load_keypair"]
 
 log = logging.getLogger(__name__)
 
 
+_BASE58 = frozenset("123456789ABCDEFGHJKLMNPQRSTUVWXYZabcdefghijkmnopqrstuvwxyz")
+
+
 def load_keypair(settings: Settings) -> Keypair:
-    """The configured signer, or a throwaway keypair for read-only use."""
+    """The configured signer, or a throwaway keypair for read-only use.
+
+    A bad ``DRIFT_KEYPAIR`` is a :class:`ConfigError` whose message never shows the value:
+    a mistyped path may be a secret with a typo in it.
+    """
     if settings.keypair is None:
         return Keypair()
     secret = settings.keypair.get_secret_value().strip()
     path = Path(secret).expanduser()
-    try:
-        if path.is_file():
+    if path.is_file():
+        try:
             return Keypair.from_json(path.read_text())
+        except (ValueError, OSError) as exc:
+            raise ConfigError(
+                f"DRIFT_KEYPAIR: the keypair file cannot be read as a JSON keypair "
+                f"({type(exc).__name__})"
+            ) from None
+    if not set(secret) <= _BASE58:  # "/", ".", "~"…: meant as a path, not base58
+        raise ConfigError("DRIFT_KEYPAIR: no such keypair file")
+    try:
         return Keypair.from_base58_string(secret)
-    except (ValueError, OSError) as exc:
-        # The message must not echo the secret itself.
-        raise ValueError(
-            f"DRIFT_KEYPAIR is neither a keypair file nor base58: {type(exc).__name__}"
+    except ValueError:
+        raise ConfigError(
+            "DRIFT_KEYPAIR: not a base58 secret key (64 bytes), and no such keypair file"
         ) from None
 
 
 class _StartStats(RpcStats):
-    """RpcStats that also reports requests which found no answering server."""
+    """RpcStats that also reports each request that was not answered with success."""
 
-    def __init__(self, on_unreachable: Callable[[], None]) -> None:
+    def __init__(self, on_failed: Callable[[str, str], None]) -> None:
         super().__init__()
-        self._on_unreachable = on_unreachable
+        self._on_failed = on_failed
 
     def record_request(self, method: str, status: str) -> None:
         super().record_request(method, status)
-        if status in ("error", "timeout"):
-            self._on_unreachable()
+        if not status.startswith("2"):
+            self._on_failed(method, status)
 
 
 class SharedClient:
@@ -106,20 +121,27 @@ class SharedClient:
         self.loop = asyncio.get_running_loop()
         self.refs = 0
         self.gen: Generation | None = None
-        self.rpc = _StartStats(self._unreachable)
+        self.rpc = _StartStats(self._request_failed)
         self.mode: SubscriptionMode = settings.subscription
         self.health = "idle"
         self.initializations = 0
         self.init_failures = 0
         self.mode_switches = 0
         self.last_error: str | None = None
+        self.config_error: str | None = None
+        """Set once a setting makes every start fail (a bad DRIFT_KEYPAIR): no retries."""
         self.unavailable: dict[int, str] = {}
         self.ledger = AccountLedger()
         """Every subscribed account's raw bytes, slot and confirmation, across generations."""
         self.tap: AccountTap | None = None
         self.last_confirmed_at: float | None = None
         """``time.monotonic()`` of the newest confirmation of any account."""
-        self.snapshots = snapshot_keeper(self.ledger, settings, network, url)
+        self.snapshots: SnapshotKeeper | None = None
+        if settings.snapshot_path is not None:
+            # Imported on use: `import driftshare` stays as light as driftpy allows.
+            from driftshare._snapshot import snapshot_keeper
+
+            self.snapshots = snapshot_keeper(self.ledger, settings, network, url)
         self._warm: WarmSource | None = None
         self._warming: asyncio.Task[int] | None = None
         if settings.share_url is None and self.snapshots is not None:
@@ -159,14 +181,16 @@ class SharedClient:
             return 0
         # Off the loop: a mainnet-sized file (165 KiB) reads in milliseconds, but a file may be
         # up to MAX_FILE_BYTES, read, hashed and parsed, on a disk that may be cold.
-        accounts = await asyncio.to_thread(self.snapshots.read)
+        contents = await asyncio.to_thread(self.snapshots.read)
         if self._warm is not None or self.initialized:
             return 0  # loaded meanwhile, or live data came first
         confirmed_at = self.last_confirmed_at
-        loaded = self.snapshots.apply(accounts)
+        loaded = self.snapshots.apply(contents)
         # The snapshot's confirmations are another process's: they prove no data flows now.
         self.last_confirmed_at = confirmed_at
         if loaded:
+            from driftshare._snapshot import WarmSource
+
             self._warm = WarmSource(self.ledger)
         return loaded
 
@@ -188,25 +212,31 @@ class SharedClient:
 
     # -- references -------------------------------------------------------------------------
 
-    def _generation(self) -> Generation:
-        """The live generation, started when there is none (ValueError for a bad keypair)."""
+    def _generation(self) -> Generation | None:
+        """The live generation, started when there is none; None after a configuration error."""
         if self.gen is None:
-            # The keypair first: a bad DRIFT_KEYPAIR fails here, once, before anything opens.
-            self.gen = Generation(load_keypair(self.settings), after=self._closing)
+            if self.config_error is not None:
+                return None  # no retry can fix the configuration: refused once, for good
+            try:
+                # The keypair first: a bad DRIFT_KEYPAIR fails here, before anything opens.
+                keypair = load_keypair(self.settings)
+            except ConfigError as exc:
+                self._refuse(exc)
+                return None
+            self.gen = Generation(keypair, after=self._closing)
             if self.snapshots is not None:
                 self.snapshots.start()
         return self.gen
 
-    def _refuse(self, exc: ValueError) -> None:
+    def _refuse(self, exc: ConfigError) -> None:
+        self.config_error = self.last_error = str(exc)
+        self.init_failures += 1
         self.health = "down"
-        self.last_error = str(exc)
         log.error("cannot start the shared %s DriftClient: %s", self.network, exc)
 
     async def acquire(self) -> Any:
-        try:
-            gen = self._generation()
-        except ValueError as exc:  # a configuration error: no background retry can fix it
-            self._refuse(exc)
+        gen = self._generation()
+        if gen is None:
             return None
         self.refs += 1
         self._publish_refs()
@@ -263,10 +293,8 @@ class SharedClient:
         after they leave. A read with no holder starts the client if needed under a lease
         that ends ``idle_close_s`` after the last such read has finished.
         """
-        try:
-            gen = self._generation()
-        except ValueError as exc:
-            self._refuse(exc)
+        gen = self._generation()
+        if gen is None:
             return None
         if self.refs == 0:
             self._extend_lease()
@@ -309,13 +337,21 @@ class SharedClient:
 
     # -- initialization ---------------------------------------------------------------------
 
-    def _unreachable(self) -> None:
+    def _request_failed(self, method: str, status: str) -> None:
+        gen = self.gen
+        starting = gen is not None and gen.init_task is not None
+        if starting and self.last_error is None:
+            # The first failure shows in stats() now, not once the retries are spent: with no
+            # DRIFT_RPC_URL it is Solana's public endpoint refusing, and the user should see so.
+            answer = {"error": "no answer", "timeout": "timed out"}.get(status, f"HTTP {status}")
+            self.last_error = f"{method} to {redact_url(self.endpoints.active)}: {answer}"
+        if status not in ("error", "timeout") or gen is None or not starting:
+            return
         # A start whose RPC refuses connections or times out would hold its callers through
         # the transport's retries: they get None now and the start goes on in the background.
         # With several endpoints a failing one (or a failed probe of a backup) is the
         # fail-over's to handle: the start may still succeed on the next endpoint.
-        gen = self.gen
-        if gen is not None and gen.init_task is not None and len(self.endpoints.urls) == 1:
+        if len(self.endpoints.urls) == 1:
             self.health = "down"
             gen.settle(None)
 
@@ -430,6 +466,8 @@ class SharedClient:
         if gen.client is None:
             self._open(gen)
         if self.settings.share_url is not None and gen.fleet is None:
+            from driftshare._fleet import FleetMember  # redis-py only in a fleet
+
             gen.fleet = FleetMember(
                 self.settings,
                 self.network,
@@ -470,6 +508,8 @@ class SharedClient:
             await gen.fleet.wait_followed()
             await self._install_subscriber(gen, LedgerSubscriber(program, self.ledger))
             return
+        if self.snapshots is not None and not self.snapshots.chain_known:
+            await self._check_chain(gen)
         discovery = await discover_markets(program, self.settings.perp_markets)
         gen.check()
         self.unavailable = discovery.unavailable
@@ -487,6 +527,19 @@ class SharedClient:
                 log.warning("websocket subscription failed (%r); polling instead", exc)
         await self._install_subscriber(gen, self._polling(gen, discovery, tap), tap)
         self.mode = "polling"
+
+    async def _check_chain(self, gen: Generation) -> None:
+        """Ask the RPC for its chain's genesis hash: a snapshot of another chain is dropped."""
+        if self._warming is not None:
+            await asyncio.shield(self._warming)  # its accounts are in the ledger before the check
+        if gen.connection is None:
+            raise RuntimeError("no connection")
+        genesis = str((await gen.connection.get_genesis_hash()).value)
+        gen.check()
+        dropped = self.snapshots is not None and self.snapshots.on_chain(genesis)
+        if dropped and self._warm is not None:
+            self._warm.close()  # nothing of the snapshot's is left to serve
+            self._warm = None
 
     def _on_fleet_change(self, gen: Generation) -> None:
         """Leader or follower changed: subscribe upstream, or follow, with the same client."""
@@ -594,6 +647,8 @@ class SharedClient:
 
     def snapshot(self) -> dict[str, Any]:
         """Plain data about this client; reads only (other threads call it: stats())."""
+        from driftshare._fleet import standalone_stats  # on use: redis-py is not imported before
+
         now = time.monotonic()
         confirmed_at = self.last_confirmed_at
         rpc = self.rpc.snapshot()
@@ -615,6 +670,7 @@ class SharedClient:
             "mode_switches": self.mode_switches,
             "health": self.health,
             "last_error": self.last_error,
+            "config_error": self.config_error,
             "unavailable_markets": dict(self.unavailable),
             "rpc": rpc,
             "rate_limited": rpc.get("rate_limited", 0),

@@ -7,6 +7,7 @@ import functools
 import logging
 import operator
 import time
+import warnings
 from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass
 from typing import Any, Generic, Protocol, TypeVar
@@ -25,9 +26,20 @@ from driftshare.models import (
     market_data_from_market,
 )
 
-__all__ = ["ClientSource", "MarketDataReader", "MarketSource", "SourceProvider"]
+__all__ = [
+    "OPEN_INTEREST_DEPRECATION",
+    "ClientSource",
+    "MarketDataReader",
+    "MarketSource",
+    "SourceProvider",
+]
 
 log = logging.getLogger(__name__)
+
+OPEN_INTEREST_DEPRECATION = (
+    "get_open_interest() is deprecated: call get_open_interest_usd() (USD), or read "
+    "MarketData.open_interest (base units)"
+)
 
 _T = TypeVar("_T", FundingRateData, MarketData)
 _V = TypeVar("_V")
@@ -373,6 +385,12 @@ class MarketDataReader:
         return None if data is None else data.mark_price
 
     async def get_open_interest(self, market: str | int) -> float | None:
+        """Deprecated: :meth:`get_open_interest_usd`, whose name says the unit (USD, while
+        ``MarketData.open_interest`` is in base units)."""
+        warnings.warn(OPEN_INTEREST_DEPRECATION, DeprecationWarning, stacklevel=2)
+        return await self.get_open_interest_usd(market)
+
+    async def get_open_interest_usd(self, market: str | int) -> float | None:
         """Open interest of one market in USD at the oracle price (long + |short|), or None."""
         index = await self._index(market)
         if index is None:

@@ -14,7 +14,7 @@ import os
 import signal
 import sys
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Coroutine, Sequence
 from dataclasses import dataclass, field
 from types import TracebackType
 from typing import Any, Self, cast, get_args
@@ -23,6 +23,7 @@ from aiohttp import web
 from rich.markup import escape
 
 from driftshare._engines import ENGINES, Engine, FundingEngine, make_engines
+from driftshare._lifecycle import load_keypair
 from driftshare._web import LiveState, create_app
 from driftshare.config import ConfigError, Network, Settings, load_settings, redact_url
 from driftshare.manager import DriftClientManager
@@ -40,6 +41,9 @@ __all__ = [
 
 LIVE_CACHE_TTL_S = 0.5
 """Cache TTL of funding, prices, markets and open interest under serve (see the module doc)."""
+
+_IDLE_REFRESH_S = 5.0
+"""How often the dashboard reads while no page listens (see LiveState)."""
 
 _TTL_FIELDS = ("cache_ttl_funding", "cache_ttl_price", "cache_ttl_markets", "cache_ttl_oi")
 
@@ -93,7 +97,9 @@ def serve_settings(config: ServeConfig, environ: dict[str, str] | None = None) -
         overrides["share_url"] = config.share_url
     overrides.update(config.settings_overrides)
     try:
-        return load_settings(**overrides)
+        settings = load_settings(**overrides)
+        load_keypair(settings)  # a bad DRIFT_KEYPAIR stops serve at once, with its one message
+        return settings
     except ConfigError as exc:
         raise ServeError(str(exc)) from None
 
@@ -120,6 +126,8 @@ class Runtime:
         self._managing = False
         self.url = ""
         self.started_at = time.time()
+        self.waiting: str | None = None
+        """Rich markup: why no market data was read at start (None once some was)."""
 
     @property
     def simulated(self) -> bool:
@@ -156,6 +164,8 @@ class Runtime:
             simulated=rpc_url is None,
             engines=self.engines,
             refresh_s=config.refresh_s,
+            # Often enough that reads alone keep the shared client open.
+            idle_refresh_s=min(_IDLE_REFRESH_S, settings.idle_close_s / 2),
             stale_after_s=settings.ws_stall_s
             if config.stale_after_s is None
             else config.stale_after_s,
@@ -187,13 +197,19 @@ class Runtime:
                 f"in {stats.get('time_to_ready_s') or 0:.2f}s"
             )
         else:
-            cause = escape(str(stats.get("last_error") or "connecting"))
-            say(f"[yellow]no market data yet ({cause}); retrying in the background[/yellow]")
+            reasons = "; ".join(stats.get("unavailable_markets", {}).values())
+            cause = escape(str(stats.get("last_error") or reasons or "connecting"))
+            self.waiting = f"no market data yet ({cause}); retrying in the background"
         await self._trading(say)
         for engine in self.engines:
             await engine.start()
         if self.engines:
             say(f"engines running: {', '.join(e.name for e in self.engines)}")
+
+    async def first_data(self) -> None:
+        """Return once the dashboard has read some market data."""
+        if self.live is not None:
+            await self.live.first_data.wait()
 
     async def _trading(self, say: Progress) -> None:
         """Give the funding engine a funded wallet of the simulator's, if asked to trade."""
@@ -260,6 +276,17 @@ class Runtime:
         await self.stop()
 
 
+async def _first_of(*waits: Coroutine[Any, Any, Any]) -> None:
+    """Wait until one of ``waits`` returns; the others are cancelled."""
+    tasks = [asyncio.ensure_future(wait) for wait in waits]
+    try:
+        await asyncio.wait(tasks, return_when=asyncio.FIRST_COMPLETED)
+    finally:
+        for task in tasks:
+            task.cancel()
+        await asyncio.gather(*tasks, return_exceptions=True)
+
+
 def parse_engines(text: str) -> list[str]:
     """``funding,lst`` → ``["funding", "lst"]``; ``all`` → every engine; ValueError if unknown."""
     names = [part.strip().lower() for part in text.split(",") if part.strip()]
@@ -296,11 +323,18 @@ async def run_serve(config: ServeConfig) -> int:
                 status.update(text)
 
             await runtime.start(progress)
-        label = "[b yellow]SIMULATED CHAIN[/b yellow]" if runtime.simulated else "live RPC"
         url = escape(runtime.url)
-        console.print(f"[b]ready[/b] ({label}): dashboard at [link]{url}[/link]")
-        console.print("press Ctrl+C to stop")
         try:
+            if runtime.waiting is not None:
+                # No check mark and no "ready" while nothing answers: only data makes it ready.
+                console.print(f"[yellow]waiting for the RPC: {runtime.waiting}[/yellow]")
+                console.print(f"dashboard at [link]{url}[/link]; press Ctrl+C to stop")
+                await _first_of(runtime.first_data(), stopping.wait())
+                if stopping.is_set():
+                    return 0
+            label = "[b yellow]SIMULATED CHAIN[/b yellow]" if runtime.simulated else "live RPC"
+            console.print(f"[b]ready[/b] ({label}): dashboard at [link]{url}[/link]")
+            console.print("press Ctrl+C to stop")
             await stopping.wait()
         finally:
             console.print("stopping…")

@@ -1,12 +1,16 @@
 """Snapshots of an AccountLedger on disk, so a restarted process serves its last-known accounts.
 
 A snapshot file is one JSON header line, then one JSON body: the records (raw bytes, slot,
-pubkey, kind, oracle source, confirmed wall time). The header names the format version,
-network, program and RPC group it belongs to, and the body's length and SHA-256. It holds
-public chain data and a hash of the redacted RPC URLs, never a key.
+pubkey, kind, oracle source, confirmed wall time). The header names the format version and
+the chain it belongs to (network, program and genesis hash), and the body's length and
+SHA-256. It holds public chain data, never a key or an RPC URL.
+
+A snapshot is keyed by the chain, not by the RPC endpoint: a restart on a backup provider
+answers from it at once. Its accounts are dropped as soon as the new endpoint answers with
+another genesis hash.
 
 The file is untrusted input: a file that is corrupt, truncated, oversized, from another
-network, program or RPC group, or of another format version is ignored with one warning.
+network or program, or of another format version is ignored with one warning.
 """
 
 from __future__ import annotations
@@ -14,6 +18,7 @@ from __future__ import annotations
 import asyncio
 import base64
 import binascii
+import dataclasses
 import hashlib
 import json
 import logging
@@ -34,18 +39,18 @@ from solders.pubkey import Pubkey
 from driftshare._ledger import MARKET_KINDS, AccountLedger, AccountRecord, LedgerEntry
 from driftshare._ledger_subscriber import LedgerReads
 from driftshare._marketdata import ClientSource
-from driftshare.config import Settings, redact_url, split_rpc_urls
+from driftshare.config import Settings
 
 __all__ = [
     "FORMAT_VERSION",
     "KNOWN_PROGRAM_IDS",
+    "SnapshotContents",
     "SnapshotError",
     "SnapshotIdentity",
     "SnapshotKeeper",
     "WarmSource",
     "encode_snapshot",
     "read_snapshot",
-    "rpc_group",
     "snapshot_file",
     "snapshot_keeper",
     "write_snapshot",
@@ -54,7 +59,8 @@ __all__ = [
 log = logging.getLogger(__name__)
 
 FORMAT = "driftshare-snapshot"
-FORMAT_VERSION = 1
+FORMAT_VERSION = 2
+"""2: keyed by the chain's genesis hash (1 was keyed by a hash of the RPC URLs)."""
 KNOWN_PROGRAM_IDS = frozenset({str(DRIFT_PROGRAM_ID)})
 """Drift's program, the same id on mainnet and devnet; snapshots are kept for it alone."""
 
@@ -71,19 +77,17 @@ class SnapshotError(ValueError):
     """A snapshot that cannot be used; the message says why, never with a secret."""
 
 
-def rpc_group(urls: Iterable[str]) -> str:
-    """The identity of an RPC endpoint group: a hash of its redacted URLs, in any order."""
-    joined = "\n".join(sorted({redact_url(url) for url in urls}))
-    return hashlib.sha256(joined.encode()).hexdigest()[:32]
-
-
 @dataclass(frozen=True, slots=True)
 class SnapshotIdentity:
-    """Whose snapshot a file is: only a file of the same identity is ever loaded."""
+    """Whose snapshot a file is: the chain (network, program, genesis hash) its accounts are of.
+
+    Only a file of the same network and program is loaded; its genesis hash is checked once
+    the RPC answers (None until then: nothing is written before).
+    """
 
     network: str
     program_id: str
-    rpc_group: str
+    genesis_hash: str | None = None
 
     @property
     def allowed(self) -> bool:
@@ -94,7 +98,7 @@ class SnapshotIdentity:
 def snapshot_file(path: Path, identity: SnapshotIdentity) -> Path:
     """The file for ``identity``: ``path`` itself, or a file named after it in folder ``path``."""
     if path.is_dir():
-        return path / f"driftshare-{identity.network}-{identity.rpc_group[:12]}.snapshot"
+        return path / f"driftshare-{identity.network}.snapshot"
     return path
 
 
@@ -105,7 +109,7 @@ class _Header(BaseModel):
     version: int
     network: str = Field(max_length=16)
     program_id: str = Field(max_length=64)
-    rpc_group: str = Field(max_length=64)
+    genesis_hash: str = Field(min_length=1, max_length=64)
     written_at: float
     records: int = Field(ge=0, le=MAX_RECORDS)
     body_bytes: int = Field(ge=0, le=MAX_FILE_BYTES)
@@ -148,6 +152,14 @@ class _Body(BaseModel):
 
 
 @dataclass(frozen=True, slots=True)
+class SnapshotContents:
+    """What a snapshot file holds: the chain its accounts are of, and the accounts."""
+
+    genesis_hash: str
+    accounts: list[Restored]
+
+
+@dataclass(frozen=True, slots=True)
 class Restored:
     """One account read from a snapshot."""
 
@@ -163,7 +175,9 @@ def encode_snapshot(
     wall_now: float,
     mono_now: float,
 ) -> bytes:
-    """The file's bytes: the header line, then the body."""
+    """The file's bytes: the header line, then the body (SnapshotError for an unknown chain)."""
+    if identity.genesis_hash is None:
+        raise SnapshotError("the chain's genesis hash is not known yet")
     records = [
         {
             "pubkey": e.record.pubkey,
@@ -185,7 +199,7 @@ def encode_snapshot(
         "version": FORMAT_VERSION,
         "network": identity.network,
         "program_id": identity.program_id,
-        "rpc_group": identity.rpc_group,
+        "genesis_hash": identity.genesis_hash,
         "written_at": wall_now,
         "records": len(records),
         "body_bytes": len(body),
@@ -253,10 +267,12 @@ def remove_leftovers(file: Path, *, older_than_s: float = 60.0) -> None:
 
 def read_snapshot(
     file: Path, identity: SnapshotIdentity, *, wall_now: float | None = None
-) -> list[Restored]:
-    """The accounts in ``file``; :class:`SnapshotError` saying why it cannot be used.
+) -> SnapshotContents:
+    """The chain and accounts in ``file``, of ``identity``'s network and program;
+    :class:`SnapshotError` saying why it cannot be used.
 
-    FileNotFoundError when there is no file at all.
+    Its genesis hash is returned, not compared: the RPC may not answer yet. FileNotFoundError
+    when there is no file at all.
     """
     wall_now = time.time() if wall_now is None else wall_now
     with file.open("rb") as handle:
@@ -271,13 +287,10 @@ def read_snapshot(
         raise SnapshotError(
             f"format version {header.version}, this driftshare reads {FORMAT_VERSION}"
         )
-    theirs = SnapshotIdentity(header.network, header.program_id, header.rpc_group)
-    if theirs.network != identity.network:
-        raise SnapshotError(f"written for {theirs.network}, not {identity.network}")
-    if theirs.program_id != identity.program_id:
-        raise SnapshotError(f"written for program {theirs.program_id}")
-    if theirs.rpc_group != identity.rpc_group:
-        raise SnapshotError("written for another RPC endpoint group")
+    if header.network != identity.network:
+        raise SnapshotError(f"written for {header.network}, not {identity.network}")
+    if header.program_id != identity.program_id:
+        raise SnapshotError(f"written for program {header.program_id}")
     if not math.isfinite(header.written_at) or header.written_at > wall_now + _CLOCK_SKEW_S:
         raise SnapshotError("written in the future: the clocks disagree")
     body = content[line_end + 1 :]
@@ -294,7 +307,7 @@ def read_snapshot(
             raise SnapshotError(f"account {r.pubkey} confirmed after the file was written")
         record = AccountRecord(r.pubkey, r.kind, r.slot, r.data, r.oracle_source)
         restored.append(Restored(record, max(r.slot, r.confirmed_slot), r.confirmed_at))
-    return restored
+    return SnapshotContents(header.genesis_hash, restored)
 
 
 def _parse(model: type[Any], raw: bytes, part: str) -> Any:
@@ -312,8 +325,10 @@ class SnapshotKeeper:
     :meth:`apply` puts the accounts :meth:`read` found in the file into the ledger with
     their true confirmation times, so their age is the age of the data, and remembers them
     as :attr:`restored` until live data for the same account arrives (the ledger's slot rule
-    decides which value is kept). :meth:`start` writes the ledger at most every
-    ``interval_s`` while it changes; :meth:`stop` writes once more.
+    decides which value is kept). :meth:`on_chain` tells it the chain the RPC serves: the
+    accounts of a snapshot from another chain leave the ledger then, and writing starts.
+    :meth:`start` writes the ledger at most every ``interval_s`` while it changes;
+    :meth:`stop` writes once more, after any write still under way.
     """
 
     def __init__(
@@ -328,26 +343,32 @@ class SnapshotKeeper:
     ) -> None:
         self.ledger = ledger
         self.identity = identity
+        """Network and program; the genesis hash once :meth:`on_chain` (or the caller) set it."""
         self.file = snapshot_file(path, identity)
         self.interval_s = interval_s
         self.restored: set[str] = set()
         """Pubkeys whose ledger entry still holds the snapshot's value, unconfirmed since."""
         self.loaded = 0
+        self.dropped = 0
+        """Accounts loaded from a snapshot of another chain, dropped when the RPC answered."""
         self.writes = 0
         self.last_write_bytes = 0
+        self._loaded_chain: str | None = None
         self._mono = mono_clock
         self._wall = wall_clock
         self._dirty = False
         self._failing = False
         ledger.add_listener(self._on_entry)
         self._task: asyncio.Task[None] | None = None
+        self._writing: asyncio.Task[bool] | None = None
 
     def _on_entry(self, entry: LedgerEntry, changed: bool) -> None:
         self.restored.discard(entry.record.pubkey)
         self._dirty = True
 
-    def read(self) -> list[Restored]:
-        """The file's accounts; none, with one warning, when it cannot be used. Never raises.
+    def read(self) -> SnapshotContents | None:
+        """The file's chain and accounts; None, with one warning, when it cannot be used.
+        Never raises.
 
         It touches nothing but the file: it may run in any thread.
         """
@@ -355,21 +376,28 @@ class SnapshotKeeper:
         try:
             return read_snapshot(self.file, self.identity, wall_now=self._wall())
         except FileNotFoundError:
-            return []
+            return None
         except (OSError, SnapshotError) as exc:
             reason = exc.strerror if isinstance(exc, OSError) and exc.strerror else exc
             log.warning(
                 "ignoring the snapshot %s (%s); starting without it", self.file.name, reason
             )
-            return []
+            return None
 
-    def apply(self, accounts: list[Restored]) -> int:
-        """Apply :meth:`read`'s accounts to the ledger; how many are served from them."""
-        if not accounts:
+    def apply(self, contents: SnapshotContents | None) -> int:
+        """Apply :meth:`read`'s accounts to the ledger; how many are served from them.
+
+        None when the RPC already said it serves another chain.
+        """
+        if contents is None or not contents.accounts:
+            return 0
+        known = self.identity.genesis_hash
+        if known is not None and known != contents.genesis_hash:
+            self._another_chain(contents.genesis_hash, len(contents.accounts))
             return 0
         mono, wall = self._mono(), self._wall()
         restored: set[str] = set()
-        for account in accounts:
+        for account in contents.accounts:
             # The same age in this process's monotonic clock: now minus the data's true age.
             confirmed_at = mono - max(0.0, wall - account.confirmed_at)
             pubkey = account.record.pubkey
@@ -379,6 +407,7 @@ class SnapshotKeeper:
             if entry is not None and entry.record == account.record:
                 restored.add(pubkey)
         self._dirty = False
+        self._loaded_chain = contents.genesis_hash
         self.restored = restored
         self.loaded = len(restored)
         log.info(
@@ -388,12 +417,48 @@ class SnapshotKeeper:
         )
         return self.loaded
 
+    @property
+    def chain_known(self) -> bool:
+        """Whether the RPC's genesis hash is known (then snapshots are written)."""
+        return self.identity.genesis_hash is not None
+
+    def on_chain(self, genesis_hash: str) -> int:
+        """The RPC serves the chain of ``genesis_hash``: drop the accounts a snapshot of
+        another chain put in the ledger, and write snapshots of this one from now on.
+
+        How many accounts were dropped.
+        """
+        self.identity = dataclasses.replace(self.identity, genesis_hash=genesis_hash)
+        loaded, self._loaded_chain = self._loaded_chain, None
+        if loaded is None or loaded == genesis_hash or not self.restored:
+            return 0
+        dropped = sum(self.ledger.get(pubkey) is not None for pubkey in self.restored)
+        for pubkey in self.restored:
+            self.ledger.discard(pubkey)
+        self.restored = set()
+        self._another_chain(loaded, dropped)
+        return dropped
+
+    def _another_chain(self, theirs: str, accounts: int) -> None:
+        self.dropped += accounts
+        log.warning(
+            "the snapshot %s is of another chain (genesis %s, the RPC's is %s): "
+            "dropped its %d accounts",
+            self.file.name,
+            theirs,
+            self.identity.genesis_hash,
+            accounts,
+        )
+
     def stats(self) -> dict[str, Any]:
-        """The file's name, accounts loaded from it and still served from it, and writes."""
+        """The file's name and chain, accounts loaded from it, still served from it and
+        dropped as another chain's, and writes."""
         return {
             "file": self.file.name,
+            "genesis_hash": self.identity.genesis_hash,
             "loaded": self.loaded,
             "restored": len(self.restored),
+            "dropped": self.dropped,
             "writes": self.writes,
             "last_write_bytes": self.last_write_bytes,
         }
@@ -409,12 +474,24 @@ class SnapshotKeeper:
             await self.write_if_changed()
 
     async def write_if_changed(self) -> bool:
-        """Write the ledger if it changed since the last write; True if written."""
-        if not self._dirty or len(self.ledger) == 0:
+        """Write the ledger if it changed since the last write; True if written.
+
+        Writes run one at a time, each in a task of its own: a caller cancelled meanwhile
+        leaves the write to finish, and the next write starts only after it.
+        """
+        while self._writing is not None:
+            await asyncio.wait([self._writing])
+        if not self._dirty or len(self.ledger) == 0 or not self.chain_known:
             return False
         self._dirty = False
         # Copies: the writing thread must not see an entry the event loop is updating.
         entries = [LedgerEntry(e.record, e.confirmed_slot, e.confirmed_at) for e in self.ledger]
+        writing = self._writing = asyncio.create_task(
+            self._write(entries), name="driftshare-snapshot-write"
+        )
+        return await asyncio.shield(writing)
+
+    async def _write(self, entries: list[LedgerEntry]) -> bool:
         mono, wall = self._mono(), self._wall()
         try:
             # Off the event loop: the fsync may take milliseconds on a busy disk.
@@ -429,17 +506,21 @@ class SnapshotKeeper:
             log.log(level, "cannot write the snapshot %s: %s", self.file, reason)
             self._failing = True
             return False
+        finally:
+            self._writing = None
         self._failing = False
         self.writes += 1
         return True
 
     async def stop(self) -> None:
-        """Stop writing in the background and write once more (a clean shutdown)."""
+        """Stop writing in the background and write once more (a clean shutdown), after any
+        write still under way. The caller's cancellation reaches the caller."""
         task, self._task = self._task, None
         if task is not None:
             task.cancel()
-            with suppress(asyncio.CancelledError):
-                await task
+            await asyncio.wait([task])  # raises only if the caller itself is cancelled
+            if not task.cancelled():
+                task.result()  # a failure the background writer met is the caller's to see
         await self.write_if_changed()
 
 
@@ -447,17 +528,18 @@ def snapshot_keeper(
     ledger: AccountLedger, settings: Settings, network: str, url: str
 ) -> SnapshotKeeper | None:
     """The keeper of the shared client of ``network`` at ``url`` (one URL or a comma-separated
-    list: the RPC endpoint group), or None when none is kept.
+    list), or None when none is kept.
 
     None without ``DRIFT_SNAPSHOT_PATH``, for a network without Drift's program, and, when
     the path is a single file, for any shared client but the configured one (two clients
-    must never take turns overwriting one file).
+    must never take turns overwriting one file). In a folder the file is the network's:
+    clients of one network at other endpoints read the same chain.
     """
     path = settings.snapshot_path
     if path is None:
         return None
     path = path.expanduser()
-    identity = SnapshotIdentity(network, str(DRIFT_PROGRAM_ID), rpc_group(split_rpc_urls(url)))
+    identity = SnapshotIdentity(network, str(DRIFT_PROGRAM_ID))
     if not identity.allowed:
         return None
     try:

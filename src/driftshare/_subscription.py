@@ -224,10 +224,22 @@ async def discover_markets(program: Any, perp_subset: Sequence[int] | None = Non
     )
     if perp_subset is not None:
         wanted = set(perp_subset)
+        on_chain = sorted({ds.data.market_index for ds in perp} | set(unavailable))
         perp = [ds for ds in perp if ds.data.market_index in wanted]
         unavailable = {i: r for i, r in unavailable.items() if i in wanted}
-        for index in wanted - {ds.data.market_index for ds in perp} - set(unavailable):
-            unavailable[index] = "no such perp market on chain"
+        missing = sorted(wanted - {ds.data.market_index for ds in perp} - set(unavailable))
+        for index in missing:
+            unavailable[index] = (
+                f"DRIFT_PERP_MARKETS names perp market {index}, which does not exist on chain"
+            )
+        if missing:
+            log.warning(
+                "DRIFT_PERP_MARKETS names perp market %s, which does not exist on chain "
+                "(it has %d perp markets%s)",
+                ", ".join(map(str, missing)),
+                len(on_chain),
+                f", indexes {on_chain[0]} to {on_chain[-1]}" if on_chain else "",
+            )
     sources: dict[Pubkey, Any] = {}
     for ds in perp:
         sources[ds.data.amm.oracle] = ds.data.amm.oracle_source

@@ -145,7 +145,9 @@ def load_settings(**overrides: object) -> Settings:
         return Settings(**overrides)  # type: ignore[arg-type]
     except ValidationError as exc:
         problems = "; ".join(
-            f"DRIFT_{str(err['loc'][0]).upper()}: {err['msg']}" for err in exc.errors()
+            # A validator's own message, without the "Value error, " pydantic puts before it.
+            f"DRIFT_{str(err['loc'][0]).upper()}: {err['msg'].removeprefix('Value error, ')}"
+            for err in exc.errors()
         )
         raise ConfigError(f"invalid configuration: {problems}") from None
 

@@ -11,6 +11,7 @@ import asyncio
 import functools
 import logging
 import threading
+import warnings
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from typing import Any, ClassVar
@@ -23,10 +24,9 @@ from solders.pubkey import Pubkey
 
 from driftshare._accounts import AccountMissing, AccountUnavailable, SubAccount
 from driftshare._accounts.reads import missing_status
-from driftshare._fleet import standalone_stats
 from driftshare._health import reconnect
 from driftshare._lifecycle import SharedClient, load_keypair
-from driftshare._marketdata import MarketDataReader, MarketSource
+from driftshare._marketdata import OPEN_INTEREST_DEPRECATION, MarketDataReader, MarketSource
 from driftshare.config import (
     PUBLIC_RPC_URLS,
     Settings,
@@ -205,6 +205,8 @@ class DriftClientManager:
             return {"network": network, "references": 0, "initialized": False, "error": str(exc)}
         shared = cls._find(*key)
         if shared is None:
+            from driftshare._fleet import standalone_stats  # on use: see _lifecycle
+
             snapshot: dict[str, Any] = {
                 "network": key[0],
                 "rpc_url": redact_url(split_rpc_urls(key[1])[0]),
@@ -307,9 +309,20 @@ class DriftClientManager:
 
     @classmethod
     async def get_open_interest(cls, market: str | int, network: str | None = None) -> float | None:
-        """Open interest of one market in USD, cached; never raises."""
+        """Deprecated: :meth:`get_open_interest_usd`, whose name says the unit."""
+        warnings.warn(OPEN_INTEREST_DEPRECATION, DeprecationWarning, stacklevel=2)
+        return await cls.get_open_interest_usd(market, network)
+
+    @classmethod
+    async def get_open_interest_usd(
+        cls, market: str | int, network: str | None = None
+    ) -> float | None:
+        """Open interest of one market in USD at the oracle price, cached; never raises.
+
+        ``MarketData.open_interest`` is the same in base units.
+        """
         reader = cls._reader(network)
-        return None if reader is None else await reader.get_open_interest(market)
+        return None if reader is None else await reader.get_open_interest_usd(market)
 
     # -- signers' sub-accounts: registered once, read with no RPC request -------------------
 

@@ -172,9 +172,9 @@ class MarketData:
     funding_rate: float
     """Last settled funding per hour, as a fraction (``FundingRateData.rate_hourly``)."""
     open_interest: float
-    """Long plus short base amount."""
+    """Long plus short base amount, in base units (SOL for SOL-PERP), not USD."""
     open_interest_usd: float
-    """``open_interest`` at the oracle price."""
+    """``open_interest`` at the oracle price, in USD."""
     base_asset_amount_long: float
     base_asset_amount_short: float
     """Negative, as stored on chain."""

@@ -5,7 +5,7 @@ from __future__ import annotations
 import dataclasses
 import json
 import time
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Mapping
 from typing import Any
 
 from aiohttp import web
@@ -44,26 +44,21 @@ _STATUSES = (
     "settlement",
     "delisted",
 )
+_SHARED_SORTS = ("symbol", "market_index", "mark_price", "oracle_price", "rate_hourly")
+"""Sort keys both lists take, each naming the same field: one vocabulary."""
 _FUNDING_SORTS = (
-    "market",
-    "market_index",
-    "rate_hourly",
+    *_SHARED_SORTS,
     "rate_8h",
     "rate_annual",
     "predicted_rate_hourly",
-    "mark_price",
-    "oracle_price",
     "next_funding_ts",
 )
-_MARKET_SORTS = (
-    "symbol",
-    "market_index",
-    "mark_price",
-    "oracle_price",
-    "funding_rate",
-    "open_interest",
-    "open_interest_usd",
-)
+_MARKET_SORTS = (*_SHARED_SORTS, "open_interest", "open_interest_usd")
+_FUNDING_FIELDS = {"symbol": "market"}
+"""Sort key → the row field it sorts by, where the two differ (FundingRateData.market)."""
+_MARKET_FIELDS = {"rate_hourly": "funding_rate"}
+_OLD_SORTS = {"market": "symbol", "funding_rate": "rate_hourly"}
+"""The keys each list took before the vocabulary was shared; still accepted."""
 
 
 class QueryError(ValueError):
@@ -79,13 +74,17 @@ class ListQuery:
     status: str | None = None
     limit: int | None = None
 
-    def apply(self, rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
-        """Filter, sort (missing values last in either order) and cut ``rows``."""
+    def apply(
+        self, rows: list[dict[str, Any]], fields: Mapping[str, str] | None = None
+    ) -> list[dict[str, Any]]:
+        """Filter, sort (missing values last in either order) and cut ``rows``; ``fields``
+        maps a sort key to the row field it sorts by where they differ."""
         if self.status is not None:
             rows = [row for row in rows if row["status"] == self.status]
-        present = [row for row in rows if row.get(self.sort) is not None]
-        missing = [row for row in rows if row.get(self.sort) is None]
-        present.sort(key=lambda row: row[self.sort], reverse=self.descending)
+        field = (fields or {}).get(self.sort, self.sort)
+        present = [row for row in rows if row.get(field) is not None]
+        missing = [row for row in rows if row.get(field) is None]
+        present.sort(key=lambda row: row[field], reverse=self.descending)
         ordered = present + missing
         return ordered if self.limit is None else ordered[: self.limit]
 
@@ -103,6 +102,7 @@ def parse_list_query(query: MultiMapping[str], sorts: tuple[str, ...]) -> ListQu
             raise QueryError(f"{key} given {len(given)} times; give it once")
         values[key] = given[0]
     sort = values.get("sort", "market_index")
+    sort = _OLD_SORTS.get(sort, sort)
     if sort not in sorts:
         raise QueryError(f"sort must be one of {list(sorts)}, got {sort!r}")
     order = values.get("order", "asc")
@@ -132,6 +132,7 @@ def _envelope(live: LiveState, **body: Any) -> dict[str, Any]:
 async def _listing(
     request: web.Request,
     sorts: tuple[str, ...],
+    fields: Mapping[str, str],
     key: str,
     rows: Callable[[LiveState], Awaitable[list[dict[str, Any]]]],
 ) -> web.Response:
@@ -141,7 +142,7 @@ async def _listing(
     except QueryError as exc:
         return error_response(400, "bad_request", str(exc))
     live = request.app[LIVE]
-    result = query.apply(await rows(live))
+    result = query.apply(await rows(live), fields)
     return web.json_response(_envelope(live, count=len(result), **{key: result}))
 
 
@@ -155,12 +156,12 @@ async def _funding_rows(live: LiveState) -> list[dict[str, Any]]:
 
 async def markets(request: web.Request) -> web.Response:
     """``GET /api/markets``: every perp market's prices and open interest."""
-    return await _listing(request, _MARKET_SORTS, "markets", _market_rows)
+    return await _listing(request, _MARKET_SORTS, _MARKET_FIELDS, "markets", _market_rows)
 
 
 async def funding(request: web.Request) -> web.Response:
     """``GET /api/funding``: every perp market's funding rates."""
-    return await _listing(request, _FUNDING_SORTS, "funding", _funding_rows)
+    return await _listing(request, _FUNDING_SORTS, _FUNDING_FIELDS, "funding", _funding_rows)
 
 
 def _resolve(known: list[MarketData], text: str) -> int | None:

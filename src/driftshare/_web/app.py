@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
+from contextlib import aclosing
 from html import escape
 from importlib.resources import files
 from pathlib import Path
@@ -80,9 +81,10 @@ async def _events(request: web.Request) -> web.StreamResponse:
     )
     await response.prepare(request)
     try:
-        async for snapshot in live.updates():
-            data = json.dumps(snapshot, default=str)
-            await response.write(f"event: snapshot\ndata: {data}\n\n".encode())
+        async with aclosing(live.updates()) as updates:  # this listener leaves when it ends
+            async for snapshot in updates:
+                data = json.dumps(snapshot, default=str)
+                await response.write(f"event: snapshot\ndata: {data}\n\n".encode())
     except ConnectionResetError:
         log.debug("dashboard event stream closed by the browser")
     return response

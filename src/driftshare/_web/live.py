@@ -7,7 +7,7 @@ import logging
 import math
 import time
 from collections import deque
-from collections.abc import AsyncIterator, Callable, Sequence
+from collections.abc import AsyncGenerator, Callable, Sequence
 from contextlib import suppress
 from functools import partial
 from typing import Any
@@ -28,7 +28,10 @@ _PUBLISH_EVERY_S = 1.0
 
 
 class LiveState:
-    """Reads every perp market from the shared client each ``refresh_s`` and keeps history.
+    """Reads every perp market from the shared client and keeps history: each ``refresh_s``
+    while a page listens to :meth:`updates`, each ``idle_refresh_s`` while none does (enough
+    to keep the shared client's read lease, ``/readyz`` and the first page current; no
+    snapshot is built for nobody).
 
     ``rpc_url`` None means the one :meth:`DriftClientManager.configure` set. The data behind
     every dashboard: table rows, the manager panel, per-second RPC and cache
@@ -47,6 +50,7 @@ class LiveState:
         rpc_url: str | None = None,
         engines: Sequence[Engine] = (),
         refresh_s: float = 0.25,
+        idle_refresh_s: float = 5.0,
         stale_after_s: float = 30.0,
         history_s: int = 300,
         spark_every_s: float = 2.0,
@@ -58,11 +62,14 @@ class LiveState:
         self.simulated = simulated
         self.engines = list(engines)
         self.refresh_s = refresh_s
+        self.idle_refresh_s = idle_refresh_s
         self.stale_after_s = stale_after_s
         self.spark_every_s = spark_every_s
         self._clock = clock
         self.started_at = clock()
         self.first_data_at: float | None = None
+        self.first_data = asyncio.Event()
+        """Set once some market data was read."""
         self.version = 0
         self.markets: list[MarketData] = []
         self.funding: dict[int, FundingRateData] = {}
@@ -78,6 +85,8 @@ class LiveState:
         self._changed = asyncio.Condition()
         self._closed = False
         self._task: asyncio.Task[None] | None = None
+        self._listeners = 0
+        self._listener_joined = asyncio.Event()
 
     @property
     def reader(self) -> MarketDataReader:
@@ -109,22 +118,34 @@ class LiveState:
 
     async def _run(self) -> None:
         while True:
+            self._listener_joined.clear()
             try:
                 await self.refresh()
             except Exception:  # the dashboard must outlive one bad read; the log says why
                 log.exception("dashboard refresh failed")
-            await asyncio.sleep(self.refresh_s)
+            if self._listeners or self.first_data_at is None:  # a page, or data awaited
+                await asyncio.sleep(self.refresh_s)
+                continue
+            with suppress(TimeoutError):  # the idle pause ends early for a new listener
+                async with asyncio.timeout(self.idle_refresh_s):
+                    await self._listener_joined.wait()
 
-    async def updates(self) -> AsyncIterator[dict[str, Any]]:
-        """The current snapshot, then each newer one, until :meth:`stop`."""
-        seen = -1
-        while True:
-            async with self._changed:
-                await self._changed.wait_for(partial(self._has_news, seen))
-                if self._closed:
-                    return
-                seen = self.version
-            yield self.snapshot()
+    async def updates(self) -> AsyncGenerator[dict[str, Any], None]:
+        """The current snapshot, then each newer one, until :meth:`stop`; close it (``aclosing``)
+        when done listening, or refreshing stays at the listening pace until it is collected."""
+        self._listeners += 1
+        self._listener_joined.set()
+        try:
+            seen = -1
+            while True:
+                async with self._changed:
+                    await self._changed.wait_for(partial(self._has_news, seen))
+                    if self._closed:
+                        return
+                    seen = self.version
+                yield self.snapshot()
+        finally:
+            self._listeners -= 1
 
     def _has_news(self, seen: int) -> bool:
         return self._closed or self.version != seen
@@ -141,8 +162,11 @@ class LiveState:
         self.markets, self.funding = markets, funding
         if markets and self.first_data_at is None:
             self.first_data_at = now
+            self.first_data.set()
         self._sample(now)
-        if changed or now - self._published_at >= _PUBLISH_EVERY_S or self._snapshot is None:
+        if not self._listeners:
+            self._snapshot = None  # built when asked for (a page load, /api/stats), not now
+        elif changed or now - self._published_at >= _PUBLISH_EVERY_S or self._snapshot is None:
             await self._publish(now)
         return changed
 
@@ -262,7 +286,8 @@ class LiveState:
         cache = stats.get("cache", {})
         hits = sum(cache.get("hits", {}).values())
         misses = sum(cache.get("misses", {}).values())
-        rps = self._history[-1][1] if self._history else None
+        # The cards show the charts' newest points: one definition for each figure.
+        _, rps, hit_ratio = self._history[-1] if self._history else (now, None, None)
         return {
             "references": stats.get("references", 0),
             "initializations": stats.get("initializations", 0),
@@ -277,7 +302,7 @@ class LiveState:
             "endpoint_switches": stats.get("endpoint_switches", 0),
             "cache_hits": hits,
             "cache_misses": misses,
-            "cache_hit_ratio": hits / (hits + misses) if hits + misses else None,
+            "cache_hit_ratio": hit_ratio,
             "time_to_ready_s": stats.get("time_to_ready_s"),
             "time_to_first_data_s": (
                 None if self.first_data_at is None else self.first_data_at - self.started_at

@@ -50,7 +50,8 @@
     const two = (n) => String(n).padStart(2, "0");
     return h ? `${h}:${two(m)}:${two(sec)}` : `${m}:${two(sec)}`;
   }
-  function countdown(ts) { if (ts == null) return "–"; const left = ts - now(); return left <= 0 ? "due" : duration(left); }
+  // Past its time, a funding update waits for the next crank: 0:00 until it lands, never "due".
+  function countdown(ts) { return ts == null ? "–" : duration(ts - now()); }
   function age(r) { const a = r.data_age_s + (Date.now() / 1000 - receivedAt); return a < 60 ? `${a.toFixed(1)}s` : duration(a); }
   function secs(v) { return v == null ? "–" : v < 10 ? `${v.toFixed(2)} s` : duration(v); }
 
@@ -98,7 +99,7 @@
       ["RPC requests", m.rpc_requests],
       ["429s", m.rate_limited],
       ["Retries", m.retries],
-      ["Cache hit ratio", m.cache_hit_ratio == null ? "–" : `${(m.cache_hit_ratio * 100).toFixed(1)}%`],
+      ["Cache hit ratio, last s", m.cache_hit_ratio == null ? "–" : `${(m.cache_hit_ratio * 100).toFixed(1)}%`],
       ["Markets", `${m.markets}${m.stale_markets ? ` (${m.stale_markets} stale)` : ""}`],
       ["Client ready in", secs(m.time_to_ready_s)],
       ["First data in", secs(m.time_to_first_data_s)],
