@@ -46,6 +46,8 @@ def runtime() -> Iterator[Runtime]:
             port=0,
             sim_markets=MARKETS,
             sim_tick_s=3600,
+            # The chain stands still on purpose: its data must not turn stale mid-module.
+            stale_after_s=3600,
             settings_overrides={"health_interval_s": 3600},
         )
         try:
