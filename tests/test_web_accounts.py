@@ -21,10 +21,9 @@ from driftshare._web import LiveState, create_app
 from driftshare.manager import DriftClientManager
 from driftshare.models import TxResult
 from driftshare.sim import Simulator
-from driftshare.sim.pytest_plugin import SimulatorFactory
 from driftshare.sim.wallets import open_wallet
-from sim_trading import ticking, user_account
-from test_trading_sim import TX_SETTINGS, resting_bid
+from sim_trading import user_account
+from test_trading_sim import chain, resting_bid  # noqa: F401 (chain: a fixture)
 
 Served = tuple[Simulator, TestClient[web.Request, web.Application]]
 
@@ -49,15 +48,12 @@ def _sample(name: str, **labels: str) -> float:
 
 @pytest_asyncio.fixture
 async def served(
-    simulator_factory: SimulatorFactory, manager_settings: None
+    chain: Simulator,  # noqa: F811 - the imported fixture
 ) -> AsyncIterator[Served]:
-    """A ticking two-market simulator and the dashboard app over the shared client."""
-    sim = await simulator_factory(markets=2)
-    DriftClientManager.configure(rpc_url=sim.http_url, **TX_SETTINGS)
+    """The ticking simulator and the dashboard app over the shared client."""
     live = LiveState(network="mainnet", simulated=True)
-    async with ticking(sim), TestClient(TestServer(create_app(live))) as client:
-        yield sim, client
-        await DriftClientManager.shutdown()
+    async with TestClient(TestServer(create_app(live))) as client:
+        yield chain, client
 
 
 async def test_accounts_and_orders_show_a_trading_sub_account(
