@@ -18,6 +18,7 @@ from driftshare import DriftAdapter
 from driftshare import _metrics as metrics
 from driftshare._tx.history import HISTORY_SIZE, TxHistory
 from driftshare._web import LiveState, create_app
+from driftshare._web.api import OPENAPI
 from driftshare.manager import DriftClientManager
 from driftshare.models import TxResult
 from driftshare.sim import Simulator
@@ -82,6 +83,8 @@ async def test_accounts_and_orders_show_a_trading_sub_account(
         (account,) = answer["accounts"]
         assert account["authority"] == str(wallet.pubkey())
         assert account["sub_account_id"] == 0
+        schemas = OPENAPI["components"]["schemas"]
+        assert set(account) == set(schemas["Account"]["properties"])
         # The chain's own User account is the truth for positions.
         chain = user_account(sim, wallet, 0)
         assert account["user_account"] == str(adapter.account.user_pubkey)  # type: ignore[union-attr]
@@ -109,6 +112,9 @@ async def test_accounts_and_orders_show_a_trading_sub_account(
         assert orders[0]["error"].startswith("InvalidDirection")
         assert {o["sub_account_id"] for o in orders} == {0}
         assert {o["authority"] for o in orders} == {str(wallet.pubkey())}
+        assert {frozenset(o) for o in orders} == {frozenset(schemas["TxRecord"]["properties"])}
+        assert set(position) == set(schemas["PositionInfo"]["properties"])
+        assert set(account["open_orders"][0]) == set(schemas["OrderInfo"]["properties"])
 
         assert _sample("drift_transactions_total", status="confirmed") == confirmed + 3
         assert _sample("drift_transactions_total", status="failed") == failed + 1
