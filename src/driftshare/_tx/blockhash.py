@@ -1,27 +1,27 @@
 """BlockhashKeeper: one recent blockhash and the block height, refreshed in the background.
 
-As Drift's TypeScript ``BlockhashSubscriber``: a fixed cost per process (one JSON-RPC batch
-of ``getLatestBlockhash`` and ``getBlockHeight`` per interval), never a request per order.
-The block height is only ever the chain's own answer: expiry is decided on what the chain
-said, never on an estimate.
+As Drift's TypeScript ``BlockhashSubscriber``: a fixed cost per process (``getLatestBlockhash``
+and ``getBlockHeight`` per interval), never a request per order; the calls ride in the status
+poll's batch while transactions are pending, and are fetched on demand otherwise. The block
+height is only ever the chain's own answer: expiry is decided on what the chain said, never
+on an estimate.
 """
 
 from __future__ import annotations
 
 import asyncio
-import logging
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
+from typing import Any
 
 from solders.hash import Hash
 
 from driftshare import _metrics as metrics
 from driftshare._tx.rpc import RpcError, TxRpc
+from driftshare._tx.statuses import Call, Rider, ride
 
 __all__ = ["Blockhash", "BlockhashKeeper"]
-
-log = logging.getLogger(__name__)
 
 _COMMITMENT = {"commitment": "confirmed"}
 
@@ -38,10 +38,11 @@ class Blockhash:
 
 
 class BlockhashKeeper:
-    """The newest blockhash and block height, refreshed every ``interval_s`` by :meth:`run`.
+    """The newest blockhash and block height: a :class:`Rider` of the status poll, due every
+    ``interval_s``.
 
     :meth:`current` serves the kept blockhash while it is younger than ``max_age_s`` and
-    fetches one (single flight) otherwise, so signing never waits on the loop.
+    fetches one (single flight, with ``riders`` that are due) otherwise.
     """
 
     def __init__(
@@ -50,11 +51,13 @@ class BlockhashKeeper:
         *,
         interval_s: float,
         max_age_s: float,
+        riders: Sequence[Rider] = (),
         clock: Callable[[], float] = time.monotonic,
     ) -> None:
         self._rpc = rpc
         self.interval_s = interval_s
         self.max_age_s = max_age_s
+        self._riders = list(riders)
         self._clock = clock
         self.latest: Blockhash | None = None
         self.block_height: int | None = None
@@ -62,6 +65,7 @@ class BlockhashKeeper:
         self.refreshes = 0
         self.failures = 0
         self._lock = asyncio.Lock()
+        self._asked_at: float | None = None
 
     def age_s(self) -> float | None:
         """Seconds since the kept blockhash was fetched, or None without one."""
@@ -87,13 +91,33 @@ class BlockhashKeeper:
         return latest
 
     async def refresh(self) -> None:
-        """Fetch the latest blockhash and the block height in one JSON-RPC batch."""
-        fetched_at = self._clock()
-        latest, height = await self._rpc.batch(
-            [("getLatestBlockhash", [_COMMITMENT]), ("getBlockHeight", [_COMMITMENT])]
-        )
+        """Fetch the latest blockhash and the block height, with the riders that are due, in
+        one JSON-RPC batch; raises what failed of the blockhash."""
+        self.take(await ride(self._rpc, self._calls(), self._riders))
+
+    def due_soon(self) -> bool:
+        return self._asked_at is None or self._clock() - self._asked_at >= self.interval_s
+
+    def due(self) -> list[Call]:
+        """The blockhash and block height once ``interval_s`` has passed since last asked."""
+        return self._calls() if self.due_soon() else []
+
+    def _calls(self) -> list[Call]:
+        self._asked_at = self._clock()
+        return [("getLatestBlockhash", [_COMMITMENT]), ("getBlockHeight", [_COMMITMENT])]
+
+    def take(self, answers: list[Any]) -> None:
+        """Keep the blockhash and block height answered (see :meth:`due`)."""
+        try:
+            self._take(*answers)
+        except Exception:
+            self.failures += 1
+            raise
+
+    def _take(self, latest: Any, height: Any) -> None:
+        fetched_at = self._clock() if self._asked_at is None else self._asked_at
         for answer in (latest, height):
-            if isinstance(answer, RpcError):
+            if isinstance(answer, Exception):
                 raise answer
         try:
             value = latest["value"]
@@ -113,13 +137,3 @@ class BlockhashKeeper:
             self.block_height = block_height
         self.refreshes += 1
         metrics.BLOCKHASH_AGE.set(0.0)
-
-    async def run(self) -> None:
-        """Refresh every ``interval_s`` until cancelled; a failure is counted and retried."""
-        while True:
-            try:
-                await self.refresh()
-            except Exception as exc:  # an RPC failure: the next round retries
-                self.failures += 1
-                log.debug("blockhash refresh failed: %r", exc)
-            await asyncio.sleep(self.interval_s)

@@ -2,7 +2,9 @@
 
 Every signature any engine waits on is asked about in the same JSON-RPC batch of
 ``getSignatureStatuses`` calls (256 signatures a call, the method's limit), so the cost is
-per interval, shared by all the transactions in flight, not per transaction.
+per interval, shared by all the transactions in flight, not per transaction. The path's
+other periodic reads (blockhash, block height, priority fee) ride in that batch when due:
+one HTTP request per interval while anything is pending, none when nothing is.
 """
 
 from __future__ import annotations
@@ -13,16 +15,37 @@ import time
 from collections.abc import Callable, Sequence
 from contextlib import suppress
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Protocol
 
 from driftshare._tx.rpc import RpcError, TxRpc
 
-__all__ = ["SignatureStatus", "SignatureWatcher"]
+__all__ = ["Call", "Rider", "SignatureStatus", "SignatureWatcher", "ride"]
 
 log = logging.getLogger(__name__)
 
 SIGNATURES_PER_CALL = 256
 _SETTLED = frozenset({"confirmed", "finalized"})
+
+Call = tuple[str, list[Any]]
+"""One JSON-RPC call: method and params."""
+
+
+class Rider(Protocol):
+    """A periodic read that rides in another request's batch instead of sending its own."""
+
+    def due_soon(self) -> bool:
+        """Whether :meth:`due` would ask anything now."""
+        ...
+
+    def due(self) -> list[Call]:
+        """The calls to make now (noting that they were asked); empty when the last answer
+        is still fresh."""
+        ...
+
+    def take(self, answers: list[Any]) -> None:
+        """The answers to :meth:`due`'s calls, in order (an exception for a failed call or
+        batch); counts and raises a failed or malformed one."""
+        ...
 
 
 @dataclass(frozen=True, slots=True)
@@ -65,14 +88,21 @@ class SignatureWatcher:
     """Polls the statuses of the watched signatures every ``interval_s`` while any is watched.
 
     A signature is polled once it has been out for ``interval_s`` (before that it can hardly
-    have landed). :meth:`wait` returns when its status changes.
+    have landed). :meth:`wait` returns when its status changes. ``riders`` ride in each
+    poll's batch when due.
     """
 
     def __init__(
-        self, rpc: TxRpc, *, interval_s: float, clock: Callable[[], float] = time.monotonic
+        self,
+        rpc: TxRpc,
+        *,
+        interval_s: float,
+        riders: Sequence[Rider] = (),
+        clock: Callable[[], float] = time.monotonic,
     ) -> None:
         self._rpc = rpc
         self.interval_s = interval_s
+        self._riders = list(riders)
         self._clock = clock
         self._watched: dict[str, _Watched] = {}
         self._pending = asyncio.Event()
@@ -105,42 +135,23 @@ class SignatureWatcher:
     ) -> dict[str, SignatureStatus | None]:
         """The statuses of ``signatures`` now; with ``history`` the node also searches past
         its recent status cache. Raises on an RPC failure."""
-        calls: list[tuple[str, list[Any]]] = [
-            (
-                "getSignatureStatuses",
-                [
-                    list(signatures[i : i + SIGNATURES_PER_CALL]),
-                    {"searchTransactionHistory": history},
-                ],
-            )
-            for i in range(0, len(signatures), SIGNATURES_PER_CALL)
-        ]
+        calls = _status_calls(signatures, history)
         if not calls:
             return {}
-        found: dict[str, SignatureStatus | None] = {}
-        for (_, params), answer in zip(calls, await self._rpc.batch(calls), strict=True):
-            if isinstance(answer, RpcError):
-                raise answer
-            try:
-                values = list(answer["value"])
-            except (KeyError, TypeError):
-                raise RpcError(0, f"a malformed status answer: {str(answer)[:200]}") from None
-            if len(values) != len(params[0]):
-                raise RpcError(0, "a status answer of the wrong length")
-            for signature, value in zip(params[0], values, strict=True):
-                found[signature] = SignatureStatus.parse(value)
-        return found
+        return _statuses(calls, await self._rpc.batch(calls))
 
     async def poll(self) -> None:
-        """Ask for every watched signature out for ``interval_s``, and record the answers."""
+        """Ask for every watched signature out for ``interval_s``, with the riders that are
+        due, in one batch; record the answers."""
         due = self._clock() - self.interval_s
-        signatures = [s for s, w in self._watched.items() if w.since <= due]
-        if not signatures:
+        calls = _status_calls([s for s, w in self._watched.items() if w.since <= due], False)
+        if not calls and not any(rider.due_soon() for rider in self._riders):
             return
-        self.polls += 1
-        found = await self.lookup(signatures, history=False)
-        for signature, status in found.items():
-            self.record(signature, status)
+        answers = await ride(self._rpc, calls, self._riders)
+        if calls:
+            self.polls += 1
+            for signature, status in _statuses(calls, answers).items():
+                self.record(signature, status)
 
     def record(self, signature: str, status: SignatureStatus | None) -> None:
         """Note ``signature``'s status (from a poll or a lookup) and wake its waiters."""
@@ -162,3 +173,46 @@ class SignatureWatcher:
             except Exception as exc:  # an RPC failure: the next round asks again
                 self.failures += 1
                 log.debug("signature status poll failed: %r", exc)
+
+
+async def ride(rpc: TxRpc, calls: list[Call], riders: Sequence[Rider]) -> list[Any]:
+    """Send ``calls`` with every due rider's in one batch; hand each rider its answers and
+    return those to ``calls`` (each the batch's exception if the batch failed)."""
+    riding = [(rider, theirs) for rider in riders if (theirs := rider.due())]
+    try:
+        answers = await rpc.batch([*calls, *(c for _, cs in riding for c in cs)])
+    except Exception as exc:
+        answers = [exc] * (len(calls) + sum(len(cs) for _, cs in riding))
+    rest = answers[len(calls) :]
+    for rider, theirs in riding:
+        mine, rest = rest[: len(theirs)], rest[len(theirs) :]
+        with suppress(Exception):  # the rider counted it; it is due again later
+            rider.take(mine)
+    return answers[: len(calls)]
+
+
+def _status_calls(signatures: Sequence[str], history: bool) -> list[Call]:
+    return [
+        (
+            "getSignatureStatuses",
+            [list(signatures[i : i + SIGNATURES_PER_CALL]), {"searchTransactionHistory": history}],
+        )
+        for i in range(0, len(signatures), SIGNATURES_PER_CALL)
+    ]
+
+
+def _statuses(calls: list[Call], answers: list[Any]) -> dict[str, SignatureStatus | None]:
+    """The statuses in the answers to ``calls``; raises on a failed or malformed answer."""
+    found: dict[str, SignatureStatus | None] = {}
+    for (_, params), answer in zip(calls, answers, strict=True):
+        if isinstance(answer, Exception):
+            raise answer
+        try:
+            values = list(answer["value"])
+        except (KeyError, TypeError):
+            raise RpcError(0, f"a malformed status answer: {str(answer)[:200]}") from None
+        if len(values) != len(params[0]):
+            raise RpcError(0, "a status answer of the wrong length")
+        for signature, value in zip(params[0], values, strict=True):
+            found[signature] = SignatureStatus.parse(value)
+    return found
