@@ -95,12 +95,10 @@ class BlockhashKeeper:
         one JSON-RPC batch; raises what failed of the blockhash."""
         self.take(await ride(self._rpc, self._calls(), self._riders))
 
-    def due_soon(self) -> bool:
-        return self._asked_at is None or self._clock() - self._asked_at >= self.interval_s
-
     def due(self) -> list[Call]:
         """The blockhash and block height once ``interval_s`` has passed since last asked."""
-        return self._calls() if self.due_soon() else []
+        asked = self._asked_at
+        return self._calls() if asked is None or self._clock() - asked >= self.interval_s else []
 
     def _calls(self) -> list[Call]:
         self._asked_at = self._clock()

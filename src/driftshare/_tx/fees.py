@@ -48,12 +48,10 @@ class PriorityFees:
         (call,) = self._calls()
         self.take([await self._rpc.call(*call)])
 
-    def due_soon(self) -> bool:
-        return self._asked_at is None or self._clock() - self._asked_at >= self.interval_s
-
     def due(self) -> list[Call]:
         """The fee call once ``interval_s`` has passed since last asked."""
-        return self._calls() if self.due_soon() else []
+        asked = self._asked_at
+        return self._calls() if asked is None or self._clock() - asked >= self.interval_s else []
 
     def _calls(self) -> list[Call]:
         self._asked_at = self._clock()

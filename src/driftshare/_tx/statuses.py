@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import math
 import time
 from collections.abc import Callable, Sequence
 from contextlib import suppress
@@ -32,10 +33,6 @@ Call = tuple[str, list[Any]]
 
 class Rider(Protocol):
     """A periodic read that rides in another request's batch instead of sending its own."""
-
-    def due_soon(self) -> bool:
-        """Whether :meth:`due` would ask anything now."""
-        ...
 
     def due(self) -> list[Call]:
         """The calls to make now (noting that they were asked); empty when the last answer
@@ -142,16 +139,16 @@ class SignatureWatcher:
 
     async def poll(self) -> None:
         """Ask for every watched signature out for ``interval_s``, with the riders that are
-        due, in one batch; record the answers."""
+        due, in one batch; record the answers. Nothing to ask, no request: riders only ride."""
         due = self._clock() - self.interval_s
         calls = _status_calls([s for s, w in self._watched.items() if w.since <= due], False)
-        if not calls and not any(rider.due_soon() for rider in self._riders):
+        if not calls:
             return
-        answers = await ride(self._rpc, calls, self._riders)
-        if calls:
-            self.polls += 1
-            for signature, status in _statuses(calls, answers).items():
-                self.record(signature, status)
+        self.polls += 1
+        for signature, status in _statuses(
+            calls, await ride(self._rpc, calls, self._riders)
+        ).items():
+            self.record(signature, status)
 
     def record(self, signature: str, status: SignatureStatus | None) -> None:
         """Note ``signature``'s status (from a poll or a lookup) and wake its waiters."""
@@ -162,12 +159,21 @@ class SignatureWatcher:
         watched.changed.set()
 
     async def run(self) -> None:
-        """Poll every ``interval_s`` while signatures are watched, until cancelled."""
+        """Poll while signatures are watched, until cancelled: once the oldest watched
+        signature has been out ``interval_s`` (a fresh one waits its own ``interval_s``, not
+        up to two), and at most once per ``interval_s``."""
+        last_poll = -math.inf
         while True:
             if not self._watched:
                 self._pending.clear()
                 await self._pending.wait()
-            await asyncio.sleep(self.interval_s)
+                continue
+            oldest = min(w.since for w in self._watched.values())
+            delay = max(last_poll, oldest) + self.interval_s - self._clock()
+            if delay > 0:
+                await asyncio.sleep(delay)
+                continue  # look again: the oldest may have been forgotten meanwhile
+            last_poll = self._clock()
             try:
                 await self.poll()
             except Exception as exc:  # an RPC failure: the next round asks again
