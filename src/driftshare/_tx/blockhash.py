@@ -18,8 +18,8 @@ from typing import Any
 from solders.hash import Hash
 
 from driftshare import _metrics as metrics
+from driftshare._tx.riders import Call, Rider, ride
 from driftshare._tx.rpc import RpcError, TxRpc
-from driftshare._tx.statuses import Call, Rider, ride
 
 __all__ = ["Blockhash", "BlockhashKeeper"]
 
@@ -37,7 +37,7 @@ class Blockhash:
     fetched_at: float
 
 
-class BlockhashKeeper:
+class BlockhashKeeper(Rider):
     """The newest blockhash and block height: a :class:`Rider` of the status poll, due every
     ``interval_s``.
 
@@ -54,18 +54,14 @@ class BlockhashKeeper:
         riders: Sequence[Rider] = (),
         clock: Callable[[], float] = time.monotonic,
     ) -> None:
+        super().__init__(interval_s=interval_s, clock=clock)
         self._rpc = rpc
-        self.interval_s = interval_s
         self.max_age_s = max_age_s
         self._riders = list(riders)
-        self._clock = clock
         self.latest: Blockhash | None = None
         self.block_height: int | None = None
         """The chain's block height at the last refresh (confirmed commitment)."""
-        self.refreshes = 0
-        self.failures = 0
         self._lock = asyncio.Lock()
-        self._asked_at: float | None = None
 
     def age_s(self) -> float | None:
         """Seconds since the kept blockhash was fetched, or None without one."""
@@ -93,30 +89,14 @@ class BlockhashKeeper:
     async def refresh(self) -> None:
         """Fetch the latest blockhash and the block height, with the riders that are due, in
         one JSON-RPC batch; raises what failed of the blockhash."""
-        self.take(await ride(self._rpc, self._calls(), self._riders))
-
-    def due(self) -> list[Call]:
-        """The blockhash and block height once ``interval_s`` has passed since last asked."""
-        asked = self._asked_at
-        return self._calls() if asked is None or self._clock() - asked >= self.interval_s else []
+        self.take(await ride(self._rpc, self.calls(), self._riders))
 
     def _calls(self) -> list[Call]:
-        self._asked_at = self._clock()
         return [("getLatestBlockhash", [_COMMITMENT]), ("getBlockHeight", [_COMMITMENT])]
 
-    def take(self, answers: list[Any]) -> None:
-        """Keep the blockhash and block height answered (see :meth:`due`)."""
-        try:
-            self._take(*answers)
-        except Exception:
-            self.failures += 1
-            raise
-
-    def _take(self, latest: Any, height: Any) -> None:
+    def _take(self, *answers: Any) -> None:
+        latest, height = answers
         fetched_at = self._clock() if self._asked_at is None else self._asked_at
-        for answer in (latest, height):
-            if isinstance(answer, Exception):
-                raise answer
         try:
             value = latest["value"]
             blockhash = Blockhash(
@@ -133,5 +113,4 @@ class BlockhashKeeper:
         # Never backwards: an answer from a lagging node must not revive an expired blockhash.
         if self.block_height is None or block_height > self.block_height:
             self.block_height = block_height
-        self.refreshes += 1
         metrics.BLOCKHASH_AGE.set(0.0)

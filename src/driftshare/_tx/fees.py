@@ -11,13 +11,13 @@ import time
 from collections.abc import Callable, Sequence
 from typing import Any
 
+from driftshare._tx.riders import Call, Rider
 from driftshare._tx.rpc import TxRpc
-from driftshare._tx.statuses import Call
 
 __all__ = ["PriorityFees"]
 
 
-class PriorityFees:
+class PriorityFees(Rider):
     """The compute-unit price (micro-lamports) to pay: the ``percentile`` of the fees paid in
     recent slots for ``accounts``, at most ``cap``; a :class:`Rider` due every
     ``interval_s``. 0 until the first answer."""
@@ -32,43 +32,24 @@ class PriorityFees:
         accounts: Callable[[], Sequence[str]] = tuple,
         clock: Callable[[], float] = time.monotonic,
     ) -> None:
+        super().__init__(interval_s=interval_s, clock=clock)
         self._rpc = rpc
-        self.interval_s = interval_s
         self.percentile = percentile
         self.cap = cap
         self._accounts = accounts
-        self._clock = clock
-        self._asked_at: float | None = None
         self.price = 0
-        self.refreshes = 0
-        self.failures = 0
 
     async def refresh(self) -> None:
         """Fetch the estimate now, in a request of its own."""
-        (call,) = self._calls()
+        (call,) = self.calls()
         self.take([await self._rpc.call(*call)])
 
-    def due(self) -> list[Call]:
-        """The fee call once ``interval_s`` has passed since last asked."""
-        asked = self._asked_at
-        return self._calls() if asked is None or self._clock() - asked >= self.interval_s else []
-
     def _calls(self) -> list[Call]:
-        self._asked_at = self._clock()
         accounts = list(self._accounts())[:128]  # the method's limit
         return [("getRecentPrioritizationFees", [accounts])]
 
-    def take(self, answers: list[Any]) -> None:
-        """Keep the estimate answered (see :meth:`due`)."""
-        try:
-            self._take(*answers)
-        except Exception:
-            self.failures += 1
-            raise
-
-    def _take(self, answer: Any) -> None:
-        if isinstance(answer, Exception):
-            raise answer
+    def _take(self, *answers: Any) -> None:
+        (answer,) = answers
         try:
             fees = sorted(int(entry["prioritizationFee"]) for entry in answer)
         except (KeyError, TypeError, ValueError):
@@ -77,4 +58,3 @@ class PriorityFees:
             # Nearest rank: a fee that was actually paid.
             rank = max(1, math.ceil(self.percentile / 100 * len(fees)))
             self.price = max(0, min(self.cap, fees[rank - 1]))
-        self.refreshes += 1

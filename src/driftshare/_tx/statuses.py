@@ -16,33 +16,17 @@ import time
 from collections.abc import Callable, Sequence
 from contextlib import suppress
 from dataclasses import dataclass, field
-from typing import Any, Protocol
+from typing import Any
 
+from driftshare._tx.riders import Call, Rider, ride
 from driftshare._tx.rpc import RpcError, TxRpc
 
-__all__ = ["Call", "Rider", "SignatureStatus", "SignatureWatcher", "ride"]
+__all__ = ["SignatureStatus", "SignatureWatcher"]
 
 log = logging.getLogger(__name__)
 
 SIGNATURES_PER_CALL = 256
 _SETTLED = frozenset({"confirmed", "finalized"})
-
-Call = tuple[str, list[Any]]
-"""One JSON-RPC call: method and params."""
-
-
-class Rider(Protocol):
-    """A periodic read that rides in another request's batch instead of sending its own."""
-
-    def due(self) -> list[Call]:
-        """The calls to make now (noting that they were asked); empty when the last answer
-        is still fresh."""
-        ...
-
-    def take(self, answers: list[Any]) -> None:
-        """The answers to :meth:`due`'s calls, in order (an exception for a failed call or
-        batch); counts and raises a failed or malformed one."""
-        ...
 
 
 @dataclass(frozen=True, slots=True)
@@ -84,8 +68,9 @@ class _Watched:
 class SignatureWatcher:
     """Polls the statuses of the watched signatures every ``interval_s`` while any is watched.
 
-    A signature is polled once it has been out for ``interval_s`` (before that it can hardly
-    have landed). :meth:`wait` returns when its status changes. ``riders`` ride in each
+    A lone signature is first polled once it has been out for ``interval_s`` (before that it
+    can hardly have landed and been confirmed); a poll also asks about every other signature
+    out for half that. :meth:`wait` returns when its status changes. ``riders`` ride in each
     poll's batch when due.
     """
 
@@ -138,9 +123,11 @@ class SignatureWatcher:
         return _statuses(calls, await self._rpc.batch(calls))
 
     async def poll(self) -> None:
-        """Ask for every watched signature out for ``interval_s``, with the riders that are
-        due, in one batch; record the answers. Nothing to ask, no request: riders only ride."""
-        due = self._clock() - self.interval_s
+        """Ask for every watched signature out for half ``interval_s``, with the riders that
+        are due, in one batch; record the answers. Nothing to ask, no request: riders only
+        ride. (Half: a signature just short of due would otherwise wait a whole extra
+        interval.)"""
+        due = self._clock() - self.interval_s / 2
         calls = _status_calls([s for s, w in self._watched.items() if w.since <= due], False)
         if not calls:
             return
@@ -179,22 +166,6 @@ class SignatureWatcher:
             except Exception as exc:  # an RPC failure: the next round asks again
                 self.failures += 1
                 log.debug("signature status poll failed: %r", exc)
-
-
-async def ride(rpc: TxRpc, calls: list[Call], riders: Sequence[Rider]) -> list[Any]:
-    """Send ``calls`` with every due rider's in one batch; hand each rider its answers and
-    return those to ``calls`` (each the batch's exception if the batch failed)."""
-    riding = [(rider, theirs) for rider in riders if (theirs := rider.due())]
-    try:
-        answers = await rpc.batch([*calls, *(c for _, cs in riding for c in cs)])
-    except Exception as exc:
-        answers = [exc] * (len(calls) + sum(len(cs) for _, cs in riding))
-    rest = answers[len(calls) :]
-    for rider, theirs in riding:
-        mine, rest = rest[: len(theirs)], rest[len(theirs) :]
-        with suppress(Exception):  # the rider counted it; it is due again later
-            rider.take(mine)
-    return answers[: len(calls)]
 
 
 def _status_calls(signatures: Sequence[str], history: bool) -> list[Call]:
