@@ -296,6 +296,32 @@ async def test_margin_refusal_is_drift_insufficient_collateral_and_changes_nothi
     assert sub0.get_perp_position(SOL_PERP).base_asset_amount == BASE_PRECISION // 10  # type: ignore[union-attr]
 
 
+async def test_an_order_off_market_0_needs_no_market_0_account(
+    sim: Simulator, trader: tuple[DriftClient, Keypair]
+) -> None:
+    # The program skips empty position slots (market index 0, nothing held) in its margin
+    # check, so an order on market 2 from a user with no SOL-PERP position passes only the
+    # accounts driftpy sends: market 2's, not market 0's.
+    client, wallet = trader
+    world = world_of(sim)
+    await open_sub_account_0(sim, client, wallet, usdc=1_000)
+    world.set_oracle_price(2, 20.0)
+    take = market("long", 1.0)
+    take.market_index = 2
+    await client.place_and_take_perp_order(take, sub_account_id=0)
+    sub0 = await refreshed(client, 0)
+    assert sub0.get_perp_position(SOL_PERP) is None
+    position = sub0.get_perp_position(2)
+    assert position is not None
+    assert position.base_asset_amount == BASE_PRECISION
+    assert position.quote_asset_amount == -20_020_000  # 1 unit at 20 * 1.001
+    rest = limit("short", 1.0, 25.0)
+    rest.market_index = 2
+    await client.place_perp_order(rest, sub_account_id=0)
+    (resting,) = open_orders(await refreshed(client, 0))
+    assert resting.market_index == 2
+
+
 def _accounts(sim: Simulator, *keys: Pubkey) -> list[bytes]:
     found = [sim.store.get(key) for key in keys]
     return [account.data for account in found if account is not None]

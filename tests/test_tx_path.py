@@ -74,9 +74,14 @@ class Chain:
     """Recent-status polls answer nothing; only a history search finds landed ones."""
     status_polls: list[int] = field(default_factory=list)
     """Signatures asked per getSignatureStatuses call."""
+    requests: list[list[str]] = field(default_factory=list)
+    """The methods called in each HTTP request."""
 
     def handler(self, request: httpx.Request) -> httpx.Response:
         body = json.loads(request.content)
+        self.requests.append(
+            [c["method"] for c in body] if isinstance(body, list) else [body["method"]]
+        )
         if isinstance(body, list):
             return httpx.Response(200, json=[self.answer(call) for call in body])
         if body["method"] == "sendTransaction":
@@ -340,6 +345,21 @@ async def test_concurrent_writes_share_status_polls(make_path: MakePath) -> None
     # One poll asks about many signatures: fewer polls than if each write polled alone.
     assert max(chain.status_polls) > 1
     assert len(chain.status_polls) < sum(chain.status_polls)
+
+
+async def test_the_blockhash_and_fee_ride_in_the_status_poll(make_path: MakePath) -> None:
+    chain = Chain()
+    # Both always due: every request that may carry them does.
+    path = make_path(chain, tx_blockhash_interval_s=1e-9, tx_fee_interval_s=1e-9)
+    for tag in range(3):
+        assert (await submit(path, tag)).status == "confirmed"
+    refresh = ["getLatestBlockhash", "getBlockHeight", "getRecentPrioritizationFees"]
+    first, *rest = chain.requests
+    assert first == refresh  # fetched before the first signing, the fee with it
+    polls = [r for r in rest if r != ["sendTransaction"]]
+    assert polls
+    # No request of their own: each refresh rode in a status poll.
+    assert all(r == ["getSignatureStatuses", *refresh] for r in polls)
 
 
 async def test_the_priority_fee_and_compute_limit_replace_the_callers(make_path: MakePath) -> None:

@@ -218,6 +218,8 @@ async def _measure(params: dict[str, Any]) -> dict[str, Any]:
             await engine.stop()
         await DriftClientManager.shutdown()
     requests = after["http_requests"]["total"] - before["http_requests"]["total"]
+    calls = after["calls"]["total"] - before["calls"]["total"]
+    subscriptions = after["subscriptions"]["total"] - before["subscriptions"]["total"]
     return {
         "mode": mode,
         "engines": count,
@@ -225,6 +227,9 @@ async def _measure(params: dict[str, Any]) -> dict[str, Any]:
         "failed": tally.failed,
         "requests": requests,
         "requests_per_tx": requests / max(1, tally.transactions),
+        "calls": calls,
+        "calls_per_tx": calls / max(1, tally.transactions),
+        "ws_subscriptions": subscriptions,
         "websockets": after["ws_connections"]["open"],
         "by_method": {
             method: n - before["calls"]["by_method"].get(method, 0)

@@ -84,9 +84,13 @@ class Settings(BaseSettings):
     """The highest compute-unit price paid, in micro-lamports."""
     tx_fee_percentile: float = Field(75.0, ge=0, le=100)
     tx_fee_interval_s: float = Field(5.0, gt=0)
-    tx_blockhash_interval_s: float = Field(2.0, gt=0)
+    tx_blockhash_interval_s: float = Field(5.0, gt=0)
+    """Blockhash and block height refresh period while signatures are pending: a blockhash is
+    valid ~60 s (150 blocks), and a later height only delays a re-signing, never hastens it."""
     tx_blockhash_max_age_s: float = Field(10.0, gt=0)
-    tx_status_interval_s: float = Field(0.5, gt=0)
+    tx_status_interval_s: float = Field(0.8, gt=0)
+    """A signature is first asked about this long after it left (two slots: landing, then
+    confirmation), then every this long, in one batch with every other pending one."""
     tx_resend_s: float = Field(2.0, gt=0)
     """Seconds between sends of the same signed bytes while their signature is pending."""
     tx_timeout_s: float = Field(90.0, gt=0)

@@ -27,7 +27,6 @@ class FundingEngine(Engine):
     notional_usd = 50.0
     """Each leg of a trade, in USD."""
     collateral_usd = 1_000.0
-    hedge_market = "SOL-PERP"
 
     def __init__(self, **options: Any) -> None:
         super().__init__(**options)
@@ -44,7 +43,7 @@ class FundingEngine(Engine):
     def trade_with(self, wallet: Keypair) -> None:
         """Trade with ``wallet``'s sub-account 0 (call before :meth:`start`): each tick closes
         the legs it holds, or opens two of the same notional: the collecting side of the
-        largest funding and the opposite side on :attr:`hedge_market`."""
+        largest funding and the opposite side on the smallest."""
         self.wallet = wallet
         self.trading = True
 
@@ -74,27 +73,20 @@ class FundingEngine(Engine):
             best.market, action, best.rate_annual, f"APR {best.rate_annual:+.2f}% funding"
         )
 
-    async def _trade(self, best: FundingInfo, quietest: FundingInfo, action: str) -> None:
+    async def _trade(self, best: FundingInfo, hedge: FundingInfo, action: str) -> None:
         if not self._funded:
             self._funded = await self._write(self.adapter.deposit(self.collateral_usd))
             return
         if self._legs:
-            # Last opened, first closed: the hedge (opened first) goes last.
             legs, self._legs = self._legs, []
-            for market in reversed(legs):
+            for market in legs:
                 await self._write(self.adapter.close_position(market))
             return
-        if action == "no_edge":
+        if action == "no_edge" or best.market == hedge.market:
             return
         side = "short" if action == "collect_short" else "long"
         opposite = "long" if side == "short" else "short"
-        # The hedge is SOL-PERP, the deepest market, unless the funding is there: then the
-        # market with the smallest funding.
-        if best.market == self.hedge_market:
-            plan = [(best.market, side), (quietest.market, opposite)]
-        else:
-            plan = [(self.hedge_market, opposite), (best.market, side)]
-        for market, direction in plan:
+        for market, direction in ((best.market, side), (hedge.market, opposite)):
             price = await self.adapter.get_mark_price(market)
             if not price:
                 return

@@ -1,27 +1,27 @@
 """BlockhashKeeper: one recent blockhash and the block height, refreshed in the background.
 
-As Drift's TypeScript ``BlockhashSubscriber``: a fixed cost per process (one JSON-RPC batch
-of ``getLatestBlockhash`` and ``getBlockHeight`` per interval), never a request per order.
-The block height is only ever the chain's own answer: expiry is decided on what the chain
-said, never on an estimate.
+As Drift's TypeScript ``BlockhashSubscriber``: a fixed cost per process (``getLatestBlockhash``
+and ``getBlockHeight`` per interval), never a request per order; the calls ride in the status
+poll's batch while transactions are pending, and are fetched on demand otherwise. The block
+height is only ever the chain's own answer: expiry is decided on what the chain said, never
+on an estimate.
 """
 
 from __future__ import annotations
 
 import asyncio
-import logging
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
+from typing import Any
 
 from solders.hash import Hash
 
 from driftshare import _metrics as metrics
+from driftshare._tx.riders import Call, Rider, ride
 from driftshare._tx.rpc import RpcError, TxRpc
 
 __all__ = ["Blockhash", "BlockhashKeeper"]
-
-log = logging.getLogger(__name__)
 
 _COMMITMENT = {"commitment": "confirmed"}
 
@@ -37,11 +37,12 @@ class Blockhash:
     fetched_at: float
 
 
-class BlockhashKeeper:
-    """The newest blockhash and block height, refreshed every ``interval_s`` by :meth:`run`.
+class BlockhashKeeper(Rider):
+    """The newest blockhash and block height: a :class:`Rider` of the status poll, due every
+    ``interval_s``.
 
     :meth:`current` serves the kept blockhash while it is younger than ``max_age_s`` and
-    fetches one (single flight) otherwise, so signing never waits on the loop.
+    fetches one (single flight, with ``riders`` that are due) otherwise.
     """
 
     def __init__(
@@ -50,17 +51,16 @@ class BlockhashKeeper:
         *,
         interval_s: float,
         max_age_s: float,
+        riders: Sequence[Rider] = (),
         clock: Callable[[], float] = time.monotonic,
     ) -> None:
+        super().__init__(interval_s=interval_s, clock=clock)
         self._rpc = rpc
-        self.interval_s = interval_s
         self.max_age_s = max_age_s
-        self._clock = clock
+        self._riders = list(riders)
         self.latest: Blockhash | None = None
         self.block_height: int | None = None
         """The chain's block height at the last refresh (confirmed commitment)."""
-        self.refreshes = 0
-        self.failures = 0
         self._lock = asyncio.Lock()
 
     def age_s(self) -> float | None:
@@ -87,14 +87,16 @@ class BlockhashKeeper:
         return latest
 
     async def refresh(self) -> None:
-        """Fetch the latest blockhash and the block height in one JSON-RPC batch."""
-        fetched_at = self._clock()
-        latest, height = await self._rpc.batch(
-            [("getLatestBlockhash", [_COMMITMENT]), ("getBlockHeight", [_COMMITMENT])]
-        )
-        for answer in (latest, height):
-            if isinstance(answer, RpcError):
-                raise answer
+        """Fetch the latest blockhash and the block height, with the riders that are due, in
+        one JSON-RPC batch; raises what failed of the blockhash."""
+        self.take(await ride(self._rpc, self.calls(), self._riders))
+
+    def _calls(self) -> list[Call]:
+        return [("getLatestBlockhash", [_COMMITMENT]), ("getBlockHeight", [_COMMITMENT])]
+
+    def _take(self, *answers: Any) -> None:
+        latest, height = answers
+        fetched_at = self._clock() if self._asked_at is None else self._asked_at
         try:
             value = latest["value"]
             blockhash = Blockhash(
@@ -111,15 +113,4 @@ class BlockhashKeeper:
         # Never backwards: an answer from a lagging node must not revive an expired blockhash.
         if self.block_height is None or block_height > self.block_height:
             self.block_height = block_height
-        self.refreshes += 1
         metrics.BLOCKHASH_AGE.set(0.0)
-
-    async def run(self) -> None:
-        """Refresh every ``interval_s`` until cancelled; a failure is counted and retried."""
-        while True:
-            try:
-                await self.refresh()
-            except Exception as exc:  # an RPC failure: the next round retries
-                self.failures += 1
-                log.debug("blockhash refresh failed: %r", exc)
-            await asyncio.sleep(self.interval_s)

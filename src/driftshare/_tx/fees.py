@@ -1,23 +1,26 @@
-"""PriorityFees: one priority-fee estimate for every engine, from getRecentPrioritizationFees."""
+"""PriorityFees: one priority-fee estimate for every engine, from getRecentPrioritizationFees.
+
+It rides in the status poll's batch (or an on-demand blockhash fetch) when due: no request
+of its own, and none while nothing is sent.
+"""
 
 from __future__ import annotations
 
-import asyncio
-import logging
 import math
+import time
 from collections.abc import Callable, Sequence
+from typing import Any
 
+from driftshare._tx.riders import Call, Rider
 from driftshare._tx.rpc import TxRpc
 
 __all__ = ["PriorityFees"]
 
-log = logging.getLogger(__name__)
 
-
-class PriorityFees:
+class PriorityFees(Rider):
     """The compute-unit price (micro-lamports) to pay: the ``percentile`` of the fees paid in
-    recent slots for ``accounts``, at most ``cap``; refreshed every ``interval_s`` by
-    :meth:`run`. 0 until the first answer."""
+    recent slots for ``accounts``, at most ``cap``; a :class:`Rider` due every
+    ``interval_s``. 0 until the first answer."""
 
     def __init__(
         self,
@@ -27,19 +30,26 @@ class PriorityFees:
         percentile: float,
         cap: int,
         accounts: Callable[[], Sequence[str]] = tuple,
+        clock: Callable[[], float] = time.monotonic,
     ) -> None:
+        super().__init__(interval_s=interval_s, clock=clock)
         self._rpc = rpc
-        self.interval_s = interval_s
         self.percentile = percentile
         self.cap = cap
         self._accounts = accounts
         self.price = 0
-        self.refreshes = 0
-        self.failures = 0
 
     async def refresh(self) -> None:
+        """Fetch the estimate now, in a request of its own."""
+        (call,) = self.calls()
+        self.take([await self._rpc.call(*call)])
+
+    def _calls(self) -> list[Call]:
         accounts = list(self._accounts())[:128]  # the method's limit
-        answer = await self._rpc.call("getRecentPrioritizationFees", [accounts])
+        return [("getRecentPrioritizationFees", [accounts])]
+
+    def _take(self, *answers: Any) -> None:
+        (answer,) = answers
         try:
             fees = sorted(int(entry["prioritizationFee"]) for entry in answer)
         except (KeyError, TypeError, ValueError):
@@ -48,14 +58,3 @@ class PriorityFees:
             # Nearest rank: a fee that was actually paid.
             rank = max(1, math.ceil(self.percentile / 100 * len(fees)))
             self.price = max(0, min(self.cap, fees[rank - 1]))
-        self.refreshes += 1
-
-    async def run(self) -> None:
-        """Refresh every ``interval_s`` until cancelled; a failure keeps the last estimate."""
-        while True:
-            try:
-                await self.refresh()
-            except Exception as exc:  # an RPC failure or bad answer: the next round retries
-                self.failures += 1
-                log.debug("priority fee refresh failed: %r", exc)
-            await asyncio.sleep(self.interval_s)

@@ -37,8 +37,9 @@ __all__ = ["TransactionPath"]
 class TransactionPath:
     """Signs, sends and confirms writes for every engine of a process.
 
-    The background work (blockhash, fee, status poll) starts with the first write while
-    ``active()`` and ends at :meth:`aclose`; a process that never writes sends none of it.
+    The background work (the status poll, carrying the blockhash and fee refreshes) starts
+    with the first write while ``active()`` and ends at :meth:`aclose`; a process that never
+    writes sends none of it.
     ``fee_accounts`` names the accounts whose recent fees set the priority fee (the markets
     orders write to).
     """
@@ -52,20 +53,29 @@ class TransactionPath:
         active: Callable[[], bool] = lambda: True,
         clock: Callable[[], float] = time.monotonic,
     ) -> None:
-        self.keeper = BlockhashKeeper(
-            rpc,
-            interval_s=settings.tx_blockhash_interval_s,
-            max_age_s=settings.tx_blockhash_max_age_s,
-            clock=clock,
-        )
         self.fees = PriorityFees(
             rpc,
             interval_s=settings.tx_fee_interval_s,
             percentile=settings.tx_fee_percentile,
             cap=settings.tx_max_priority_fee,
             accounts=fee_accounts,
+            clock=clock,
         )
-        self.watcher = SignatureWatcher(rpc, interval_s=settings.tx_status_interval_s, clock=clock)
+        self.keeper = BlockhashKeeper(
+            rpc,
+            interval_s=settings.tx_blockhash_interval_s,
+            max_age_s=settings.tx_blockhash_max_age_s,
+            riders=[self.fees],
+            clock=clock,
+        )
+        # The blockhash and the fee ride in the status poll: no request of their own while
+        # transactions are pending, and none at all while nothing is sent.
+        self.watcher = SignatureWatcher(
+            rpc,
+            interval_s=settings.tx_status_interval_s,
+            riders=[self.keeper, self.fees],
+            clock=clock,
+        )
         self.lookup_tables = LookupTables(rpc)
         self.sender = TransactionSender(
             rpc,
@@ -89,15 +99,11 @@ class TransactionPath:
         return any(not t.done() for t in self._tasks)
 
     def start(self) -> None:
-        """Start the background refreshes and the status poll (once), unless the client is
-        closed (``active()`` false): a write then fails unsent instead of leaving tasks."""
+        """Start the status poll (once), unless the client is closed (``active()`` false): a
+        write then fails unsent instead of leaving tasks."""
         if self.running or not self._active():
             return
-        self._tasks = [
-            asyncio.create_task(self.keeper.run(), name="driftshare-tx-blockhash"),
-            asyncio.create_task(self.fees.run(), name="driftshare-tx-fees"),
-            asyncio.create_task(self.watcher.run(), name="driftshare-tx-statuses"),
-        ]
+        self._tasks = [asyncio.create_task(self.watcher.run(), name="driftshare-tx-statuses")]
 
     async def aclose(self) -> None:
         """Stop the background work; the next write starts it again."""

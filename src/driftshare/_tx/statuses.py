@@ -2,19 +2,23 @@
 
 Every signature any engine waits on is asked about in the same JSON-RPC batch of
 ``getSignatureStatuses`` calls (256 signatures a call, the method's limit), so the cost is
-per interval, shared by all the transactions in flight, not per transaction.
+per interval, shared by all the transactions in flight, not per transaction. The path's
+other periodic reads (blockhash, block height, priority fee) ride in that batch when due:
+one HTTP request per interval while anything is pending, none when nothing is.
 """
 
 from __future__ import annotations
 
 import asyncio
 import logging
+import math
 import time
 from collections.abc import Callable, Sequence
 from contextlib import suppress
 from dataclasses import dataclass, field
 from typing import Any
 
+from driftshare._tx.riders import Call, Rider, ride
 from driftshare._tx.rpc import RpcError, TxRpc
 
 __all__ = ["SignatureStatus", "SignatureWatcher"]
@@ -64,15 +68,23 @@ class _Watched:
 class SignatureWatcher:
     """Polls the statuses of the watched signatures every ``interval_s`` while any is watched.
 
-    A signature is polled once it has been out for ``interval_s`` (before that it can hardly
-    have landed). :meth:`wait` returns when its status changes.
+    A lone signature is first polled once it has been out for ``interval_s`` (before that it
+    can hardly have landed and been confirmed); a poll also asks about every other signature
+    out for half that. :meth:`wait` returns when its status changes. ``riders`` ride in each
+    poll's batch when due.
     """
 
     def __init__(
-        self, rpc: TxRpc, *, interval_s: float, clock: Callable[[], float] = time.monotonic
+        self,
+        rpc: TxRpc,
+        *,
+        interval_s: float,
+        riders: Sequence[Rider] = (),
+        clock: Callable[[], float] = time.monotonic,
     ) -> None:
         self._rpc = rpc
         self.interval_s = interval_s
+        self._riders = list(riders)
         self._clock = clock
         self._watched: dict[str, _Watched] = {}
         self._pending = asyncio.Event()
@@ -105,41 +117,24 @@ class SignatureWatcher:
     ) -> dict[str, SignatureStatus | None]:
         """The statuses of ``signatures`` now; with ``history`` the node also searches past
         its recent status cache. Raises on an RPC failure."""
-        calls: list[tuple[str, list[Any]]] = [
-            (
-                "getSignatureStatuses",
-                [
-                    list(signatures[i : i + SIGNATURES_PER_CALL]),
-                    {"searchTransactionHistory": history},
-                ],
-            )
-            for i in range(0, len(signatures), SIGNATURES_PER_CALL)
-        ]
+        calls = _status_calls(signatures, history)
         if not calls:
             return {}
-        found: dict[str, SignatureStatus | None] = {}
-        for (_, params), answer in zip(calls, await self._rpc.batch(calls), strict=True):
-            if isinstance(answer, RpcError):
-                raise answer
-            try:
-                values = list(answer["value"])
-            except (KeyError, TypeError):
-                raise RpcError(0, f"a malformed status answer: {str(answer)[:200]}") from None
-            if len(values) != len(params[0]):
-                raise RpcError(0, "a status answer of the wrong length")
-            for signature, value in zip(params[0], values, strict=True):
-                found[signature] = SignatureStatus.parse(value)
-        return found
+        return _statuses(calls, await self._rpc.batch(calls))
 
     async def poll(self) -> None:
-        """Ask for every watched signature out for ``interval_s``, and record the answers."""
-        due = self._clock() - self.interval_s
-        signatures = [s for s, w in self._watched.items() if w.since <= due]
-        if not signatures:
+        """Ask for every watched signature out for half ``interval_s``, with the riders that
+        are due, in one batch; record the answers. Nothing to ask, no request: riders only
+        ride. (Half: a signature just short of due would otherwise wait a whole extra
+        interval.)"""
+        due = self._clock() - self.interval_s / 2
+        calls = _status_calls([s for s, w in self._watched.items() if w.since <= due], False)
+        if not calls:
             return
         self.polls += 1
-        found = await self.lookup(signatures, history=False)
-        for signature, status in found.items():
+        for signature, status in _statuses(
+            calls, await ride(self._rpc, calls, self._riders)
+        ).items():
             self.record(signature, status)
 
     def record(self, signature: str, status: SignatureStatus | None) -> None:
@@ -151,14 +146,50 @@ class SignatureWatcher:
         watched.changed.set()
 
     async def run(self) -> None:
-        """Poll every ``interval_s`` while signatures are watched, until cancelled."""
+        """Poll while signatures are watched, until cancelled: once the oldest watched
+        signature has been out ``interval_s`` (a fresh one waits its own ``interval_s``, not
+        up to two), and at most once per ``interval_s``."""
+        last_poll = -math.inf
         while True:
             if not self._watched:
                 self._pending.clear()
                 await self._pending.wait()
-            await asyncio.sleep(self.interval_s)
+                continue
+            oldest = min(w.since for w in self._watched.values())
+            delay = max(last_poll, oldest) + self.interval_s - self._clock()
+            if delay > 0:
+                await asyncio.sleep(delay)
+                continue  # look again: the oldest may have been forgotten meanwhile
+            last_poll = self._clock()
             try:
                 await self.poll()
             except Exception as exc:  # an RPC failure: the next round asks again
                 self.failures += 1
                 log.debug("signature status poll failed: %r", exc)
+
+
+def _status_calls(signatures: Sequence[str], history: bool) -> list[Call]:
+    return [
+        (
+            "getSignatureStatuses",
+            [list(signatures[i : i + SIGNATURES_PER_CALL]), {"searchTransactionHistory": history}],
+        )
+        for i in range(0, len(signatures), SIGNATURES_PER_CALL)
+    ]
+
+
+def _statuses(calls: list[Call], answers: list[Any]) -> dict[str, SignatureStatus | None]:
+    """The statuses in the answers to ``calls``; raises on a failed or malformed answer."""
+    found: dict[str, SignatureStatus | None] = {}
+    for (_, params), answer in zip(calls, answers, strict=True):
+        if isinstance(answer, Exception):
+            raise answer
+        try:
+            values = list(answer["value"])
+        except (KeyError, TypeError):
+            raise RpcError(0, f"a malformed status answer: {str(answer)[:200]}") from None
+        if len(values) != len(params[0]):
+            raise RpcError(0, "a status answer of the wrong length")
+        for signature, value in zip(params[0], values, strict=True):
+            found[signature] = SignatureStatus.parse(value)
+    return found

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import copy
 from types import SimpleNamespace
 from typing import Any
 
@@ -9,6 +10,7 @@ from driftpy.account_subscription_config import AccountSubscriptionConfig
 from driftpy.accounts.types import DataAndSlot
 from driftpy.drift_user import DriftUser
 from driftpy.math.margin import MarginCategory
+from driftpy.math.perp_position import is_available
 from driftpy.types import OraclePriceData
 from solders.pubkey import Pubkey
 
@@ -47,9 +49,16 @@ class _ClientView:
 
 
 def drift_user(books: Books, pubkey: Pubkey, user: Any) -> DriftUser:
-    """A driftpy ``DriftUser`` over ``user`` (the instruction's copy) and ``books``' markets."""
+    """A driftpy ``DriftUser`` over ``user`` (the instruction's copy) and ``books``' markets.
+
+    It sees only the perp positions in use: the program's margin calculation skips free slots
+    (``is_available``), while driftpy's ``get_unrealized_pnl`` looks up the market of every
+    slot, free ones included (market 0), which the instruction need not pass.
+    """
+    view = copy.copy(user)
+    view.perp_positions = [p for p in user.perp_positions if not is_available(p)]
     reader = DriftUser(_ClientView(books), pubkey, AccountSubscriptionConfig("cached"))
-    reader.account_subscriber.update_data(DataAndSlot(books.slot, user))
+    reader.account_subscriber.update_data(DataAndSlot(books.slot, view))
     return reader
 
 
