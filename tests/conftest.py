@@ -15,6 +15,7 @@ from driftpy.accounts.oracle import decode_oracle
 from driftpy.types import OraclePriceData
 
 from driftshare import models
+from driftshare._fleet import Chain
 from driftshare._fleet._harness import RedisServer
 from driftshare._fleet._store import FleetStore
 from driftshare.manager import DriftClientManager
@@ -176,6 +177,12 @@ def redis_server() -> Iterator[RedisServer]:
     server.start()
     yield server
     server.stop()
+
+
+CHAIN = Chain(
+    "mainnet", "11111111111111111111111111111111", "dRiftyHA39MWEi3m9aunc5MzRF1JYuBsbn6VPcn33UH"
+)
+"""The chain of the fleet tests that run no upstream (FleetMember, the wire format)."""
 
 
 async def last_values(store: FleetStore) -> tuple[list[bytes], list[bytes]]:

@@ -18,6 +18,7 @@ import pytest_asyncio
 from redis.asyncio import Redis
 
 import conftest
+from conftest import CHAIN
 from driftshare._fleet._harness import (
     RedisServer,
     RedisServerError,
@@ -26,7 +27,7 @@ from driftshare._fleet._harness import (
     all_ready,
     fresh_after,
 )
-from driftshare._fleet._records import Message, Signer, encode
+from driftshare._fleet._records import Signer, encode, record_message
 from driftshare._ledger import AccountRecord
 from driftshare.sim import Simulator
 from driftshare.sim.pytest_plugin import SimulatorFactory
@@ -244,8 +245,8 @@ async def test_a_forged_record_is_refused_with_a_secret(
         await until(published, within=10, what="leader published its perp markets")
         pubkey = perp[0]
         record = AccountRecord(pubkey, "perp", 10**9, b"\0" * 8)
-        forged = Message("r", pubkey, 10**9, time.time(), 1, "x", record)
-        text = encode(forged, Signer(b"wrong-key", "default"))
+        forged = record_message(record, time.time(), 1, "x")
+        text = encode(forged, Signer(b"wrong-key", "default", CHAIN))
         # Beside the real record, so a joiner's load meets it as well as the channel.
         await redis.hset("driftshare:mainnet:default:records", "forged", text)
         follower = start(simulator, "b", **secret)

@@ -162,6 +162,7 @@ class Confirmer:
         self, chunk: list[str], answer: dict[str, Any], missed: Counter[AccountKind]
     ) -> None:
         slot, accounts = multiple_accounts(chunk, answer)
+        self._ledger.observe_chain_slot(slot)
         for pubkey, data in accounts:
             entry = self._ledger.get(pubkey)
             if entry is None:
@@ -170,7 +171,7 @@ class Confirmer:
             if data == record.data:
                 if self._ledger.confirm(pubkey, slot):
                     self.confirmed += 1
-            elif slot > record.slot:
+            elif slot > record.slot or self._ledger.impossible(record.slot):
                 missed[record.kind] += 1
                 self.repaired[record.kind] += 1
                 repair = AccountRecord(pubkey, record.kind, slot, data, record.oracle_source)

@@ -24,7 +24,7 @@ from solders.keypair import Keypair
 
 from driftshare import _metrics as metrics
 from driftshare._endpoints import EndpointSelector
-from driftshare._fleet import FleetMember, standalone_stats
+from driftshare._fleet import Chain, FleetMember, standalone_stats
 from driftshare._freshness import Confirmer
 from driftshare._generation import Generation, unsubscribe_fully
 from driftshare._health import (
@@ -221,7 +221,7 @@ class SharedClient:
     async def release(self) -> None:
         closing = self._drop_ref()
         if closing is not None:
-            await asyncio.shield(closing)
+            await asyncio.wait([closing])  # an engine never sees the close's own failure
 
     def close_now(self) -> asyncio.Task[None] | None:
         """Drop every reference and the read lease: the generation closes (shutdown)."""
@@ -331,7 +331,9 @@ class SharedClient:
         settings = self.settings
         try:
             if gen.after is not None:
-                await asyncio.shield(gen.after)
+                # However the previous close ended, it has ended: this start never inherits
+                # its failure.
+                await asyncio.wait([gen.after])
             attempt = 0
             while True:
                 if attempt:
@@ -410,14 +412,21 @@ class SharedClient:
         if gen.client is None:
             self._open(gen)
         if self.settings.share_url is not None and gen.fleet is None:
+            # A fleet shares one chain: its identity is signed into every record and checked
+            # against the group's, so the upstream must say which chain it serves first.
+            genesis = (await gen.connection.get_genesis_hash()).value  # type: ignore[union-attr]
+            gen.check()
             gen.fleet = FleetMember(
                 self.settings,
-                self.network,
+                Chain(self.network, str(genesis), str(gen.client.program_id)),
                 self.ledger,
                 lambda: self._on_fleet_change(gen),
+                self.data_flows,
             )
             gen.fleet.references = self.refs
             await gen.fleet.join()
+            if gen.fleet.refused is not None:
+                self.last_error = gen.fleet.refused
             if gen.fleet.fallback:
                 # Redis is unreachable at start: the snapshot answers until upstream does.
                 await self.load_snapshot()
@@ -539,7 +548,7 @@ class SharedClient:
         # Closes run one after another: the latest one ends only when every earlier one has,
         # so a new generation that waits for it never meets a close still under way.
         if previous is not None:
-            await asyncio.shield(previous)
+            await asyncio.wait([previous])  # ended, however: its failure is not this close's
         if gen.client is not None:
             log.info("last reference released: closing the shared %s DriftClient", self.network)
         await gen.close()

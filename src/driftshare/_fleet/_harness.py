@@ -69,7 +69,8 @@ class TlsFiles:
 
 
 class RedisServer:
-    """``start()``, ``kill()`` (SIGKILL), ``restart()`` (same port, empty), ``stop()``.
+    """``start()``, ``kill()`` (SIGKILL), ``pause()``/``resume()``, ``restart()`` (same port,
+    empty), ``stop()``.
 
     With ``tls`` it serves TLS only (``rediss://``), with ``password`` it requires AUTH.
     """
@@ -138,8 +139,19 @@ class RedisServer:
         """SIGKILL, as a crash would; wait until it is gone."""
         process, self._process = self._process, None
         if process is not None and process.poll() is None:
+            process.send_signal(signal.SIGCONT)  # a paused one too
             process.kill()
             process.wait()
+
+    def pause(self) -> None:
+        """SIGSTOP: connections stay open and nothing answers, as a hung server would."""
+        if self._process is not None:
+            self._process.send_signal(signal.SIGSTOP)
+
+    def resume(self) -> None:
+        """SIGCONT after :meth:`pause`."""
+        if self._process is not None:
+            self._process.send_signal(signal.SIGCONT)
 
     def restart(self) -> None:
         """Kill and start again on the same port, empty."""
