@@ -6,7 +6,8 @@ import asyncio
 import dataclasses
 import json
 import time
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Callable, Iterator
+from pathlib import Path
 
 import pytest
 import pytest_asyncio
@@ -17,12 +18,14 @@ from solders.pubkey import Pubkey
 from conftest import CHAIN, WaitUntil, eventually, last_values
 from driftshare._fleet import Chain, FleetMember
 from driftshare._fleet._follower import MAX_ACCOUNTS, Follower
-from driftshare._fleet._harness import RedisServer
+from driftshare._fleet._harness import RedisServer, RedisServerError, TlsFiles
 from driftshare._fleet._records import Signer, decode, encode, record_message
 from driftshare._fleet._store import Outgoing
 from driftshare._ledger import AccountLedger, AccountRecord
 from driftshare._tasks import cancel_all
 from driftshare.config import load_settings
+from driftshare.manager import DriftClientManager
+from driftshare.sim import Simulator
 
 PUBKEY = str(Pubkey.new_unique())
 STATE = AccountRecord(str(Pubkey.new_unique()), "state", 1, b"state")
@@ -341,14 +344,25 @@ async def test_a_change_at_the_same_slot_reaches_the_followers(
     assert follower.ledger.get(PUBKEY).record.data == b"second"  # type: ignore[union-attr]
 
 
+def _framed(**fields: object) -> bytes:
+    """An unsigned record message of the wire format with ``fields`` changed."""
+    message = record_message(AccountRecord(PUBKEY, "perp", 1, b"x"), 1.0, 1, "x")
+    raw = json.loads(encode(message, Signer(None, "default", CHAIN)).partition(".")[2])
+    text = json.dumps({**raw, **{k: "@" + k for k in fields}})
+    for name, value in fields.items():
+        text = text.replace(json.dumps("@" + name), str(value))
+    return b"." + text.encode()
+
+
 @pytest.mark.parametrize(
     "garbage",
     [
         b"." + b"[" * 50_000,  # deeper than the JSON parser's recursion
-        b'.{"v":2,"t":"r","p":"' + b"\xff\xfe" + b'"}',  # not UTF-8
-        b'.{"v":2,"t":"c","s":' + b"9" * 5000 + b"}",  # past int parsing's digit limit
         b"[" * 50_000,
+        _framed(w="9" * 400),  # a time no float holds
+        _framed(m='"@"').replace(b"@", b"\xff\xfe"),  # not UTF-8
     ],
+    ids=["deep", "deep-unframed", "huge-int", "not-utf8"],
 )
 async def test_no_message_stops_the_feed(
     members: MemberFactory, wait_until: WaitUntil, garbage: bytes
@@ -507,3 +521,49 @@ async def test_stored_values_too_large_are_not_downloaded(
 
 async def _net_output(redis: Redis) -> int:
     return int((await redis.info("stats"))["total_net_output_bytes"])
+
+
+@pytest.fixture
+def tls_redis(tmp_path: Path) -> Iterator[RedisServer]:
+    try:
+        server = RedisServer(tls=TlsFiles.make(tmp_path))
+    except RedisServerError as exc:
+        pytest.skip(f"no TLS certificate for the test: {exc}")
+    server.start()
+    yield server
+    server.stop()
+
+
+async def test_closing_with_redis_paused_neither_raises_nor_blocks_a_later_start(
+    simulator: Simulator, tls_redis: RedisServer
+) -> None:
+    DriftClientManager.configure(
+        share_url=tls_redis.url,
+        share_lease_s=0.6,
+        share_fallback_s=1.0,
+        retry_backoff=0.05,
+        retry_backoff_cap=0.2,
+    )
+    # Two shared clients in one process (two RPC URLs): a leader and a follower.
+    leader, follower = (f"{simulator.http_url}/?api-key={name}" for name in "ab")
+    try:
+        assert await DriftClientManager.get_client("mainnet", rpc_url=leader) is not None
+        assert await DriftClientManager.get_client("mainnet", rpc_url=follower) is not None
+        assert DriftClientManager.stats("mainnet", rpc_url=follower)["fleet"]["role"] == "follower"
+        tls_redis.pause()
+        try:
+            await DriftClientManager.release_client("mainnet", rpc_url=follower)  # no raise
+        finally:
+            tls_redis.resume()
+
+        async def starts_again() -> bool:
+            client = await DriftClientManager.get_client("mainnet", rpc_url=follower)
+            if client is None:
+                return False
+            await DriftClientManager.release_client("mainnet", rpc_url=follower)
+            return True
+
+        await eventually(starts_again, "a new shared client after Redis is back")
+    finally:
+        await DriftClientManager.shutdown()
+        DriftClientManager._settings = None
