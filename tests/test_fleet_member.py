@@ -18,7 +18,7 @@ from solders.pubkey import Pubkey
 from conftest import CHAIN, WaitUntil, eventually, last_values
 from driftshare._fleet import Chain, FleetMember
 from driftshare._fleet._follower import MAX_ACCOUNTS, Follower
-from driftshare._fleet._harness import RedisServer, RedisServerError, TlsFiles
+from driftshare._fleet._harness import ChannelProxy, RedisServer, RedisServerError, TlsFiles
 from driftshare._fleet._records import Signer, decode, encode, record_message
 from driftshare._fleet._store import Outgoing
 from driftshare._ledger import AccountLedger, AccountRecord
@@ -567,3 +567,41 @@ async def test_closing_with_redis_paused_neither_raises_nor_blocks_a_later_start
     finally:
         await DriftClientManager.shutdown()
         DriftClientManager._settings = None
+
+
+async def test_a_half_open_channel_is_noticed_and_followed_again(
+    members: MemberFactory, wait_until: WaitUntil, redis_server: RedisServer
+) -> None:
+    proxy = ChannelProxy(redis_server.port)
+    await proxy.start()
+    try:
+        leader = members()
+        await leader.join()
+        leader.ledger.apply(STATE)
+        follower = members(share_url=proxy.url())
+        await follower.join()
+        await asyncio.wait_for(follower.wait_followed(), 5)
+        assert not follower.feed_lost
+        proxy.cut()  # the channel's connection stays open, and silent
+        await wait_until(lambda: follower.feed_lost)
+        leader.ledger.apply(AccountRecord(PUBKEY, "perp", 10, b"after the cut"))
+        await wait_until(lambda: follower.ledger.get(PUBKEY) is not None)
+        await wait_until(lambda: not follower.feed_lost)
+    finally:
+        await proxy.stop()
+
+
+async def test_a_member_starting_from_old_values_says_why_they_are_stale(
+    members: MemberFactory, caplog: pytest.LogCaptureFixture
+) -> None:
+    leader = members()
+    await leader.join()
+    # The leader's upstream went quiet a minute ago: its values are that old.
+    leader.ledger.apply(STATE, confirmed_at=time.monotonic() - 60)
+    await stored(leader, lambda records, _: len(records) == 1)
+    follower = members()
+    await follower.join()
+    await asyncio.wait_for(follower.wait_followed(), 5)
+    said = [r.message for r in caplog.records if "last values were confirmed" in r.message]
+    assert len(said) == 1
+    assert "publishes nothing current" in said[0]

@@ -6,6 +6,8 @@ Redis runs without persistence, so a restart starts empty, as a wiped Redis woul
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import os
 import shutil
 import signal
@@ -23,6 +25,7 @@ from typing import IO, Any
 import httpx
 
 __all__ = [
+    "ChannelProxy",
     "RedisServer",
     "RedisServerError",
     "ServeProcess",
@@ -167,6 +170,75 @@ class RedisServer:
             except subprocess.TimeoutExpired:
                 process.kill()
                 process.wait()
+
+
+class ChannelProxy:
+    """A TCP proxy to Redis that can make its pub/sub connections half-open.
+
+    :meth:`cut` silently drops every byte of each connection that has subscribed (as after
+    a NAT drop or a partition: nothing is closed, nothing arrives); other connections and
+    connections opened afterwards pass. Runs on the caller's event loop.
+    """
+
+    def __init__(self, redis_port: int) -> None:
+        self.redis_port = redis_port
+        self.port = 0
+        self._server: asyncio.Server | None = None
+        self._subscribed: list[list[bool]] = []
+        self._writers: list[asyncio.StreamWriter] = []
+
+    def url(self, password: str | None = None) -> str:
+        auth = f":{password}@" if password else ""
+        return f"redis://{auth}127.0.0.1:{self.port}/0"
+
+    async def start(self) -> None:
+        self._server = await asyncio.start_server(self._serve, "127.0.0.1", 0)
+        self.port = self._server.sockets[0].getsockname()[1]
+
+    def cut(self) -> None:
+        """Every connection that has subscribed goes silent for good."""
+        for state in self._subscribed:
+            if state[0]:
+                state[1] = True
+
+    async def stop(self) -> None:
+        if self._server is not None:
+            self._server.close()
+        for writer in self._writers:
+            writer.close()
+        if self._server is not None:
+            await self._server.wait_closed()
+
+    async def _serve(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        upstream_reader, upstream_writer = await asyncio.open_connection(
+            "127.0.0.1", self.redis_port
+        )
+        self._writers += [writer, upstream_writer]
+        state = [False, False]  # subscribed, cut
+        self._subscribed.append(state)
+        await asyncio.gather(
+            self._pipe(reader, upstream_writer, state, sniff=True),
+            self._pipe(upstream_reader, writer, state, sniff=False),
+            return_exceptions=True,
+        )
+
+    @staticmethod
+    async def _pipe(
+        source: asyncio.StreamReader,
+        sink: asyncio.StreamWriter,
+        state: list[bool],
+        *,
+        sniff: bool,
+    ) -> None:
+        with contextlib.suppress(OSError):
+            while chunk := await source.read(65536):
+                if sniff and b"SUBSCRIBE" in chunk.upper():
+                    state[0] = True
+                if not state[1]:
+                    sink.write(chunk)
+                    await sink.drain()
+        if not state[1]:
+            sink.close()
 
 
 class ServeProcess:
