@@ -136,8 +136,9 @@ async def test_one_leader_silent_followers_and_equal_numbers(
     assert roles.count("leader") == 1
     after = simulator.stats()
     by_client = after["http_requests"]["by_client"]
-    assert by_client.get(key_client("b"), 0) == 0
-    assert by_client.get(key_client("c"), 0) == 0
+    # One call each: getGenesisHash, the chain's identity checked against the fleet's.
+    assert by_client.get(key_client("b"), 0) == 1
+    assert by_client.get(key_client("c"), 0) == 1
     assert after["ws_connections"]["total"] == before["ws_connections"]["total"]
     for _ in range(3):
         await simulator.step()
@@ -285,7 +286,7 @@ async def test_a_protected_redis_carries_the_fleet_and_its_password_shows_nowher
         scheme = "rediss" if protected_redis.tls else "redis"
         assert stats[1]["fleet"]["redis"].startswith(f"{scheme}://***@127.0.0.1:")
         by_client = simulator.stats()["http_requests"]["by_client"]
-        assert by_client.get(key_client("b"), 0) == 0  # the follower is fed through Redis
+        assert by_client.get(key_client("b"), 0) == 1  # getGenesisHash; the rest via Redis
         for proc, found in zip(procs, stats, strict=True):
             assert REDIS_PASSWORD not in json.dumps(found)
             assert REDIS_PASSWORD not in await proc.metrics(http)

@@ -96,6 +96,8 @@ class Confirmer:
         self.confirmed = 0
         self.repaired: Counter[AccountKind] = Counter()
         self.last_success_at: float | None = None
+        self.last_answer_at: float | None = None
+        """When upstream last answered a read (a round with nothing to read is no answer)."""
         self._missed_rounds: Counter[AccountKind] = Counter()
 
     def check_all(self) -> None:
@@ -153,6 +155,7 @@ class Confirmer:
             )
             for chunk, answer in zip(batch, answers, strict=True):
                 self._settle(chunk, answer, missed)
+            self.last_answer_at = self._clock()
         self.last_success_at = self._clock()
         if not full:
             for kind in _KINDS:

@@ -421,7 +421,7 @@ class SharedClient:
                 Chain(self.network, str(genesis), str(gen.client.program_id)),
                 self.ledger,
                 lambda: self._on_fleet_change(gen),
-                self.data_flows,
+                self.upstream_answers,
             )
             gen.fleet.references = self.refs
             await gen.fleet.join()
@@ -531,6 +531,13 @@ class SharedClient:
         """Whether some account was confirmed current within ``stale_after_s``."""
         last = self.last_confirmed_at
         return last is not None and time.monotonic() - last <= self.settings.stale_after_s
+
+    def upstream_answers(self) -> bool:
+        """Whether data flows, or upstream answered a read within ``stale_after_s`` (a quiet
+        chain confirms nothing new, yet its RPC answers)."""
+        answered = self.confirmer.last_answer_at
+        recent = answered is not None and time.monotonic() - answered <= self.settings.stale_after_s
+        return self.data_flows() or recent
 
     async def _post_batch(self, batch: list[dict[str, Any]]) -> list[dict[str, Any]]:
         gen = self.gen
