@@ -6,7 +6,7 @@ import asyncio
 import dataclasses
 import json
 import time
-from collections.abc import AsyncIterator, Callable, Iterator
+from collections.abc import AsyncIterator, Callable, Collection, Iterator
 from pathlib import Path
 
 import pytest
@@ -71,11 +71,19 @@ async def members(redis_server: RedisServer) -> AsyncIterator[MemberFactory]:
         chain: Chain = CHAIN,
         data_flows: Callable[[], bool] = lambda: True,
         on_change: Callable[[], None] = lambda: None,
+        subscribed: Callable[[], Collection[str] | None] = lambda: None,
         **overrides: object,
     ) -> FleetMember:
         options = {"share_url": redis_server.url, "share_lease_s": 0.6, "share_fallback_s": 1.0}
         settings = load_settings(**{**options, **overrides})
-        member = FleetMember(settings, chain, AccountLedger(), on_change, data_flows)
+        member = FleetMember(
+            settings,
+            chain,
+            AccountLedger(),
+            on_change,
+            data_flows=data_flows,
+            subscribed=subscribed,
+        )
         made.append(member)
         return member
 
@@ -605,3 +613,26 @@ async def test_a_member_starting_from_old_values_says_why_they_are_stale(
     said = [r.message for r in caplog.records if "last values were confirmed" in r.message]
     assert len(said) == 1
     assert "publishes nothing current" in said[0]
+
+
+async def test_a_leader_drops_accounts_it_does_not_subscribe_to_from_redis(
+    members: MemberFactory,
+) -> None:
+    first = members()
+    await first.join()
+    first.ledger.apply(STATE)
+    first.ledger.apply(AccountRecord(PUBKEY, "perp", 10, b"a market no longer configured"))
+    first.ledger.confirm(PUBKEY, 12)
+    await stored(first, lambda records, confirms: len(records) == 2 and len(confirms) == 1)
+    await first.close()
+    # The next leader subscribes to the State only.
+    second = members(subscribed=lambda: [STATE.pubkey])
+    await second.join()
+    assert second.role == "leader"
+    records, confirms = await stored(second, lambda records, _: len(records) == 1)
+    assert decode(records[0], Signer(None, "default", CHAIN)).pubkey == STATE.pubkey
+    assert confirms == []
+    follower = members()
+    await follower.join()
+    await asyncio.wait_for(follower.wait_followed(), 5)
+    assert follower.ledger.get(PUBKEY) is None

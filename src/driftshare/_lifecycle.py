@@ -421,7 +421,8 @@ class SharedClient:
                 Chain(self.network, str(genesis), str(gen.client.program_id)),
                 self.ledger,
                 lambda: self._on_fleet_change(gen),
-                self.upstream_answers,
+                data_flows=self.upstream_answers,
+                subscribed=lambda: None if self.tap is None else self.tap.pubkeys(),
             )
             gen.fleet.references = self.refs
             await gen.fleet.join()

@@ -17,7 +17,7 @@ import os
 import secrets
 import socket
 import time
-from collections.abc import Callable, Coroutine
+from collections.abc import Callable, Collection, Coroutine
 from contextlib import suppress
 from typing import Any, Literal
 
@@ -66,10 +66,13 @@ class FleetMember:
         chain: Chain,
         ledger: AccountLedger,
         on_change: Callable[[], None],
+        *,
         data_flows: Callable[[], bool] = lambda: True,
+        subscribed: Callable[[], Collection[str] | None] = lambda: None,
     ) -> None:
         """``chain``: what this member's upstream serves; ``data_flows``: whether its own
-        upstream data is current (asked while leading)."""
+        upstream data is current (asked while leading); ``subscribed``: the accounts its
+        upstream subscription covers (None before there is one)."""
         assert settings.share_url is not None
         network = chain.network
         self.settings = settings
@@ -88,6 +91,8 @@ class FleetMember:
         self.chain = chain
         self._on_change = on_change
         self._data_flows = data_flows
+        self._subscribed = subscribed
+        self._pruned_epoch: int | None = None
         self._stale_since: float | None = None
         self._rest_until = 0.0
         """After handing the lease over, no bid for it before this (``time.monotonic()``)."""
@@ -205,6 +210,8 @@ class FleetMember:
             await self._lose_lead()
         if self._token is not None and self._upstream_dead():
             await self._hand_over()
+        if self._token is not None and self._pruned_epoch != self.epoch:
+            await self._prune(self._token)
         if self._token is None:
             epoch = 0
             if time.monotonic() >= self._rest_until:
@@ -242,6 +249,18 @@ class FleetMember:
             self._stale_since = now
         bound = self._lease_s * _HANDOVER_AFTER_LEASES
         return self._stale_since is not None and now - self._stale_since > bound
+
+    async def _prune(self, token: str) -> None:
+        """Once per lease, once subscribed: drop what Redis holds of accounts this leader
+        does not subscribe to (a market no longer configured, made-up accounts), so a
+        joining follower neither loads nor counts them."""
+        keep = self._subscribed()
+        if keep is None:
+            return
+        dropped = await self._store.prune(token, keep)
+        self._pruned_epoch = self.epoch
+        if dropped:
+            log.info("fleet: dropped %d accounts no longer subscribed from Redis", dropped)
 
     async def _hand_over(self) -> None:
         """Free the lease for a member whose upstream may work, and follow meanwhile."""

@@ -3,7 +3,8 @@
 Keys of a group (``driftshare:<network>:<group>:``): ``lease`` (``member|epoch``, with a TTL),
 ``epoch`` (the INCR fencing counter), ``records`` and ``slots`` (each account's newest
 message and its slot), ``confirms`` (each account's newest confirmation), ``members``
-(member id → JSON of who it is) and the pub/sub channel ``updates``. No secret goes into a
+(member id → JSON of who it is), ``chain`` (the group's genesis hash and program id) and
+the pub/sub channel ``updates``. No secret goes into a
 name.
 """
 
@@ -14,7 +15,7 @@ import collections
 import dataclasses
 import json
 import math
-from collections.abc import AsyncIterator, Sequence
+from collections.abc import AsyncIterator, Collection, Sequence
 from contextlib import suppress
 from dataclasses import dataclass
 from typing import Any
@@ -115,6 +116,28 @@ end
 return kept
 """
 
+# ARGV: token, then every account the leader subscribes to: every other account's record,
+# confirmation and slots are dropped. How many were dropped; -1 for a stale token.
+_PRUNE = """
+if redis.call('GET', KEYS[1]) ~= ARGV[1] then
+  return -1
+end
+local keep = {}
+for i = 2, #ARGV do
+  keep[ARGV[i]] = true
+end
+local dropped = 0
+for _, pubkey in ipairs(redis.call('HKEYS', KEYS[2])) do
+  if not keep[pubkey] then
+    for k = 2, #KEYS do
+      redis.call('HDEL', KEYS[k], pubkey)
+    end
+    dropped = dropped + 1
+  end
+end
+return dropped
+"""
+
 # One HSCAN page: the cursor, then field and value pairs, each value longer than ARGV[3]
 # bytes replaced by false (nil to the client): whoever can write to Redis must not make a
 # reader download a huge value.
@@ -210,6 +233,7 @@ class FleetStore:
         self._release = redis.register_script(_RELEASE)
         self._publish = redis.register_script(_PUBLISH)
         self._scan_script = redis.register_script(_SCAN)
+        self._prune = redis.register_script(_PRUNE)
 
     async def acquire(self, member: str, lease_s: float, chain_ttl_s: float) -> int:
         """The new epoch if ``member`` took the free lease, else 0.
@@ -256,6 +280,11 @@ class FleetStore:
             args += [u.type, u.pubkey, u.slot, u.data_slot, u.digest, u.message]
         keys = [self._lease, self._records, self._slots, self._digests]
         return [*keys, self._confirm_slots, self._confirms], args
+
+    async def prune(self, token: str, keep: Collection[str]) -> int:
+        """Drop every stored account but ``keep`` (fenced by ``token``); how many went."""
+        keys = [self._records, self._slots, self._digests, self._confirm_slots, self._confirms]
+        return _kept(await self._prune(keys=[self._lease, *keys], args=[token, *keep]), token)
 
     async def records(self) -> AsyncIterator[bytes | None]:
         """Every stored record (raw, untrusted; None for one too large to read), by pages."""
