@@ -298,3 +298,21 @@ async def test_a_protected_redis_carries_the_fleet_and_its_password_shows_nowher
         for proc in procs:
             print(f"--- driftshare serve at {proc.url}\n{proc.log_text()[-2000:]}")
             proc.stop()
+
+
+async def test_a_member_of_another_chain_refuses_to_join_with_one_error(
+    simulator_factory: SimulatorFactory, start: Start, http: httpx.AsyncClient
+) -> None:
+    # Two simulators are two chains (each its own genesis hash), sharing one Redis.
+    first, other = await simulator_factory(), await simulator_factory()
+    leader = start(first, "a")
+    await until(lambda: all_ready(http, [leader]), what="leader ready")
+    stranger = start(other, "b")
+    await until(lambda: all_ready(http, [stranger], fleet=False), what="the other member up")
+    fleet = (await stranger.stats(http))["fleet"]
+    assert fleet["role"] == "standalone"
+    assert "another chain" in fleet["refused"]
+    assert (await leader.stats(http))["fleet"]["role"] == "leader"
+    errors = [line for line in stranger.log_text().splitlines() if "another chain" in line]
+    assert len(errors) == 1
+    assert other.stats()["http_requests"]["total"] > 1  # it serves its own chain
