@@ -18,7 +18,7 @@ from solders.pubkey import Pubkey
 from conftest import CHAIN, WaitUntil, eventually, last_values
 from driftshare._fleet import Chain, FleetMember
 from driftshare._fleet._follower import MAX_ACCOUNTS, Follower
-from driftshare._fleet._harness import ChannelProxy, RedisServer, RedisServerError, TlsFiles
+from driftshare._fleet._harness import RedisServer, RedisServerError, TcpProxy, TlsFiles
 from driftshare._fleet._records import Signer, decode, encode, record_message
 from driftshare._fleet._store import Outgoing
 from driftshare._ledger import AccountLedger, AccountRecord
@@ -580,7 +580,7 @@ async def test_closing_with_redis_paused_neither_raises_nor_blocks_a_later_start
 async def test_a_half_open_channel_is_noticed_and_followed_again(
     members: MemberFactory, wait_until: WaitUntil, redis_server: RedisServer
 ) -> None:
-    proxy = ChannelProxy(redis_server.port)
+    proxy = TcpProxy(redis_server.port)
     await proxy.start()
     try:
         leader = members()
@@ -596,7 +596,7 @@ async def test_a_half_open_channel_is_noticed_and_followed_again(
         await wait_until(lambda: follower.ledger.get(PUBKEY) is not None)
         await wait_until(lambda: not follower.feed_lost)
     finally:
-        await proxy.stop()
+        await proxy.down()
 
 
 async def test_a_member_starting_from_old_values_says_why_they_are_stale(

@@ -25,10 +25,10 @@ from typing import IO, Any
 import httpx
 
 __all__ = [
-    "ChannelProxy",
     "RedisServer",
     "RedisServerError",
     "ServeProcess",
+    "TcpProxy",
     "TlsFiles",
     "all_ready",
     "free_port",
@@ -172,50 +172,60 @@ class RedisServer:
                 process.wait()
 
 
-class ChannelProxy:
-    """A TCP proxy to Redis that can make its pub/sub connections half-open.
+class TcpProxy:
+    """A TCP proxy to a loopback port that can fail the way networks do.
 
-    :meth:`cut` silently drops every byte of each connection that has subscribed (as after
-    a NAT drop or a partition: nothing is closed, nothing arrives); other connections and
-    connections opened afterwards pass. Runs on the caller's event loop.
+    :meth:`cut` silently drops every byte of each connection that has sent a Redis
+    SUBSCRIBE (a half-open pub/sub connection after a NAT drop or a partition: nothing is
+    closed, nothing arrives); other connections and later ones pass. :meth:`down` closes
+    every connection and refuses new ones until :meth:`up`. Runs on the caller's loop.
     """
 
-    def __init__(self, redis_port: int) -> None:
-        self.redis_port = redis_port
+    def __init__(self, target_port: int) -> None:
+        self.target_port = target_port
         self.port = 0
         self._server: asyncio.Server | None = None
-        self._subscribed: list[list[bool]] = []
-        self._writers: list[asyncio.StreamWriter] = []
+        self._connections: list[tuple[list[bool], asyncio.StreamWriter, asyncio.StreamWriter]] = []
 
-    def url(self, password: str | None = None) -> str:
-        auth = f":{password}@" if password else ""
-        return f"redis://{auth}127.0.0.1:{self.port}/0"
+    def url(self, scheme: str = "redis", path: str = "/0") -> str:
+        return f"{scheme}://127.0.0.1:{self.port}{path}"
 
-    async def start(self) -> None:
-        self._server = await asyncio.start_server(self._serve, "127.0.0.1", 0)
+    async def start(self, port: int = 0) -> None:
+        """Listen on ``port`` (any free one by default; OSError if it is taken)."""
+        self._server = await asyncio.start_server(self._serve, "127.0.0.1", port or self.port)
         self.port = self._server.sockets[0].getsockname()[1]
 
     def cut(self) -> None:
         """Every connection that has subscribed goes silent for good."""
-        for state in self._subscribed:
+        for state, _, _ in self._connections:
             if state[0]:
                 state[1] = True
 
-    async def stop(self) -> None:
+    async def down(self) -> None:
+        """Close every connection and stop listening."""
         if self._server is not None:
             self._server.close()
-        for writer in self._writers:
-            writer.close()
-        if self._server is not None:
             await self._server.wait_closed()
+            self._server = None
+        for _, downstream, upstream in self._connections:
+            downstream.close()
+            upstream.close()
+        self._connections.clear()
+
+    async def up(self) -> None:
+        """Listen again on the same port."""
+        await self.start(self.port)
 
     async def _serve(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-        upstream_reader, upstream_writer = await asyncio.open_connection(
-            "127.0.0.1", self.redis_port
-        )
-        self._writers += [writer, upstream_writer]
+        try:
+            upstream_reader, upstream_writer = await asyncio.open_connection(
+                "127.0.0.1", self.target_port
+            )
+        except OSError:
+            writer.close()
+            return
         state = [False, False]  # subscribed, cut
-        self._subscribed.append(state)
+        self._connections.append((state, writer, upstream_writer))
         await asyncio.gather(
             self._pipe(reader, upstream_writer, state, sniff=True),
             self._pipe(upstream_reader, writer, state, sniff=False),
