@@ -547,8 +547,8 @@ async def test_closing_with_redis_paused_neither_raises_nor_blocks_a_later_start
 ) -> None:
     DriftClientManager.configure(
         share_url=tls_redis.url,
-        share_lease_s=0.6,
-        share_fallback_s=1.0,
+        share_lease_s=2.0,  # two clients start in this loop: a short lease lapses meanwhile
+        share_fallback_s=4.0,
         retry_backoff=0.05,
         retry_backoff_cap=0.2,
     )

@@ -230,6 +230,11 @@ class FleetMember:
             self._follow_task = None  # ended by something unforeseen: follow again
             self._set_role("follower")
         holder = await store.leader()
+        if holder is not None and holder[0] == self.id and self._token is None:
+            # A take-over that Redis carried out but whose answer was lost (it timed out,
+            # as after a pause): the lease is this member's; left alone, nobody would lead
+            # until it expired.
+            await self._lead(holder[1])
         self.leader = holder[0] if holder else None
         if holder is not None:
             self.epoch = holder[1]

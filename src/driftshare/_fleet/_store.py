@@ -69,10 +69,11 @@ end
 return 0
 """
 
-# ARGV: token, channel, ceiling, then (type, pubkey, slot, data slot, digest, message) per
+# ARGV: token, channel, ceiling, then (type, pubkey, slot, digest, message) per
 # update. The same rules as AccountLedger's: a record replaces the stored one at a newer
 # slot, or at the same slot with other data; a confirmation is kept only when it names the
-# stored record (its slot and digest) and is newer than the stored confirmation. A stored
+# stored record's data (its digest), at or after its slot, and is newer than the stored
+# confirmation. A stored
 # slot past ``ceiling`` (the chain's slot plus a margin) is impossible: it counts as none.
 # Only what is kept is published; a token that is not the current lease writes nothing.
 _PUBLISH = """
@@ -81,9 +82,9 @@ if redis.call('GET', KEYS[1]) ~= ARGV[1] then
 end
 local ceiling = tonumber(ARGV[3])
 local kept = 0
-for i = 4, #ARGV, 6 do
+for i = 4, #ARGV, 5 do
   local kind, pubkey, slot = ARGV[i], ARGV[i + 1], tonumber(ARGV[i + 2])
-  local data_slot, digest, message = tonumber(ARGV[i + 3]), ARGV[i + 4], ARGV[i + 5]
+  local digest, message = ARGV[i + 3], ARGV[i + 4]
   local stored = tonumber(redis.call('HGET', KEYS[3], pubkey) or '')
   if stored == nil or stored > ceiling then
     stored = -1
@@ -101,7 +102,7 @@ for i = 4, #ARGV, 6 do
     end
   else
     local confirmed = tonumber(redis.call('HGET', KEYS[5], pubkey) or '') or -1
-    keep = data_slot == stored and digest == stored_digest and slot > confirmed
+    keep = digest == stored_digest and slot >= stored and slot > confirmed
       and slot <= ceiling
     if keep then
       redis.call('HSET', KEYS[5], pubkey, ARGV[i + 2])
@@ -184,15 +185,14 @@ class Outgoing:
     type: str
     pubkey: str
     slot: int
-    data_slot: int
     digest: str
+    """Of the data the message carries or confirms."""
     message: str
 
     @classmethod
     def of(cls, message: Message, text: str) -> Outgoing:
         """``message``, encoded as ``text``."""
-        slot, pubkey = message.slot, message.pubkey
-        return cls(message.type, pubkey, slot, message.data_slot, message.data_digest, text)
+        return cls(message.type, message.pubkey, message.slot, message.data_digest, text)
 
 
 @dataclass(frozen=True, slots=True)
@@ -277,7 +277,7 @@ class FleetStore:
     ) -> tuple[list[str], list[Any]]:
         args: list[Any] = [token, self.channel, ceiling]
         for u in updates:
-            args += [u.type, u.pubkey, u.slot, u.data_slot, u.digest, u.message]
+            args += [u.type, u.pubkey, u.slot, u.digest, u.message]
         keys = [self._lease, self._records, self._slots, self._digests]
         return [*keys, self._confirm_slots, self._confirms], args
 
