@@ -300,9 +300,7 @@ async def run_fleet_row(fault: FleetFault) -> FleetRow:
                 if time.monotonic() - max(reads.quiet_since(), since) >= QUIET_S:
                     row.recovery_s = max(0.0, reads.quiet_since() - since)
                     break
-            print("DEBUG last bad", [round(t - since, 1) for t in reads.last_bad_at])
             for member in members:
-                print("DEBUG LOG", member.log_text()[-3000:])
                 stats = await member.stats(http)
                 row.exceptions += sum(e.get("errors", 0) for e in stats.get("engines", []))
                 row.exceptions += 0 if member.alive() else 1

@@ -54,7 +54,7 @@ _CLOSE_TIMEOUT_LEASES = 0.5
 
 def standalone_stats() -> dict[str, Any]:
     """The ``fleet`` stats of a process that is in no fleet."""
-    return {"role": "standalone", "epoch": None, "leader": None, "members": []}
+    return {"role": "standalone", "refused": None, "epoch": None, "leader": None, "members": []}
 
 
 class FleetMember:
