@@ -414,7 +414,12 @@ class SharedClient:
         if self.settings.share_url is not None and gen.fleet is None:
             # A fleet shares one chain: its identity is signed into every record and checked
             # against the group's, so the upstream must say which chain it serves first.
-            genesis = (await gen.connection.get_genesis_hash()).value  # type: ignore[union-attr]
+            try:
+                genesis = (await gen.connection.get_genesis_hash()).value  # type: ignore[union-attr]
+            except Exception:
+                # No chain identity, no fleet: the snapshot answers until the RPC does.
+                await self.load_snapshot()
+                raise
             gen.check()
             gen.fleet = FleetMember(
                 self.settings,
