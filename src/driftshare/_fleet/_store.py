@@ -417,7 +417,8 @@ class PublishStream:
             # (which reconnects it when next used), or each reopen would keep a slot.
             with suppress(RedisError, OSError):
                 await connection.disconnect(nowait=True)
-            with suppress(KeyError):  # a pool reset meanwhile has forgotten it already
+            # KeyError: a pool reset meanwhile has forgotten it already.
+            with suppress(KeyError, RedisError, OSError):
                 await self._store.redis.connection_pool.release(connection)
 
 
