@@ -19,8 +19,9 @@ from conftest import CHAIN, WaitUntil, eventually, last_values
 from driftshare._fleet import Chain, FleetMember
 from driftshare._fleet._follower import MAX_ACCOUNTS, Follower
 from driftshare._fleet._harness import RedisServer, RedisServerError, TcpProxy, TlsFiles
+from driftshare._fleet._publisher import Publisher
 from driftshare._fleet._records import Signer, decode, encode, record_message
-from driftshare._fleet._store import Outgoing
+from driftshare._fleet._store import FleetStore, Outgoing
 from driftshare._ledger import AccountLedger, AccountRecord
 from driftshare._tasks import cancel_all
 from driftshare.config import load_settings
@@ -35,12 +36,19 @@ async def stored(
     member: FleetMember, condition: Callable[[list[bytes], list[bytes]], bool]
 ) -> tuple[list[bytes], list[bytes]]:
     """Redis's last values once ``condition`` holds for them (10 s deadline)."""
+    return await stored_in(member._store, condition)
+
+
+async def stored_in(
+    store: FleetStore, condition: Callable[[list[bytes], list[bytes]], bool]
+) -> tuple[list[bytes], list[bytes]]:
+    """:func:`stored` for any store."""
     found: tuple[list[bytes], list[bytes]] = ([], [])
 
     async def holds() -> bool:
         nonlocal found
         try:
-            found = await last_values(member._store)
+            found = await last_values(store)
         except RedisError:  # a pooled connection from before a restart
             found = ([], [])
         return condition(*found)
@@ -636,3 +644,25 @@ async def test_a_leader_drops_accounts_it_does_not_subscribe_to_from_redis(
     await follower.join()
     await asyncio.wait_for(follower.wait_followed(), 5)
     assert follower.ledger.get(PUBKEY) is None
+
+
+async def test_records_waiting_to_be_written_go_before_their_confirmations(
+    redis_server: RedisServer, wait_until: WaitUntil
+) -> None:
+    redis = Redis.from_url(redis_server.url)
+    store = FleetStore(redis, "mainnet", "default")
+    ledger = AccountLedger()
+    ledger.apply(AccountRecord(PUBKEY, "perp", 10, b"data"))
+    ledger.confirm(PUBKEY, 12)
+    entry = ledger.get(PUBKEY)
+    assert entry is not None
+    publisher = Publisher(store, Signer(None, "default", CHAIN), "m", "mainnet", lambda: None)
+    # A confirmation queued ahead of its record (as when a stream write of the record failed).
+    publisher._pending = {("c", PUBKEY): (entry, False), ("r", PUBKEY): (entry, True)}
+    publisher.lead(ledger, f"m|{await store.acquire('m', 5, 50)}", 1)
+    try:
+        _, confirms = await stored_in(store, lambda _, c: bool(c))
+        assert decode(confirms[0], Signer(None, "default", CHAIN)).slot == 12
+    finally:
+        await publisher.stop()
+        await redis.aclose()
