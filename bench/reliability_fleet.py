@@ -185,10 +185,10 @@ FLEET_FAULTS: dict[str, FleetFault] = {
         FleetFault(
             "leader's upstream dead",
             _leader_upstream_dead,
-            "the leader's RPC and WebSocket refuse connections, for good; "
-            "recovery counted from the fault's start, bound: the hand-over's two lease "
-            "periods plus two",
-            bound_s=4 * LEASE_S,
+            "the leader's RPC and WebSocket refuse connections, for good; recovery counted "
+            "from the fault's start, bound: the hand-over's (`DRIFT_STALE_AFTER_S` and two "
+            "lease periods) plus two lease periods",
+            bound_s=STALE_AFTER_S + 4 * LEASE_S,
         ),
     )
 }

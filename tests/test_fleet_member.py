@@ -475,7 +475,7 @@ async def test_a_leader_without_current_data_hands_the_lease_over(
     members: MemberFactory, wait_until: WaitUntil
 ) -> None:
     upstream_alive = {"first": True}
-    first = members(data_flows=lambda: upstream_alive["first"])
+    first = members(data_flows=lambda: upstream_alive["first"], stale_after_s=0.5)
     await first.join()
     second = members()
     await second.join()

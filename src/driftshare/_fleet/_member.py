@@ -47,7 +47,8 @@ _FORGET_AFTER_LEASES = 10
 """A member silent for this many leases is dropped from the member list; the group's chain
 is forgotten this long after its last leader."""
 _HANDOVER_AFTER_LEASES = 2
-"""A leader whose own data has not flowed for this many leases hands the lease over."""
+"""A leader whose upstream has not answered for this many leases (counted from
+``DRIFT_STALE_AFTER_S`` after it took the lease at the earliest) hands the lease over."""
 _CLOSE_TIMEOUT_LEASES = 0.5
 """How long leaving waits for Redis before the lease is left to expire by itself."""
 
@@ -94,6 +95,7 @@ class FleetMember:
         self._subscribed = subscribed
         self._pruned_epoch: int | None = None
         self._stale_since: float | None = None
+        self._led_at = 0.0
         self._rest_until = 0.0
         """After handing the lease over, no bid for it before this (``time.monotonic()``)."""
         self._lease_s = settings.share_lease_s
@@ -248,7 +250,8 @@ class FleetMember:
     def _upstream_dead(self) -> bool:
         """Whether this leader's own data has not flowed for the hand-over bound."""
         now = time.monotonic()
-        if self._data_flows():
+        if self._data_flows() or now - self._led_at < self.settings.stale_after_s:
+            # A new leader has DRIFT_STALE_AFTER_S to subscribe before its silence counts.
             self._stale_since = None
         elif self._stale_since is None:
             self._stale_since = now
@@ -315,7 +318,8 @@ class FleetMember:
 
     async def _lead(self, epoch: int) -> None:
         self._token = f"{self.id}|{epoch}"
-        self._stale_since = None  # its upstream gets the hand-over bound from now
+        self._stale_since = None
+        self._led_at = time.monotonic()
         self.epoch = epoch
         self.leader = self.id
         self.fallback = False
