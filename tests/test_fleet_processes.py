@@ -244,6 +244,12 @@ async def test_a_forged_record_is_refused_with_a_secret(
             return bool(perp)
 
         await until(published, within=10, what="leader published its perp markets")
+
+        async def pruned() -> bool:
+            return bool((await leader.stats(http))["fleet"]["pruned"])
+
+        # Planted once the leader has dropped what it does not subscribe to from Redis.
+        await until(pruned, within=10, what="leader pruned Redis")
         pubkey = perp[0]
         record = AccountRecord(pubkey, "perp", 10**9, b"\0" * 8)
         forged = record_message(record, time.time(), 1, "x")

@@ -377,6 +377,7 @@ class FleetMember:
             "records_published": self._publisher.published,
             "records_applied": self.follower.applied,
             "records_rejected": self.follower.rejected,
+            "pruned": self.role == "leader" and self._pruned_epoch == self.epoch,
             "members": [
                 {
                     "id": m.id,
