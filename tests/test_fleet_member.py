@@ -158,7 +158,8 @@ async def test_a_forged_record_is_dropped_and_counted(
 async def test_without_a_secret_a_follower_holds_a_bounded_number_of_accounts(
     members: MemberFactory, wait_until: WaitUntil
 ) -> None:
-    leader, follower = await following(members)
+    # A lease the flood's handling (in this same event loop) cannot starve: roles stay put.
+    leader, follower = await following(members, share_lease_s=3.0, share_fallback_s=6.0)
     # Anyone who can write to Redis publishes records for made-up accounts.
     extra = 10
     async with follower._store.redis.pipeline(transaction=False) as pipe:

@@ -222,6 +222,7 @@ class FleetMember:
                 except OtherChain as exc:
                     await self._refuse(exc.group_chain)
                     return
+                epoch = epoch or await self._lost_answer()
             if epoch:
                 await self._lead(epoch)
             elif self.role != "follower":
@@ -232,11 +233,6 @@ class FleetMember:
             self._follow_task = None  # ended by something unforeseen: follow again
             self._set_role("follower")
         holder = await store.leader()
-        if holder is not None and holder[0] == self.id and self._token is None:
-            # A take-over that Redis carried out but whose answer was lost (it timed out,
-            # as after a pause): the lease is this member's; left alone, nobody would lead
-            # until it expired.
-            await self._lead(holder[1])
         self.leader = holder[0] if holder else None
         if holder is not None:
             self.epoch = holder[1]
@@ -246,6 +242,13 @@ class FleetMember:
             ),
             self._lease_s * _FORGET_AFTER_LEASES,
         )
+
+    async def _lost_answer(self) -> int:
+        """The epoch of a take-over that Redis carried out but whose answer was lost (it
+        timed out, as after a pause), else 0: left alone, nobody would lead until it
+        expired."""
+        holder = await self._store.leader()
+        return holder[1] if holder is not None and holder[0] == self.id else 0
 
     def _upstream_dead(self) -> bool:
         """Whether this leader's own data has not flowed for the hand-over bound."""
