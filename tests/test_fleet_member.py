@@ -60,6 +60,24 @@ async def stored_in(
 MemberFactory = Callable[..., FleetMember]
 
 
+async def delivered(leader: FleetMember, follower: FleetMember, record: AccountRecord) -> None:
+    """``leader`` takes ``record``; wait until ``follower`` holds exactly its data."""
+    leader.ledger.apply(record)
+    await eventually(lambda: follower.ledger.get(record.pubkey) is not None, "delivered")
+    held = follower.ledger.get(record.pubkey)
+    assert held is not None
+    assert held.record.data == record.data
+
+
+async def leading(members: MemberFactory) -> FleetMember:
+    """A leader whose State account Redis holds."""
+    leader = members()
+    await leader.join()
+    leader.ledger.apply(STATE)
+    await stored(leader, lambda records, _: len(records) == 1)
+    return leader
+
+
 async def following(members: MemberFactory, **options: object) -> tuple[FleetMember, FleetMember]:
     """A leader holding the State account and a follower that has loaded it."""
     leader = members(**options)
@@ -150,9 +168,7 @@ async def test_a_forged_record_is_dropped_and_counted(
     await follower._store.redis.publish(follower._store.channel, text)
     await wait_until(lambda: follower.follower.rejected == 1)
     assert follower.ledger.get(PUBKEY) is None
-    leader.ledger.apply(AccountRecord(PUBKEY, "perp", 100, b"true price"))
-    await wait_until(lambda: follower.ledger.get(PUBKEY) is not None)
-    assert follower.ledger.get(PUBKEY).record.data == b"true price"  # type: ignore[union-attr]
+    await delivered(leader, follower, AccountRecord(PUBKEY, "perp", 100, b"true price"))
 
 
 async def test_without_a_secret_a_follower_holds_a_bounded_number_of_accounts(
@@ -179,10 +195,7 @@ async def test_without_a_secret_a_follower_holds_a_bounded_number_of_accounts(
 async def test_a_follower_joining_a_flooded_redis_holds_a_bounded_number_of_accounts(
     members: MemberFactory, wait_until: WaitUntil
 ) -> None:
-    leader = members()
-    await leader.join()
-    leader.ledger.apply(STATE)
-    await stored(leader, lambda records, _: len(records) == 1)
+    leader = await leading(members)
     # Anyone who can write to Redis fills the stored records with made-up accounts.
     extra = 10
     made_up = {}
@@ -322,9 +335,7 @@ async def test_a_planted_slot_past_the_chain_does_not_block_live_data(
     leader, follower = await following(members, share_secret=SECRET)
     leader.ledger.observe_chain_slot(11)  # its upstream answered: the chain is at slot 11
     await leader._store.redis.hset(KEYS + "slots", PUBKEY, 10**12)
-    leader.ledger.apply(AccountRecord(PUBKEY, "perp", 11, b"live"))
-    await wait_until(lambda: follower.ledger.get(PUBKEY) is not None)
-    assert follower.ledger.get(PUBKEY).record.data == b"live"  # type: ignore[union-attr]
+    await delivered(leader, follower, AccountRecord(PUBKEY, "perp", 11, b"live"))
 
 
 async def test_an_old_signed_record_planted_back_is_not_made_fresh(
@@ -522,10 +533,7 @@ async def test_published_counts_only_what_redis_kept(
 async def test_stored_values_too_large_are_not_downloaded(
     members: MemberFactory, wait_until: WaitUntil
 ) -> None:
-    leader = members()
-    await leader.join()
-    leader.ledger.apply(STATE)
-    await stored(leader, lambda records, _: len(records) == 1)
+    leader = await leading(members)
     redis = leader._store.redis
     await redis.hset(KEYS + "records", "huge", b"x" * (4 << 20))
     before = await _net_output(redis)
