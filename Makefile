@@ -36,10 +36,12 @@ test: $(STAMP) lint browser redis
 bench: $(STAMP) redis
 	$(BIN)/python -m bench
 
-# Every simulator fault in both modes -> docs/RELIABILITY.md; SOAK=seconds runs random faults.
+# Every simulator fault in both modes, then the fleet faults -> docs/RELIABILITY.md;
+# SOAK=seconds runs random faults instead.
 SOAK ?= 0
 reliability: $(STAMP)
 	$(BIN)/python -m bench.reliability --soak $(SOAK)
+	[ "$(SOAK)" != 0 ] || $(BIN)/python -m bench.reliability_fleet
 
 # Regenerate the lock after changing dependencies in pyproject.toml.
 lock: $(STAMP)

@@ -15,6 +15,7 @@ from driftpy.accounts.oracle import decode_oracle
 from driftpy.types import OraclePriceData
 
 from driftshare import models
+from driftshare._fleet import Chain
 from driftshare._fleet._harness import RedisServer
 from driftshare._fleet._store import FleetStore
 from driftshare.manager import DriftClientManager
@@ -178,6 +179,14 @@ def redis_server() -> Iterator[RedisServer]:
     server.stop()
 
 
+CHAIN = Chain(
+    "mainnet", "11111111111111111111111111111111", "dRiftyHA39MWEi3m9aunc5MzRF1JYuBsbn6VPcn33UH"
+)
+"""The chain of the fleet tests that run no upstream (FleetMember, the wire format)."""
+
+
 async def last_values(store: FleetStore) -> tuple[list[bytes], list[bytes]]:
-    """What ``store`` keeps in Redis: every record, then every confirmation."""
-    return [r async for r in store.records()], [c async for c in store.confirmations()]
+    """What ``store`` keeps in Redis: every record, then every confirmation (values too
+    large to read left out)."""
+    records = [r async for r in store.records() if r is not None]
+    return records, [c async for c in store.confirmations() if c is not None]

@@ -49,3 +49,22 @@ def test_an_active_tap_writes_through() -> None:
     )
     tap.record("not subscribed", b"x", 5)
     assert ledger.get("not subscribed") is None
+
+
+def test_a_value_at_an_impossible_future_slot_gives_way_to_live_data() -> None:
+    # A snapshot (or a fleet record) claims a slot the chain has not reached.
+    ledger = AccountLedger(clock=lambda: 1.0)
+    ledger.apply(AccountRecord(KEY, "perp", 10**12, b"from a bad snapshot"))
+    ledger.confirm(KEY, 10**12 + 5)
+    tap = AccountTap(ledger, [AccountRecord(KEY, "perp", 1, b"discovered")])
+    assert ledger.get(KEY).record.slot == 10**12  # type: ignore[union-attr]  # chain unheard
+    tap.record(KEY, b"live", 500)  # upstream: the chain is at slot 500
+    entry = ledger.get(KEY)
+    assert entry is not None
+    assert (entry.record.data, entry.record.slot, entry.confirmed_slot) == (b"live", 500, 500)
+    tap.confirm(KEY, b"live", 501)
+    assert entry.confirmed_slot == 501
+    # A slot within reach of the chain stays ordered as before: an older one never wins.
+    ledger.apply(AccountRecord(KEY, "perp", 600, b"newer"))
+    tap.record(KEY, b"older", 550)
+    assert entry.record.data == b"newer"

@@ -6,6 +6,7 @@ import logging
 
 import pytest
 
+from conftest import CHAIN
 from driftshare._fleet import FleetMember
 from driftshare._ledger import AccountLedger
 from driftshare.config import ConfigError, load_settings, redact_text, redact_url
@@ -30,7 +31,7 @@ def test_share_settings_are_checked() -> None:
 
 async def test_no_secret_in_key_names_stats_or_logs(caplog: pytest.LogCaptureFixture) -> None:
     settings = load_settings(share_url=URL, share_secret="sign-key", share_lease_s=0.2)
-    member = FleetMember(settings, "mainnet", AccountLedger(), lambda: None)
+    member = FleetMember(settings, CHAIN, AccountLedger(), lambda: None)
     caplog.set_level(logging.DEBUG)
     await member.join()  # nothing listens on port 1: it falls back, logging why
     await member.close()

@@ -3,21 +3,30 @@
 from __future__ import annotations
 
 import asyncio
+import dataclasses
+import json
 import time
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Callable, Collection, Iterator
+from pathlib import Path
 
+import pytest
 import pytest_asyncio
+from redis.asyncio import Redis
 from redis.exceptions import RedisError
 from solders.pubkey import Pubkey
 
-from conftest import WaitUntil, eventually, last_values
-from driftshare._fleet import FleetMember
-from driftshare._fleet._follower import MAX_ACCOUNTS
-from driftshare._fleet._harness import RedisServer
-from driftshare._fleet._records import Message, Signer, decode, encode
-from driftshare._fleet._store import Outgoing
+from conftest import CHAIN, WaitUntil, eventually, last_values
+from driftshare._fleet import Chain, FleetMember
+from driftshare._fleet._follower import MAX_ACCOUNTS, Follower
+from driftshare._fleet._harness import RedisServer, RedisServerError, TcpProxy, TlsFiles
+from driftshare._fleet._publisher import Publisher
+from driftshare._fleet._records import Signer, decode, encode, record_message
+from driftshare._fleet._store import FleetStore, Outgoing
 from driftshare._ledger import AccountLedger, AccountRecord
+from driftshare._tasks import cancel_all
 from driftshare.config import load_settings
+from driftshare.manager import DriftClientManager
+from driftshare.sim import Simulator
 
 PUBKEY = str(Pubkey.new_unique())
 STATE = AccountRecord(str(Pubkey.new_unique()), "state", 1, b"state")
@@ -27,12 +36,19 @@ async def stored(
     member: FleetMember, condition: Callable[[list[bytes], list[bytes]], bool]
 ) -> tuple[list[bytes], list[bytes]]:
     """Redis's last values once ``condition`` holds for them (10 s deadline)."""
+    return await stored_in(member._store, condition)
+
+
+async def stored_in(
+    store: FleetStore, condition: Callable[[list[bytes], list[bytes]], bool]
+) -> tuple[list[bytes], list[bytes]]:
+    """:func:`stored` for any store."""
     found: tuple[list[bytes], list[bytes]] = ([], [])
 
     async def holds() -> bool:
         nonlocal found
         try:
-            found = await last_values(member._store)
+            found = await last_values(store)
         except RedisError:  # a pooled connection from before a restart
             found = ([], [])
         return condition(*found)
@@ -42,6 +58,24 @@ async def stored(
 
 
 MemberFactory = Callable[..., FleetMember]
+
+
+async def delivered(leader: FleetMember, follower: FleetMember, record: AccountRecord) -> None:
+    """``leader`` takes ``record``; wait until ``follower`` holds exactly its data."""
+    leader.ledger.apply(record)
+    await eventually(lambda: follower.ledger.get(record.pubkey) is not None, "delivered")
+    held = follower.ledger.get(record.pubkey)
+    assert held is not None
+    assert held.record.data == record.data
+
+
+async def leading(members: MemberFactory) -> FleetMember:
+    """A leader whose State account Redis holds."""
+    leader = members()
+    await leader.join()
+    leader.ledger.apply(STATE)
+    await stored(leader, lambda records, _: len(records) == 1)
+    return leader
 
 
 async def following(members: MemberFactory, **options: object) -> tuple[FleetMember, FleetMember]:
@@ -59,10 +93,23 @@ async def following(members: MemberFactory, **options: object) -> tuple[FleetMem
 async def members(redis_server: RedisServer) -> AsyncIterator[MemberFactory]:
     made: list[FleetMember] = []
 
-    def make(**overrides: object) -> FleetMember:
+    def make(
+        chain: Chain = CHAIN,
+        data_flows: Callable[[], bool] = lambda: True,
+        on_change: Callable[[], None] = lambda: None,
+        subscribed: Callable[[], Collection[str] | None] = lambda: None,
+        **overrides: object,
+    ) -> FleetMember:
         options = {"share_url": redis_server.url, "share_lease_s": 0.6, "share_fallback_s": 1.0}
         settings = load_settings(**{**options, **overrides})
-        member = FleetMember(settings, "mainnet", AccountLedger(), lambda: None)
+        member = FleetMember(
+            settings,
+            chain,
+            AccountLedger(),
+            on_change,
+            data_flows=data_flows,
+            subscribed=subscribed,
+        )
         made.append(member)
         return member
 
@@ -117,29 +164,26 @@ async def test_a_forged_record_is_dropped_and_counted(
     leader, follower = await following(members, share_secret="s3cret")
     # The forger writes straight into the channel, as anyone with Redis access could.
     record = AccountRecord(PUBKEY, "perp", 99, b"false price")
-    text = encode(
-        Message("r", PUBKEY, 99, time.time(), 1, "x", record), Signer(b"other", "default")
-    )
+    text = encode(record_message(record, time.time(), 1, "x"), Signer(b"other", "default", CHAIN))
     await follower._store.redis.publish(follower._store.channel, text)
     await wait_until(lambda: follower.follower.rejected == 1)
     assert follower.ledger.get(PUBKEY) is None
-    leader.ledger.apply(AccountRecord(PUBKEY, "perp", 100, b"true price"))
-    await wait_until(lambda: follower.ledger.get(PUBKEY) is not None)
-    assert follower.ledger.get(PUBKEY).record.data == b"true price"  # type: ignore[union-attr]
+    await delivered(leader, follower, AccountRecord(PUBKEY, "perp", 100, b"true price"))
 
 
 async def test_without_a_secret_a_follower_holds_a_bounded_number_of_accounts(
     members: MemberFactory, wait_until: WaitUntil
 ) -> None:
-    leader, follower = await following(members)
+    # A lease the flood's handling (in this same event loop) cannot starve: roles stay put.
+    leader, follower = await following(members, share_lease_s=3.0, share_fallback_s=6.0)
     # Anyone who can write to Redis publishes records for made-up accounts.
     extra = 10
     async with follower._store.redis.pipeline(transaction=False) as pipe:
         for _ in range(MAX_ACCOUNTS + extra):
             pubkey = str(Pubkey.new_unique())
             record = AccountRecord(pubkey, "oracle", 5, b"made up", "PythPull")
-            message = Message("r", pubkey, 5, time.time(), 1, "x", record)
-            pipe.publish(follower._store.channel, encode(message, Signer(None, "default")))
+            message = record_message(record, time.time(), 1, "x")
+            pipe.publish(follower._store.channel, encode(message, Signer(None, "default", CHAIN)))
         await pipe.execute()
     await wait_until(lambda: follower.follower.rejected == extra + 1)  # STATE was held
     assert len(follower.ledger) == MAX_ACCOUNTS
@@ -151,18 +195,15 @@ async def test_without_a_secret_a_follower_holds_a_bounded_number_of_accounts(
 async def test_a_follower_joining_a_flooded_redis_holds_a_bounded_number_of_accounts(
     members: MemberFactory, wait_until: WaitUntil
 ) -> None:
-    leader = members()
-    await leader.join()
-    leader.ledger.apply(STATE)
-    await stored(leader, lambda records, _: len(records) == 1)
+    leader = await leading(members)
     # Anyone who can write to Redis fills the stored records with made-up accounts.
     extra = 10
     made_up = {}
     for _ in range(MAX_ACCOUNTS + extra):
         pubkey = str(Pubkey.new_unique())
         record = AccountRecord(pubkey, "oracle", 5, b"made up", "PythPull")
-        message = Message("r", pubkey, 5, time.time(), 1, "x", record)
-        made_up[pubkey] = encode(message, Signer(None, "default"))
+        message = record_message(record, time.time(), 1, "x")
+        made_up[pubkey] = encode(message, Signer(None, "default", CHAIN))
     await leader._store.redis.hset(leader._store._records, mapping=made_up)
     follower = members()
     await follower.join()
@@ -233,9 +274,10 @@ async def test_a_follower_is_not_current_until_a_new_leader_publishes(
     assert follower.feed_lost  # the new leader has published nothing yet
     record = AccountRecord(PUBKEY, "perp", 50, b"after the failover")
     text = encode(
-        Message("r", PUBKEY, 50, time.time(), 2, "successor", record), Signer(None, "default")
+        message := record_message(record, time.time(), 2, "successor"),
+        Signer(None, "default", CHAIN),
     )
-    await store.publish("successor|2", [Outgoing("r", PUBKEY, 50, text)])
+    await store.publish("successor|2", [Outgoing.of(message, text)])
     await wait_until(lambda: not follower.feed_lost)
 
 
@@ -251,6 +293,385 @@ async def test_a_new_leader_republishes_records_with_their_confirmations(
         lambda: first.epoch == 1 and first.role == "leader" and first._token is not None
     )
     records, confirms = await stored(first, lambda r, c: bool(r and c))
-    signer = Signer(None, "default")
+    signer = Signer(None, "default", CHAIN)
     assert decode(records[0], signer).slot == 10
     assert decode(confirms[0], signer).slot == 30
+
+
+# -- issue 17: fleet trust ------------------------------------------------------------------
+
+SECRET = "s3cret"
+KEYS = "driftshare:mainnet:default:"
+
+
+async def sentinel(leader: FleetMember, follower: FleetMember, wait_until: WaitUntil) -> None:
+    """Publish a record of a new account and wait until ``follower`` holds it: everything
+    the leader published before it has reached the follower too (one channel, in order)."""
+    pubkey = str(Pubkey.new_unique())
+    leader.ledger.apply(AccountRecord(pubkey, "perp", 1, b"sentinel"))
+    await wait_until(lambda: follower.ledger.get(pubkey) is not None)
+
+
+async def test_a_planted_slot_refuses_the_new_data_and_its_confirmations_alike(
+    members: MemberFactory, wait_until: WaitUntil
+) -> None:
+    leader, follower = await following(members, share_secret=SECRET)
+    leader.ledger.apply(AccountRecord(PUBKEY, "perp", 10, b"first"))
+    await wait_until(lambda: follower.ledger.get(PUBKEY) is not None)
+    # Someone with Redis write access but no secret makes every new record for PUBKEY lose.
+    await leader._store.redis.hset(KEYS + "slots", PUBKEY, 10**12)
+    leader.ledger.apply(AccountRecord(PUBKEY, "perp", 11, b"second"))
+    leader.ledger.confirm(PUBKEY, 15)
+    await sentinel(leader, follower, wait_until)
+    held = follower.ledger.get(PUBKEY)
+    assert held is not None
+    assert held.record.data == b"first"
+    assert held.confirmed_slot == 10  # the confirmation of "second" does not date "first"
+
+
+async def test_a_planted_slot_past_the_chain_does_not_block_live_data(
+    members: MemberFactory, wait_until: WaitUntil
+) -> None:
+    leader, follower = await following(members, share_secret=SECRET)
+    leader.ledger.observe_chain_slot(11)  # its upstream answered: the chain is at slot 11
+    await leader._store.redis.hset(KEYS + "slots", PUBKEY, 10**12)
+    await delivered(leader, follower, AccountRecord(PUBKEY, "perp", 11, b"live"))
+
+
+async def test_an_old_signed_record_planted_back_is_not_made_fresh(
+    members: MemberFactory, wait_until: WaitUntil
+) -> None:
+    leader = members(share_secret=SECRET)
+    await leader.join()
+    leader.ledger.apply(STATE)
+    leader.ledger.apply(AccountRecord(PUBKEY, "perp", 10, b"old"))
+    records, _ = await stored(leader, lambda r, _: len(r) == 2)
+    old = next(r for r in records if b"b2xk" in r)  # base64 of "old"
+    leader.ledger.apply(AccountRecord(PUBKEY, "perp", 11, b"new"))
+    leader.ledger.confirm(PUBKEY, 20)
+    await stored(leader, lambda _, c: any(b'"s":20' in x for x in c))
+    await leader._store.redis.hset(KEYS + "records", PUBKEY, old)  # replayed by an attacker
+    follower = members(share_secret=SECRET)
+    await follower.join()
+    await asyncio.wait_for(follower.wait_followed(), 5)
+    held = follower.ledger.get(PUBKEY)
+    assert held is not None
+    assert held.record.data == b"old"
+    assert held.confirmed_slot == 10  # not 20: that confirmation names "new"
+
+
+async def test_a_change_at_the_same_slot_reaches_the_followers(
+    members: MemberFactory, wait_until: WaitUntil
+) -> None:
+    leader, follower = await following(members)
+    leader.ledger.apply(AccountRecord(PUBKEY, "perp", 10, b"first"))
+    await wait_until(lambda: follower.ledger.get(PUBKEY) is not None)
+    leader.ledger.apply(AccountRecord(PUBKEY, "perp", 10, b"second"))  # the ledger takes it
+    leader.ledger.confirm(PUBKEY, 12)
+    await wait_until(lambda: follower.ledger.get(PUBKEY).confirmed_slot == 12)  # type: ignore[union-attr]
+    assert follower.ledger.get(PUBKEY).record.data == b"second"  # type: ignore[union-attr]
+
+
+def _framed(**fields: object) -> bytes:
+    """An unsigned record message of the wire format with ``fields`` changed."""
+    message = record_message(AccountRecord(PUBKEY, "perp", 1, b"x"), 1.0, 1, "x")
+    raw = json.loads(encode(message, Signer(None, "default", CHAIN)).partition(".")[2])
+    text = json.dumps({**raw, **{k: "@" + k for k in fields}})
+    for name, value in fields.items():
+        text = text.replace(json.dumps("@" + name), str(value))
+    return b"." + text.encode()
+
+
+@pytest.mark.parametrize(
+    "garbage",
+    [
+        b"." + b"[" * 50_000,  # deeper than the JSON parser's recursion
+        b"[" * 50_000,
+        _framed(w="9" * 400),  # a time no float holds
+        _framed(m='"@"').replace(b"@", b"\xff\xfe"),  # not UTF-8
+    ],
+    ids=["deep", "deep-unframed", "huge-int", "not-utf8"],
+)
+async def test_no_message_stops_the_feed(
+    members: MemberFactory, wait_until: WaitUntil, garbage: bytes
+) -> None:
+    leader, follower = await following(members)
+    await follower._store.redis.publish(follower._store.channel, garbage)
+    await wait_until(lambda: follower.follower.rejected == 1)
+    await sentinel(leader, follower, wait_until)
+
+
+async def test_with_a_secret_nothing_unsigned_is_parsed(
+    members: MemberFactory, wait_until: WaitUntil, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    _leader, follower = await following(members, share_secret=SECRET)
+    parsed: list[object] = []
+    monkeypatch.setattr(json, "loads", parsed.append)  # what decode would parse with
+    await follower._store.redis.publish(follower._store.channel, b"." + b"[" * 50_000)
+    await wait_until(lambda: follower.follower.rejected == 1)
+    assert parsed == []
+
+
+async def test_the_follow_task_is_supervised(
+    members: MemberFactory, wait_until: WaitUntil, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    leader, follower = await following(members)
+    failures = iter([RuntimeError("unforeseen")])
+
+    def apply_once(raw: bytes | str | None) -> bool:
+        for exc in failures:
+            raise exc
+        return Follower.apply(follower.follower, raw)
+
+    monkeypatch.setattr(follower.follower, "apply", apply_once)
+    leader.ledger.apply(AccountRecord(PUBKEY, "perp", 10, b"lost with the failure"))
+    await sentinel(leader, follower, wait_until)
+
+
+async def test_a_nested_member_entry_does_not_make_roles_flap(
+    members: MemberFactory, wait_until: WaitUntil
+) -> None:
+    changes: list[str] = []
+    member = members(on_change=lambda: changes.append("upstream switched"))
+    await member.join()
+    assert member.role == "leader"
+    changes.clear()
+    await member._store.redis.hset(KEYS + "members", "bad", "[" * 50_000)
+    # Ticks go on past the fallback time, each one reading the member list: this one's
+    # own entry, announced since, shows in it.
+    until = time.time() + 2 * member.settings.share_fallback_s
+    await wait_until(lambda: any(m.seen_at > until for m in member._members))
+    assert member.role == "leader"
+    assert not member.fallback
+    assert changes == []
+    assert not await member._store.redis.hexists(KEYS + "members", "bad")  # pruned
+
+
+async def test_future_nan_and_garbled_member_entries_are_pruned(
+    members: MemberFactory, wait_until: WaitUntil
+) -> None:
+    member = members()
+    await member.join()
+    redis, key = member._store.redis, KEYS + "members"
+    entry = {"id": "x", "role": "follower", "host": "h", "pid": 1, "references": 0}
+    await redis.hset(key, "future", json.dumps({**entry, "id": "future", "seen_at": 1e12}))
+    await redis.hset(key, "nan", json.dumps({**entry, "id": "nan", "seen_at": float("nan")}))
+    await redis.hset(key, "garbled", "not json")
+
+    async def pruned() -> bool:
+        return set(await redis.hkeys(key)) == {member.id.encode()}
+
+    await eventually(pruned, "bad member entries dropped from Redis")
+    assert [m["id"] for m in member.stats()["members"]] == [member.id]
+
+
+async def test_a_dead_leader_is_listed_gone_once_its_lease_has_moved(
+    members: MemberFactory, wait_until: WaitUntil
+) -> None:
+    first = members()
+    await first.join()
+    second = members()
+    await second.join()
+    await wait_until(lambda: len(second.stats()["members"]) == 2)
+    await cancel_all([first._task])  # it dies: no release, no goodbye
+    await first._publisher.stop()
+    await wait_until(lambda: second.role == "leader")
+    second._wake.set()
+    await wait_until(lambda: second.epoch == 2 and second.leader == second.id)
+    listed = {m["id"]: m["role"] for m in second.stats()["members"]}
+    assert listed[first.id] == "gone"
+    assert list(listed.values()).count("leader") <= 1
+
+
+async def test_a_leader_without_current_data_hands_the_lease_over(
+    members: MemberFactory, wait_until: WaitUntil
+) -> None:
+    upstream_alive = {"first": True}
+    first = members(data_flows=lambda: upstream_alive["first"], stale_after_s=0.5)
+    await first.join()
+    second = members()
+    await second.join()
+    assert (first.role, second.role) == ("leader", "follower")
+    upstream_alive["first"] = False
+    await wait_until(lambda: second.role == "leader")
+    await wait_until(lambda: first.role == "follower")
+    assert second.epoch == 2
+
+
+async def test_a_member_of_another_chain_refuses_to_join(
+    members: MemberFactory, wait_until: WaitUntil, caplog: pytest.LogCaptureFixture
+) -> None:
+    leader = members()
+    await leader.join()
+    other = members(chain=dataclasses.replace(CHAIN, genesis_hash="AnotherChainsGenesis"))
+    await other.join()
+    assert other.role == "standalone"
+    assert other.upstream
+    assert other.refused is not None
+    assert "another chain" in other.refused
+    errors = [r for r in caplog.records if r.levelname == "ERROR" and "another chain" in r.message]
+    assert len(errors) == 1
+    await leader.close()  # even with the lease free, it never bids for it
+    await wait_until(lambda: other._task is not None and other._task.done())
+    assert await leader._store.redis.get(KEYS + "lease") is None
+    assert other.stats()["refused"] == other.refused
+
+
+async def test_published_counts_only_what_redis_kept(
+    members: MemberFactory, wait_until: WaitUntil
+) -> None:
+    leader = members()
+    await leader.join()
+    await leader._store.redis.hset(KEYS + "slots", PUBKEY, 100)  # newer data is stored
+    leader.ledger.apply(AccountRecord(PUBKEY, "perp", 50, b"refused by Lua"))
+    leader.ledger.apply(STATE)
+    await stored(leader, lambda records, _: len(records) == 1)
+    await wait_until(lambda: leader.stats()["records_published"] >= 1)
+    assert leader.stats()["records_published"] == 1
+
+
+async def test_stored_values_too_large_are_not_downloaded(
+    members: MemberFactory, wait_until: WaitUntil
+) -> None:
+    leader = await leading(members)
+    redis = leader._store.redis
+    await redis.hset(KEYS + "records", "huge", b"x" * (4 << 20))
+    before = await _net_output(redis)
+    follower = members()
+    await follower.join()
+    await asyncio.wait_for(follower.wait_followed(), 5)
+    assert follower.follower.rejected == 1
+    assert await _net_output(redis) - before < 1 << 20
+
+
+async def _net_output(redis: Redis) -> int:
+    return int((await redis.info("stats"))["total_net_output_bytes"])
+
+
+@pytest.fixture
+def tls_redis(tmp_path: Path) -> Iterator[RedisServer]:
+    try:
+        server = RedisServer(tls=TlsFiles.make(tmp_path))
+    except RedisServerError as exc:
+        pytest.skip(f"no TLS certificate for the test: {exc}")
+    server.start()
+    yield server
+    server.stop()
+
+
+async def test_closing_with_redis_paused_neither_raises_nor_blocks_a_later_start(
+    simulator: Simulator, tls_redis: RedisServer
+) -> None:
+    DriftClientManager.configure(
+        share_url=tls_redis.url,
+        share_lease_s=2.0,  # two clients start in this loop: a short lease lapses meanwhile
+        share_fallback_s=4.0,
+        retry_backoff=0.05,
+        retry_backoff_cap=0.2,
+    )
+    # Two shared clients in one process (two RPC URLs): a leader and a follower.
+    leader, follower = (f"{simulator.http_url}/?api-key={name}" for name in "ab")
+    try:
+        assert await DriftClientManager.get_client("mainnet", rpc_url=leader) is not None
+        assert await DriftClientManager.get_client("mainnet", rpc_url=follower) is not None
+        assert DriftClientManager.stats("mainnet", rpc_url=follower)["fleet"]["role"] == "follower"
+        tls_redis.pause()
+        try:
+            await DriftClientManager.release_client("mainnet", rpc_url=follower)  # no raise
+        finally:
+            tls_redis.resume()
+
+        async def starts_again() -> bool:
+            client = await DriftClientManager.get_client("mainnet", rpc_url=follower)
+            if client is None:
+                return False
+            await DriftClientManager.release_client("mainnet", rpc_url=follower)
+            return True
+
+        await eventually(starts_again, "a new shared client after Redis is back")
+    finally:
+        await DriftClientManager.shutdown()
+        DriftClientManager._settings = None
+
+
+async def test_a_half_open_channel_is_noticed_and_followed_again(
+    members: MemberFactory, wait_until: WaitUntil, redis_server: RedisServer
+) -> None:
+    proxy = TcpProxy(redis_server.port)
+    await proxy.start()
+    try:
+        leader = members()
+        await leader.join()
+        leader.ledger.apply(STATE)
+        follower = members(share_url=proxy.url())
+        await follower.join()
+        await asyncio.wait_for(follower.wait_followed(), 5)
+        assert not follower.feed_lost
+        proxy.cut()  # the channel's connection stays open, and silent
+        await wait_until(lambda: follower.feed_lost)
+        leader.ledger.apply(AccountRecord(PUBKEY, "perp", 10, b"after the cut"))
+        await wait_until(lambda: follower.ledger.get(PUBKEY) is not None)
+        await wait_until(lambda: not follower.feed_lost)
+    finally:
+        await proxy.down()
+
+
+async def test_a_member_starting_from_old_values_says_why_they_are_stale(
+    members: MemberFactory, caplog: pytest.LogCaptureFixture
+) -> None:
+    leader = members()
+    await leader.join()
+    # The leader's upstream went quiet a minute ago: its values are that old.
+    leader.ledger.apply(STATE, confirmed_at=time.monotonic() - 60)
+    await stored(leader, lambda records, _: len(records) == 1)
+    follower = members()
+    await follower.join()
+    await asyncio.wait_for(follower.wait_followed(), 5)
+    said = [r.message for r in caplog.records if "last values were confirmed" in r.message]
+    assert len(said) == 1
+    assert "publishes nothing current" in said[0]
+
+
+async def test_a_leader_drops_accounts_it_does_not_subscribe_to_from_redis(
+    members: MemberFactory,
+) -> None:
+    first = members()
+    await first.join()
+    first.ledger.apply(STATE)
+    first.ledger.apply(AccountRecord(PUBKEY, "perp", 10, b"a market no longer configured"))
+    first.ledger.confirm(PUBKEY, 12)
+    await stored(first, lambda records, confirms: len(records) == 2 and len(confirms) == 1)
+    await first.close()
+    # The next leader subscribes to the State only.
+    second = members(subscribed=lambda: [STATE.pubkey])
+    await second.join()
+    assert second.role == "leader"
+    records, confirms = await stored(second, lambda records, _: len(records) == 1)
+    assert decode(records[0], Signer(None, "default", CHAIN)).pubkey == STATE.pubkey
+    assert confirms == []
+    follower = members()
+    await follower.join()
+    await asyncio.wait_for(follower.wait_followed(), 5)
+    assert follower.ledger.get(PUBKEY) is None
+
+
+async def test_records_waiting_to_be_written_go_before_their_confirmations(
+    redis_server: RedisServer, wait_until: WaitUntil
+) -> None:
+    redis = Redis.from_url(redis_server.url)
+    store = FleetStore(redis, "mainnet", "default")
+    ledger = AccountLedger()
+    ledger.apply(AccountRecord(PUBKEY, "perp", 10, b"data"))
+    ledger.confirm(PUBKEY, 12)
+    entry = ledger.get(PUBKEY)
+    assert entry is not None
+    publisher = Publisher(store, Signer(None, "default", CHAIN), "m", "mainnet", lambda: None)
+    # A confirmation queued ahead of its record (as when a stream write of the record failed).
+    publisher._pending = {("c", PUBKEY): (entry, False), ("r", PUBKEY): (entry, True)}
+    publisher.lead(ledger, f"m|{await store.acquire('m', 5, 50)}", 1)
+    try:
+        _, confirms = await stored_in(store, lambda _, c: bool(c))
+        assert decode(confirms[0], Signer(None, "default", CHAIN)).slot == 12
+    finally:
+        await publisher.stop()
+        await redis.aclose()

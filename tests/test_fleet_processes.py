@@ -18,6 +18,7 @@ import pytest_asyncio
 from redis.asyncio import Redis
 
 import conftest
+from conftest import CHAIN
 from driftshare._fleet._harness import (
     RedisServer,
     RedisServerError,
@@ -26,7 +27,7 @@ from driftshare._fleet._harness import (
     all_ready,
     fresh_after,
 )
-from driftshare._fleet._records import Message, Signer, encode
+from driftshare._fleet._records import Signer, encode, record_message
 from driftshare._ledger import AccountRecord
 from driftshare.sim import Simulator
 from driftshare.sim.pytest_plugin import SimulatorFactory
@@ -135,8 +136,9 @@ async def test_one_leader_silent_followers_and_equal_numbers(
     assert roles.count("leader") == 1
     after = simulator.stats()
     by_client = after["http_requests"]["by_client"]
-    assert by_client.get(key_client("b"), 0) == 0
-    assert by_client.get(key_client("c"), 0) == 0
+    # One call each: getGenesisHash, the chain's identity checked against the fleet's.
+    assert by_client.get(key_client("b"), 0) == 1
+    assert by_client.get(key_client("c"), 0) == 1
     assert after["ws_connections"]["total"] == before["ws_connections"]["total"]
     for _ in range(3):
         await simulator.step()
@@ -242,10 +244,16 @@ async def test_a_forged_record_is_refused_with_a_secret(
             return bool(perp)
 
         await until(published, within=10, what="leader published its perp markets")
+
+        async def pruned() -> bool:
+            return bool((await leader.stats(http))["fleet"]["pruned"])
+
+        # Planted once the leader has dropped what it does not subscribe to from Redis.
+        await until(pruned, within=10, what="leader pruned Redis")
         pubkey = perp[0]
         record = AccountRecord(pubkey, "perp", 10**9, b"\0" * 8)
-        forged = Message("r", pubkey, 10**9, time.time(), 1, "x", record)
-        text = encode(forged, Signer(b"wrong-key", "default"))
+        forged = record_message(record, time.time(), 1, "x")
+        text = encode(forged, Signer(b"wrong-key", "default", CHAIN))
         # Beside the real record, so a joiner's load meets it as well as the channel.
         await redis.hset("driftshare:mainnet:default:records", "forged", text)
         follower = start(simulator, "b", **secret)
@@ -284,7 +292,7 @@ async def test_a_protected_redis_carries_the_fleet_and_its_password_shows_nowher
         scheme = "rediss" if protected_redis.tls else "redis"
         assert stats[1]["fleet"]["redis"].startswith(f"{scheme}://***@127.0.0.1:")
         by_client = simulator.stats()["http_requests"]["by_client"]
-        assert by_client.get(key_client("b"), 0) == 0  # the follower is fed through Redis
+        assert by_client.get(key_client("b"), 0) == 1  # getGenesisHash; the rest via Redis
         for proc, found in zip(procs, stats, strict=True):
             assert REDIS_PASSWORD not in json.dumps(found)
             assert REDIS_PASSWORD not in await proc.metrics(http)
@@ -296,3 +304,21 @@ async def test_a_protected_redis_carries_the_fleet_and_its_password_shows_nowher
         for proc in procs:
             print(f"--- driftshare serve at {proc.url}\n{proc.log_text()[-2000:]}")
             proc.stop()
+
+
+async def test_a_member_of_another_chain_refuses_to_join_with_one_error(
+    simulator_factory: SimulatorFactory, start: Start, http: httpx.AsyncClient
+) -> None:
+    # Two simulators are two chains (each its own genesis hash), sharing one Redis.
+    first, other = await simulator_factory(), await simulator_factory()
+    leader = start(first, "a")
+    await until(lambda: all_ready(http, [leader]), what="leader ready")
+    stranger = start(other, "b")
+    await until(lambda: all_ready(http, [stranger], fleet=False), what="the other member up")
+    fleet = (await stranger.stats(http))["fleet"]
+    assert fleet["role"] == "standalone"
+    assert "another chain" in fleet["refused"]
+    assert (await leader.stats(http))["fleet"]["role"] == "leader"
+    errors = [line for line in stranger.log_text().splitlines() if "another chain" in line]
+    assert len(errors) == 1
+    assert other.stats()["http_requests"]["total"] > 1  # it serves its own chain

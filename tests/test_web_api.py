@@ -308,6 +308,22 @@ async def test_not_ready_before_any_data() -> None:
     assert "not connected" in body["reason"]
 
 
+async def test_not_ready_while_every_market_is_stale(monkeypatch: pytest.MonkeyPatch) -> None:
+    # A fleet follower holding a dead leader's records: its shared client is up and some
+    # account (the State) was confirmed just now, yet every market is served stale.
+    live = LiveState(network="mainnet", simulated=False, rpc_url="http://127.0.0.1:9/")
+    stats = {"initialized": True, "health": "healthy", "last_update_age_s": 0.1}
+    monkeypatch.setattr(live, "manager_stats", lambda: stats)
+    market = MarketData(0, "SOL-PERP", "active", 1.0, 1.0, 0.0, 0.0, 0.0, 0.0, 0.0, 0.0)
+    live.markets = [dataclasses.replace(market, stale=True)]
+    assert live.readiness() == (False, "every market's data is stale")
+    live.markets = [
+        dataclasses.replace(market, stale=True),
+        dataclasses.replace(market, market_index=1),
+    ]
+    assert live.readiness() == (True, "fresh data")
+
+
 async def test_index_page_is_read_from_disk_once(monkeypatch: pytest.MonkeyPatch) -> None:
     live = LiveState(network="mainnet", simulated=True, rpc_url="http://127.0.0.1:9/")
     app = create_app(live)

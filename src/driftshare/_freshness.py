@@ -96,6 +96,8 @@ class Confirmer:
         self.confirmed = 0
         self.repaired: Counter[AccountKind] = Counter()
         self.last_success_at: float | None = None
+        self.last_answer_at: float | None = None
+        """When upstream last answered a read (a round with nothing to read is no answer)."""
         self._missed_rounds: Counter[AccountKind] = Counter()
 
     def check_all(self) -> None:
@@ -153,6 +155,7 @@ class Confirmer:
             )
             for chunk, answer in zip(batch, answers, strict=True):
                 self._settle(chunk, answer, missed)
+            self.last_answer_at = self._clock()
         self.last_success_at = self._clock()
         if not full:
             for kind in _KINDS:
@@ -162,6 +165,7 @@ class Confirmer:
         self, chunk: list[str], answer: dict[str, Any], missed: Counter[AccountKind]
     ) -> None:
         slot, accounts = multiple_accounts(chunk, answer)
+        self._ledger.observe_chain_slot(slot)
         for pubkey, data in accounts:
             entry = self._ledger.get(pubkey)
             if entry is None:
@@ -170,7 +174,7 @@ class Confirmer:
             if data == record.data:
                 if self._ledger.confirm(pubkey, slot):
                     self.confirmed += 1
-            elif slot > record.slot:
+            elif slot > record.slot or self._ledger.impossible(record.slot):
                 missed[record.kind] += 1
                 self.repaired[record.kind] += 1
                 repair = AccountRecord(pubkey, record.kind, slot, data, record.oracle_source)

@@ -13,35 +13,16 @@ import httpx
 from solana.rpc.async_api import AsyncClient
 from solders.keypair import Keypair
 
+from driftshare._tasks import cancel_all
+
 if TYPE_CHECKING:
     from driftshare._fleet import FleetMember
 
-__all__ = ["Generation", "cancel_all", "unsubscribe_fully"]
+__all__ = ["Generation", "unsubscribe_fully"]
 
 log = logging.getLogger(__name__)
 
 _T = TypeVar("_T")
-
-
-_RECANCEL_S = 0.1
-
-
-async def cancel_all(tasks: list[asyncio.Task[Any] | None]) -> None:
-    """Cancel ``tasks`` (never the caller itself) until every one has ended.
-
-    One ``cancel()`` is not enough on Python 3.11: a cancellation that races a timeout
-    (``wait_for``, ``asyncio.timeout``) can surface as a TimeoutError, which a loop's own
-    error handling then takes for an ordinary failure and carries on.
-    """
-    current = asyncio.current_task()
-    pending = [t for t in tasks if t is not None and t is not current]
-    while unfinished := [t for t in pending if not t.done()]:
-        for task in unfinished:
-            task.cancel()
-        await asyncio.wait(unfinished, timeout=_RECANCEL_S)
-    for task in pending:
-        if not task.cancelled():
-            task.exception()  # retrieved: a failure at cancellation is not "never retrieved"
 
 
 async def unsubscribe_fully(subscriber: Any) -> None:
@@ -133,11 +114,17 @@ class Generation:
                 self.old_sessions.pop(0)
 
     async def close(self) -> None:
-        """Cancel every task of this (retired) generation and close what it opened."""
+        """Cancel every task of this (retired) generation and close what it opened.
+
+        Never raises: a later generation waits for this close before it starts.
+        """
         await cancel_all(list(self._tasks))
         fleet, self.fleet = self.fleet, None
         if fleet is not None:
-            await fleet.close()
+            try:
+                await fleet.close()
+            except Exception as exc:  # what follows must still be closed
+                log.warning("closing the fleet membership failed: %r", exc)
         if self.client is not None:
             await unsubscribe_fully(self.client.account_subscriber)
         await self.close_old_sessions()

@@ -23,9 +23,10 @@ from driftpy.types import get_ws_url
 from solana.rpc.websocket_api import connect as ws_connect
 
 from driftshare import _metrics as metrics
-from driftshare._generation import Generation, cancel_all
+from driftshare._generation import Generation
 from driftshare._marketdata import ClientSource, confirmed
 from driftshare._subscription import SubscriptionMode, newest_data_slot
+from driftshare._tasks import cancel_all
 from driftshare._transport import install_transport, retry_after_seconds
 from driftshare.config import redact_text, redact_url
 from driftshare.models import market_name

@@ -11,12 +11,24 @@ from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from typing import Literal
 
-__all__ = ["MARKET_KINDS", "AccountKind", "AccountLedger", "AccountRecord", "LedgerEntry"]
+__all__ = [
+    "FUTURE_SLOTS",
+    "MARKET_KINDS",
+    "AccountKind",
+    "AccountLedger",
+    "AccountRecord",
+    "LedgerEntry",
+]
 
 AccountKind = Literal["perp", "spot", "oracle", "state", "user", "user_stats"]
 
 MARKET_KINDS: frozenset[AccountKind] = frozenset({"perp", "spot", "oracle", "state"})
 """The program-wide accounts every member subscribes; the others belong to one signer."""
+
+FUTURE_SLOTS = 9_000
+"""How far past the newest slot heard from upstream a held slot may be: about an hour of
+slots, far beyond any lag between two RPC providers. A slot further ahead cannot be the
+chain's (a corrupt snapshot, a forged Redis record) and is replaced by live data."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -56,6 +68,27 @@ class AccountLedger:
         self._entries: dict[str, LedgerEntry] = {}
         self._listeners: list[Listener] = []
         self._clock = clock
+        self.chain_slot: int | None = None
+        """The newest slot heard from upstream (None until it answers): bounds every slot."""
+
+    def observe_chain_slot(self, slot: int | None) -> None:
+        """Upstream answered at ``slot``: the chain is at least there (None: forget it, as
+        when this process stops reading upstream and its slot would only age)."""
+        if slot is None:
+            self.chain_slot = None
+            return
+        if self.chain_slot is None or slot > self.chain_slot:
+            self.chain_slot = slot
+
+    @property
+    def ceiling(self) -> int | None:
+        """The newest slot a held value may have, or None while upstream is unheard."""
+        return None if self.chain_slot is None else self.chain_slot + FUTURE_SLOTS
+
+    def impossible(self, slot: int) -> bool:
+        """Whether ``slot`` is past :attr:`ceiling`: no chain value can be there yet."""
+        ceiling = self.ceiling
+        return ceiling is not None and slot > ceiling
 
     def apply(self, record: AccountRecord, *, confirmed_at: float | None = None) -> bool:
         """Store ``record`` unless an entry at a newer slot exists; True when data changed.
@@ -64,6 +97,8 @@ class AccountLedger:
         """
         now = self._clock() if confirmed_at is None else confirmed_at
         entry = self._entries.get(record.pubkey)
+        if entry is not None and self.impossible(entry.confirmed_slot):
+            entry = None  # held at an impossible future slot: the first real value replaces it
         if entry is not None and record.slot < entry.record.slot:
             return False
         changed = entry is None or entry.record.data != record.data
@@ -79,7 +114,9 @@ class AccountLedger:
     def confirm(self, pubkey: str, slot: int, *, confirmed_at: float | None = None) -> bool:
         """Mark ``pubkey`` current as of ``slot`` (its data unchanged); True when it advanced."""
         entry = self._entries.get(pubkey)
-        if entry is None or slot <= entry.confirmed_slot:
+        if entry is None:
+            return False
+        if slot <= entry.confirmed_slot and not self.impossible(entry.confirmed_slot):
             return False
         entry.confirmed_slot = slot
         entry.confirmed_at = self._clock() if confirmed_at is None else confirmed_at

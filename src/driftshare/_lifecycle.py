@@ -270,7 +270,7 @@ class SharedClient:
     async def release(self) -> None:
         closing = self._drop_ref()
         if closing is not None:
-            await asyncio.shield(closing)
+            await asyncio.wait([closing])  # an engine never sees the close's own failure
 
     def close_now(self) -> asyncio.Task[None] | None:
         """Drop every reference and the read lease: the generation closes (shutdown)."""
@@ -386,7 +386,9 @@ class SharedClient:
         settings = self.settings
         try:
             if gen.after is not None:
-                await asyncio.shield(gen.after)
+                # However the previous close ended, it has ended: this start never inherits
+                # its failure.
+                await asyncio.wait([gen.after])
             attempt = 0
             while True:
                 if attempt:
@@ -466,16 +468,29 @@ class SharedClient:
         if gen.client is None:
             self._open(gen)
         if self.settings.share_url is not None and gen.fleet is None:
-            from driftshare._fleet import FleetMember  # redis-py only in a fleet
+            # A fleet shares one chain: its identity is signed into every record and checked
+            # against the group's, so the upstream must say which chain it serves first.
+            try:
+                genesis = (await gen.connection.get_genesis_hash()).value  # type: ignore[union-attr]
+            except Exception:
+                # No chain identity, no fleet: the snapshot answers until the RPC does.
+                await self.load_snapshot()
+                raise
+            gen.check()
+            from driftshare._fleet import Chain, FleetMember  # redis-py only in a fleet
 
             gen.fleet = FleetMember(
                 self.settings,
-                self.network,
+                Chain(self.network, str(genesis), str(gen.client.program_id)),
                 self.ledger,
                 lambda: self._on_fleet_change(gen),
+                data_flows=self.upstream_answers,
+                subscribed=lambda: None if self.tap is None else self.tap.pubkeys(),
             )
             gen.fleet.references = self.refs
             await gen.fleet.join()
+            if gen.fleet.refused is not None:
+                self.last_error = gen.fleet.refused
             if gen.fleet.fallback:
                 # Redis is unreachable at start: the snapshot answers until upstream does.
                 await self.load_snapshot()
@@ -597,6 +612,13 @@ class SharedClient:
         last = self.last_confirmed_at
         return last is not None and time.monotonic() - last <= self.settings.stale_after_s
 
+    def upstream_answers(self) -> bool:
+        """Whether data flows, or upstream answered a read within ``stale_after_s`` (a quiet
+        chain confirms nothing new, yet its RPC answers)."""
+        answered = self.confirmer.last_answer_at
+        recent = answered is not None and time.monotonic() - answered <= self.settings.stale_after_s
+        return self.data_flows() or recent
+
     async def _post_batch(self, batch: list[dict[str, Any]]) -> list[dict[str, Any]]:
         gen = self.gen
         if gen is None or gen.connection is None:
@@ -613,7 +635,7 @@ class SharedClient:
         # Closes run one after another: the latest one ends only when every earlier one has,
         # so a new generation that waits for it never meets a close still under way.
         if previous is not None:
-            await asyncio.shield(previous)
+            await asyncio.wait([previous])  # ended, however: its failure is not this close's
         if gen.client is not None:
             log.info("last reference released: closing the shared %s DriftClient", self.network)
         await gen.close()

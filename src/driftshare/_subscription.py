@@ -311,12 +311,14 @@ class AccountTap:
             self._held.append((record, self._clock()))
 
     def record(self, pubkey: str, data: bytes, slot: int) -> None:
+        self.ledger.observe_chain_slot(slot)
         known = self._kinds.get(pubkey)
         if known is not None:
             self._apply(AccountRecord(pubkey, known[0], slot, bytes(data), known[1]))
 
     def confirm(self, pubkey: str, data: bytes, slot: int) -> None:
         """Confirm ``pubkey`` at ``slot`` if ``data`` is what the ledger holds for it."""
+        self.ledger.observe_chain_slot(slot)
         if self._held is not None:
             self.record(pubkey, data, slot)  # the bytes read at that slot: a record as good
             return

@@ -6,5 +6,6 @@ connection. See :class:`FleetMember`.
 """
 
 from driftshare._fleet._member import FleetMember, Role, standalone_stats
+from driftshare._fleet._records import Chain
 
-__all__ = ["FleetMember", "Role", "standalone_stats"]
+__all__ = ["Chain", "FleetMember", "Role", "standalone_stats"]

@@ -5,12 +5,13 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from typing import Any
+from typing import Any, cast
 
+from redis.asyncio.client import PubSub
 from redis.exceptions import RedisError
 
 from driftshare import _metrics as metrics
-from driftshare._fleet._records import Message, RecordError, Signer, decode
+from driftshare._fleet._records import Message, RecordError, Signer, decode, digest
 from driftshare._fleet._store import FleetStore
 from driftshare._ledger import AccountLedger
 
@@ -27,10 +28,14 @@ for made-up accounts; past this, new ones are refused, so memory stays bounded."
 
 
 class Follower:
-    """Feed a ledger from the group: subscribe first, then load the last values, so no
-    update falls between the two; then apply every published message as it arrives.
+    """Feed a ledger from the group: subscribe (and wait for Redis to acknowledge it), then
+    load the last values, so no update falls between the two; then apply every published
+    message as it arrives.
 
-    Every message is untrusted: malformed or unverifiable ones are dropped and counted.
+    Every message is untrusted: malformed or unverifiable ones are dropped and counted, and
+    a confirmation is applied only to the data it names. The channel is pinged whenever it
+    is quiet: a connection that stops answering (a half-open TCP connection after a NAT
+    drop or a partition) is dropped and subscribed again within ``silence_s``.
     """
 
     def __init__(
@@ -39,6 +44,9 @@ class Follower:
         signer: Signer,
         ledger: AccountLedger,
         network: str,
+        *,
+        silence_s: float,
+        stale_after_s: float,
         max_accounts: int = MAX_ACCOUNTS,
     ):
         self._store = store
@@ -46,6 +54,8 @@ class Follower:
         self._signer = signer
         self._ledger = ledger
         self._network = network
+        self._silence_s = silence_s
+        self._stale_after_s = stale_after_s
         self.ready = asyncio.Event()
         """Set once the last values are read and hold the State account: a client can start."""
         self._loaded = False
@@ -55,42 +65,80 @@ class Follower:
         self.applied = 0
         self.rejected = 0
         self.last_message_at: float | None = None
+        """``time.monotonic()`` of the last message or answer heard on the channel."""
         self._logged_reasons: set[str] = set()
 
     async def run(self) -> None:
-        """Follow until cancelled, resubscribing whenever Redis drops the connection."""
+        """Follow until cancelled, subscribing again whenever the channel fails."""
         while True:
             try:
                 await self._follow()
-            except (RedisError, OSError) as exc:
+            except Exception as exc:  # Redis away or garbage from it: never a dead feed
                 if self.connected:
                     log.warning("fleet channel lost (%s); resubscribing", type(exc).__name__)
+                elif not isinstance(exc, RedisError | OSError):
+                    log.warning("fleet channel failed (%r); resubscribing", exc)
                 self.connected = False
                 await asyncio.sleep(_RETRY_S)
 
     async def _follow(self) -> None:
-        pubsub = self._store.redis.pubsub(ignore_subscribe_messages=True)
+        pubsub = self._store.redis.pubsub()
         self.epoch = 0  # a restarted Redis starts its epochs afresh
         try:
             await pubsub.subscribe(self._store.channel)
+            while (await self._next(pubsub))["type"] != "subscribe":
+                pass  # only its acknowledgement can come first; from then on nothing is missed
             # Applied as they are read: past the account cap, new records are refused.
             async for raw in self._store.records():
                 self.apply(raw)
             async for raw in self._store.confirmations():
                 self.apply(raw)
             self.connected = self._loaded = True
+            self._explain_old_values()
             if any(entry.record.kind == "state" for entry in self._ledger):
                 self.ready.set()
             while True:
-                message: dict[str, Any] | None = await pubsub.get_message(timeout=None)
-                if message is not None and message.get("type") == "message":
+                message = await self._next(pubsub)
+                if message["type"] == "message":
                     self.apply(message["data"])
         finally:
             self.connected = False
             await pubsub.aclose()  # type: ignore[no-untyped-call]
 
-    def apply(self, raw: bytes | str) -> bool:
-        """Verify one stored or published message and apply it; False if it was dropped."""
+    async def _next(self, pubsub: PubSub) -> dict[str, Any]:
+        """The channel's next message or answer; ConnectionError once it is silent (pinged
+        meanwhile) for ``silence_s``."""
+        heard_at = time.monotonic()
+        while True:
+            message = await pubsub.get_message(timeout=self._silence_s / 3)
+            now = time.monotonic()
+            if message is not None:
+                self.last_message_at = now
+                return cast(dict[str, Any], message)
+            if now - heard_at > self._silence_s:
+                raise ConnectionError(f"the fleet channel was silent for {self._silence_s:g}s")
+            await pubsub.ping()
+
+    def _explain_old_values(self) -> None:
+        """Say why a member starting from the group's last values serves them stale."""
+        now = time.monotonic()
+        newest = max((entry.confirmed_at for entry in self._ledger), default=None)
+        if newest is not None and now - newest > self._stale_after_s:
+            log.warning(
+                "fleet: the group's last values were confirmed %.0fs ago: the leader "
+                "publishes nothing current (its upstream may be down); they are served "
+                "stale until it does",
+                now - newest,
+            )
+
+    def apply(self, raw: bytes | str | None) -> bool:
+        """Verify one stored or published message and apply it; False if it was dropped.
+
+        None stands for a stored value too large to have been read.
+        """
+        if raw is None:
+            self._reject("message too large")
+            return False
         try:
             message = decode(raw, self._signer)
         except RecordError as exc:
@@ -104,7 +152,6 @@ class Follower:
         ):
             self._reject(f"more than {self._max_accounts} accounts")
             return False
-        self.last_message_at = time.monotonic()
         self.epoch = max(self.epoch, message.epoch)
         confirmed_at = _local_time(message)
         if record is not None:
@@ -112,6 +159,14 @@ class Follower:
             if self._loaded and record.kind == "state":
                 self.ready.set()
         else:
+            entry = self._ledger.get(message.pubkey)
+            # The bytes decide, not the slot they were read at: two subscriptions read the
+            # same data at different slots.
+            if entry is None or digest(entry.record.data) != message.data_digest:
+                # Not an error: its record may still be on its way (loading races the
+                # channel) or may have lost to newer data. Its own data stays unconfirmed.
+                log.debug("fleet confirmation of other data than held for %s", message.pubkey)
+                return False
             self._ledger.confirm(message.pubkey, message.slot, confirmed_at=confirmed_at)
         self.applied += 1
         metrics.FLEET_RECORDS_APPLIED.labels(self._network).inc()
@@ -130,7 +185,9 @@ def _local_time(message: Message) -> float:
     """The leader's wall time of the message on this process's monotonic clock.
 
     A record loaded from Redis keeps its real age (a dead leader's values are not fresh);
-    a leader clock ahead of ours never makes a value younger than "now".
+    a leader clock ahead of ours never makes a value younger than "now". Ages across hosts
+    are only as good as their clocks' agreement: a leader clock behind by d ages every
+    value by d, one ahead by d hides up to d of real age (keep hosts on NTP).
     """
     age = max(0.0, time.time() - message.wall_time)
     return time.monotonic() - age

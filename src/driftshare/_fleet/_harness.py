@@ -6,6 +6,8 @@ Redis runs without persistence, so a restart starts empty, as a wiped Redis woul
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import os
 import shutil
 import signal
@@ -26,6 +28,7 @@ __all__ = [
     "RedisServer",
     "RedisServerError",
     "ServeProcess",
+    "TcpProxy",
     "TlsFiles",
     "all_ready",
     "free_port",
@@ -69,7 +72,8 @@ class TlsFiles:
 
 
 class RedisServer:
-    """``start()``, ``kill()`` (SIGKILL), ``restart()`` (same port, empty), ``stop()``.
+    """``start()``, ``kill()`` (SIGKILL), ``pause()``/``resume()``, ``restart()`` (same port,
+    empty), ``stop()``.
 
     With ``tls`` it serves TLS only (``rediss://``), with ``password`` it requires AUTH.
     """
@@ -138,8 +142,19 @@ class RedisServer:
         """SIGKILL, as a crash would; wait until it is gone."""
         process, self._process = self._process, None
         if process is not None and process.poll() is None:
+            process.send_signal(signal.SIGCONT)  # a paused one too
             process.kill()
             process.wait()
+
+    def pause(self) -> None:
+        """SIGSTOP: connections stay open and nothing answers, as a hung server would."""
+        if self._process is not None:
+            self._process.send_signal(signal.SIGSTOP)
+
+    def resume(self) -> None:
+        """SIGCONT after :meth:`pause`."""
+        if self._process is not None:
+            self._process.send_signal(signal.SIGCONT)
 
     def restart(self) -> None:
         """Kill and start again on the same port, empty."""
@@ -155,6 +170,85 @@ class RedisServer:
             except subprocess.TimeoutExpired:
                 process.kill()
                 process.wait()
+
+
+class TcpProxy:
+    """A TCP proxy to a loopback port that can fail the way networks do.
+
+    :meth:`cut` silently drops every byte of each connection that has sent a Redis
+    SUBSCRIBE (a half-open pub/sub connection after a NAT drop or a partition: nothing is
+    closed, nothing arrives); other connections and later ones pass. :meth:`down` closes
+    every connection and refuses new ones until :meth:`up`. Runs on the caller's loop.
+    """
+
+    def __init__(self, target_port: int) -> None:
+        self.target_port = target_port
+        self.port = 0
+        self._server: asyncio.Server | None = None
+        self._connections: list[tuple[list[bool], asyncio.StreamWriter, asyncio.StreamWriter]] = []
+
+    def url(self, scheme: str = "redis", path: str = "/0") -> str:
+        return f"{scheme}://127.0.0.1:{self.port}{path}"
+
+    async def start(self, port: int = 0) -> None:
+        """Listen on ``port`` (any free one by default; OSError if it is taken)."""
+        self._server = await asyncio.start_server(self._serve, "127.0.0.1", port or self.port)
+        self.port = self._server.sockets[0].getsockname()[1]
+
+    def cut(self) -> None:
+        """Every connection that has subscribed goes silent for good."""
+        for state, _, _ in self._connections:
+            if state[0]:
+                state[1] = True
+
+    async def down(self) -> None:
+        """Close every connection and stop listening."""
+        if self._server is not None:
+            self._server.close()
+            await self._server.wait_closed()
+            self._server = None
+        for _, downstream, upstream in self._connections:
+            downstream.close()
+            upstream.close()
+        self._connections.clear()
+
+    async def up(self) -> None:
+        """Listen again on the same port."""
+        await self.start(self.port)
+
+    async def _serve(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        try:
+            upstream_reader, upstream_writer = await asyncio.open_connection(
+                "127.0.0.1", self.target_port
+            )
+        except OSError:
+            writer.close()
+            return
+        state = [False, False]  # subscribed, cut
+        self._connections.append((state, writer, upstream_writer))
+        await asyncio.gather(
+            self._pipe(reader, upstream_writer, state, sniff=True),
+            self._pipe(upstream_reader, writer, state, sniff=False),
+            return_exceptions=True,
+        )
+
+    @staticmethod
+    async def _pipe(
+        source: asyncio.StreamReader,
+        sink: asyncio.StreamWriter,
+        state: list[bool],
+        *,
+        sniff: bool,
+    ) -> None:
+        with contextlib.suppress(OSError):
+            while chunk := await source.read(65536):
+                if sniff and b"SUBSCRIBE" in chunk.upper():
+                    state[0] = True
+                if not state[1]:
+                    sink.write(chunk)
+                    await sink.drain()
+        if not state[1]:
+            sink.close()
 
 
 class ServeProcess:

@@ -3,18 +3,21 @@
 One member per shared client. Its loop renews or takes the group's lease, announces the
 member, and decides whether this process runs its own upstream client: the leader does, a
 follower does not, and every member does once Redis has been unreachable for
-``share_fallback_s`` (then it rejoins as soon as Redis answers again).
+``share_fallback_s`` (then it rejoins as soon as Redis answers again). A leader whose own
+data has stopped flowing hands the lease over; a member whose upstream is another chain
+than the group's never joins.
 """
 
 from __future__ import annotations
 
 import asyncio
+import json
 import logging
 import os
 import secrets
 import socket
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Collection, Coroutine
 from contextlib import suppress
 from typing import Any, Literal
 
@@ -26,10 +29,10 @@ from redis.exceptions import RedisError
 from driftshare import _metrics as metrics
 from driftshare._fleet._follower import Follower
 from driftshare._fleet._publisher import Publisher
-from driftshare._fleet._records import Signer
-from driftshare._fleet._store import FleetStore, StoredMember
-from driftshare._generation import cancel_all
+from driftshare._fleet._records import Chain, Signer
+from driftshare._fleet._store import FleetStore, OtherChain, StoredMember
 from driftshare._ledger import AccountLedger
+from driftshare._tasks import cancel_all
 from driftshare.config import Settings, redact_url
 
 __all__ = ["FleetMember", "Role", "standalone_stats"]
@@ -41,21 +44,38 @@ _ROLES: tuple[Role, ...] = ("leader", "follower", "standalone")
 _TICKS_PER_LEASE = 6
 """Lease checks per lease period: a dead leader is replaced within about 7/6 of a lease."""
 _FORGET_AFTER_LEASES = 10
-"""A member silent for this many leases is dropped from the member list."""
+"""A member silent for this many leases is dropped from the member list; the group's chain
+is forgotten this long after its last leader."""
+_HANDOVER_AFTER_LEASES = 2
+"""A leader whose upstream has not answered for this many leases (counted from
+``DRIFT_STALE_AFTER_S`` after it took the lease at the earliest) hands the lease over."""
+_CLOSE_TIMEOUT_LEASES = 0.5
+"""How long leaving waits for Redis before the lease is left to expire by itself."""
 
 
 def standalone_stats() -> dict[str, Any]:
     """The ``fleet`` stats of a process that is in no fleet."""
-    return {"role": "standalone", "epoch": None, "leader": None, "members": []}
+    return {"role": "standalone", "refused": None, "epoch": None, "leader": None, "members": []}
 
 
 class FleetMember:
     """Election, publishing and following for one shared client of ``network``."""
 
     def __init__(
-        self, settings: Settings, network: str, ledger: AccountLedger, on_change: Callable[[], None]
+        self,
+        settings: Settings,
+        chain: Chain,
+        ledger: AccountLedger,
+        on_change: Callable[[], None],
+        *,
+        data_flows: Callable[[], bool] = lambda: True,
+        subscribed: Callable[[], Collection[str] | None] = lambda: None,
     ) -> None:
+        """``chain``: what this member's upstream serves; ``data_flows``: whether its own
+        upstream data is current (asked while leading); ``subscribed``: the accounts its
+        upstream subscription covers (None before there is one)."""
         assert settings.share_url is not None
+        network = chain.network
         self.settings = settings
         self.network = network
         self.group = settings.share_group or "default"
@@ -67,14 +87,24 @@ class FleetMember:
         self.leader: str | None = None
         self.fallback = False
         """Standalone because Redis has been unreachable for ``share_fallback_s``."""
+        self.refused: str | None = None
+        """Why this member did not join (its upstream is another chain than the group's)."""
+        self.chain = chain
         self._on_change = on_change
+        self._data_flows = data_flows
+        self._subscribed = subscribed
+        self._pruned_epoch: int | None = None
+        self._stale_since: float | None = None
+        self._led_at = 0.0
+        self._rest_until = 0.0
+        """After handing the lease over, no bid for it before this (``time.monotonic()``)."""
         self._lease_s = settings.share_lease_s
         self._token: str | None = None
         self._members: list[StoredMember] = []
         self._failing_since: float | None = None
         self._decided = asyncio.Event()
         secret = settings.share_secret
-        signer = Signer(secret.get_secret_value().encode() if secret else None, self.group)
+        signer = Signer(secret.get_secret_value().encode() if secret else None, self.group, chain)
         # No retries inside redis-py: the loop below is the retry, at its own pace.
         options: dict[str, Any] = {
             "socket_connect_timeout": self._lease_s / 2,
@@ -83,12 +113,21 @@ class FleetMember:
         self._redis = Redis.from_url(
             settings.share_url, socket_timeout=self._lease_s / 2, **options
         )
-        # The channel's connection waits for messages as long as none come: no read timeout.
+        # The channel's connection waits for messages as long as none come: no read timeout
+        # (the follower pings it when it is quiet).
         self._channel_redis = Redis.from_url(settings.share_url, socket_timeout=None, **options)
-        self._store = FleetStore(self._redis, network, self.group)
-        channel_store = FleetStore(self._channel_redis, network, self.group)
+        identity = json.dumps([chain.genesis_hash, chain.program_id])
+        self._store = FleetStore(self._redis, network, self.group, identity)
+        channel_store = FleetStore(self._channel_redis, network, self.group, identity)
         self._publisher = Publisher(self._store, signer, self.id, network, self._fenced)
-        self.follower = Follower(channel_store, signer, ledger, network)
+        self.follower = Follower(
+            channel_store,
+            signer,
+            ledger,
+            network,
+            silence_s=self._lease_s,
+            stale_after_s=settings.stale_after_s,
+        )
         self._follow_task: asyncio.Task[None] | None = None
         self._task: asyncio.Task[None] | None = None
         self._wake = asyncio.Event()
@@ -126,29 +165,33 @@ class FleetMember:
         await self.follower.ready.wait()
 
     async def close(self) -> None:
-        """Leave the fleet: stop publishing and following, free the lease for another."""
+        """Leave the fleet: stop publishing and following, free the lease for another.
+
+        Never raises and never waits on Redis for long: with Redis away or paused the lease
+        expires and the member entry ages out by themselves.
+        """
         self._closing = True
         task, self._task = self._task, None
         await cancel_all([task])
         await self._publisher.stop()
         await self._stop_following()
-        # Redis away: the lease expires and the member entry ages out by themselves.
-        with suppress(RedisError, OSError):
-            if self._token is not None:
-                await self._store.release(self._token)
-            await self._store.leave(self.id)
-        self._token = None
-        await self._redis.aclose()
-        await self._channel_redis.aclose()
+        token, self._token = self._token, None
+        await _bounded(self._leave(token), self._lease_s * _CLOSE_TIMEOUT_LEASES)
+        for redis in (self._redis, self._channel_redis):
+            await _bounded(redis.aclose(), self._lease_s * _CLOSE_TIMEOUT_LEASES)
+
+    async def _leave(self, token: str | None) -> None:
+        if token is not None:
+            await self._store.release(token)
+        await self._store.leave(self.id)
 
     # -- the loop ---------------------------------------------------------------------------
 
     async def _run(self) -> None:
         interval = self._lease_s / _TICKS_PER_LEASE
-        while True:
+        while self.refused is None:
             try:
                 await self._tick()
-                self._failing_since = None
             except (
                 Exception
             ) as exc:  # Redis away, or garbage in it: a failed round, never a dead loop
@@ -161,26 +204,105 @@ class FleetMember:
 
     async def _tick(self) -> None:
         store = self._store
-        if self._token is not None and not await store.renew(self._token, self._lease_s):
+        chain_ttl_s = self._lease_s * _FORGET_AFTER_LEASES
+        if self._token is not None and not await store.renew(
+            self._token, self._lease_s, chain_ttl_s
+        ):
             log.warning("fleet lease of %s lost (expired or Redis emptied)", self.id)
             await self._lose_lead()
+        if self._token is not None and self._upstream_dead():
+            await self._hand_over()
+        if self._token is not None and self._pruned_epoch != self.epoch:
+            await self._prune(self._token)
         if self._token is None:
-            epoch = await store.acquire(self.id, self._lease_s)
+            epoch = 0
+            if time.monotonic() >= self._rest_until:
+                try:
+                    epoch = await store.acquire(self.id, self._lease_s, chain_ttl_s)
+                except OtherChain as exc:
+                    await self._refuse(exc.group_chain)
+                    return
+                epoch = epoch or await self._lost_answer()
             if epoch:
                 await self._lead(epoch)
             elif self.role != "follower":
                 self._set_role("follower")
+        # The lease is settled: a failure from here on is no reason to change roles.
+        self._failing_since = None
+        if self.role == "follower" and self._follow_task is not None and self._follow_task.done():
+            self._follow_task = None  # ended by something unforeseen: follow again
+            self._set_role("follower")
         holder = await store.leader()
         self.leader = holder[0] if holder else None
         if holder is not None:
             self.epoch = holder[1]
-        await store.announce(
+        self._members = await store.announce(
             StoredMember(
                 self.id, self.role, socket.gethostname(), os.getpid(), self.references, time.time()
             ),
             self._lease_s * _FORGET_AFTER_LEASES,
         )
-        self._members = await store.members()
+
+    async def _lost_answer(self) -> int:
+        """The epoch of a take-over that Redis carried out but whose answer was lost (it
+        timed out, as after a pause), else 0: left alone, nobody would lead until it
+        expired."""
+        holder = await self._store.leader()
+        return holder[1] if holder is not None and holder[0] == self.id else 0
+
+    def _upstream_dead(self) -> bool:
+        """Whether this leader's own data has not flowed for the hand-over bound."""
+        now = time.monotonic()
+        if self._data_flows() or now - self._led_at < self.settings.stale_after_s:
+            # A new leader has DRIFT_STALE_AFTER_S to subscribe before its silence counts.
+            self._stale_since = None
+        elif self._stale_since is None:
+            self._stale_since = now
+        bound = self._lease_s * _HANDOVER_AFTER_LEASES
+        return self._stale_since is not None and now - self._stale_since > bound
+
+    async def _prune(self, token: str) -> None:
+        """Once per lease, once subscribed: drop what Redis holds of accounts this leader
+        does not subscribe to (a market no longer configured, made-up accounts), so a
+        joining follower neither loads nor counts them."""
+        keep = self._subscribed()
+        if keep is None:
+            return
+        dropped = await self._store.prune(token, keep)
+        self._pruned_epoch = self.epoch
+        if dropped:
+            log.info("fleet: dropped %d accounts no longer subscribed from Redis", dropped)
+
+    async def _hand_over(self) -> None:
+        """Free the lease for a member whose upstream may work, and follow meanwhile."""
+        log.warning(
+            "fleet %s/%s: %s has had no current data for %.0fs: hands the lease over",
+            self.network,
+            self.group,
+            self.id,
+            time.monotonic() - (self._stale_since or 0.0),
+        )
+        token = self._token
+        await self._lose_lead()
+        if token is not None:
+            await self._store.release(token)
+        # Another member bids first; if none does, this one takes it back after the rest.
+        self._rest_until = time.monotonic() + self._lease_s * _HANDOVER_AFTER_LEASES
+        self._set_role("follower")
+
+    async def _refuse(self, group_chain: str) -> None:
+        """This member's upstream is another chain than the group's: stay out, say so once."""
+        self.refused = (
+            f"this member's upstream is another chain ({_describe(self.chain)}) than "
+            f"fleet {self.network}/{self.group}'s ({_describe_stored(group_chain)}): "
+            "not joining; it serves its own upstream alone"
+        )
+        log.error("fleet: %s", self.refused)
+        await self._stop_following()
+        self._set_role("standalone")
+        self._decided.set()
+        with suppress(RedisError, OSError):
+            await self._store.leave(self.id)
 
     async def _failed(self, exc: BaseException) -> None:
         now = time.monotonic()
@@ -199,6 +321,8 @@ class FleetMember:
 
     async def _lead(self, epoch: int) -> None:
         self._token = f"{self.id}|{epoch}"
+        self._stale_since = None
+        self._led_at = time.monotonic()
         self.epoch = epoch
         self.leader = self.id
         self.fallback = False
@@ -219,6 +343,8 @@ class FleetMember:
     def _set_role(self, role: Role) -> None:
         if role == "follower":
             self.fallback = False
+            # No upstream reads from now on: the chain's slot it knew would only grow old.
+            self.ledger.observe_chain_slot(None)
             if self._follow_task is None and not self._closing:
                 self._follow_task = asyncio.create_task(
                     self.follower.run(), name="driftshare-fleet-follow"
@@ -243,6 +369,7 @@ class FleetMember:
         now = time.time()
         return {
             "role": self.role,
+            "refused": self.refused,
             "epoch": self.epoch,
             "leader": self.leader,
             "member": self.id,
@@ -253,10 +380,11 @@ class FleetMember:
             "records_published": self._publisher.published,
             "records_applied": self.follower.applied,
             "records_rejected": self.follower.rejected,
+            "pruned": self.role == "leader" and self._pruned_epoch == self.epoch,
             "members": [
                 {
                     "id": m.id,
-                    "role": m.role,
+                    "role": self._listed_role(m, now),
                     "host": m.host,
                     "pid": m.pid,
                     "references": m.references,
@@ -265,3 +393,33 @@ class FleetMember:
                 for m in self._members
             ],
         }
+
+    def _listed_role(self, member: StoredMember, now: float) -> str:
+        """A member's role as listed: ``gone`` once it has missed a lease period, or when it
+        says it leads but the lease has moved on (it died leading)."""
+        if now - member.seen_at > self._lease_s:
+            return "gone"
+        if member.role == "leader" and self.leader is not None and member.id != self.leader:
+            return "gone"
+        return member.role
+
+
+async def _bounded(step: Coroutine[Any, Any, Any], timeout_s: float) -> None:
+    """Run one step of leaving; whatever it raises or however long it hangs, go on."""
+    try:
+        async with asyncio.timeout(timeout_s):
+            await step
+    except Exception as exc:  # leaving is best effort: Redis expires what is left
+        log.debug("fleet: leaving step failed: %r", exc)
+
+
+def _describe(chain: Chain) -> str:
+    return f"genesis {chain.genesis_hash}, program {chain.program_id}"
+
+
+def _describe_stored(identity: str) -> str:
+    try:
+        genesis, program = json.loads(identity)
+        return f"genesis {genesis}, program {program}"
+    except (ValueError, TypeError):
+        return "unreadable"

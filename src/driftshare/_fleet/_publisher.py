@@ -10,10 +10,10 @@ from collections.abc import Callable
 from redis.exceptions import RedisError
 
 from driftshare import _metrics as metrics
-from driftshare._fleet._records import Message, Signer, encode
-from driftshare._fleet._store import FencedOut, FleetStore, Outgoing, PublishStream
-from driftshare._generation import cancel_all
+from driftshare._fleet._records import Message, Signer, digest, encode, record_message
+from driftshare._fleet._store import NO_CEILING, FencedOut, FleetStore, Outgoing, PublishStream
 from driftshare._ledger import AccountLedger, LedgerEntry
+from driftshare._tasks import cancel_all
 
 __all__ = ["Publisher"]
 
@@ -38,7 +38,8 @@ class Publisher:
     (at the start, or after a failure), updates wait, coalesced per account (only the
     newest record and confirmation), so a slow or absent Redis costs memory bounded by the
     number of accounts, not by time; one task writes what waits in batches and reopens the
-    stream.
+    stream. Records go before confirmations, and nothing goes on the stream while a batch is
+    under way: Redis keeps a confirmation only once it holds the record it names.
     """
 
     def __init__(
@@ -60,12 +61,15 @@ class Publisher:
         self._token: str | None = None
         self._epoch = 0
         self._remove: Callable[[], None] | None = None
+        self._ledger: AccountLedger | None = None
+        self._flushing = False
         self._task: asyncio.Task[None] | None = None
         self.published = 0
 
     def lead(self, ledger: AccountLedger, token: str, epoch: int) -> None:
         """Start publishing as ``token``: everything the ledger holds, then every change."""
         self._token, self._epoch = token, epoch
+        self._ledger = ledger
         if self._remove is None:
             self._remove = ledger.add_listener(self._on_entry)
         # A new lease (first election, failover, Redis restarted empty) repopulates Redis:
@@ -97,9 +101,10 @@ class Publisher:
         # A record is itself a confirmation at its slot: a pending confirmation can go.
         if changed:
             self._pending.pop(("c", entry.record.pubkey), None)
-        if self._stream.ready and not self._pending:
+        if self._stream.ready and not self._pending and not self._flushing:
             token = self._token
-            future = self._stream.publish(token, [self._message(entry, changed, self._epoch)])
+            update = self._message(entry, changed, self._epoch)
+            future = self._stream.publish(token, [update], self._ceiling())
             future.add_done_callback(lambda done: self._written(done, token, key, (entry, changed)))
             return
         self._pending[key] = (entry, changed)
@@ -117,7 +122,7 @@ class Publisher:
             self._pending.setdefault(key, item)
             self._wake.set()
         else:
-            self._count(1)
+            self._count(done.result())
 
     def _lost_lease(self) -> None:
         log.warning("fleet lease lost: this member stops publishing")
@@ -125,24 +130,25 @@ class Publisher:
         self._pending.clear()
         self._on_fenced()
 
+    def _ceiling(self) -> int:
+        ceiling = None if self._ledger is None else self._ledger.ceiling
+        return NO_CEILING if ceiling is None else ceiling
+
     def _count(self, published: int) -> None:
         self.published += published
         metrics.FLEET_RECORDS_PUBLISHED.labels(self._network).inc(published)
 
     def _message(self, entry: LedgerEntry, changed: bool, token_epoch: int) -> Outgoing:
         record = entry.record
-        slot = record.slot if changed else entry.confirmed_slot
         wall = time.time() - max(0.0, time.monotonic() - entry.confirmed_at)
-        message = Message(
-            "r" if changed else "c",
-            record.pubkey,
-            slot,
-            wall,
-            token_epoch,
-            self._member,
-            record if changed else None,
-        )
-        return Outgoing(message.type, record.pubkey, slot, encode(message, self._signer))
+        if changed:
+            message = record_message(record, wall, token_epoch, self._member)
+        else:
+            message = Message(
+                "c", record.pubkey, entry.confirmed_slot, wall, token_epoch, self._member,
+                None, record.slot, digest(record.data),
+            )  # fmt: skip
+        return Outgoing.of(message, encode(message, self._signer))
 
     async def _run(self) -> None:
         while True:
@@ -150,11 +156,13 @@ class Publisher:
             self._wake.clear()
             while self._pending and self._token is not None:
                 token = self._token
-                keys = list(self._pending)[:_BATCH]
+                # Every record first: a confirmation is stored only after its record.
+                keys = sorted(self._pending, key=lambda key: key[0] != "r")[:_BATCH]
                 batch = [self._pending.pop(key) for key in keys]
                 updates = [self._message(entry, changed, self._epoch) for entry, changed in batch]
+                self._flushing = True
                 try:
-                    await self._store.publish(token, updates)
+                    kept = await self._store.publish(token, updates, self._ceiling())
                 except FencedOut:
                     self._lost_lease()
                     break
@@ -164,7 +172,9 @@ class Publisher:
                         self._pending.setdefault(key, item)
                     await asyncio.sleep(_RETRY_S)
                     continue
-                self._count(len(updates))
+                finally:
+                    self._flushing = False
+                self._count(kept)
             if self._token is not None and not self._stream.ready:
                 await self._open_stream()
 

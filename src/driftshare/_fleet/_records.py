@@ -1,16 +1,19 @@
-"""The fleet's wire format: one JSON message per account update or confirmation, signed.
+"""The fleet's wire format: one signed message per account update or confirmation.
 
-Everything read back from Redis is untrusted: :func:`decode` checks every field and, with a
-secret, the HMAC-SHA256 signature before anything reaches a ledger.
+A message is ``<signature>.<JSON>``. The signature (HMAC-SHA256, empty without a secret)
+covers the JSON text as sent and the group's context: the group, the network, the chain's
+genesis hash and the Drift program id. Everything read back from Redis is untrusted:
+:func:`decode` checks the size, then the signature, and only then parses, so with a secret
+nothing unsigned is ever parsed; any parse failure is one :class:`RecordError`.
 """
 
 from __future__ import annotations
 
 import base64
-import binascii
 import hashlib
 import hmac
 import json
+import math
 from dataclasses import dataclass
 from typing import Any, Literal, get_args
 
@@ -18,17 +21,32 @@ from solders.pubkey import Pubkey
 
 from driftshare._ledger import AccountKind, AccountRecord
 
-__all__ = ["MAX_MESSAGE_BYTES", "Message", "RecordError", "Signer", "decode", "encode"]
+__all__ = [
+    "MAX_MESSAGE_BYTES",
+    "Chain",
+    "Message",
+    "RecordError",
+    "Signer",
+    "decode",
+    "digest",
+    "encode",
+]
 
 MAX_MESSAGE_BYTES = 1 << 20
 """Larger than any Drift account (a few KiB) base64-encoded; anything bigger is refused."""
 
-_VERSION = 1
+_VERSION = 2
 _KINDS: tuple[str, ...] = get_args(AccountKind)
 _MAX_SOURCE_LEN = 64
+_MAX_BRACKETS = 4
+"""A message is one flat JSON object: more brackets than this is nesting, refused unparsed
+(deeply nested JSON exhausts the parser's recursion)."""
+_MAX_INT = (1 << 63) - 1
+"""Slots and epochs are u64 on chain and in Redis's Lua; anything larger is made up."""
+_DIGEST_CHARS = 32
 
 MessageType = Literal["r", "c"]
-"""``r``: an account's data at a slot; ``c``: a confirmation that the data is current."""
+"""``r``: an account's data at a slot; ``c``: a confirmation that this data is current."""
 
 
 class RecordError(ValueError):
@@ -36,67 +54,99 @@ class RecordError(ValueError):
 
 
 @dataclass(frozen=True, slots=True)
+class Chain:
+    """Which chain a fleet shares: records of another chain must never verify here."""
+
+    network: str
+    genesis_hash: str
+    program_id: str
+
+
+@dataclass(frozen=True, slots=True)
 class Message:
-    """One published update: a record (``type == "r"``) or a confirmation (``"c"``)."""
+    """One published update: a record (``type == "r"``) or a confirmation (``"c"``).
+
+    A confirmation names the data it confirms (``data_slot`` and ``data_digest``): a
+    follower or Redis holding other bytes for the account does not take it.
+    """
 
     type: MessageType
     pubkey: str
     slot: int
+    """The record's slot, or the slot a confirmation confirms the data at."""
     wall_time: float
     """``time.time()`` at the leader when the slot was learnt (for the account's age)."""
     epoch: int
     member: str
     record: AccountRecord | None = None
     """Set for ``type == "r"``."""
+    data_slot: int = 0
+    """The confirmed record's slot (a record's own slot for ``type == "r"``)."""
+    data_digest: str = ""
+    """:func:`digest` of the confirmed (or carried) data."""
+
+
+def digest(data: bytes) -> str:
+    """A short SHA-256 of account data: what a confirmation names."""
+    return hashlib.sha256(data).hexdigest()[:_DIGEST_CHARS]
+
+
+def record_message(record: AccountRecord, wall_time: float, epoch: int, member: str) -> Message:
+    """The message carrying ``record``."""
+    slot = record.slot
+    return Message(
+        "r", record.pubkey, slot, wall_time, epoch, member, record, slot, digest(record.data)
+    )
 
 
 class Signer:
-    """HMAC-SHA256 over a message's fields and the group; without a key, signs nothing."""
+    """HMAC-SHA256 over a message's text and the group's context; without a key, none."""
 
-    def __init__(self, key: bytes | None, group: str) -> None:
+    def __init__(self, key: bytes | None, group: str, chain: Chain) -> None:
         self._key = key
-        self._group = group
+        # Signed with every message: a record cannot be replayed into another group,
+        # network or chain (Drift's addresses are the same on mainnet and devnet).
+        self._context = json.dumps(
+            [group, chain.network, chain.genesis_hash, chain.program_id], separators=(",", ":")
+        ).encode()
 
     @property
     def enabled(self) -> bool:
         return self._key is not None
 
-    def sign(self, fields: list[Any]) -> str | None:
+    def sign(self, payload: bytes) -> str:
         if self._key is None:
-            return None
-        # The group is signed too, so a record cannot be replayed into another group.
-        canonical = json.dumps([self._group, *fields], separators=(",", ":")).encode()
-        return hmac.new(self._key, canonical, hashlib.sha256).hexdigest()
+            return ""
+        return hmac.new(self._key, self._context + b"\n" + payload, hashlib.sha256).hexdigest()
 
-    def verify(self, fields: list[Any], signature: object) -> bool:
-        expected = self.sign(fields)
-        if expected is None:
+    def verify(self, payload: bytes, signature: bytes) -> bool:
+        if self._key is None:
             return True
-        return isinstance(signature, str) and hmac.compare_digest(expected, signature)
-
-
-def _fields(raw: dict[str, Any]) -> list[Any]:
-    return [raw["v"], raw["t"], raw["p"], raw["k"], raw["s"], raw["o"], raw["d"], raw["w"],
-            raw["e"], raw["m"]]  # fmt: skip
+        return hmac.compare_digest(self.sign(payload).encode(), signature)
 
 
 def encode(message: Message, signer: Signer) -> str:
-    """``message`` as the JSON text stored in Redis and published on the channel."""
+    """``message`` as the text stored in Redis and published on the channel."""
     record = message.record
     raw: dict[str, Any] = {
         "v": _VERSION,
         "t": message.type,
         "p": message.pubkey,
-        "k": record.kind if record else None,
         "s": message.slot,
-        "o": record.oracle_source if record else None,
-        "d": base64.b64encode(record.data).decode() if record else None,
         "w": message.wall_time,
         "e": message.epoch,
         "m": message.member,
     }
-    raw["h"] = signer.sign(_fields(raw))
-    return json.dumps(raw, separators=(",", ":"))
+    if record is not None:
+        raw |= {
+            "k": record.kind,
+            "o": record.oracle_source,
+            "d": base64.b64encode(record.data).decode(),
+        }
+    else:
+        raw |= {"ds": message.data_slot, "dh": message.data_digest}
+    payload = json.dumps(raw, separators=(",", ":"))
+    return signer.sign(payload.encode()) + "." + payload
 
 
 def _require(ok: bool, what: str) -> None:
@@ -105,43 +155,56 @@ def _require(ok: bool, what: str) -> None:
 
 
 def decode(text: str | bytes, signer: Signer) -> Message:
-    """Parse and verify one message; :class:`RecordError` says what is wrong with it."""
-    _require(len(text) <= MAX_MESSAGE_BYTES, "message too large")
+    """Check and parse one message; :class:`RecordError` says what is wrong with it."""
+    raw_bytes = text.encode(errors="surrogateescape") if isinstance(text, str) else text
+    _require(len(raw_bytes) <= MAX_MESSAGE_BYTES, "message too large")
+    signature, dot, payload = raw_bytes.partition(b".")
+    _require(bool(dot) and len(signature) <= 64, "not a fleet message")
+    _require(signer.verify(payload, signature), "bad signature")
+    _require(payload.count(b"{") + payload.count(b"[") <= _MAX_BRACKETS, "nested JSON")
     try:
-        raw = json.loads(text)
-    except (ValueError, UnicodeDecodeError):
-        raise RecordError("not JSON") from None
+        return _parse(json.loads(payload))
+    except RecordError:
+        raise
+    except Exception:  # any other failure on untrusted input is one malformed message
+        raise RecordError("malformed message") from None
+
+
+def _is_int(value: object) -> bool:
+    return type(value) is int and 0 <= value <= _MAX_INT
+
+
+def _parse(raw: Any) -> Message:
     _require(isinstance(raw, dict), "not a JSON object")
-    try:
-        fields = _fields(raw)
-    except KeyError as exc:
-        raise RecordError(f"missing field {exc.args[0]!r}") from None
-    _require(raw["v"] == _VERSION, "unknown version")
-    _require(signer.verify(fields, raw.get("h")), "bad signature")
-    kind, slot, wall, epoch = raw["k"], raw["s"], raw["w"], raw["e"]
-    _require(raw["t"] in ("r", "c"), "unknown message type")
-    _require(isinstance(slot, int) and not isinstance(slot, bool) and slot >= 0, "bad slot")
-    _require(isinstance(epoch, int) and not isinstance(epoch, bool) and epoch >= 0, "bad epoch")
-    _require(isinstance(wall, int | float) and not isinstance(wall, bool), "bad time")
-    _require(isinstance(raw["m"], str) and len(raw["m"]) <= 200, "bad member")
-    pubkey = raw["p"]
+    _require(raw.get("v") == _VERSION, "unknown version")
+    kind = raw.get("t")
+    slot, wall, epoch, member = raw.get("s"), raw.get("w"), raw.get("e"), raw.get("m")
+    _require(kind in ("r", "c"), "unknown message type")
+    _require(_is_int(slot), "bad slot")
+    _require(_is_int(epoch), "bad epoch")
+    _require(type(wall) in (int, float) and math.isfinite(wall), "bad time")
+    _require(isinstance(member, str) and len(member) <= 200, "bad member")
+    pubkey = raw.get("p")
     try:
         _require(isinstance(pubkey, str) and str(Pubkey.from_string(pubkey)) == pubkey, "")
     except ValueError:
         raise RecordError("bad pubkey") from None
-    record = None
-    if raw["t"] == "r":
-        _require(kind in _KINDS, "bad account kind")
-        source = raw["o"]
-        _require(
-            source is None
-            or (isinstance(source, str) and source.isalnum() and len(source) <= _MAX_SOURCE_LEN),
-            "bad oracle source",
-        )
-        _require((source is not None) == (kind == "oracle"), "oracle source mismatch")
-        try:
-            data = base64.b64decode(raw["d"], validate=True)
-        except (TypeError, binascii.Error):
-            raise RecordError("bad data") from None
-        record = AccountRecord(pubkey, kind, slot, data, source)
-    return Message(raw["t"], pubkey, slot, float(wall), epoch, raw["m"], record)
+    if kind == "c":
+        data_slot, data_digest = raw.get("ds"), raw.get("dh")
+        _require(_is_int(data_slot) and data_slot <= slot, "bad data slot")
+        _require(isinstance(data_digest, str) and len(data_digest) == _DIGEST_CHARS, "bad digest")
+        return Message("c", pubkey, slot, float(wall), epoch, member, None, data_slot, data_digest)
+    account_kind, source = raw.get("k"), raw.get("o")
+    _require(account_kind in _KINDS, "bad account kind")
+    _require(
+        source is None
+        or (isinstance(source, str) and source.isalnum() and len(source) <= _MAX_SOURCE_LEN),
+        "bad oracle source",
+    )
+    _require((source is not None) == (account_kind == "oracle"), "oracle source mismatch")
+    try:
+        data = base64.b64decode(raw.get("d"), validate=True)
+    except Exception:
+        raise RecordError("bad data") from None
+    record = AccountRecord(pubkey, account_kind, slot, data, source)
+    return record_message(record, float(wall), epoch, member)

@@ -3,7 +3,8 @@
 Keys of a group (``driftshare:<network>:<group>:``): ``lease`` (``member|epoch``, with a TTL),
 ``epoch`` (the INCR fencing counter), ``records`` and ``slots`` (each account's newest
 message and its slot), ``confirms`` (each account's newest confirmation), ``members``
-(member id → JSON of who it is) and the pub/sub channel ``updates``. No secret goes into a
+(member id → JSON of who it is), ``chain`` (the group's genesis hash and program id) and
+the pub/sub channel ``updates``. No secret goes into a
 name.
 """
 
@@ -13,7 +14,8 @@ import asyncio
 import collections
 import dataclasses
 import json
-from collections.abc import AsyncIterator, Sequence
+import math
+from collections.abc import AsyncIterator, Collection, Sequence
 from contextlib import suppress
 from dataclasses import dataclass
 from typing import Any
@@ -22,15 +24,31 @@ from redis.asyncio import Redis
 from redis.asyncio.connection import AbstractConnection
 from redis.exceptions import RedisError
 
-from driftshare._generation import cancel_all
+from driftshare._fleet._records import MAX_MESSAGE_BYTES, Message
+from driftshare._tasks import cancel_all
 
-__all__ = ["FencedOut", "FleetStore", "Outgoing", "PublishStream", "StoredMember"]
+__all__ = [
+    "NO_CEILING",
+    "FencedOut",
+    "FleetStore",
+    "OtherChain",
+    "Outgoing",
+    "PublishStream",
+    "StoredMember",
+]
 
 # Take the lease if nobody holds it; the epoch counter fences out every earlier holder.
+# ARGV: member, lease ms, the member's chain, how long the chain outlives its last leader.
+# A member of another chain than the group's (while the group lives) is refused: -1.
 _ACQUIRE = """
+local chain = redis.call('GET', KEYS[3])
+if chain and chain ~= ARGV[3] then
+  return -1
+end
 if redis.call('SET', KEYS[1], ARGV[1], 'NX', 'PX', ARGV[2]) then
   local epoch = redis.call('INCR', KEYS[2])
   redis.call('SET', KEYS[1], ARGV[1] .. '|' .. epoch, 'PX', ARGV[2])
+  redis.call('SET', KEYS[3], ARGV[3], 'PX', ARGV[4])
   return epoch
 end
 return 0
@@ -38,6 +56,7 @@ return 0
 
 _RENEW = """
 if redis.call('GET', KEYS[1]) == ARGV[1] then
+  redis.call('PEXPIRE', KEYS[2], ARGV[3])
   return redis.call('PEXPIRE', KEYS[1], ARGV[2])
 end
 return 0
@@ -50,25 +69,47 @@ end
 return 0
 """
 
-# ARGV: token, channel, then (type, pubkey, slot, message) per update. A record replaces the
-# stored one only at a newer slot, a confirmation likewise; only what is kept is published.
-# A token that is not the current lease (a stale epoch) writes nothing.
+# ARGV: token, channel, ceiling, then (type, pubkey, slot, digest, message) per
+# update. The same rules as AccountLedger's: a record replaces the stored one at a newer
+# slot, or at the same slot with other data; a confirmation is kept only when it names the
+# stored record's data (its digest), at or after its slot, and is newer than the stored
+# confirmation. A stored
+# slot past ``ceiling`` (the chain's slot plus a margin) is impossible: it counts as none.
+# Only what is kept is published; a token that is not the current lease writes nothing.
 _PUBLISH = """
 if redis.call('GET', KEYS[1]) ~= ARGV[1] then
   return -1
 end
+local ceiling = tonumber(ARGV[3])
 local kept = 0
-for i = 3, #ARGV, 4 do
-  local kind, pubkey, slot, message = ARGV[i], ARGV[i + 1], tonumber(ARGV[i + 2]), ARGV[i + 3]
-  local slots = kind == 'r' and KEYS[3] or KEYS[4]
-  local stored = tonumber(redis.call('HGET', slots, pubkey) or '-1')
-  if slot > stored then
-    redis.call('HSET', slots, pubkey, ARGV[i + 2])
-    if kind == 'r' then
+for i = 4, #ARGV, 5 do
+  local kind, pubkey, slot = ARGV[i], ARGV[i + 1], tonumber(ARGV[i + 2])
+  local digest, message = ARGV[i + 3], ARGV[i + 4]
+  local stored = tonumber(redis.call('HGET', KEYS[3], pubkey) or '')
+  if stored == nil or stored > ceiling then
+    stored = -1
+  end
+  local stored_digest = redis.call('HGET', KEYS[4], pubkey)
+  local keep
+  if kind == 'r' then
+    keep = slot > stored or (slot == stored and stored_digest ~= digest)
+    if keep then
+      redis.call('HSET', KEYS[3], pubkey, ARGV[i + 2])
+      redis.call('HSET', KEYS[4], pubkey, digest)
       redis.call('HSET', KEYS[2], pubkey, message)
-    else
-      redis.call('HSET', KEYS[5], pubkey, message)
+      redis.call('HDEL', KEYS[5], pubkey)
+      redis.call('HDEL', KEYS[6], pubkey)
     end
+  else
+    local confirmed = tonumber(redis.call('HGET', KEYS[5], pubkey) or '') or -1
+    keep = digest == stored_digest and slot >= stored and slot > confirmed
+      and slot <= ceiling
+    if keep then
+      redis.call('HSET', KEYS[5], pubkey, ARGV[i + 2])
+      redis.call('HSET', KEYS[6], pubkey, message)
+    end
+  end
+  if keep then
     redis.call('PUBLISH', ARGV[2], message)
     kept = kept + 1
   end
@@ -76,23 +117,82 @@ end
 return kept
 """
 
+# ARGV: token, then every account the leader subscribes to: every other account's record,
+# confirmation and slots are dropped. How many were dropped; -1 for a stale token.
+_PRUNE = """
+if redis.call('GET', KEYS[1]) ~= ARGV[1] then
+  return -1
+end
+local keep = {}
+for i = 2, #ARGV do
+  keep[ARGV[i]] = true
+end
+local dropped = 0
+for _, pubkey in ipairs(redis.call('HKEYS', KEYS[2])) do
+  if not keep[pubkey] then
+    for k = 2, #KEYS do
+      redis.call('HDEL', KEYS[k], pubkey)
+    end
+    dropped = dropped + 1
+  end
+end
+return dropped
+"""
+
+# One HSCAN page: the cursor, then field and value pairs, each value longer than ARGV[3]
+# bytes replaced by false (nil to the client): whoever can write to Redis must not make a
+# reader download a huge value.
+_SCAN = """
+local page = redis.call('HSCAN', KEYS[1], ARGV[1], 'COUNT', ARGV[2])
+local found = {page[1]}
+local limit = tonumber(ARGV[3])
+for i = 1, #page[2], 2 do
+  local value = page[2][i + 1]
+  found[#found + 1] = page[2][i]
+  if #value <= limit then
+    found[#found + 1] = value
+  else
+    found[#found + 1] = false
+  end
+end
+return found
+"""
 
 _SCAN_PAGE = 512
 """Hash fields asked for per HSCAN call."""
+_MAX_MEMBER_BYTES = 4096
+"""A member entry is a few hundred bytes; a longer one is garbage, skipped unread."""
+NO_CEILING = 1 << 53
+"""The publish ceiling while the chain's slot is unknown: Lua's numbers are exact below it."""
 
 
 class FencedOut(Exception):
     """The member's lease is gone or superseded: its writes were refused."""
 
 
+class OtherChain(Exception):
+    """The group shares another chain than this member's upstream."""
+
+    def __init__(self, group_chain: str) -> None:
+        super().__init__(group_chain)
+        self.group_chain = group_chain
+
+
 @dataclass(frozen=True, slots=True)
 class Outgoing:
-    """One message for :meth:`FleetStore.publish`."""
+    """One message for :meth:`FleetStore.publish`: what Lua needs to know of it, and its text."""
 
     type: str
     pubkey: str
     slot: int
+    digest: str
+    """Of the data the message carries or confirms."""
     message: str
+
+    @classmethod
+    def of(cls, message: Message, text: str) -> Outgoing:
+        """``message``, encoded as ``text``."""
+        return cls(message.type, message.pubkey, message.slot, message.data_digest, text)
 
 
 @dataclass(frozen=True, slots=True)
@@ -108,16 +208,23 @@ class StoredMember:
 
 
 class FleetStore:
-    """One group's keys in one Redis, through redis-py's asyncio client."""
+    """One group's keys in one Redis, through redis-py's asyncio client.
 
-    def __init__(self, redis: Redis, network: str, group: str) -> None:
+    ``chain`` identifies the chain this member's upstream serves (genesis hash and program
+    id): the group keeps the first leader's while any member of it lives.
+    """
+
+    def __init__(self, redis: Redis, network: str, group: str, chain: str = "") -> None:
         self.redis = redis
+        self.chain = chain
         prefix = f"driftshare:{network}:{group}:"
         self.channel = prefix + "updates"
         self._lease = prefix + "lease"
         self._epoch = prefix + "epoch"
+        self._chain = prefix + "chain"
         self._records = prefix + "records"
         self._slots = prefix + "slots"
+        self._digests = prefix + "digests"
         self._confirm_slots = prefix + "confirm-slots"
         self._confirms = prefix + "confirms"
         self._members = prefix + "members"
@@ -125,16 +232,24 @@ class FleetStore:
         self._renew = redis.register_script(_RENEW)
         self._release = redis.register_script(_RELEASE)
         self._publish = redis.register_script(_PUBLISH)
+        self._scan_script = redis.register_script(_SCAN)
+        self._prune = redis.register_script(_PRUNE)
 
-    async def acquire(self, member: str, lease_s: float) -> int:
-        """The new epoch if ``member`` took the free lease, else 0."""
-        return int(
-            await self._acquire(keys=[self._lease, self._epoch], args=[member, _ms(lease_s)])
-        )
+    async def acquire(self, member: str, lease_s: float, chain_ttl_s: float) -> int:
+        """The new epoch if ``member`` took the free lease, else 0.
 
-    async def renew(self, token: str, lease_s: float) -> bool:
+        :class:`OtherChain` when the group shares another chain than :attr:`chain`.
+        """
+        args: list[str | int] = [member, _ms(lease_s), self.chain, _ms(chain_ttl_s)]
+        epoch = int(await self._acquire(keys=[self._lease, self._epoch, self._chain], args=args))
+        if epoch < 0:
+            raise OtherChain(_text(await self.redis.get(self._chain) or b""))
+        return epoch
+
+    async def renew(self, token: str, lease_s: float, chain_ttl_s: float) -> bool:
         """Extend the lease held as ``token`` (``member|epoch``); False if it is not held."""
-        return bool(await self._renew(keys=[self._lease], args=[token, _ms(lease_s)]))
+        args: list[str | int] = [token, _ms(lease_s), _ms(chain_ttl_s)]
+        return bool(await self._renew(keys=[self._lease, self._chain], args=args))
 
     async def release(self, token: str) -> None:
         await self._release(keys=[self._lease], args=[token])
@@ -147,56 +262,73 @@ class FleetStore:
         member, _, epoch = _text(value).rpartition("|")
         return (member, int(epoch)) if epoch.isascii() and epoch.isdigit() else None
 
-    async def publish(self, token: str, updates: Sequence[Outgoing]) -> int:
-        """Store and publish ``updates`` fenced by ``token``; how many were newer than stored.
+    async def publish(
+        self, token: str, updates: Sequence[Outgoing], ceiling: int = NO_CEILING
+    ) -> int:
+        """Store and publish ``updates`` fenced by ``token``; how many were kept.
 
         :class:`FencedOut` when ``token`` no longer holds the lease.
         """
-        keys, args = self._publish_call(token, updates)
+        keys, args = self._publish_call(token, updates, ceiling)
         return _kept(await self._publish(keys=keys, args=args), token)
 
-    def _publish_call(self, token: str, updates: Sequence[Outgoing]) -> tuple[list[str], list[Any]]:
-        args: list[Any] = [token, self.channel]
-        for update in updates:
-            args += [update.type, update.pubkey, update.slot, update.message]
-        keys = [self._lease, self._records, self._slots, self._confirm_slots, self._confirms]
-        return keys, args
+    def _publish_call(
+        self, token: str, updates: Sequence[Outgoing], ceiling: int
+    ) -> tuple[list[str], list[Any]]:
+        args: list[Any] = [token, self.channel, ceiling]
+        for u in updates:
+            args += [u.type, u.pubkey, u.slot, u.digest, u.message]
+        keys = [self._lease, self._records, self._slots, self._digests]
+        return [*keys, self._confirm_slots, self._confirms], args
 
-    def records(self) -> AsyncIterator[bytes]:
-        """Every stored record (raw, untrusted), page by page."""
-        return self._scan(self._records)
+    async def prune(self, token: str, keep: Collection[str]) -> int:
+        """Drop every stored account but ``keep`` (fenced by ``token``); how many went."""
+        keys = [self._records, self._slots, self._digests, self._confirm_slots, self._confirms]
+        return _kept(await self._prune(keys=[self._lease, *keys], args=[token, *keep]), token)
 
-    def confirmations(self) -> AsyncIterator[bytes]:
-        """Every stored confirmation (raw, untrusted), page by page."""
-        return self._scan(self._confirms)
-
-    async def _scan(self, key: str) -> AsyncIterator[bytes]:
-        # Paged, not read whole: a hash grown by whoever can write to Redis then costs a
-        # reader one page at a time. What changes meanwhile also arrives on the channel.
-        async for _, value in self.redis.hscan_iter(key, count=_SCAN_PAGE):
+    async def records(self) -> AsyncIterator[bytes | None]:
+        """Every stored record (raw, untrusted; None for one too large to read), by pages."""
+        async for _, value in self._scan(self._records, MAX_MESSAGE_BYTES):
             yield value
 
-    async def announce(self, member: StoredMember, forget_after_s: float) -> None:
-        """Record ``member`` as seen now; drop members silent for ``forget_after_s``."""
+    async def confirmations(self) -> AsyncIterator[bytes | None]:
+        """Every stored confirmation, like :meth:`records`."""
+        async for _, value in self._scan(self._confirms, MAX_MESSAGE_BYTES):
+            yield value
+
+    async def _scan(self, key: str, limit: int) -> AsyncIterator[tuple[bytes, bytes | None]]:
+        # Paged, not read whole, and each value checked for size in Redis: a hash grown by
+        # whoever can write to Redis costs a reader one bounded page at a time. What
+        # changes meanwhile also arrives on the channel.
+        cursor: bytes | int = 0
+        while True:
+            page = await self._scan_script(keys=[key], args=[cursor, _SCAN_PAGE, limit])
+            cursor = page[0]
+            for i in range(1, len(page) - 1, 2):
+                yield page[i], page[i + 1]
+            if int(cursor) == 0:
+                return
+
+    async def announce(self, member: StoredMember, forget_after_s: float) -> list[StoredMember]:
+        """Record ``member`` as seen now; every other member that is not gone.
+
+        Dropped from Redis: entries silent for ``forget_after_s``, entries dated that far
+        in the future (a wrong clock) and entries that are not a member at all.
+        """
         await self.redis.hset(self._members, member.id, json.dumps(dataclasses.asdict(member)))
-        for stored in await self.members():
-            if member.seen_at - stored.seen_at > forget_after_s:
-                await self.redis.hdel(self._members, stored.id)
+        found, forget = [], []
+        async for field, raw in self._scan(self._members, _MAX_MEMBER_BYTES):
+            stored = _member(raw)
+            if stored is None or abs(member.seen_at - stored.seen_at) > forget_after_s:
+                forget.append(field)
+            else:
+                found.append(stored)
+        if forget:
+            await self.redis.hdel(self._members, *forget)
+        return sorted(found, key=lambda m: m.id)
 
     async def leave(self, member_id: str) -> None:
         await self.redis.hdel(self._members, member_id)
-
-    async def members(self) -> list[StoredMember]:
-        """Every member that announced itself (malformed entries skipped)."""
-        found = []
-        for raw in (await self.redis.hgetall(self._members)).values():
-            try:
-                member = StoredMember(**json.loads(raw))
-            except (ValueError, TypeError):
-                continue
-            if _well_typed(member):
-                found.append(member)
-        return sorted(found, key=lambda m: m.id)
 
 
 class PublishStream:
@@ -231,7 +363,9 @@ class PublishStream:
         self.broken = False
         self._reader = asyncio.create_task(self._read(connection), name="driftshare-fleet-replies")
 
-    def publish(self, token: str, updates: Sequence[Outgoing]) -> asyncio.Future[int]:
+    def publish(
+        self, token: str, updates: Sequence[Outgoing], ceiling: int = NO_CEILING
+    ) -> asyncio.Future[int]:
         """Write the fenced publish of ``updates`` now; the future gets what
         :meth:`FleetStore.publish` returns or raises. Only while :attr:`ready`."""
         future: asyncio.Future[int] = asyncio.get_running_loop().create_future()
@@ -242,7 +376,7 @@ class PublishStream:
             self.broken = True
             future.set_exception(ConnectionError("the fleet's publish stream is closed"))
             return future
-        keys, args = self._store._publish_call(token, updates)
+        keys, args = self._store._publish_call(token, updates, ceiling)
         sha = self._store._publish.sha
         writer.writelines(connection.pack_command("EVALSHA", sha, len(keys), *keys, *args))
         self._waiting.append((future, token))
@@ -279,9 +413,13 @@ class PublishStream:
         await cancel_all([reader])
         self._fail(ConnectionError("the fleet's publish stream was closed"))
         if connection is not None:
-            # Replies may still be due on it: it is not given back to the pool.
+            # Replies may still be due on it: disconnected, then given back to the pool
+            # (which reconnects it when next used), or each reopen would keep a slot.
             with suppress(RedisError, OSError):
                 await connection.disconnect(nowait=True)
+            # KeyError: a pool reset meanwhile has forgotten it already.
+            with suppress(KeyError, RedisError, OSError):
+                await self._store.redis.connection_pool.release(connection)
 
 
 def _kept(reply: Any, token: str) -> int:
@@ -291,13 +429,21 @@ def _kept(reply: Any, token: str) -> int:
     return kept
 
 
-def _well_typed(member: StoredMember) -> bool:
-    """Whether a member entry read from Redis (untrusted) has the types it claims."""
-    return (
+def _member(raw: bytes | None) -> StoredMember | None:
+    """A member entry read from Redis (untrusted), or None if it is not one."""
+    if raw is None or len(raw) > _MAX_MEMBER_BYTES:
+        return None
+    try:
+        member = StoredMember(**json.loads(raw))
+    except Exception:  # any malformed entry (nesting past the parser's depth too) is skipped
+        return None
+    well_typed = (
         all(isinstance(v, str) and len(v) <= 200 for v in (member.id, member.role, member.host))
         and all(type(v) is int for v in (member.pid, member.references))
         and type(member.seen_at) in (int, float)
+        and math.isfinite(member.seen_at)
     )
+    return member if well_typed else None
 
 
 def _ms(seconds: float) -> int:

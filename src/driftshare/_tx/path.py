@@ -19,7 +19,7 @@ from solders.keypair import Keypair
 from solders.message import MessageV0
 from solders.transaction import VersionedTransaction
 
-from driftshare._generation import cancel_all
+from driftshare._tasks import cancel_all
 from driftshare._tx.blockhash import Blockhash, BlockhashKeeper
 from driftshare._tx.fees import PriorityFees
 from driftshare._tx.history import TxHistory

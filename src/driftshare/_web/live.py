@@ -39,7 +39,7 @@ class LiveState:
     new snapshot whenever market data changes, and at least every second while running.
     A market whose values have not changed for ``stale_after_s``, or that the cache serves
     as stale, is marked stale; ``/readyz`` fails once the shared client's newest data is
-    that old.
+    that old, or once every market is stale.
     """
 
     def __init__(
@@ -274,6 +274,10 @@ class LiveState:
             return False, f"the shared DriftClient is {stats.get('health')}"
         if not self.markets:
             return False, "no market data yet"
+        if all(row["stale"] for row in self.rows()):
+            # A fleet follower holding only a dead leader's records has no new data either,
+            # however recently its newest (other) account was confirmed.
+            return False, "every market's data is stale"
         age = stats.get("last_update_age_s")
         if age is None or age > self.stale_after_s:
             return False, f"no new data for more than {self.stale_after_s:g}s"
