@@ -188,7 +188,8 @@ async def test_down_refuses_connections_then_comes_back(simulator: Simulator) ->
 async def test_clear_brings_everything_back(simulator: Simulator) -> None:
     key = Pubkey.new_unique()
     simulator.store.put(key, Account(data=b"data", owner=OWNER, lamports=1))
-    for spec in ("fail=503:9", "latency=10", "stall", "malformed=4", f"corrupt={key}", "down=600"):
+    specs = ("fail=503:9", "latency=10", "stall", "malformed=4", f"corrupt={key}", "down=600")
+    for spec in (*specs, "grpc-refuse=resource_exhausted:3"):
         await simulator.faults.apply_spec(spec)
     with pytest.raises(httpx.ConnectError):
         await _health(simulator)
@@ -205,6 +206,7 @@ async def test_clear_brings_everything_back(simulator: Simulator) -> None:
         "malformed_remaining": 0,
         "corrupted": {},
         "hidden": [],
+        "grpc_refuse": {"status": "UNAVAILABLE", "remaining": 0},
     }
 
 

@@ -14,9 +14,11 @@ from driftshare.sim.store import Account
 
 __all__ = [
     "FAIL_STATUSES",
+    "GRPC_REFUSALS",
     "CorruptMode",
     "FaultError",
     "Faults",
+    "GrpcHooks",
     "ServerHooks",
     "check_spec",
     "parse_spec",
@@ -24,6 +26,8 @@ __all__ = [
 
 FAIL_STATUSES = (429, 500, 503)
 CorruptMode = Literal["truncate", "garble"]
+GrpcRefusal = Literal["UNAVAILABLE", "RESOURCE_EXHAUSTED"]
+GRPC_REFUSALS: tuple[GrpcRefusal, ...] = ("UNAVAILABLE", "RESOURCE_EXHAUSTED")
 
 
 class FaultError(ValueError):
@@ -40,9 +44,21 @@ class ServerHooks(Protocol):
     async def come_up(self) -> None: ...
 
 
+class GrpcHooks(Protocol):
+    """What a fault needs the Geyser gRPC server to do."""
+
+    async def drop_streams(self) -> int: ...
+
+
 class _Fail(BaseModel):
     model_config = ConfigDict(extra="forbid")
     status: Literal[429, 500, 503] = 429
+    count: int = Field(1, ge=1)
+
+
+class _GrpcRefuse(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    status: GrpcRefusal = "UNAVAILABLE"
     count: int = Field(1, ge=1)
 
 
@@ -62,6 +78,8 @@ class _FaultRequest(BaseModel):
     stall: bool | None = None
     down_s: float | None = Field(None, gt=0, le=3600)
     drop_ws: bool = False
+    drop_grpc: bool = False
+    grpc_refuse: _GrpcRefuse | None = None
     malformed: int | None = Field(None, ge=0)
     corrupt: _Corrupt | None = None
     hide: str | None = None
@@ -96,7 +114,8 @@ def parse_spec(spec: str) -> dict[str, object]:
     """Turn a start-up spec such as ``fail=429:5`` into a ``POST /_sim/faults`` body.
 
     Specs: ``fail=STATUS[:N]``, ``latency=MS``, ``stall[=on|off]``, ``down=SECONDS``,
-    ``drop-ws``, ``malformed[=N]``, ``corrupt=PUBKEY[:truncate|garble]``, ``restore=PUBKEY``,
+    ``drop-ws``, ``drop-grpc``, ``grpc-refuse=UNAVAILABLE|RESOURCE_EXHAUSTED[:N]``,
+    ``malformed[=N]``, ``corrupt=PUBKEY[:truncate|garble]``, ``restore=PUBKEY``,
     ``clear``.
     """
     name, _, arg = spec.strip().partition("=")
@@ -115,6 +134,13 @@ def parse_spec(spec: str) -> dict[str, object]:
         return {"down_s": _number("down", arg)}
     if name == "drop-ws" and not arg:
         return {"drop_ws": True}
+    if name == "drop-grpc" and not arg:
+        return {"drop_grpc": True}
+    if name == "grpc-refuse":
+        status, _, count = arg.partition(":")
+        return {
+            "grpc_refuse": {"status": status.upper(), "count": _count("grpc-refuse", count or "1")}
+        }
     if name == "malformed":
         return {"malformed": _count("malformed", arg or "1")}
     if name == "corrupt":
@@ -128,8 +154,8 @@ def parse_spec(spec: str) -> dict[str, object]:
         return {"clear": True}
     raise FaultError(
         f"unknown fault spec {spec!r}; expected fail=STATUS[:N], latency=MS, stall[=on|off], "
-        "down=SECONDS, drop-ws, malformed[=N], corrupt=PUBKEY[:truncate|garble], "
-        "hide=PUBKEY, restore=PUBKEY or clear"
+        "down=SECONDS, drop-ws, drop-grpc, grpc-refuse=STATUS[:N], malformed[=N], "
+        "corrupt=PUBKEY[:truncate|garble], hide=PUBKEY, restore=PUBKEY or clear"
     )
 
 
@@ -167,6 +193,8 @@ class _State:
     malformed_remaining: int = 0
     corrupted: dict[Pubkey, CorruptMode] = dataclasses.field(default_factory=dict)
     hidden: set[Pubkey] = dataclasses.field(default_factory=set)
+    grpc_refusal: GrpcRefusal = "UNAVAILABLE"
+    grpc_refuse_remaining: int = 0
 
 
 class Faults:
@@ -176,6 +204,8 @@ class Faults:
         self._hooks = hooks
         self._state = _State()
         self._down_task: asyncio.Task[None] | None = None
+        self.grpc: GrpcHooks | None = None
+        """The Geyser server, when the simulator serves gRPC."""
 
     def fail_next(self, count: int, status: int = 429) -> None:
         """Answer the next ``count`` HTTP requests with ``status`` (429, 500 or 503)."""
@@ -193,7 +223,8 @@ class Faults:
         self._state.latency_ms = float(ms)
 
     def set_stall(self, stalled: bool) -> None:
-        """Stop (or resume) WebSocket notifications; subscribing still works."""
+        """Stop (or resume) WebSocket notifications and Geyser account and slot updates;
+        subscribing (and a Geyser ping's pong) still works."""
         self._state.stalled = stalled
 
     def malform_next(self, count: int) -> None:
@@ -224,8 +255,31 @@ class Faults:
         """Cut every open WebSocket now; returns how many were cut."""
         return await self._hooks.drop_ws()
 
+    async def drop_grpc(self) -> int:
+        """End every Geyser stream now with UNAVAILABLE; returns how many were ended."""
+        return 0 if self.grpc is None else await self.grpc.drop_streams()
+
+    def refuse_grpc(self, count: int, status: GrpcRefusal = "UNAVAILABLE") -> None:
+        """Refuse the next ``count`` gRPC calls (streams included) with ``status``."""
+        if status not in GRPC_REFUSALS:
+            raise FaultError(f"gRPC refusal must be one of {GRPC_REFUSALS}, got {status!r}")
+        if count < 0:
+            raise FaultError(f"gRPC refusal count must be >= 0, got {count}")
+        self._state.grpc_refusal = status
+        self._state.grpc_refuse_remaining = count
+
+    def take_grpc_refusal(self) -> GrpcRefusal | None:
+        """The status to refuse this gRPC call with, consuming one; UNAVAILABLE while down."""
+        if self.is_down:
+            return "UNAVAILABLE"
+        if self._state.grpc_refuse_remaining <= 0:
+            return None
+        self._state.grpc_refuse_remaining -= 1
+        return self._state.grpc_refusal
+
     async def down(self, seconds: float) -> None:
-        """Refuse all connections (HTTP and WebSocket) for ``seconds``, then come back."""
+        """Refuse all connections (HTTP and WebSocket; gRPC calls with UNAVAILABLE) for
+        ``seconds``, then come back."""
         if not 0 < seconds <= 3600:
             raise FaultError(f"down needs 0 < seconds <= 3600, got {seconds}")
         if self._down_task is not None:
@@ -233,6 +287,7 @@ class Faults:
         else:
             await self._hooks.go_down()
         self._down_task = asyncio.create_task(self._come_up_after(seconds))
+        await self.drop_grpc()
 
     async def _come_up_after(self, seconds: float) -> None:
         await asyncio.sleep(seconds)
@@ -287,8 +342,12 @@ class Faults:
             self.hide(request.hide)
         if request.restore is not None:
             self.restore(request.restore)
+        if request.grpc_refuse is not None:
+            self.refuse_grpc(request.grpc_refuse.count, request.grpc_refuse.status)
         if request.drop_ws:
             await self.drop_ws()
+        if request.drop_grpc:
+            await self.drop_grpc()
         if request.down_s is not None:
             await self.down(request.down_s)
 
@@ -303,6 +362,7 @@ class Faults:
             "malformed_remaining": s.malformed_remaining,
             "corrupted": {str(k): v for k, v in s.corrupted.items()},
             "hidden": sorted(str(k) for k in s.hidden),
+            "grpc_refuse": {"status": s.grpc_refusal, "remaining": s.grpc_refuse_remaining},
         }
 
     @property

@@ -31,6 +31,7 @@ __all__ = [
     "RpcError",
     "RpcHandler",
     "SubscribeConfig",
+    "blockhash_at",
     "call_count",
     "error_text",
     "parse_body",
@@ -55,6 +56,11 @@ MIN_CONTEXT_SLOT_NOT_REACHED = -32016
 
 Encoding = Literal["binary", "base58", "base64", "base64+zstd", "jsonParsed"]
 AccountView = Callable[[Pubkey, Account], Account | None]
+
+
+def blockhash_at(seed: int, slot: int) -> str:
+    """The simulated chain's blockhash at ``slot`` (a block is valid for 150 more)."""
+    return str(Hash.hash(f"driftshare-sim:{seed}:{slot}".encode()))
 
 
 class RpcError(Exception):
@@ -383,8 +389,8 @@ class RpcHandler:
         _max_params(params, 1)
         context = self._context(_config(params, 0))
         slot = self.store.slot
-        blockhash = Hash.hash(f"driftshare-sim:{self._seed}:{slot}".encode())
-        value = json.dumps({"blockhash": str(blockhash), "lastValidBlockHeight": slot + 150})
+        blockhash = blockhash_at(self._seed, slot)
+        value = json.dumps({"blockhash": blockhash, "lastValidBlockHeight": slot + 150})
         return f'{{"context":{context},"value":{value}}}'
 
     def _get_genesis_hash(self, params: list[Any]) -> str:
