@@ -24,6 +24,7 @@ from solana.rpc.websocket_api import connect as ws_connect
 
 from driftshare import _metrics as metrics
 from driftshare._generation import Generation, cancel_all
+from driftshare._grpc_subscription import grpc_works
 from driftshare._marketdata import ClientSource, confirmed
 from driftshare._subscription import SubscriptionMode, newest_data_slot
 from driftshare._transport import install_transport, retry_after_seconds
@@ -41,6 +42,7 @@ __all__ = [
     "publish_endpoint",
     "reconnect",
     "reconnect_in_background",
+    "switch_mode",
 ]
 
 log = logging.getLogger(__name__)
@@ -118,13 +120,26 @@ async def _checks(shared: SharedClient, gen: Generation) -> None:
             shared.health = "healthy"
             now = time.monotonic()
             stalled = shared.confirmer.stalled()
-            if shared.mode == "websocket" and stalled:
+            if shared.mode == "grpc" and stalled:
+                metrics.SUBSCRIPTION_FAILURES.labels(shared.network).inc()
+                log.warning("the gRPC stream missed updates (%s)", ", ".join(sorted(stalled)))
+                await shared.leave_grpc(gen)
+            elif (
+                shared.mode != "grpc"
+                and settings.subscription == "grpc"
+                and settings.grpc_url is not None
+                and now - (shared.grpc_down_since or 0) >= settings.grpc_stall_s
+                and await grpc_works(settings.grpc_url, shared.grpc_token(), settings.grpc_stall_s)
+            ):
+                log.info("the gRPC endpoint streams again; leaving %s", shared.mode)
+                await switch_mode(shared, gen, "grpc")
+            elif shared.mode == "websocket" and stalled:
                 metrics.SUBSCRIPTION_FAILURES.labels(shared.network).inc()
                 log.warning(
                     "websocket subscriptions (%s) missed updates; polling instead",
                     ", ".join(sorted(stalled)),
                 )
-                await _switch(shared, gen, "polling")
+                await switch_mode(shared, gen, "polling")
                 polling_since = now
             elif (
                 shared.mode == "polling"
@@ -133,14 +148,15 @@ async def _checks(shared: SharedClient, gen: Generation) -> None:
                 and await _websocket_works(shared)
             ):
                 log.info("websocket notifications flow again; leaving polling")
-                await _switch(shared, gen, "websocket")
+                await switch_mode(shared, gen, "websocket")
                 polling_since = None
         except Exception as exc:  # one unexpected fault must not end health checking
             shared.last_error = redact_text(f"health check crashed: {exc!r}")
             log.exception("health check of the shared %s DriftClient failed", shared.network)
 
 
-async def _switch(shared: SharedClient, gen: Generation, mode: SubscriptionMode) -> None:
+async def switch_mode(shared: SharedClient, gen: Generation, mode: SubscriptionMode) -> None:
+    """Subscribe in ``mode`` in place of the current subscriber; kept on failure."""
     try:
         await shared._subscribe(gen, mode)
     except Exception as exc:  # keep the current subscriber; the next check tries again

@@ -27,6 +27,7 @@ from driftshare._endpoints import EndpointSelector
 from driftshare._fleet import FleetMember, standalone_stats
 from driftshare._freshness import Confirmer
 from driftshare._generation import Generation, unsubscribe_fully
+from driftshare._grpc_subscription import GeyserStream, GrpcSubscriber
 from driftshare._health import (
     data_slot,
     failover_loop,
@@ -34,6 +35,7 @@ from driftshare._health import (
     publish_data_ages,
     publish_endpoint,
     reconnect_in_background,
+    switch_mode,
 )
 from driftshare._ledger import AccountLedger, AccountRecord, LedgerEntry
 from driftshare._ledger_subscriber import LedgerSubscriber
@@ -109,6 +111,8 @@ class SharedClient:
         self.initializations = 0
         self.init_failures = 0
         self.mode_switches = 0
+        self.grpc_down_since: float | None = None
+        """``time.monotonic()`` when the gRPC stream last failed for good (fell back)."""
         self.last_error: str | None = None
         self.unavailable: dict[int, str] = {}
         self.ledger = AccountLedger()
@@ -440,7 +444,8 @@ class SharedClient:
         )
 
     async def _subscribe(self, gen: Generation, mode: SubscriptionMode) -> None:
-        """Discover the markets and subscribe in ``mode``; websocket falls back to polling.
+        """Discover the markets and subscribe in ``mode``; gRPC falls back to websocket,
+        websocket to polling.
 
         A fleet follower subscribes to nothing upstream: its accounts come from the leader.
         """
@@ -457,6 +462,18 @@ class SharedClient:
         # its replacement is in place: the ledger dates the values being served.
         self.tap = tap = AccountTap(self.ledger, discovery.records, active=gen.ready_at is None)
         tap.on_reconnect = self.confirmer.check_all
+        if mode == "grpc":
+            try:
+                await self._install_subscriber(gen, self._grpc(gen, discovery, tap), tap)
+                self.mode = "grpc"
+                return
+            except Exception as exc:  # any gRPC failure: fall back to websocket
+                metrics.SUBSCRIPTION_FAILURES.labels(self.network).inc()
+                self.grpc_down_since = time.monotonic()
+                log.warning(
+                    "gRPC subscription failed (%s); websocket instead", redact_text(repr(exc))
+                )
+                mode = "websocket"
         if mode == "websocket":
             try:
                 await self._install_subscriber(gen, self._websocket(gen, discovery, tap), tap)
@@ -479,6 +496,36 @@ class SharedClient:
         self, gen: Generation, discovery: Discovery, tap: AccountTap
     ) -> WebsocketSubscriber:
         return WebsocketSubscriber(gen.client.program, discovery, Confirmed, tap)
+
+    def grpc_token(self) -> str | None:
+        token = self.settings.grpc_token
+        return None if token is None else token.get_secret_value()
+
+    def _grpc(self, gen: Generation, discovery: Discovery, tap: AccountTap) -> GrpcSubscriber:
+        url = self.settings.grpc_url
+        if url is None:
+            raise ValueError("DRIFT_SUBSCRIPTION=grpc needs DRIFT_GRPC_URL")
+        stream = GeyserStream(
+            url,
+            self.grpc_token(),
+            stall_s=self.settings.grpc_stall_s,
+            on_account=tap.record,
+            on_give_up=lambda: self._grpc_gave_up(gen),
+        )
+        return GrpcSubscriber(gen.client.program, self.ledger, discovery, tap, stream)
+
+    def _grpc_gave_up(self, gen: Generation) -> None:
+        """The serving gRPC stream failed repeatedly: fall back to websocket (or polling)."""
+        subscriber = gen.client.account_subscriber if gen.client is not None else None
+        if self.mode == "grpc" and isinstance(subscriber, GrpcSubscriber):
+            gen.spawn(self.leave_grpc(gen), f"driftshare-grpc-fallback-{self.network}")
+
+    async def leave_grpc(self, gen: Generation) -> None:
+        """Serve by websocket (or polling, if that fails too) until gRPC works again."""
+        metrics.SUBSCRIPTION_FAILURES.labels(self.network).inc()
+        self.grpc_down_since = time.monotonic()
+        log.warning("the %s gRPC stream keeps failing; websocket instead", self.network)
+        await switch_mode(self, gen, "websocket")
 
     def _polling(self, gen: Generation, discovery: Discovery, tap: AccountTap) -> PollingSubscriber:
         loader = ResilientLoader(gen.connection, Confirmed, self.settings.poll_interval_s)
@@ -569,6 +616,16 @@ class SharedClient:
             lambda: self.health == "healthy" and self.client is client and self.initialized,
         )
 
+    def _grpc_stats(self) -> dict[str, Any] | None:
+        """The gRPC stream's health while it serves; its endpoint alone otherwise."""
+        url = self.settings.grpc_url
+        if url is None:
+            return None
+        subscriber = self.client.account_subscriber if self.client is not None else None
+        if isinstance(subscriber, GrpcSubscriber):
+            return subscriber.stream.stats()
+        return {"url": redact_url(url), "connected": False}
+
     def snapshot(self) -> dict[str, Any]:
         """Plain data about this client; reads only (other threads call it: stats())."""
         now = time.monotonic()
@@ -589,6 +646,7 @@ class SharedClient:
             "initializations": self.initializations,
             "init_failures": self.init_failures,
             "subscription_mode": self.mode,
+            "grpc": self._grpc_stats(),
             "mode_switches": self.mode_switches,
             "health": self.health,
             "last_error": self.last_error,

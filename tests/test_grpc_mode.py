@@ -1,0 +1,130 @@
+"""The shared client in ``DRIFT_SUBSCRIPTION=grpc`` mode against the simulator's Geyser server."""
+
+from __future__ import annotations
+
+import asyncio
+import dataclasses
+import logging
+from collections.abc import AsyncIterator
+from typing import Any
+
+import pytest
+from prometheus_client import generate_latest
+
+from conftest import GroundTruth, eventually
+from driftshare._metrics import REGISTRY
+from driftshare.manager import DriftClientManager
+from driftshare.models import FundingRateData, MarketData
+from driftshare.sim import Simulator
+from driftshare.sim.pytest_plugin import SimulatorFactory
+
+TOKEN = "grpc-mode-secret-token-9a8b7c"
+
+
+def _numbers(value: FundingRateData | MarketData) -> FundingRateData | MarketData:
+    # How long a value sat in the cache and when its accounts were last confirmed depend
+    # on the moment of the read, not on the mode.
+    return dataclasses.replace(value, age_s=0.0, data_age_s=0.0)
+
+
+@pytest.fixture
+async def sim(simulator_factory: SimulatorFactory) -> Simulator:
+    return await simulator_factory(markets=6, grpc_port=0, grpc_token=TOKEN)
+
+
+def configure(sim: Simulator, mode: str = "grpc", **extra: Any) -> None:
+    DriftClientManager.configure(
+        rpc_url=sim.http_url,
+        subscription=mode,
+        grpc_url=sim.grpc_url,
+        grpc_token=TOKEN,
+        health_interval_s=3600,
+        **extra,
+    )
+
+
+@pytest.fixture
+async def grpc_manager(sim: Simulator, manager_settings: None) -> AsyncIterator[Simulator]:
+    configure(sim)
+    yield sim
+    await DriftClientManager.shutdown()
+
+
+def grpc_stats(sim: Simulator) -> dict[str, Any]:
+    stats: dict[str, Any] = sim.stats()["grpc"]
+    return stats
+
+
+async def test_grpc_serves_the_same_numbers_as_websocket(
+    sim: Simulator, manager_settings: None, frozen_now: float
+) -> None:
+    truth = GroundTruth(sim, frozen_now)
+    seen: dict[str, list[Any]] = {}
+    for mode in ("grpc", "websocket"):
+        configure(sim, mode)
+        funding = [await DriftClientManager.get_funding_rate(i) for i in truth.indexes()]
+        markets = await DriftClientManager.get_all_perp_markets()
+        assert DriftClientManager.stats()["subscription_mode"] == mode
+        seen[mode] = [_numbers(v) for v in [*funding, *markets] if v is not None]
+        assert len(seen[mode]) == 2 * len(truth.indexes())
+        assert not any(v.stale for v in seen[mode])
+        await DriftClientManager.shutdown()
+    assert seen["grpc"] == seen["websocket"]
+    for index in truth.indexes():
+        expected = dataclasses.replace(truth.funding(index), slot=seen["grpc"][index].slot)
+        assert _numbers(seen["grpc"][index]) == _numbers(expected)
+
+
+async def test_a_write_reaches_the_reads_through_the_stream(grpc_manager: Simulator) -> None:
+    sim = grpc_manager
+    assert sim.world is not None
+    before = await DriftClientManager.get_funding_rate(0)
+    assert before is not None
+    await sim.step()
+    price = sim.world.oracle_price(0)
+    assert price != before.oracle_price
+
+    async def updated() -> bool:
+        funding = await DriftClientManager.get_funding_rate(0)
+        return funding is not None and funding.oracle_price == price and not funding.stale
+
+    await eventually(updated, "the new oracle price read")
+    assert grpc_stats(sim)["updates"]["by_kind"]["account"] > 0
+    # Delivered by the stream, not by an HTTP read.
+    assert DriftClientManager.stats()["freshness"]["repaired"] == {}
+
+
+async def test_one_grpc_connection_and_stream_for_every_engine_and_account(
+    grpc_manager: Simulator,
+) -> None:
+    sim = grpc_manager
+    clients = await asyncio.gather(*(DriftClientManager.get_client() for _ in range(6)))
+    assert all(c is clients[0] and c is not None for c in clients)
+    markets = await DriftClientManager.get_all_perp_markets()
+    stats = grpc_stats(sim)
+    assert stats["connections"]["total"] == 1
+    assert stats["streams"]["total"] == 1
+    # Markets, spot markets, their oracles and the State: every account on that one stream.
+    assert stats["streams"]["accounts"] == DriftClientManager.stats()["grpc"]["accounts"]
+    assert stats["streams"]["accounts"] > len(markets) + 1
+    for _ in clients:
+        await DriftClientManager.release_client()
+
+
+async def test_the_token_never_shows(
+    grpc_manager: Simulator, caplog: pytest.LogCaptureFixture
+) -> None:
+    caplog.set_level(logging.DEBUG)
+    assert await DriftClientManager.get_funding_rate(0) is not None
+    await grpc_manager.faults.drop_grpc()
+    await eventually(
+        lambda: grpc_stats(grpc_manager)["streams"]["total"] == 2, "reopened", sim=grpc_manager
+    )
+    shown = [
+        caplog.text,
+        repr(DriftClientManager.stats()),
+        repr(DriftClientManager.settings()),
+        generate_latest(REGISTRY).decode(),
+    ]
+    assert DriftClientManager.stats()["grpc"]["url"] == grpc_manager.grpc_url
+    assert not any(TOKEN in text for text in shown)
