@@ -8,11 +8,13 @@ import logging
 from collections.abc import AsyncIterator
 from typing import Any
 
+import httpx
 import pytest
 from prometheus_client import generate_latest
 
 from conftest import GroundTruth, eventually
 from driftshare._metrics import REGISTRY
+from driftshare._serve import Runtime, ServeConfig
 from driftshare.manager import DriftClientManager
 from driftshare.models import FundingRateData, MarketData
 from driftshare.sim import Simulator
@@ -128,3 +130,30 @@ async def test_the_token_never_shows(
     ]
     assert DriftClientManager.stats()["grpc"]["url"] == grpc_manager.grpc_url
     assert not any(TOKEN in text for text in shown)
+
+
+async def test_the_dashboard_shows_grpc_and_never_the_token(
+    sim: Simulator, manager_settings: None
+) -> None:
+    config = ServeConfig(
+        rpc_url=sim.http_url,
+        port=0,
+        refresh_s=0.05,
+        settings_overrides={
+            "subscription": "grpc",
+            "grpc_url": sim.grpc_url,
+            "grpc_token": TOKEN,
+            "health_interval_s": 3600,
+        },
+    )
+    async with Runtime(config) as runtime, httpx.AsyncClient(base_url=runtime.url) as http:
+
+        async def on_grpc() -> bool:
+            page = (await http.get("/")).text
+            return '"subscription_mode": "grpc"' in page and '"symbol": "SOL-PERP"' in page
+
+        await eventually(on_grpc, "the dashboard shows grpc")
+        shown = [(await http.get(path)).text for path in ("/", "/api/stats", "/metrics")]
+        assert (await http.get("/api/stats")).json()["manager"]["grpc"]["connected"] is True
+    assert not any(TOKEN in text for text in shown)
+    assert grpc_stats(sim)["connections"]["total"] == 1
