@@ -321,3 +321,29 @@ async def test_down_refuses_grpc_and_ends_its_streams_until_it_comes_back(
     assert refused.value.code() == grpc.StatusCode.UNAVAILABLE
     await sim.faults.clear()
     assert (await stub.GetSlot(geyser_pb2.GetSlotRequest())).slot == sim.store.slot
+
+
+async def test_owner_and_memcmp_filters_pick_accounts_by_content(
+    sim: Simulator, channel: grpc.aio.Channel
+) -> None:
+    world = sim.world
+    assert world is not None
+    key = market_key(sim, 1)
+    stored = sim.store.get(key)
+    assert stored is not None
+    # Bytes 8..40 of a perp market account are its own address.
+    memcmp = geyser_pb2.SubscribeRequestFilterAccountsFilterMemcmp(offset=8, bytes=bytes(key))
+    spec = geyser_pb2.SubscribeRequestFilterAccounts(
+        owner=[str(stored.owner)],
+        filters=[geyser_pb2.SubscribeRequestFilterAccountsFilter(memcmp=memcmp)],
+    )
+    stream = Stream(geyser_pb2_grpc.GeyserStub(channel))
+    await stream.write(accounts={"market": spec})
+    await stream.write(ping=geyser_pb2.SubscribeRequestPing(id=1))
+    await stream.next("pong")  # requests are read in order: the filter is in place
+    for index in world.perp_indexes():  # every market rewritten: only market 1 matches
+        world.set_oracle_price(index, world.oracle_price(index) * 1.5)
+    update = await stream.next("account")
+    assert Pubkey.from_bytes(update.account.account.pubkey) == key
+    assert list(update.filters) == ["market"]
+    stream.call.cancel()

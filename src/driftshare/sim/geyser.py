@@ -14,6 +14,7 @@ a request carrying only a ping, which is answered with a pong and changes nothin
 from __future__ import annotations
 
 import asyncio
+import base64
 import contextlib
 import hmac
 import itertools
@@ -23,6 +24,7 @@ from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass, field
 from typing import Any
 
+import based58
 import grpc
 from driftpy.accounts.grpc.geyser_codegen import geyser_pb2, geyser_pb2_grpc
 from google.protobuf.timestamp_pb2 import Timestamp
@@ -68,12 +70,48 @@ class _RequestError(Exception):
 
 
 @dataclass(frozen=True)
+class _AccountSpec:
+    """One named accounts filter: an account matches by pubkey or owner, then every check."""
+
+    name: str
+    pubkeys: frozenset[Pubkey]
+    owners: frozenset[Pubkey]
+    checks: tuple[Callable[[bytes], bool], ...]
+
+    def matches(self, pubkey: Pubkey, owner: Pubkey, data: bytes) -> bool:
+        if pubkey not in self.pubkeys and owner not in self.owners:
+            return False
+        return all(check(data) for check in self.checks)
+
+
+def _check(spec: Any) -> Callable[[bytes], bool]:
+    """A ``SubscribeRequestFilterAccountsFilter`` as a predicate on account data."""
+    kind = spec.WhichOneof("filter")
+    if kind == "datasize":
+        size = spec.datasize
+        return lambda data: len(data) == size
+    if kind == "memcmp":
+        memcmp = spec.memcmp
+        which = memcmp.WhichOneof("data")
+        try:
+            if which == "base58":
+                wanted = based58.b58decode(memcmp.base58.encode())
+            elif which == "base64":
+                wanted = base64.b64decode(memcmp.base64, validate=True)
+            else:
+                wanted = memcmp.bytes
+        except ValueError:
+            raise _RequestError(f"memcmp filter: invalid {which} data") from None
+        offset = memcmp.offset
+        return lambda data: data[offset : offset + len(wanted)] == wanted
+    raise _RequestError(f"{kind} filters are not served by this simulator")
+
+
+@dataclass(frozen=True)
 class _Filters:
     """One SubscribeRequest's account and slot filters."""
 
-    accounts: dict[Pubkey, tuple[str, ...]]
-    """Pubkey → the names of the filters naming it."""
-    owners: dict[Pubkey, tuple[str, ...]]
+    accounts: tuple[_AccountSpec, ...]
     slots: tuple[str, ...]
     slots_by_commitment: bool
     commitment: geyser_pb2.CommitmentLevel
@@ -83,34 +121,33 @@ class _Filters:
         for name in _UNSUPPORTED_FILTERS:
             if len(getattr(request, name)):
                 raise _RequestError(f"{name} filters are not served by this simulator")
-        accounts: dict[Pubkey, list[str]] = {}
-        owners: dict[Pubkey, list[str]] = {}
-        for name, spec in request.accounts.items():
-            if len(spec.filters):
-                raise _RequestError(f"accounts filter {name!r}: only pubkeys and owners served")
-            for text in spec.account:
-                accounts.setdefault(_pubkey(text), []).append(name)
-            for text in spec.owner:
-                owners.setdefault(_pubkey(text), []).append(name)
-        if len(accounts) > _MAX_FILTER_ACCOUNTS:
+        specs = tuple(
+            _AccountSpec(
+                name,
+                frozenset(_pubkey(text) for text in spec.account),
+                frozenset(_pubkey(text) for text in spec.owner),
+                tuple(_check(check) for check in spec.filters),
+            )
+            for name, spec in request.accounts.items()
+        )
+        if sum(len(spec.pubkeys) for spec in specs) > _MAX_FILTER_ACCOUNTS:
             raise _RequestError(f"at most {_MAX_FILTER_ACCOUNTS} accounts per stream")
         commitment = request.commitment if request.HasField("commitment") else geyser_pb2.PROCESSED
         if commitment not in _ACCEPTED_COMMITMENTS:
             raise _RequestError(f"commitment {commitment} is not served")
         by_commitment = any(spec.filter_by_commitment for spec in request.slots.values())
-        return cls(
-            {k: tuple(v) for k, v in accounts.items()},
-            {k: tuple(v) for k, v in owners.items()},
-            tuple(request.slots),
-            by_commitment,
-            commitment,
-        )
+        return cls(specs, tuple(request.slots), by_commitment, commitment)
 
-    def names_for(self, pubkey: Pubkey, owner: Pubkey) -> tuple[str, ...]:
-        return self.accounts.get(pubkey, ()) + self.owners.get(owner, ())
+    @property
+    def pubkeys(self) -> int:
+        """Accounts named by pubkey."""
+        return sum(len(spec.pubkeys) for spec in self.accounts)
+
+    def names_for(self, pubkey: Pubkey, owner: Pubkey, data: bytes) -> tuple[str, ...]:
+        return tuple(spec.name for spec in self.accounts if spec.matches(pubkey, owner, data))
 
 
-_NO_FILTERS = _Filters({}, {}, (), False, geyser_pb2.PROCESSED)
+_NO_FILTERS = _Filters((), (), False, geyser_pb2.PROCESSED)
 
 
 def _pubkey(text: str) -> Pubkey:
@@ -250,15 +287,15 @@ class GeyserServer:
     def _on_change(self, pubkey: Pubkey, stored: Account) -> None:
         if not self._streams or self._faults.stalled:
             return
-        account: Account | None = None
+        account = self._faults.serve(pubkey, stored)
+        if account is None:
+            return  # hidden: the node lost track of it
+        update_account: Any = None
         for stream in self._streams:
-            names = stream.filters.names_for(pubkey, stored.owner)
+            names = stream.filters.names_for(pubkey, stored.owner, account.data)
             if not names:
                 continue
-            if account is None:
-                account = self._faults.serve(pubkey, stored)
-                if account is None:
-                    return  # hidden: the node lost track of it
+            if update_account is None:
                 info = geyser_pb2.SubscribeUpdateAccountInfo(
                     pubkey=bytes(pubkey),
                     lamports=account.lamports,
@@ -329,7 +366,7 @@ class GeyserServer:
             reader.cancel()
             self._streams.discard(stream)
             self._stats.streams_open -= 1
-            self._stats.filters_active -= len(stream.filters.accounts)
+            self._stats.filters_active -= stream.filters.pubkeys
 
     async def _read(self, stream: _Stream, requests: AsyncIterator[Any]) -> None:
         try:
@@ -345,7 +382,7 @@ class GeyserServer:
                 if _is_ping_only(request):
                     continue
                 filters = _Filters.parse(request)
-                self._stats.filters_active += len(filters.accounts) - len(stream.filters.accounts)
+                self._stats.filters_active += filters.pubkeys - stream.filters.pubkeys
                 stream.filters = filters
         except _RequestError as exc:
             stream.outbox.put_nowait(_End(grpc.StatusCode.INVALID_ARGUMENT, str(exc)))
