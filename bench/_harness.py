@@ -63,6 +63,8 @@ class SimProcess:
     process: subprocess.Popen[str]
     http_url: str
     tick_s: float
+    grpc_url: str | None = None
+    """Its Yellowstone Geyser endpoint, when started with ``grpc=True``."""
 
     def stats(self) -> dict[str, Any]:
         """``GET /_sim/stats``: every counter since the simulator started."""
@@ -76,10 +78,13 @@ def simulator(
     markets: int = 30,
     rate_limit: float | None = None,
     tick_s: float = 0.4,
+    grpc: bool = False,
 ) -> Iterator[SimProcess]:
     """Run a simulator in its own process, so it shares neither CPU time nor RSS with the
-    measured client, and stop it on exit."""
+    measured client, and stop it on exit; ``grpc`` serves Geyser gRPC too."""
     command = [sys.executable, "-m", "driftshare", "sim", "--port", "0"]
+    if grpc:
+        command += ["--grpc-port", "0"]
     command += ["--markets", str(markets), "--tick-s", str(tick_s)]
     command += ["--max-ws-per-client", str(_UNCAPPED_WS)]
     if rate_limit is not None:
@@ -97,7 +102,7 @@ def simulator(
             tail = " ".join(log.read().strip().splitlines()[-3:])
             raise BenchError(f"the simulator did not start: {tail or ready.strip()!r}")
         fields = dict(item.split("=", 1) for item in ready.split()[3:])
-        yield SimProcess(proc, fields["http"], tick_s)
+        yield SimProcess(proc, fields["http"], tick_s, fields.get("grpc"))
     finally:
         proc.terminate()
         try:

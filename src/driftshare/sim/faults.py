@@ -19,6 +19,7 @@ __all__ = [
     "FaultError",
     "Faults",
     "GrpcHooks",
+    "GrpcRefusal",
     "ServerHooks",
     "check_spec",
     "parse_spec",
