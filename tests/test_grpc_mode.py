@@ -157,3 +157,32 @@ async def test_the_dashboard_shows_grpc_and_never_the_token(
         assert (await http.get("/api/stats")).json()["manager"]["grpc"]["connected"] is True
     assert not any(TOKEN in text for text in shown)
     assert grpc_stats(sim)["connections"]["total"] == 1
+
+
+async def test_a_resubscription_changes_the_accounts_on_the_same_stream(
+    grpc_manager: Simulator,
+) -> None:
+    sim = grpc_manager
+    assert await DriftClientManager.get_client() is not None
+    shared = DriftClientManager.shared_state()
+    assert shared is not None
+    assert shared.gen is not None
+    accounts = grpc_stats(sim)["streams"]["accounts"]
+    # A new discovery (as after an endpoint fail-over) with fewer perp markets: the same
+    # stream is told the new set of accounts.
+    shared.settings = shared.settings.model_copy(update={"perp_markets": [0]})
+    await shared._subscribe(shared.gen, "grpc")
+    await eventually(lambda: grpc_stats(sim)["streams"]["accounts"] < accounts, "fewer accounts")
+    stats = grpc_stats(sim)
+    assert stats["streams"] == {"open": 1, "total": 1, "accounts": stats["streams"]["accounts"]}
+    assert stats["connections"]["total"] == 1
+    assert sim.world is not None
+    await sim.step()
+    price = sim.world.oracle_price(0)
+
+    async def updated() -> bool:
+        funding = await DriftClientManager.get_funding_rate(0)
+        return funding is not None and funding.oracle_price == price and not funding.stale
+
+    await eventually(updated, "market 0 still streamed")
+    await DriftClientManager.release_client()

@@ -295,6 +295,9 @@ class GrpcSubscriber(LedgerSubscriber):
     :class:`LedgerSubscriber` does. A perp market whose newest bytes cannot be decoded keeps
     its last value and is listed in ``discovery.unavailable`` (served stale), as in the
     WebSocket mode.
+
+    A subscriber replacing one whose stream runs (a resubscription) takes that stream over
+    (:meth:`take_over`): its accounts change by a new request on the same stream.
     """
 
     def __init__(
@@ -315,13 +318,20 @@ class GrpcSubscriber(LedgerSubscriber):
         stream.on_account = tap.record
         stream.on_reconnect = tap.reconnected
         self._task: asyncio.Task[None] | None = None
+        self._owns_stream = True
+
+    def take_over(self, previous: GrpcSubscriber) -> None:
+        """Serve on ``previous``'s running stream; ``previous`` will not close it."""
+        self._task, previous._task = previous._task, None
+        previous._owns_stream = False
 
     async def subscribe(self) -> None:
-        """Open the stream for every account of the tap and wait for it to answer."""
-        if self._task is not None:
-            return
+        """Carry every account of the tap on the stream; open it and wait for it to answer
+        unless it runs already."""
         self.follow()
         await self.stream.watch(self._tap.pubkeys())
+        if self._task is not None:
+            return
         self._task = asyncio.create_task(self.stream.run(), name="driftshare-grpc-stream")
         ready = asyncio.ensure_future(self.stream.ready.wait())
         given_up = asyncio.ensure_future(self.stream.given_up.wait())
@@ -333,11 +343,13 @@ class GrpcSubscriber(LedgerSubscriber):
             raise ConnectionError(f"gRPC stream did not open: {self.stream.last_error}")
 
     async def unsubscribe(self) -> None:
-        """Close the stream and its channel; the decoded accounts stay readable."""
+        """Close the stream and its channel (unless handed over); the decoded accounts stay
+        readable."""
         self.unfollow()
         task, self._task = self._task, None
         await cancel_all([task])
-        await self.stream.close()
+        if self._owns_stream:
+            await self.stream.close()
 
     def inject(self, record: Any) -> None:
         """Apply a record read elsewhere (a confirmation's repair) through the tap."""

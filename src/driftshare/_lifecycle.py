@@ -502,9 +502,18 @@ class SharedClient:
         return None if token is None else token.get_secret_value()
 
     def _grpc(self, gen: Generation, discovery: Discovery, tap: AccountTap) -> GrpcSubscriber:
+        """A gRPC subscriber: on the serving one's stream if there is one (one channel and
+        one stream for the client's life), else on a new stream."""
         url = self.settings.grpc_url
         if url is None:
             raise ValueError("DRIFT_SUBSCRIPTION=grpc needs DRIFT_GRPC_URL")
+        current = gen.client.account_subscriber
+        if isinstance(current, GrpcSubscriber) and current.is_subscribed():
+            subscriber = GrpcSubscriber(
+                gen.client.program, self.ledger, discovery, tap, current.stream
+            )
+            subscriber.take_over(current)
+            return subscriber
         stream = GeyserStream(
             url,
             self.grpc_token(),
