@@ -16,7 +16,6 @@ from collections.abc import Awaitable, Callable
 from pathlib import Path
 from typing import Any
 
-import httpx
 from driftpy.account_subscription_config import AccountSubscriptionConfig
 from driftpy.drift_client import DriftClient
 from driftpy.types import GrpcConfig
@@ -25,7 +24,7 @@ from solders.keypair import Keypair
 
 from bench import BenchError, Context
 from bench._harness import SimProcess, percentiles, simulator
-from bench.freshness import _write_to_read
+from bench.freshness import Stats, write_remote
 from driftshare._fleet._harness import TlsFiles
 from driftshare.manager import DriftClientManager
 from driftshare.sim import Simulator
@@ -50,9 +49,7 @@ async def _wait_for(condition: Callable[[], Awaitable[bool]], what: str, within:
         await asyncio.sleep(0.05)
 
 
-async def _shared(
-    mode: str, http_url: str, grpc_url: str, stats: Callable[[], Awaitable[dict[str, Any]]]
-) -> Any:
+async def _shared(mode: str, http_url: str, grpc_url: str, stats: Stats) -> Any:
     """The shared client in ``mode`` at the simulator, once every account is subscribed."""
     DriftClientManager.configure(
         rpc_url=http_url, subscription=mode, grpc_url=grpc_url, grpc_token=_TOKEN
@@ -80,28 +77,14 @@ async def _shared(
 
 async def _write_to_read_in(mode: str, chain: SimProcess, samples: int) -> list[float]:
     """Seconds from each oracle write on the simulator (its own process) to a read of it."""
-    if chain.grpc_url is None:
+    grpc_url = chain.grpc_url
+    if grpc_url is None:
         raise BenchError("grpc: the simulator serves no gRPC")
-    async with httpx.AsyncClient(timeout=10.0) as http:
 
-        async def stats() -> dict[str, Any]:
-            answer: dict[str, Any] = (await http.get(f"{chain.http_url}/_sim/stats")).json()
-            return answer
+    async def subscribe(http_url: str, stats: Stats) -> Any:
+        return await _shared(mode, http_url, grpc_url, stats)
 
-        async def write(price: float) -> float:
-            answer = await http.post(
-                f"{chain.http_url}/_sim/oracle", json={"market": _MARKET, "price": price}
-            )
-            if answer.status_code != 200:
-                raise BenchError(f"grpc: the oracle write failed: {answer.text}")
-            written: float = answer.json()["written_at"]
-            return written
-
-        shared = await _shared(mode, chain.http_url, chain.grpc_url, stats)
-        try:
-            return (await _write_to_read(shared, write, samples)).from_write
-        finally:
-            await DriftClientManager.shutdown()
+    return (await write_remote(chain.http_url, samples, subscribe)).from_write
 
 
 async def _driftshare_counts(sim: Simulator) -> dict[str, int]:

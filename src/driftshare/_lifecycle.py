@@ -462,26 +462,27 @@ class SharedClient:
         # its replacement is in place: the ledger dates the values being served.
         self.tap = tap = AccountTap(self.ledger, discovery.records, active=gen.ready_at is None)
         tap.on_reconnect = self.confirmer.check_all
-        if mode == "grpc":
+        subscribers = {"grpc": self._grpc, "websocket": self._websocket}
+        fallback: dict[SubscriptionMode, SubscriptionMode] = {
+            "grpc": "websocket",
+            "websocket": "polling",
+        }
+        while mode != "polling":
             try:
-                await self._install_subscriber(gen, self._grpc(gen, discovery, tap), tap)
-                self.mode = "grpc"
+                await self._install_subscriber(gen, subscribers[mode](gen, discovery, tap), tap)
+                self.mode = mode
                 return
-            except Exception as exc:  # any gRPC failure: fall back to websocket
+            except Exception as exc:  # any failure of this mode: fall back to the next one
                 metrics.SUBSCRIPTION_FAILURES.labels(self.network).inc()
-                self.grpc_down_since = time.monotonic()
+                if mode == "grpc":
+                    self.grpc_down_since = time.monotonic()
                 log.warning(
-                    "gRPC subscription failed (%s); websocket instead", redact_text(repr(exc))
+                    "%s subscription failed (%s); %s instead",
+                    mode,
+                    redact_text(repr(exc)),
+                    fallback[mode],
                 )
-                mode = "websocket"
-        if mode == "websocket":
-            try:
-                await self._install_subscriber(gen, self._websocket(gen, discovery, tap), tap)
-                self.mode = "websocket"
-                return
-            except Exception as exc:  # any websocket failure: fall back to polling
-                metrics.SUBSCRIPTION_FAILURES.labels(self.network).inc()
-                log.warning("websocket subscription failed (%r); polling instead", exc)
+                mode = fallback[mode]
         await self._install_subscriber(gen, self._polling(gen, discovery, tap), tap)
         self.mode = "polling"
 
