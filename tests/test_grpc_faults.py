@@ -164,3 +164,22 @@ async def test_everything_down_recovers_on_grpc(sim: Simulator, reads: Reads) ->
     await _fresh_again(sim)
     await eventually(lambda: _mode() == "grpc", "on gRPC")
     await eventually(lambda: sim.stats()["grpc"]["streams"]["open"] == 1, "one stream open")
+
+
+async def test_an_undecodable_market_is_served_stale_until_it_decodes_again(
+    sim: Simulator, reads: Reads
+) -> None:
+    world = sim.world
+    assert world is not None
+    key = world.perp_market_pubkey(0)
+    sim.faults.corrupt(key, "garble")
+    world.set_oracle_price(0, world.oracle_price(0) * 1.5)  # the market account is rewritten
+    await eventually(lambda: 0 in _stats()["unavailable_markets"], "market 0 unavailable")
+    funding = await DriftClientManager.get_funding_rate(0)
+    assert funding is not None
+    assert funding.stale
+    sim.faults.restore(key)
+    world.set_oracle_price(0, world.oracle_price(0) / 1.5)
+    await eventually(lambda: 0 not in _stats()["unavailable_markets"], "market 0 decoded")
+    await _fresh_again(sim)
+    assert _mode() == "grpc"
