@@ -723,7 +723,8 @@ def render(results: dict[str, Any], soak: dict[str, Any] | None) -> str:
         "every perp market, the feed's funding of every active market), puts the fault on for "
         f"{results['config']['fault_s']} s, takes it off, and ends once no read has been bad "
         f"for {results['config']['quiet_s']} s (or recovery is past its bound). Then every "
-        "engine disconnects at once, with reads in flight.",
+        "engine disconnects at once, with reads in flight. In grpc mode the simulators serve "
+        "Yellowstone Geyser gRPC too, and `DRIFT_GRPC_URL` names the first one's.",
         "",
         "- **Exceptions**: raised into an engine by a connect, read or disconnect.",
         "- **None**: reads answering None or an empty list.",

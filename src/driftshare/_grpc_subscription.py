@@ -214,10 +214,7 @@ class GeyserStream:
     async def _read(self) -> None:
         call = self._call
         while True:
-            try:
-                update = await asyncio.wait_for(call.read(), self._stall_s)
-            except TimeoutError:
-                raise _StreamFailed(f"no message for {self._stall_s:g} s") from None
+            update = await call.read()
             if update is grpc.aio.EOF:
                 raise _StreamFailed("the server ended the stream")
             self.last_message_at = self._clock()
@@ -250,6 +247,10 @@ class GeyserStream:
         while True:
             await asyncio.sleep(every)
             await self._ping()
+            # Heard at the stream's opening (or a slot update) at the latest.
+            silent = self._clock() - max(self.last_message_at or 0.0, self._slot_heard_at)
+            if silent >= self._stall_s:
+                raise _StreamFailed(f"no message (not even a pong) for {silent:.1f} s")
             if self._clock() - self._slot_heard_at < self._stall_s:
                 continue
             chain = await self._stub.GetSlot(

@@ -348,25 +348,31 @@ class GeyserServer:
         self._stats.streams_open += 1
         self._stats.streams_total += 1
         reader = asyncio.create_task(self._read(stream, requests))
+        pinger = asyncio.create_task(self._ping(stream))
         try:
             while True:
-                try:
-                    item = await asyncio.wait_for(stream.outbox.get(), _SERVER_PING_S)
-                except TimeoutError:
-                    item = geyser_pb2.SubscribeUpdate(
-                        filters=(), ping=geyser_pb2.SubscribeUpdatePing(), created_at=_now()
-                    )
+                item = await stream.outbox.get()
                 if isinstance(item, _End):
                     self._stats.ended[item.code.name] += 1
                     await context.abort(item.code, item.message)
                 await context.write(item)
                 self._stats.updates[item.WhichOneof("update_oneof") or "other"] += 1
         finally:
+            pinger.cancel()
             # Cancelled, not awaited: a task reading the request stream ends only with the call.
             reader.cancel()
             self._streams.discard(stream)
             self._stats.streams_open -= 1
             self._stats.filters_active -= stream.filters.pubkeys
+
+    async def _ping(self, stream: _Stream) -> None:
+        while True:
+            await asyncio.sleep(_SERVER_PING_S)
+            stream.outbox.put_nowait(
+                geyser_pb2.SubscribeUpdate(
+                    filters=(), ping=geyser_pb2.SubscribeUpdatePing(), created_at=_now()
+                )
+            )
 
     async def _read(self, stream: _Stream, requests: AsyncIterator[Any]) -> None:
         try:
