@@ -177,7 +177,8 @@ class GeyserStream:
         self.failures += 1
         self.failures_total += 1
         level = logging.WARNING if self.failures == 1 else logging.DEBUG
-        log.log(level, "gRPC stream to %s failed (%s); reopening", self.url, self.last_error)
+        shown = redact_url(self.url)
+        log.log(level, "gRPC stream to %s failed (%s); reopening", shown, self.last_error)
         if self.failures == FAILURES_BEFORE_FALLBACK:
             self.given_up.set()
             self.on_give_up()
