@@ -9,6 +9,7 @@ from collections.abc import AsyncIterator
 from typing import Any
 
 import httpx
+import psutil  # type: ignore[import-untyped]
 import pytest
 from prometheus_client import generate_latest
 
@@ -186,3 +187,22 @@ async def test_a_resubscription_changes_the_accounts_on_the_same_stream(
 
     await eventually(updated, "market 0 still streamed")
     await DriftClientManager.release_client()
+
+
+def _connected_to(port: int) -> bool:
+    return any(c.raddr and c.raddr.port == port for c in psutil.Process().connections())
+
+
+async def test_no_grpc_connection_is_left_after_a_reopened_stream_closes(
+    grpc_manager: Simulator,
+) -> None:
+    sim = grpc_manager
+    port = int(sim.grpc_url.rsplit(":", 1)[1])
+    assert await DriftClientManager.get_client() is not None
+    await sim.faults.drop_grpc()
+    await eventually(lambda: grpc_stats(sim)["streams"]["total"] == 2, "stream reopened")
+    await eventually(lambda: grpc_stats(sim)["streams"]["open"] == 1, "one stream open")
+    assert _connected_to(port)
+    await DriftClientManager.release_client()
+    await DriftClientManager.shutdown()
+    await eventually(lambda: not _connected_to(port), "the gRPC connection closed")

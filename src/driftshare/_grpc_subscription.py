@@ -78,6 +78,12 @@ def open_channel(url: str) -> grpc.aio.Channel:
     return grpc.aio.insecure_channel(target, options=_CHANNEL_OPTIONS)
 
 
+def _describe(exc: BaseException) -> str:
+    if isinstance(exc, grpc.aio.AioRpcError):
+        return f"{exc.code().name}: {exc.details()}"
+    return str(exc) or type(exc).__name__
+
+
 def _metadata(token: str | None) -> tuple[tuple[str, str], ...]:
     return () if token is None else (("x-token", token),)
 
@@ -159,20 +165,21 @@ class GeyserStream:
             try:
                 await self._serve()
             except Exception as exc:  # any failure of this stream: count it and reopen
-                self._failed(exc)
+                self._failed(_describe(exc))
             finally:
                 self.connected = False
-                call, self._call = self._call, None
-                if call is not None:
-                    call.cancel()
+                self._end_call()
             cap = min(_BACKOFF_CAP_S, _BACKOFF_S * 2 ** min(self.failures, 10))
             await asyncio.sleep(self._rng.uniform(cap / 2, cap))
 
-    def _failed(self, exc: BaseException) -> None:
-        if isinstance(exc, grpc.aio.AioRpcError):
-            reason = f"{exc.code().name}: {exc.details()}"
-        else:
-            reason = str(exc) or type(exc).__name__
+    def _end_call(self) -> None:
+        # No reference to a call may outlive it: gRPC keeps the connection of a closed
+        # channel open while any of its calls is still referenced.
+        call, self._call = self._call, None
+        if call is not None:
+            call.cancel()
+
+    def _failed(self, reason: str) -> None:
         self.last_error = redact_text(reason)
         self.failures += 1
         self.failures_total += 1
@@ -195,6 +202,12 @@ class GeyserStream:
         self.opened += 1
         await self._write(self._request())
         await self._ping()
+        raise _StreamFailed(await self._until_failure())
+
+    async def _until_failure(self) -> str:
+        """Read and watch the open stream until either fails; why.
+
+        A string, not the exception: its traceback would keep the call referenced."""
         tasks = [
             asyncio.create_task(self._read(), name="driftshare-grpc-read"),
             asyncio.create_task(self._watch_health(), name="driftshare-grpc-health"),
@@ -203,8 +216,8 @@ class GeyserStream:
             done, _ = await asyncio.wait(tasks, return_when=asyncio.FIRST_COMPLETED)
         finally:
             await cancel_all(list(tasks))
-        for task in done:
-            task.result()  # the failure that ended the stream
+        failures = [t.exception() for t in done if not t.cancelled()]
+        return "; ".join(_describe(exc) for exc in failures if exc is not None) or "ended"
 
     async def _ping(self) -> None:
         self._pings += 1
@@ -213,9 +226,8 @@ class GeyserStream:
         )
 
     async def _read(self) -> None:
-        call = self._call
         while True:
-            update = await call.read()
+            update = await self._call.read()
             if update is grpc.aio.EOF:
                 raise _StreamFailed("the server ended the stream")
             self.last_message_at = self._clock()
@@ -266,9 +278,7 @@ class GeyserStream:
                 )
 
     async def close(self) -> None:
-        call, self._call = self._call, None
-        if call is not None:
-            call.cancel()
+        self._end_call()
         await self._channel.close()
 
     def stats(self) -> dict[str, Any]:
@@ -378,26 +388,32 @@ class GrpcSubscriber(LedgerSubscriber):
 
 async def grpc_works(url: str, token: str | None, stall_s: float) -> bool:
     """Whether a short stream at ``url`` answers a ping and reports a new slot in time."""
+    async with open_channel(url) as channel:
+        return await _answers(channel, token, stall_s)
 
-    async def probe() -> bool:
-        async with open_channel(url) as channel:
-            call = geyser_pb2_grpc.GeyserStub(channel).Subscribe(metadata=_metadata(token))
-            request = geyser_pb2.SubscribeRequest(
-                slots={_FILTER: geyser_pb2.SubscribeRequestFilterSlots(filter_by_commitment=True)},
-                commitment=geyser_pb2.CONFIRMED,
-                ping=geyser_pb2.SubscribeRequestPing(id=1),
+
+async def _answers(channel: grpc.aio.Channel, token: str | None, stall_s: float) -> bool:
+    # Every outcome is settled here, so no traceback keeps the call past the channel's close.
+    call = geyser_pb2_grpc.GeyserStub(channel).Subscribe(metadata=_metadata(token))
+    try:
+        async with asyncio.timeout(stall_s):
+            await call.write(
+                geyser_pb2.SubscribeRequest(
+                    slots={
+                        _FILTER: geyser_pb2.SubscribeRequestFilterSlots(filter_by_commitment=True)
+                    },
+                    commitment=geyser_pb2.CONFIRMED,
+                    ping=geyser_pb2.SubscribeRequestPing(id=1),
+                )
             )
-            await call.write(request)
             kinds: set[str] = set()
             while not {"pong", "slot"} <= kinds:
                 update = await call.read()
                 if update is grpc.aio.EOF:
                     return False
                 kinds.add(update.WhichOneof("update_oneof"))
-            call.cancel()
             return True
-
-    try:
-        return await asyncio.wait_for(probe(), stall_s)
     except Exception:  # unreachable, refused or silent: not yet
         return False
+    finally:
+        call.cancel()
