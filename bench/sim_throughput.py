@@ -1,8 +1,11 @@
-"""Benchmark the simulator: getMultipleAccounts(100 keys) per second on loopback, and its RSS.
+"""Benchmark the simulator: getMultipleAccounts(100 keys) per second on loopback, transactions
+from ``sendTransaction`` to a status in ``getSignatureStatuses`` per second, and its RSS.
 
 Starts ``driftshare sim`` in a subprocess (so client and server each get a core), finds the
 perp market accounts with a ``getProgramAccounts`` as driftpy does, then hammers them from
-this process with a persistent aiohttp session. Run::
+this process with a persistent aiohttp session. For transactions, each worker has its own
+airdropped wallet and sends signed System transfers (with preflight, as clients do by
+default), polling ``getSignatureStatuses`` until each has a status. Run::
 
     .venv/bin/python -m bench.sim_throughput --out sim.json
 
@@ -13,17 +16,26 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import base64
 import json
 import statistics
 import subprocess
 import sys
 import time
+from collections.abc import Callable, Coroutine
 from pathlib import Path
 from typing import Any
 
 import aiohttp
 import psutil  # type: ignore[import-untyped]
 from driftpy.constants.config import DRIFT_PROGRAM_ID
+from solders.hash import Hash
+from solders.keypair import Keypair
+from solders.pubkey import Pubkey
+from solders.system_program import TransferParams, transfer
+from solders.transaction import Transaction
+
+from bench._harness import percentiles
 
 PERP_MARKET_DISCRIMINATOR_B58 = "2pTyMkwXuti"
 """Base58 of the PerpMarket account discriminator, the filter driftpy uses."""
@@ -39,6 +51,7 @@ def _parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--seconds", type=float, default=10.0, help="measured duration")
     p.add_argument("--warmup", type=float, default=1.0)
     p.add_argument("--concurrency", type=int, default=16)
+    p.add_argument("--tx-seconds", type=float, default=10.0, help="measured transaction time")
     p.add_argument("--tick-s", type=float, default=0.4, help="simulator slot time")
     p.add_argument("--out", type=Path, required=True, help="JSON results file")
     return p.parse_args(argv)
@@ -89,16 +102,15 @@ async def _load(
     latencies: list[float] = []
     sizes: list[int] = []
     errors = 0
-    measuring = False
     done = 0
 
-    async def worker() -> None:
+    async def worker(window: _Window) -> None:
         nonlocal errors, done
         while True:
             started = time.perf_counter()
             async with session.post(url, data=body, headers=headers) as response:
                 raw = await response.read()
-            if not measuring:
+            if not window.measuring:
                 continue
             if response.status != 200:
                 errors += 1
@@ -111,17 +123,8 @@ async def _load(
                 if len(values) != len(keys) or any(v is None for v in values):
                     errors += 1
 
-    workers = [asyncio.create_task(worker()) for _ in range(args.concurrency)]
-    await asyncio.sleep(args.warmup)
-    measuring = True
-    started = time.perf_counter()
-    await asyncio.sleep(args.seconds)
-    measuring = False
-    elapsed = time.perf_counter() - started
-    for task in workers:
-        task.cancel()
-    await asyncio.gather(*workers, return_exceptions=True)
-    latencies.sort()
+    elapsed = await _measure(worker, args.concurrency, args.warmup, args.seconds)
+    latency = percentiles(latencies)
     return {
         "requests": done,
         "errors": errors,
@@ -130,10 +133,94 @@ async def _load(
         "accounts_per_s": round(done * len(keys) / elapsed, 1),
         "mb_per_s": round(sum(sizes) / elapsed / 1e6, 1),
         "response_bytes": int(statistics.mean(sizes)) if sizes else 0,
-        "latency_p50_ms": round(latencies[len(latencies) // 2] * 1000, 2) if latencies else None,
-        "latency_p99_ms": (
-            round(latencies[int(len(latencies) * 0.99)] * 1000, 2) if latencies else None
-        ),
+        "latency_p50_ms": round(latency["p50"] * 1000, 2),
+        "latency_p99_ms": round(latency["p99"] * 1000, 2),
+    }
+
+
+class _Window:
+    """Whether workers are inside the measured window (warm-up and wind-down are not)."""
+
+    measuring = False
+
+
+async def _measure(
+    worker: Callable[[_Window], Coroutine[Any, Any, None]],
+    concurrency: int,
+    warmup: float,
+    seconds: float,
+) -> float:
+    """Run ``concurrency`` workers for a warm-up, then a measured window; its length."""
+    window = _Window()
+    tasks = [asyncio.create_task(worker(window)) for _ in range(concurrency)]
+    await asyncio.sleep(warmup)
+    window.measuring = True
+    started = time.perf_counter()
+    await asyncio.sleep(seconds)
+    window.measuring = False
+    elapsed = time.perf_counter() - started
+    for task in tasks:
+        task.cancel()
+    await asyncio.gather(*tasks, return_exceptions=True)
+    return elapsed
+
+
+async def _call(session: aiohttp.ClientSession, url: str, method: str, params: list[Any]) -> Any:
+    body = {"jsonrpc": "2.0", "id": 1, "method": method, "params": params}
+    async with session.post(url, json=body) as response:
+        answer = await response.json()
+    if "error" in answer:
+        raise RuntimeError(f"{method}: {answer['error']}")
+    return answer["result"]
+
+
+async def _tx_load(
+    session: aiohttp.ClientSession, url: str, args: argparse.Namespace
+) -> dict[str, Any]:
+    latencies: list[float] = []
+    errors = 0
+    destination = Pubkey.new_unique()
+
+    async def worker(window: _Window) -> None:
+        nonlocal errors
+        wallet = Keypair()
+        await _call(session, url, "requestAirdrop", [str(wallet.pubkey()), 10**12])
+        latest = await _call(session, url, "getLatestBlockhash", [])
+        blockhash = Hash.from_string(latest["value"]["blockhash"])
+        lamports = 0
+        while True:
+            lamports += 1  # a new amount each time, so a new signature
+            ix = transfer(
+                TransferParams(
+                    from_pubkey=wallet.pubkey(), to_pubkey=destination, lamports=lamports
+                )
+            )
+            tx = Transaction.new_signed_with_payer([ix], wallet.pubkey(), [wallet], blockhash)
+            wire = base64.b64encode(bytes(tx)).decode()
+            started = time.perf_counter()
+            try:
+                signature = await _call(
+                    session, url, "sendTransaction", [wire, {"encoding": "base64"}]
+                )
+                while True:
+                    statuses = await _call(session, url, "getSignatureStatuses", [[signature]])
+                    if statuses["value"][0] is not None:
+                        break
+            except RuntimeError:
+                if window.measuring:
+                    errors += 1
+                continue
+            if window.measuring:
+                latencies.append(time.perf_counter() - started)
+
+    elapsed = await _measure(worker, args.concurrency, args.warmup, args.tx_seconds)
+    latency = percentiles(latencies)
+    return {
+        "tx_landed": len(latencies),
+        "tx_errors": errors,
+        "tx_per_s": round(len(latencies) / elapsed, 1),
+        "tx_latency_p50_ms": round(latency["p50"] * 1000, 2),
+        "tx_latency_p99_ms": round(latency["p99"] * 1000, 2),
     }
 
 
@@ -149,6 +236,7 @@ async def _run(args: argparse.Namespace) -> dict[str, Any]:
             rss_idle = server.memory_info().rss
             load = await _load(session, url, markets[: args.keys], args)
             rss_loaded = server.memory_info().rss
+            transactions = await _tx_load(session, url, args)
     finally:
         proc.terminate()
         proc.wait(timeout=30)
@@ -161,6 +249,7 @@ async def _run(args: argparse.Namespace) -> dict[str, Any]:
         **load,
         "rss_idle_mb": round(rss_idle / 2**20, 1),
         "rss_after_load_mb": round(rss_loaded / 2**20, 1),
+        **transactions,
     }
 
 

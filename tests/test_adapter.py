@@ -16,6 +16,7 @@ from driftshare import DriftAdapter
 from driftshare.manager import DriftClientManager
 from driftshare.models import next_funding_ts
 from driftshare.sim import Simulator
+from sim_users import put_user
 
 MODES = pytest.mark.parametrize("use_singleton", [True, False], ids=["singleton", "private"])
 
@@ -125,6 +126,16 @@ async def test_get_all_perp_markets_equals_ground_truth(
     assert [_without_age(m) for m in markets] == [
         truth.market(i).to_dict() for i in truth.indexes()
     ]
+
+
+async def test_mark_price_and_perp_market_symbols(
+    adapter: DriftAdapter, truth: GroundTruth
+) -> None:
+    assert await adapter.get_perp_markets() == [truth.market(i).symbol for i in truth.indexes()]
+    for index in truth.indexes():
+        assert await adapter.get_mark_price(index) == truth.market(index).mark_price
+    assert await adapter.get_mark_price("sol") == truth.market(0).mark_price
+    assert await adapter.get_mark_price("NOPE-PERP") is None
 
 
 async def test_get_time_to_funding(
@@ -243,23 +254,33 @@ async def test_a_shared_client_that_failed_to_start_comes_up_in_the_background(
 
 async def test_private_client_signs_with_the_wallet(sim_manager: Simulator) -> None:
     wallet = Keypair()
+    put_user(sim_manager, wallet.pubkey(), 3)
     drift = DriftAdapter(use_singleton=False)
     try:
         assert await drift.connect(wallet=wallet, sub_account=3)
         client = drift._private.client  # type: ignore[union-attr]
         assert client.wallet.public_key == wallet.pubkey()
         assert client.active_sub_account_id == 3
+        assert drift.account is not None
+        assert drift.account.client is client
     finally:
         await drift.disconnect()
 
 
-async def test_singleton_ignores_the_wallet(sim_manager: Simulator) -> None:
+async def test_singleton_registers_the_wallet(sim_manager: Simulator) -> None:
+    wallet = Keypair()
+    put_user(sim_manager, wallet.pubkey(), 3)
     drift = DriftAdapter()
     try:
-        assert await drift.connect(wallet=Keypair(), sub_account=3)
+        assert await drift.connect(wallet=wallet, sub_account=3)
         assert _references() == 1
+        assert drift.can_trade
+        assert drift.address == str(wallet.pubkey())
+        assert drift.account is not None
+        assert (drift.account.authority, drift.account.sub_account_id) == (wallet.pubkey(), 3)
     finally:
         await drift.disconnect()
+    assert not drift.can_trade
 
 
 @pytest.mark.parametrize(

@@ -68,11 +68,11 @@ class _Feed:
     def __init__(self, *rates: float) -> None:
         self.rates = rates
 
-    async def get_all_funding_rates(self) -> list[FundingInfo]:
-        return [
-            FundingInfo(f"M{i}-PERP", rate / 1095, rate, rate > 0, 100.0, 60)
+    async def get_all_funding_rates(self) -> dict[str, FundingInfo]:
+        return {
+            f"M{i}-PERP": FundingInfo(f"M{i}-PERP", rate / 1095, rate, rate > 0, 100.0, 60)
             for i, rate in enumerate(self.rates)
-        ]
+        }
 
 
 @pytest.mark.parametrize(

@@ -64,12 +64,14 @@ async def test_get_all_funding_rates_defaults_to_active_markets(
             await adapter.disconnect()
         active = _active(wide_truth)
         assert len(active) < len(wide_truth.indexes())
-        assert rates == [_info(wide_truth, i) for i in active]
+        assert list(rates.values()) == [_info(wide_truth, i) for i in active]
+        assert list(rates) == [info.market for info in rates.values()]
 
 
 async def test_explicit_market_list(feed: DriftFundingFeed, truth: GroundTruth) -> None:
     feed.markets = ["eth", 1, "NOPE-PERP"]
-    assert await feed.get_all_funding_rates() == [_info(truth, 2), _info(truth, 1)]
+    rates = await feed.get_all_funding_rates()
+    assert list(rates.items()) == [(i.market, i) for i in (_info(truth, 2), _info(truth, 1))]
 
 
 async def test_find_best_opportunity(feed: DriftFundingFeed, truth: GroundTruth) -> None:
@@ -129,7 +131,7 @@ async def test_sync_on_the_loop_thread_returns_last_known_rates(
 ) -> None:
     assert feed.get_funding_rates_sync() == {}
     rates = await feed.get_all_funding_rates()
-    assert feed.get_funding_rates_sync() == {info.market: info.rate_8h for info in rates}
+    assert feed.get_funding_rates_sync() == {m: info.rate_8h for m, info in rates.items()}
     assert len(rates) == len(_active(truth))
 
 
@@ -291,7 +293,7 @@ async def test_unreachable_rpc_never_raises(manager_settings: None) -> None:
     feed = DriftFundingFeed()
     try:
         assert await feed.get_funding_rate("SOL-PERP") is None
-        assert await feed.get_all_funding_rates() == []
+        assert await feed.get_all_funding_rates() == {}
         assert await feed.find_best_opportunity() is None
         assert await feed.get_funding_markets() == []
         assert (await feed.get_market_stats())["markets"] == 0

@@ -48,7 +48,7 @@ def test_round_trip_keeps_every_field() -> None:
     [
         ("s", -1, "bad slot"),
         ("s", "7", "bad slot"),
-        ("k", "user", "bad account kind"),
+        ("k", "vault", "bad account kind"),
         ("p", "not-a-key", "bad pubkey"),
         ("d", "***", "bad data"),
         ("o", "PythPull", "oracle source mismatch"),

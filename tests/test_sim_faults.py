@@ -189,7 +189,8 @@ async def test_clear_brings_everything_back(simulator: Simulator) -> None:
     key = Pubkey.new_unique()
     simulator.store.put(key, Account(data=b"data", owner=OWNER, lamports=1))
     specs = ("fail=503:9", "latency=10", "stall", "malformed=4", f"corrupt={key}", "down=600")
-    for spec in (*specs, "grpc-refuse=resource_exhausted:3"):
+    trading = ("drop-tx=3", "lost-reply=timeout:2", "land-delay=5", "blockhash-age=10")
+    for spec in (*specs, *trading, "grpc-refuse=resource_exhausted:3"):
         await simulator.faults.apply_spec(spec)
     with pytest.raises(httpx.ConnectError):
         await _health(simulator)
@@ -207,6 +208,10 @@ async def test_clear_brings_everything_back(simulator: Simulator) -> None:
         "corrupted": {},
         "hidden": [],
         "grpc_refuse": {"status": "UNAVAILABLE", "remaining": 0},
+        "drop_tx_remaining": 0,
+        "lost_reply": {"mode": "429", "remaining": 0},
+        "land_delay_s": 0.0,
+        "blockhash_max_age": 150,
     }
 
 

@@ -6,10 +6,19 @@ from driftshare.adapter import DriftAdapter
 from driftshare.config import ConfigError, Settings, load_settings, redact_url
 from driftshare.feed import DriftFundingFeed, FundingInfo
 from driftshare.manager import DriftClientManager
-from driftshare.models import FundingRateData, MarketData
+from driftshare.models import (
+    AccountInfo,
+    AccountStatus,
+    FundingRateData,
+    MarketData,
+    OrderInfo,
+    PositionInfo,
+)
 
 __all__ = [
     "METRICS_REGISTRY",
+    "AccountInfo",
+    "AccountStatus",
     "ConfigError",
     "DriftAdapter",
     "DriftClientManager",
@@ -17,6 +26,8 @@ __all__ = [
     "FundingInfo",
     "FundingRateData",
     "MarketData",
+    "OrderInfo",
+    "PositionInfo",
     "Settings",
     "load_settings",
     "redact_url",

@@ -44,6 +44,12 @@ def _add_sim(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     p.add_argument("--rate-limit", type=_positive_float, default=None, metavar="RPS")
     p.add_argument("--burst", type=int, default=None)
     p.add_argument("--funding-period-s", type=_positive_float, default=60.0)
+    p.add_argument(
+        "--fill-spread-bps",
+        type=float,
+        default=10.0,
+        help="half-spread around the oracle at which Drift orders take (basis points)",
+    )
     p.add_argument("--tick-s", type=_positive_float, default=0.4, help="seconds per slot")
     p.add_argument("--max-ws-per-client", type=int, default=64)
     p.add_argument(
@@ -83,6 +89,7 @@ def _cmd_sim(ns: argparse.Namespace) -> int:
         rate_limit=ns.rate_limit,
         burst=ns.burst,
         funding_period_s=ns.funding_period_s,
+        fill_spread_bps=ns.fill_spread_bps,
         tick_s=ns.tick_s,
         max_ws_per_client=ns.max_ws_per_client,
         faults=list(ns.fault),

@@ -18,7 +18,7 @@ import time
 from collections import Counter
 from collections.abc import Awaitable, Callable, Sequence
 from contextlib import suppress
-from typing import Any
+from typing import Any, get_args
 
 from driftshare._ledger import AccountKind, AccountLedger, AccountRecord
 
@@ -32,7 +32,7 @@ _CALLS_PER_BATCH = 10
 _RESUBSCRIBE_GRACE_S = 0.5
 """After a reconnect, the wait before re-reading, so the new subscription is in place first."""
 _MISSED_ROUNDS_FOR_STALL = 2
-_KINDS: tuple[AccountKind, ...] = ("perp", "spot", "oracle", "state")
+_KINDS: tuple[AccountKind, ...] = get_args(AccountKind)
 
 PostBatch = Callable[[list[dict[str, Any]]], Awaitable[list[dict[str, Any]]]]
 """Sends a JSON-RPC batch; the answers in the order of the requests (see ``post_batch``)."""

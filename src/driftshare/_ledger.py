@@ -11,9 +11,12 @@ from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from typing import Literal
 
-__all__ = ["AccountKind", "AccountLedger", "AccountRecord", "LedgerEntry"]
+__all__ = ["MARKET_KINDS", "AccountKind", "AccountLedger", "AccountRecord", "LedgerEntry"]
 
-AccountKind = Literal["perp", "spot", "oracle", "state"]
+AccountKind = Literal["perp", "spot", "oracle", "state", "user", "user_stats"]
+
+MARKET_KINDS: frozenset[AccountKind] = frozenset({"perp", "spot", "oracle", "state"})
+"""The program-wide accounts every member subscribes; the others belong to one signer."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -94,6 +97,10 @@ class AccountLedger:
 
     def clear(self) -> None:
         self._entries.clear()
+
+    def discard(self, pubkey: str) -> None:
+        """Forget ``pubkey`` (no longer subscribed); its listeners are not told."""
+        self._entries.pop(pubkey, None)
 
     def add_listener(self, listener: Listener) -> Callable[[], None]:
         """Call ``listener`` on every change or confirmation; returns its remover."""

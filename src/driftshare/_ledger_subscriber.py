@@ -29,7 +29,7 @@ from solana.rpc.async_api import AsyncClient
 from solders.keypair import Keypair
 from solders.pubkey import Pubkey
 
-from driftshare._ledger import AccountLedger, AccountRecord, LedgerEntry
+from driftshare._ledger import MARKET_KINDS, AccountLedger, AccountRecord, LedgerEntry
 
 __all__ = ["UNREACHABLE_RPC", "LedgerSubscriber", "ledger_client", "oracle_source"]
 
@@ -114,6 +114,8 @@ class LedgerSubscriber(DriftClientAccountSubscriber):  # type: ignore[misc]
 
     def _on_entry(self, entry: LedgerEntry, changed: bool) -> None:
         record = entry.record
+        if record.kind not in MARKET_KINDS:
+            return  # a signer's User or UserStats: read by its own subscriber
         served = self._served.get(record.pubkey)
         if not changed and served is not None:
             # Same bytes at a newer slot: move the slot, keep the decoded value.

@@ -23,6 +23,8 @@ from solana.rpc.commitment import Confirmed
 from solders.keypair import Keypair
 
 from driftshare import _metrics as metrics
+from driftshare._accounts import AccountRegistry
+from driftshare._accounts.hosts import SharedHost
 from driftshare._endpoints import EndpointSelector
 from driftshare._fleet import FleetMember, standalone_stats
 from driftshare._freshness import Confirmer
@@ -129,6 +131,8 @@ class SharedClient:
                 self.load_snapshot(), name=f"driftshare-snapshot-load-{network}"
             )
         self.ledger.add_listener(self._on_ledger)
+        self.accounts = AccountRegistry(SharedHost(self))
+        """The signers and sub-accounts engines registered, watched on this subscription."""
         self.confirmer = Confirmer(
             self.ledger,
             pubkeys=lambda: [] if self.tap is None else self.tap.pubkeys(),
@@ -552,6 +556,7 @@ class SharedClient:
         the previous one on success) ends fully unsubscribed.
         """
         try:
+            await self.accounts.attach(subscriber, tap)
             await asyncio.wait_for(subscriber.subscribe(), self.settings.init_timeout_s)
             gen.check()
         except BaseException:
@@ -600,6 +605,7 @@ class SharedClient:
         if gen.client is not None:
             log.info("last reference released: closing the shared %s DriftClient", self.network)
         await gen.close()
+        self.accounts.clear()  # registrations end with the connection they were made on
         if self.gen is None and self.snapshots is not None:
             await self.snapshots.stop()  # the clean shutdown's write
         if self.gen is None:
@@ -668,6 +674,7 @@ class SharedClient:
             "last_update_age_s": None if confirmed_at is None else now - confirmed_at,
             "data_slot": data_slot(self),
             "freshness": self.confirmer.snapshot(),
+            "accounts": self.accounts.snapshot(),
             "warm_start": None if self.snapshots is None else self.snapshots.stats(),
             "fleet": standalone_stats() if gen is None or gen.fleet is None else gen.fleet.stats(),
         }

@@ -31,7 +31,7 @@ from driftpy.constants.config import DRIFT_PROGRAM_ID
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 from solders.pubkey import Pubkey
 
-from driftshare._ledger import AccountLedger, AccountRecord, LedgerEntry
+from driftshare._ledger import MARKET_KINDS, AccountLedger, AccountRecord, LedgerEntry
 from driftshare._ledger_subscriber import LedgerReads
 from driftshare._marketdata import ClientSource
 from driftshare.config import Settings, redact_url, split_rpc_urls
@@ -176,6 +176,8 @@ def encode_snapshot(
             "data": base64.b64encode(e.record.data).decode(),
         }
         for e in entries
+        # A signer's own accounts are subscribed again by its engines, never served warm.
+        if e.record.kind in MARKET_KINDS
     ]
     body = json.dumps({"records": records}, separators=(",", ":")).encode()
     header = {

@@ -39,6 +39,7 @@ from driftpy.oracles.oracle_id import get_oracle_id
 from driftpy.types import MarketType, OracleInfo
 from solana.rpc.commitment import Commitment
 from solders.pubkey import Pubkey
+from solders.rpc.responses import UnsubscribeResult
 
 from driftshare._freshness import KEYS_PER_CALL, multiple_accounts
 from driftshare._ledger import AccountKind, AccountLedger, AccountRecord
@@ -60,6 +61,9 @@ log = logging.getLogger(__name__)
 SubscriptionMode = Literal["websocket", "polling", "grpc"]
 
 _MAX_MARKET_INDEX = 512
+_SUBSCRIBE_ANSWER_S = 5.0
+"""How long a watched account's subscription may wait for its id."""
+_SUBSCRIBE_POLL_S = 0.005
 
 
 @dataclass
@@ -313,6 +317,14 @@ class AccountTap:
         """Every subscribed account's address."""
         return list(self._kinds)
 
+    def watch(self, pubkey: str, kind: AccountKind) -> None:
+        """Record ``pubkey`` (subscribed after discovery) as ``kind`` from now on."""
+        self._kinds[pubkey] = (kind, None)
+
+    def unwatch(self, pubkey: str) -> None:
+        """Stop recording ``pubkey``: it is no longer subscribed."""
+        self._kinds.pop(pubkey, None)
+
     def reconnected(self) -> None:
         if self.on_reconnect is not None:
             self.on_reconnect()
@@ -365,8 +377,40 @@ class _StateSubscriber(_ReconnectHook, WebsocketAccountSubscriber):  # type: ign
             self._tap.record(str(self.pubkey), raw, new_data.slot)
 
 
+def _drop_unsubscribe_answers(socket: Any) -> None:
+    """Make ``socket`` (one connection) skip the answers to unsubscriptions.
+
+    driftpy's multi-account loop takes any integer result for the id of its oldest pending
+    subscription, and an unsubscription's ``true`` is one: it would pair the next account
+    subscribed with the wrong id.
+    """
+    receive = socket.recv
+
+    async def recv() -> list[Any]:
+        while True:
+            messages = [m for m in await receive() if not isinstance(m, UnsubscribeResult)]
+            if messages:
+                return messages
+
+    socket.recv = recv
+
+
 class _OracleSubscriber(_ReconnectHook, WebsocketMultiAccountSubscriber):  # type: ignore[misc]
-    """driftpy's one-socket oracle subscriber, reporting each update's raw bytes to the tap."""
+    """driftpy's one-socket oracle subscriber, reporting each update's raw bytes to the tap.
+
+    Watched accounts (a signer's User and UserStats) share its socket and can be
+    unsubscribed one by one.
+    """
+
+    @property
+    def ws(self) -> Any:
+        return self._socket
+
+    @ws.setter
+    def ws(self, value: Any) -> None:
+        if value is not None:
+            _drop_unsubscribe_answers(value)
+        _ReconnectHook.ws.fset(self, value)  # type: ignore[attr-defined]
 
     def __init__(self, program: Any, commitment: Commitment, tap: AccountTap) -> None:
         self._tap = tap
@@ -563,11 +607,49 @@ class WebsocketSubscriber(WebsocketDriftClientAccountSubscriber):  # type: ignor
                 self.oracle_subscriber._update_data(
                     pubkey, DataAndSlot(record.slot, decode(record.data))
                 )
-        else:
+        elif record.kind in self._market_apply:
             decoded = self._decoders[record.kind](record.data)
             self._market_apply[record.kind](
                 record.pubkey, record.data, DataAndSlot(record.slot, decoded)
             )
+        else:  # a watched account: the tap is its only reader
+            self._tap.record(record.pubkey, record.data, record.slot)
+
+    async def watch_account(self, record: AccountRecord) -> None:
+        """Subscribe ``record``'s account too, on the oracles' WebSocket (no socket of its
+        own), starting from ``record``; its updates reach the tap, which must watch it."""
+        key = Pubkey.from_string(record.pubkey)
+        if key in self.oracle_subscriber.data_map:
+            return  # watched already: a second accountSubscribe would never be unsubscribed
+        initial = DataAndSlot(record.slot, record.data)
+        await self.oracle_subscriber.add_account(key, bytes, initial)
+        await self._settled(key)
+
+    async def _settled(self, key: Pubkey) -> None:
+        """Wait (bounded) until ``key``'s subscription is no longer awaiting its id.
+
+        driftpy can only unsubscribe an account whose id it holds, and offers no event for
+        its arrival: one unsubscribed while pending would stay subscribed until the socket
+        closes. Polled, as the answer comes within one round trip.
+        """
+        oracles = self.oracle_subscriber
+        deadline = asyncio.get_running_loop().time() + _SUBSCRIBE_ANSWER_S
+        while key in oracles.pending_subscriptions and oracles.ws is not None:
+            if asyncio.get_running_loop().time() > deadline:
+                log.debug("no subscription id for %s within %.0f s", key, _SUBSCRIBE_ANSWER_S)
+                return
+            await asyncio.sleep(_SUBSCRIBE_POLL_S)
+
+    async def unwatch_account(self, pubkey: str) -> None:
+        """Unsubscribe an account :meth:`watch_account` subscribed."""
+        key = Pubkey.from_string(pubkey)
+        oracles = self.oracle_subscriber
+        await self._settled(key)
+        await oracles.remove_account(key)
+        # driftpy removes only a subscription the RPC has confirmed: one still pending would
+        # be subscribed again at the next reconnect.
+        for table in (oracles.decode_map, oracles.data_map, oracles.initial_data_map):
+            table.pop(key, None)
 
 
 class _PollConfirmations:
@@ -663,6 +745,10 @@ class ResilientLoader(BulkAccountLoader):  # type: ignore[misc]
             await asyncio.sleep(self.frequency)
 
 
+def _ignore(buffer: bytes | None, slot: int) -> None:
+    """A watched account's loader callback: its reader is the tap."""
+
+
 class PollingSubscriber(PollingDriftClientAccountSubscriber):  # type: ignore[misc]
     """driftpy's polling subscriber over one BulkAccountLoader, without per-oracle waits."""
 
@@ -676,10 +762,35 @@ class PollingSubscriber(PollingDriftClientAccountSubscriber):  # type: ignore[mi
             False,
         )
         self._decoder = _TolerantDecoder(program, discovery.unavailable)
+        self._watched: dict[str, int] = {}
+        """Watched account → its loader callback id."""
 
     def inject(self, record: AccountRecord) -> None:
         """Apply ``record`` as if a poll had read it (it reaches the tap too)."""
         self.bulk_account_loader.inject(record)
+
+    async def watch_account(self, record: AccountRecord) -> None:
+        """Poll ``record``'s account too, in the same batched reads, starting from
+        ``record``; its updates reach the tap, which must watch it."""
+        if record.pubkey in self._watched:
+            return
+        loader = self.bulk_account_loader
+        loader.buffer_and_slot_map[record.pubkey] = BufferAndSlot(record.slot, record.data)
+        callback = loader.add_account(Pubkey.from_string(record.pubkey), _ignore)
+        self._watched[record.pubkey] = callback
+
+    async def unwatch_account(self, pubkey: str) -> None:
+        """Stop polling an account :meth:`watch_account` added."""
+        callback = self._watched.pop(pubkey, None)
+        if callback is not None:
+            self.bulk_account_loader.remove_account(Pubkey.from_string(pubkey), callback)
+            self.bulk_account_loader.buffer_and_slot_map.pop(pubkey, None)
+
+    async def unsubscribe(self) -> None:
+        await super().unsubscribe()
+        # The loader stops polling only once no account is left in it.
+        for pubkey in list(self._watched):
+            await self.unwatch_account(pubkey)
 
     async def subscribe(self) -> None:
         if len(self.callbacks) != 0:

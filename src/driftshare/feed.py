@@ -127,16 +127,19 @@ class DriftFundingFeed:
             funding, self._seconds_until(int(funding["next_funding_ts"]))
         )
 
-    async def get_all_funding_rates(self) -> list[FundingInfo]:
-        """Funding of every market of the feed that has data, in the feed's market order."""
+    async def get_all_funding_rates(self) -> dict[str, FundingInfo]:
+        """``{market: FundingInfo}`` of every market of the feed that has data, in the feed's
+        market order."""
         self._note_loop()
         infos = [await self.get_funding_rate(m) for m in await self._market_list()]
-        found = [info for info in infos if info is not None]
-        self._last_rates = {info.market: info.rate_8h for info in found}
+        found = {info.market: info for info in infos if info is not None}
+        self._last_rates = {market: info.rate_8h for market, info in found.items()}
         return found
 
     async def _rates_8h(self) -> dict[str, float]:
-        return {info.market: info.rate_8h for info in await self.get_all_funding_rates()}
+        return {
+            market: info.rate_8h for market, info in (await self.get_all_funding_rates()).items()
+        }
 
     async def _rates_8h_on_temporary_loop(self) -> dict[str, float]:
         # The loop ends with the call: close what was opened on it so no socket outlives it.
@@ -197,14 +200,14 @@ class DriftFundingFeed:
 
     async def find_best_opportunity(self, min_rate_pct: float | None = None) -> FundingInfo | None:
         """The market with the largest ``|rate_8h|`` above ``min_rate_pct`` (any, if None)."""
-        rates = await self.get_all_funding_rates()
+        rates = list((await self.get_all_funding_rates()).values())
         if min_rate_pct is not None:
             rates = [info for info in rates if abs(info.rate_8h) > min_rate_pct]
         return max(rates, key=lambda info: abs(info.rate_8h), default=None)
 
     async def get_funding_markets(self) -> list[dict[str, Any]]:
         """Each market's funding with its open interest from the market account."""
-        rates = await self.get_all_funding_rates()
+        rates = (await self.get_all_funding_rates()).values()
         markets = {m["symbol"]: m for m in await self.adapter.get_all_perp_markets()}
         rows: list[dict[str, Any]] = []
         for info in rates:

@@ -15,11 +15,17 @@ from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from typing import Any, ClassVar
 
+from driftpy.addresses import get_user_account_public_key
+from driftpy.constants.config import DRIFT_PROGRAM_ID
 from driftpy.drift_client import DriftClient
+from solders.keypair import Keypair
+from solders.pubkey import Pubkey
 
+from driftshare._accounts import AccountMissing, AccountUnavailable, SubAccount
+from driftshare._accounts.reads import missing_status
 from driftshare._fleet import standalone_stats
 from driftshare._health import reconnect
-from driftshare._lifecycle import SharedClient
+from driftshare._lifecycle import SharedClient, load_keypair
 from driftshare._marketdata import MarketDataReader, MarketSource
 from driftshare.config import (
     PUBLIC_RPC_URLS,
@@ -28,11 +34,23 @@ from driftshare.config import (
     redact_url,
     split_rpc_urls,
 )
-from driftshare.models import FundingRateData, MarketData
+from driftshare.models import (
+    AccountInfo,
+    AccountStatus,
+    FundingRateData,
+    MarketData,
+    OrderInfo,
+    PositionInfo,
+)
 
-__all__ = ["DriftClientManager"]
+__all__ = ["DriftClientManager", "configured_signer"]
 
 log = logging.getLogger(__name__)
+
+
+def configured_signer(settings: Settings) -> Keypair | None:
+    """``DRIFT_KEYPAIR``, or None when it is not set (ValueError when it is unreadable)."""
+    return None if settings.keypair is None else load_keypair(settings)
 
 
 class DriftClientManager:
@@ -55,6 +73,8 @@ class DriftClientManager:
     _keys: ClassVar[dict[tuple[str | None, str | None], tuple[str, str]]] = {}
     """``_url``'s answers under ``_keys_of`` (every cached read asks again)."""
     _keys_of: ClassVar[Settings | None] = None
+    _problems: ClassVar[dict[tuple[str, int], str]] = {}
+    """Why :meth:`open_account` last failed, by (authority, sub-account)."""
 
     @classmethod
     def configure(cls, settings: Settings | None = None, **overrides: Any) -> Settings:
@@ -290,6 +310,112 @@ class DriftClientManager:
         """Open interest of one market in USD, cached; never raises."""
         reader = cls._reader(network)
         return None if reader is None else await reader.get_open_interest(market)
+
+    # -- signers' sub-accounts: registered once, read with no RPC request -------------------
+
+    @classmethod
+    async def open_account(
+        cls,
+        wallet: Keypair | None = None,
+        sub_account: int = 0,
+        network: str | None = None,
+        *,
+        rpc_url: str | None = None,
+    ) -> SubAccount | None:
+        """Register ``wallet``'s ``sub_account`` (``DRIFT_KEYPAIR`` without a wallet) on the
+        shared client, holding one client reference until :meth:`close_account`.
+
+        Every engine opening the same sub-account shares one subscription of its User
+        account. None (logged, nothing held) when it cannot be registered now, e.g. its
+        User account does not exist: :meth:`verify_account` then says how to create it.
+        """
+        try:
+            signer = wallet if wallet is not None else configured_signer(cls.settings())
+        except ValueError as exc:
+            log.error("cannot open a sub-account: %s", exc)
+            return None
+        if signer is None:
+            log.error("cannot open a sub-account: no wallet given and DRIFT_KEYPAIR is not set")
+            return None
+        client = await cls.get_client(network, rpc_url=rpc_url)
+        shared = cls._find(network, rpc_url)
+        if client is not None and shared is not None:
+            try:
+                return await shared.accounts.open(signer, sub_account)
+            except (AccountMissing, AccountUnavailable) as exc:
+                cls._problems[(str(signer.pubkey()), sub_account)] = str(exc)
+                log.warning("cannot open sub-account %d: %s", sub_account, exc)
+        await cls.release_client(network, rpc_url=rpc_url)
+        return None
+
+    @classmethod
+    async def close_account(
+        cls, account: SubAccount, network: str | None = None, *, rpc_url: str | None = None
+    ) -> None:
+        """Drop what :meth:`open_account` took: the registration and its client reference."""
+        shared = cls._find(network, rpc_url)
+        if shared is not None:
+            await shared.accounts.close(account)
+        await cls.release_client(network, rpc_url=rpc_url)
+
+    @classmethod
+    def account(
+        cls,
+        authority: Pubkey | str,
+        sub_account: int = 0,
+        network: str | None = None,
+        *,
+        rpc_url: str | None = None,
+    ) -> SubAccount | None:
+        """The registered ``(authority, sub_account)`` of this loop's shared client, or None."""
+        shared = cls._find(network, rpc_url)
+        if shared is None:
+            return None
+        key = authority if isinstance(authority, Pubkey) else Pubkey.from_string(authority)
+        return shared.accounts.find(key, sub_account)
+
+    @classmethod
+    async def get_account_info(
+        cls, authority: Pubkey | str, sub_account: int = 0, network: str | None = None
+    ) -> AccountInfo | None:
+        """A registered sub-account's collateral, margin and PnL; None if not registered."""
+        account = cls.account(authority, sub_account, network)
+        return None if account is None else account.account_info()
+
+    @classmethod
+    async def get_positions(
+        cls, authority: Pubkey | str, sub_account: int = 0, network: str | None = None
+    ) -> list[PositionInfo]:
+        """A registered sub-account's open perp positions; [] if not registered."""
+        account = cls.account(authority, sub_account, network)
+        return (None if account is None else account.positions()) or []
+
+    @classmethod
+    async def get_open_orders(
+        cls, authority: Pubkey | str, sub_account: int = 0, network: str | None = None
+    ) -> list[OrderInfo]:
+        """A registered sub-account's open orders; [] if not registered."""
+        account = cls.account(authority, sub_account, network)
+        return (None if account is None else account.open_orders()) or []
+
+    @classmethod
+    async def verify_account(
+        cls, authority: Pubkey | str, sub_account: int = 0, network: str | None = None
+    ) -> AccountStatus:
+        """Whether a sub-account can trade; for one not registered, why not."""
+        account = cls.account(authority, sub_account, network)
+        if account is not None:
+            return account.status()
+        key = authority if isinstance(authority, Pubkey) else Pubkey.from_string(authority)
+        message = cls._problems.get((str(key), sub_account)) or (
+            "not registered: open it with DriftClientManager.open_account(wallet, sub_account)"
+        )
+        return missing_status(
+            authority=str(key),
+            sub_account_id=sub_account,
+            user_account=str(get_user_account_public_key(DRIFT_PROGRAM_ID, key, sub_account)),
+            message=message,
+        )
 
     @classmethod
     def shared_state(

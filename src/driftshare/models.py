@@ -48,7 +48,7 @@ from collections.abc import Coroutine
 from dataclasses import dataclass
 from functools import cache
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 import driftpy
 from anchorpy.coder.accounts import AccountsCoder
@@ -77,6 +77,7 @@ from driftpy.math.repeg import (
 )
 from driftpy.math.utils import time_remaining_until_update
 from driftpy.types import AMM, AssetType, OraclePriceData, PerpMarketAccount, PositionDirection
+from pydantic import BaseModel, ConfigDict
 
 __all__ = [
     "HOURS_PER_YEAR",
@@ -219,9 +220,14 @@ def market_name(perp_market: PerpMarketAccount) -> str:
 _CAMEL_BOUNDARY = re.compile(r"(?<!^)(?=[A-Z])")
 
 
+def snake_case(name: str) -> str:
+    """A driftpy enum variant's name in snake case: ``ReduceOnly`` → ``reduce_only``."""
+    return _CAMEL_BOUNDARY.sub("_", name).lower()
+
+
 def market_status(perp_market: PerpMarketAccount) -> str:
     """The ``MarketStatus`` variant in snake case, e.g. ``"reduce_only"``."""
-    return _CAMEL_BOUNDARY.sub("_", type(perp_market.status).__name__).lower()
+    return snake_case(type(perp_market.status).__name__)
 
 
 def funding_is_live(perp_market: PerpMarketAccount) -> bool:
@@ -498,3 +504,102 @@ def market_data_from_market(
         base_asset_amount_short=short_base / _BASE,
         timestamp=timestamp,
     )
+
+
+# -- a signer's sub-account: reads from its subscribed User account ---------------------------
+
+
+class AccountRead(BaseModel):
+    """How current a sub-account read is, as market data says it.
+
+    ``slot`` is the newest slot at which the User account and every market and oracle the
+    values were computed from are known to be current, ``data_age_s`` the seconds since the
+    last of them was confirmed. ``stale`` is true past ``DRIFT_STALE_AFTER_S``, while upstream
+    is down, or while a confirmed write's slot has not been seen yet.
+    """
+
+    model_config = ConfigDict(frozen=True)
+
+    slot: int
+    data_age_s: float
+    stale: bool
+
+    def to_dict(self) -> dict[str, Any]:
+        """The fields as JSON-ready values."""
+        return self.model_dump()
+
+
+class AccountInfo(AccountRead):
+    """A sub-account's margin, in USD, from driftpy's ``DriftUser`` math."""
+
+    authority: str
+    """The signer's public key."""
+    sub_account_id: int
+    user_account: str
+    """The User account's address."""
+    collateral: float
+    """``get_total_collateral()``: spot assets plus weighted unrealized PnL (initial)."""
+    free_collateral: float
+    """``get_free_collateral()``: collateral above the initial margin requirement."""
+    margin_ratio: float | None
+    """Assets (with unrealized PnL) over liabilities, as the TS SDK's ``getMarginRatio``
+    (1.0 = 100%); None without liabilities."""
+    leverage: float
+    """``get_leverage()`` as a multiple (1.0 = 1x)."""
+    unrealized_pnl: float
+    """``get_unrealized_pnl(with_funding=True)``."""
+
+
+class PositionInfo(AccountRead):
+    """One open perp position of a sub-account."""
+
+    market_index: int
+    symbol: str
+    size: float
+    """Signed base amount: positive long, negative short."""
+    entry_price: float
+    """driftpy's ``calculate_entry_price``: quote entry amount over base amount."""
+    unrealized_pnl: float
+    """``get_unrealized_pnl(with_funding=True, market_index=…)`` in USD."""
+    liquidation_price: float | None
+    """``get_perp_liq_price``; None when no price would liquidate it."""
+
+
+class OrderInfo(AccountRead):
+    """One open order of a sub-account."""
+
+    order_id: int
+    user_order_id: int
+    market_index: int
+    market_type: Literal["perp", "spot"]
+    symbol: str
+    direction: Literal["long", "short"]
+    order_type: str
+    """driftpy's OrderType variant in snake case: ``market``, ``limit``, ``oracle``…"""
+    size: float
+    """Base amount ordered."""
+    filled: float
+    """Base amount filled so far."""
+    price: float
+    reduce_only: bool
+    post_only: bool
+    placed_slot: int
+    """The slot at which the order was placed."""
+    max_ts: int
+    """Unix time after which the program refuses to fill it; 0 for none."""
+
+
+class AccountStatus(AccountRead):
+    """Whether a signer's sub-account can trade, and what to do when it cannot."""
+
+    ready: bool
+    message: str
+    address: str
+    """The signer's public key."""
+    sub_account_id: int
+    user_account: str
+    collateral: float | None
+    free_collateral: float | None
+    margin_ratio: float | None
+    positions: int
+    """How many perp positions are open."""

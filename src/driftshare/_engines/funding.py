@@ -31,7 +31,7 @@ class FundingEngine(Engine):
         rates = await self.feed.get_all_funding_rates()
         if not rates:
             raise EngineDataError("no funding rates")
-        ranked = sorted(rates, key=lambda info: abs(info.rate_annual), reverse=True)
+        ranked = sorted(rates.values(), key=lambda info: abs(info.rate_annual), reverse=True)
         self.ranking = [(info.market, info.rate_annual) for info in ranked[: self.top_n]]
         best = ranked[0]
         if best.rate_annual > 0:

@@ -29,6 +29,7 @@ from driftshare.sim._history import (
     pool,
     twap,
 )
+from driftshare.sim.drift.positions import div_trunc
 
 __all__ = ["MAJORS", "NO_FUNDING", "funding_rate", "new_perp_market", "repriced"]
 
@@ -291,12 +292,6 @@ def repriced(market: Any, *, premium: float, price: int, now: int, slot: int, se
     return new
 
 
-def _div_trunc(numerator: int, denominator: int) -> int:
-    """Integer division rounding toward zero, as Rust's does."""
-    quotient = abs(numerator) // abs(denominator)
-    return quotient if (numerator >= 0) == (denominator > 0) else -quotient
-
-
 def funding_rate(amm: Any, tier: str) -> int:
     """Drift's funding rate (FUNDING_RATE_PRECISION, quote per base) from the AMM's twaps.
 
@@ -310,4 +305,4 @@ def funding_rate(amm: Any, tier: str) -> int:
     max_spread = oracle_twap // divisor
     spread = min(max(mark_twap - oracle_twap, -max_spread), max_spread)
     period_adjustment = ONE_DAY // max(ONE_HOUR, amm.funding_period)
-    return _div_trunc(spread * FUNDING_BUFFER, period_adjustment)
+    return div_trunc(spread * FUNDING_BUFFER, period_adjustment)

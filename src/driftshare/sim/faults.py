@@ -10,6 +10,8 @@ from typing import Literal, Protocol
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 from solders.pubkey import Pubkey
 
+from driftshare.sim.blocks import MAX_PROCESSING_AGE
+from driftshare.sim.rpc import validation_problems
 from driftshare.sim.store import Account
 
 __all__ = [
@@ -20,6 +22,7 @@ __all__ = [
     "Faults",
     "GrpcHooks",
     "GrpcRefusal",
+    "LostReply",
     "ServerHooks",
     "check_spec",
     "parse_spec",
@@ -29,6 +32,7 @@ FAIL_STATUSES = (429, 500, 503)
 CorruptMode = Literal["truncate", "garble"]
 GrpcRefusal = Literal["UNAVAILABLE", "RESOURCE_EXHAUSTED"]
 GRPC_REFUSALS: tuple[GrpcRefusal, ...] = ("UNAVAILABLE", "RESOURCE_EXHAUSTED")
+LostReply = Literal["429", "timeout"]
 
 
 class FaultError(ValueError):
@@ -69,6 +73,12 @@ class _Corrupt(BaseModel):
     mode: CorruptMode = "truncate"
 
 
+class _LostReply(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    mode: LostReply = "429"
+    count: int = Field(1, ge=1)
+
+
 class _FaultRequest(BaseModel):
     """Body of ``POST /_sim/faults``; every key is optional and ``clear`` is applied first."""
 
@@ -85,6 +95,10 @@ class _FaultRequest(BaseModel):
     corrupt: _Corrupt | None = None
     hide: str | None = None
     restore: str | None = None
+    drop_tx: int | None = Field(None, ge=0)
+    lost_reply: _LostReply | None = None
+    land_delay_s: float | None = Field(None, ge=0, le=600)
+    blockhash_max_age: int | None = Field(None, ge=0, le=MAX_PROCESSING_AGE)
     spec: list[str] = []
 
 
@@ -115,9 +129,10 @@ def parse_spec(spec: str) -> dict[str, object]:
     """Turn a start-up spec such as ``fail=429:5`` into a ``POST /_sim/faults`` body.
 
     Specs: ``fail=STATUS[:N]``, ``latency=MS``, ``stall[=on|off]``, ``down=SECONDS``,
-    ``drop-ws``, ``drop-grpc``, ``grpc-refuse=UNAVAILABLE|RESOURCE_EXHAUSTED[:N]``,
-    ``malformed[=N]``, ``corrupt=PUBKEY[:truncate|garble]``, ``restore=PUBKEY``,
-    ``clear``.
+    ``drop-ws``, ``malformed[=N]``, ``corrupt=PUBKEY[:truncate|garble]``, ``restore=PUBKEY``,
+    ``clear``; for transactions ``drop-tx=N``, ``lost-reply=429|timeout[:N]``,
+    ``land-delay=SECONDS``, ``blockhash-age=BLOCKS``; for gRPC ``drop-grpc``,
+    ``grpc-refuse=UNAVAILABLE|RESOURCE_EXHAUSTED[:N]``.
     """
     name, _, arg = spec.strip().partition("=")
     name = name.strip().lower()
@@ -153,10 +168,20 @@ def parse_spec(spec: str) -> dict[str, object]:
         return {"restore": arg}
     if name == "clear" and not arg:
         return {"clear": True}
+    if name == "drop-tx":
+        return {"drop_tx": _count("drop-tx", arg or "1")}
+    if name == "lost-reply":
+        mode, _, count = arg.partition(":")
+        return {"lost_reply": {"mode": mode or "429", "count": _count("lost-reply", count or "1")}}
+    if name == "land-delay":
+        return {"land_delay_s": _number("land-delay", arg)}
+    if name == "blockhash-age":
+        return {"blockhash_max_age": _count("blockhash-age", arg)}
     raise FaultError(
         f"unknown fault spec {spec!r}; expected fail=STATUS[:N], latency=MS, stall[=on|off], "
-        "down=SECONDS, drop-ws, drop-grpc, grpc-refuse=STATUS[:N], malformed[=N], "
-        "corrupt=PUBKEY[:truncate|garble], hide=PUBKEY, restore=PUBKEY or clear"
+        "down=SECONDS, drop-ws, malformed[=N], corrupt=PUBKEY[:truncate|garble], "
+        "hide=PUBKEY, restore=PUBKEY, drop-tx=N, lost-reply=429|timeout[:N], "
+        "land-delay=SECONDS, blockhash-age=BLOCKS, drop-grpc, grpc-refuse=STATUS[:N] or clear"
     )
 
 
@@ -178,10 +203,7 @@ def _validate(body: Mapping[str, object]) -> _FaultRequest:
     try:
         return _FaultRequest.model_validate(body)
     except ValidationError as exc:
-        problems = "; ".join(
-            f"{'.'.join(str(p) for p in err['loc']) or 'body'}: {err['msg']}"
-            for err in exc.errors()
-        )
+        problems = validation_problems(exc, "body")
         raise FaultError(f"invalid fault request: {problems}") from None
 
 
@@ -196,6 +218,11 @@ class _State:
     hidden: set[Pubkey] = dataclasses.field(default_factory=set)
     grpc_refusal: GrpcRefusal = "UNAVAILABLE"
     grpc_refuse_remaining: int = 0
+    drop_tx_remaining: int = 0
+    lost_reply_mode: LostReply = "429"
+    lost_reply_remaining: int = 0
+    land_delay_s: float = 0.0
+    blockhash_max_age: int = MAX_PROCESSING_AGE
 
 
 class Faults:
@@ -251,6 +278,37 @@ class Faults:
         key = _pubkey(pubkey)
         self._state.corrupted.pop(key, None)
         self._state.hidden.discard(key)
+
+    def drop_transactions(self, count: int) -> None:
+        """Accept the next ``count`` transactions (answering their signatures) and never land
+        them, as a leader that never got them."""
+        if count < 0:
+            raise FaultError(f"drop_tx must be >= 0, got {count}")
+        self._state.drop_tx_remaining = count
+
+    def lose_replies(self, count: int, mode: LostReply = "429") -> None:
+        """Land the next ``count`` sent transactions, then answer their sends with HTTP 429
+        (``"429"``) or no answer at all (``"timeout"``): landed, and the client cannot know."""
+        if mode not in ("429", "timeout"):
+            raise FaultError(f"lost_reply mode must be 429 or timeout, got {mode!r}")
+        if count < 0:
+            raise FaultError(f"lost_reply count must be >= 0, got {count}")
+        self._state.lost_reply_mode = mode
+        self._state.lost_reply_remaining = count
+
+    def delay_landing(self, seconds: float) -> None:
+        """Land accepted transactions ``seconds`` later (0 turns it off); one whose blockhash
+        expires meanwhile never lands."""
+        if not 0 <= seconds <= 600:
+            raise FaultError(f"land delay must be 0..600 s, got {seconds}")
+        self._state.land_delay_s = float(seconds)
+
+    def expire_blockhashes(self, blocks: int) -> None:
+        """Accept blockhashes only ``blocks`` blocks old (150 is the normal validity), while
+        ``getLatestBlockhash`` keeps promising 150."""
+        if not 0 <= blocks <= MAX_PROCESSING_AGE:
+            raise FaultError(f"blockhash_max_age must be 0..{MAX_PROCESSING_AGE}, got {blocks}")
+        self._state.blockhash_max_age = blocks
 
     async def drop_ws(self) -> int:
         """Cut every open WebSocket now; returns how many were cut."""
@@ -345,6 +403,14 @@ class Faults:
             self.restore(request.restore)
         if request.grpc_refuse is not None:
             self.refuse_grpc(request.grpc_refuse.count, request.grpc_refuse.status)
+        if request.drop_tx is not None:
+            self.drop_transactions(request.drop_tx)
+        if request.lost_reply is not None:
+            self.lose_replies(request.lost_reply.count, request.lost_reply.mode)
+        if request.land_delay_s is not None:
+            self.delay_landing(request.land_delay_s)
+        if request.blockhash_max_age is not None:
+            self.expire_blockhashes(request.blockhash_max_age)
         if request.drop_ws:
             await self.drop_ws()
         if request.drop_grpc:
@@ -364,6 +430,10 @@ class Faults:
             "corrupted": {str(k): v for k, v in s.corrupted.items()},
             "hidden": sorted(str(k) for k in s.hidden),
             "grpc_refuse": {"status": s.grpc_refusal, "remaining": s.grpc_refuse_remaining},
+            "drop_tx_remaining": s.drop_tx_remaining,
+            "lost_reply": {"mode": s.lost_reply_mode, "remaining": s.lost_reply_remaining},
+            "land_delay_s": s.land_delay_s,
+            "blockhash_max_age": s.blockhash_max_age,
         }
 
     @property
@@ -387,6 +457,28 @@ class Faults:
             return False
         self._state.malformed_remaining -= 1
         return True
+
+    @property
+    def land_delay_s(self) -> float:
+        return self._state.land_delay_s
+
+    @property
+    def blockhash_max_age(self) -> int:
+        return self._state.blockhash_max_age
+
+    def take_tx_drop(self) -> bool:
+        """True if this transaction must be dropped, consuming one."""
+        if self._state.drop_tx_remaining <= 0:
+            return False
+        self._state.drop_tx_remaining -= 1
+        return True
+
+    def take_lost_reply(self) -> LostReply | None:
+        """How this landed transaction's send must be answered instead, consuming one."""
+        if self._state.lost_reply_remaining <= 0:
+            return None
+        self._state.lost_reply_remaining -= 1
+        return self._state.lost_reply_mode
 
     def serve(self, pubkey: Pubkey, account: Account) -> Account | None:
         """``account`` as clients are to see it: corrupted or hidden (None) if a fault says so."""

@@ -30,8 +30,9 @@ from driftpy.accounts.grpc.geyser_codegen import geyser_pb2, geyser_pb2_grpc
 from google.protobuf.timestamp_pb2 import Timestamp
 from solders.pubkey import Pubkey
 
+from driftshare.sim.blocks import Blocks
 from driftshare.sim.faults import Faults
-from driftshare.sim.rpc import API_VERSION, blockhash_at
+from driftshare.sim.rpc import API_VERSION
 from driftshare.sim.stats import GrpcStats
 from driftshare.sim.store import Account, AccountStore
 
@@ -196,7 +197,7 @@ class GeyserServer:
         *,
         host: str,
         port: int,
-        seed: int,
+        blocks: Blocks,
         token: str | None = None,
         tls: TlsPair | None = None,
     ) -> None:
@@ -205,7 +206,7 @@ class GeyserServer:
         self._stats = stats
         self.host = host
         self.port = port
-        self._seed = seed
+        self._blocks = blocks
         self._token = token
         self._tls = tls
         self._streams: set[_Stream] = set()
@@ -395,16 +396,18 @@ class GeyserServer:
         except grpc.aio.AioRpcError:
             return  # the client went away: the writer ends with the call
 
+    @property
+    def block_height(self) -> int:
+        return self._blocks.height
+
     def get_slot(self, commitment: int) -> int:
         slot = self._store.slot
         return max(0, slot - _ROOT_LAG) if commitment == geyser_pb2.FINALIZED else slot
 
-    def latest_blockhash(self, commitment: int) -> Any:
-        slot = self.get_slot(commitment)
+    def latest_blockhash(self) -> Any:
+        blockhash, last_valid = self._blocks.latest()
         return geyser_pb2.GetLatestBlockhashResponse(
-            slot=slot,
-            blockhash=blockhash_at(self._seed, slot),
-            last_valid_block_height=slot + 150,
+            slot=self._store.slot, blockhash=str(blockhash), last_valid_block_height=last_valid
         )
 
 
@@ -440,16 +443,14 @@ class _Servicer(geyser_pb2_grpc.GeyserServicer):  # type: ignore[misc]
         return await self._unary(
             context,
             "GetBlockHeight",
-            lambda: geyser_pb2.GetBlockHeightResponse(
-                block_height=self._server.get_slot(request.commitment)
-            ),
+            lambda: geyser_pb2.GetBlockHeightResponse(block_height=self._server.block_height),
         )
 
     async def GetLatestBlockhash(self, request: Any, context: Any) -> Any:
         return await self._unary(
             context,
             "GetLatestBlockhash",
-            lambda: self._server.latest_blockhash(request.commitment),
+            self._server.latest_blockhash,
         )
 
     async def GetVersion(self, request: Any, context: Any) -> Any:

@@ -34,7 +34,7 @@ class TxAccounts(Protocol):
     def put(self, pubkey: Pubkey, account: Account) -> None: ...
 
     def log(self, line: str) -> None:
-        """Add a line to the transaction's log messages (``Program log: ...``)."""
+        """Add ``Program log: <line>`` to the transaction's log messages."""
 
 
 class InstructionFailed(Exception):

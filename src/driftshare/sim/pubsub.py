@@ -1,4 +1,5 @@
-"""Solana PubSub over WebSocket: account, program and slot subscriptions pushed from the store."""
+"""Solana PubSub over WebSocket: account, program and slot subscriptions pushed from the store,
+signature subscriptions from the chain's statuses."""
 
 from __future__ import annotations
 
@@ -12,8 +13,12 @@ from dataclasses import dataclass, field
 from typing import Any, Literal
 
 from aiohttp import WSMsgType, web
+from pydantic import BaseModel, ConfigDict, ValidationError
 from solders.pubkey import Pubkey
+from solders.signature import Signature
 
+from driftshare.sim.blocks import FINALITY_DEPTH
+from driftshare.sim.chain import Chain, Commitment
 from driftshare.sim.rpc import (
     INVALID_PARAMS,
     INVALID_REQUEST,
@@ -23,8 +28,10 @@ from driftshare.sim.rpc import (
     RpcError,
     SubscribeConfig,
     error_text,
+    invalid_params,
     parse_pubkey,
     parse_subscribe_config,
+    validation_problems,
 )
 from driftshare.sim.stats import SimStats
 from driftshare.sim.store import Account, AccountStore
@@ -33,9 +40,12 @@ __all__ = ["PubSub"]
 
 _log = logging.getLogger(__name__)
 
-_Kind = Literal["account", "program", "slot"]
-_ROOT_LAG = 32
-"""Slots between the tip and the root, about what a mainnet node reports."""
+_Kind = Literal["account", "program", "slot", "signature"]
+
+
+class _SignatureConfig(BaseModel):
+    model_config = ConfigDict(extra="ignore")
+    commitment: Literal["processed", "confirmed", "finalized"] | None = None
 
 
 @dataclass(eq=False)
@@ -54,6 +64,8 @@ class _Subscription:
     connection: _Connection
     key: Pubkey | None
     config: SubscribeConfig | None
+    signature: Signature | None = None
+    commitment: Commitment = "finalized"
 
 
 class PubSub:
@@ -64,10 +76,12 @@ class PubSub:
         store: AccountStore,
         encoder: AccountEncoder,
         stats: SimStats,
+        chain: Chain,
         *,
         stalled: Callable[[], bool],
     ) -> None:
         self._store = store
+        self._chain = chain
         self._encoder = encoder
         self._stats = stats
         self._stalled = stalled
@@ -76,6 +90,7 @@ class PubSub:
         self._by_account: dict[Pubkey, dict[int, _Subscription]] = {}
         self._by_program: dict[Pubkey, dict[int, _Subscription]] = {}
         self._slot_subs: dict[int, _Subscription] = {}
+        self._signature_subs: dict[int, _Subscription] = {}
         store.listen(self._on_change)
         self._methods: dict[str, Callable[[_Connection, list[Any]], str]] = {
             "accountSubscribe": self._account_subscribe,
@@ -84,6 +99,8 @@ class PubSub:
             "programUnsubscribe": self._unsubscriber("program"),
             "slotSubscribe": self._slot_subscribe,
             "slotUnsubscribe": self._unsubscriber("slot"),
+            "signatureSubscribe": self._signature_subscribe,
+            "signatureUnsubscribe": self._unsubscriber("signature"),
         }
 
     async def serve(self, request: web.Request) -> web.WebSocketResponse:
@@ -113,7 +130,9 @@ class PubSub:
         """Tell every slot subscriber that ``slot`` is the new tip."""
         if self._stalled() or not self._slot_subs:
             return
-        result = json.dumps({"parent": slot - 1, "root": max(0, slot - _ROOT_LAG), "slot": slot})
+        result = json.dumps(
+            {"parent": slot - 1, "root": max(0, slot - FINALITY_DEPTH), "slot": slot}
+        )
         for sub in self._slot_subs.values():
             sub.connection.outbox.put_nowait(
                 (
@@ -122,6 +141,27 @@ class PubSub:
                     "slotNotification",
                 )
             )
+
+    def notify_signatures(self) -> None:
+        """Tell each signature subscriber whose transaction reached its commitment, once: the
+        subscription ends with its notification, as on a node."""
+        if self._stalled() or not self._signature_subs:
+            return
+        for sub in list(self._signature_subs.values()):
+            assert sub.signature is not None
+            landed = self._chain.status(sub.signature)
+            if landed is None or not self._chain.reached(landed, sub.commitment):
+                continue
+            value = json.dumps({"err": landed.err})
+            sub.connection.outbox.put_nowait(
+                (
+                    '{"jsonrpc":"2.0","method":"signatureNotification","params":{"result":'
+                    f'{{"context":{{"slot":{self._store.slot}}},"value":{value}}},'
+                    f'"subscription":{sub.id}}}}}',
+                    "signatureNotification",
+                )
+            )
+            self._remove(sub)
 
     async def drop_all(self) -> int:
         """Cut every connection without a close frame, as a network failure would."""
@@ -202,6 +242,8 @@ class PubSub:
         conn.subscriptions[sub.id] = sub
         if kind == "slot":
             self._slot_subs[sub.id] = sub
+        elif kind == "signature":
+            self._signature_subs[sub.id] = sub
         else:
             index = self._by_account if kind == "account" else self._by_program
             assert key is not None
@@ -214,6 +256,8 @@ class PubSub:
         sub.connection.subscriptions.pop(sub.id, None)
         if sub.kind == "slot":
             self._slot_subs.pop(sub.id, None)
+        elif sub.kind == "signature":
+            self._signature_subs.pop(sub.id, None)
         else:
             index = self._by_account if sub.kind == "account" else self._by_program
             assert sub.key is not None
@@ -241,6 +285,25 @@ class PubSub:
         if params:
             raise RpcError(INVALID_PARAMS, "Invalid params: slotSubscribe takes no params")
         return self._add(conn, "slot", "slotSubscribe", None, None)
+
+    def _signature_subscribe(self, conn: _Connection, params: list[Any]) -> str:
+        if not params or not isinstance(params[0], str):
+            raise RpcError(INVALID_PARAMS, "Invalid params: missing signature")
+        try:
+            signature = Signature.from_string(params[0])
+            raw = params[1] if len(params) > 1 and params[1] is not None else {}
+            config = _SignatureConfig.model_validate(raw)
+        except ValidationError as exc:
+            raise invalid_params(validation_problems(exc)) from None
+        except ValueError:
+            raise RpcError(INVALID_PARAMS, f"Invalid params: bad signature {params[0]!r}") from None
+        sub_id = self._add(conn, "signature", "signatureSubscribe", None, None)
+        sub = conn.subscriptions[int(sub_id)]
+        sub.signature = signature
+        sub.commitment = config.commitment or "finalized"
+        # After the answer is queued: a transaction already there is notified at once.
+        asyncio.get_running_loop().call_soon(self.notify_signatures)
+        return sub_id
 
     def _unsubscriber(self, kind: _Kind) -> Callable[[_Connection, list[Any]], str]:
         def unsubscribe(conn: _Connection, params: list[Any]) -> str:

@@ -8,17 +8,16 @@ from __future__ import annotations
 
 import base64
 import json
-import os
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any, Literal
+from typing import Any, Literal, TypeVar
 
 import based58
 import zstandard
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
-from solders.hash import Hash
 from solders.pubkey import Pubkey
 
+from driftshare.sim.blocks import Blocks
 from driftshare.sim.store import Account, AccountStore
 
 __all__ = [
@@ -27,16 +26,24 @@ __all__ = [
     "MAX_MULTIPLE_ACCOUNTS",
     "AccountEncoder",
     "AccountView",
+    "CallConfig",
+    "Encoding",
     "Filters",
+    "JsonParser",
     "RpcError",
     "RpcHandler",
+    "RpcMethod",
     "SubscribeConfig",
-    "blockhash_at",
     "call_count",
     "error_text",
+    "invalid_params",
+    "max_params",
     "parse_body",
+    "parse_config",
+    "parse_model",
     "parse_pubkey",
     "parse_subscribe_config",
+    "validation_problems",
 ]
 
 API_VERSION = "2.2.7"
@@ -56,11 +63,11 @@ MIN_CONTEXT_SLOT_NOT_REACHED = -32016
 
 Encoding = Literal["binary", "base58", "base64", "base64+zstd", "jsonParsed"]
 AccountView = Callable[[Pubkey, Account], Account | None]
-
-
-def blockhash_at(seed: int, slot: int) -> str:
-    """The simulated chain's blockhash at ``slot`` (a block is valid for 150 more)."""
-    return str(Hash.hash(f"driftshare-sim:{seed}:{slot}".encode()))
+JsonParser = Callable[[Account], dict[str, object] | None]
+"""An account's ``jsonParsed`` data (``{"parsed", "program", "space"}``), or None when the
+node has no parser for it."""
+RpcMethod = Callable[[list[Any]], str]
+"""Answers one method's params with its result's JSON text; raises :class:`RpcError`."""
 
 
 class RpcError(Exception):
@@ -73,7 +80,8 @@ class RpcError(Exception):
         self.data = data
 
 
-def _invalid(detail: str) -> RpcError:
+def invalid_params(detail: str) -> RpcError:
+    """An Invalid params error: ``Invalid params: <detail>``."""
     return RpcError(INVALID_PARAMS, f"Invalid params: {detail}")
 
 
@@ -88,16 +96,17 @@ def error_text(code: int, message: str, request_id: object, data: object = None)
 def parse_pubkey(value: object) -> Pubkey:
     """A base58 pubkey param, or an Invalid params error."""
     if not isinstance(value, str):
-        raise _invalid(f"expected a base58 pubkey string, got {json.dumps(value)}")
+        raise invalid_params(f"expected a base58 pubkey string, got {json.dumps(value)}")
     try:
         return Pubkey.from_string(value)
     except ValueError as exc:
-        raise _invalid(f"invalid pubkey {value!r}: {exc}") from None
+        raise invalid_params(f"invalid pubkey {value!r}: {exc}") from None
 
 
-def _pydantic_problems(exc: ValidationError) -> str:
+def validation_problems(exc: ValidationError, whole: str = "config") -> str:
+    """Every problem pydantic found, ``field: message; ...`` (``whole`` names the object)."""
     return "; ".join(
-        f"{'.'.join(str(p) for p in err['loc']) or 'config'}: {err['msg']}" for err in exc.errors()
+        f"{'.'.join(str(p) for p in err['loc']) or whole}: {err['msg']}" for err in exc.errors()
     )
 
 
@@ -123,7 +132,9 @@ class _DataSizeFilter(BaseModel):
     data_size: int = Field(alias="dataSize", ge=0)
 
 
-class _Config(BaseModel):
+class CallConfig(BaseModel):
+    """The config object account methods take; unknown keys are ignored as nodes do."""
+
     model_config = ConfigDict(extra="ignore", populate_by_name=True)
     encoding: Encoding | None = None
     commitment: (
@@ -138,19 +149,30 @@ class _Config(BaseModel):
     filters: list[_MemcmpFilter | _DataSizeFilter] | None = None
 
 
-def _config(params: list[Any], index: int) -> _Config:
+_Model = TypeVar("_Model", bound=BaseModel)
+
+
+def parse_model(model: type[_Model], params: list[Any], index: int) -> _Model:
+    """The config object at ``params[index]`` as ``model`` (absent: all defaults); Invalid
+    params if bad."""
     raw = params[index] if len(params) > index and params[index] is not None else {}
     if not isinstance(raw, dict):
-        raise _invalid(f"config must be an object, got {json.dumps(raw)}")
+        raise invalid_params(f"config must be an object, got {json.dumps(raw)}")
     try:
-        return _Config.model_validate(raw)
+        return model.model_validate(raw)
     except ValidationError as exc:
-        raise _invalid(_pydantic_problems(exc)) from None
+        raise invalid_params(validation_problems(exc)) from None
 
 
-def _max_params(params: list[Any], count: int) -> None:
+def parse_config(params: list[Any], index: int) -> CallConfig:
+    """The account methods' config object at ``params[index]``."""
+    return parse_model(CallConfig, params, index)
+
+
+def max_params(params: list[Any], count: int) -> None:
+    """Invalid params unless there are at most ``count`` params."""
     if len(params) > count:
-        raise _invalid(f"expected at most {count} params, got {len(params)}")
+        raise invalid_params(f"expected at most {count} params, got {len(params)}")
 
 
 @dataclass(frozen=True, slots=True)
@@ -166,10 +188,10 @@ class Filters:
         return all(data[offset : offset + len(want)] == want for offset, want in self.memcmp)
 
     @classmethod
-    def from_config(cls, config: _Config) -> Filters:
+    def from_config(cls, config: CallConfig) -> Filters:
         raw = config.filters or []
         if len(raw) > _MAX_FILTERS:
-            raise _invalid(f"Too many filters provided; max {_MAX_FILTERS}")
+            raise invalid_params(f"Too many filters provided; max {_MAX_FILTERS}")
         sizes: list[int] = []
         memcmps: list[tuple[int, bytes]] = []
         for item in raw:
@@ -183,11 +205,11 @@ class Filters:
                 else:
                     want = based58.b58decode(memcmp.bytes.encode())
             except ValueError:
-                raise _invalid(
+                raise invalid_params(
                     f"memcmp bytes {memcmp.bytes!r} are not valid {memcmp.encoding or 'base58'}"
                 ) from None
             if len(want) > _MAX_MEMCMP_BYTES:
-                raise _invalid(f"memcmp bytes longer than {_MAX_MEMCMP_BYTES} bytes")
+                raise invalid_params(f"memcmp bytes longer than {_MAX_MEMCMP_BYTES} bytes")
             memcmps.append((memcmp.offset, want))
         return cls(tuple(sizes), tuple(memcmps))
 
@@ -202,15 +224,16 @@ class SubscribeConfig:
 
 def parse_subscribe_config(params: list[Any], index: int) -> SubscribeConfig:
     """Encoding and filters of a subscribe call; errors as Invalid params."""
-    config = _config(params, index)
+    config = parse_config(params, index)
     return SubscribeConfig(config.encoding or "binary", Filters.from_config(config))
 
 
 class AccountEncoder:
     """Account JSON text per encoding, as nodes send it, cached per account version."""
 
-    def __init__(self, view: AccountView) -> None:
+    def __init__(self, view: AccountView, parser: JsonParser | None = None) -> None:
         self._view = view
+        self._parser = parser
         self._cache: dict[tuple[Pubkey, str], tuple[Account, str]] = {}
         self._zstd = zstandard.ZstdCompressor()
 
@@ -233,9 +256,12 @@ class AccountEncoder:
         data = account.data
         if data_slice is not None:
             data = data[data_slice.offset : data_slice.offset + data_slice.length]
+        parsed = None
+        if encoding == "jsonParsed" and self._parser is not None:
+            parsed = self._parser(account)
         text = json.dumps(
             {
-                "data": self._data(data, encoding),
+                "data": self._data(data, encoding) if parsed is None else parsed,
                 "executable": account.executable,
                 "lamports": account.lamports,
                 "owner": str(account.owner),
@@ -278,14 +304,11 @@ def _check_slice(encoding: Encoding, data_slice: _DataSlice | None) -> None:
 class RpcHandler:
     """Answers JSON-RPC calls about ``store``'s accounts."""
 
-    def __init__(self, store: AccountStore, encoder: AccountEncoder, *, seed: int = 0) -> None:
+    def __init__(self, store: AccountStore, encoder: AccountEncoder, blocks: Blocks) -> None:
         self.store = store
         self.encoder = encoder
-        self._seed = seed
-        # Each simulator is a chain of its own: two simulators never share a genesis hash, so
-        # a client can tell them apart even when their seeds and accounts are equal.
-        self.genesis_hash = str(Hash(os.urandom(32)))
-        self._methods: dict[str, Callable[[list[Any]], str]] = {
+        self.blocks = blocks
+        self._methods: dict[str, RpcMethod] = {
             "getAccountInfo": self._get_account_info,
             "getMultipleAccounts": self._get_multiple_accounts,
             "getProgramAccounts": self._get_program_accounts,
@@ -293,9 +316,14 @@ class RpcHandler:
             "getHealth": self._get_health,
             "getVersion": self._get_version,
             "getLatestBlockhash": self._get_latest_blockhash,
+            "getBlockHeight": self._get_block_height,
             "getBalance": self._get_balance,
             "getGenesisHash": self._get_genesis_hash,
         }
+
+    def add_methods(self, methods: dict[str, RpcMethod]) -> None:
+        """Answer ``methods`` too (the transaction methods live in ``driftshare.sim.tx_rpc``)."""
+        self._methods.update(methods)
 
     def result(self, method: str, params: object) -> str:
         """JSON text of ``method``'s result; raises :class:`RpcError`."""
@@ -305,12 +333,17 @@ class RpcHandler:
         if params is None:
             params = []
         if not isinstance(params, list):
-            raise _invalid("params must be an array")
+            raise invalid_params("params must be an array")
         return handler(params)
 
-    def _context(self, config: _Config) -> str:
+    def context(self, config: CallConfig) -> str:
+        """The ``context`` JSON of an answer; MinContextSlot error if the tip is not there yet."""
+        return self.context_at(config.min_context_slot)
+
+    def context_at(self, min_context_slot: int | None) -> str:
+        """:meth:`context` for a config of another shape than :class:`CallConfig`."""
         slot = self.store.slot
-        if config.min_context_slot is not None and config.min_context_slot > slot:
+        if min_context_slot is not None and min_context_slot > slot:
             raise RpcError(
                 MIN_CONTEXT_SLOT_NOT_REACHED,
                 "Minimum context slot has not been reached",
@@ -318,7 +351,7 @@ class RpcHandler:
             )
         return f'{{"slot":{slot},"apiVersion":"{API_VERSION}"}}'
 
-    def _account_text(self, pubkey: Pubkey, config: _Config) -> str:
+    def _account_text(self, pubkey: Pubkey, config: CallConfig) -> str:
         stored = self.store.get(pubkey)
         account = None if stored is None else self.encoder.served(pubkey, stored)
         if account is None:
@@ -327,37 +360,40 @@ class RpcHandler:
 
     def _get_account_info(self, params: list[Any]) -> str:
         if not params:
-            raise _invalid("missing pubkey")
-        _max_params(params, 2)
+            raise invalid_params("missing pubkey")
+        max_params(params, 2)
         pubkey = parse_pubkey(params[0])
-        config = _config(params, 1)
+        config = parse_config(params, 1)
         _check_slice(config.encoding or "binary", config.data_slice)
-        context = self._context(config)
+        context = self.context(config)
         return f'{{"context":{context},"value":{self._account_text(pubkey, config)}}}'
 
     def _get_multiple_accounts(self, params: list[Any]) -> str:
         if not params or not isinstance(params[0], list):
-            raise _invalid("first param must be an array of pubkeys")
-        _max_params(params, 2)
+            raise invalid_params("first param must be an array of pubkeys")
+        max_params(params, 2)
         if len(params[0]) > MAX_MULTIPLE_ACCOUNTS:
-            raise _invalid(f"Too many inputs provided; max {MAX_MULTIPLE_ACCOUNTS}")
+            raise invalid_params(f"Too many inputs provided; max {MAX_MULTIPLE_ACCOUNTS}")
         pubkeys = [parse_pubkey(p) for p in params[0]]
-        config = _config(params, 1)
-        _check_slice(config.encoding or "binary", config.data_slice)
-        context = self._context(config)
+        config = parse_config(params, 1)
+        # Nodes answer getMultipleAccounts in base64 when no encoding is asked for (agave's
+        # rpc.rs), unlike getAccountInfo and getProgramAccounts (base58).
+        config.encoding = config.encoding or "base64"
+        _check_slice(config.encoding, config.data_slice)
+        context = self.context(config)
         values = ",".join(self._account_text(pubkey, config) for pubkey in pubkeys)
         return f'{{"context":{context},"value":[{values}]}}'
 
     def _get_program_accounts(self, params: list[Any]) -> str:
         if not params:
-            raise _invalid("missing program id")
-        _max_params(params, 2)
+            raise invalid_params("missing program id")
+        max_params(params, 2)
         program = parse_pubkey(params[0])
-        config = _config(params, 1)
+        config = parse_config(params, 1)
         encoding = config.encoding or "binary"
         _check_slice(encoding, config.data_slice)
         filters = Filters.from_config(config)
-        context = self._context(config)
+        context = self.context(config)
         entries: list[str] = []
         for pubkey, stored in list(self.store.items()):
             if stored.owner != program:
@@ -373,36 +409,40 @@ class RpcHandler:
         return value
 
     def _get_slot(self, params: list[Any]) -> str:
-        _max_params(params, 1)
-        self._context(_config(params, 0))
+        max_params(params, 1)
+        self.context(parse_config(params, 0))
         return str(self.store.slot)
 
     def _get_health(self, params: list[Any]) -> str:
-        _max_params(params, 0)
+        max_params(params, 0)
         return '"ok"'
 
     def _get_version(self, params: list[Any]) -> str:
-        _max_params(params, 0)
+        max_params(params, 0)
         return json.dumps({"solana-core": API_VERSION, "feature-set": FEATURE_SET})
 
     def _get_latest_blockhash(self, params: list[Any]) -> str:
-        _max_params(params, 1)
-        context = self._context(_config(params, 0))
-        slot = self.store.slot
-        blockhash = blockhash_at(self._seed, slot)
-        value = json.dumps({"blockhash": blockhash, "lastValidBlockHeight": slot + 150})
+        max_params(params, 1)
+        context = self.context(parse_config(params, 0))
+        blockhash, last_valid = self.blocks.latest()
+        value = json.dumps({"blockhash": str(blockhash), "lastValidBlockHeight": last_valid})
         return f'{{"context":{context},"value":{value}}}'
 
+    def _get_block_height(self, params: list[Any]) -> str:
+        max_params(params, 1)
+        self.context(parse_config(params, 0))
+        return str(self.blocks.height)
+
     def _get_genesis_hash(self, params: list[Any]) -> str:
-        _max_params(params, 0)
-        return f'"{self.genesis_hash}"'
+        max_params(params, 0)
+        return f'"{self.blocks.genesis}"'
 
     def _get_balance(self, params: list[Any]) -> str:
         if not params:
-            raise _invalid("missing pubkey")
-        _max_params(params, 2)
+            raise invalid_params("missing pubkey")
+        max_params(params, 2)
         pubkey = parse_pubkey(params[0])
-        context = self._context(_config(params, 1))
+        context = self.context(parse_config(params, 1))
         account = self.store.get(pubkey)
         return f'{{"context":{context},"value":{account.lamports if account else 0}}}'
 

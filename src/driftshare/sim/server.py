@@ -10,17 +10,24 @@ import asyncio
 import hashlib
 import json
 import logging
+import os
 import socket
 import time
 import zlib
 from collections.abc import Callable
+from decimal import Decimal
 
 from aiohttp import web
 from aiohttp.web_protocol import RequestHandler
-from pydantic import BaseModel, ConfigDict, ValidationError
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from solders.hash import Hash
+from solders.pubkey import Pubkey
 
+from driftshare.sim.blocks import Blocks
+from driftshare.sim.chain import Chain
 from driftshare.sim.faults import FaultError, Faults
 from driftshare.sim.limits import ClientLimits
+from driftshare.sim.programs import Programs
 from driftshare.sim.pubsub import PubSub
 from driftshare.sim.rpc import (
     AccountEncoder,
@@ -29,9 +36,12 @@ from driftshare.sim.rpc import (
     call_count,
     error_text,
     parse_body,
+    validation_problems,
 )
 from driftshare.sim.stats import SimStats
 from driftshare.sim.store import AccountStore
+from driftshare.sim.tokens import USDC_DECIMALS, mint_to_owner, token_json_parser
+from driftshare.sim.tx_rpc import TxRpc
 
 __all__ = ["RATE_LIMIT_MESSAGE", "SimServer", "client_id"]
 
@@ -45,6 +55,9 @@ _SHUTDOWN_TIMEOUT_S = 2.0
 _REBIND_ATTEMPTS = 50
 _REBIND_PAUSE_S = 0.2
 _JSON = "application/json"
+_LOST_REPLY_HOLD_S = 120.0
+"""How long a send under the lost-reply timeout fault is held before its connection is cut:
+longer than any client waits."""
 
 
 def client_id(request: web.Request) -> str:
@@ -105,6 +118,14 @@ class _OracleWrite(BaseModel):
     price: float
 
 
+class _UsdcCredit(BaseModel):
+    """Body of ``POST /_sim/usdc``: whole USDC, up to its 6 decimals."""
+
+    model_config = ConfigDict(extra="forbid")
+    owner: str
+    amount: Decimal = Field(gt=0, le=10**12, decimal_places=USDC_DECIMALS)
+
+
 OracleWriter = Callable[[int, float], None]
 """Moves perp market ``index``'s oracle to ``price`` (``World.set_oracle_price``)."""
 
@@ -118,7 +139,7 @@ class SimServer:
         *,
         host: str,
         port: int,
-        seed: int,
+        programs: Programs,
         rate_limit: float | None,
         burst: int | None,
         max_ws_per_client: int,
@@ -131,9 +152,17 @@ class SimServer:
         self.stats = SimStats(lambda: store.slot)
         self.faults = Faults(self)
         self.limits = ClientLimits(rate_limit, burst, max_ws_per_client)
-        encoder = AccountEncoder(self.faults.serve)
-        self.rpc = RpcHandler(store, encoder, seed=seed)
-        self.pubsub = PubSub(store, encoder, self.stats, stalled=lambda: self.faults.stalled)
+        encoder = AccountEncoder(self.faults.serve, token_json_parser(store))
+        # Each simulator is a chain of its own: two simulators never share a genesis hash (nor
+        # blockhashes), so a client can tell them apart even when their seeds are equal.
+        blocks = Blocks(store, Hash(os.urandom(32)))
+        self.chain = Chain(store, programs, blocks, self.faults, self.stats)
+        self.rpc = RpcHandler(store, encoder, blocks)
+        self.rpc.add_methods(TxRpc(self.rpc, self.chain, encoder).methods())
+        self.pubsub = PubSub(
+            store, encoder, self.stats, self.chain, stalled=lambda: self.faults.stalled
+        )
+        self.chain.listeners.append(self.pubsub.notify_signatures)
         self._runner: web.AppRunner | None = None
         self._sites: list[web.SockSite] = []
         self._down = False
@@ -160,6 +189,7 @@ class SimServer:
                 web.get("/_sim/faults", self._get_faults),
                 web.post("/_sim/faults", self._post_faults),
                 web.post("/_sim/oracle", self._post_oracle),
+                web.post("/_sim/usdc", self._post_usdc),
                 web.post("/", self._post_rpc),
                 web.post("/{token}", self._post_rpc),
                 web.get("/", self._get),
@@ -180,6 +210,7 @@ class SimServer:
     async def stop(self) -> None:
         """Stop serving: close every WebSocket, connection and listening socket."""
         self.faults.cancel_down()
+        self.chain.cancel_delayed()
         await self.pubsub.close()
         if self._runner is not None:
             await self._runner.cleanup()
@@ -258,8 +289,18 @@ class SimServer:
         if isinstance(parsed, RpcError):
             text: str | None = error_text(parsed.code, parsed.message, None)
         else:
+            self.chain.lost_reply = None
             text, methods = self.rpc.answer(parsed)
             self.stats.calls.update(methods)
+            lost, self.chain.lost_reply = self.chain.lost_reply, None
+            if lost == "429":
+                return self._reply(
+                    429, error_text(429, RATE_LIMIT_MESSAGE, first_id), {"Retry-After": "1"}
+                )
+            if lost == "timeout":
+                await asyncio.sleep(_LOST_REPLY_HOLD_S)
+                if request.transport is not None:
+                    request.transport.abort()
         if self.faults.take_malformed():
             # Half an envelope always leaves a brace or bracket open: never valid JSON.
             text = (text or "{}")[: max(1, len(text or "{}") // 2)]
@@ -315,9 +356,7 @@ class SimServer:
         try:
             write = _OracleWrite.model_validate_json(await request.read())
         except ValidationError as exc:
-            problems = "; ".join(
-                f"{'.'.join(map(str, e['loc'])) or 'body'}: {e['msg']}" for e in exc.errors()
-            )
+            problems = validation_problems(exc, "body")
             return _json_response(400, {"error": f"invalid oracle write: {problems}"})
         written_at = time.monotonic()
         try:
@@ -326,6 +365,31 @@ class SimServer:
             return _json_response(400, {"error": str(exc).strip("'\"")})
         return _json_response(
             200, {"market": write.market, "price": write.price, "written_at": written_at}
+        )
+
+    async def _post_usdc(self, request: web.Request) -> web.Response:
+        """Credit simulated USDC to an owner's associated token account, creating it."""
+        try:
+            credit = _UsdcCredit.model_validate_json(await request.read())
+            owner = Pubkey.from_string(credit.owner)
+        except ValidationError as exc:
+            problems = validation_problems(exc, "body")
+            return _json_response(400, {"error": f"invalid USDC credit: {problems}"})
+        except ValueError as exc:
+            return _json_response(400, {"error": f"invalid owner: {exc}"})
+        amount = int(credit.amount.scaleb(USDC_DECIMALS))
+        try:
+            address, balance = mint_to_owner(self.store, owner, amount)
+        except ValueError as exc:
+            return _json_response(400, {"error": str(exc)})
+        return _json_response(
+            200,
+            {
+                "owner": str(owner),
+                "token_account": str(address),
+                "amount": amount,
+                "balance": balance,
+            },
         )
 
 

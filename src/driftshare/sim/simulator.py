@@ -13,10 +13,15 @@ from pathlib import Path
 from types import TracebackType
 from typing import Any, Self
 
+from driftshare.sim._codec import DRIFT_PROGRAM_ID
+from driftshare.sim.builtins import register_builtins
 from driftshare.sim.faults import FaultError, Faults, check_spec
 from driftshare.sim.geyser import GeyserServer, TlsPair
+from driftshare.sim.lookup_tables import lookup_table_account, world_tables
+from driftshare.sim.programs import Programs
 from driftshare.sim.server import SimServer
 from driftshare.sim.store import AccountStore
+from driftshare.sim.tokens import world_token_accounts
 from driftshare.sim.world import World
 
 __all__ = ["SimConfig", "SimConfigError", "Simulator", "run_simulator"]
@@ -46,6 +51,9 @@ class SimConfig:
     burst: int | None = None
     """Token bucket size; default ``max(1, int(rate_limit))``."""
     funding_period_s: float = 60.0
+    fill_spread_bps: float = 10.0
+    """Half-spread, in basis points of the oracle price, at which Drift orders take from the
+    simulated market (see :mod:`driftshare.sim.drift.pricing`)."""
     tick_s: float = 0.4
     """Seconds per slot of the background clock."""
     max_ws_per_client: int = 64
@@ -74,6 +82,8 @@ class SimConfig:
             problems.append(f"burst: must be >= 1, got {self.burst}")
         if not self.funding_period_s > 0:
             problems.append(f"funding_period_s: must be > 0, got {self.funding_period_s}")
+        if not 0 <= self.fill_spread_bps < 10_000:
+            problems.append(f"fill_spread_bps: must be 0..10000, got {self.fill_spread_bps}")
         if not self.tick_s > 0:
             problems.append(f"tick_s: must be > 0, got {self.tick_s}")
         if self.max_ws_per_client < 1:
@@ -123,11 +133,19 @@ class Simulator:
         self.config = config
         self.store = AccountStore()
         self.world: World | None = self._make_world()
+        self.programs = Programs()
+        """The programs transactions run: System, ComputeBudget, Token and Associated Token
+        Account are registered; Drift registers with ``sim.programs.register(id, handler)``."""
+        register_builtins(self.programs)
+        if self.world is not None:
+            self.programs.register(DRIFT_PROGRAM_ID, self.world.program)
+        if self.world is not None:
+            self._serve_chain_accounts(self.world)
         self._server = SimServer(
             self.store,
             host=config.host,
             port=config.port,
-            seed=config.seed,
+            programs=self.programs,
             rate_limit=config.rate_limit,
             burst=config.burst,
             max_ws_per_client=config.max_ws_per_client,
@@ -150,7 +168,7 @@ class Simulator:
             self._server.stats.grpc,
             host=config.host,
             port=config.grpc_port,
-            seed=config.seed,
+            blocks=self._server.rpc.blocks,
             token=config.grpc_token,
             tls=tls,
         )
@@ -165,12 +183,21 @@ class Simulator:
                 seed=self.config.seed,
                 markets=self.config.markets,
                 funding_period_s=self.config.funding_period_s,
+                fill_spread_bps=self.config.fill_spread_bps,
             )
             if self.config.accounts:
                 world.replay(self.config.accounts)
         except ValueError as exc:
             raise SimConfigError(f"invalid simulator config: {exc}") from None
         return world
+
+    def _serve_chain_accounts(self, world: World) -> None:
+        """Write the token mints and vaults of ``world``'s spot markets and Drift's market
+        lookup tables, at the addresses driftpy reads them from."""
+        for pubkey, account in world_token_accounts(world).items():
+            self.store.put(pubkey, account)
+        for pubkey, addresses in world_tables(world).items():
+            self.store.put(pubkey, lookup_table_account(addresses))
 
     @property
     def faults(self) -> Faults:
@@ -259,6 +286,7 @@ class Simulator:
         else:
             self.store.slot += 1
         self._server.pubsub.notify_slot(self.store.slot)
+        self._server.pubsub.notify_signatures()
         if self._geyser is not None:
             self._geyser.notify_slot(self.store.slot)
         return self.store.slot

@@ -5,13 +5,28 @@ from __future__ import annotations
 from collections import Counter
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Literal
 
 from prometheus_client import CollectorRegistry, generate_latest
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
 from prometheus_client.registry import Collector
 
-__all__ = ["GrpcStats", "SimStats"]
+__all__ = ["TX_OUTCOMES", "GrpcStats", "SimStats", "TxOutcome"]
+
+TxOutcome = Literal["received", "refused", "landed", "failed", "dropped", "duplicate"]
+TX_OUTCOMES: tuple[TxOutcome, ...] = (
+    "received",
+    "refused",
+    "landed",
+    "failed",
+    "dropped",
+    "duplicate",
+)
+"""What became of a transaction sent: every one ``received`` ends as exactly one of the others
+(once it lands or not, after a landing delay): ``refused`` (answered with an error: signature,
+preflight), ``landed`` (succeeded), ``failed`` (landed with an error, only its fee charged),
+``dropped`` (answered with its signature, never landed) or ``duplicate`` (a copy of one
+already landed or waiting to)."""
 
 
 @dataclass
@@ -71,8 +86,13 @@ class SimStats:
         self.subscriptions: Counter[str] = Counter()
         self.notifications: Counter[str] = Counter()
         self.grpc = GrpcStats()
+        self.transactions: dict[str, Counter[str]] = {}
+        """Transactions by fee payer, then by :data:`TX_OUTCOMES`."""
         self.registry = CollectorRegistry(auto_describe=True)
         self.registry.register(_Collector(self))
+
+    def count_tx(self, payer: str, outcome: TxOutcome) -> None:
+        self.transactions.setdefault(payer, Counter())[outcome] += 1
 
     def snapshot(self) -> dict[str, Any]:
         """Every counter as plain JSON-able values."""
@@ -100,6 +120,16 @@ class SimStats:
                 "by_method": dict(self.notifications),
             },
             "grpc": self.grpc.snapshot(),
+            "transactions": {
+                **{
+                    outcome: sum(c[outcome] for c in self.transactions.values())
+                    for outcome in TX_OUTCOMES
+                },
+                "by_signer": {
+                    payer: {outcome: counts[outcome] for outcome in TX_OUTCOMES}
+                    for payer, counts in self.transactions.items()
+                },
+            },
         }
 
     def render(self) -> bytes:
@@ -149,6 +179,12 @@ class _Collector(Collector):
             "method",
             s.subscriptions,
         )
+        transactions = CounterMetricFamily(
+            "sim_transactions", "Transactions sent, by outcome.", labels=["outcome"]
+        )
+        for outcome in TX_OUTCOMES:
+            transactions.add_metric([outcome], sum(c[outcome] for c in s.transactions.values()))
+        yield transactions
         yield _labelled(
             CounterMetricFamily,
             "sim_notifications",

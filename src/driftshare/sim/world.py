@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import math
 import random
@@ -24,6 +25,7 @@ from driftshare.sim._history import PRICE, confidence
 from driftshare.sim._perps import NO_FUNDING, new_perp_market, repriced
 from driftshare.sim._spots import new_spot_market, repriced_spot
 from driftshare.sim._state import state_account
+from driftshare.sim.drift import DriftProgram
 from driftshare.sim.oracles import (
     SUPPORTED_SOURCES,
     EncodedOracle,
@@ -101,6 +103,9 @@ class _Perp:
     premium_bias: float = 0.0
     premium: float = 0.0
     frozen: bool = False
+    written: bytes = b""
+    """The bytes the world last wrote: different bytes in the store were written by a
+    transaction (a fill, a settled PnL) and are adopted before the market evolves further."""
 
 
 @dataclass(slots=True)
@@ -108,6 +113,7 @@ class _Spot:
     pubkey: Pubkey
     market: Any
     frozen: bool = False
+    written: bytes = b""
 
 
 class World:
@@ -116,8 +122,12 @@ class World:
     The world creates the State account, spot markets 0 (USDC) and 1 (SOL), ``markets`` perp
     markets named and indexed as on mainnet (``SIM{n}-PERP`` beyond driftpy's configs) and an
     oracle account for every market, each in its oracle source's format, and writes them all on
-    construction. :meth:`step` advances one slot. Randomness comes only from ``seed``, time only
-    from ``clock``, so equal arguments give equal bytes.
+    construction. :meth:`step` advances one slot and fills resting orders. Randomness comes only
+    from ``seed``, time only from ``clock``, so equal arguments give equal bytes.
+
+    :attr:`program` is Drift's program over these accounts, for the transaction runner; what its
+    instructions change in the markets and the State is kept as the world evolves them.
+    ``fill_spread_bps`` is the half-spread its market quotes takers around the oracle.
     """
 
     def __init__(
@@ -127,6 +137,7 @@ class World:
         seed: int = 0,
         markets: int = 30,
         funding_period_s: float = 60.0,
+        fill_spread_bps: float = 10.0,
         clock: Callable[[], float] = time.time,
     ) -> None:
         if isinstance(markets, bool) or not isinstance(markets, int):
@@ -135,6 +146,9 @@ class World:
             raise ValueError(f"markets must be 1..{_MAX_MARKETS}, got {markets}")
         if not math.isfinite(funding_period_s) or funding_period_s <= 0:
             raise ValueError(f"funding_period_s must be > 0, got {funding_period_s}")
+        if not math.isfinite(fill_spread_bps) or fill_spread_bps < 0:
+            raise ValueError(f"fill_spread_bps must be >= 0, got {fill_spread_bps}")
+        self.program = DriftProgram(fill_spread_bps=fill_spread_bps)
         self._store = store
         self._rng = random.Random(seed)
         self._clock = clock
@@ -145,6 +159,7 @@ class World:
         self._spots: dict[int, _Spot] = {}
         self._state_pubkey = get_state_public_key(DRIFT_PROGRAM_ID)
         self._state: Any = None
+        self._state_written = b""
         self._state_frozen = False
 
         now = self._clock()
@@ -173,7 +188,8 @@ class World:
         return self._state_pubkey
 
     def state(self) -> StateAccount:
-        """The State account last written (or replayed)."""
+        """The State account as last written (or replayed)."""
+        self._sync_state()
         return self._state
 
     def perp_indexes(self) -> list[int]:
@@ -186,7 +202,9 @@ class World:
 
     def perp_market(self, index: int) -> PerpMarketAccount:
         """The perp market account last written (or replayed) at ``index``; KeyError if none."""
-        return self._perp(index).market
+        perp = self._perp(index)
+        self._sync(perp)
+        return perp.market
 
     def perp_market_pubkey(self, index: int) -> Pubkey:
         """Address of the perp market account at ``index``; KeyError if none."""
@@ -194,7 +212,9 @@ class World:
 
     def spot_market(self, index: int) -> SpotMarketAccount:
         """The spot market account last written (or replayed) at ``index``; KeyError if none."""
-        return self._spot(index).market
+        spot = self._spot(index)
+        self._sync(spot)
+        return spot.market
 
     def oracle_price(self, index: int) -> float:
         """The price driftpy decodes from perp market ``index``'s oracle account, in USD.
@@ -212,7 +232,8 @@ class World:
     # evolution
 
     def step(self) -> None:
-        """Advance one slot: move every oracle, re-peg drifting AMMs and settle due funding."""
+        """Advance one slot: move every oracle, re-peg drifting AMMs, settle due funding, then
+        fill the resting orders the new oracle prices reach."""
         self._store.slot += 1
         now = self._clock()
         for oracle in self._oracles.values():
@@ -226,6 +247,7 @@ class World:
                 self._refresh_perp(index, now, force=False)
         for index in sorted(self._spots):
             self._refresh_spot(index, now, force=False)
+        self.program.fill_resting(self._store, int(now))
 
     def set_oracle_price(self, index: int, price: float) -> None:
         """Move perp market ``index``'s oracle to ``price`` (in the market's unit) now.
@@ -349,15 +371,17 @@ class World:
             funding_period=self._funding_period,
             rng=self._rng,
         )
-        self._perps[index] = _Perp(market.pubkey, market, bias, bias)
-        self._put_drift(market.pubkey, "PerpMarket", market)
+        perp = _Perp(market.pubkey, market, bias, bias)
+        self._perps[index] = perp
+        perp.written = self._put_drift(market.pubkey, "PerpMarket", market)
 
     def _create_spot(self, index: int, now: float) -> None:
         config = mainnet_spot_market_configs[index]
         price = self._read(config.oracle, variant_name(config.oracle_source))
         market = new_spot_market(index, config, price=price, now=now, rng=self._rng)
-        self._spots[index] = _Spot(get_spot_market_public_key(DRIFT_PROGRAM_ID, index), market)
-        self._put_drift(market.pubkey, "SpotMarket", market)
+        spot = _Spot(get_spot_market_public_key(DRIFT_PROGRAM_ID, index), market)
+        self._spots[index] = spot
+        spot.written = self._put_drift(market.pubkey, "SpotMarket", market)
 
     # evolution helpers
 
@@ -412,6 +436,7 @@ class World:
 
     def _refresh_perp(self, index: int, now: float, *, force: bool) -> None:
         perp = self._perps[index]
+        self._sync(perp)
         market = perp.market
         amm = market.amm
         try:
@@ -434,12 +459,13 @@ class World:
             slot=self._store.slot,
             settle=due,
         )
-        self._put_drift(perp.pubkey, "PerpMarket", perp.market)
+        perp.written = self._put_drift(perp.pubkey, "PerpMarket", perp.market)
 
     def _refresh_spot(self, index: int, now: float, *, force: bool) -> None:
         spot = self._spots[index]
         if spot.frozen:
             return
+        self._sync(spot)
         try:
             price = self._read(spot.market.oracle, variant_name(spot.market.oracle_source))
         except (LookupError, ValueError):
@@ -447,7 +473,7 @@ class World:
         market = repriced_spot(spot.market, price=price, now=now, force=force)
         if market is not None:
             spot.market = market
-            self._put_drift(spot.pubkey, "SpotMarket", market)
+            spot.written = self._put_drift(spot.pubkey, "SpotMarket", market)
 
     def _write_state(self) -> None:
         state = state_account(
@@ -455,16 +481,46 @@ class World:
             number_of_markets=max(self._perps, default=-1) + 1,
             number_of_spot_markets=max(self._spots, default=-1) + 1,
         )
-        if self._state is not None and state == self._state:
-            return
+        if self._state is not None:
+            self._sync_state()
+            # Users and authorities are counted by the program's instructions, not the world.
+            state = dataclasses.replace(
+                state,
+                number_of_authorities=self._state.number_of_authorities,
+                number_of_sub_accounts=self._state.number_of_sub_accounts,
+            )
+            if state == self._state:
+                return
         self._state = state
-        self._put_drift(self._state_pubkey, "State", state)
+        self._state_written = self._put_drift(self._state_pubkey, "State", state)
 
-    def _put_drift(self, pubkey: Pubkey, name: str, obj: Any) -> None:
+    def _put_drift(self, pubkey: Pubkey, name: str, obj: Any) -> bytes:
+        """Write ``obj`` as the ``name`` account at ``pubkey``; returns the bytes written."""
         data = _codec.encode(name, obj)
         self._store.put(
             pubkey, Account(data, DRIFT_PROGRAM_ID, _codec.rent_exempt_lamports(len(data)))
         )
+        return data
+
+    def _sync(self, item: _Perp | _Spot) -> None:
+        """Adopt a market a transaction rewrote since the world last wrote it."""
+        data = None if item.frozen else self._rewritten(item.pubkey, item.written)
+        if data is not None:
+            item.market = _codec.decode(data)
+            item.written = data
+
+    def _sync_state(self) -> None:
+        if self._state_frozen:
+            return
+        data = self._rewritten(self._state_pubkey, self._state_written)
+        if data is not None:
+            self._state = _codec.decode(data)
+            self._state_written = data
+
+    def _rewritten(self, pubkey: Pubkey, written: bytes) -> bytes | None:
+        """The bytes at ``pubkey`` if something other than the world wrote them last."""
+        stored = self._store.get(pubkey)
+        return stored.data if stored is not None and stored.data != written else None
 
     # replay helpers
 
