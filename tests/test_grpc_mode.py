@@ -12,14 +12,17 @@ import httpx
 import psutil  # type: ignore[import-untyped]
 import pytest
 from prometheus_client import generate_latest
+from solders.keypair import Keypair
 
 from conftest import GroundTruth, eventually
+from driftshare import DriftAdapter
 from driftshare._metrics import REGISTRY
 from driftshare._serve import Runtime, ServeConfig
 from driftshare.manager import DriftClientManager
 from driftshare.models import FundingRateData, MarketData
 from driftshare.sim import Simulator
 from driftshare.sim.pytest_plugin import SimulatorFactory
+from sim_users import put_user, put_user_stats
 
 TOKEN = "grpc-mode-secret-token-9a8b7c"
 
@@ -206,3 +209,39 @@ async def test_no_grpc_connection_is_left_after_a_reopened_stream_closes(
     await DriftClientManager.release_client()
     await DriftClientManager.shutdown()
     await eventually(lambda: not _connected_to(port), "the gRPC connection closed")
+
+
+async def test_a_signers_accounts_join_and_leave_the_same_stream(grpc_manager: Simulator) -> None:
+    sim = grpc_manager
+    wallet = Keypair()
+    put_user_stats(sim, wallet.pubkey())
+    put_user(sim, wallet.pubkey(), 0, usdc=1_000.0)
+    assert await DriftClientManager.get_client() is not None
+    markets_only = grpc_stats(sim)["streams"]["accounts"]
+    engine = DriftAdapter()
+    try:
+        assert await engine.connect(wallet, 0)
+        # The User and UserStats, by a new request on the one stream.
+        await eventually(
+            lambda: grpc_stats(sim)["streams"]["accounts"] == markets_only + 2, "user watched"
+        )
+        account = engine.account
+        assert account is not None
+        reads = sim.stats()["calls"]["by_method"].get("getMultipleAccounts", 0)
+        slot = await sim.step()
+        put_user(sim, wallet.pubkey(), 0, usdc=4_000.0)
+        assert await account.wait_for_slot(slot, 5.0)
+        # The stream brought it: no account was read.
+        assert sim.stats()["calls"]["by_method"].get("getMultipleAccounts", 0) == reads
+        info = await engine.get_account_info()
+        assert info is not None
+        assert info["stale"] is False
+        assert info["collateral"] > 3_000.0
+    finally:
+        await engine.disconnect()
+    await eventually(
+        lambda: grpc_stats(sim)["streams"]["accounts"] == markets_only, "user unwatched"
+    )
+    assert grpc_stats(sim)["streams"]["total"] == 1
+    assert grpc_stats(sim)["connections"]["total"] == 1
+    await DriftClientManager.release_client()

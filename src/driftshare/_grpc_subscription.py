@@ -29,7 +29,7 @@ from driftpy.accounts.grpc.geyser_codegen import geyser_pb2, geyser_pb2_grpc
 from solders.pubkey import Pubkey
 
 from driftshare._generation import cancel_all
-from driftshare._ledger import AccountLedger, LedgerEntry
+from driftshare._ledger import AccountLedger, AccountRecord, LedgerEntry
 from driftshare._ledger_subscriber import LedgerSubscriber
 from driftshare._subscription import AccountTap, Discovery, _index_by_pda
 from driftshare.config import redact_text, redact_url
@@ -362,6 +362,15 @@ class GrpcSubscriber(LedgerSubscriber):
         await cancel_all([task])
         if self._owns_stream:
             await self.stream.close()
+
+    async def watch_account(self, record: AccountRecord) -> None:
+        """Carry ``record``'s account (a signer's User or UserStats) on the same stream too:
+        one new request; its updates reach the tap, which must watch it."""
+        await self.stream.watch({*self._tap.pubkeys(), record.pubkey})
+
+    async def unwatch_account(self, pubkey: str) -> None:
+        """Stop carrying an account :meth:`watch_account` added: one new request."""
+        await self.stream.watch(set(self._tap.pubkeys()) - {pubkey})
 
     def inject(self, record: Any) -> None:
         """Apply a record read elsewhere (a confirmation's repair) through the tap."""
