@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import asyncio
 import datetime as dt
+import functools
 import json
 import os
 import platform
@@ -22,10 +23,13 @@ from typing import Any
 
 import httpx
 
+from driftshare._fleet._harness import TlsFiles
+
 __all__ = [
     "SIM_COUNTERS",
     "BenchError",
     "SimProcess",
+    "grpc_test_tls",
     "machine_info",
     "percentiles",
     "run_worker",
@@ -50,6 +54,19 @@ SIM_COUNTERS = (
     "rate_limited",
 )
 """The simulator counters every engine run reports, as totals since the simulator started."""
+
+
+@functools.cache
+def grpc_test_tls() -> TlsFiles:
+    """A certificate for 127.0.0.1, made once per process, that gRPC's default roots trust.
+
+    driftpy's gRPC mode trusts only the default roots; gRPC's documented variable makes them
+    this certificate, but gRPC reads it once, when the process makes its first TLS channel:
+    every TLS test and bench of one process must share it.
+    """
+    tls = TlsFiles.make(Path(tempfile.mkdtemp(prefix="driftshare-grpc-tls-")))
+    os.environ["GRPC_DEFAULT_SSL_ROOTS_FILE_PATH"] = str(tls.cert)
+    return tls
 
 
 class BenchError(RuntimeError):

@@ -9,11 +9,8 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import io
-import os
-import tempfile
 import time
 from collections.abc import Awaitable, Callable
-from pathlib import Path
 from typing import Any
 
 import grpc
@@ -24,7 +21,7 @@ from solana.rpc.async_api import AsyncClient
 from solders.keypair import Keypair
 
 from bench import BenchError, Context
-from bench._harness import SimProcess, percentiles, simulator
+from bench._harness import SimProcess, grpc_test_tls, percentiles, simulator
 from bench.freshness import Stats, write_remote
 from driftshare._fleet._harness import TlsFiles
 from driftshare.manager import DriftClientManager
@@ -170,12 +167,8 @@ def run(ctx: Context) -> str:
     with simulator(markets=30, tick_s=3600.0, grpc=True) as chain:
         for mode in MODES:
             latencies[mode] = asyncio.run(_write_to_read_in(mode, chain, samples))
-    with tempfile.TemporaryDirectory() as folder:
-        tls = TlsFiles.make(Path(folder))
-        # driftpy's gRPC mode trusts only the default roots: gRPC's documented variable makes
-        # them the test certificate (read when the first TLS channel is made).
-        os.environ["GRPC_DEFAULT_SSL_ROOTS_FILE_PATH"] = str(tls.cert)
-        counts = {m: asyncio.run(_counts(m, tls)) for m in ((10,) if ctx.quick else (30, 100))}
+    tls = grpc_test_tls()
+    counts = {m: asyncio.run(_counts(m, tls)) for m in ((10,) if ctx.quick else (30, 100))}
     ms = {mode: percentiles([v * 1000 for v in values]) for mode, values in latencies.items()}
     ctx.write_json(
         {

@@ -19,8 +19,8 @@ from solana.rpc.async_api import AsyncClient
 from solders.keypair import Keypair
 from solders.pubkey import Pubkey
 
+from bench._harness import grpc_test_tls
 from conftest import eventually
-from driftshare._fleet._harness import TlsFiles
 from driftshare.sim import Simulator
 from driftshare.sim.simulator import SimConfigError
 
@@ -257,16 +257,10 @@ def test_bad_grpc_settings_are_named() -> None:
         Simulator(markets=0, grpc_port=0, grpc_tls_cert=Path("/nonexistent.pem"))
 
 
-@pytest.fixture(scope="session")
-def tls_files(tmp_path_factory: pytest.TempPathFactory) -> TlsFiles:
-    return TlsFiles.make(tmp_path_factory.mktemp("geyser-tls"))
-
-
 async def test_driftpy_grpc_account_subscriber_reads_a_market_over_tls(
-    simulator_factory: SimFactory, tls_files: TlsFiles, monkeypatch: pytest.MonkeyPatch
+    simulator_factory: SimFactory,
 ) -> None:
-    # driftpy trusts the default roots; gRPC's documented variable makes them the test CA.
-    monkeypatch.setenv("GRPC_DEFAULT_SSL_ROOTS_FILE_PATH", str(tls_files.cert))
+    tls_files = grpc_test_tls()  # driftpy trusts only gRPC's default roots: these
     sim = await simulator_factory(
         markets=2,
         grpc_port=0,
