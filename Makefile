@@ -14,7 +14,7 @@ $(STAMP): requirements.lock pyproject.toml
 	touch $(STAMP)
 
 run: $(STAMP)
-	$(BIN)/driftshare serve
+	$(BIN)/driftshare serve --engines funding --trade
 
 lint: $(STAMP)
 	$(BIN)/ruff check src tests bench

@@ -36,7 +36,7 @@ from bench._harness import BenchError
 
 __all__ = ["SECTIONS", "BenchError", "Context"]
 
-SECTIONS: tuple[str, ...] = ("sharing", "freshness", "grpc", "warmstart", "fleet")
+SECTIONS: tuple[str, ...] = ("sharing", "freshness", "grpc", "warmstart", "fleet", "trading")
 """The sections of BENCHMARKS.md, in order; each names the module ``bench/<topic>``."""
 
 

@@ -188,9 +188,10 @@ def run_worker(sim: SimProcess, params: dict[str, Any]) -> dict[str, Any]:
     return result
 
 
-def spawn_worker(params: dict[str, Any]) -> dict[str, Any]:
-    """Run the worker with ``params`` and return the JSON object on its last stdout line."""
-    command = [sys.executable, "-m", "bench._worker", json.dumps(params)]
+def spawn_worker(params: dict[str, Any], module: str = "bench._worker") -> dict[str, Any]:
+    """Run the worker ``module`` with ``params`` and return the JSON object on its last
+    stdout line."""
+    command = [sys.executable, "-m", module, json.dumps(params)]
     # The worker imports ``bench``, which is not installed: put the repository on its path.
     path = os.pathsep.join(filter(None, [str(_REPO), os.environ.get("PYTHONPATH")]))
     try:

@@ -702,8 +702,11 @@ def _rows_table(rows: Sequence[Row], bound_s: float) -> list[str]:
     return lines
 
 
-def render(results: dict[str, Any], soak: dict[str, Any] | None) -> str:
-    """RELIABILITY.md from the saved results (and the soak's, when one was run)."""
+def render(
+    results: dict[str, Any], soak: dict[str, Any] | None, trading: dict[str, Any] | None = None
+) -> str:
+    """RELIABILITY.md from the saved results (and the soak's and the trading faults', when
+    they were run)."""
     rows = [Row(**r) for r in results["rows"]]
     bound = results["recovery_bound_s"]
     threshold = results["threshold_s"]
@@ -771,6 +774,10 @@ def render(results: dict[str, Any], soak: dict[str, Any] | None) -> str:
     out += ["", "## Settings", ""]
     out += [f"- `{k}`: {v}" for k, v in results["settings"].items()]
     out += [f"- suite: `{json.dumps(results['config'])}`", ""]
+    if trading is not None:
+        from bench.reliability_trading import render_trading
+
+        out += render_trading(trading)
     if soak is not None:
         from bench.reliability_soak import render_soak
 
@@ -817,7 +824,7 @@ def write_doc() -> None:
     results = _load(RESULTS / "table.json")
     if results is None:
         raise SystemExit("no results yet: run `make reliability` first")
-    DOC.write_text(render(results, _load(RESULTS / "soak.json")))
+    DOC.write_text(render(results, _load(RESULTS / "soak.json"), _load(RESULTS / "trading.json")))
 
 
 async def _table(config: SuiteConfig, modes: Sequence[Mode] = MODES) -> dict[str, Any]:
@@ -855,22 +862,29 @@ def main(argv: Sequence[str] | None = None) -> int:
         "--mode",
         action="append",
         choices=MODES,
-        help="run only this mode (repeatable); the other modes' rows are kept from the last run",
+        help="run only this mode's table (repeatable); the other modes' rows are kept from the "
+        "last run, and the trading faults are not run",
     )
+    parser.add_argument("--trading", action="store_true", help="only the trading faults")
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.CRITICAL)
-    if args.soak > 0:
+    if args.soak > 0 and not args.trading:
         from bench.reliability_soak import run_soak
 
         _save(RESULTS / "soak.json", asyncio.run(run_soak(args.soak, SuiteConfig())))
     else:
-        modes: list[Mode] = args.mode or list(MODES)
-        table = asyncio.run(_table(SuiteConfig(), modes))
-        previous = _load(RESULTS / "table.json")
-        if previous is not None and args.mode:
-            kept = [r for r in previous["rows"] if r["mode"] not in modes]
-            table["rows"] = sorted(kept + table["rows"], key=lambda r: MODES.index(r["mode"]))
-        _save(RESULTS / "table.json", table)
+        if not args.trading:
+            modes: list[Mode] = args.mode or list(MODES)
+            table = asyncio.run(_table(SuiteConfig(), modes))
+            previous = _load(RESULTS / "table.json")
+            if previous is not None and args.mode:
+                kept = [r for r in previous["rows"] if r["mode"] not in modes]
+                table["rows"] = sorted(kept + table["rows"], key=lambda r: MODES.index(r["mode"]))
+            _save(RESULTS / "table.json", table)
+        if not args.mode:
+            from bench.reliability_trading import run_trading
+
+            _save(RESULTS / "trading.json", asyncio.run(run_trading()))
     write_doc()
     print(f"wrote {DOC.relative_to(ROOT)}")
     return 0

@@ -862,3 +862,86 @@ async def test_on_result_hears_whether_each_call_was_served() -> None:
         await _post(transport)
 
     assert heard == [(URL, True), (URL, True), (URL, False)]
+
+
+def test_a_send_overtakes_the_reads_queued_at_the_limiter() -> None:
+    arrivals: list[str] = []
+
+    def handler(request: httpx.Request) -> httpx.Response:
+        arrivals.append(json.loads(request.content)["method"])
+        return _ok()
+
+    transport = RateLimitedTransport(SharedLimits(rps=10.0), inner=httpx.MockTransport(handler))
+
+    async def reads_then_a_send() -> None:
+        async with httpx.AsyncClient(transport=transport) as client:
+            reads = [asyncio.create_task(client.post(URL, json=_rpc())) for _ in range(8)]
+            await asyncio.sleep(0.05)  # virtual time: every read is queued by now
+            send = asyncio.create_task(client.post(URL, json=_rpc("sendTransaction")))
+            await asyncio.gather(*reads, send)
+
+    _run_virtual(reads_then_a_send)
+
+    # The first read took the only slot at once and the second was waiting at the limiter
+    # for the next; the send goes right after them, before the 6 reads queued behind.
+    assert arrivals[:3] == ["getSlot", "getSlot", "sendTransaction"]
+    assert len(arrivals) == 9
+
+
+def test_a_cancelled_waiter_passes_its_turn_on() -> None:
+    arrivals: list[int] = []
+
+    def handler(request: httpx.Request) -> httpx.Response:
+        arrivals.append(json.loads(request.content)["id"])
+        return _ok()
+
+    transport = RateLimitedTransport(SharedLimits(rps=10.0), inner=httpx.MockTransport(handler))
+
+    async def cancel_some() -> None:
+        async with httpx.AsyncClient(transport=transport) as client:
+            calls = [
+                asyncio.create_task(client.post(URL, json={**_rpc(), "id": n})) for n in range(5)
+            ]
+            await asyncio.sleep(0.05)
+            calls[1].cancel()
+            calls[2].cancel()
+            await asyncio.gather(*calls, return_exceptions=True)
+
+    _run_virtual(cancel_some)
+
+    assert arrivals == [0, 3, 4]
+
+
+def test_a_flood_of_sends_lets_every_other_turn_go_to_a_read() -> None:
+    arrivals: list[str] = []
+
+    def handler(request: httpx.Request) -> httpx.Response:
+        arrivals.append(json.loads(request.content)["method"])
+        return _ok()
+
+    transport = RateLimitedTransport(SharedLimits(rps=10.0), inner=httpx.MockTransport(handler))
+
+    async def sends_then_reads() -> None:
+        async with httpx.AsyncClient(transport=transport) as client:
+            sends = [
+                asyncio.create_task(client.post(URL, json=_rpc("sendTransaction")))
+                for _ in range(6)
+            ]
+            await asyncio.sleep(0.05)
+            reads = [asyncio.create_task(client.post(URL, json=_rpc())) for _ in range(2)]
+            await asyncio.gather(*sends, *reads)
+
+    _run_virtual(sends_then_reads)
+
+    # Two sends were out (one sent, one at the limiter) when the reads queued: from then on
+    # the lanes alternate, so the reads are not left behind the four sends still queued.
+    assert arrivals == [
+        "sendTransaction",
+        "sendTransaction",
+        "getSlot",
+        "sendTransaction",
+        "getSlot",
+        "sendTransaction",
+        "sendTransaction",
+        "sendTransaction",
+    ]

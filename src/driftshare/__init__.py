@@ -2,6 +2,7 @@
 
 from driftshare._logging import install_log_redaction
 from driftshare._metrics import REGISTRY as METRICS_REGISTRY
+from driftshare._tx import TransactionFailed, TransactionNotConfirmed, TransactionUnknown
 from driftshare.adapter import DriftAdapter
 from driftshare.config import ConfigError, Settings, load_settings, redact_url
 from driftshare.feed import DriftFundingFeed, FundingInfo
@@ -13,6 +14,7 @@ from driftshare.models import (
     MarketData,
     OrderInfo,
     PositionInfo,
+    TxResult,
 )
 
 __all__ = [
@@ -29,6 +31,10 @@ __all__ = [
     "OrderInfo",
     "PositionInfo",
     "Settings",
+    "TransactionFailed",
+    "TransactionNotConfirmed",
+    "TransactionUnknown",
+    "TxResult",
     "load_settings",
     "redact_url",
 ]

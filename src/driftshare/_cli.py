@@ -254,6 +254,11 @@ def _add_serve(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None
         metavar="LIST",
         help="sample engines to run: funding,lst,scalp,arb or all",
     )
+    p.add_argument(
+        "--trade",
+        action="store_true",
+        help="the funding engine trades small delta-neutral positions (embedded simulator only)",
+    )
     p.set_defaults(func=_cmd_serve)
 
 
@@ -267,6 +272,7 @@ def _cmd_serve(ns: argparse.Namespace) -> int:
         port=ns.port,
         engines=ns.engines,
         share_url=ns.share_url,
+        trade=ns.trade,
     )
     return asyncio.run(run_serve(config))
 

@@ -54,6 +54,7 @@ from driftshare._subscription import (
     post_batch,
 )
 from driftshare._transport import RateLimitedTransport, RpcStats, SharedLimits, install_transport
+from driftshare._tx import ConnectionRpc, TransactionPath, install_path
 from driftshare.config import Settings, redact_text, redact_url, split_rpc_urls
 
 __all__ = ["SharedClient", "load_keypair"]
@@ -140,6 +141,13 @@ class SharedClient:
             inject=self._inject,
             stale_after_s=settings.stale_after_s,
         )
+        self.tx = TransactionPath(
+            ConnectionRpc(self._connection),
+            settings,
+            fee_accounts=self._perp_market_keys,
+            active=lambda: self.gen is not None,
+        )
+        """Every write's one way out, across generations; its work starts with the first."""
         self._closing: asyncio.Task[None] | None = None
         self._lease: asyncio.TimerHandle | None = None
         self._lease_until = 0.0
@@ -170,6 +178,13 @@ class SharedClient:
     def client(self) -> Any:
         """The current generation's DriftClient, or None."""
         return None if self.gen is None else self.gen.client
+
+    def _connection(self) -> AsyncClient | None:
+        return None if self.gen is None else self.gen.connection
+
+    def _perp_market_keys(self) -> list[str]:
+        # The accounts every order writes: their recent fees are the ones to outbid.
+        return [entry.record.pubkey for entry in self.ledger if entry.record.kind == "perp"]
 
     @property
     def initialized(self) -> bool:
@@ -411,6 +426,7 @@ class SharedClient:
             spot_market_indexes=[],
             oracle_infos=[],
         )
+        install_path(gen.client, self.tx)
 
     async def _start(self, gen: Generation) -> None:
         gen.check()
@@ -609,6 +625,7 @@ class SharedClient:
         if self.gen is None and self.snapshots is not None:
             await self.snapshots.stop()  # the clean shutdown's write
         if self.gen is None:
+            await self.tx.aclose()
             self.health = "idle"
             self.mode = self.settings.subscription
 
@@ -675,6 +692,7 @@ class SharedClient:
             "data_slot": data_slot(self),
             "freshness": self.confirmer.snapshot(),
             "accounts": self.accounts.snapshot(),
+            "transactions": self.tx.snapshot(),
             "warm_start": None if self.snapshots is None else self.snapshots.stats(),
             "fleet": standalone_stats() if gen is None or gen.fleet is None else gen.fleet.stats(),
         }

@@ -5,11 +5,12 @@ from __future__ import annotations
 import collections
 from collections.abc import Iterator
 
-from prometheus_client import CollectorRegistry, Counter, Gauge, generate_latest
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
 from prometheus_client.core import CounterMetricFamily
 from prometheus_client.registry import Collector
 
 __all__ = [
+    "BLOCKHASH_AGE",
     "CACHE_HITS",
     "CACHE_MISSES",
     "CLIENT_INITIALIZATIONS",
@@ -27,6 +28,8 @@ __all__ = [
     "RPC_REQUESTS",
     "RPC_RETRIES",
     "SUBSCRIPTION_FAILURES",
+    "TX_CONFIRM_SECONDS",
+    "TX_RESULTS",
     "render",
 ]
 
@@ -144,6 +147,24 @@ FLEET_RECORDS_REJECTED = Counter(
     "Fleet records dropped: malformed, failing the DRIFT_SHARE_SECRET signature, or past the"
     " account limit.",
     ["network"],
+    registry=REGISTRY,
+)
+
+TX_RESULTS = Counter(
+    "drift_transactions_total",
+    "Writes ended, by status: confirmed, failed or unknown.",
+    ["status"],
+    registry=REGISTRY,
+)
+TX_CONFIRM_SECONDS = Histogram(
+    "drift_transaction_confirm_seconds",
+    "Seconds from a write's first signing to its confirmation.",
+    buckets=(0.25, 0.5, 1.0, 2.0, 5.0, 10.0, 30.0, 60.0, 120.0),
+    registry=REGISTRY,
+)
+BLOCKHASH_AGE = Gauge(
+    "drift_blockhash_age_seconds",
+    "Age of the blockhash the last transaction was signed with (0 right after a refresh).",
     registry=REGISTRY,
 )
 

@@ -22,11 +22,12 @@ from typing import Any, Self, cast, get_args
 from aiohttp import web
 from rich.markup import escape
 
-from driftshare._engines import ENGINES, Engine, make_engines
+from driftshare._engines import ENGINES, Engine, FundingEngine, make_engines
 from driftshare._web import LiveState, create_app
 from driftshare.config import ConfigError, Network, Settings, load_settings, redact_url
 from driftshare.manager import DriftClientManager
 from driftshare.sim import SimConfigError, Simulator
+from driftshare.sim.wallets import open_wallet
 
 __all__ = [
     "LIVE_CACHE_TTL_S",
@@ -72,6 +73,9 @@ class ServeConfig:
     """None: ``DRIFT_WS_STALL_S``, the manager's own stall limit."""
     share_url: str | None = None
     """None: ``DRIFT_SHARE_URL``, else no fleet."""
+    trade: bool = False
+    """The funding engine trades with a funded wallet of the embedded simulator's (ignored,
+    with a warning, on a real RPC)."""
     settings_overrides: dict[str, Any] = field(default_factory=dict)
 
 
@@ -185,10 +189,32 @@ class Runtime:
         else:
             cause = escape(str(stats.get("last_error") or "connecting"))
             say(f"[yellow]no market data yet ({cause}); retrying in the background[/yellow]")
+        await self._trading(say)
         for engine in self.engines:
             await engine.start()
         if self.engines:
             say(f"engines running: {', '.join(e.name for e in self.engines)}")
+
+    async def _trading(self, say: Progress) -> None:
+        """Give the funding engine a funded wallet of the simulator's, if asked to trade."""
+        traders = [e for e in self.engines if isinstance(e, FundingEngine)]
+        if not self.config.trade:
+            return
+        if self.simulator is None or not traders:
+            say(
+                "[yellow]--trade ignored: it trades only with the funding engine, on the "
+                "embedded simulator[/yellow]"
+            )
+            return
+        try:
+            wallet = await open_wallet(
+                self.simulator.http_url, DriftClientManager.settings(), subs=1, usdc=10_000
+            )
+        except RuntimeError as exc:
+            raise ServeError(f"cannot fund a trading wallet on the simulator: {exc}") from None
+        for engine in traders:
+            engine.trade_with(wallet)
+        say(f"the funding engine trades on the simulator as {wallet.pubkey()}")
 
     async def _listen(self, app: web.Application) -> None:
         runner = web.AppRunner(app, access_log=None, shutdown_timeout=2.0)

@@ -214,6 +214,12 @@ class _Backpressure:
 class _Limiter:
     limiter: AsyncLimiter
     rate: float
+    busy: bool = False
+    """Whether a call is taking its turn at the limiter now."""
+    last_was_send: bool = False
+    sends: deque[asyncio.Future[None]] = field(default_factory=deque)
+    reads: deque[asyncio.Future[None]] = field(default_factory=deque)
+    """Calls waiting for their turn, by lane."""
 
 
 class SharedLimits:
@@ -278,19 +284,53 @@ class SharedLimits:
         """Whether the provider's last ``Retry-After`` (or 429) holds new requests now."""
         return self.pressure.cooldown_until > self.pressure.clock()
 
-    async def acquire(self) -> None:
-        """Wait for a slot at today's rate."""
+    async def acquire(self, *, send: bool = False) -> None:
+        """Wait for a slot at today's rate. A ``send`` (a transaction) waits for at most one
+        read, however many are queued, and a read for at most one send: an order is never
+        stuck behind a backlog of reads, nor are the reads that confirm it behind resends."""
         state = self._limiter()
-        while True:
-            rate = self.pressure.rate()
-            if rate != state.rate:
-                # aiolimiter's rate is fixed at construction: a new rate is a new limiter.
-                state.limiter = AsyncLimiter(self.burst, self.burst / rate)
-                state.rate = rate
-            limiter = state.limiter
-            await limiter.acquire()
-            if limiter is state.limiter:
-                return
+        await self._turn(state, send)
+        try:
+            while True:
+                rate = self.pressure.rate()
+                if rate != state.rate:
+                    # aiolimiter's rate is fixed at construction: a new rate is a new limiter.
+                    state.limiter = AsyncLimiter(self.burst, self.burst / rate)
+                    state.rate = rate
+                limiter = state.limiter
+                await limiter.acquire()
+                if limiter is state.limiter:
+                    return
+        finally:
+            self._pass_turn(state)
+
+    async def _turn(self, state: _Limiter, send: bool) -> None:
+        # Hand-written: aiolimiter serves waiters first come, first served, with no lanes.
+        # One call at a time waits at the limiter; the others queue here in their lane.
+        if not state.busy and not state.sends and not state.reads:
+            state.busy, state.last_was_send = True, send
+            return
+        woken: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        (state.sends if send else state.reads).append(woken)
+        try:
+            await woken
+        except asyncio.CancelledError:
+            if woken.done() and not woken.cancelled():  # handed the turn, then cancelled
+                self._pass_turn(state)
+            raise
+
+    @staticmethod
+    def _pass_turn(state: _Limiter) -> None:
+        # The lanes alternate while both wait; otherwise the one waiting goes.
+        lanes = (state.reads, state.sends) if state.last_was_send else (state.sends, state.reads)
+        for lane in lanes:
+            while lane:
+                woken = lane.popleft()
+                if not woken.done():
+                    woken.set_result(None)  # the turn passes on: still busy
+                    state.last_was_send = lane is state.sends
+                    return
+        state.busy = False
 
     def _limiter(self) -> _Limiter:
         loop = asyncio.get_running_loop()
@@ -519,7 +559,7 @@ class RateLimitedTransport(httpx.AsyncBaseTransport):
                 if wait >= self._remaining(call):
                     raise self._deadline_exceeded(call, request)
                 await self._sleep(wait)
-        await self.limits.acquire()
+        await self.limits.acquire(send=not call.idempotent)
 
     def _deadline_exceeded(self, call: _Call, request: httpx.Request) -> httpx.ReadTimeout:
         self.stats.deadline_exceeded += 1

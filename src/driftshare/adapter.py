@@ -28,6 +28,7 @@ from driftshare._ledger import AccountLedger
 from driftshare._marketdata import ClientSource, MarketDataReader, MarketSource
 from driftshare._subscription import AccountTap, WebsocketSubscriber, discover_markets, post_batch
 from driftshare._sync import LoopThread
+from driftshare._tx.writes import AdapterWrites
 from driftshare.config import PUBLIC_RPC_URLS, Network, Settings, redact_url
 from driftshare.manager import DriftClientManager, configured_signer
 
@@ -157,7 +158,7 @@ def _check_network(network: str) -> Network:
     return cast(Network, network)
 
 
-class DriftAdapter:
+class DriftAdapter(AdapterWrites):
     """Funding, market data and a signer's sub-account of one Drift network, as plain dicts.
 
     With ``use_singleton=True`` (the default) :meth:`connect` takes one reference on the
@@ -182,7 +183,9 @@ class DriftAdapter:
     yet is held all the same: :meth:`connect` answers False, the manager keeps retrying in
     the background, and reads answer from its cache until it is up; calling :meth:`connect`
     again registers the sub-account once it can. Upstream failures never raise: reads
-    answer ``None``, ``[]`` or stale values and log a warning.
+    answer ``None``, ``[]`` or stale values and log a warning. Writes
+    (:class:`~driftshare._tx.writes.AdapterWrites`) go through the client's one transaction
+    path on the registered sub-account and answer a ``TxResult`` dict, never an exception.
     ``rpc_url`` defaults to ``DRIFT_RPC_URL`` for the configured network, else the
     network's public endpoint; ``clock`` gives the unix time for :meth:`get_time_to_funding`.
     """
@@ -364,6 +367,7 @@ class DriftAdapter:
         """Unregister the sub-account, release the shared reference or close the private
         client; safe to repeat."""
         async with self._guard():
+            await self._close_trading()
             await self._unregister()
             if self._holds_reference:
                 self._holds_reference = False

@@ -86,6 +86,25 @@ class Settings(BaseSettings):
     share_fallback_s: float = Field(15.0, gt=0)
     share_secret: SecretStr | None = None
 
+    tx_compute_units: int = Field(600_000, gt=0, le=1_400_000)
+    """The compute-unit limit of every transaction (driftpy's default ``TxParams``)."""
+    tx_max_priority_fee: int = Field(1_000_000, ge=0)
+    """The highest compute-unit price paid, in micro-lamports."""
+    tx_fee_percentile: float = Field(75.0, ge=0, le=100)
+    tx_fee_interval_s: float = Field(5.0, gt=0)
+    tx_blockhash_interval_s: float = Field(2.0, gt=0)
+    tx_blockhash_max_age_s: float = Field(10.0, gt=0)
+    tx_status_interval_s: float = Field(0.5, gt=0)
+    tx_resend_s: float = Field(2.0, gt=0)
+    """Seconds between sends of the same signed bytes while their signature is pending."""
+    tx_timeout_s: float = Field(90.0, gt=0)
+    """A write's answer comes within this: ``unknown`` if its signature may still land. Also
+    an order's ``max_ts``: the program refuses a copy landing later."""
+    tx_read_timeout_s: float = Field(5.0, gt=0)
+    """After a confirmed write, the longest wait for the sub-account's reads to reflect it."""
+    tx_max_signings: int = Field(3, ge=1)
+    """Signatures per write, each signed only after the previous one expired unlanded."""
+
     @field_validator("perp_markets", mode="before")
     @classmethod
     def _parse_indexes(cls, value: object) -> object:

@@ -77,13 +77,15 @@ from driftpy.math.repeg import (
 )
 from driftpy.math.utils import time_remaining_until_update
 from driftpy.types import AMM, AssetType, OraclePriceData, PerpMarketAccount, PositionDirection
-from pydantic import BaseModel, ConfigDict
+from pydantic import BaseModel, ConfigDict, Field
 
 __all__ = [
     "HOURS_PER_YEAR",
     "FundingRateData",
     "MarketData",
     "MarketMathError",
+    "TxResult",
+    "TxStatus",
     "decode_perp_market",
     "funding_is_live",
     "funding_rate_from_market",
@@ -603,3 +605,46 @@ class AccountStatus(AccountRead):
     margin_ratio: float | None
     positions: int
     """How many perp positions are open."""
+
+
+# -- a write's outcome ------------------------------------------------------------------------
+
+
+TxStatus = Literal["confirmed", "failed", "unknown"]
+
+
+class TxResult(BaseModel):
+    """How one write ended, as the chain tells it.
+
+    ``confirmed``: the chain confirmed the transaction without error, at ``slot``.
+    ``failed``: it cannot land: it landed with an error, the RPC's preflight refused it
+    before it left, or every signature's blockhash expired without a status; ``error`` is
+    Drift's error name from its IDL where the program failed.
+    ``unknown``: it may still land or may have landed; check ``signature`` before placing
+    again. Never retried by re-signing.
+    """
+
+    model_config = ConfigDict(frozen=True)
+
+    success: bool
+    status: TxStatus
+    signature: str | None = None
+    """The signature that landed, or (``unknown``) the one that may still land."""
+    slot: int | None = None
+    """The slot the transaction landed in (``confirmed``, or ``failed`` on chain)."""
+    error: str | None = None
+    error_code: int | None = None
+    """The program's custom error code, when it failed with one."""
+    signatures: list[str] = Field(default_factory=list)
+    """Every signature signed for this write, in order (more than one only after expiry)."""
+    sends: int = 0
+    """``sendTransaction`` requests made (resends of the same bytes included)."""
+    elapsed_s: float = 0.0
+    user_order_id: int | None = None
+    reflected: bool | None = None
+    """Confirmed writes: whether the sub-account's reads reflected it within
+    ``DRIFT_TX_READ_TIMEOUT_S`` (if not, they stay marked stale until they do)."""
+
+    def to_dict(self) -> dict[str, Any]:
+        """The fields as JSON-ready data."""
+        return self.model_dump()

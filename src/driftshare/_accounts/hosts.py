@@ -13,6 +13,7 @@ from solders.keypair import Keypair
 from driftshare._accounts.subscribers import MarketsOf
 from driftshare._ledger import AccountLedger
 from driftshare._subscription import AccountTap
+from driftshare._tx import install_path
 
 if TYPE_CHECKING:
     from driftshare._lifecycle import SharedClient
@@ -72,6 +73,9 @@ class SharedHost:
         return shared.initialized and shared.health == "healthy"
 
     async def signer_client(self, keypair: Keypair) -> DriftClient:
-        return await signer_client(
+        client = await signer_client(
             self.account_connection(), keypair, self.network, self.account_subscriber
         )
+        # The engine's own driftpy calls on this client take the shared transaction path.
+        install_path(client, self._shared.tx)
+        return client

@@ -10,6 +10,8 @@ from contextlib import suppress
 from dataclasses import asdict, dataclass
 from typing import Any, ClassVar
 
+from solders.keypair import Keypair
+
 from driftshare.adapter import DriftAdapter
 
 __all__ = ["Engine", "EngineDataError", "Signal"]
@@ -67,6 +69,8 @@ class Engine(ABC):
         self.signals = 0
         self.last_error: str | None = None
         self.last_signal: Signal | None = None
+        self.wallet: Keypair | None = None
+        """The signer :meth:`start` registers (sub-account 0); None: ``DRIFT_KEYPAIR``."""
         self._task: asyncio.Task[None] | None = None
         self._ticked = asyncio.Condition()
 
@@ -75,7 +79,7 @@ class Engine(ABC):
         if self._task is not None:
             return
         # A failed connect is no error yet: an evaluation counts one if data is missing.
-        await self.adapter.connect()
+        await self.adapter.connect(self.wallet)
         self._task = asyncio.create_task(self._run(), name=f"driftshare-engine-{self.name}")
 
     async def stop(self) -> None:
