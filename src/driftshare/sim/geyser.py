@@ -2,10 +2,11 @@
 
 The service is the one ``geyser.proto`` describes, served with the stubs driftpy ships
 (``driftpy.accounts.grpc.geyser_codegen``). ``Subscribe`` carries account filters by pubkey
-(and owner), slot updates, ping/pong and a commitment; ``GetLatestBlockhash``, ``GetSlot``,
-``GetBlockHeight``, ``GetVersion`` and ``Ping`` answer from the store. The simulated chain
-has no forks, so every write is final at once: the commitment only changes which slot
-updates are sent (``filter_by_commitment``) and what ``GetSlot`` answers.
+or owner (with memcmp and datasize checks), slot updates, ping/pong and a commitment;
+``GetLatestBlockhash``, ``GetSlot``, ``GetBlockHeight``, ``GetVersion`` and ``Ping`` answer
+from the store. The simulated chain has no forks, so every write is final at once: the
+commitment only changes which slot updates are sent (``filter_by_commitment``) and what
+``GetSlot`` answers.
 
 Each new ``SubscribeRequest`` on a stream replaces its filters, as Yellowstone does, except
 a request carrying only a ping, which is answered with a pong and changes nothing.
@@ -19,7 +20,6 @@ import contextlib
 import hmac
 import itertools
 import json
-import logging
 from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass, field
 from typing import Any
@@ -37,8 +37,6 @@ from driftshare.sim.stats import GrpcStats
 from driftshare.sim.store import Account, AccountStore
 
 __all__ = ["GeyserServer", "TlsPair"]
-
-_log = logging.getLogger(__name__)
 
 _ROOT_LAG = 32
 """Slots between the tip and the finalized slot, as the WebSocket side reports its root."""
