@@ -548,9 +548,9 @@ class SharedClient:
         """The serving gRPC stream failed repeatedly: fall back to websocket (or polling)."""
         subscriber = gen.client.account_subscriber if gen.client is not None else None
         if self.mode == "grpc" and isinstance(subscriber, GrpcSubscriber):
-            gen.spawn(self.leave_grpc(gen), f"driftshare-grpc-fallback-{self.network}")
+            gen.spawn(self._leave_grpc(gen), f"driftshare-grpc-fallback-{self.network}")
 
-    async def leave_grpc(self, gen: Generation) -> None:
+    async def _leave_grpc(self, gen: Generation) -> None:
         """Serve by websocket (or polling, if that fails too) until gRPC works again."""
         metrics.SUBSCRIPTION_FAILURES.labels(self.network).inc()
         self.grpc_down_since = time.monotonic()
