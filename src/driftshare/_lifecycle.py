@@ -581,8 +581,22 @@ class SharedClient:
         previous, gen.client.account_subscriber = gen.client.account_subscriber, subscriber
         if tap is not None:
             tap.activate()
+            if gen.ready_at is not None and previous is not subscriber:
+                self._catch_up(subscriber, tap)
         if previous is not subscriber:
             await unsubscribe_fully(previous)
+
+    def _catch_up(self, subscriber: Any, tap: AccountTap) -> None:
+        """Give a replacement the ledger's records: it starts from discovery's reads, and the
+        subscriber it replaces may have applied newer ones since, which the ledger dates."""
+        for pubkey in tap.pubkeys():
+            entry = self.ledger.get(pubkey)
+            if entry is None:
+                continue
+            try:
+                subscriber.inject(entry.record)
+            except Exception as exc:  # undecodable: the account's reads say so
+                log.debug("cannot apply %s to the new subscription: %r", pubkey, exc)
 
     async def _discard_subscriber(self, gen: Generation) -> None:
         if gen.client is not None:
