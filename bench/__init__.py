@@ -36,7 +36,15 @@ from bench._harness import BenchError
 
 __all__ = ["SECTIONS", "BenchError", "Context"]
 
-SECTIONS: tuple[str, ...] = ("sharing", "freshness", "warmstart", "fleet", "trading", "idle")
+SECTIONS: tuple[str, ...] = (
+    "sharing",
+    "freshness",
+    "grpc",
+    "warmstart",
+    "fleet",
+    "trading",
+    "idle",
+)
 """The sections of BENCHMARKS.md, in order; each names the module ``bench/<topic>``."""
 
 

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import asyncio
 import datetime as dt
+import functools
 import json
 import os
 import platform
@@ -22,10 +23,13 @@ from typing import Any
 
 import httpx
 
+from driftshare._fleet._harness import TlsFiles
+
 __all__ = [
     "SIM_COUNTERS",
     "BenchError",
     "SimProcess",
+    "grpc_test_tls",
     "machine_info",
     "percentiles",
     "run_worker",
@@ -52,6 +56,19 @@ SIM_COUNTERS = (
 """The simulator counters every engine run reports, as totals since the simulator started."""
 
 
+@functools.cache
+def grpc_test_tls() -> TlsFiles:
+    """A certificate for 127.0.0.1, made once per process, that gRPC's default roots trust.
+
+    driftpy's gRPC mode trusts only the default roots; gRPC's documented variable makes them
+    this certificate, but gRPC reads it once, when the process makes its first TLS channel:
+    every TLS test and bench of one process must share it.
+    """
+    tls = TlsFiles.make(Path(tempfile.mkdtemp(prefix="driftshare-grpc-tls-")))
+    os.environ["GRPC_DEFAULT_SSL_ROOTS_FILE_PATH"] = str(tls.cert)
+    return tls
+
+
 class BenchError(RuntimeError):
     """A benchmark could not run: the simulator or a worker failed; the message says how."""
 
@@ -63,6 +80,8 @@ class SimProcess:
     process: subprocess.Popen[str]
     http_url: str
     tick_s: float
+    grpc_url: str | None = None
+    """Its Yellowstone Geyser endpoint, when started with ``grpc=True``."""
 
     def stats(self) -> dict[str, Any]:
         """``GET /_sim/stats``: every counter since the simulator started."""
@@ -76,10 +95,13 @@ def simulator(
     markets: int = 30,
     rate_limit: float | None = None,
     tick_s: float = 0.4,
+    grpc: bool = False,
 ) -> Iterator[SimProcess]:
     """Run a simulator in its own process, so it shares neither CPU time nor RSS with the
-    measured client, and stop it on exit."""
+    measured client, and stop it on exit; ``grpc`` serves Geyser gRPC too."""
     command = [sys.executable, "-m", "driftshare", "sim", "--port", "0"]
+    if grpc:
+        command += ["--grpc-port", "0"]
     command += ["--markets", str(markets), "--tick-s", str(tick_s)]
     command += ["--max-ws-per-client", str(_UNCAPPED_WS)]
     if rate_limit is not None:
@@ -97,7 +119,7 @@ def simulator(
             tail = " ".join(log.read().strip().splitlines()[-3:])
             raise BenchError(f"the simulator did not start: {tail or ready.strip()!r}")
         fields = dict(item.split("=", 1) for item in ready.split()[3:])
-        yield SimProcess(proc, fields["http"], tick_s)
+        yield SimProcess(proc, fields["http"], tick_s, fields.get("grpc"))
     finally:
         proc.terminate()
         try:

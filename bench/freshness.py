@@ -175,7 +175,13 @@ async def _write_in_process(samples: int) -> _Latencies:
             await DriftClientManager.shutdown()
 
 
-async def _write_remote(http_url: str, samples: int) -> _Latencies:
+Stats = Callable[[], Awaitable[dict[str, Any]]]
+Subscribe = Callable[[str, Stats], Awaitable[Any]]
+"""Starts the shared client on the simulator at an HTTP URL, whose counters ``Stats`` reads;
+returns the client's state once it is subscribed (:func:`_shared`)."""
+
+
+async def write_remote(http_url: str, samples: int, subscribe: Subscribe = _shared) -> _Latencies:
     """The simulator in its own process, written through ``POST /_sim/oracle``; the write
     time is the simulator's ``time.monotonic()`` (CLOCK_MONOTONIC, one clock for every
     process on this Linux host)."""
@@ -194,7 +200,7 @@ async def _write_remote(http_url: str, samples: int) -> _Latencies:
             written: float = answer.json()["written_at"]
             return written
 
-        shared = await _shared(http_url, stats)
+        shared = await subscribe(http_url, stats)
         try:
             return await _write_to_read(shared, write, samples)
         finally:
@@ -269,7 +275,7 @@ def run(ctx: Context) -> str:
     with simulator(markets=30, tick_s=3600.0) as chain:
         remote = _timed(
             "write to read, simulator apart",
-            lambda: asyncio.run(_write_remote(chain.http_url, samples)),
+            lambda: asyncio.run(write_remote(chain.http_url, samples)),
         )
     local = _timed(
         "write to read, simulator in process", lambda: asyncio.run(_write_in_process(samples))

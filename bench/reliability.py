@@ -1,4 +1,4 @@
-"""The reliability suite: four engines through every simulator fault, in both subscription modes.
+"""The reliability suite: four engines through every simulator fault, in every subscription mode.
 
 ``make reliability`` (``python -m bench.reliability``) runs every fault once per mode and
 writes ``docs/RELIABILITY.md``; ``make reliability SOAK=600`` runs random faults for that
@@ -45,14 +45,15 @@ from bench.reliability_truth import ChainTruth
 from driftshare.config import Settings, load_settings
 from driftshare.manager import DriftClientManager
 from driftshare.sim import Simulator
+from driftshare.sim.faults import GrpcRefusal
 
 __all__ = ["FAULTS", "SHORT_ROWS", "Row", "SuiteConfig", "main", "run_suite"]
 
 ROOT = Path(__file__).resolve().parent.parent
 DOC = ROOT / "docs" / "RELIABILITY.md"
 RESULTS = ROOT / "docs" / "reliability"
-Mode = Literal["websocket", "polling"]
-MODES: tuple[Mode, ...] = ("websocket", "polling")
+Mode = Literal["websocket", "polling", "grpc"]
+MODES: tuple[Mode, ...] = ("websocket", "polling", "grpc")
 ENGINES = 4
 AMPLIFICATION_LIMIT = 1.2
 FAILOVER_FRESH_S = 5.0
@@ -101,13 +102,16 @@ class SuiteConfig:
             backoff_cap_s=2.0,
         )
 
-    def env(self, url: str, mode: Mode) -> dict[str, str]:
+    def env(self, url: str, mode: Mode, grpc_url: str | None = None) -> dict[str, str]:
         """The ``DRIFT_*`` variables of a run besides :data:`SUITE_ENV`."""
-        return {
+        env = {
             "DRIFT_RPC_URL": url,
             "DRIFT_SUBSCRIPTION": mode,
             "DRIFT_RETRY_BACKOFF_CAP": str(self.backoff_cap_s),
         }
+        if grpc_url is not None:
+            env["DRIFT_GRPC_URL"] = grpc_url
+        return env
 
 
 @dataclass
@@ -210,6 +214,27 @@ async def _ws_stall(ctx: Context) -> None:
     await _window(ctx, lambda: f.set_stall(True), lambda: f.set_stall(False))
 
 
+async def _grpc_drop(ctx: Context) -> None:
+    await ctx.start()
+    await ctx.sim.faults.drop_grpc()
+    await asyncio.sleep(ctx.config.fault_s / 2)
+    await ctx.sim.faults.drop_grpc()
+    ctx.end()
+
+
+def _grpc_refusal(status: GrpcRefusal) -> FaultBody:
+    async def refuse(ctx: Context) -> None:
+        f = ctx.sim.faults
+
+        async def on() -> None:
+            f.refuse_grpc(_FOREVER, status)
+            await f.drop_grpc()
+
+        await _window(ctx, on, lambda: f.refuse_grpc(0, status))
+
+    return refuse
+
+
 async def _until_up(sim: Simulator) -> None:
     # The simulator tells when it comes back up only through this flag.
     while sim.faults.is_down:  # noqa: ASYNC110
@@ -261,8 +286,27 @@ FAULTS: dict[str, Fault] = {
         Fault("5xx burst", _burst_5xx, "every HTTP request answered 503"),
         Fault("5 s latency", _latency, "every HTTP answer delayed 5 s"),
         Fault("WebSocket drop", _ws_drop, "every WebSocket cut, twice, half the window apart"),
-        Fault("WebSocket stall", _ws_stall, "no WebSocket notification; the chain goes on"),
-        Fault("RPC down mid-run", _down, "HTTP and WebSocket ports closed, connections reset"),
+        Fault(
+            "WebSocket stall",
+            _ws_stall,
+            "no WebSocket notification nor gRPC update; the chain goes on",
+        ),
+        Fault("gRPC drop", _grpc_drop, "every gRPC stream ended (UNAVAILABLE), twice"),
+        Fault(
+            "gRPC unavailable",
+            _grpc_refusal("UNAVAILABLE"),
+            "every gRPC stream ended, every gRPC call refused with UNAVAILABLE",
+        ),
+        Fault(
+            "gRPC exhausted",
+            _grpc_refusal("RESOURCE_EXHAUSTED"),
+            "every gRPC stream ended, every gRPC call refused with RESOURCE_EXHAUSTED",
+        ),
+        Fault(
+            "RPC down mid-run",
+            _down,
+            "HTTP and WebSocket ports closed, connections reset, gRPC calls refused",
+        ),
         Fault("malformed JSON", _malformed, "every HTTP answer cut in half (invalid JSON)"),
         Fault("corrupt account", _corrupt, "the first perp market account served bit-flipped"),
         Fault("RPC down at start", _down_at_start, "ports closed when the engines start", True),
@@ -283,6 +327,7 @@ SHORT_ROWS: tuple[tuple[Mode, str], ...] = (
     ("polling", "malformed JSON"),
     ("polling", "endpoint failover"),
     ("websocket", "release of everything"),
+    ("grpc", "gRPC unavailable"),
 )
 
 
@@ -413,7 +458,10 @@ async def run_row(fault: Fault, mode: Mode, config: SuiteConfig) -> Row:
     started = time.monotonic()
     sims = [
         Simulator(
-            markets=config.markets, tick_s=config.tick_s, funding_period_s=config.funding_period_s
+            markets=config.markets,
+            tick_s=config.tick_s,
+            funding_period_s=config.funding_period_s,
+            grpc_port=0 if mode == "grpc" else None,
         )
         for _ in range(fault.sims)
     ]
@@ -421,6 +469,9 @@ async def run_row(fault: Fault, mode: Mode, config: SuiteConfig) -> Row:
         await sim.start()
     truths = [ChainTruth(sim) for sim in sims]
     ports = {p for sim in sims for p in (sim._server.port, sim._server.port + 1)}
+    grpc_url = sims[0].grpc_url if mode == "grpc" else None
+    if grpc_url is not None:
+        ports.add(int(grpc_url.rsplit(":", 1)[1]))
     loop = asyncio.get_running_loop()
     errors = _Errors()
     previous_handler = loop.get_exception_handler()
@@ -439,7 +490,7 @@ async def run_row(fault: Fault, mode: Mode, config: SuiteConfig) -> Row:
     ctx = Context(sims, config, counters, lambda: calls.in_flight == 0)
     url = ",".join(sim.http_url for sim in sims)
     try:
-        with suite_env(**config.env(url, mode)), calls.counting():
+        with suite_env(**config.env(url, mode, grpc_url)), calls.counting():
             settings = DriftClientManager.configure()
             if fault.sims > 1:
                 unavailable = await _failover_available(ctx)
@@ -678,7 +729,8 @@ def render(
         "every perp market, the feed's funding of every active market), puts the fault on for "
         f"{results['config']['fault_s']} s, takes it off, and ends once no read has been bad "
         f"for {results['config']['quiet_s']} s (or recovery is past its bound). Then every "
-        "engine disconnects at once, with reads in flight.",
+        "engine disconnects at once, with reads in flight. In grpc mode the simulators serve "
+        "Yellowstone Geyser gRPC too, and `DRIFT_GRPC_URL` names the first one's.",
         "",
         "- **Exceptions**: raised into an engine by a connect, read or disconnect.",
         "- **None**: reads answering None or an empty list.",
@@ -822,7 +874,7 @@ def write_doc() -> None:
     )
 
 
-async def _table(config: SuiteConfig) -> dict[str, Any]:
+async def _table(config: SuiteConfig, modes: Sequence[Mode] = MODES) -> dict[str, Any]:
     def show(row: Row) -> None:
         if not row.ran:
             print(f"{row.mode:9} {row.fault:22} {row.status}", flush=True)
@@ -836,7 +888,8 @@ async def _table(config: SuiteConfig) -> dict[str, Any]:
             flush=True,
         )
 
-    rows = await run_suite(config, progress=show)
+    wanted = [(mode, name) for mode in modes for name in FAULTS]
+    rows = await run_suite(config, wanted, progress=show)
     settings = _settings(config)
     return {
         "generated": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()),
@@ -852,6 +905,13 @@ async def _table(config: SuiteConfig) -> dict[str, Any]:
 def main(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m bench.reliability", description=__doc__)
     parser.add_argument("--soak", type=float, default=0.0, help="seconds of random faults")
+    parser.add_argument(
+        "--mode",
+        action="append",
+        choices=MODES,
+        help="run only this mode's table (repeatable); the other modes' rows are kept from the "
+        "last run, and the trading faults are not run",
+    )
     parser.add_argument("--trading", action="store_true", help="only the trading faults")
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.CRITICAL)
@@ -861,10 +921,17 @@ def main(argv: Sequence[str] | None = None) -> int:
         _save(RESULTS / "soak.json", asyncio.run(run_soak(args.soak, SuiteConfig())))
     else:
         if not args.trading:
-            _save(RESULTS / "table.json", asyncio.run(_table(SuiteConfig())))
-        from bench.reliability_trading import run_trading
+            modes: list[Mode] = args.mode or list(MODES)
+            table = asyncio.run(_table(SuiteConfig(), modes))
+            previous = _load(RESULTS / "table.json")
+            if previous is not None and args.mode:
+                kept = [r for r in previous["rows"] if r["mode"] not in modes]
+                table["rows"] = sorted(kept + table["rows"], key=lambda r: MODES.index(r["mode"]))
+            _save(RESULTS / "table.json", table)
+        if not args.mode:
+            from bench.reliability_trading import run_trading
 
-        _save(RESULTS / "trading.json", asyncio.run(run_trading()))
+            _save(RESULTS / "trading.json", asyncio.run(run_trading()))
     write_doc()
     print(f"wrote {DOC.relative_to(ROOT)}")
     return 0

@@ -178,13 +178,14 @@ class Engine:
                 )
                 for m in answer
             ]
-        # FundingInfo: a feed answer carries a stale flag only if the library gives it one.
+        # {market: FundingInfo}: a feed answer carries a stale flag only if the library gives
+        # it one.
         return [
             (
                 bool(getattr(info, "stale", False)),
                 [("rate_8h", self.names.get(info.market, -1), info.rate_8h)],
             )
-            for info in answer
+            for info in answer.values()
         ]
 
     async def release(self) -> None:

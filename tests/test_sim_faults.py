@@ -190,7 +190,7 @@ async def test_clear_brings_everything_back(simulator: Simulator) -> None:
     simulator.store.put(key, Account(data=b"data", owner=OWNER, lamports=1))
     specs = ("fail=503:9", "latency=10", "stall", "malformed=4", f"corrupt={key}", "down=600")
     trading = ("drop-tx=3", "lost-reply=timeout:2", "land-delay=5", "blockhash-age=10")
-    for spec in specs + trading:
+    for spec in (*specs, *trading, "grpc-refuse=resource_exhausted:3"):
         await simulator.faults.apply_spec(spec)
     with pytest.raises(httpx.ConnectError):
         await _health(simulator)
@@ -207,6 +207,7 @@ async def test_clear_brings_everything_back(simulator: Simulator) -> None:
         "malformed_remaining": 0,
         "corrupted": {},
         "hidden": [],
+        "grpc_refuse": {"status": "UNAVAILABLE", "remaining": 0},
         "drop_tx_remaining": 0,
         "lost_reply": {"mode": "429", "remaining": 0},
         "land_delay_s": 0.0,

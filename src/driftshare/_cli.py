@@ -6,6 +6,7 @@ import argparse
 import asyncio
 import gc
 import logging
+import os
 import sys
 from collections.abc import Sequence
 from pathlib import Path
@@ -93,6 +94,21 @@ def _add_sim(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
         metavar="SPEC",
         help="start with a fault, e.g. fail=429:5, latency=200, stall, down=10",
     )
+    p.add_argument(
+        "--grpc-port",
+        type=int,
+        default=None,
+        metavar="PORT",
+        help="also serve Yellowstone Geyser gRPC on PORT (0: a free port)",
+    )
+    p.add_argument(
+        "--grpc-token",
+        default=None,
+        metavar="TOKEN",
+        help="require this x-token on every gRPC call (or set DRIFT_SIM_GRPC_TOKEN)",
+    )
+    p.add_argument("--grpc-tls-cert", type=Path, default=None, metavar="PEM")
+    p.add_argument("--grpc-tls-key", type=Path, default=None, metavar="PEM")
     p.set_defaults(func=_cmd_sim)
 
 
@@ -112,6 +128,10 @@ def _cmd_sim(ns: argparse.Namespace) -> int:
         tick_s=ns.tick_s,
         max_ws_per_client=ns.max_ws_per_client,
         faults=list(ns.fault),
+        grpc_port=ns.grpc_port,
+        grpc_token=ns.grpc_token or os.environ.get("DRIFT_SIM_GRPC_TOKEN"),
+        grpc_tls_cert=ns.grpc_tls_cert,
+        grpc_tls_key=ns.grpc_tls_key,
     )
     asyncio.run(run_simulator(config))
     return 0

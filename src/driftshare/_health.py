@@ -24,6 +24,7 @@ from solana.rpc.websocket_api import connect as ws_connect
 
 from driftshare import _metrics as metrics
 from driftshare._generation import Generation
+from driftshare._grpc_subscription import grpc_works
 from driftshare._marketdata import ClientSource, confirmed
 from driftshare._subscription import SubscriptionMode, newest_data_slot
 from driftshare._tasks import cancel_all
@@ -42,6 +43,7 @@ __all__ = [
     "publish_endpoint",
     "reconnect",
     "reconnect_in_background",
+    "switch_mode",
 ]
 
 log = logging.getLogger(__name__)
@@ -119,13 +121,24 @@ async def _checks(shared: SharedClient, gen: Generation) -> None:
             shared.health = "healthy"
             now = time.monotonic()
             stalled = shared.confirmer.stalled()
-            if shared.mode == "websocket" and stalled:
+            # A gRPC stream's own watch (pongs, slots) decides its fallback: the confirmer's
+            # reads race a stream busy with a slot's many updates and would call it stalled.
+            if (
+                shared.mode != "grpc"
+                and settings.subscription == "grpc"
+                and settings.grpc_url is not None
+                and now - (shared.grpc_down_since or 0) >= settings.grpc_stall_s
+                and await grpc_works(settings.grpc_url, shared.grpc_token(), settings.grpc_stall_s)
+            ):
+                log.info("the gRPC endpoint streams again; leaving %s", shared.mode)
+                await switch_mode(shared, gen, "grpc")
+            elif shared.mode == "websocket" and stalled:
                 metrics.SUBSCRIPTION_FAILURES.labels(shared.network).inc()
                 log.warning(
                     "websocket subscriptions (%s) missed updates; polling instead",
                     ", ".join(sorted(stalled)),
                 )
-                await _switch(shared, gen, "polling")
+                await switch_mode(shared, gen, "polling")
                 polling_since = now
             elif (
                 shared.mode == "polling"
@@ -134,14 +147,15 @@ async def _checks(shared: SharedClient, gen: Generation) -> None:
                 and await _websocket_works(shared)
             ):
                 log.info("websocket notifications flow again; leaving polling")
-                await _switch(shared, gen, "websocket")
+                await switch_mode(shared, gen, "websocket")
                 polling_since = None
         except Exception as exc:  # one unexpected fault must not end health checking
             shared.last_error = redact_text(f"health check crashed: {exc!r}")
             log.exception("health check of the shared %s DriftClient failed", shared.network)
 
 
-async def _switch(shared: SharedClient, gen: Generation, mode: SubscriptionMode) -> None:
+async def switch_mode(shared: SharedClient, gen: Generation, mode: SubscriptionMode) -> None:
+    """Subscribe in ``mode`` in place of the current subscriber; kept on failure."""
     try:
         await shared._subscribe(gen, mode)
     except Exception as exc:  # keep the current subscriber; the next check tries again

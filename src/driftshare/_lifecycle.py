@@ -28,6 +28,7 @@ from driftshare._accounts.hosts import SharedHost
 from driftshare._endpoints import EndpointSelector
 from driftshare._freshness import Confirmer
 from driftshare._generation import Generation, unsubscribe_fully
+from driftshare._grpc_subscription import GeyserStream, GrpcSubscriber
 from driftshare._health import (
     data_slot,
     failover_loop,
@@ -35,6 +36,7 @@ from driftshare._health import (
     publish_data_ages,
     publish_endpoint,
     reconnect_in_background,
+    switch_mode,
 )
 from driftshare._ledger import AccountLedger, AccountRecord, LedgerEntry
 from driftshare._ledger_subscriber import LedgerSubscriber
@@ -127,6 +129,8 @@ class SharedClient:
         self.initializations = 0
         self.init_failures = 0
         self.mode_switches = 0
+        self.grpc_down_since: float | None = None
+        """``time.monotonic()`` when the gRPC stream last failed for good (fell back)."""
         self.last_error: str | None = None
         self.config_error: str | None = None
         """Set once a setting makes every start fail (a bad DRIFT_KEYPAIR): no retries."""
@@ -513,7 +517,8 @@ class SharedClient:
         )
 
     async def _subscribe(self, gen: Generation, mode: SubscriptionMode) -> None:
-        """Discover the markets and subscribe in ``mode``; websocket falls back to polling.
+        """Discover the markets and subscribe in ``mode``; gRPC falls back to websocket,
+        websocket to polling.
 
         A fleet follower subscribes to nothing upstream: its accounts come from the leader.
         """
@@ -532,14 +537,27 @@ class SharedClient:
         # its replacement is in place: the ledger dates the values being served.
         self.tap = tap = AccountTap(self.ledger, discovery.records, active=gen.ready_at is None)
         tap.on_reconnect = self.confirmer.check_all
-        if mode == "websocket":
+        subscribers = {"grpc": self._grpc, "websocket": self._websocket}
+        fallback: dict[SubscriptionMode, SubscriptionMode] = {
+            "grpc": "websocket",
+            "websocket": "polling",
+        }
+        while mode != "polling":
             try:
-                await self._install_subscriber(gen, self._websocket(gen, discovery, tap), tap)
-                self.mode = "websocket"
+                await self._install_subscriber(gen, subscribers[mode](gen, discovery, tap), tap)
+                self.mode = mode
                 return
-            except Exception as exc:  # any websocket failure: fall back to polling
+            except Exception as exc:  # any failure of this mode: fall back to the next one
                 metrics.SUBSCRIPTION_FAILURES.labels(self.network).inc()
-                log.warning("websocket subscription failed (%r); polling instead", exc)
+                if mode == "grpc":
+                    self.grpc_down_since = time.monotonic()
+                log.warning(
+                    "%s subscription failed (%s); %s instead",
+                    mode,
+                    redact_text(repr(exc)),
+                    fallback[mode],
+                )
+                mode = fallback[mode]
         await self._install_subscriber(gen, self._polling(gen, discovery, tap), tap)
         self.mode = "polling"
 
@@ -568,6 +586,45 @@ class SharedClient:
     ) -> WebsocketSubscriber:
         return WebsocketSubscriber(gen.client.program, discovery, Confirmed, tap)
 
+    def grpc_token(self) -> str | None:
+        token = self.settings.grpc_token
+        return None if token is None else token.get_secret_value()
+
+    def _grpc(self, gen: Generation, discovery: Discovery, tap: AccountTap) -> GrpcSubscriber:
+        """A gRPC subscriber: on the serving one's stream if there is one (one channel and
+        one stream for the client's life), else on a new stream."""
+        url = self.settings.grpc_url
+        if url is None:
+            raise ValueError("DRIFT_SUBSCRIPTION=grpc needs DRIFT_GRPC_URL")
+        current = gen.client.account_subscriber
+        if isinstance(current, GrpcSubscriber) and current.is_subscribed():
+            subscriber = GrpcSubscriber(
+                gen.client.program, self.ledger, discovery, tap, current.stream
+            )
+            subscriber.take_over(current)
+            return subscriber
+        stream = GeyserStream(
+            url,
+            self.grpc_token(),
+            stall_s=self.settings.grpc_stall_s,
+            on_account=tap.record,
+            on_give_up=lambda: self._grpc_gave_up(gen),
+        )
+        return GrpcSubscriber(gen.client.program, self.ledger, discovery, tap, stream)
+
+    def _grpc_gave_up(self, gen: Generation) -> None:
+        """The serving gRPC stream failed repeatedly: fall back to websocket (or polling)."""
+        subscriber = gen.client.account_subscriber if gen.client is not None else None
+        if self.mode == "grpc" and isinstance(subscriber, GrpcSubscriber):
+            gen.spawn(self._leave_grpc(gen), f"driftshare-grpc-fallback-{self.network}")
+
+    async def _leave_grpc(self, gen: Generation) -> None:
+        """Serve by websocket (or polling, if that fails too) until gRPC works again."""
+        metrics.SUBSCRIPTION_FAILURES.labels(self.network).inc()
+        self.grpc_down_since = time.monotonic()
+        log.warning("the %s gRPC stream keeps failing; websocket instead", self.network)
+        await switch_mode(self, gen, "websocket")
+
     def _polling(self, gen: Generation, discovery: Discovery, tap: AccountTap) -> PollingSubscriber:
         loader = ResilientLoader(gen.connection, Confirmed, self.settings.poll_interval_s)
         loader.attach(tap)
@@ -592,8 +649,22 @@ class SharedClient:
         previous, gen.client.account_subscriber = gen.client.account_subscriber, subscriber
         if tap is not None:
             tap.activate()
+            if gen.ready_at is not None and previous is not subscriber:
+                self._catch_up(subscriber, tap)
         if previous is not subscriber:
             await unsubscribe_fully(previous)
+
+    def _catch_up(self, subscriber: Any, tap: AccountTap) -> None:
+        """Give a replacement the ledger's records: it starts from discovery's reads, and the
+        subscriber it replaces may have applied newer ones since, which the ledger dates."""
+        for pubkey in tap.pubkeys():
+            entry = self.ledger.get(pubkey)
+            if entry is None:
+                continue
+            try:
+                subscriber.inject(entry.record)
+            except Exception as exc:  # undecodable: the account's reads say so
+                log.debug("cannot apply %s to the new subscription: %r", pubkey, exc)
 
     async def _discard_subscriber(self, gen: Generation) -> None:
         if gen.client is not None:
@@ -667,6 +738,16 @@ class SharedClient:
             lambda: self.health == "healthy" and self.client is client and self.initialized,
         )
 
+    def _grpc_stats(self) -> dict[str, Any] | None:
+        """The gRPC stream's health while it serves; its endpoint alone otherwise."""
+        url = self.settings.grpc_url
+        if url is None:
+            return None
+        subscriber = self.client.account_subscriber if self.client is not None else None
+        if isinstance(subscriber, GrpcSubscriber):
+            return subscriber.stream.stats()
+        return {"url": redact_url(url), "connected": False}
+
     def snapshot(self) -> dict[str, Any]:
         """Plain data about this client; reads only (other threads call it: stats())."""
         from driftshare._fleet import standalone_stats  # on use: redis-py is not imported before
@@ -689,6 +770,7 @@ class SharedClient:
             "initializations": self.initializations,
             "init_failures": self.init_failures,
             "subscription_mode": self.mode,
+            "grpc": self._grpc_stats(),
             "mode_switches": self.mode_switches,
             "health": self.health,
             "last_error": self.last_error,

@@ -1,4 +1,5 @@
-"""Discovering Drift's markets and subscribing a DriftClient to them, by websocket or polling.
+"""Discovering Drift's markets and subscribing a DriftClient to them, by websocket or polling
+(gRPC: :mod:`driftshare._grpc_subscription`).
 
 driftpy's own "find all markets" path decodes every market in one go, so a single account
 it cannot decode (a layout newer than the installed driftpy, corrupt data) fails the whole
@@ -57,7 +58,7 @@ __all__ = [
 
 log = logging.getLogger(__name__)
 
-SubscriptionMode = Literal["websocket", "polling"]
+SubscriptionMode = Literal["websocket", "polling", "grpc"]
 
 _MAX_MARKET_INDEX = 512
 _SUBSCRIBE_ANSWER_S = 5.0

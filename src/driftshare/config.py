@@ -8,7 +8,7 @@ from pathlib import Path
 from typing import Annotated, Any, Literal
 from urllib.parse import urlsplit, urlunsplit
 
-from pydantic import Field, SecretStr, ValidationError, field_validator
+from pydantic import Field, SecretStr, ValidationError, field_validator, model_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
 __all__ = [
@@ -22,7 +22,7 @@ __all__ = [
 ]
 
 Network = Literal["mainnet", "devnet"]
-SubscriptionMode = Literal["websocket", "polling"]
+SubscriptionMode = Literal["websocket", "polling", "grpc"]
 
 PUBLIC_RPC_URLS: dict[str, str] = {
     "mainnet": "https://api.mainnet-beta.solana.com",
@@ -59,6 +59,14 @@ class Settings(BaseSettings):
     poll_interval_s: float = Field(1.0, gt=0)
     health_interval_s: float = Field(10.0, gt=0)
     perp_markets: Annotated[list[int] | None, NoDecode] = None
+    grpc_url: str | None = None
+    """Yellowstone Geyser endpoint for ``subscription == "grpc"``: ``https://`` (TLS) or
+    ``http://`` (plaintext)."""
+    grpc_token: SecretStr | None = None
+    """Sent as the ``x-token`` header of every gRPC call."""
+    grpc_stall_s: float = Field(5.0, gt=0)
+    """A gRPC stream silent this long (no pong), or without a slot update while the chain
+    moves on, is reconnected."""
 
     cache_ttl_funding: float = Field(30.0, ge=0)
     cache_ttl_price: float = Field(10.0, ge=0)
@@ -119,6 +127,22 @@ class Settings(BaseSettings):
             raise ValueError("must be an http(s) URL or a comma-separated list of them")
         return ",".join(urls)
 
+    @field_validator("grpc_url")
+    @classmethod
+    def _check_grpc_url(cls, value: str | None) -> str | None:
+        if value is None:
+            return None
+        parts = urlsplit(value)
+        if parts.scheme not in ("http", "https") or not parts.hostname:
+            raise ValueError("must be an https:// (TLS) or http:// (plaintext) URL")
+        return value
+
+    @model_validator(mode="after")
+    def _grpc_needs_url(self) -> Settings:
+        if self.subscription == "grpc" and self.grpc_url is None:
+            raise ValueError("DRIFT_SUBSCRIPTION=grpc needs DRIFT_GRPC_URL")
+        return self
+
     @field_validator("share_url")
     @classmethod
     def _check_share_url(cls, value: str | None) -> str | None:
@@ -129,7 +153,7 @@ class Settings(BaseSettings):
     def __repr_args__(self) -> Iterable[tuple[str | None, Any]]:
         # repr() and str() would otherwise show the API key an RPC URL may carry.
         for name, value in super().__repr_args__():
-            secret = name in ("rpc_url", "share_url") and value is not None
+            secret = name in ("rpc_url", "share_url", "grpc_url") and value is not None
             shown = redact_url(value) if secret else value
             yield name, shown
 
@@ -149,8 +173,11 @@ def load_settings(**overrides: object) -> Settings:
         return Settings(**overrides)  # type: ignore[arg-type]
     except ValidationError as exc:
         problems = "; ".join(
-            # A validator's own message, without the "Value error, " pydantic puts before it.
+            # A validator's own message, without the "Value error, " pydantic puts before it; a
+            # check across settings has no field, and its message names the variables.
             f"DRIFT_{str(err['loc'][0]).upper()}: {err['msg'].removeprefix('Value error, ')}"
+            if err["loc"]
+            else err["msg"].removeprefix("Value error, ")
             for err in exc.errors()
         )
         raise ConfigError(f"invalid configuration: {problems}") from None

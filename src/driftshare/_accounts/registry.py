@@ -21,6 +21,7 @@ from driftshare._accounts.host import AccountHost
 from driftshare._accounts.signer import Signer
 from driftshare._accounts.subscribers import LedgerUserStatsSubscriber, LedgerUserSubscriber
 from driftshare._freshness import multiple_accounts
+from driftshare._grpc_subscription import GrpcSubscriber
 from driftshare._ledger import AccountKind, AccountRecord, LedgerEntry
 from driftshare._subscription import AccountTap, PollingSubscriber, WebsocketSubscriber, post_batch
 
@@ -200,7 +201,7 @@ class AccountRegistry:
         subscribers: list[_Watcher] = []
         taps: list[AccountTap] = []
         serving = self.host.account_subscriber()
-        if isinstance(serving, WebsocketSubscriber | PollingSubscriber):
+        if isinstance(serving, WebsocketSubscriber | PollingSubscriber | GrpcSubscriber):
             subscribers.append(serving)
         tap = self.host.account_tap()
         if tap is not None:
@@ -215,7 +216,7 @@ class AccountRegistry:
 
     async def attach(self, subscriber: Any, tap: AccountTap | None) -> None:
         """Watch every registered account on ``subscriber`` (not subscribed yet) and ``tap``."""
-        if not isinstance(subscriber, WebsocketSubscriber | PollingSubscriber):
+        if not isinstance(subscriber, WebsocketSubscriber | PollingSubscriber | GrpcSubscriber):
             return  # a fleet follower's: the leader's accounts only
         self._attached = (subscriber, tap)
         for pubkey, kind in list(self._watched.items()):

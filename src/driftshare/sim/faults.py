@@ -16,9 +16,12 @@ from driftshare.sim.store import Account
 
 __all__ = [
     "FAIL_STATUSES",
+    "GRPC_REFUSALS",
     "CorruptMode",
     "FaultError",
     "Faults",
+    "GrpcHooks",
+    "GrpcRefusal",
     "LostReply",
     "ServerHooks",
     "check_spec",
@@ -27,6 +30,8 @@ __all__ = [
 
 FAIL_STATUSES = (429, 500, 503)
 CorruptMode = Literal["truncate", "garble"]
+GrpcRefusal = Literal["UNAVAILABLE", "RESOURCE_EXHAUSTED"]
+GRPC_REFUSALS: tuple[GrpcRefusal, ...] = ("UNAVAILABLE", "RESOURCE_EXHAUSTED")
 LostReply = Literal["429", "timeout"]
 
 
@@ -44,9 +49,21 @@ class ServerHooks(Protocol):
     async def come_up(self) -> None: ...
 
 
+class GrpcHooks(Protocol):
+    """What a fault needs the Geyser gRPC server to do."""
+
+    async def drop_streams(self) -> int: ...
+
+
 class _Fail(BaseModel):
     model_config = ConfigDict(extra="forbid")
     status: Literal[429, 500, 503] = 429
+    count: int = Field(1, ge=1)
+
+
+class _GrpcRefuse(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    status: GrpcRefusal = "UNAVAILABLE"
     count: int = Field(1, ge=1)
 
 
@@ -72,6 +89,8 @@ class _FaultRequest(BaseModel):
     stall: bool | None = None
     down_s: float | None = Field(None, gt=0, le=3600)
     drop_ws: bool = False
+    drop_grpc: bool = False
+    grpc_refuse: _GrpcRefuse | None = None
     malformed: int | None = Field(None, ge=0)
     corrupt: _Corrupt | None = None
     hide: str | None = None
@@ -112,7 +131,8 @@ def parse_spec(spec: str) -> dict[str, object]:
     Specs: ``fail=STATUS[:N]``, ``latency=MS``, ``stall[=on|off]``, ``down=SECONDS``,
     ``drop-ws``, ``malformed[=N]``, ``corrupt=PUBKEY[:truncate|garble]``, ``restore=PUBKEY``,
     ``clear``; for transactions ``drop-tx=N``, ``lost-reply=429|timeout[:N]``,
-    ``land-delay=SECONDS``, ``blockhash-age=BLOCKS``.
+    ``land-delay=SECONDS``, ``blockhash-age=BLOCKS``; for gRPC ``drop-grpc``,
+    ``grpc-refuse=UNAVAILABLE|RESOURCE_EXHAUSTED[:N]``.
     """
     name, _, arg = spec.strip().partition("=")
     name = name.strip().lower()
@@ -130,6 +150,13 @@ def parse_spec(spec: str) -> dict[str, object]:
         return {"down_s": _number("down", arg)}
     if name == "drop-ws" and not arg:
         return {"drop_ws": True}
+    if name == "drop-grpc" and not arg:
+        return {"drop_grpc": True}
+    if name == "grpc-refuse":
+        status, _, count = arg.partition(":")
+        return {
+            "grpc_refuse": {"status": status.upper(), "count": _count("grpc-refuse", count or "1")}
+        }
     if name == "malformed":
         return {"malformed": _count("malformed", arg or "1")}
     if name == "corrupt":
@@ -154,7 +181,7 @@ def parse_spec(spec: str) -> dict[str, object]:
         f"unknown fault spec {spec!r}; expected fail=STATUS[:N], latency=MS, stall[=on|off], "
         "down=SECONDS, drop-ws, malformed[=N], corrupt=PUBKEY[:truncate|garble], "
         "hide=PUBKEY, restore=PUBKEY, drop-tx=N, lost-reply=429|timeout[:N], "
-        "land-delay=SECONDS, blockhash-age=BLOCKS or clear"
+        "land-delay=SECONDS, blockhash-age=BLOCKS, drop-grpc, grpc-refuse=STATUS[:N] or clear"
     )
 
 
@@ -189,6 +216,8 @@ class _State:
     malformed_remaining: int = 0
     corrupted: dict[Pubkey, CorruptMode] = dataclasses.field(default_factory=dict)
     hidden: set[Pubkey] = dataclasses.field(default_factory=set)
+    grpc_refusal: GrpcRefusal = "UNAVAILABLE"
+    grpc_refuse_remaining: int = 0
     drop_tx_remaining: int = 0
     lost_reply_mode: LostReply = "429"
     lost_reply_remaining: int = 0
@@ -203,6 +232,8 @@ class Faults:
         self._hooks = hooks
         self._state = _State()
         self._down_task: asyncio.Task[None] | None = None
+        self.grpc: GrpcHooks | None = None
+        """The Geyser server, when the simulator serves gRPC."""
 
     def fail_next(self, count: int, status: int = 429) -> None:
         """Answer the next ``count`` HTTP requests with ``status`` (429, 500 or 503)."""
@@ -220,7 +251,8 @@ class Faults:
         self._state.latency_ms = float(ms)
 
     def set_stall(self, stalled: bool) -> None:
-        """Stop (or resume) WebSocket notifications; subscribing still works."""
+        """Stop (or resume) WebSocket notifications and Geyser account and slot updates;
+        subscribing (and a Geyser ping's pong) still works."""
         self._state.stalled = stalled
 
     def malform_next(self, count: int) -> None:
@@ -282,8 +314,31 @@ class Faults:
         """Cut every open WebSocket now; returns how many were cut."""
         return await self._hooks.drop_ws()
 
+    async def drop_grpc(self) -> int:
+        """End every Geyser stream now with UNAVAILABLE; returns how many were ended."""
+        return 0 if self.grpc is None else await self.grpc.drop_streams()
+
+    def refuse_grpc(self, count: int, status: GrpcRefusal = "UNAVAILABLE") -> None:
+        """Refuse the next ``count`` gRPC calls (streams included) with ``status``."""
+        if status not in GRPC_REFUSALS:
+            raise FaultError(f"gRPC refusal must be one of {GRPC_REFUSALS}, got {status!r}")
+        if count < 0:
+            raise FaultError(f"gRPC refusal count must be >= 0, got {count}")
+        self._state.grpc_refusal = status
+        self._state.grpc_refuse_remaining = count
+
+    def take_grpc_refusal(self) -> GrpcRefusal | None:
+        """The status to refuse this gRPC call with, consuming one; UNAVAILABLE while down."""
+        if self.is_down:
+            return "UNAVAILABLE"
+        if self._state.grpc_refuse_remaining <= 0:
+            return None
+        self._state.grpc_refuse_remaining -= 1
+        return self._state.grpc_refusal
+
     async def down(self, seconds: float) -> None:
-        """Refuse all connections (HTTP and WebSocket) for ``seconds``, then come back."""
+        """Refuse all connections (HTTP and WebSocket; gRPC calls with UNAVAILABLE) for
+        ``seconds``, then come back."""
         if not 0 < seconds <= 3600:
             raise FaultError(f"down needs 0 < seconds <= 3600, got {seconds}")
         if self._down_task is not None:
@@ -291,6 +346,7 @@ class Faults:
         else:
             await self._hooks.go_down()
         self._down_task = asyncio.create_task(self._come_up_after(seconds))
+        await self.drop_grpc()
 
     async def _come_up_after(self, seconds: float) -> None:
         await asyncio.sleep(seconds)
@@ -345,6 +401,8 @@ class Faults:
             self.hide(request.hide)
         if request.restore is not None:
             self.restore(request.restore)
+        if request.grpc_refuse is not None:
+            self.refuse_grpc(request.grpc_refuse.count, request.grpc_refuse.status)
         if request.drop_tx is not None:
             self.drop_transactions(request.drop_tx)
         if request.lost_reply is not None:
@@ -355,6 +413,8 @@ class Faults:
             self.expire_blockhashes(request.blockhash_max_age)
         if request.drop_ws:
             await self.drop_ws()
+        if request.drop_grpc:
+            await self.drop_grpc()
         if request.down_s is not None:
             await self.down(request.down_s)
 
@@ -369,6 +429,7 @@ class Faults:
             "malformed_remaining": s.malformed_remaining,
             "corrupted": {str(k): v for k, v in s.corrupted.items()},
             "hidden": sorted(str(k) for k in s.hidden),
+            "grpc_refuse": {"status": s.grpc_refusal, "remaining": s.grpc_refuse_remaining},
             "drop_tx_remaining": s.drop_tx_remaining,
             "lost_reply": {"mode": s.lost_reply_mode, "remaining": s.lost_reply_remaining},
             "land_delay_s": s.land_delay_s,

@@ -16,6 +16,7 @@ from typing import Any, Self
 from driftshare.sim._codec import DRIFT_PROGRAM_ID
 from driftshare.sim.builtins import register_builtins
 from driftshare.sim.faults import FaultError, Faults, check_spec
+from driftshare.sim.geyser import GeyserServer, TlsPair
 from driftshare.sim.lookup_tables import lookup_table_account, world_tables
 from driftshare.sim.programs import Programs
 from driftshare.sim.server import SimServer
@@ -58,6 +59,13 @@ class SimConfig:
     max_ws_per_client: int = 64
     faults: list[str] = field(default_factory=list)
     """Start-up fault specs, e.g. ``fail=429:5`` (see :func:`driftshare.sim.faults.parse_spec`)."""
+    grpc_port: int | None = None
+    """Yellowstone Geyser gRPC port; None serves no gRPC, 0 picks a free port."""
+    grpc_token: str | None = field(default=None, repr=False)
+    """The ``x-token`` every gRPC call must carry; None accepts any call."""
+    grpc_tls_cert: Path | None = None
+    """PEM certificate (chain) to serve gRPC over TLS, with :attr:`grpc_tls_key`."""
+    grpc_tls_key: Path | None = None
 
     def check(self) -> None:
         """Raise :class:`SimConfigError` naming the first unusable field."""
@@ -90,6 +98,17 @@ class SimConfig:
                 check_spec(spec)
             except FaultError as exc:
                 problems.append(f"faults: {exc}")
+        if self.grpc_port is not None and not 0 <= self.grpc_port <= 65535:
+            problems.append(f"grpc_port: must be 0..65535, got {self.grpc_port}")
+        if (self.grpc_tls_cert is None) != (self.grpc_tls_key is None):
+            problems.append("grpc_tls_cert, grpc_tls_key: give both or neither")
+        problems.extend(
+            f"grpc_tls: {path} does not exist"
+            for path in (self.grpc_tls_cert, self.grpc_tls_key)
+            if path is not None and not path.exists()
+        )
+        if self.grpc_token == "":
+            problems.append("grpc_token: must not be empty")
         if problems:
             raise SimConfigError("invalid simulator config: " + "; ".join(problems))
 
@@ -132,8 +151,27 @@ class Simulator:
             max_ws_per_client=config.max_ws_per_client,
             oracle_writer=None if self.world is None else self.world.set_oracle_price,
         )
+        self._geyser = self._make_geyser()
         self._ticker: asyncio.Task[None] | None = None
         self._started = False
+
+    def _make_geyser(self) -> GeyserServer | None:
+        config = self.config
+        if config.grpc_port is None:
+            return None
+        tls = None
+        if config.grpc_tls_cert is not None and config.grpc_tls_key is not None:
+            tls = TlsPair(config.grpc_tls_cert.read_bytes(), config.grpc_tls_key.read_bytes())
+        return GeyserServer(
+            self.store,
+            self._server.faults,
+            self._server.stats.grpc,
+            host=config.host,
+            port=config.grpc_port,
+            blocks=self._server.rpc.blocks,
+            token=config.grpc_token,
+            tls=tls,
+        )
 
     def _make_world(self) -> World | None:
         """The Drift world filling the store; None for ``markets=0``."""
@@ -176,6 +214,22 @@ class Simulator:
         self._check_started()
         return self._server.ws_url
 
+    @property
+    def grpc_url(self) -> str:
+        """The Geyser endpoint, ``http://`` or (with TLS) ``https://``; see :attr:`grpc_address`."""
+        return self._grpc().url
+
+    @property
+    def grpc_address(self) -> str:
+        """The Geyser endpoint as ``host:port`` (driftpy's ``GrpcConfig.endpoint``)."""
+        return self._grpc().address
+
+    def _grpc(self) -> GeyserServer:
+        self._check_started()
+        if self._geyser is None:
+            raise RuntimeError("this simulator serves no gRPC; set grpc_port")
+        return self._geyser
+
     def _check_started(self) -> None:
         if not self._started:
             raise RuntimeError("the simulator is not started; use `async with` or start()")
@@ -191,6 +245,8 @@ class Simulator:
         await self._server.start()
         self._started = True
         try:
+            if self._geyser is not None:
+                await self._geyser.start()
             for spec in self.config.faults:
                 await self.faults.apply_spec(spec)
         except BaseException:
@@ -206,6 +262,8 @@ class Simulator:
                 await self._ticker
             self._ticker = None
         if self._started:
+            if self._geyser is not None:
+                await self._geyser.stop()
             await self._server.stop()
             self._started = False
 
@@ -229,6 +287,8 @@ class Simulator:
             self.store.slot += 1
         self._server.pubsub.notify_slot(self.store.slot)
         self._server.pubsub.notify_signatures()
+        if self._geyser is not None:
+            self._geyser.notify_slot(self.store.slot)
         return self.store.slot
 
     async def _tick(self) -> None:
@@ -265,8 +325,9 @@ async def run_simulator(config: SimConfig) -> None:
                 file=sys.stderr,
             )
             raise SystemExit(1) from None
+        grpc = "" if config.grpc_port is None else f" grpc={sim.grpc_url}"
         print(
-            f"driftshare sim ready: http={sim.http_url} ws={sim.ws_url} "
+            f"driftshare sim ready: http={sim.http_url} ws={sim.ws_url}{grpc} "
             f"markets={config.markets} seed={config.seed}",
             flush=True,
         )

@@ -4,13 +4,14 @@ from __future__ import annotations
 
 from collections import Counter
 from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
 from typing import Any, Literal
 
 from prometheus_client import CollectorRegistry, generate_latest
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
 from prometheus_client.registry import Collector
 
-__all__ = ["TX_OUTCOMES", "SimStats", "TxOutcome"]
+__all__ = ["TX_OUTCOMES", "GrpcStats", "SimStats", "TxOutcome"]
 
 TxOutcome = Literal["received", "refused", "landed", "failed", "dropped", "duplicate"]
 TX_OUTCOMES: tuple[TxOutcome, ...] = (
@@ -26,6 +27,44 @@ TX_OUTCOMES: tuple[TxOutcome, ...] = (
 preflight), ``landed`` (succeeded), ``failed`` (landed with an error, only its fee charged),
 ``dropped`` (answered with its signature, never landed) or ``duplicate`` (a copy of one
 already landed or waiting to)."""
+
+
+@dataclass
+class GrpcStats:
+    """What the Yellowstone Geyser server has served; calls are counted by the client's
+    address, so one HTTP/2 connection carrying many calls counts once."""
+
+    calls_by_peer: Counter[str] = field(default_factory=Counter)
+    """Calls in progress, by client address and port (one key per connection)."""
+    peers_seen: set[str] = field(default_factory=set)
+    streams_open: int = 0
+    streams_total: int = 0
+    filters_active: int = 0
+    """Accounts named by the open streams' filters, summed over the streams."""
+    calls: Counter[str] = field(default_factory=Counter)
+    refused: Counter[str] = field(default_factory=Counter)
+    """Calls refused before they started, by gRPC status (a fault or a bad token)."""
+    ended: Counter[str] = field(default_factory=Counter)
+    """Streams the server ended, by gRPC status (a drop fault, a bad request, a stop)."""
+    updates: Counter[str] = field(default_factory=Counter)
+    """Stream messages sent, by kind: account, slot, ping, pong."""
+
+    def snapshot(self) -> dict[str, Any]:
+        return {
+            "connections": {
+                "open": sum(1 for n in self.calls_by_peer.values() if n > 0),
+                "total": len(self.peers_seen),
+            },
+            "streams": {
+                "open": self.streams_open,
+                "total": self.streams_total,
+                "accounts": self.filters_active,
+            },
+            "calls": {"total": sum(self.calls.values()), "by_method": dict(self.calls)},
+            "refused": dict(self.refused),
+            "ended": dict(self.ended),
+            "updates": {"total": sum(self.updates.values()), "by_kind": dict(self.updates)},
+        }
 
 
 class SimStats:
@@ -46,6 +85,7 @@ class SimStats:
         self.subscriptions_active = 0
         self.subscriptions: Counter[str] = Counter()
         self.notifications: Counter[str] = Counter()
+        self.grpc = GrpcStats()
         self.transactions: dict[str, Counter[str]] = {}
         """Transactions by fee payer, then by :data:`TX_OUTCOMES`."""
         self.registry = CollectorRegistry(auto_describe=True)
@@ -79,6 +119,7 @@ class SimStats:
                 "total": sum(self.notifications.values()),
                 "by_method": dict(self.notifications),
             },
+            "grpc": self.grpc.snapshot(),
             "transactions": {
                 **{
                     outcome: sum(c[outcome] for c in self.transactions.values())
@@ -150,6 +191,35 @@ class _Collector(Collector):
             "WebSocket notifications sent.",
             "method",
             s.notifications,
+        )
+        grpc = s.grpc.snapshot()
+        yield GaugeMetricFamily(
+            "sim_grpc_connections_open",
+            "gRPC connections with a call in progress.",
+            grpc["connections"]["open"],
+        )
+        yield GaugeMetricFamily(
+            "sim_grpc_streams_open", "Open Geyser Subscribe streams.", s.grpc.streams_open
+        )
+        yield CounterMetricFamily(
+            "sim_grpc_streams", "Geyser Subscribe streams accepted.", s.grpc.streams_total
+        )
+        yield _labelled(
+            CounterMetricFamily, "sim_grpc_calls", "gRPC calls received.", "method", s.grpc.calls
+        )
+        yield _labelled(
+            CounterMetricFamily,
+            "sim_grpc_refused",
+            "gRPC calls refused.",
+            "status",
+            s.grpc.refused,
+        )
+        yield _labelled(
+            CounterMetricFamily,
+            "sim_grpc_updates",
+            "Geyser stream messages sent.",
+            "kind",
+            s.grpc.updates,
         )
 
 
