@@ -30,7 +30,7 @@ redis:
 	test -x /usr/bin/redis-server || (apt-get update && apt-get install -y redis-server)
 
 test: $(STAMP) lint browser redis
-	$(BIN)/pytest
+	$(BIN)/pytest -n 4 --dist loadscope
 
 # Every section of bench/ (see bench/__init__.py), then BENCHMARKS.md and docs/bench/.
 bench: $(STAMP) redis

@@ -1,10 +1,9 @@
 """Processes and numbers shared by the cases: a simulator subprocess, worker subprocesses,
-``driftshare serve`` children restarted on a snapshot, simulator counters, percentiles and a
-description of the machine."""
+simulator counters, percentiles and a description of the machine (``driftshare serve`` and
+redis-server processes are in :mod:`bench._processes`)."""
 
 from __future__ import annotations
 
-import asyncio
 import datetime as dt
 import json
 import os
@@ -31,7 +30,6 @@ __all__ = [
     "run_worker",
     "sim_counters",
     "simulator",
-    "spawn_serve",
 ]
 
 _REPO = Path(__file__).resolve().parent.parent
@@ -106,36 +104,6 @@ def simulator(
             proc.kill()
             proc.wait()
         log.close()
-
-
-async def spawn_serve(
-    rpc_url: str, snapshot: Path, *, port: int = 0, stderr: int | None = None, **env: str
-) -> asyncio.subprocess.Process:
-    """``driftshare serve`` at ``rpc_url`` on ``port``, as the warm-start runs restart it.
-
-    Its snapshot is in the folder ``snapshot``, written at a clean shutdown only; start-up
-    gives up soon and retries quickly, so a start with the RPC down answers from the
-    snapshot at once; log lines do not wrap. ``env`` adds to or overrides that.
-    """
-    environ = {
-        **os.environ,
-        "COLUMNS": "400",
-        "DRIFT_SNAPSHOT_PATH": str(snapshot),
-        "DRIFT_SNAPSHOT_INTERVAL_S": "3600",
-        "DRIFT_MAX_RETRIES": "0",
-        "DRIFT_RETRY_BACKOFF": "0.2",
-        "DRIFT_RETRY_BACKOFF_CAP": "0.5",
-        "DRIFT_INIT_TIMEOUT_S": "5",
-        **env,
-    }
-    command = ["-m", "driftshare", "serve", "--rpc-url", rpc_url, "--port", str(port)]
-    return await asyncio.create_subprocess_exec(
-        sys.executable,
-        *command,
-        stdout=asyncio.subprocess.DEVNULL,
-        stderr=asyncio.subprocess.DEVNULL if stderr is None else stderr,
-        env=environ,
-    )
 
 
 def sim_counters(stats: dict[str, Any]) -> dict[str, int]:

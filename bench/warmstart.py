@@ -24,8 +24,7 @@ from typing import Any
 import httpx
 
 from bench import BenchError, Context
-from bench._harness import spawn_serve
-from driftshare._fleet._harness import free_port
+from bench._processes import ServeProcess, free_port
 from driftshare._ledger import AccountLedger
 from driftshare._ledger_subscriber import LedgerReads
 from driftshare._snapshot import (
@@ -99,12 +98,13 @@ class StartRun:
 async def _measure_start(
     rpc_url: str, snapshot: Path, markets: int, *, expect_ready: bool, cap_s: float
 ) -> StartRun:
-    port = free_port()
     result = StartRun()
+    serve = ServeProcess(rpc_url, snapshot=snapshot)
     started = time.perf_counter()
-    serve = await spawn_serve(rpc_url, snapshot, port=port)
+    await serve.spawn()
     try:
-        async with httpx.AsyncClient(base_url=f"http://127.0.0.1:{port}", timeout=30) as http:
+        await serve.listening(cap_s)
+        async with httpx.AsyncClient(base_url=serve.url, timeout=30) as http:
             deadline = started + cap_s
             while time.perf_counter() < deadline:
                 if serve.returncode is not None:
@@ -129,7 +129,7 @@ async def _measure_start(
                     break
                 await asyncio.sleep(_POLL_S)
     finally:
-        await _stop(serve)
+        await serve.stop()
     return result
 
 
@@ -313,7 +313,7 @@ def measure(quick: bool) -> dict[str, Any]:
     """Every figure of the section, as raw numbers."""
     markets = 8 if quick else 30
     repeats = 1 if quick else 5
-    cap_s = 8.0 if quick else 20.0
+    cap_s = 3.0 if quick else 20.0
 
     start = asyncio.run(_start_cases(markets, repeats, cap_s))
     costs = [_costs(n, 3 if quick else 20) for n in (30, 100)]

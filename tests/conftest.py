@@ -1,9 +1,26 @@
-"""Fixtures shared by the tests reading market data from the simulator."""
+"""Fixtures and helpers shared by the tests.
+
+The suite runs under pytest-xdist (``make test``: ``-n 4 --dist loadfile``, one file per
+worker). A test stays safe there when it takes every port, folder and process from these
+fixtures or from ``bench._processes``:
+
+- ports: a simulator (``simulator``/``simulator_factory``) and ``driftshare serve``
+  (:func:`serve`) bind port 0 and report what they got; a redis-server takes
+  ``bench._processes.free_port()``, which stays below the ephemeral range; a URL where
+  nothing listens is :func:`closed_port_url`. Never hard-code a port.
+- files: ``tmp_path`` (per test, per worker), never a fixed path.
+- processes: :func:`serve` and :func:`redis_server` stop what they start, and ``serve``
+  fails the test on an unclean exit.
+- waiting: :func:`eventually` for a state without an event, never ``sleep`` and a check.
+- the shared client: :func:`manager_settings` (settings forgotten) or :func:`sim_manager`
+  (configured on a simulator and shut down after).
+"""
 
 from __future__ import annotations
 
 import asyncio
 import inspect
+import socket
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 from dataclasses import dataclass
@@ -14,8 +31,8 @@ import pytest_asyncio
 from driftpy.accounts.oracle import decode_oracle
 from driftpy.types import OraclePriceData
 
+from bench._processes import RedisServer, ServeProcess, stop_all
 from driftshare import models
-from driftshare._fleet._harness import RedisServer
 from driftshare._fleet._store import FleetStore
 from driftshare.manager import DriftClientManager
 from driftshare.models import (
@@ -28,6 +45,7 @@ from driftshare.sim import Simulator
 from driftshare.sim.pytest_plugin import SimulatorFactory
 
 WaitUntil = Callable[[Callable[[], bool]], Awaitable[float]]
+StartServe = Callable[..., Awaitable[ServeProcess]]
 
 
 async def eventually(
@@ -181,3 +199,42 @@ def redis_server() -> Iterator[RedisServer]:
 async def last_values(store: FleetStore) -> tuple[list[bytes], list[bytes]]:
     """What ``store`` keeps in Redis: every record, then every confirmation."""
     return [r async for r in store.records()], [c async for c in store.confirmations()]
+
+
+@pytest.fixture
+def closed_port_url() -> Iterator[str]:
+    """``http://127.0.0.1:PORT`` where every connection is refused for the whole test: the
+    port is bound and never listened on, so no other test or worker can take it meanwhile."""
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        yield f"http://127.0.0.1:{sock.getsockname()[1]}"
+
+
+@pytest_asyncio.fixture
+async def serve(
+    request: pytest.FixtureRequest, simulator_factory: SimulatorFactory
+) -> AsyncIterator[StartServe]:
+    """``await serve(rpc_url, share_url=None, *, engines=(), snapshot=None, env=None)``: a
+    ``driftshare serve`` child that listens (:class:`bench._processes.ServeProcess`).
+
+    After the test, every one still running gets SIGTERM at once and is awaited on the
+    test's event loop, which keeps serving the simulators (stopped after them); each must
+    exit with 0. A failed test prints their logs.
+    """
+    started: list[ServeProcess] = []
+
+    async def start(*args: object, **kwargs: object) -> ServeProcess:
+        process = ServeProcess(*args, **kwargs)  # type: ignore[arg-type]
+        started.append(process)
+        await process.start()
+        return process
+
+    yield start
+    running = [p for p in started if p.alive()]
+    codes = await stop_all(running)
+    report = getattr(request.node, "rep_call", None)
+    if report is not None and report.failed:
+        for process in started:
+            print(f"--- driftshare serve at {process.url}\n{process.log_text()[-4000:]}")
+    unclean = {p.url: code for p, code in zip(running, codes, strict=True) if code != 0}
+    assert not unclean, f"serve did not exit cleanly: {unclean}"

@@ -10,10 +10,10 @@ import pytest_asyncio
 from redis.exceptions import RedisError
 from solders.pubkey import Pubkey
 
+from bench._processes import RedisServer
 from conftest import WaitUntil, eventually, last_values
 from driftshare._fleet import FleetMember
 from driftshare._fleet._follower import MAX_ACCOUNTS
-from driftshare._fleet._harness import RedisServer
 from driftshare._fleet._records import Message, Signer, decode, encode
 from driftshare._fleet._store import Outgoing
 from driftshare._ledger import AccountLedger, AccountRecord

@@ -14,8 +14,8 @@ from redis.asyncio.client import PubSub
 from redis.exceptions import RedisError
 from solders.pubkey import Pubkey
 
+from bench._processes import RedisServer
 from conftest import last_values
-from driftshare._fleet._harness import RedisServer
 from driftshare._fleet._records import Message, RecordError, Signer, decode, encode
 from driftshare._fleet._store import FencedOut, FleetStore, Outgoing, PublishStream
 from driftshare._ledger import AccountRecord

@@ -73,10 +73,10 @@ class BenchConfig:
     def quick_preset(cls) -> BenchConfig:
         return cls(
             quick=True,
-            engines=(1, 4),
+            engines=(2,),
             window_s=1.0,
-            markets=30,
-            cold_markets=(30,),
+            markets=8,
+            cold_markets=(8,),
             cold_repeats=1,
             hit_calls=2_000,
             miss_calls_funding=200,
@@ -106,8 +106,8 @@ def rpc_cost(config: BenchConfig) -> dict[str, Any]:
     served from the worker's start to its exit, start-up included.
     """
     runs: list[dict[str, Any]] = []
-    for mode in ("websocket", "polling"):
-        with simulator(markets=config.markets) as sim:
+    with simulator(markets=config.markets) as sim:
+        for mode in ("websocket", "polling"):
             for path in PATHS:
                 for engines in config.engines:
                     params = {
