@@ -19,28 +19,34 @@ fixtures or from ``bench._processes``:
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import inspect
+import re
 import socket
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 from dataclasses import dataclass
 from types import SimpleNamespace
 
+import driftpy.math.amm
 import pytest
 import pytest_asyncio
 from driftpy.accounts.oracle import decode_oracle
-from driftpy.types import OraclePriceData
+from driftpy.constants.numeric_constants import (
+    BASE_PRECISION,
+    FUNDING_RATE_PRECISION,
+    PRICE_PRECISION,
+)
+from driftpy.math.amm import calculate_bid_ask_price
+from driftpy.math.funding import calculate_long_short_funding_and_live_twaps
+from driftpy.math.utils import time_remaining_until_update
+from driftpy.types import OraclePriceData, PerpMarketAccount
 
 from bench._processes import RedisServer, ServeProcess, stop_all
 from driftshare import models
 from driftshare._fleet._store import FleetStore
 from driftshare.manager import DriftClientManager
-from driftshare.models import (
-    FundingRateData,
-    MarketData,
-    funding_rate_from_market,
-    market_data_from_market,
-)
+from driftshare.models import FundingRateData, MarketData
 from driftshare.sim import Simulator
 from driftshare.sim.pytest_plugin import SimulatorFactory
 
@@ -94,30 +100,113 @@ def subscribed(sim: Simulator) -> bool:
     return active == subscriptions_per_client(sim)
 
 
+_CAMEL_BOUNDARY = re.compile(r"(?<!^)(?=[A-Z])")
+
+
 @dataclass(frozen=True)
 class GroundTruth:
-    """What models.py computes straight from the simulator's accounts at a fixed time."""
+    """What the served numbers must be for the simulator's markets at a fixed time, from the
+    simulator's own state and driftpy's math, never from :mod:`driftshare.models` (the code
+    under test): driftpy decodes the oracle and prices the AMM (``calculate_bid_ask_price``)
+    and predicts funding (``calculate_long_short_funding_and_live_twaps``); the simulator
+    holds the names, statuses and amounts; the rate units are Drift's (funding in
+    ``FUNDING_RATE_PRECISION`` quote per base, over the oracle twap in ``PRICE_PRECISION``).
+    ``tests/test_models.py`` holds models to the TypeScript SDK on mainnet bytes.
+    """
 
     sim: Simulator
     now: float
 
+    def _market(self, index: int) -> PerpMarketAccount:
+        world = self.sim.world
+        assert world is not None
+        return world.perp_market(index)
+
     def oracle(self, index: int) -> OraclePriceData:
         """The perp market's oracle as driftpy decodes it from the simulator's account."""
-        market = self.sim.world.perp_market(index)  # type: ignore[union-attr]
+        market = self._market(index)
         account = self.sim.store.get(market.amm.oracle)
         assert account is not None
         return decode_oracle(bytes(account.data), market.amm.oracle_source)
 
+    def status(self, index: int) -> str:
+        return _CAMEL_BOUNDARY.sub("_", type(self._market(index).status).__name__).lower()
+
+    def name(self, index: int) -> str:
+        return bytes(self._market(index).name).decode().strip(" \x00")
+
+    def rate_hourly(self, index: int) -> float:
+        amm = self._market(index).amm
+        if self.status(index) in ("settlement", "delisted") or amm.last_funding_rate == 0:
+            return 0.0
+        twap = amm.last_funding_oracle_twap or amm.historical_oracle_data.last_oracle_price_twap
+        return float(amm.last_funding_rate / FUNDING_RATE_PRECISION / (twap / PRICE_PRECISION))
+
+    def _mark(self, index: int) -> int:
+        market, oracle = self._market(index), self.oracle(index)
+        prediction = type(market.contract_type).__name__ == "Prediction"
+        with _driftpy_clock(self.now):
+            bid, ask = calculate_bid_ask_price(market.amm, oracle, is_prediction=prediction)
+        return int(bid + ask) // 2
+
+    def _predicted(self, index: int) -> float | None:
+        market = self._market(index)
+        if self.status(index) in ("settlement", "delisted", "initialized", "funding_paused"):
+            return None
+        if market.paused_operations & 1:  # PerpOperation::UpdateFunding
+            return None
+        estimate = calculate_long_short_funding_and_live_twaps(
+            market, self.oracle(index), self._mark(index), int(self.now)
+        )
+        try:  # an ``async def`` that awaits nothing: one step returns its value
+            estimate.send(None)
+        except StopIteration as done:
+            return float(done.value[2] / (PRICE_PRECISION * 100))
+        estimate.close()
+        raise AssertionError("driftpy's funding estimate awaited something")
+
     def funding(self, index: int) -> FundingRateData:
-        market = self.sim.world.perp_market(index)  # type: ignore[union-attr]
-        return funding_rate_from_market(market, oracle_price_data=self.oracle(index), now=self.now)
+        market = self._market(index)
+        hourly = self.rate_hourly(index)
+        last, period = market.amm.last_funding_rate_ts, market.amm.funding_period
+        return FundingRateData(
+            market=self.name(index),
+            market_index=index,
+            rate_hourly=hourly,
+            rate_8h=hourly * 8 * 100,
+            rate_annual=hourly * 8766 * 100,  # 24 h x 365.25 days
+            is_positive=hourly > 0,
+            mark_price=self._mark(index) / PRICE_PRECISION,
+            oracle_price=self.oracle(index).price / PRICE_PRECISION,
+            predicted_rate_hourly=self._predicted(index),
+            next_funding_ts=last + int(time_remaining_until_update(last, last, period)),
+            status=self.status(index),
+            timestamp=self.now,
+        )
 
     def market(self, index: int) -> MarketData:
-        market = self.sim.world.perp_market(index)  # type: ignore[union-attr]
-        return market_data_from_market(market, oracle_price_data=self.oracle(index), now=self.now)
+        amm = self._market(index).amm
+        long_base, short_base = amm.base_asset_amount_long, amm.base_asset_amount_short
+        open_interest = (long_base + abs(short_base)) / BASE_PRECISION
+        oracle_price = self.oracle(index).price / PRICE_PRECISION
+        return MarketData(
+            market_index=index,
+            symbol=self.name(index),
+            status=self.status(index),
+            mark_price=self._mark(index) / PRICE_PRECISION,
+            oracle_price=oracle_price,
+            funding_rate=self.rate_hourly(index),
+            open_interest=open_interest,
+            open_interest_usd=open_interest * oracle_price,
+            base_asset_amount_long=long_base / BASE_PRECISION,
+            base_asset_amount_short=short_base / BASE_PRECISION,
+            timestamp=self.now,
+        )
 
     def indexes(self) -> list[int]:
-        return self.sim.world.perp_indexes()  # type: ignore[union-attr]
+        world = self.sim.world
+        assert world is not None
+        return world.perp_indexes()
 
     def subscriptions_per_client(self) -> int:
         return subscriptions_per_client(self.sim)
@@ -125,6 +214,17 @@ class GroundTruth:
     def active_subscriptions(self) -> int:
         active: int = self.sim.stats()["subscriptions"]["active"]
         return active
+
+
+@contextlib.contextmanager
+def _driftpy_clock(now: float) -> Iterator[None]:
+    """driftpy's AMM spread reads ``time.time()``: pin it to ``now`` meanwhile."""
+    real = driftpy.math.amm.time
+    driftpy.math.amm.time = SimpleNamespace(time=lambda: float(now))  # type: ignore[assignment]
+    try:
+        yield
+    finally:
+        driftpy.math.amm.time = real
 
 
 @pytest.fixture

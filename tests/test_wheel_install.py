@@ -25,7 +25,7 @@ from pathlib import Path
 
 import pytest
 
-from driftshare import models
+from conftest import GroundTruth
 from driftshare.sim import Simulator
 
 REPO = Path(__file__).resolve().parents[1]
@@ -160,12 +160,10 @@ async def test_bare_install_serves_funding_from_a_simulator(
 
     world = simulator.world
     assert world is not None
-    market = world.perp_market(0)
-    truth = models.funding_rate_from_market(market, oracle_price_data=None)
     rate = result["rate"]
     assert rate is not None
     assert (rate["market"], rate["market_index"], rate["stale"]) == ("SOL-PERP", 0, False)
-    assert rate["rate_hourly"] == truth.rate_hourly
+    assert rate["rate_hourly"] == GroundTruth(simulator, now=0).rate_hourly(0)
     assert rate["oracle_price"] == pytest.approx(world.oracle_price(0), rel=1e-6)
 
 
