@@ -103,7 +103,7 @@ async def _measure_start(
     started = time.perf_counter()
     await serve.spawn()
     try:
-        await serve.listening(cap_s)
+        await serve.listening()
         async with httpx.AsyncClient(base_url=serve.url, timeout=30) as http:
             deadline = started + cap_s
             while time.perf_counter() < deadline:

@@ -6,6 +6,7 @@ import asyncio
 import time
 from collections.abc import AsyncIterator, Callable
 
+import pytest
 import pytest_asyncio
 from redis.exceptions import RedisError
 from solders.pubkey import Pubkey
@@ -17,6 +18,7 @@ from driftshare._fleet._follower import MAX_ACCOUNTS
 from driftshare._fleet._records import Message, Signer, decode, encode
 from driftshare._fleet._store import Outgoing
 from driftshare._ledger import AccountLedger, AccountRecord
+from driftshare._metrics import REGISTRY
 from driftshare.config import load_settings
 
 PUBKEY = str(Pubkey.new_unique())
@@ -254,3 +256,37 @@ async def test_a_new_leader_republishes_records_with_their_confirmations(
     signer = Signer(None, "default")
     assert decode(records[0], signer).slot == 10
     assert decode(confirms[0], signer).slot == 30
+
+
+def _fleet_counter(name: str) -> float:
+    return (
+        REGISTRY.get_sample_value(f"drift_fleet_records_{name}_total", {"network": "mainnet"})
+        or 0.0
+    )
+
+
+async def test_published_and_applied_records_are_counted(
+    members: MemberFactory, wait_until: WaitUntil
+) -> None:
+    leader, follower = await following(members)
+    published, applied = _fleet_counter("published"), _fleet_counter("applied")
+    leader.ledger.apply(AccountRecord(PUBKEY, "perp", 10, b"a"))
+    leader.ledger.confirm(PUBKEY, 11)
+    await wait_until(lambda: follower.ledger.get(PUBKEY) is not None)
+    await wait_until(lambda: follower.ledger.get(PUBKEY).confirmed_slot == 11)  # type: ignore[union-attr]
+    # One record and one confirmation each way (one process holds both counters here).
+    await wait_until(lambda: _fleet_counter("published") - published == 2)
+    assert _fleet_counter("applied") - applied == 2
+
+
+async def test_a_followers_data_is_as_old_as_the_leaders(
+    members: MemberFactory, wait_until: WaitUntil
+) -> None:
+    leader, follower = await following(members)
+    confirmed_at = time.monotonic() - 20.0  # the leader learnt this slot 20 s ago
+    leader.ledger.apply(AccountRecord(PUBKEY, "perp", 10, b"a"), confirmed_at=confirmed_at)
+    await wait_until(lambda: follower.ledger.get(PUBKEY) is not None)
+    entry = follower.ledger.get(PUBKEY)
+    assert entry is not None
+    # Not the moment the follower received it: the leader's age, give or take the transit.
+    assert time.monotonic() - entry.confirmed_at == pytest.approx(20.0, abs=2.0)
