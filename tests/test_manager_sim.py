@@ -205,12 +205,14 @@ async def test_stalled_websocket_falls_back_to_polling_and_returns(
     assert client is not None
     assert DriftClientManager.stats()["subscription_mode"] == "websocket"
 
+    failures = _subscription_failures()
     sim.faults.set_stall(True)
     await eventually(
         lambda: DriftClientManager.stats()["subscription_mode"] == "polling",
         sim=sim,
         what="polling fallback",
     )
+    assert _subscription_failures() > failures
     sim.world.set_oracle_price(1, 4321.0)  # type: ignore[union-attr]
     assert await DriftClientManager.get_client() is not None
     shared = DriftClientManager.shared_state()
@@ -233,6 +235,11 @@ async def test_stalled_websocket_falls_back_to_polling_and_returns(
     assert switches >= 2
     assert switches % 2 == 0
     assert shared.client is client, "engines keep the object they hold"
+
+
+def _subscription_failures() -> float:
+    labels = {"network": "mainnet"}
+    return REGISTRY.get_sample_value("drift_subscription_failures_total", labels) or 0.0
 
 
 async def test_dropped_websockets_are_survived(
@@ -587,3 +594,52 @@ async def test_stats_from_another_thread_changes_nothing(
     assert found[0]["data_slot"] == data_slot(shared)
     assert found[0]["references"] == 1
     await DriftClientManager.release_client()
+
+
+async def test_an_rpc_failing_three_health_checks_gets_its_connection_rebuilt(
+    simulator_factory: Callable[..., Awaitable[Simulator]],
+) -> None:
+    sim = await simulator_factory(markets=4)
+    DriftClientManager.configure(rpc_url=sim.http_url, **{**FAST, "request_timeout_s": 0.5})
+    client = await DriftClientManager.get_client()
+    assert client is not None
+    shared = DriftClientManager.shared_state()
+    assert shared is not None
+    gen = shared.gen
+    assert gen is not None
+    assert gen.reconnecting is None
+    await sim.faults.down(3600)
+    # No data for DRIFT_STALE_AFTER_S, then three getSlot checks fail: a rebuild starts.
+    await eventually(lambda: gen.reconnecting is not None, within=30, what="a rebuild")
+    await sim.faults.clear()
+    await eventually(
+        lambda: DriftClientManager.stats()["initializations"] == 2, within=30, what="rebuilt"
+    )
+    assert await DriftClientManager.get_client() is client
+    back_at = sim.store.slot
+
+    def fresh() -> bool:
+        data = client.account_subscriber.get_oracle_price_data_and_slot_for_perp_market(0)
+        return data is not None and data.slot > back_at
+
+    await eventually(fresh, sim=sim, what="data after the rebuild")
+
+
+def _ref_count() -> float | None:
+    return REGISTRY.get_sample_value("drift_client_ref_count", {"network": "mainnet"})
+
+
+async def test_the_reference_count_metric_follows_the_references(
+    simulator_factory: Callable[..., Awaitable[Simulator]],
+) -> None:
+    sim = await simulator_factory(markets=4)
+    DriftClientManager.configure(rpc_url=sim.http_url, **QUIET)
+    first, second = DriftAdapter(), DriftAdapter()
+    assert await first.connect()
+    assert _ref_count() == 1
+    assert await second.connect()
+    assert _ref_count() == 2
+    await first.disconnect()
+    assert _ref_count() == 1
+    await second.disconnect()
+    assert _ref_count() == 0
