@@ -286,3 +286,26 @@ async def test_a_fleet_member_reads_its_snapshot_only_when_redis_is_unreachable(
     finally:
         await sim.faults.clear()
         await DriftClientManager.shutdown()
+
+
+async def test_the_snapshot_is_rewritten_every_interval_while_the_data_changes(
+    simulator: Simulator,
+    manager_settings: None,
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.setenv("DRIFT_SNAPSHOT_INTERVAL_S", "0.2")
+    DriftClientManager.configure(rpc_url=simulator.http_url, snapshot_path=tmp_path)
+    try:
+        assert await DriftClientManager.get_client() is not None
+        shared = DriftClientManager.shared_state()
+        assert shared is not None
+        keeper = shared.snapshots
+        assert keeper is not None
+        # Written while running, not only at shutdown; each step changes the data again.
+        await eventually(lambda: keeper.writes >= 1, sim=simulator, within=5, what="a write")
+        assert _snapshots(tmp_path)
+        written = keeper.writes
+        await eventually(lambda: keeper.writes > written, sim=simulator, within=5, what="another")
+    finally:
+        await DriftClientManager.shutdown()
