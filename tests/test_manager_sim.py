@@ -10,11 +10,13 @@ import os
 import re
 import threading
 from collections.abc import AsyncIterator, Awaitable, Callable
+from pathlib import Path
 from typing import Any
 
 import pytest
 import pytest_asyncio
 from aiohttp.test_utils import TestClient, TestServer
+from solders.keypair import Keypair
 
 from conftest import eventually
 from driftshare._health import data_slot
@@ -643,3 +645,26 @@ async def test_the_reference_count_metric_follows_the_references(
     assert _ref_count() == 1
     await second.disconnect()
     assert _ref_count() == 0
+
+
+@pytest.mark.parametrize("form", ["file", "base58"])
+async def test_a_valid_drift_keypair_is_the_clients_signer(
+    simulator_factory: Callable[..., Awaitable[Simulator]],
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+    form: str,
+) -> None:
+    keypair = Keypair()
+    if form == "file":
+        (tmp_path / "id.json").write_text(keypair.to_json())
+        monkeypatch.setenv("DRIFT_KEYPAIR", str(tmp_path / "id.json"))
+    else:
+        monkeypatch.setenv("DRIFT_KEYPAIR", str(keypair))
+    sim = await simulator_factory(markets=2)
+    DriftClientManager.configure(rpc_url=sim.http_url, **QUIET)
+    client = await DriftClientManager.get_client()
+    assert client is not None
+    assert client.wallet.public_key == keypair.pubkey()
+    message = b"a transaction's message"
+    signature = client.wallet.payer.sign_message(message)
+    assert signature.verify(keypair.pubkey(), message)
