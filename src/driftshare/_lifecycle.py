@@ -495,7 +495,10 @@ class SharedClient:
         the previous one on success) ends fully unsubscribed.
         """
         try:
-            await asyncio.wait_for(subscriber.subscribe(), self.settings.init_timeout_s)
+            # asyncio.timeout, not wait_for: Python 3.11's wait_for drops a cancellation that
+            # arrives as the subscription completes.
+            async with asyncio.timeout(self.settings.init_timeout_s):
+                await subscriber.subscribe()
             gen.check()
         except BaseException:
             await unsubscribe_fully(subscriber)
