@@ -101,7 +101,6 @@ async def test_account_that_stops_updating_turns_stale_one_that_stops_changing_d
         simulator.store.put(key, dataclasses.replace(account, frozen=True), force=True)
     # Market `hidden` keeps changing on chain, but the node stops serving its account.
     simulator.faults.hide(world.perp_market_pubkey(hidden))
-    hidden_at = asyncio.get_running_loop().time()
     seen_fresh_frozen: list[bool] = []
 
     async def hidden_is_stale() -> bool:
@@ -111,18 +110,18 @@ async def test_account_that_stops_updating_turns_stale_one_that_stops_changing_d
         seen_fresh_frozen.append(not steady.stale)
         return rate is not None and rate.stale
 
-    deadline = hidden_at + STALE_AFTER_S + shared.confirmer.period_s + 1.0
-    within = deadline - asyncio.get_running_loop().time()
-    await eventually(hidden_is_stale, sim=simulator, within=within, what="hidden market stale")
+    await eventually(hidden_is_stale, sim=simulator, what="hidden market stale")
     rate = await DriftClientManager.get_funding_rate(hidden)
     assert rate is not None
     assert rate.data_age_s > STALE_AFTER_S
-    # The frozen market stays fresh for several more confirmation periods.
-    until = asyncio.get_running_loop().time() + 3 * shared.confirmer.period_s
-    while asyncio.get_running_loop().time() < until:
+    # The frozen market stays fresh through three more confirmation rounds.
+    rounds = shared.confirmer.requests
+
+    async def three_more_rounds() -> bool:
         await hidden_is_stale()
-        await simulator.step()
-        await asyncio.sleep(0.05)
+        return bool(shared.confirmer.requests >= rounds + 3)
+
+    await eventually(three_more_rounds, sim=simulator, what="three more confirmation rounds")
     assert all(seen_fresh_frozen)
     steady = await DriftClientManager.get_funding_rate(frozen)
     assert steady is not None
@@ -225,13 +224,11 @@ async def test_changes_made_while_the_websocket_is_down_are_applied_after_reconn
             await simulator.step()  # changes no notification will carry
     assert not _driftpy_is_current(shared, simulator)
     await eventually(lambda: subscribed(simulator), within=30.0)
-    reconnected = asyncio.get_running_loop().time()
     # No further change on chain: only the re-read after the reconnect can bring these in.
     await eventually(
         lambda: _driftpy_is_current(shared, simulator) and _matches_store(shared.ledger, simulator),
-        within=STALE_AFTER_S + 5.0,
+        what="the changes missed while down",
     )
-    assert asyncio.get_running_loop().time() - reconnected <= STALE_AFTER_S
     for index in simulator.world.perp_indexes():  # type: ignore[union-attr]
         rate = await DriftClientManager.get_funding_rate(index)
         assert rate is not None
@@ -305,10 +302,14 @@ async def test_health_follows_data_not_a_get_slot(simulator: Simulator) -> None:
     rate = await DriftClientManager.get_funding_rate(0)
     assert rate is not None
     assert rate.stale
-    for _ in range(10):  # getSlot answers through these checks; health stays degraded
-        await simulator.step()
-        await asyncio.sleep(0.1)
+    # getSlot answers three more health checks; health stays degraded through them.
+    slots_asked = simulator.stats()["calls"]["by_method"].get("getSlot", 0)
+
+    def three_more_checks() -> bool:
         assert shared.health == "degraded"
+        return bool(simulator.stats()["calls"]["by_method"].get("getSlot", 0) >= slots_asked + 3)
+
+    await eventually(three_more_checks, sim=simulator, what="three more health checks")
     simulator.faults.set_stall(False)
     for key in keys:
         simulator.faults.restore(key)

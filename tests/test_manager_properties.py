@@ -19,6 +19,7 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
+from conftest import eventually
 from driftshare._generation import Generation
 from driftshare._lifecycle import SharedClient
 from driftshare.manager import DriftClientManager
@@ -271,10 +272,7 @@ def test_failed_start_returns_none_then_recovers_in_background() -> None:
         assert await DriftClientManager.get_client() is None
         shared = DriftClientManager.shared_state()
         assert shared is not None
-        deadline = asyncio.get_running_loop().time() + 5
-        while not DriftClientManager.is_initialized():
-            assert asyncio.get_running_loop().time() < deadline, "never recovered"
-            await asyncio.sleep(0.001)
+        await eventually(DriftClientManager.is_initialized, within=5, what="recovered")
         client = await DriftClientManager.get_client()
         assert client is WORLD.clients[-1]
         stats = DriftClientManager.stats()
