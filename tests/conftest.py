@@ -27,6 +27,7 @@ import time
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 from dataclasses import dataclass
 from types import SimpleNamespace
+from typing import Any
 
 import driftpy.math.amm
 import pytest
@@ -52,6 +53,23 @@ from driftshare.sim.pytest_plugin import SimulatorFactory
 
 WaitUntil = Callable[[Callable[[], bool]], Awaitable[float]]
 StartServe = Callable[..., Awaitable[ServeProcess]]
+ManagerOn = Callable[..., Awaitable[Simulator]]
+
+# Fast health checks and stall detection so the fallbacks happen within a test.
+FAST: dict[str, Any] = {
+    "health_interval_s": 0.1,
+    "ws_stall_s": 0.5,
+    "stale_after_s": 1.0,
+    "poll_interval_s": 0.1,
+    "retry_backoff": 0.05,
+    "retry_backoff_cap": 0.2,
+    "max_retries": 100,
+    "rpc_rps": 200.0,
+    "rpc_burst": 50,
+}
+QUIET: dict[str, Any] = {**FAST, "health_interval_s": 3600.0, "ws_stall_s": 3600.0}
+"""FAST without the health loop's timers: on a loaded machine a late notification or a slow
+health check may rightly switch modes or rebuild, so tests counting start-ups use this."""
 
 
 async def eventually(
@@ -241,6 +259,32 @@ def manager_settings() -> Iterator[None]:
     DriftClientManager._settings = None
     yield
     DriftClientManager._settings = None
+
+
+@pytest_asyncio.fixture
+async def clean_manager(simulator_factory: SimulatorFactory) -> AsyncIterator[None]:
+    """After the test, shut DriftClientManager down and forget its settings (before the
+    test's simulators stop, so its clients close first)."""
+    yield
+    await DriftClientManager.shutdown()
+    DriftClientManager._settings = None
+
+
+@pytest_asyncio.fixture
+async def manager_on(
+    simulator_factory: SimulatorFactory, clean_manager: None
+) -> AsyncIterator[ManagerOn]:
+    """``await manager_on(settings=FAST, *, markets=8, **simulator_options)``: a started
+    simulator with DriftClientManager configured on it with ``settings``; shut down after."""
+
+    async def make(
+        settings: dict[str, Any] = FAST, *, markets: int = 8, **options: Any
+    ) -> Simulator:
+        sim = await simulator_factory(markets=markets, **options)
+        DriftClientManager.configure(rpc_url=sim.http_url, **settings)
+        return sim
+
+    yield make
 
 
 @pytest_asyncio.fixture

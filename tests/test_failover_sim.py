@@ -3,11 +3,9 @@
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncIterator
 from typing import Any
 
 import pytest
-import pytest_asyncio
 
 from conftest import eventually
 from driftshare._metrics import REGISTRY
@@ -28,12 +26,7 @@ SETTINGS: dict[str, Any] = {
 }
 
 
-@pytest_asyncio.fixture(autouse=True)
-async def _clean_manager(simulator_factory: object) -> AsyncIterator[None]:
-    # Depends on the simulator fixture so that clients close before the simulators stop.
-    yield
-    await DriftClientManager.shutdown()
-    DriftClientManager._settings = None
+pytestmark = pytest.mark.usefixtures("clean_manager")
 
 
 def _oracle_slot(client: Any) -> int:

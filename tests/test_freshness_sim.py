@@ -8,12 +8,13 @@ from typing import Any
 
 import pytest
 
-from conftest import eventually, subscribed
+from conftest import FAST, eventually, subscribed
 from driftshare import DriftAdapter, DriftFundingFeed
 from driftshare._ledger import AccountLedger
 from driftshare.manager import DriftClientManager
 from driftshare.sim import Simulator
-from test_manager_sim import FAST, _clean_manager  # noqa: F401 (fixture)
+
+pytestmark = pytest.mark.usefixtures("clean_manager")
 
 
 async def _start(sim: Simulator, **settings: Any) -> AccountLedger:

@@ -9,16 +9,15 @@ import logging
 import os
 import re
 import threading
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import Awaitable, Callable
 from pathlib import Path
 from typing import Any
 
 import pytest
-import pytest_asyncio
 from aiohttp.test_utils import TestClient, TestServer
 from solders.keypair import Keypair
 
-from conftest import eventually
+from conftest import FAST, QUIET, ManagerOn, eventually
 from driftshare._health import data_slot
 from driftshare._lifecycle import SharedClient
 from driftshare._metrics import DATA_AGE_SECONDS, REGISTRY, render
@@ -29,29 +28,7 @@ from driftshare.feed import DriftFundingFeed
 from driftshare.manager import DriftClientManager
 from driftshare.sim import Simulator
 
-# Fast health checks and stall detection so the fallbacks happen within a test.
-FAST: dict[str, Any] = {
-    "health_interval_s": 0.1,
-    "ws_stall_s": 0.5,
-    "stale_after_s": 1.0,
-    "poll_interval_s": 0.1,
-    "retry_backoff": 0.05,
-    "retry_backoff_cap": 0.2,
-    "max_retries": 100,
-    "rpc_rps": 200.0,
-    "rpc_burst": 50,
-}
-QUIET: dict[str, Any] = {**FAST, "health_interval_s": 3600.0, "ws_stall_s": 3600.0}
-"""FAST without the health loop's timers: on a loaded machine a late notification or a slow
-health check may rightly switch modes or rebuild, so tests counting start-ups use this."""
-
-
-@pytest_asyncio.fixture(autouse=True)
-async def _clean_manager(simulator_factory: object) -> AsyncIterator[None]:
-    # Depends on the simulator fixture so that clients close before the simulator stops.
-    yield
-    await DriftClientManager.shutdown()
-    DriftClientManager._settings = None
+pytestmark = pytest.mark.usefixtures("clean_manager")
 
 
 def _client_side(task: asyncio.Task[Any]) -> bool:
@@ -100,10 +77,9 @@ async def _engine(rounds: int, sim: Simulator, errors: list[BaseException]) -> i
 
 
 async def test_four_engines_share_one_client_and_one_subscription_set(
-    simulator_factory: Callable[..., Awaitable[Simulator]],
+    manager_on: ManagerOn,
 ) -> None:
-    sim = await simulator_factory(markets=12)
-    DriftClientManager.configure(rpc_url=sim.http_url, **QUIET)
+    sim = await manager_on(QUIET, markets=12)
     first = await DriftClientManager.get_client()
     assert first is not None
     await eventually(lambda: sim.stats()["subscriptions"]["active"] > 0, what="subscriptions")
@@ -130,10 +106,9 @@ async def test_four_engines_share_one_client_and_one_subscription_set(
 
 
 async def test_thousand_concurrent_first_callers_one_initialization(
-    simulator_factory: Callable[..., Awaitable[Simulator]],
+    manager_on: ManagerOn,
 ) -> None:
-    sim = await simulator_factory(markets=8)
-    DriftClientManager.configure(rpc_url=sim.http_url, **QUIET)
+    sim = await manager_on(QUIET)
     clients = await asyncio.gather(*(DriftClientManager.get_client() for _ in range(1000)))
     assert clients[0] is not None
     assert all(c is clients[0] for c in clients)
@@ -142,10 +117,9 @@ async def test_thousand_concurrent_first_callers_one_initialization(
 
 
 async def test_last_release_closes_every_socket_and_task(
-    simulator_factory: Callable[..., Awaitable[Simulator]],
+    manager_on: ManagerOn,
 ) -> None:
-    sim = await simulator_factory(markets=8)
-    DriftClientManager.configure(rpc_url=sim.http_url, **FAST)
+    sim = await manager_on(FAST)
     tasks, sockets = set(asyncio.all_tasks()), _sockets()
     assert await DriftClientManager.get_client() is not None
     await eventually(lambda: sim.stats()["subscriptions"]["active"] > 0, what="subscriptions")
@@ -199,10 +173,9 @@ async def test_provider_rate_limit_is_invisible_to_engines(
 
 
 async def test_stalled_websocket_falls_back_to_polling_and_returns(
-    simulator_factory: Callable[..., Awaitable[Simulator]],
+    manager_on: ManagerOn,
 ) -> None:
-    sim = await simulator_factory(markets=8)
-    DriftClientManager.configure(rpc_url=sim.http_url, **FAST)
+    sim = await manager_on(FAST)
     client = await DriftClientManager.get_client()
     assert client is not None
     assert DriftClientManager.stats()["subscription_mode"] == "websocket"
@@ -245,10 +218,9 @@ def _subscription_failures() -> float:
 
 
 async def test_dropped_websockets_are_survived(
-    simulator_factory: Callable[..., Awaitable[Simulator]],
+    manager_on: ManagerOn,
 ) -> None:
-    sim = await simulator_factory(markets=8)
-    DriftClientManager.configure(rpc_url=sim.http_url, **FAST)
+    sim = await manager_on(FAST)
     client = await DriftClientManager.get_client()
     assert client is not None
     await eventually(lambda: sim.stats()["subscriptions"]["active"] > 0, what="subscriptions")
@@ -317,11 +289,10 @@ async def test_undecodable_market_does_not_take_the_others_down(
 
 
 async def test_a_configured_subset_stays_the_subset(
-    simulator_factory: Callable[..., Awaitable[Simulator]],
+    manager_on: ManagerOn,
 ) -> None:
     """DRIFT_PERP_MARKETS holds in websocket mode, even as every market changes on chain."""
-    sim = await simulator_factory(markets=8)
-    DriftClientManager.configure(rpc_url=sim.http_url, perp_markets=[0, 2], **FAST)
+    sim = await manager_on({**FAST, "perp_markets": [0, 2]})
     assert await DriftClientManager.get_client() is not None
     shared = DriftClientManager.shared_state()
     assert shared is not None
@@ -337,10 +308,9 @@ async def test_a_configured_subset_stays_the_subset(
 
 
 async def test_concurrent_first_reads_start_one_client(
-    simulator_factory: Callable[..., Awaitable[Simulator]],
+    manager_on: ManagerOn,
 ) -> None:
-    sim = await simulator_factory(markets=8)
-    DriftClientManager.configure(rpc_url=sim.http_url, **QUIET)
+    await manager_on(QUIET)
     reads = await asyncio.gather(
         DriftClientManager.get_funding_rate(0),
         DriftClientManager.get_funding_rate(1),
@@ -389,10 +359,9 @@ async def test_api_keys_never_appear_in_stats_metrics_logs_or_the_dashboard(
 
 
 async def test_data_age_is_exported_per_market(
-    simulator_factory: Callable[..., Awaitable[Simulator]],
+    manager_on: ManagerOn,
 ) -> None:
-    sim = await simulator_factory(markets=8)
-    DriftClientManager.configure(rpc_url=sim.http_url, **FAST)
+    await manager_on(FAST)
     DATA_AGE_SECONDS.clear()  # the registry is process-wide: start from no sample at all
     assert REGISTRY.get_sample_value("drift_data_age_seconds", {"market": "SOL-PERP"}) is None
     assert await DriftClientManager.get_client() is not None
@@ -402,10 +371,9 @@ async def test_data_age_is_exported_per_market(
 
 
 async def test_force_reconnect_keeps_references_and_client(
-    simulator_factory: Callable[..., Awaitable[Simulator]],
+    manager_on: ManagerOn,
 ) -> None:
-    sim = await simulator_factory(markets=8)
-    DriftClientManager.configure(rpc_url=sim.http_url, **QUIET)
+    sim = await manager_on(QUIET)
     client = await DriftClientManager.get_client()
     assert client is not None
     results = await asyncio.gather(*(DriftClientManager.force_reconnect() for _ in range(3)))
@@ -426,11 +394,10 @@ async def test_force_reconnect_keeps_references_and_client(
 
 
 async def test_a_429_slowdown_survives_a_reconnect(
-    simulator_factory: Callable[..., Awaitable[Simulator]],
+    manager_on: ManagerOn,
 ) -> None:
     """A rebuilt HTTP session keeps the provider's pushback: the halved rate stays halved."""
-    sim = await simulator_factory(markets=8)
-    DriftClientManager.configure(rpc_url=sim.http_url, **{**QUIET, "subscription": "polling"})
+    sim = await manager_on({**QUIET, "subscription": "polling"})
     client = await DriftClientManager.get_client()
     assert client is not None
     rps = FAST["rpc_rps"]
@@ -448,11 +415,8 @@ async def test_a_429_slowdown_survives_a_reconnect(
 
 
 @pytest.mark.parametrize("network", ["mainnet", "devnet"])
-async def test_networks_are_counted_apart(
-    simulator_factory: Callable[..., Awaitable[Simulator]], network: str
-) -> None:
-    sim = await simulator_factory(markets=8)
-    DriftClientManager.configure(rpc_url=sim.http_url, network=network, **FAST)
+async def test_networks_are_counted_apart(manager_on: ManagerOn, network: str) -> None:
+    await manager_on({**FAST, "network": network})
     other = "devnet" if network == "mainnet" else "mainnet"
     assert await DriftClientManager.get_client(network) is not None
     assert DriftClientManager.stats(network)["references"] == 1
@@ -461,11 +425,10 @@ async def test_networks_are_counted_apart(
 
 
 async def test_after_every_adapter_disconnects_nothing_is_left(
-    simulator_factory: Callable[..., Awaitable[Simulator]],
+    manager_on: ManagerOn,
 ) -> None:
     """Cached reads made through engines keep no reference of their own."""
-    sim = await simulator_factory(markets=8)
-    DriftClientManager.configure(rpc_url=sim.http_url, **FAST)
+    sim = await manager_on(FAST)
     tasks, sockets = set(asyncio.all_tasks()), _sockets()
     adapters = [DriftAdapter(network="mainnet") for _ in range(3)]
     for adapter in adapters:
@@ -478,10 +441,9 @@ async def test_after_every_adapter_disconnects_nothing_is_left(
 
 
 async def test_a_client_started_by_reads_alone_closes_when_idle(
-    simulator_factory: Callable[..., Awaitable[Simulator]],
+    manager_on: ManagerOn,
 ) -> None:
-    sim = await simulator_factory(markets=8)
-    DriftClientManager.configure(rpc_url=sim.http_url, **{**QUIET, "idle_close_s": 0.3})
+    sim = await manager_on({**QUIET, "idle_close_s": 0.3})
     tasks, sockets = set(asyncio.all_tasks()), _sockets()
     assert await DriftClientManager.get_funding_rate("SOL-PERP") is not None
     assert DriftClientManager.is_initialized()
@@ -494,12 +456,11 @@ async def test_a_client_started_by_reads_alone_closes_when_idle(
 
 
 async def test_an_engines_reads_after_its_disconnect_do_not_keep_the_client_open(
-    simulator_factory: Callable[..., Awaitable[Simulator]],
+    manager_on: ManagerOn,
 ) -> None:
     """A feed still iterating its markets when its engine disconnects reads on: those reads
     must not take the reference back, or the client never closes."""
-    sim = await simulator_factory(markets=8)
-    DriftClientManager.configure(rpc_url=sim.http_url, **{**QUIET, "idle_close_s": 0.3})
+    sim = await manager_on({**QUIET, "idle_close_s": 0.3})
     tasks, sockets = set(asyncio.all_tasks()), _sockets()
     adapter = DriftAdapter()
     feed = DriftFundingFeed(adapter)
@@ -513,11 +474,10 @@ async def test_an_engines_reads_after_its_disconnect_do_not_keep_the_client_open
 
 
 async def test_two_threads_starting_at_once_each_get_a_client_of_their_own_loop(
-    simulator_factory: Callable[..., Awaitable[Simulator]],
+    manager_on: ManagerOn,
 ) -> None:
     """The rule for several running loops: one shared client per loop, none orphaned."""
-    sim = await simulator_factory(markets=8)
-    DriftClientManager.configure(rpc_url=sim.http_url, **FAST)
+    sim = await manager_on(FAST)
     both_running = threading.Barrier(2)
 
     async def engine() -> tuple[bool, int, int, bool]:
@@ -537,11 +497,10 @@ async def test_two_threads_starting_at_once_each_get_a_client_of_their_own_loop(
 
 
 async def test_force_reconnect_lets_requests_in_flight_finish(
-    simulator_factory: Callable[..., Awaitable[Simulator]],
+    manager_on: ManagerOn,
 ) -> None:
     """The new HTTP session is in place before the old one closes, after its requests."""
-    sim = await simulator_factory(markets=8)
-    DriftClientManager.configure(rpc_url=sim.http_url, **FAST)
+    sim = await manager_on(FAST)
     client = await DriftClientManager.get_client()
     assert client is not None
     sent = sim.stats()["http_requests"]["total"]
@@ -573,11 +532,10 @@ def _state(shared: SharedClient) -> list[dict[str, Any]]:
 
 
 async def test_stats_from_another_thread_changes_nothing(
-    simulator_factory: Callable[..., Awaitable[Simulator]],
+    manager_on: ManagerOn,
 ) -> None:
     """stats() only reads: a metrics scrape or a web server thread may call it any time."""
-    sim = await simulator_factory(markets=8)
-    DriftClientManager.configure(rpc_url=sim.http_url, **QUIET)
+    sim = await manager_on(QUIET)
     assert await DriftClientManager.get_client() is not None
     assert await DriftClientManager.get_funding_rate("SOL-PERP") is not None
     shared = DriftClientManager.shared_state()
@@ -599,10 +557,9 @@ async def test_stats_from_another_thread_changes_nothing(
 
 
 async def test_an_rpc_failing_three_health_checks_gets_its_connection_rebuilt(
-    simulator_factory: Callable[..., Awaitable[Simulator]],
+    manager_on: ManagerOn,
 ) -> None:
-    sim = await simulator_factory(markets=4)
-    DriftClientManager.configure(rpc_url=sim.http_url, **{**FAST, "request_timeout_s": 0.5})
+    sim = await manager_on({**FAST, "request_timeout_s": 0.5}, markets=4)
     client = await DriftClientManager.get_client()
     assert client is not None
     shared = DriftClientManager.shared_state()
@@ -632,10 +589,9 @@ def _ref_count() -> float | None:
 
 
 async def test_the_reference_count_metric_follows_the_references(
-    simulator_factory: Callable[..., Awaitable[Simulator]],
+    manager_on: ManagerOn,
 ) -> None:
-    sim = await simulator_factory(markets=4)
-    DriftClientManager.configure(rpc_url=sim.http_url, **QUIET)
+    await manager_on(QUIET, markets=4)
     first, second = DriftAdapter(), DriftAdapter()
     assert await first.connect()
     assert _ref_count() == 1
@@ -649,7 +605,7 @@ async def test_the_reference_count_metric_follows_the_references(
 
 @pytest.mark.parametrize("form", ["file", "base58"])
 async def test_a_valid_drift_keypair_is_the_clients_signer(
-    simulator_factory: Callable[..., Awaitable[Simulator]],
+    manager_on: ManagerOn,
     tmp_path: Path,
     monkeypatch: pytest.MonkeyPatch,
     form: str,
@@ -660,8 +616,7 @@ async def test_a_valid_drift_keypair_is_the_clients_signer(
         monkeypatch.setenv("DRIFT_KEYPAIR", str(tmp_path / "id.json"))
     else:
         monkeypatch.setenv("DRIFT_KEYPAIR", str(keypair))
-    sim = await simulator_factory(markets=2)
-    DriftClientManager.configure(rpc_url=sim.http_url, **QUIET)
+    await manager_on(QUIET, markets=2)
     client = await DriftClientManager.get_client()
     assert client is not None
     assert client.wallet.public_key == keypair.pubkey()
