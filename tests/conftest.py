@@ -245,6 +245,16 @@ def _driftpy_clock(now: float) -> Iterator[None]:
         driftpy.math.amm.time = real
 
 
+class FakeClock:
+    """A clock that stands still until a test sets ``now``; call it for the time."""
+
+    def __init__(self, now: float = 0.0) -> None:
+        self.now = now
+
+    def __call__(self) -> float:
+        return self.now
+
+
 @pytest.fixture
 def frozen_now(monkeypatch: pytest.MonkeyPatch) -> float:
     """A fixed unix time for every computation in models.py, so results are reproducible."""
