@@ -120,6 +120,8 @@ async def test_one_leader_silent_followers_and_equal_numbers(
 ) -> None:
     leader = await start(simulator, "a")
     await until(lambda: all_ready(http, [leader]), what="leader ready")
+    # The leader's WebSocket subscriptions are in place before the followers come.
+    await until(lambda: simulator.stats()["subscriptions"]["active"] > 0, what="subscribed")
     before = simulator.stats()
     followers = [await start(simulator, "b"), await start(simulator, "c")]
     trio = [leader, *followers]

@@ -256,7 +256,9 @@ served_schema = schemathesis.from_pytest_fixture("openapi_schema")
 )
 def test_schemathesis_finds_no_server_error(case: schemathesis.Case) -> None:
     response = case.call()
-    assert response.status_code < 500, response.text
+    # /readyz answers 503 by design once the module's still chain has aged past 30 s.
+    not_ready = case.path == "/readyz" and response.status_code == 503
+    assert response.status_code < 500 or not_ready, response.text
     if case.data_generation_method == DataGenerationMethod.positive:
         case.validate_response(response)
 
