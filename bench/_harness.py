@@ -12,7 +12,7 @@ import subprocess
 import sys
 import tempfile
 import time
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
 from importlib import metadata
@@ -25,9 +25,11 @@ __all__ = [
     "SIM_COUNTERS",
     "BenchError",
     "SimProcess",
+    "counted",
     "machine_info",
     "percentiles",
     "run_worker",
+    "run_workers",
     "sim_counters",
     "simulator",
 ]
@@ -125,13 +127,37 @@ def run_worker(sim: SimProcess, params: dict[str, Any]) -> dict[str, Any]:
     The result is the worker's JSON, plus ``sim``: what the simulator served meanwhile,
     counted from before the worker started until after it exited, and ``wall_s``.
     """
-    before = sim_counters(sim.stats())
+    return counted(
+        sim.stats, lambda: spawn_worker({**params, "url": sim.http_url, "tick_s": sim.tick_s})
+    )
+
+
+def counted(
+    stats: Callable[[], dict[str, Any]], run: Callable[[], dict[str, Any]]
+) -> dict[str, Any]:
+    """``run()``'s result plus ``wall_s`` and ``sim``: the :data:`SIM_COUNTERS` the
+    simulator (its ``/_sim/stats`` from ``stats``) served meanwhile."""
+    before = sim_counters(stats())
     started = time.perf_counter()
-    result = spawn_worker({**params, "url": sim.http_url, "tick_s": sim.tick_s})
+    result = run()
     result["wall_s"] = time.perf_counter() - started
-    after = sim_counters(sim.stats())
+    after = sim_counters(stats())
     result["sim"] = {key: after[key] - before[key] for key in SIM_COUNTERS}
     return result
+
+
+def run_workers(
+    sim: SimProcess, runs: Sequence[dict[str, Any]], *, one_process: bool
+) -> list[dict[str, Any]]:
+    """:func:`run_worker` for each of ``runs``; with ``one_process`` (the quick mode) they
+    all run in one worker process, one after another, which counts each one's simulator
+    traffic itself: its start-up cost is paid once, so per-run memory and start times
+    say little there."""
+    if not one_process:
+        return [run_worker(sim, params) for params in runs]
+    batch = [{**params, "url": sim.http_url, "tick_s": sim.tick_s} for params in runs]
+    results: list[dict[str, Any]] = spawn_worker({"kind": "batch", "runs": batch})["results"]
+    return results
 
 
 def spawn_worker(params: dict[str, Any]) -> dict[str, Any]:
