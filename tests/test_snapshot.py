@@ -356,7 +356,7 @@ def test_one_undecodable_account_in_a_sound_file_hides_only_its_market(
     source = WarmSource(restored)
     served = sorted(m.market_index for m in source.perp_markets())
     assert served == [i for i in world.perp_indexes() if i != 3]
-    assert source.unavailable(2)  # served, but never as fresh
+    assert source.perp_market(3) is None  # the undecodable one, and only it, is hidden
     assert source.current()
     source.close()
     assert not source.current()
