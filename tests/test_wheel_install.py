@@ -21,6 +21,7 @@ import tempfile
 import textwrap
 import tomllib
 import venv
+import zipfile
 from pathlib import Path
 
 import pytest
@@ -185,3 +186,10 @@ def test_pytest_without_pytest_asyncio_ignores_the_plugin(
     )
     assert "driftshare._pytest_plugin" in done.stdout
     assert "1 passed" in done.stdout
+
+
+def test_the_wheel_holds_no_test_or_benchmark_harness(bare_python: Path) -> None:
+    (wheel,) = (bare_python.parents[2] / "dist").glob("driftshare-*.whl")
+    names = zipfile.ZipFile(wheel).namelist()
+    assert "driftshare/__init__.py" in names
+    assert [n for n in names if n.startswith(("bench/", "tests/")) or "harness" in n] == []
