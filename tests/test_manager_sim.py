@@ -370,6 +370,17 @@ async def test_data_age_is_exported_per_market(
     assert 0 <= age < 60
 
 
+async def _data_after(client: Any, sim: Simulator, what: str) -> None:
+    """Wait until ``client`` holds oracle data newer than the simulator's slot now."""
+    now = sim.store.slot
+
+    def newer() -> bool:
+        data = client.account_subscriber.get_oracle_price_data_and_slot_for_perp_market(0)
+        return data is not None and data.slot > now
+
+    await eventually(newer, sim=sim, what=what)
+
+
 async def test_force_reconnect_keeps_references_and_client(
     manager_on: ManagerOn,
 ) -> None:
@@ -384,13 +395,7 @@ async def test_force_reconnect_keeps_references_and_client(
     assert await DriftClientManager.get_client() is client
 
     # The rebuilt subscriptions deliver to that same object.
-    rebuilt_at = sim.store.slot
-
-    def fresh() -> bool:
-        data = client.account_subscriber.get_oracle_price_data_and_slot_for_perp_market(0)
-        return data is not None and data.slot > rebuilt_at
-
-    await eventually(fresh, sim=sim, what="data on the kept client")
+    await _data_after(client, sim, "data on the kept client")
 
 
 async def test_a_429_slowdown_survives_a_reconnect(
@@ -575,13 +580,7 @@ async def test_an_rpc_failing_three_health_checks_gets_its_connection_rebuilt(
         lambda: DriftClientManager.stats()["initializations"] == 2, within=30, what="rebuilt"
     )
     assert await DriftClientManager.get_client() is client
-    back_at = sim.store.slot
-
-    def fresh() -> bool:
-        data = client.account_subscriber.get_oracle_price_data_and_slot_for_perp_market(0)
-        return data is not None and data.slot > back_at
-
-    await eventually(fresh, sim=sim, what="data after the rebuild")
+    await _data_after(client, sim, "data after the rebuild")
 
 
 def _ref_count() -> float | None:
