@@ -330,6 +330,31 @@ def wait_until() -> WaitUntil:
     return eventually
 
 
+# -- scheduling -----------------------------------------------------------------------------
+
+_LONGEST_FIRST = (
+    "test_bench_smoke.py",
+    "test_wheel_install.py",
+    "test_bench_warmstart.py",
+    "test_fleet_processes.py",
+    "test_warmstart.py",
+    "test_bench_freshness.py",
+    "test_reliability.py",
+    "test_demo.py",
+    "test_web_api.py",
+)
+"""The files that take longest (``--durations``): started first, so that under xdist the
+short files fill the other workers meanwhile instead of leaving one worker a long tail."""
+
+
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    def rank(item: pytest.Item) -> int:
+        name = item.path.name
+        return _LONGEST_FIRST.index(name) if name in _LONGEST_FIRST else len(_LONGEST_FIRST)
+
+    items.sort(key=rank)  # stable: the order within a file stays
+
+
 # -- the fleet tests: a real redis-server --------------------------------------------------
 
 
