@@ -30,6 +30,7 @@ from types import SimpleNamespace
 from typing import Any
 
 import driftpy.math.amm
+import hypothesis
 import pytest
 import pytest_asyncio
 from driftpy.accounts.oracle import decode_oracle
@@ -50,6 +51,11 @@ from driftshare.manager import DriftClientManager
 from driftshare.models import FundingRateData, MarketData
 from driftshare.sim import Simulator
 from driftshare.sim.pytest_plugin import SimulatorFactory
+
+# Hypothesis's per-example deadline is a timing assertion: a loaded machine (the suite runs on
+# xdist workers beside other work) would fail an example for being slow, not wrong.
+hypothesis.settings.register_profile("driftshare", deadline=None)
+hypothesis.settings.load_profile("driftshare")
 
 WaitUntil = Callable[[Callable[[], bool]], Awaitable[float]]
 StartServe = Callable[..., Awaitable[ServeProcess]]

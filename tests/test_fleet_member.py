@@ -168,7 +168,8 @@ async def test_a_follower_joining_a_flooded_redis_holds_a_bounded_number_of_acco
     await leader._store.redis.hset(leader._store._records, mapping=made_up)
     follower = members()
     await follower.join()
-    await wait_until(lambda: follower.follower.connected)  # the stored values are loaded
+    # The stored values are loaded: many of them, so more than the default 10 s may pass.
+    await eventually(lambda: follower.follower.connected, within=60, what="flood loaded")
     assert len(follower.ledger) == MAX_ACCOUNTS
     assert follower.follower.rejected in (extra, extra + 1)  # STATE too, if read last
 
