@@ -101,6 +101,7 @@ class RedisServer:
         if not shutil.which(executable):
             raise RedisServerError("redis-server is not installed (apt-get install redis-server)")
         self.executable = executable
+        self._port_chosen = port is None
         self.port = port or free_port()
         self.password = password
         self.tls = tls
@@ -118,7 +119,19 @@ class RedisServer:
         return self._process is not None and self._process.poll() is None
 
     def start(self) -> None:
-        """Start and wait until it accepts connections."""
+        """Start and wait until it answers as Redis. On a port of its own choosing, one that
+        another process took meanwhile is given up for the next free one."""
+        for _ in range(5):
+            try:
+                self._start_once()
+                return
+            except RedisServerError:
+                if not self._port_chosen:
+                    raise
+                self.port = free_port()
+        raise RedisServerError("redis-server found no free port")
+
+    def _start_once(self) -> None:
         command = [self.executable, "--bind", "127.0.0.1"]
         command += ["--save", "", "--appendonly", "no", "--protected-mode", "no"]
         if self.tls is None:
@@ -137,7 +150,9 @@ class RedisServer:
             if self._process.poll() is not None:
                 raise RedisServerError(f"redis-server exited with {self._process.returncode}")
             try:
-                if self._answers():
+                # Redis's own answer (PONG, or NOAUTH with a password) from our live process:
+                # anything else is another server on the port.
+                if self._answers() and self._process.poll() is None:
                     return
             except OSError:
                 # Not listening yet: poll the port, there is no readiness event to wait on.
@@ -152,7 +167,11 @@ class RedisServer:
                 context = ssl.create_default_context(cafile=self.tls.cert)
                 sock = context.wrap_socket(raw, server_hostname="127.0.0.1")
             sock.sendall(b"PING\r\n")
-            return bool(sock.recv(64))
+            answer = sock.recv(64)
+            if answer.startswith((b"+PONG", b"-NOAUTH")):
+                return True
+            self.kill()
+            raise RedisServerError(f"another server answers on port {self.port}: {answer[:40]!r}")
 
     def kill(self) -> None:
         """SIGKILL, as a crash would; wait until it is gone."""
