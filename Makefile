@@ -4,7 +4,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed-stamp
 
-.PHONY: run test lint bench reliability lock clean browser redis
+.PHONY: run test lint bench reliability lock clean browser redis driftpy-range
 
 $(STAMP): requirements.lock pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -30,7 +30,24 @@ redis:
 	test -x /usr/bin/redis-server || (apt-get update && apt-get install -y redis-server)
 
 test: $(STAMP) lint browser redis
-	$(BIN)/pytest
+	$(BIN)/pytest -n 4 --dist loadscope
+
+# Each driftpy release pyproject.toml accepts, in a virtualenv of its own under .venv/ (the
+# lock's other pins, that driftpy from PyPI): the tests that touch driftpy must pass on each.
+# Not part of `make test`: five installs take minutes and need the package index.
+DRIFTPY_RANGE ?= 0.8.85 0.8.86 0.8.87 0.8.88 0.8.89
+DRIFTPY_TESTS := tests/test_models.py tests/test_markets.py tests/test_sim_replay.py \
+	tests/test_sim_driftpy.py tests/test_marketdata_sim.py tests/test_adapter.py \
+	tests/test_feed.py tests/test_manager_sim.py
+driftpy-range: $(STAMP) redis
+	set -e; for v in $(DRIFTPY_RANGE); do \
+		env=$(VENV)/driftpy-$$v; \
+		test -x $$env/bin/python || $(PYTHON) -m venv $$env; \
+		grep -v '^driftpy==' requirements.lock > $$env/pins.txt; \
+		$$env/bin/pip install --quiet -r $$env/pins.txt "driftpy==$$v"; \
+		$$env/bin/pip install --quiet --no-deps -e .; \
+		$$env/bin/pytest -q -p no:cacheprovider -n 4 --dist loadscope $(DRIFTPY_TESTS); \
+	done
 
 # Every section of bench/ (see bench/__init__.py), then BENCHMARKS.md and docs/bench/.
 bench: $(STAMP) redis

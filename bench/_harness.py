@@ -1,10 +1,9 @@
 """Processes and numbers shared by the cases: a simulator subprocess, worker subprocesses,
-``driftshare serve`` children restarted on a snapshot, simulator counters, percentiles and a
-description of the machine."""
+simulator counters, percentiles and a description of the machine (``driftshare serve`` and
+redis-server processes are in :mod:`bench._processes`)."""
 
 from __future__ import annotations
 
-import asyncio
 import datetime as dt
 import functools
 import json
@@ -14,7 +13,7 @@ import subprocess
 import sys
 import tempfile
 import time
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
 from importlib import metadata
@@ -23,19 +22,20 @@ from typing import Any
 
 import httpx
 
-from driftshare._fleet._harness import TlsFiles
+from bench._processes import TlsFiles
 
 __all__ = [
     "SIM_COUNTERS",
     "BenchError",
     "SimProcess",
+    "counted",
     "grpc_test_tls",
     "machine_info",
     "percentiles",
     "run_worker",
+    "run_workers",
     "sim_counters",
     "simulator",
-    "spawn_serve",
 ]
 
 _REPO = Path(__file__).resolve().parent.parent
@@ -130,36 +130,6 @@ def simulator(
         log.close()
 
 
-async def spawn_serve(
-    rpc_url: str, snapshot: Path, *, port: int = 0, stderr: int | None = None, **env: str
-) -> asyncio.subprocess.Process:
-    """``driftshare serve`` at ``rpc_url`` on ``port``, as the warm-start runs restart it.
-
-    Its snapshot is in the folder ``snapshot``, written at a clean shutdown only; start-up
-    gives up soon and retries quickly, so a start with the RPC down answers from the
-    snapshot at once; log lines do not wrap. ``env`` adds to or overrides that.
-    """
-    environ = {
-        **os.environ,
-        "COLUMNS": "400",
-        "DRIFT_SNAPSHOT_PATH": str(snapshot),
-        "DRIFT_SNAPSHOT_INTERVAL_S": "3600",
-        "DRIFT_MAX_RETRIES": "0",
-        "DRIFT_RETRY_BACKOFF": "0.2",
-        "DRIFT_RETRY_BACKOFF_CAP": "0.5",
-        "DRIFT_INIT_TIMEOUT_S": "5",
-        **env,
-    }
-    command = ["-m", "driftshare", "serve", "--rpc-url", rpc_url, "--port", str(port)]
-    return await asyncio.create_subprocess_exec(
-        sys.executable,
-        *command,
-        stdout=asyncio.subprocess.DEVNULL,
-        stderr=asyncio.subprocess.DEVNULL if stderr is None else stderr,
-        env=environ,
-    )
-
-
 def sim_counters(stats: dict[str, Any]) -> dict[str, int]:
     """The totals of :data:`SIM_COUNTERS` from one ``/_sim/stats`` snapshot."""
     return {
@@ -179,13 +149,37 @@ def run_worker(sim: SimProcess, params: dict[str, Any]) -> dict[str, Any]:
     The result is the worker's JSON, plus ``sim``: what the simulator served meanwhile,
     counted from before the worker started until after it exited, and ``wall_s``.
     """
-    before = sim_counters(sim.stats())
+    return counted(
+        sim.stats, lambda: spawn_worker({**params, "url": sim.http_url, "tick_s": sim.tick_s})
+    )
+
+
+def counted(
+    stats: Callable[[], dict[str, Any]], run: Callable[[], dict[str, Any]]
+) -> dict[str, Any]:
+    """``run()``'s result plus ``wall_s`` and ``sim``: the :data:`SIM_COUNTERS` the
+    simulator (its ``/_sim/stats`` from ``stats``) served meanwhile."""
+    before = sim_counters(stats())
     started = time.perf_counter()
-    result = spawn_worker({**params, "url": sim.http_url, "tick_s": sim.tick_s})
+    result = run()
     result["wall_s"] = time.perf_counter() - started
-    after = sim_counters(sim.stats())
+    after = sim_counters(stats())
     result["sim"] = {key: after[key] - before[key] for key in SIM_COUNTERS}
     return result
+
+
+def run_workers(
+    sim: SimProcess, runs: Sequence[dict[str, Any]], *, one_process: bool
+) -> list[dict[str, Any]]:
+    """:func:`run_worker` for each of ``runs``; with ``one_process`` (the quick mode) they
+    all run in one worker process, one after another, which counts each one's simulator
+    traffic itself: its start-up cost is paid once, so per-run memory and start times
+    say little there."""
+    if not one_process:
+        return [run_worker(sim, params) for params in runs]
+    batch = [{**params, "url": sim.http_url, "tick_s": sim.tick_s} for params in runs]
+    results: list[dict[str, Any]] = spawn_worker({"kind": "batch", "runs": batch})["results"]
+    return results
 
 
 def spawn_worker(params: dict[str, Any], module: str = "bench._worker") -> dict[str, Any]:

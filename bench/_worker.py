@@ -17,6 +17,7 @@ from array import array
 from collections.abc import Awaitable, Callable, Coroutine
 from contextlib import suppress
 from dataclasses import dataclass, field
+from functools import partial
 from typing import Any, Protocol
 
 import httpx
@@ -27,7 +28,7 @@ from solana.rpc.async_api import AsyncClient
 from solana.rpc.commitment import Confirmed
 from solders.keypair import Keypair
 
-from bench._harness import percentiles
+from bench._harness import counted, percentiles
 from driftshare._ledger import AccountLedger
 from driftshare._marketdata import ClientSource, MarketDataReader, MarketSource
 from driftshare._subscription import (
@@ -374,20 +375,41 @@ _KINDS: dict[str, Callable[[dict[str, Any]], Coroutine[Any, Any, dict[str, Any]]
 }
 
 
+def _batch(runs: list[dict[str, Any]]) -> dict[str, Any]:
+    """Each run in turn in this process, with what the simulator served during it."""
+    return {"results": [counted(partial(_sim_stats, p["url"]), partial(_run, p)) for p in runs]}
+
+
+def _sim_stats(url: str) -> dict[str, Any]:
+    answer: dict[str, Any] = httpx.get(f"{url}/_sim/stats", timeout=30).json()
+    return answer
+
+
+def _run(params: dict[str, Any]) -> dict[str, Any]:
+    return asyncio.run(_KINDS[params["kind"]](params))
+
+
 def main(argv: list[str] | None = None) -> int:
-    """Run the measurement described by the JSON argument and print its JSON result."""
+    """Run the measurement described by the JSON argument and print its JSON result; kind
+    ``batch`` runs a list of them (``runs``) in this one process."""
     args = sys.argv[1:] if argv is None else argv
     logging.basicConfig(level=logging.ERROR, stream=sys.stderr)
     try:
         params = json.loads(args[0])
-        kind = _KINDS[params["kind"]]
+        if params["kind"] == "batch":
+            runs = list(params["runs"])
+            if not all(run["kind"] in _KINDS for run in runs):
+                raise KeyError("kind")
+        else:
+            kind = _KINDS[params["kind"]]
     except (IndexError, ValueError, KeyError, TypeError):
         print(
-            f"usage: python -m bench._worker '<json, kind in {list(_KINDS)}>'",
+            f"usage: python -m bench._worker '<json, kind in {[*_KINDS, 'batch']}>'",
             file=sys.stderr,
         )
         return 2
-    print(json.dumps(asyncio.run(kind(params))), flush=True)
+    result = _batch(runs) if params["kind"] == "batch" else asyncio.run(kind(params))
+    print(json.dumps(result), flush=True)
     return 0
 
 

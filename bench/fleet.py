@@ -21,7 +21,14 @@ from typing import Any
 import httpx
 
 from bench import BenchError, Context
-from driftshare._fleet._harness import RedisServer, ServeProcess, all_ready, free_port, fresh_after
+from bench._processes import (
+    RedisServer,
+    ServeProcess,
+    all_ready,
+    free_port,
+    fresh_after,
+    stop_all,
+)
 from driftshare._ledger import AccountRecord
 from driftshare.sim import Simulator
 
@@ -70,10 +77,9 @@ async def _upstream_cost(
     try:
         async with httpx.AsyncClient() as http:
             started = time.monotonic()
-            procs[0].start()
+            await procs[0].start()
             await _poll(lambda: all_ready(http, procs[:1], fleet=fleet), _READY_DEADLINE_S, "first")
-            for proc in procs[1:]:
-                proc.start()
+            await asyncio.gather(*(proc.start() for proc in procs[1:]))
             await _poll(lambda: all_ready(http, procs, fleet=fleet), _READY_DEADLINE_S, "all ready")
             ready_s = time.monotonic() - started
             if ready_s > window_s - _STEADY_MIN_S:
@@ -87,8 +93,7 @@ async def _upstream_cost(
             stats = [await p.stats(http) for p in procs]
         rss = {p.pid: p.rss_bytes() for p in procs}
     finally:
-        for proc in procs:
-            proc.stop()
+        await stop_all(procs)
         await sim.stop()
     roles = [s.get("fleet", {}).get("role") for s in stats]
     engine_errors = sum(e.get("errors", 0) for s in stats for e in s.get("engines", []))
@@ -322,23 +327,21 @@ async def _failover(runs: int, redis: RedisServer) -> list[float]:
     await sim.start()
     env = {**_ENV, "DRIFT_SHARE_GROUP": "failover", "DRIFT_HEALTH_INTERVAL_S": "0.5"}
 
-    def member(i: int) -> ServeProcess:
+    async def member(i: int) -> ServeProcess:
         proc = ServeProcess(f"{sim.http_url}/?api-key=f{i}", redis.url, env=env)
-        proc.start()
+        await proc.start()
         return proc
 
-    procs = [member(i) for i in range(3)]
+    procs = list(await asyncio.gather(*(member(i) for i in range(3))))
     times: list[float] = []
     try:
         async with httpx.AsyncClient() as http:
             for run in range(runs):
                 leader, took = await _kill_leader(http, procs, sim)
                 times.append(took)
-                procs = [*(p for p in procs if p is not leader), member(3 + run)]
-                leader.stop()
+                procs = [*(p for p in procs if p is not leader), await member(3 + run)]
     finally:
-        for proc in procs:
-            proc.stop()
+        await stop_all(procs)
         await sim.stop()
     return times
 
@@ -350,7 +353,7 @@ async def _kill_leader(
     roles = [(await p.stats(http))["fleet"]["role"] for p in procs]
     leader = procs[roles.index("leader")]
     survivors = [p for p in procs if p is not leader]
-    leader.kill()
+    await leader.kill()
     killed_slot = sim.stats()["slot"]
 
     took = await _poll(lambda: fresh_after(http, survivors, killed_slot), 60, "takeover", 0.02)

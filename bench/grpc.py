@@ -22,8 +22,8 @@ from solders.keypair import Keypair
 
 from bench import BenchError, Context
 from bench._harness import SimProcess, grpc_test_tls, percentiles, simulator
+from bench._processes import TlsFiles
 from bench.freshness import Stats, write_remote
-from driftshare._fleet._harness import TlsFiles
 from driftshare.manager import DriftClientManager
 from driftshare.sim import Simulator
 

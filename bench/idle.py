@@ -27,8 +27,8 @@ import psutil  # type: ignore[import-untyped]
 
 from bench import BenchError, Context
 from bench._harness import run_worker, simulator
+from bench._processes import RedisServer, ServeProcess, all_ready, stop_all
 from bench.fleet import _poll
-from driftshare._fleet._harness import RedisServer, ServeProcess, all_ready
 from driftshare.sim import Simulator
 
 TITLE = "Idle cost and shutdown"
@@ -101,7 +101,7 @@ async def _leader_exit(redis: RedisServer, folder: Path) -> dict[str, float]:
             snapshots = {**env, "DRIFT_SNAPSHOT_PATH": str(folder / name)}
             members.append(ServeProcess(sim.http_url, redis.url, env=snapshots))
         for member in members:
-            member.start()
+            await member.start()
         try:
             async with httpx.AsyncClient() as client:
                 ready = partial(all_ready, client, members)
@@ -109,11 +109,8 @@ async def _leader_exit(redis: RedisServer, folder: Path) -> dict[str, float]:
                 roles = [(await m.stats(client))["fleet"]["role"] for m in members]
                 leader = members[roles.index("leader")]
                 follower = members[roles.index("follower")]
-                if leader.process is None:
-                    raise BenchError("the leader has no process")
                 started = time.perf_counter()
-                leader.process.send_signal(signal.SIGTERM)
-                code = await asyncio.to_thread(leader.process.wait, _DEADLINE_S)
+                code = await leader.stop(_DEADLINE_S)  # SIGTERM, then the exit awaited
                 exit_s = time.perf_counter() - started
 
                 async def leads() -> bool:
@@ -125,7 +122,7 @@ async def _leader_exit(redis: RedisServer, folder: Path) -> dict[str, float]:
                 if handover_s >= _LEASE_S:
                     raise BenchError("the follower led only once the lease expired: no hand-over")
         finally:
-            await asyncio.gather(*(asyncio.to_thread(m.stop) for m in members))
+            await stop_all(members)
     written = list((folder / ("a" if members[0] is leader else "b")).glob("*.snapshot"))
     if code != 0 or not written:
         raise BenchError(f"the leader exited with {code}, snapshot files {written}")

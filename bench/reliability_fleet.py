@@ -28,9 +28,10 @@ import httpx
 from redis.asyncio import Redis
 from solders.pubkey import Pubkey
 
-from bench.reliability import DOC, RESULTS, ROOT, _load, _save, machine, write_doc
+from bench._processes import RedisServer, ServeProcess, TcpProxy, all_ready, stop_all
+from bench.reliability import _load, _save, write_doc
+from bench.reliability_suite import DOC, RESULTS, ROOT, machine
 from bench.reliability_truth import ChainTruth
-from driftshare._fleet._harness import RedisServer, ServeProcess, TcpProxy, all_ready
 from driftshare.sim import Simulator
 
 __all__ = ["FLEET_FAULTS", "FleetRow", "main", "run_fleet_rows"]
@@ -287,7 +288,7 @@ async def run_fleet_row(fault: FleetFault) -> FleetRow:
         fleet = _Fleet(sim, truth, redis, channel, upstreams, members, http)
         try:
             for member in members:
-                member.start()
+                await member.start()
             await _until(lambda: all_ready(http, members), 120, "fleet ready")
             reads = _Reads(row, truth)
             reader = asyncio.create_task(_read_forever(fleet, reads))
@@ -311,8 +312,8 @@ async def run_fleet_row(fault: FleetFault) -> FleetRow:
                 with contextlib.suppress(asyncio.CancelledError):
                     await reader
             truth.close()
-            # Off the loop: the members' clean shutdown talks to the simulator on it.
-            await asyncio.gather(*(asyncio.to_thread(m.stop) for m in members))
+            # Awaited on the loop, which keeps serving the simulator their shutdown talks to.
+            await stop_all(members)
             for proxy in [channel, *(p for pair in upstreams for p in pair)]:
                 await proxy.down()
             redis.stop()

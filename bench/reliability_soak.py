@@ -13,7 +13,8 @@ from typing import Any
 
 import psutil  # type: ignore[import-untyped]
 
-from bench.reliability import (
+from bench.reliability_probe import Engine, LogicalCalls, Resources, Tally, leftovers
+from bench.reliability_suite import (
     ENGINES,
     FAULTS,
     ROOT,
@@ -25,7 +26,6 @@ from bench.reliability import (
     suite_env,
     threshold_s,
 )
-from bench.reliability_probe import Engine, LogicalCalls, Resources, Tally, leftovers
 from bench.reliability_truth import ChainTruth
 from driftshare.manager import DriftClientManager
 from driftshare.sim import Simulator

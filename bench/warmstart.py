@@ -24,8 +24,7 @@ from typing import Any
 import httpx
 
 from bench import BenchError, Context
-from bench._harness import spawn_serve
-from driftshare._fleet._harness import free_port
+from bench._processes import ServeProcess
 from driftshare._ledger import AccountLedger
 from driftshare._ledger_subscriber import LedgerReads
 from driftshare._snapshot import (
@@ -50,14 +49,15 @@ _POLL_S = 0.005
 # -- processes --------------------------------------------------------------------------------
 
 
-async def _start_sim(markets: int, port: int) -> asyncio.subprocess.Process:
+async def _start_sim(markets: int) -> tuple[asyncio.subprocess.Process, str]:
+    """``driftshare sim`` on a port of its choosing, and its HTTP URL."""
     sim = await asyncio.create_subprocess_exec(
         sys.executable,
         "-m",
         "driftshare",
         "sim",
         "--port",
-        str(port),
+        "0",
         "--markets",
         str(markets),
         stdout=asyncio.subprocess.PIPE,
@@ -68,7 +68,8 @@ async def _start_sim(markets: int, port: int) -> asyncio.subprocess.Process:
     if not line.startswith(_SIM_READY):
         sim.kill()
         raise BenchError(f"the simulator did not start: {line!r}")
-    return sim
+    fields = dict(item.split("=", 1) for item in line.split()[3:])
+    return sim, fields["http"]
 
 
 async def _stop(process: asyncio.subprocess.Process, sig: int = signal.SIGTERM) -> None:
@@ -98,12 +99,13 @@ class StartRun:
 async def _measure_start(
     rpc_url: str, snapshot: Path, markets: int, *, expect_ready: bool, cap_s: float
 ) -> StartRun:
-    port = free_port()
     result = StartRun()
+    serve = ServeProcess(rpc_url, snapshot=snapshot)
     started = time.perf_counter()
-    serve = await spawn_serve(rpc_url, snapshot, port=port)
+    await serve.spawn()
     try:
-        async with httpx.AsyncClient(base_url=f"http://127.0.0.1:{port}", timeout=30) as http:
+        await serve.listening()
+        async with httpx.AsyncClient(base_url=serve.url, timeout=30) as http:
             deadline = started + cap_s
             while time.perf_counter() < deadline:
                 if serve.returncode is not None:
@@ -128,7 +130,7 @@ async def _measure_start(
                     break
                 await asyncio.sleep(_POLL_S)
     finally:
-        await _stop(serve)
+        await serve.stop()
     return result
 
 
@@ -149,8 +151,7 @@ async def _start_cases(markets: int, repeats: int, cap_s: float) -> dict[str, An
     work = Path(tempfile.mkdtemp(prefix="driftshare-bench-warm-"))
     saved = work / "saved"
     saved.mkdir()
-    port = free_port()
-    rpc_url = f"http://127.0.0.1:{port}"
+    rpc_url = ""  # the simulator's, once it runs; nothing listens there once it stopped
     runs: dict[str, list[dict[str, Any]]] = {}
 
     async def case(rpc_up: bool, warm: bool) -> None:
@@ -171,7 +172,7 @@ async def _start_cases(markets: int, repeats: int, cap_s: float) -> dict[str, An
             runs[name].append({**run.__dict__, "interpreter_s": interpreter_s})
 
     try:
-        sim = await _start_sim(markets, port)
+        sim, rpc_url = await _start_sim(markets)
         try:
             # One clean run writes the snapshot the warm runs start from.
             await _measure_start(rpc_url, saved, markets, expect_ready=True, cap_s=60)
@@ -312,7 +313,7 @@ def measure(quick: bool) -> dict[str, Any]:
     """Every figure of the section, as raw numbers."""
     markets = 8 if quick else 30
     repeats = 1 if quick else 5
-    cap_s = 8.0 if quick else 20.0
+    cap_s = 3.0 if quick else 20.0
 
     start = asyncio.run(_start_cases(markets, repeats, cap_s))
     costs = [_costs(n, 3 if quick else 20) for n in (30, 100)]

@@ -1,34 +1,82 @@
-"""Fixtures shared by the tests reading market data from the simulator."""
+"""Fixtures and helpers shared by the tests.
+
+The suite runs under pytest-xdist (``make test``: ``-n 4 --dist loadfile``, one file per
+worker). A test stays safe there when it takes every port, folder and process from these
+fixtures or from ``bench._processes``:
+
+- ports: a simulator (``simulator``/``simulator_factory``) and ``driftshare serve``
+  (:func:`serve`) bind port 0 and report what they got; a redis-server takes
+  ``bench._processes.free_port()``, which stays below the ephemeral range; a URL where
+  nothing listens is :func:`closed_port_url`. Never hard-code a port.
+- files: ``tmp_path`` (per test, per worker), never a fixed path.
+- processes: :func:`serve` and :func:`redis_server` stop what they start, and ``serve``
+  fails the test on an unclean exit.
+- waiting: :func:`eventually` for a state without an event, never ``sleep`` and a check.
+- the shared client: :func:`manager_settings` (settings forgotten) or :func:`sim_manager`
+  (configured on a simulator and shut down after).
+"""
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import inspect
+import re
+import socket
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 from dataclasses import dataclass
 from types import SimpleNamespace
+from typing import Any
 
+import driftpy.math.amm
+import hypothesis
 import pytest
 import pytest_asyncio
 from driftpy.accounts.oracle import decode_oracle
-from driftpy.types import OraclePriceData
+from driftpy.constants.numeric_constants import (
+    BASE_PRECISION,
+    FUNDING_RATE_PRECISION,
+    PRICE_PRECISION,
+)
+from driftpy.math.amm import calculate_bid_ask_price
+from driftpy.math.funding import calculate_long_short_funding_and_live_twaps
+from driftpy.math.utils import time_remaining_until_update
+from driftpy.types import OraclePriceData, PerpMarketAccount
 
+from bench._processes import RedisServer, ServeProcess, stop_all
 from driftshare import models
 from driftshare._fleet import Chain
-from driftshare._fleet._harness import RedisServer
 from driftshare._fleet._store import FleetStore
 from driftshare.manager import DriftClientManager
-from driftshare.models import (
-    FundingRateData,
-    MarketData,
-    funding_rate_from_market,
-    market_data_from_market,
-)
+from driftshare.models import FundingRateData, MarketData
 from driftshare.sim import Simulator
 from driftshare.sim.pytest_plugin import SimulatorFactory
 
+# Hypothesis's per-example deadline is a timing assertion: a loaded machine (the suite runs on
+# xdist workers beside other work) would fail an example for being slow, not wrong.
+hypothesis.settings.register_profile("driftshare", deadline=None)
+hypothesis.settings.load_profile("driftshare")
+
 WaitUntil = Callable[[Callable[[], bool]], Awaitable[float]]
+StartServe = Callable[..., Awaitable[ServeProcess]]
+ManagerOn = Callable[..., Awaitable[Simulator]]
+
+# Fast health checks and stall detection so the fallbacks happen within a test.
+FAST: dict[str, Any] = {
+    "health_interval_s": 0.1,
+    "ws_stall_s": 0.5,
+    "stale_after_s": 1.0,
+    "poll_interval_s": 0.1,
+    "retry_backoff": 0.05,
+    "retry_backoff_cap": 0.2,
+    "max_retries": 100,
+    "rpc_rps": 200.0,
+    "rpc_burst": 50,
+}
+QUIET: dict[str, Any] = {**FAST, "health_interval_s": 3600.0, "ws_stall_s": 3600.0}
+"""FAST without the health loop's timers: on a loaded machine a late notification or a slow
+health check may rightly switch modes or rebuild, so tests counting start-ups use this."""
 
 
 async def eventually(
@@ -77,30 +125,113 @@ def subscribed(sim: Simulator) -> bool:
     return active == subscriptions_per_client(sim)
 
 
+_CAMEL_BOUNDARY = re.compile(r"(?<!^)(?=[A-Z])")
+
+
 @dataclass(frozen=True)
 class GroundTruth:
-    """What models.py computes straight from the simulator's accounts at a fixed time."""
+    """What the served numbers must be for the simulator's markets at a fixed time, from the
+    simulator's own state and driftpy's math, never from :mod:`driftshare.models` (the code
+    under test): driftpy decodes the oracle and prices the AMM (``calculate_bid_ask_price``)
+    and predicts funding (``calculate_long_short_funding_and_live_twaps``); the simulator
+    holds the names, statuses and amounts; the rate units are Drift's (funding in
+    ``FUNDING_RATE_PRECISION`` quote per base, over the oracle twap in ``PRICE_PRECISION``).
+    ``tests/test_models.py`` holds models to the TypeScript SDK on mainnet bytes.
+    """
 
     sim: Simulator
     now: float
 
+    def _market(self, index: int) -> PerpMarketAccount:
+        world = self.sim.world
+        assert world is not None
+        return world.perp_market(index)
+
     def oracle(self, index: int) -> OraclePriceData:
         """The perp market's oracle as driftpy decodes it from the simulator's account."""
-        market = self.sim.world.perp_market(index)  # type: ignore[union-attr]
+        market = self._market(index)
         account = self.sim.store.get(market.amm.oracle)
         assert account is not None
         return decode_oracle(bytes(account.data), market.amm.oracle_source)
 
+    def status(self, index: int) -> str:
+        return _CAMEL_BOUNDARY.sub("_", type(self._market(index).status).__name__).lower()
+
+    def name(self, index: int) -> str:
+        return bytes(self._market(index).name).decode().strip(" \x00")
+
+    def rate_hourly(self, index: int) -> float:
+        amm = self._market(index).amm
+        if self.status(index) in ("settlement", "delisted") or amm.last_funding_rate == 0:
+            return 0.0
+        twap = amm.last_funding_oracle_twap or amm.historical_oracle_data.last_oracle_price_twap
+        return float(amm.last_funding_rate / FUNDING_RATE_PRECISION / (twap / PRICE_PRECISION))
+
+    def _mark(self, index: int) -> int:
+        market, oracle = self._market(index), self.oracle(index)
+        prediction = type(market.contract_type).__name__ == "Prediction"
+        with _driftpy_clock(self.now):
+            bid, ask = calculate_bid_ask_price(market.amm, oracle, is_prediction=prediction)
+        return int(bid + ask) // 2
+
+    def _predicted(self, index: int) -> float | None:
+        market = self._market(index)
+        if self.status(index) in ("settlement", "delisted", "initialized", "funding_paused"):
+            return None
+        if market.paused_operations & 1:  # PerpOperation::UpdateFunding
+            return None
+        estimate = calculate_long_short_funding_and_live_twaps(
+            market, self.oracle(index), self._mark(index), int(self.now)
+        )
+        try:  # an ``async def`` that awaits nothing: one step returns its value
+            estimate.send(None)
+        except StopIteration as done:
+            return float(done.value[2] / (PRICE_PRECISION * 100))
+        estimate.close()
+        raise AssertionError("driftpy's funding estimate awaited something")
+
     def funding(self, index: int) -> FundingRateData:
-        market = self.sim.world.perp_market(index)  # type: ignore[union-attr]
-        return funding_rate_from_market(market, oracle_price_data=self.oracle(index), now=self.now)
+        market = self._market(index)
+        hourly = self.rate_hourly(index)
+        last, period = market.amm.last_funding_rate_ts, market.amm.funding_period
+        return FundingRateData(
+            market=self.name(index),
+            market_index=index,
+            rate_hourly=hourly,
+            rate_8h=hourly * 8 * 100,
+            rate_annual=hourly * 8766 * 100,  # 24 h x 365.25 days
+            is_positive=hourly > 0,
+            mark_price=self._mark(index) / PRICE_PRECISION,
+            oracle_price=self.oracle(index).price / PRICE_PRECISION,
+            predicted_rate_hourly=self._predicted(index),
+            next_funding_ts=last + int(time_remaining_until_update(last, last, period)),
+            status=self.status(index),
+            timestamp=self.now,
+        )
 
     def market(self, index: int) -> MarketData:
-        market = self.sim.world.perp_market(index)  # type: ignore[union-attr]
-        return market_data_from_market(market, oracle_price_data=self.oracle(index), now=self.now)
+        amm = self._market(index).amm
+        long_base, short_base = amm.base_asset_amount_long, amm.base_asset_amount_short
+        open_interest = (long_base + abs(short_base)) / BASE_PRECISION
+        oracle_price = self.oracle(index).price / PRICE_PRECISION
+        return MarketData(
+            market_index=index,
+            symbol=self.name(index),
+            status=self.status(index),
+            mark_price=self._mark(index) / PRICE_PRECISION,
+            oracle_price=oracle_price,
+            funding_rate=self.rate_hourly(index),
+            open_interest=open_interest,
+            open_interest_usd=open_interest * oracle_price,
+            base_asset_amount_long=long_base / BASE_PRECISION,
+            base_asset_amount_short=short_base / BASE_PRECISION,
+            timestamp=self.now,
+        )
 
     def indexes(self) -> list[int]:
-        return self.sim.world.perp_indexes()  # type: ignore[union-attr]
+        world = self.sim.world
+        assert world is not None
+        return world.perp_indexes()
 
     def subscriptions_per_client(self) -> int:
         return subscriptions_per_client(self.sim)
@@ -108,6 +239,27 @@ class GroundTruth:
     def active_subscriptions(self) -> int:
         active: int = self.sim.stats()["subscriptions"]["active"]
         return active
+
+
+@contextlib.contextmanager
+def _driftpy_clock(now: float) -> Iterator[None]:
+    """driftpy's AMM spread reads ``time.time()``: pin it to ``now`` meanwhile."""
+    real = driftpy.math.amm.time
+    driftpy.math.amm.time = SimpleNamespace(time=lambda: float(now))  # type: ignore[assignment]
+    try:
+        yield
+    finally:
+        driftpy.math.amm.time = real
+
+
+class FakeClock:
+    """A clock that stands still until a test sets ``now``; call it for the time."""
+
+    def __init__(self, now: float = 0.0) -> None:
+        self.now = now
+
+    def __call__(self) -> float:
+        return self.now
 
 
 @pytest.fixture
@@ -124,6 +276,32 @@ def manager_settings() -> Iterator[None]:
     DriftClientManager._settings = None
     yield
     DriftClientManager._settings = None
+
+
+@pytest_asyncio.fixture
+async def clean_manager(simulator_factory: SimulatorFactory) -> AsyncIterator[None]:
+    """After the test, shut DriftClientManager down and forget its settings (before the
+    test's simulators stop, so its clients close first)."""
+    yield
+    await DriftClientManager.shutdown()
+    DriftClientManager._settings = None
+
+
+@pytest_asyncio.fixture
+async def manager_on(
+    simulator_factory: SimulatorFactory, clean_manager: None
+) -> AsyncIterator[ManagerOn]:
+    """``await manager_on(settings=FAST, *, markets=8, **simulator_options)``: a started
+    simulator with DriftClientManager configured on it with ``settings``; shut down after."""
+
+    async def make(
+        settings: dict[str, Any] = FAST, *, markets: int = 8, **options: Any
+    ) -> Simulator:
+        sim = await simulator_factory(markets=markets, **options)
+        DriftClientManager.configure(rpc_url=sim.http_url, **settings)
+        return sim
+
+    yield make
 
 
 @pytest_asyncio.fixture
@@ -159,6 +337,31 @@ def wait_until() -> WaitUntil:
     return eventually
 
 
+# -- scheduling -----------------------------------------------------------------------------
+
+_LONGEST_FIRST = (
+    "test_bench_smoke.py",
+    "test_wheel_install.py",
+    "test_bench_warmstart.py",
+    "test_fleet_processes.py",
+    "test_warmstart.py",
+    "test_bench_freshness.py",
+    "test_reliability.py",
+    "test_demo.py",
+    "test_web_api.py",
+)
+"""The files that take longest (``--durations``): started first, so that under xdist the
+short files fill the other workers meanwhile instead of leaving one worker a long tail."""
+
+
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    def rank(item: pytest.Item) -> int:
+        name = item.path.name
+        return _LONGEST_FIRST.index(name) if name in _LONGEST_FIRST else len(_LONGEST_FIRST)
+
+    items.sort(key=rank)  # stable: the order within a file stays
+
+
 # -- the fleet tests: a real redis-server --------------------------------------------------
 
 
@@ -190,3 +393,42 @@ async def last_values(store: FleetStore) -> tuple[list[bytes], list[bytes]]:
     large to read left out)."""
     records = [r async for r in store.records() if r is not None]
     return records, [c async for c in store.confirmations() if c is not None]
+
+
+@pytest.fixture
+def closed_port_url() -> Iterator[str]:
+    """``http://127.0.0.1:PORT`` where every connection is refused for the whole test: the
+    port is bound and never listened on, so no other test or worker can take it meanwhile."""
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        yield f"http://127.0.0.1:{sock.getsockname()[1]}"
+
+
+@pytest_asyncio.fixture
+async def serve(
+    request: pytest.FixtureRequest, simulator_factory: SimulatorFactory
+) -> AsyncIterator[StartServe]:
+    """``await serve(rpc_url, share_url=None, *, engines=(), snapshot=None, env=None)``: a
+    ``driftshare serve`` child that listens (:class:`bench._processes.ServeProcess`).
+
+    After the test, every one still running gets SIGTERM at once and is awaited on the
+    test's event loop, which keeps serving the simulators (stopped after them); each must
+    exit with 0. A failed test prints their logs.
+    """
+    started: list[ServeProcess] = []
+
+    async def start(*args: object, **kwargs: object) -> ServeProcess:
+        process = ServeProcess(*args, **kwargs)  # type: ignore[arg-type]
+        started.append(process)
+        await process.start()
+        return process
+
+    yield start
+    running = [p for p in started if p.alive()]
+    codes = await stop_all(running)
+    report = getattr(request.node, "rep_call", None)
+    if report is not None and report.failed:
+        for process in started:
+            print(f"--- driftshare serve at {process.url}\n{process.log_text()[-4000:]}")
+    unclean = {p.url: code for p, code in zip(running, codes, strict=True) if code != 0}
+    assert not unclean, f"serve did not exit cleanly: {unclean}"

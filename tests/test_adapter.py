@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import math
-import socket
 from collections.abc import AsyncIterator
 from typing import Any
 
@@ -42,13 +41,6 @@ async def adapter(
     drift = DriftAdapter(use_singleton=request.param, clock=lambda: frozen_now)
     yield drift
     await drift.disconnect()
-
-
-def _closed_port_url() -> str:
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        port = probe.getsockname()[1]
-    return f"http://127.0.0.1:{port}"
 
 
 async def test_connect_and_disconnect_are_idempotent(
@@ -202,9 +194,11 @@ async def test_both_modes_answer_the_same(sim_manager: Simulator, frozen_now: fl
 
 
 @MODES
-async def test_unreachable_rpc_never_raises(manager_settings: None, use_singleton: bool) -> None:
+async def test_unreachable_rpc_never_raises(
+    manager_settings: None, use_singleton: bool, closed_port_url: str
+) -> None:
     DriftClientManager.configure(max_retries=0, init_timeout_s=5)
-    drift = DriftAdapter(use_singleton=use_singleton, rpc_url=_closed_port_url())
+    drift = DriftAdapter(use_singleton=use_singleton, rpc_url=closed_port_url)
 
     def references() -> int:
         refs: int = DriftClientManager.stats("mainnet", rpc_url=drift.rpc_url)["references"]

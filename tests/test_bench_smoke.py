@@ -39,7 +39,7 @@ def quick_run(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, dict[str,
     return out, json.loads((out / "sharing.json").read_text())
 
 
-@pytest.mark.timeout(300)
+@pytest.mark.timeout(600)
 def test_every_case_produces_finite_numbers(quick_run: tuple[Path, dict[str, Any]]) -> None:
     _, results = quick_run
     for name in CASES:
@@ -48,7 +48,7 @@ def test_every_case_produces_finite_numbers(quick_run: tuple[Path, dict[str, Any
         assert all(math.isfinite(n) for n in numbers), name
 
 
-@pytest.mark.timeout(300)
+@pytest.mark.timeout(600)
 def test_engine_runs_were_served_by_the_simulator(
     quick_run: tuple[Path, dict[str, Any]],
 ) -> None:
@@ -68,17 +68,30 @@ def test_engine_runs_were_served_by_the_simulator(
     assert all(row["served"] == row["callers"] for row in results["stampede"]["rows"])
 
 
-@pytest.mark.timeout(300)
+@pytest.mark.timeout(600)
 def test_report_assembles_every_section_and_links_the_plots(
     quick_run: tuple[Path, dict[str, Any]],
 ) -> None:
-    out, _ = quick_run
+    out, results = quick_run
     report = (out / "BENCHMARKS.md").read_text()
     for topic in SECTIONS:
         title = __import__(f"bench.{topic}", fromlist=["TITLE"]).TITLE
         assert f"## {title}" in report
-    for heading in ("### 1.", "### 2.", "### 3.", "### 4.", "### 5.", "### 6."):
-        assert heading in report
+    # The tables hold this run's numbers, not placeholders: a row per measured run.
+    runs = results["rpc_cost"]["runs"]
+    for run in (r for r in runs if r["path"] == "shared"):
+        legacy = next(
+            r
+            for r in runs
+            if (r["mode"], r["path"], r["engines"]) == (run["mode"], "legacy", run["engines"])
+        )
+        row = f"| {run['engines']} | {run['sim']['http_requests']} | "
+        assert row + f"{legacy['sim']['http_requests']} |" in report
+    for row in results["stampede"]["rows"]:
+        cells = [row["path"], f"{row['callers']:,}", row["clients_started"], f"{row['served']:,}"]
+        assert "| " + " | ".join(str(c) for c in cells) + " |" in report
+    for run in results["provider_limit"]["runs"]:
+        assert f"| {run['path']} | {run['engines']} | {run['connect_failures']} |" in report
     for plot in _PLOTS:
         assert (out / plot).read_bytes().startswith(b"\x89PNG")
         assert f"]({plot})" in report

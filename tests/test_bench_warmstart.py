@@ -14,7 +14,7 @@ import pytest
 from bench._runner import main
 
 
-@pytest.mark.timeout(300)
+@pytest.mark.timeout(600)
 def test_the_warm_start_section_measures_every_case(tmp_path: Path) -> None:
     assert main(["--quick", "--out", str(tmp_path), "--only", "warmstart"]) == 0
     results = json.loads((tmp_path / "warmstart.json").read_text())

@@ -11,6 +11,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from conftest import FakeClock
 from driftshare._cache import Cached, TTLCache
 from driftshare._metrics import REGISTRY
 
@@ -18,14 +19,6 @@ from driftshare._metrics import REGISTRY
 _ticks = st.integers(min_value=0, max_value=10**9).map(float)
 _ttls = st.integers(min_value=1, max_value=10**6).map(float)
 _property = settings(max_examples=200, deadline=None)
-
-
-class _Clock:
-    def __init__(self, now: float = 0.0) -> None:
-        self.now = now
-
-    def __call__(self) -> float:
-        return self.now
 
 
 class _Upstream:
@@ -71,7 +64,7 @@ def _run(fn: Callable[[], Coroutine[Any, Any, Any]]) -> Any:
 @given(t0=_ticks, ttl=_ttls, data=st.data())
 def test_within_ttl_nothing_is_recomputed(t0: float, ttl: float, data: st.DataObject) -> None:
     offsets = sorted(data.draw(st.lists(st.integers(0, int(ttl) - 1).map(float), max_size=20)))
-    clock = _Clock(t0)
+    clock = FakeClock(t0)
     cache = TTLCache(clock=clock)
     upstream = _Upstream()
 
@@ -92,7 +85,7 @@ def test_within_ttl_nothing_is_recomputed(t0: float, ttl: float, data: st.DataOb
 @_property
 @given(t0=_ticks, ttl=_ttls, extra=_ticks)
 def test_after_ttl_a_fresh_value_is_computed(t0: float, ttl: float, extra: float) -> None:
-    clock = _Clock(t0)
+    clock = FakeClock(t0)
     cache = TTLCache(clock=clock)
     upstream = _Upstream()
 
@@ -120,7 +113,7 @@ def test_after_ttl_a_fresh_value_is_computed(t0: float, ttl: float, extra: float
 def test_stale_value_is_served_on_failure_until_max_staleness(
     t0: float, ttl: float, max_staleness: float, extra: float, failure: str
 ) -> None:
-    clock = _Clock(t0)
+    clock = FakeClock(t0)
     cache = TTLCache(clock=clock, max_staleness_s=max_staleness)
     upstream = _Upstream()
 
@@ -143,7 +136,7 @@ def test_stale_value_is_served_on_failure_until_max_staleness(
 @_property
 @given(callers=st.integers(min_value=1, max_value=40), fail=st.booleans())
 def test_concurrent_misses_compute_once(callers: int, fail: bool) -> None:
-    cache = TTLCache(clock=_Clock())
+    cache = TTLCache(clock=FakeClock())
 
     async def scenario() -> list[Cached[int] | None]:
         gate = _Gate()
@@ -175,7 +168,7 @@ def test_concurrent_misses_compute_once(callers: int, fail: bool) -> None:
 @given(data=st.data(), callers=st.integers(min_value=1, max_value=30))
 def test_cancelling_waiters_does_not_affect_the_others(callers: int, data: st.DataObject) -> None:
     cancelled = data.draw(st.sets(st.integers(0, callers - 1)))
-    cache = TTLCache(clock=_Clock())
+    cache = TTLCache(clock=FakeClock())
 
     async def scenario() -> list[Any]:
         gate = _Gate()
@@ -203,7 +196,7 @@ def test_cancelling_waiters_does_not_affect_the_others(callers: int, data: st.Da
 
 
 def test_hit_completes_without_suspending() -> None:
-    cache = TTLCache(clock=_Clock())
+    cache = TTLCache(clock=FakeClock())
     upstream = _Upstream()
     _run(lambda: cache.get("k", ttl=5.0, compute=upstream, kind="p"))
 
@@ -215,7 +208,7 @@ def test_hit_completes_without_suspending() -> None:
 
 
 async def test_a_miss_that_need_not_wait_completes_without_suspending() -> None:
-    cache = TTLCache(clock=_Clock())
+    cache = TTLCache(clock=FakeClock())
     upstream = _Upstream()
 
     coro = cache.get("k", ttl=5.0, compute=upstream, kind="p")
@@ -228,7 +221,7 @@ async def test_a_miss_that_need_not_wait_completes_without_suspending() -> None:
 
 
 async def test_a_computation_that_waits_goes_on_after_its_first_caller_is_cancelled() -> None:
-    cache = TTLCache(clock=_Clock())
+    cache = TTLCache(clock=FakeClock())
     gate = _Gate()
     first = asyncio.create_task(cache.get("k", ttl=5.0, compute=gate, kind="p"))
     await gate.started.wait()
@@ -244,7 +237,7 @@ async def test_a_computation_that_waits_goes_on_after_its_first_caller_is_cancel
 
 
 def test_get_fresh_and_peek() -> None:
-    clock = _Clock()
+    clock = FakeClock()
     cache = TTLCache(clock=clock)
     assert cache.get_fresh("k") is None
     assert cache.peek("k") is None
@@ -260,7 +253,7 @@ def test_get_fresh_and_peek() -> None:
 
 
 def test_refresh_computes_a_miss_without_looking_for_a_hit() -> None:
-    cache = TTLCache(clock=_Clock())
+    cache = TTLCache(clock=FakeClock())
     upstream = _Upstream()
 
     async def fill_then_refresh() -> tuple[Cached[int] | None, Cached[int] | None]:
@@ -277,7 +270,7 @@ def test_refresh_computes_a_miss_without_looking_for_a_hit() -> None:
 
 
 def test_each_entry_keeps_the_ttl_it_was_stored_with() -> None:
-    clock = _Clock()
+    clock = FakeClock()
     cache = TTLCache(clock=clock)
     upstream = _Upstream()
 
@@ -291,7 +284,7 @@ def test_each_entry_keeps_the_ttl_it_was_stored_with() -> None:
 
 
 def test_invalidate_and_clear() -> None:
-    cache = TTLCache(clock=_Clock())
+    cache = TTLCache(clock=FakeClock())
     upstream = _Upstream()
 
     async def scenario() -> None:
@@ -310,7 +303,7 @@ def test_invalidate_and_clear() -> None:
 
 
 async def test_invalidated_computation_does_not_store_its_result() -> None:
-    cache = TTLCache(clock=_Clock())
+    cache = TTLCache(clock=FakeClock())
     gate = _Gate(value=7)
     waiter = asyncio.create_task(cache.get("k", ttl=5.0, compute=gate, kind="p"))
     await gate.started.wait()
@@ -325,7 +318,7 @@ async def test_invalidated_computation_does_not_store_its_result() -> None:
 async def test_compute_errors_are_logged_not_raised_and_urls_redacted(
     caplog: pytest.LogCaptureFixture,
 ) -> None:
-    cache = TTLCache(clock=_Clock())
+    cache = TTLCache(clock=FakeClock())
 
     async def broken() -> int:
         raise RuntimeError("HTTP 500 from https://rpc.example/?api-key=SECRETKEY123")
@@ -339,7 +332,7 @@ async def test_compute_errors_are_logged_not_raised_and_urls_redacted(
 
 
 async def test_computation_cancelled_from_inside_counts_as_failure() -> None:
-    clock = _Clock()
+    clock = FakeClock()
     cache = TTLCache(clock=clock)
     await cache.get("k", ttl=1.0, compute=_Upstream(), kind="p")
     clock.now = 2.0
@@ -351,7 +344,7 @@ async def test_computation_cancelled_from_inside_counts_as_failure() -> None:
 
 
 def test_inflight_computation_of_a_dead_loop_does_not_block_a_later_loop() -> None:
-    cache = TTLCache(clock=_Clock())
+    cache = TTLCache(clock=FakeClock())
     dead = asyncio.new_event_loop()
     try:
         gate = _Gate()
@@ -377,7 +370,7 @@ def test_prometheus_counters_follow_hits_and_misses() -> None:
         return REGISTRY.get_sample_value(name, {"kind": "metrics-probe"}) or 0.0
 
     hits, misses = sample("drift_cache_hits_total"), sample("drift_cache_misses_total")
-    cache = TTLCache(clock=_Clock())
+    cache = TTLCache(clock=FakeClock())
 
     async def scenario() -> None:
         for _ in range(3):

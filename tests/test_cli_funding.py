@@ -6,7 +6,6 @@ import asyncio
 import dataclasses
 import json
 import os
-import socket
 import sys
 
 import pytest
@@ -72,12 +71,10 @@ def test_bad_rpc_url_exits_2(capsys: pytest.CaptureFixture[str]) -> None:
 
 
 def test_unreachable_rpc_exits_1(
-    capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+    capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch, closed_port_url: str
 ) -> None:
     monkeypatch.setenv("DRIFT_MAX_RETRIES", "0")
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        url = f"http://127.0.0.1:{probe.getsockname()[1]}/secret-api-key-0123456789abcdef"
+    url = f"{closed_port_url}/secret-api-key-0123456789abcdef"
     assert cli.main(["funding", "--rpc-url", url]) == 1
     err = capsys.readouterr().err
     assert "cannot reach the RPC" in err

@@ -4,25 +4,18 @@ from __future__ import annotations
 
 import pytest
 
+from conftest import FakeClock
 from driftshare._endpoints import EndpointSelector
 
 A, B, C = "http://a.test", "http://b.test", "http://c.test"
 
 
-class _Clock:
-    def __init__(self) -> None:
-        self.now = 100.0
-
-    def __call__(self) -> float:
-        return self.now
-
-
-def _selector(*urls: str) -> tuple[EndpointSelector, _Clock]:
-    clock = _Clock()
+def _selector(*urls: str) -> tuple[EndpointSelector, FakeClock]:
+    clock = FakeClock(100.0)
     return EndpointSelector(urls or (A, B), clock=clock), clock
 
 
-def _fail_for(selector: EndpointSelector, clock: _Clock, url: str, seconds: float) -> None:
+def _fail_for(selector: EndpointSelector, clock: FakeClock, url: str, seconds: float) -> None:
     """Report a failure of ``url`` every half second for ``seconds``, choosing after each."""
     for _ in range(int(seconds / 0.5)):
         clock.now += 0.5
@@ -94,7 +87,7 @@ def test_a_flapping_first_endpoint_is_not_returned_to() -> None:
 
 
 def test_a_new_endpoint_gets_a_grace_period() -> None:
-    clock = _Clock()
+    clock = FakeClock(100.0)
     selector = EndpointSelector((A, B, C), clock=clock)
     clock.now += 30
     _fail_for(selector, clock, A, 3.0)  # B has never answered, but was not seen failing

@@ -7,6 +7,7 @@ from typing import Any
 
 import httpx
 
+from conftest import FakeClock
 from driftshare._endpoints import EndpointSelector
 from driftshare._health import _Probes
 from driftshare._transport import RpcStats, SharedLimits
@@ -15,15 +16,7 @@ from driftshare.config import load_settings
 A, B = "http://a.test/", "http://b.test/"
 
 
-class _Clock:
-    def __init__(self) -> None:
-        self.now = 100.0
-
-    def __call__(self) -> float:
-        return self.now
-
-
-def _shared(clock: _Clock) -> Any:
+def _shared(clock: FakeClock) -> Any:
     return SimpleNamespace(
         endpoints=EndpointSelector([A, B], clock=clock),
         limits=SharedLimits(rps=1000.0, burst=10, clock=clock),
@@ -41,7 +34,7 @@ def _prober(seen: list[str], response: httpx.Response) -> httpx.AsyncClient:
 
 
 async def test_a_rate_limited_preferred_endpoint_is_alive_and_left_alone_as_asked() -> None:
-    clock = _Clock()
+    clock = FakeClock(100.0)
     shared = _shared(clock)
     selector: EndpointSelector = shared.endpoints
     selector.report(A, False)
@@ -69,7 +62,7 @@ async def test_a_rate_limited_preferred_endpoint_is_alive_and_left_alone_as_aske
 
 
 async def test_the_active_endpoint_is_not_probed_while_it_asks_for_quiet() -> None:
-    clock = _Clock()
+    clock = FakeClock(100.0)
     shared = _shared(clock)
     shared.limits.pressure.push_back(5.0, rate_limited=True, sent_at=clock.now)
     seen: list[str] = []

@@ -3,7 +3,6 @@ DriftClient and one set of subscriptions without an error."""
 
 from __future__ import annotations
 
-import socket
 from collections.abc import AsyncIterator
 from typing import Any
 
@@ -174,13 +173,10 @@ async def test_scalp_engine_sees_a_price_jump_as_momentum(
     assert signal.value > 20.0
 
 
-async def test_engine_counts_errors_instead_of_raising(manager_settings: None) -> None:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        closed_port = sock.getsockname()[1]
-    DriftClientManager.configure(
-        rpc_url=f"http://127.0.0.1:{closed_port}", max_retries=0, init_timeout_s=2
-    )
+async def test_engine_counts_errors_instead_of_raising(
+    manager_settings: None, closed_port_url: str
+) -> None:
+    DriftClientManager.configure(rpc_url=closed_port_url, max_retries=0, init_timeout_s=2)
     engine = ArbEngine()
     try:
         await engine.start()

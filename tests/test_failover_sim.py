@@ -3,13 +3,14 @@
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncIterator
+import functools
 from typing import Any
 
 import pytest
-import pytest_asyncio
 
 from conftest import eventually
+from driftshare import _lifecycle
+from driftshare._endpoints import EndpointSelector
 from driftshare._metrics import REGISTRY
 from driftshare._web.live import LiveState
 from driftshare.config import redact_url
@@ -28,12 +29,7 @@ SETTINGS: dict[str, Any] = {
 }
 
 
-@pytest_asyncio.fixture(autouse=True)
-async def _clean_manager(simulator_factory: object) -> AsyncIterator[None]:
-    # Depends on the simulator fixture so that clients close before the simulators stop.
-    yield
-    await DriftClientManager.shutdown()
-    DriftClientManager._settings = None
+pytestmark = pytest.mark.usefixtures("clean_manager")
 
 
 def _oracle_slot(client: Any) -> int:
@@ -51,6 +47,14 @@ def _active_gauge(sim: Simulator) -> float | None:
         "drift_rpc_endpoint_active",
         {"network": "mainnet", "endpoint": redact_url(sim.http_url)},
     )
+
+
+@pytest.fixture(autouse=True)
+def _short_thresholds(monkeypatch: pytest.MonkeyPatch) -> None:
+    """The selector's thresholds (3 s to fail, 10 s to return) are tested on a fake clock in
+    test_endpoints.py; here the shortest that still let a slot clock tick through them."""
+    short = functools.partial(EndpointSelector, fail_after_s=0.5, recover_after_s=2.0)
+    monkeypatch.setattr(_lifecycle, "EndpointSelector", short)
 
 
 @pytest.mark.parametrize("mode", ["websocket", "polling"])

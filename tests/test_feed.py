@@ -6,7 +6,6 @@ import asyncio
 import concurrent.futures
 import contextlib
 import math
-import socket
 import statistics
 import threading
 from collections.abc import AsyncIterator, Iterator
@@ -285,11 +284,8 @@ def test_funding_without_freshness_is_stale() -> None:
     assert current.data_age_s == 0.4
 
 
-async def test_unreachable_rpc_never_raises(manager_settings: None) -> None:
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        url = f"http://127.0.0.1:{probe.getsockname()[1]}"
-    DriftClientManager.configure(rpc_url=url, max_retries=0, init_timeout_s=5)
+async def test_unreachable_rpc_never_raises(manager_settings: None, closed_port_url: str) -> None:
+    DriftClientManager.configure(rpc_url=closed_port_url, max_retries=0, init_timeout_s=5)
     feed = DriftFundingFeed()
     try:
         assert await feed.get_funding_rate("SOL-PERP") is None

@@ -15,14 +15,15 @@ from redis.asyncio import Redis
 from redis.exceptions import RedisError
 from solders.pubkey import Pubkey
 
+from bench._processes import RedisServer, RedisServerError, TcpProxy, TlsFiles
 from conftest import CHAIN, WaitUntil, eventually, last_values
 from driftshare._fleet import Chain, FleetMember
 from driftshare._fleet._follower import MAX_ACCOUNTS, Follower
-from driftshare._fleet._harness import RedisServer, RedisServerError, TcpProxy, TlsFiles
 from driftshare._fleet._publisher import Publisher
 from driftshare._fleet._records import Signer, decode, encode, record_message
 from driftshare._fleet._store import FleetStore, Outgoing
 from driftshare._ledger import AccountLedger, AccountRecord
+from driftshare._metrics import REGISTRY
 from driftshare._tasks import cancel_all
 from driftshare.config import load_settings
 from driftshare.manager import DriftClientManager
@@ -207,7 +208,8 @@ async def test_a_follower_joining_a_flooded_redis_holds_a_bounded_number_of_acco
     await leader._store.redis.hset(leader._store._records, mapping=made_up)
     follower = members()
     await follower.join()
-    await wait_until(lambda: follower.follower.connected)  # the stored values are loaded
+    # The stored values are loaded: many of them, so more than the default 10 s may pass.
+    await eventually(lambda: follower.follower.connected, within=60, what="flood loaded")
     assert len(follower.ledger) == MAX_ACCOUNTS
     assert follower.follower.rejected in (extra, extra + 1)  # STATE too, if read last
 
@@ -675,3 +677,37 @@ async def test_records_waiting_to_be_written_go_before_their_confirmations(
     finally:
         await publisher.stop()
         await redis.aclose()
+
+
+def _fleet_counter(name: str) -> float:
+    return (
+        REGISTRY.get_sample_value(f"drift_fleet_records_{name}_total", {"network": "mainnet"})
+        or 0.0
+    )
+
+
+async def test_published_and_applied_records_are_counted(
+    members: MemberFactory, wait_until: WaitUntil
+) -> None:
+    leader, follower = await following(members)
+    published, applied = _fleet_counter("published"), _fleet_counter("applied")
+    leader.ledger.apply(AccountRecord(PUBKEY, "perp", 10, b"a"))
+    leader.ledger.confirm(PUBKEY, 11)
+    await wait_until(lambda: follower.ledger.get(PUBKEY) is not None)
+    await wait_until(lambda: follower.ledger.get(PUBKEY).confirmed_slot == 11)  # type: ignore[union-attr]
+    # One record and one confirmation each way (one process holds both counters here).
+    await wait_until(lambda: _fleet_counter("published") - published == 2)
+    assert _fleet_counter("applied") - applied == 2
+
+
+async def test_a_followers_data_is_as_old_as_the_leaders(
+    members: MemberFactory, wait_until: WaitUntil
+) -> None:
+    leader, follower = await following(members)
+    confirmed_at = time.monotonic() - 20.0  # the leader learnt this slot 20 s ago
+    leader.ledger.apply(AccountRecord(PUBKEY, "perp", 10, b"a"), confirmed_at=confirmed_at)
+    await wait_until(lambda: follower.ledger.get(PUBKEY) is not None)
+    entry = follower.ledger.get(PUBKEY)
+    assert entry is not None
+    # Not the moment the follower received it: the leader's age, give or take the transit.
+    assert time.monotonic() - entry.confirmed_at == pytest.approx(20.0, abs=2.0)

@@ -15,9 +15,9 @@ from redis.asyncio.client import PubSub
 from redis.exceptions import RedisError
 from solders.pubkey import Pubkey
 
+from bench._processes import RedisServer
 from conftest import CHAIN, last_values
 from driftshare._fleet import Chain
-from driftshare._fleet._harness import RedisServer
 from driftshare._fleet._records import Message, RecordError, Signer, decode, digest, encode
 from driftshare._fleet._records import record_message as carrying
 from driftshare._fleet._store import FencedOut, FleetStore, OtherChain, Outgoing, PublishStream
@@ -110,6 +110,9 @@ async def test_writes_are_slot_monotonic_and_published(store: FleetStore) -> Non
     assert await store.publish(token, [at(9, b"old"), at(10, b"new")]) == 0
     records, _ = await last_values(store)
     assert [decode(r, signer).slot for r in records] == [10]
+    # Redis delivers a channel's messages in the order it took them: the sentinel, published
+    # last, closes the list of what the writes published.
+    await store.redis.publish(store.channel, _SENTINEL)
     published = [m["data"] async for m in _messages(pubsub)]
     assert [decode(m, signer).record for m in published] == [
         AccountRecord(PUBKEY, "perp", 10, b"new")
@@ -117,16 +120,20 @@ async def test_writes_are_slot_monotonic_and_published(store: FleetStore) -> Non
     await pubsub.aclose()
 
 
+_SENTINEL = b"end of the test's messages"
+
+
 async def _messages(pubsub: PubSub) -> AsyncIterator[dict[str, Any]]:
-    """The published messages until none arrives for half a second."""
-    while True:
-        message = await pubsub.get_message(timeout=0.5)
-        if message is None:
-            # get_message answers None for a skipped subscribe reply as well: one more read.
-            message = await pubsub.get_message(timeout=0.5)
+    """The published messages up to the sentinel (10 s at most)."""
+    async with asyncio.timeout(10):
+        while True:
+            # None for a skipped subscribe reply, or no message within the second: read on.
+            message = await pubsub.get_message(timeout=1.0)
             if message is None:
+                continue
+            if message["data"] == _SENTINEL:
                 return
-        yield message
+            yield message
 
 
 async def test_a_superseded_epoch_writes_nothing(store: FleetStore) -> None:

@@ -9,14 +9,15 @@ import logging
 import os
 import re
 import threading
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import Awaitable, Callable
+from pathlib import Path
 from typing import Any
 
 import pytest
-import pytest_asyncio
 from aiohttp.test_utils import TestClient, TestServer
+from solders.keypair import Keypair
 
-from conftest import eventually
+from conftest import FAST, QUIET, ManagerOn, eventually
 from driftshare._health import data_slot
 from driftshare._lifecycle import SharedClient
 from driftshare._metrics import DATA_AGE_SECONDS, REGISTRY, render
@@ -27,29 +28,7 @@ from driftshare.feed import DriftFundingFeed
 from driftshare.manager import DriftClientManager
 from driftshare.sim import Simulator
 
-# Fast health checks and stall detection so the fallbacks happen within a test.
-FAST: dict[str, Any] = {
-    "health_interval_s": 0.1,
-    "ws_stall_s": 0.5,
-    "stale_after_s": 1.0,
-    "poll_interval_s": 0.1,
-    "retry_backoff": 0.05,
-    "retry_backoff_cap": 0.2,
-    "max_retries": 100,
-    "rpc_rps": 200.0,
-    "rpc_burst": 50,
-}
-QUIET: dict[str, Any] = {**FAST, "health_interval_s": 3600.0, "ws_stall_s": 3600.0}
-"""FAST without the health loop's timers: on a loaded machine a late notification or a slow
-health check may rightly switch modes or rebuild, so tests counting start-ups use this."""
-
-
-@pytest_asyncio.fixture(autouse=True)
-async def _clean_manager(simulator_factory: object) -> AsyncIterator[None]:
-    # Depends on the simulator fixture so that clients close before the simulator stops.
-    yield
-    await DriftClientManager.shutdown()
-    DriftClientManager._settings = None
+pytestmark = pytest.mark.usefixtures("clean_manager")
 
 
 def _client_side(task: asyncio.Task[Any]) -> bool:
@@ -98,10 +77,9 @@ async def _engine(rounds: int, sim: Simulator, errors: list[BaseException]) -> i
 
 
 async def test_four_engines_share_one_client_and_one_subscription_set(
-    simulator_factory: Callable[..., Awaitable[Simulator]],
+    manager_on: ManagerOn,
 ) -> None:
-    sim = await simulator_factory(markets=12)
-    DriftClientManager.configure(rpc_url=sim.http_url, **QUIET)
+    sim = await manager_on(QUIET, markets=12)
     first = await DriftClientManager.get_client()
     assert first is not None
     await eventually(lambda: sim.stats()["subscriptions"]["active"] > 0, what="subscriptions")
@@ -128,10 +106,9 @@ async def test_four_engines_share_one_client_and_one_subscription_set(
 
 
 async def test_thousand_concurrent_first_callers_one_initialization(
-    simulator_factory: Callable[..., Awaitable[Simulator]],
+    manager_on: ManagerOn,
 ) -> None:
-    sim = await simulator_factory(markets=8)
-    DriftClientManager.configure(rpc_url=sim.http_url, **QUIET)
+    sim = await manager_on(QUIET)
     clients = await asyncio.gather(*(DriftClientManager.get_client() for _ in range(1000)))
     assert clients[0] is not None
     assert all(c is clients[0] for c in clients)
@@ -140,10 +117,9 @@ async def test_thousand_concurrent_first_callers_one_initialization(
 
 
 async def test_last_release_closes_every_socket_and_task(
-    simulator_factory: Callable[..., Awaitable[Simulator]],
+    manager_on: ManagerOn,
 ) -> None:
-    sim = await simulator_factory(markets=8)
-    DriftClientManager.configure(rpc_url=sim.http_url, **FAST)
+    sim = await manager_on(FAST)
     tasks, sockets = set(asyncio.all_tasks()), _sockets()
     assert await DriftClientManager.get_client() is not None
     await eventually(lambda: sim.stats()["subscriptions"]["active"] > 0, what="subscriptions")
@@ -197,20 +173,21 @@ async def test_provider_rate_limit_is_invisible_to_engines(
 
 
 async def test_stalled_websocket_falls_back_to_polling_and_returns(
-    simulator_factory: Callable[..., Awaitable[Simulator]],
+    manager_on: ManagerOn,
 ) -> None:
-    sim = await simulator_factory(markets=8)
-    DriftClientManager.configure(rpc_url=sim.http_url, **FAST)
+    sim = await manager_on(FAST)
     client = await DriftClientManager.get_client()
     assert client is not None
     assert DriftClientManager.stats()["subscription_mode"] == "websocket"
 
+    failures = _subscription_failures()
     sim.faults.set_stall(True)
     await eventually(
         lambda: DriftClientManager.stats()["subscription_mode"] == "polling",
         sim=sim,
         what="polling fallback",
     )
+    assert _subscription_failures() > failures
     sim.world.set_oracle_price(1, 4321.0)  # type: ignore[union-attr]
     assert await DriftClientManager.get_client() is not None
     shared = DriftClientManager.shared_state()
@@ -235,11 +212,15 @@ async def test_stalled_websocket_falls_back_to_polling_and_returns(
     assert shared.client is client, "engines keep the object they hold"
 
 
+def _subscription_failures() -> float:
+    labels = {"network": "mainnet"}
+    return REGISTRY.get_sample_value("drift_subscription_failures_total", labels) or 0.0
+
+
 async def test_dropped_websockets_are_survived(
-    simulator_factory: Callable[..., Awaitable[Simulator]],
+    manager_on: ManagerOn,
 ) -> None:
-    sim = await simulator_factory(markets=8)
-    DriftClientManager.configure(rpc_url=sim.http_url, **FAST)
+    sim = await manager_on(FAST)
     client = await DriftClientManager.get_client()
     assert client is not None
     await eventually(lambda: sim.stats()["subscriptions"]["active"] > 0, what="subscriptions")
@@ -308,11 +289,10 @@ async def test_undecodable_market_does_not_take_the_others_down(
 
 
 async def test_a_configured_subset_stays_the_subset(
-    simulator_factory: Callable[..., Awaitable[Simulator]],
+    manager_on: ManagerOn,
 ) -> None:
     """DRIFT_PERP_MARKETS holds in websocket mode, even as every market changes on chain."""
-    sim = await simulator_factory(markets=8)
-    DriftClientManager.configure(rpc_url=sim.http_url, perp_markets=[0, 2], **FAST)
+    sim = await manager_on({**FAST, "perp_markets": [0, 2]})
     assert await DriftClientManager.get_client() is not None
     shared = DriftClientManager.shared_state()
     assert shared is not None
@@ -328,10 +308,9 @@ async def test_a_configured_subset_stays_the_subset(
 
 
 async def test_concurrent_first_reads_start_one_client(
-    simulator_factory: Callable[..., Awaitable[Simulator]],
+    manager_on: ManagerOn,
 ) -> None:
-    sim = await simulator_factory(markets=8)
-    DriftClientManager.configure(rpc_url=sim.http_url, **QUIET)
+    await manager_on(QUIET)
     reads = await asyncio.gather(
         DriftClientManager.get_funding_rate(0),
         DriftClientManager.get_funding_rate(1),
@@ -380,10 +359,9 @@ async def test_api_keys_never_appear_in_stats_metrics_logs_or_the_dashboard(
 
 
 async def test_data_age_is_exported_per_market(
-    simulator_factory: Callable[..., Awaitable[Simulator]],
+    manager_on: ManagerOn,
 ) -> None:
-    sim = await simulator_factory(markets=8)
-    DriftClientManager.configure(rpc_url=sim.http_url, **FAST)
+    await manager_on(FAST)
     DATA_AGE_SECONDS.clear()  # the registry is process-wide: start from no sample at all
     assert REGISTRY.get_sample_value("drift_data_age_seconds", {"market": "SOL-PERP"}) is None
     assert await DriftClientManager.get_client() is not None
@@ -392,11 +370,21 @@ async def test_data_age_is_exported_per_market(
     assert 0 <= age < 60
 
 
+async def _data_after(client: Any, sim: Simulator, what: str) -> None:
+    """Wait until ``client`` holds oracle data newer than the simulator's slot now."""
+    now = sim.store.slot
+
+    def newer() -> bool:
+        data = client.account_subscriber.get_oracle_price_data_and_slot_for_perp_market(0)
+        return data is not None and data.slot > now
+
+    await eventually(newer, sim=sim, what=what)
+
+
 async def test_force_reconnect_keeps_references_and_client(
-    simulator_factory: Callable[..., Awaitable[Simulator]],
+    manager_on: ManagerOn,
 ) -> None:
-    sim = await simulator_factory(markets=8)
-    DriftClientManager.configure(rpc_url=sim.http_url, **QUIET)
+    sim = await manager_on(QUIET)
     client = await DriftClientManager.get_client()
     assert client is not None
     results = await asyncio.gather(*(DriftClientManager.force_reconnect() for _ in range(3)))
@@ -407,21 +395,14 @@ async def test_force_reconnect_keeps_references_and_client(
     assert await DriftClientManager.get_client() is client
 
     # The rebuilt subscriptions deliver to that same object.
-    rebuilt_at = sim.store.slot
-
-    def fresh() -> bool:
-        data = client.account_subscriber.get_oracle_price_data_and_slot_for_perp_market(0)
-        return data is not None and data.slot > rebuilt_at
-
-    await eventually(fresh, sim=sim, what="data on the kept client")
+    await _data_after(client, sim, "data on the kept client")
 
 
 async def test_a_429_slowdown_survives_a_reconnect(
-    simulator_factory: Callable[..., Awaitable[Simulator]],
+    manager_on: ManagerOn,
 ) -> None:
     """A rebuilt HTTP session keeps the provider's pushback: the halved rate stays halved."""
-    sim = await simulator_factory(markets=8)
-    DriftClientManager.configure(rpc_url=sim.http_url, **{**QUIET, "subscription": "polling"})
+    sim = await manager_on({**QUIET, "subscription": "polling"})
     client = await DriftClientManager.get_client()
     assert client is not None
     rps = FAST["rpc_rps"]
@@ -439,11 +420,8 @@ async def test_a_429_slowdown_survives_a_reconnect(
 
 
 @pytest.mark.parametrize("network", ["mainnet", "devnet"])
-async def test_networks_are_counted_apart(
-    simulator_factory: Callable[..., Awaitable[Simulator]], network: str
-) -> None:
-    sim = await simulator_factory(markets=8)
-    DriftClientManager.configure(rpc_url=sim.http_url, network=network, **FAST)
+async def test_networks_are_counted_apart(manager_on: ManagerOn, network: str) -> None:
+    await manager_on({**FAST, "network": network})
     other = "devnet" if network == "mainnet" else "mainnet"
     assert await DriftClientManager.get_client(network) is not None
     assert DriftClientManager.stats(network)["references"] == 1
@@ -452,11 +430,10 @@ async def test_networks_are_counted_apart(
 
 
 async def test_after_every_adapter_disconnects_nothing_is_left(
-    simulator_factory: Callable[..., Awaitable[Simulator]],
+    manager_on: ManagerOn,
 ) -> None:
     """Cached reads made through engines keep no reference of their own."""
-    sim = await simulator_factory(markets=8)
-    DriftClientManager.configure(rpc_url=sim.http_url, **FAST)
+    sim = await manager_on(FAST)
     tasks, sockets = set(asyncio.all_tasks()), _sockets()
     adapters = [DriftAdapter(network="mainnet") for _ in range(3)]
     for adapter in adapters:
@@ -469,10 +446,9 @@ async def test_after_every_adapter_disconnects_nothing_is_left(
 
 
 async def test_a_client_started_by_reads_alone_closes_when_idle(
-    simulator_factory: Callable[..., Awaitable[Simulator]],
+    manager_on: ManagerOn,
 ) -> None:
-    sim = await simulator_factory(markets=8)
-    DriftClientManager.configure(rpc_url=sim.http_url, **{**QUIET, "idle_close_s": 0.3})
+    sim = await manager_on({**QUIET, "idle_close_s": 0.3})
     tasks, sockets = set(asyncio.all_tasks()), _sockets()
     assert await DriftClientManager.get_funding_rate("SOL-PERP") is not None
     assert DriftClientManager.is_initialized()
@@ -485,12 +461,11 @@ async def test_a_client_started_by_reads_alone_closes_when_idle(
 
 
 async def test_an_engines_reads_after_its_disconnect_do_not_keep_the_client_open(
-    simulator_factory: Callable[..., Awaitable[Simulator]],
+    manager_on: ManagerOn,
 ) -> None:
     """A feed still iterating its markets when its engine disconnects reads on: those reads
     must not take the reference back, or the client never closes."""
-    sim = await simulator_factory(markets=8)
-    DriftClientManager.configure(rpc_url=sim.http_url, **{**QUIET, "idle_close_s": 0.3})
+    sim = await manager_on({**QUIET, "idle_close_s": 0.3})
     tasks, sockets = set(asyncio.all_tasks()), _sockets()
     adapter = DriftAdapter()
     feed = DriftFundingFeed(adapter)
@@ -504,11 +479,10 @@ async def test_an_engines_reads_after_its_disconnect_do_not_keep_the_client_open
 
 
 async def test_two_threads_starting_at_once_each_get_a_client_of_their_own_loop(
-    simulator_factory: Callable[..., Awaitable[Simulator]],
+    manager_on: ManagerOn,
 ) -> None:
     """The rule for several running loops: one shared client per loop, none orphaned."""
-    sim = await simulator_factory(markets=8)
-    DriftClientManager.configure(rpc_url=sim.http_url, **FAST)
+    sim = await manager_on(FAST)
     both_running = threading.Barrier(2)
 
     async def engine() -> tuple[bool, int, int, bool]:
@@ -528,11 +502,10 @@ async def test_two_threads_starting_at_once_each_get_a_client_of_their_own_loop(
 
 
 async def test_force_reconnect_lets_requests_in_flight_finish(
-    simulator_factory: Callable[..., Awaitable[Simulator]],
+    manager_on: ManagerOn,
 ) -> None:
     """The new HTTP session is in place before the old one closes, after its requests."""
-    sim = await simulator_factory(markets=8)
-    DriftClientManager.configure(rpc_url=sim.http_url, **FAST)
+    sim = await manager_on(FAST)
     client = await DriftClientManager.get_client()
     assert client is not None
     sent = sim.stats()["http_requests"]["total"]
@@ -564,11 +537,10 @@ def _state(shared: SharedClient) -> list[dict[str, Any]]:
 
 
 async def test_stats_from_another_thread_changes_nothing(
-    simulator_factory: Callable[..., Awaitable[Simulator]],
+    manager_on: ManagerOn,
 ) -> None:
     """stats() only reads: a metrics scrape or a web server thread may call it any time."""
-    sim = await simulator_factory(markets=8)
-    DriftClientManager.configure(rpc_url=sim.http_url, **QUIET)
+    sim = await manager_on(QUIET)
     assert await DriftClientManager.get_client() is not None
     assert await DriftClientManager.get_funding_rate("SOL-PERP") is not None
     shared = DriftClientManager.shared_state()
@@ -587,3 +559,66 @@ async def test_stats_from_another_thread_changes_nothing(
     assert found[0]["data_slot"] == data_slot(shared)
     assert found[0]["references"] == 1
     await DriftClientManager.release_client()
+
+
+async def test_an_rpc_failing_three_health_checks_gets_its_connection_rebuilt(
+    manager_on: ManagerOn,
+) -> None:
+    sim = await manager_on({**FAST, "request_timeout_s": 0.5}, markets=4)
+    client = await DriftClientManager.get_client()
+    assert client is not None
+    shared = DriftClientManager.shared_state()
+    assert shared is not None
+    gen = shared.gen
+    assert gen is not None
+    assert gen.reconnecting is None
+    await sim.faults.down(3600)
+    # No data for DRIFT_STALE_AFTER_S, then three getSlot checks fail: a rebuild starts.
+    await eventually(lambda: gen.reconnecting is not None, within=30, what="a rebuild")
+    await sim.faults.clear()
+    await eventually(
+        lambda: DriftClientManager.stats()["initializations"] == 2, within=30, what="rebuilt"
+    )
+    assert await DriftClientManager.get_client() is client
+    await _data_after(client, sim, "data after the rebuild")
+
+
+def _ref_count() -> float | None:
+    return REGISTRY.get_sample_value("drift_client_ref_count", {"network": "mainnet"})
+
+
+async def test_the_reference_count_metric_follows_the_references(
+    manager_on: ManagerOn,
+) -> None:
+    await manager_on(QUIET, markets=4)
+    first, second = DriftAdapter(), DriftAdapter()
+    assert await first.connect()
+    assert _ref_count() == 1
+    assert await second.connect()
+    assert _ref_count() == 2
+    await first.disconnect()
+    assert _ref_count() == 1
+    await second.disconnect()
+    assert _ref_count() == 0
+
+
+@pytest.mark.parametrize("form", ["file", "base58"])
+async def test_a_valid_drift_keypair_is_the_clients_signer(
+    manager_on: ManagerOn,
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+    form: str,
+) -> None:
+    keypair = Keypair()
+    if form == "file":
+        (tmp_path / "id.json").write_text(keypair.to_json())
+        monkeypatch.setenv("DRIFT_KEYPAIR", str(tmp_path / "id.json"))
+    else:
+        monkeypatch.setenv("DRIFT_KEYPAIR", str(keypair))
+    await manager_on(QUIET, markets=2)
+    client = await DriftClientManager.get_client()
+    assert client is not None
+    assert client.wallet.public_key == keypair.pubkey()
+    message = b"a transaction's message"
+    signature = client.wallet.payer.sign_message(message)
+    assert signature.verify(keypair.pubkey(), message)

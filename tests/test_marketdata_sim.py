@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+from collections.abc import Awaitable
 from types import SimpleNamespace
 from typing import Any
 
@@ -10,7 +11,7 @@ import pytest
 from driftpy.constants.perp_markets import mainnet_perp_market_configs
 from solders.pubkey import Pubkey
 
-from conftest import GroundTruth, WaitUntil
+from conftest import GroundTruth, WaitUntil, eventually
 from driftshare._cache import TTLCache
 from driftshare._ledger import AccountLedger, AccountRecord
 from driftshare._marketdata import ClientSource, MarketDataReader, MarketSource
@@ -160,6 +161,62 @@ async def test_market_known_only_on_chain_resolves_on_first_read(
         await DriftClientManager.shutdown()
 
 
+class _AccountsSource:
+    """A MarketSource over given market accounts, priced by the simulator's oracles."""
+
+    def __init__(self, accounts: dict[int, Any], truth: GroundTruth) -> None:
+        self._accounts = accounts
+        self._truth = truth
+
+    def perp_markets(self) -> list[Any]:
+        return list(self._accounts.values())
+
+    def perp_market(self, market_index: int) -> Any:
+        return self._accounts.get(market_index)
+
+    def oracle_price_data(self, market_index: int) -> Any:
+        return self._truth.oracle(market_index)
+
+    def accounts(self, perp_market: Any) -> tuple[()]:
+        return ()
+
+    def unavailable(self, market_index: int) -> bool:
+        return False
+
+    def current(self) -> bool:
+        return True
+
+
+async def test_max_staleness_from_the_environment_bounds_serving_the_last_value(
+    truth: GroundTruth, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("DRIFT_MAX_STALENESS_S", "0.5")
+    monkeypatch.setenv("DRIFT_CACHE_TTL_FUNDING", "0")
+    world = truth.sim.world
+    assert world is not None
+    up = [True]
+
+    async def source() -> MarketSource | None:
+        accounts = {i: world.perp_market(i) for i in world.perp_indexes()}
+        return _AccountsSource(accounts, truth) if up[0] else None
+
+    reader = MarketDataReader(source, settings=load_settings())
+    first = await reader.get_funding_rate(0)
+    assert first is not None
+    up[0] = False  # upstream unavailable: the last value, flagged, for 0.5 s at most
+    served = await reader.get_funding_rate(0)
+    assert served is not None
+    assert served.stale
+    assert served.rate_hourly == first.rate_hourly
+    await eventually(
+        lambda: _is_none(reader.get_funding_rate(0)), within=5, what="nothing past 0.5 s"
+    )
+
+
+async def _is_none(answer: Awaitable[object]) -> bool:
+    return await answer is None
+
+
 async def test_an_unpriceable_market_does_not_hide_the_others(truth: GroundTruth) -> None:
     world = truth.sim.world
     assert world is not None
@@ -179,27 +236,8 @@ async def test_an_unpriceable_market_does_not_hide_the_others(truth: GroundTruth
     assert amm.last_funding_rate != 0
     accounts = {i: world.perp_market(i) for i in world.perp_indexes()} | {1: broken}
 
-    class _Source:
-        def perp_markets(self) -> list[Any]:
-            return list(accounts.values())
-
-        def perp_market(self, market_index: int) -> Any:
-            return accounts.get(market_index)
-
-        def oracle_price_data(self, market_index: int) -> Any:
-            return truth.oracle(market_index)
-
-        def accounts(self, perp_market: Any) -> tuple[()]:
-            return ()
-
-        def unavailable(self, market_index: int) -> bool:
-            return False
-
-        def current(self) -> bool:
-            return True
-
     async def source() -> MarketSource:
-        return _Source()
+        return _AccountsSource(accounts, truth)
 
     reader = MarketDataReader(source, settings=load_settings())
     markets = await reader.get_all_perp_markets()

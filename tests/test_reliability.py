@@ -1,7 +1,7 @@
 """The short reliability suite: four engines through a few simulator faults, in both modes.
 
-The suite (``bench/reliability.py``, ``make reliability`` for every fault) runs once for the
-module; each test checks one Done-when invariant of issues 9 and 10 on every row. Invariants
+The suite (``bench/reliability_suite.py``, ``make reliability`` for every fault) runs once per
+mode; each test checks one Done-when invariant of issues 9 and 10 on every row. Invariants
 the library does not hold yet are strict xfails naming the work that makes them true: when
 that work lands they pass, the xfail turns into a failure, and the mark must go.
 """
@@ -14,35 +14,22 @@ from collections.abc import Iterator
 
 import pytest
 
-from bench.reliability import (
+from bench.reliability_suite import (
     AMPLIFICATION_LIMIT,
     MODES,
     SHORT_ROWS,
     Row,
     SuiteConfig,
     run_suite,
-    suite_env,
+    suite_settings,
 )
 from bench.reliability_truth import ChainTruth
-from driftshare.config import Settings, load_settings
 from driftshare.manager import DriftClientManager
 from driftshare.models import next_funding_ts
 from driftshare.sim import Simulator
 
 CONFIG = SuiteConfig.short()
 RECOVERY_BOUND_S = 2 * CONFIG.backoff_cap_s
-
-
-@pytest.fixture(scope="module")
-def rows() -> Iterator[list[Row]]:
-    yield asyncio.run(run_suite(CONFIG, SHORT_ROWS))
-    DriftClientManager._settings = None
-
-
-def _suite_settings() -> Settings:
-    """The settings every row ran with (the suite's environment)."""
-    with suite_env(**CONFIG.env("http://127.0.0.1:8899", "websocket")):
-        return load_settings()
 
 
 def _broken(rows: list[Row], invariant: str) -> list[str]:
@@ -53,58 +40,74 @@ def _websocket_http_bound(r: Row) -> int:
     """Issue 9's bound on a websocket client's HTTP requests over a row's window: a
     confirmation round (one getMultipleAccounts per 100 accounts) every DRIFT_STALE_AFTER_S / 2
     and one after each reconnect, and a health getSlot every DRIFT_HEALTH_INTERVAL_S."""
-    settings = _suite_settings()
+    settings = suite_settings(CONFIG)
     per_round = math.ceil(r.subscribed / 100)
     rounds = math.floor(r.window_s / (settings.stale_after_s / 2)) + 1 + r.ws_connections
     health = math.floor(r.window_s / settings.health_interval_s) + 1
     return rounds * per_round + health
 
 
-def test_every_row_measured(rows: list[Row]) -> None:
-    assert [(r.mode, r.fault) for r in rows] == list(SHORT_ROWS)
+def test_the_short_rows_cover_both_modes() -> None:
     assert {mode for mode, _ in SHORT_ROWS} == set(MODES)
-    for r in rows:
-        assert r.ran, r.status
-        # Four engines reading three times every 100 ms for several seconds.
-        assert r.reads + r.none > 4 * 3 * 10 * CONFIG.warm_s
-        if r.mode == "polling":
-            assert r.logical > 0  # polling reads over HTTP
-        else:
-            assert r.logical <= _websocket_http_bound(r), f"{r.fault}: {r.logical} requests"
-        # Every value read matched a value the simulator's chain held: the truth follows it.
-        assert r.unmatched == 0
-        assert r.behind is not None
-        assert r.subscribed > 0
 
 
-def test_no_engine_visible_exceptions(rows: list[Row]) -> None:
-    assert _broken(rows, "exceptions") == []
+class _Invariants:
+    """Each Done-when invariant on every short row of one mode. One class per mode, so that
+    pytest-xdist (``--dist loadscope``) runs the two modes' rows on two workers."""
+
+    mode: str
+
+    @pytest.fixture(scope="class")
+    def rows(self) -> Iterator[list[Row]]:
+        mine = tuple(row for row in SHORT_ROWS if row[0] == self.mode)
+        yield asyncio.run(run_suite(CONFIG, mine))
+        DriftClientManager._settings = None
+
+    def test_every_row_measured(self, rows: list[Row]) -> None:
+        assert [(r.mode, r.fault) for r in rows] == [r for r in SHORT_ROWS if r[0] == self.mode]
+        for r in rows:
+            assert r.ran, r.status
+            # Four engines reading three times every 100 ms for several seconds.
+            assert r.reads + r.none > 4 * 3 * 10 * CONFIG.warm_s
+            if r.mode == "polling":
+                assert r.logical > 0  # polling reads over HTTP
+            else:
+                assert r.logical <= _websocket_http_bound(r), f"{r.fault}: {r.logical} requests"
+            # Every value read matched a value the simulator's chain held: the truth follows it.
+            assert r.unmatched == 0
+            assert r.behind is not None
+            assert r.subscribed > 0
+
+    def test_no_engine_visible_exceptions(self, rows: list[Row]) -> None:
+        assert _broken(rows, "exceptions") == []
+
+    def test_no_exception_left_unretrieved(self, rows: list[Row]) -> None:
+        assert [r.background_errors for r in rows] == [0] * len(rows)
+
+    def test_nothing_left_after_release(self, rows: list[Row]) -> None:
+        assert _broken(rows, "left after release") == []
+        assert [r.initialized_after_release for r in rows] == [False] * len(rows)
+
+    def test_no_unflagged_stale_reads(self, rows: list[Row]) -> None:
+        assert _broken(rows, "unflagged stale") == []
+
+    def test_recovery_within_twice_the_backoff_cap(self, rows: list[Row]) -> None:
+        assert _broken(rows, "recovery") == []
+
+    def test_amplification_within_limit(self, rows: list[Row]) -> None:
+        assert AMPLIFICATION_LIMIT == 1.2
+        assert _broken(rows, "amplification") == []
+
+    def test_no_account_left_behind(self, rows: list[Row]) -> None:
+        assert _broken(rows, "accounts behind") == []
 
 
-def test_no_exception_left_unretrieved(rows: list[Row]) -> None:
-    assert [r.background_errors for r in rows] == [0] * len(rows)
+class TestWebsocketRows(_Invariants):
+    mode = "websocket"
 
 
-def test_nothing_left_after_release(rows: list[Row]) -> None:
-    assert _broken(rows, "left after release") == []
-    assert [r.initialized_after_release for r in rows] == [False] * len(rows)
-
-
-def test_no_unflagged_stale_reads(rows: list[Row]) -> None:
-    assert _broken(rows, "unflagged stale") == []
-
-
-def test_recovery_within_twice_the_backoff_cap(rows: list[Row]) -> None:
-    assert _broken(rows, "recovery") == []
-
-
-def test_amplification_within_limit(rows: list[Row]) -> None:
-    assert AMPLIFICATION_LIMIT == 1.2
-    assert _broken(rows, "amplification") == []
-
-
-def test_no_account_left_behind(rows: list[Row]) -> None:
-    assert _broken(rows, "accounts behind") == []
+class TestPollingRows(_Invariants):
+    mode = "polling"
 
 
 async def test_truth_lag_counts_from_the_replacement(simulator: Simulator) -> None:

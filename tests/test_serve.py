@@ -1,5 +1,5 @@
 """serve's terminal output: text from URLs and errors shown as is, never read as markup; no
-"ready" before market data."""
+"ready" before market data; a command whose extra is missing names it."""
 
 from __future__ import annotations
 
@@ -7,7 +7,8 @@ import asyncio
 import io
 import os
 import signal
-import socket
+import subprocess
+import sys
 
 import pytest
 from rich.console import Console
@@ -17,10 +18,10 @@ from driftshare._serve import Runtime, ServeConfig, run_serve
 from driftshare.sim import Simulator
 
 
-async def test_markup_in_an_rpc_url_or_error_is_printed_literally(manager_settings: None) -> None:
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        host = f"http://127.0.0.1:{probe.getsockname()[1]}"
+async def test_markup_in_an_rpc_url_or_error_is_printed_literally(
+    manager_settings: None, closed_port_url: str
+) -> None:
+    host = closed_port_url
     url = f"{host}/[/yellow][b"
     terminal = io.StringIO()
     console = Console(file=terminal, width=500, highlight=False)
@@ -72,3 +73,29 @@ async def test_serve_waits_for_the_rpc_without_a_check_mark_until_data_arrives(
     assert "✓" not in waiting_line
     assert waiting_line.startswith("waiting for the RPC")
     assert output.index("waiting for the RPC") < output.index("ready (live RPC)")
+
+
+# driftpy 0.8.89 itself depends on the extras' packages, so one is made missing: None in
+# sys.modules fails its import as an absent package would, after the library has loaded.
+_WITHOUT = "import sys; from driftshare._cli import main; sys.modules[{module!r}] = None; "
+_WITHOUT += "raise SystemExit(main({argv!r}))"
+
+
+@pytest.mark.parametrize(
+    ("argv", "module", "extra"),
+    [
+        (["serve", "--port", "0"], "aiohttp.web", "serve"),
+        (["sim", "--port", "0"], "aiohttp.web", "sim"),
+    ],
+)
+def test_a_command_without_its_extra_names_the_extra(
+    argv: list[str], module: str, extra: str
+) -> None:
+    code = _WITHOUT.format(module=module, argv=argv)
+    done = subprocess.run(
+        [sys.executable, "-c", code], capture_output=True, text=True, timeout=120, check=False
+    )
+    assert done.returncode == 2, done.stderr
+    assert f"needs the {extra} extra ({module} is missing)" in done.stderr
+    assert f"pip install 'driftshare[{extra}]'" in done.stderr
+    assert "Traceback" not in done.stderr

@@ -11,8 +11,8 @@ from pathlib import Path
 
 import httpx
 
+from bench._processes import RedisServer, ServeProcess, all_ready, free_port, stop_all
 from conftest import eventually
-from driftshare._fleet._harness import RedisServer, ServeProcess, all_ready, free_port
 from driftshare._snapshot import SnapshotIdentity, read_snapshot, snapshot_file
 from driftshare.sim import Simulator
 from driftshare.sim._codec import DRIFT_PROGRAM_ID
@@ -54,7 +54,7 @@ async def test_a_fleet_member_hands_its_lease_over_and_writes_its_snapshot_at_si
         member = ServeProcess(
             simulator.http_url, redis_server.url, env={**env, "DRIFT_SNAPSHOT_PATH": str(folder)}
         )
-        member.start()
+        await member.start()
         members.append(member)
     try:
         async with httpx.AsyncClient() as client:
@@ -66,9 +66,7 @@ async def test_a_fleet_member_hands_its_lease_over_and_writes_its_snapshot_at_si
             follower = members[roles.index("follower")]
             leader_file = snapshot_file(folders[members.index(leader)], MAINNET)
             assert not leader_file.exists()  # the first timed write is an hour away
-            assert leader.process is not None
-            leader.process.send_signal(signal.SIGTERM)
-            assert await asyncio.to_thread(leader.process.wait, 60) == 0
+            assert await leader.stop(within=60) == 0  # SIGTERM, then the exit awaited
 
             async def follower_leads() -> bool:
                 return (await follower.stats(client)).get("fleet", {}).get("role") == "leader"
@@ -76,5 +74,5 @@ async def test_a_fleet_member_hands_its_lease_over_and_writes_its_snapshot_at_si
             await eventually(follower_leads, "the follower leads after the hand-over", within=25)
         assert len(read_snapshot(leader_file, MAINNET).accounts) > 0
     finally:
-        await asyncio.gather(*(asyncio.to_thread(m.stop) for m in members))
-    assert all(m.process is not None and m.process.returncode == 0 for m in members)
+        codes = await stop_all(members)
+    assert codes == [0, 0]

@@ -16,6 +16,7 @@ from driftpy.constants.numeric_constants import PRICE_PRECISION
 from solders.pubkey import Pubkey
 
 import mainnet_fixtures as mainnet
+from conftest import FakeClock
 from driftshare.sim import _codec
 from driftshare.sim.oracles import PYTH_PROGRAM_ID
 from driftshare.sim.replay import load_account_files
@@ -26,16 +27,8 @@ FIXTURES = mainnet.DIR
 START = 1_750_000_000.0
 
 
-class FakeClock:
-    def __init__(self) -> None:
-        self.now = START
-
-    def __call__(self) -> float:
-        return self.now
-
-
 def make_world(markets: int = 30) -> tuple[World, FakeClock]:
-    clock = FakeClock()
+    clock = FakeClock(START)
     return World(AccountStore(), seed=3, markets=markets, clock=clock), clock
 
 

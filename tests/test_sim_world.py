@@ -23,6 +23,7 @@ from driftpy.constants.spot_markets import mainnet_spot_market_configs
 from driftpy.math.amm import calculate_bid_ask_price, calculate_price
 from solders.pubkey import Pubkey
 
+from conftest import FakeClock
 from driftshare.models import market_data_from_market
 from driftshare.sim import _codec
 from driftshare.sim.oracles import PYTH_RECEIVER_PROGRAM_ID
@@ -32,18 +33,10 @@ from driftshare.sim.world import World
 START = 1_750_000_000.0
 
 
-class FakeClock:
-    def __init__(self, now: float = START) -> None:
-        self.now = now
-
-    def __call__(self) -> float:
-        return self.now
-
-
 def make_world(
     *, seed: int = 0, markets: int = 30, period: float = 60.0
 ) -> tuple[World, FakeClock]:
-    clock = FakeClock()
+    clock = FakeClock(START)
     world = World(AccountStore(), seed=seed, markets=markets, funding_period_s=period, clock=clock)
     return world, clock
 

@@ -20,6 +20,7 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
+from conftest import FakeClock
 from driftshare._ledger import AccountLedger
 from driftshare._ledger_subscriber import ledger_client
 from driftshare._snapshot import (
@@ -41,14 +42,6 @@ from driftshare.sim.world import World
 
 MAINNET_GENESIS = "5eykt4UsFv8P8NJdTREpY1vzqKqZKvdpKuc147dw2N9d"
 IDENTITY = SnapshotIdentity("mainnet", str(DRIFT_PROGRAM_ID), MAINNET_GENESIS)
-
-
-class Clock:
-    def __init__(self, start: float) -> None:
-        self.now = start
-
-    def __call__(self) -> float:
-        return self.now
 
 
 @pytest.fixture
@@ -81,7 +74,7 @@ def test_round_trip_keeps_values_slots_and_true_ages(world: World, tmp_path: Pat
     # Another process, 100 s later by the wall clock, with an unrelated monotonic clock.
     ledger = AccountLedger()
     keeper = SnapshotKeeper(
-        ledger, tmp_path, IDENTITY, mono_clock=Clock(7.0), wall_clock=Clock(50_100.0)
+        ledger, tmp_path, IDENTITY, mono_clock=FakeClock(7.0), wall_clock=FakeClock(50_100.0)
     )
     assert keeper.apply(keeper.read()) == len(source)
     market = ledger.get(str(world.perp_market_pubkey(0)))
@@ -128,7 +121,7 @@ def _load_warnings(
     ledger = AccountLedger()
     caplog.clear()
     with caplog.at_level(logging.WARNING, logger="driftshare._snapshot"):
-        keeper = SnapshotKeeper(ledger, file, identity, wall_clock=Clock(50_100.0))
+        keeper = SnapshotKeeper(ledger, file, identity, wall_clock=FakeClock(50_100.0))
         loaded = keeper.apply(keeper.read())
     return loaded, [r.getMessage() for r in caplog.records], ledger
 
@@ -226,7 +219,7 @@ def test_any_truncation_or_tail_garbage_is_refused(
 def test_live_data_replaces_the_snapshot_account_by_account(world: World, tmp_path: Path) -> None:
     file = _written(world, tmp_path)
     ledger = AccountLedger()
-    keeper = SnapshotKeeper(ledger, file, IDENTITY, wall_clock=Clock(50_100.0))
+    keeper = SnapshotKeeper(ledger, file, IDENTITY, wall_clock=FakeClock(50_100.0))
     keeper.apply(keeper.read())
     records = {r.pubkey: r for r in world_records(world, slot=40)}
     market0 = str(world.perp_market_pubkey(0))
@@ -363,12 +356,12 @@ def test_one_undecodable_account_in_a_sound_file_hides_only_its_market(
     file = tmp_path / "snap"
     write_snapshot(file, IDENTITY, ledger, wall_now=50_000.0, mono_now=1030.0)
     restored = AccountLedger()
-    keeper = SnapshotKeeper(restored, file, IDENTITY, wall_clock=Clock(50_100.0))
+    keeper = SnapshotKeeper(restored, file, IDENTITY, wall_clock=FakeClock(50_100.0))
     assert keeper.apply(keeper.read()) == len(ledger)
     source = WarmSource(restored)
     served = sorted(m.market_index for m in source.perp_markets())
     assert served == [i for i in world.perp_indexes() if i != 3]
-    assert source.unavailable(2)  # served, but never as fresh
+    assert source.perp_market(3) is None  # the undecodable one, and only it, is hidden
     assert source.current()
     source.close()
     assert not source.current()

@@ -21,6 +21,7 @@ from aiohttp import web
 from aiohttp.test_utils import TestServer
 from solana.rpc.async_api import AsyncClient
 
+from conftest import FakeClock
 from driftshare._metrics import REGISTRY
 from driftshare._transport import (
     RateLimitedTransport,
@@ -339,14 +340,6 @@ async def test_prometheus_metrics_follow_the_stats() -> None:
     assert [a - b for a, b in zip(after, before, strict=True)] == [2, 1, 4, 2, 1]
 
 
-class _Clock:
-    def __init__(self) -> None:
-        self.now = 0.0
-
-    def __call__(self) -> float:
-        return self.now
-
-
 def _rate_limit_lines(caplog: pytest.LogCaptureFixture) -> list[str]:
     return [r.getMessage() for r in caplog.records if "answered HTTP 429" in r.getMessage()]
 
@@ -354,7 +347,7 @@ def _rate_limit_lines(caplog: pytest.LogCaptureFixture) -> list[str]:
 async def test_429_storm_logs_once_then_one_summary_per_interval(
     caplog: pytest.LogCaptureFixture,
 ) -> None:
-    clock = _Clock()
+    clock = FakeClock()
     inner, _ = _script(then=httpx.Response(429))
     transport = _transport(inner, _Sleeps(), max_retries=9, clock=clock, log_interval_s=10.0)
     secret_url = "http://rpc.test/?api-key=SECRETKEY123"

@@ -5,28 +5,25 @@ from __future__ import annotations
 import asyncio
 import functools
 import json
-import re
-import signal
 import stat
 import threading
 import time
-from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
 
 import httpx
 import pytest
 
-from bench._harness import spawn_serve
-from conftest import eventually
+from bench._processes import ServeProcess
+from conftest import StartServe, eventually
 from driftshare import _snapshot
 from driftshare.adapter import DriftAdapter
 from driftshare.feed import DriftFundingFeed
 from driftshare.manager import DriftClientManager
+from driftshare.models import MarketData
 from driftshare.sim import Simulator
 from driftshare.sim.pytest_plugin import SimulatorFactory
 
-_LISTENING = re.compile(rb"dashboard listening on (http://\S+?)/?\s*$")
 _DEADLINE_S = 60.0
 
 
@@ -43,59 +40,12 @@ def _quick_restarts(rpc_url: str, snapshot: Path) -> dict[str, Any]:
     }
 
 
-class ServeProcess:
-    """One ``driftshare serve`` child process and its dashboard URL."""
-
-    def __init__(self, child: asyncio.subprocess.Process, url: str) -> None:
-        self.child = child
-        self.url = url
-        self.log: list[bytes] = []
-
-    async def get(self, path: str) -> httpx.Response:
-        async with httpx.AsyncClient(base_url=self.url, timeout=30) as http:
-            return await http.get(path)
-
-    async def stop(self) -> int:
-        if self.child.returncode is None:
-            self.child.send_signal(signal.SIGTERM)
-        return await asyncio.wait_for(self.child.wait(), _DEADLINE_S)
-
-
-async def start_serve(rpc_url: str, snapshot: Path, **env: str) -> ServeProcess:
-    child = await spawn_serve(rpc_url, snapshot, stderr=asyncio.subprocess.PIPE, **env)
-    assert child.stderr is not None
-    lines: list[bytes] = []
-    async with asyncio.timeout(_DEADLINE_S):
-        while True:
-            line = await child.stderr.readline()
-            if not line:
-                raise AssertionError(f"serve ended before listening: {b''.join(lines)!r}")
-            lines.append(line)
-            match = _LISTENING.search(line.rstrip())
-            if match:
-                process = ServeProcess(child, match.group(1).decode())
-                process.log = lines
-                asyncio.get_running_loop().create_task(_drain(child, lines))
-                return process
-
-
-async def _drain(child: asyncio.subprocess.Process, lines: list[bytes]) -> None:
-    assert child.stderr is not None
-    while line := await child.stderr.readline():
-        lines.append(line)
+async def _get(process: ServeProcess, path: str) -> httpx.Response:
+    async with httpx.AsyncClient(base_url=process.url, timeout=30) as http:
+        return await http.get(path)
 
 
 poll = functools.partial(eventually, within=_DEADLINE_S, every_s=0.05)
-
-
-@pytest.fixture
-async def processes() -> AsyncIterator[list[ServeProcess]]:
-    started: list[ServeProcess] = []
-    yield started
-    for process in started:
-        if process.child.returncode is None:
-            process.child.kill()
-            await process.child.wait()
 
 
 async def _dashboard_rows(process: ServeProcess) -> list[dict[str, Any]]:
@@ -113,37 +63,47 @@ async def _dashboard_rows(process: ServeProcess) -> list[dict[str, Any]]:
     raise AssertionError("the event stream ended")
 
 
+async def _every_market(count: int) -> list[MarketData]:
+    """The shared client's markets once it serves all ``count`` (a loaded machine may need
+    more than one start-up attempt of the quick settings)."""
+    found: list[MarketData] = []
+
+    async def served() -> bool:
+        found[:] = await DriftClientManager.get_all_perp_markets()
+        return len(found) == count
+
+    await poll(served, f"{count} markets served")
+    return found
+
+
 def _snapshots(folder: Path) -> list[Path]:
     return list(folder.glob("*.snapshot"))
 
 
 async def _markets(process: ServeProcess) -> list[dict[str, Any]]:
-    response = await process.get("/api/markets")
+    response = await _get(process, "/api/markets")
     assert response.status_code == 200, response.text
     markets: list[dict[str, Any]] = response.json()["markets"]
     return markets
 
 
-async def _serve_until_ready(
-    sim: Simulator, folder: Path, processes: list[ServeProcess]
-) -> ServeProcess:
-    process = await start_serve(sim.http_url, folder)
-    processes.append(process)
+async def _serve_until_ready(sim: Simulator, folder: Path, serve: StartServe) -> ServeProcess:
+    process = await serve(sim.http_url, snapshot=folder)
 
     async def ready() -> bool:
-        return (await process.get("/readyz")).status_code == 200
+        return (await _get(process, "/readyz")).status_code == 200
 
     await poll(ready, "first process ready")
     return process
 
 
 async def test_a_restart_with_the_rpc_down_answers_every_market_stale_from_the_first_answer(
-    simulator_factory: SimulatorFactory, tmp_path: Path, processes: list[ServeProcess]
+    simulator_factory: SimulatorFactory, tmp_path: Path, serve: StartServe
 ) -> None:
     sim = await simulator_factory(markets=8)
     world = sim.world
     assert world is not None
-    first = await _serve_until_ready(sim, tmp_path, processes)
+    first = await _serve_until_ready(sim, tmp_path, serve)
     live = {m["market_index"]: m for m in await _markets(first)}
     assert sorted(live) == world.perp_indexes()
     assert await first.stop() == 0
@@ -153,8 +113,7 @@ async def test_a_restart_with_the_rpc_down_answers_every_market_stale_from_the_f
     stopped_at = time.time()
 
     await sim.faults.down(3600)
-    second = await start_serve(sim.http_url, tmp_path)
-    processes.append(second)
+    second = await serve(sim.http_url, snapshot=tmp_path)
     markets = await _markets(second)  # the very first request
     assert sorted(m["market_index"] for m in markets) == world.perp_indexes()
     assert all(m["stale"] for m in markets)
@@ -162,8 +121,8 @@ async def test_a_restart_with_the_rpc_down_answers_every_market_stale_from_the_f
         assert market["oracle_price"] == live[market["market_index"]]["oracle_price"]
         # The data's true age: at least the time since the first process stopped.
         assert market["data_age_s"] >= time.time() - stopped_at - 0.5
-    assert (await second.get("/readyz")).status_code == 503
-    warm = (await second.get("/api/stats")).json()["manager"]["warm_start"]
+    assert (await _get(second, "/readyz")).status_code == 503
+    warm = (await _get(second, "/api/stats")).json()["manager"]["warm_start"]
     assert warm["loaded"] == warm["restored"] > len(live)  # markets, oracles and the State
     rows = await _dashboard_rows(second)
     assert len(rows) == len(live)
@@ -189,10 +148,10 @@ async def test_a_restart_with_the_rpc_down_answers_every_market_stale_from_the_f
     await poll(fresh, "fresh data replacing the snapshot")
 
     async def ready() -> bool:
-        return (await second.get("/readyz")).status_code == 200
+        return (await _get(second, "/readyz")).status_code == 200
 
     await poll(ready, "ready once fresh data arrived")
-    warm = (await second.get("/api/stats")).json()["manager"]["warm_start"]
+    warm = (await _get(second, "/api/stats")).json()["manager"]["warm_start"]
     assert warm["restored"] == 0
     assert await second.stop() == 0
 
@@ -201,11 +160,11 @@ async def test_a_restart_with_the_rpc_down_answers_every_market_stale_from_the_f
 async def test_a_bad_snapshot_is_ignored_and_the_process_still_starts(
     simulator_factory: SimulatorFactory,
     tmp_path: Path,
-    processes: list[ServeProcess],
+    serve: StartServe,
     damage: str,
 ) -> None:
     sim = await simulator_factory(markets=4)
-    first = await _serve_until_ready(sim, tmp_path, processes)
+    first = await _serve_until_ready(sim, tmp_path, serve)
     assert await first.stop() == 0
     (file,) = _snapshots(tmp_path)
     content = file.read_bytes()
@@ -218,24 +177,23 @@ async def test_a_bad_snapshot_is_ignored_and_the_process_still_starts(
         second_env["DRIFT_NETWORK"] = "devnet"
         file.rename(tmp_path / file.name.replace("mainnet", "devnet"))
 
-    second = await start_serve(sim.http_url, tmp_path, **second_env)
-    processes.append(second)
+    second = await serve(sim.http_url, snapshot=tmp_path, env=second_env)
 
     async def ready() -> bool:
-        return (await second.get("/readyz")).status_code == 200
+        return (await _get(second, "/readyz")).status_code == 200
 
     await poll(ready, "started as if there were no snapshot")
     markets = await _markets(second)
     assert len(markets) == 4
     assert not any(m["stale"] for m in markets)
     assert await second.stop() == 0
-    warnings = [line for line in second.log if b"ignoring the snapshot" in line]
+    warnings = [line for line in second.log if "ignoring the snapshot" in line]
     assert len(warnings) == 1, second.log
 
 
 async def test_reader_adapter_and_feed_answer_from_the_snapshot_while_the_rpc_is_down(
     simulator_factory: SimulatorFactory,
-    manager_settings: None,
+    clean_manager: None,
     frozen_now: float,
     tmp_path: Path,
 ) -> None:
@@ -244,7 +202,7 @@ async def test_reader_adapter_and_feed_answer_from_the_snapshot_while_the_rpc_is
     assert world is not None
     settings = _quick_restarts(sim.http_url, tmp_path)
     DriftClientManager.configure(**settings)
-    live = {m.market_index: m for m in await DriftClientManager.get_all_perp_markets()}
+    live = {m.market_index: m for m in await _every_market(6)}
     funding = await DriftClientManager.get_funding_rate(2)
     assert funding is not None
     assert not funding.stale
@@ -279,14 +237,14 @@ async def test_reader_adapter_and_feed_answer_from_the_snapshot_while_the_rpc_is
 
 async def test_the_snapshot_is_read_off_the_event_loop(
     simulator_factory: SimulatorFactory,
-    manager_settings: None,
+    clean_manager: None,
     tmp_path: Path,
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
     sim = await simulator_factory(markets=4)
     settings = _quick_restarts(sim.http_url, tmp_path)
     DriftClientManager.configure(**settings)
-    assert len(await DriftClientManager.get_all_perp_markets()) == 4
+    await _every_market(4)
     await DriftClientManager.shutdown()  # a clean shutdown writes the snapshot
 
     readers: list[threading.Thread] = []
@@ -314,7 +272,7 @@ async def test_the_snapshot_is_read_off_the_event_loop(
 @pytest.mark.parametrize("rpc_up", [True, False], ids=["rpc-up", "rpc-down"])
 async def test_a_fleet_member_reads_its_snapshot_only_without_a_fleet_to_join(  # noqa: PLR0917
     simulator_factory: SimulatorFactory,
-    manager_settings: None,
+    clean_manager: None,
     redis_server: Any,
     tmp_path: Path,
     redis_up: bool,
@@ -323,7 +281,7 @@ async def test_a_fleet_member_reads_its_snapshot_only_without_a_fleet_to_join(  
     sim = await simulator_factory(markets=4)
     settings = _quick_restarts(sim.http_url, tmp_path)
     DriftClientManager.configure(**settings)
-    assert len(await DriftClientManager.get_all_perp_markets()) == 4
+    await _every_market(4)
     first = DriftClientManager.shared_state()
     assert first is not None
     accounts = len(first.ledger)
@@ -414,3 +372,26 @@ async def test_a_restart_on_another_chain_drops_the_snapshot_once_it_answers(
         _snapshot.read_snapshot(shared.snapshots.file, shared.snapshots.identity).genesis_hash
         == warm["genesis_hash"]
     )
+
+
+async def test_the_snapshot_is_rewritten_every_interval_while_the_data_changes(
+    simulator: Simulator,
+    clean_manager: None,
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.setenv("DRIFT_SNAPSHOT_INTERVAL_S", "0.2")
+    DriftClientManager.configure(rpc_url=simulator.http_url, snapshot_path=tmp_path)
+    try:
+        assert await DriftClientManager.get_client() is not None
+        shared = DriftClientManager.shared_state()
+        assert shared is not None
+        keeper = shared.snapshots
+        assert keeper is not None
+        # Written while running, not only at shutdown; each step changes the data again.
+        await eventually(lambda: keeper.writes >= 1, sim=simulator, within=5, what="a write")
+        assert _snapshots(tmp_path)
+        written = keeper.writes
+        await eventually(lambda: keeper.writes > written, sim=simulator, within=5, what="another")
+    finally:
+        await DriftClientManager.shutdown()

@@ -7,7 +7,7 @@ import asyncio
 import dataclasses
 import socket
 import threading
-from collections.abc import Iterator
+from collections.abc import Awaitable, Iterator
 from pathlib import Path
 from urllib.parse import quote
 
@@ -19,13 +19,16 @@ from aiohttp.test_utils import TestClient, TestServer
 from hypothesis import HealthCheck, Phase, given, settings
 from hypothesis import strategies as st
 from schemathesis import DataGenerationMethod, experimental
+from schemathesis.checks import not_a_server_error
 
+from conftest import eventually
 from driftshare import _cli as cli
 from driftshare._serve import Runtime, ServeConfig
 from driftshare._web import LiveState, create_app
 from driftshare._web.api import OPENAPI
 from driftshare.manager import DriftClientManager
 from driftshare.models import FundingRateData, MarketData
+from driftshare.sim import Simulator
 from driftshare.sim.world import World
 
 MARKETS = 8
@@ -272,9 +275,13 @@ served_schema = schemathesis.from_pytest_fixture("openapi_schema")
 )
 def test_schemathesis_finds_no_server_error(case: schemathesis.Case) -> None:
     response = case.call()
-    assert response.status_code < 500, response.text
+    # /readyz answers 503 by design once the module's still chain has aged past 30 s.
+    not_ready = case.path == "/readyz" and response.status_code == 503
+    assert response.status_code < 500 or not_ready, response.text
     if case.data_generation_method == DataGenerationMethod.positive:
-        case.validate_response(response)
+        # A designed 503 is still held to the documented status codes and schema.
+        excluded = (not_a_server_error,) if not_ready else ()
+        case.validate_response(response, excluded_checks=excluded)
 
 
 _QUERY_KEYS = st.sampled_from(["sort", "order", "status", "limit", "x"])
@@ -381,3 +388,36 @@ def test_serve_rejects_bad_options_with_exit_status_2(
     assert exit_info.value.code == 2
     assert "Traceback" not in err
     assert args[0] in err
+
+
+async def test_readyz_turns_503_when_the_data_goes_stale_and_200_when_it_flows_again(
+    simulator: Simulator, manager_settings: None
+) -> None:
+    config = ServeConfig(
+        rpc_url=simulator.http_url,
+        port=0,
+        stale_after_s=1.0,
+        settings_overrides={"health_interval_s": 0.1, "stale_after_s": 1.0},
+    )
+    async with Runtime(config) as runtime, httpx.AsyncClient(base_url=runtime.url) as http:
+
+        async def status() -> int:
+            return (await http.get("/readyz")).status_code
+
+        await eventually(lambda: _is(status(), 200), sim=simulator, what="ready")
+        # The RPC keeps answering getSlot, but no account is notified or can be read.
+        shared = DriftClientManager.shared_state()
+        assert shared is not None
+        keys = list(shared.tap.pubkeys())  # type: ignore[union-attr]
+        simulator.faults.set_stall(True)
+        for key in keys:
+            simulator.faults.hide(key)
+        await eventually(lambda: _is(status(), 503), sim=simulator, what="not ready")
+        simulator.faults.set_stall(False)
+        for key in keys:
+            simulator.faults.restore(key)
+        await eventually(lambda: _is(status(), 200), sim=simulator, what="ready again")
+
+
+async def _is(answer: Awaitable[int], expected: int) -> bool:
+    return await answer == expected

@@ -1,24 +1,32 @@
 """The built wheel, installed without extras into a fresh virtualenv, is a working library.
 
-The virtualenv gets the wheel and only the library's own dependencies (pinned by
-requirements.lock, so pip's cache or the package index serves them); the simulator it talks
-to runs here, from the full environment.
+The virtualenv gets the wheel and sees only the library's own dependencies (pinned by
+requirements.lock) and pytest. Those live in a virtualenv of their own under ``.venv/``,
+named by the hash of the lock and the declared dependencies: built once (pip's cache or the
+package index serves them), then reused until either changes. The simulator it talks to
+runs here, from the full environment.
 """
 
 from __future__ import annotations
 
 import asyncio
+import hashlib
 import json
 import os
+import shutil
 import subprocess
 import sys
+import sysconfig
+import tempfile
 import textwrap
+import tomllib
 import venv
+import zipfile
 from pathlib import Path
 
 import pytest
 
-from driftshare import models
+from conftest import GroundTruth
 from driftshare.sim import Simulator
 
 REPO = Path(__file__).resolve().parents[1]
@@ -82,15 +90,46 @@ def _run(*command: str | Path) -> subprocess.CompletedProcess[str]:
     return done
 
 
+def _site_packages(root: Path) -> Path:
+    relative = sysconfig.get_path("purelib", vars={"base": ".", "platbase": "."})
+    return root / relative
+
+
+def _dependencies() -> Path:
+    """The virtualenv of the library's dependencies and pytest, built when missing."""
+    lock = REPO / "requirements.lock"
+    declared = tomllib.loads((REPO / "pyproject.toml").read_text())["project"]["dependencies"]
+    wanted = [*declared, "pytest"]
+    key = hashlib.sha256(lock.read_bytes() + json.dumps(wanted).encode()).hexdigest()[:16]
+    target = REPO / ".venv" / f"wheel-deps-{key}"
+    if (target / "bin" / "python").exists():
+        return target
+    target.parent.mkdir(exist_ok=True)
+    # Built aside and renamed, so a run cut short leaves nothing that looks complete.
+    building = Path(tempfile.mkdtemp(dir=target.parent, prefix="wheel-deps-building-"))
+    try:
+        venv.create(building, with_pip=True)
+        _run(building / "bin" / "python", "-m", "pip", "install", "-q", "-c", lock, *wanted)
+        building.rename(target)
+    except BaseException:
+        shutil.rmtree(building, ignore_errors=True)
+        raise
+    return target
+
+
 @pytest.fixture(scope="module")
 def bare_python(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """A fresh virtualenv holding the wheel of this checkout, installed without extras."""
+    """A fresh virtualenv holding the wheel of this checkout, installed without extras, on
+    top of the cached dependencies (a ``.pth`` file puts them on its path)."""
     root = tmp_path_factory.mktemp("wheel")
+    dependencies = _dependencies()
     _run(sys.executable, "-m", "pip", "wheel", "-q", "--no-deps", "-w", root / "dist", REPO)
     (wheel,) = (root / "dist").glob("driftshare-*.whl")
-    venv.create(root / "venv", with_pip=True)
+    venv.create(root / "venv", with_pip=False)
     python = root / "venv" / "bin" / "python"
-    _run(python, "-m", "pip", "install", "-q", "-c", REPO / "requirements.lock", wheel)
+    pth = _site_packages(root / "venv") / "dependencies.pth"
+    pth.write_text(f"{_site_packages(dependencies)}\n")
+    _run(sys.executable, "-m", "pip", "--python", python, "install", "-q", "--no-deps", wheel)
     return python
 
 
@@ -122,19 +161,16 @@ async def test_bare_install_serves_funding_from_a_simulator(
 
     world = simulator.world
     assert world is not None
-    market = world.perp_market(0)
-    truth = models.funding_rate_from_market(market, oracle_price_data=None)
     rate = result["rate"]
     assert rate is not None
     assert (rate["market"], rate["market_index"], rate["stale"]) == ("SOL-PERP", 0, False)
-    assert rate["rate_hourly"] == truth.rate_hourly
+    assert rate["rate_hourly"] == GroundTruth(simulator, now=0).rate_hourly(0)
     assert rate["oracle_price"] == pytest.approx(world.oracle_price(0), rel=1e-6)
 
 
 def test_pytest_without_pytest_asyncio_ignores_the_plugin(
     bare_python: Path, tmp_path: Path
 ) -> None:
-    _run(bare_python, "-m", "pip", "install", "-q", "-c", REPO / "requirements.lock", "pytest")
     (tmp_path / "test_plain.py").write_text("def test_plain():\n    assert True\n")
     # anchorpy (a driftpy dependency) registers a plugin that imports pytest_asyncio itself.
     done = _run(
@@ -150,3 +186,10 @@ def test_pytest_without_pytest_asyncio_ignores_the_plugin(
     )
     assert "driftshare._pytest_plugin" in done.stdout
     assert "1 passed" in done.stdout
+
+
+def test_the_wheel_holds_no_test_or_benchmark_harness(bare_python: Path) -> None:
+    (wheel,) = (bare_python.parents[2] / "dist").glob("driftshare-*.whl")
+    names = zipfile.ZipFile(wheel).namelist()
+    assert "driftshare/__init__.py" in names
+    assert [n for n in names if n.startswith(("bench/", "tests/")) or "harness" in n] == []

@@ -12,7 +12,7 @@ from collections.abc import Callable
 from dataclasses import asdict, dataclass
 from typing import Any
 
-from bench._harness import run_worker, simulator
+from bench._harness import run_worker, run_workers, simulator
 
 __all__ = [
     "CASES",
@@ -73,14 +73,14 @@ class BenchConfig:
     def quick_preset(cls) -> BenchConfig:
         return cls(
             quick=True,
-            engines=(1, 4),
+            engines=(2,),
             window_s=1.0,
-            markets=30,
-            cold_markets=(30,),
+            markets=8,
+            cold_markets=(8,),
             cold_repeats=1,
-            hit_calls=2_000,
-            miss_calls_funding=200,
-            miss_calls_markets=20,
+            hit_calls=200,
+            miss_calls_funding=50,
+            miss_calls_markets=5,
             stampede_callers=100,
             legacy_stampede_callers=4,
             limit_engines=(2,),
@@ -105,21 +105,19 @@ def rpc_cost(config: BenchConfig) -> dict[str, Any]:
     funding of every market every 100 ms for ``window_s``. The simulator counts what it
     served from the worker's start to its exit, start-up included.
     """
-    runs: list[dict[str, Any]] = []
-    for mode in ("websocket", "polling"):
-        with simulator(markets=config.markets) as sim:
-            for path in PATHS:
-                for engines in config.engines:
-                    params = {
-                        "kind": "engines",
-                        "path": path,
-                        "mode": mode,
-                        "engines": engines,
-                        "markets": config.markets,
-                        "window_s": config.window_s,
-                    }
-                    result = run_worker(sim, params)
-                    runs.append({"mode": mode, "path": path, "engines": engines, **result})
+    plan = [
+        {"mode": mode, "path": path, "engines": engines}
+        for mode in ("websocket", "polling")
+        for path in PATHS
+        for engines in config.engines
+    ]
+    params = [
+        {"kind": "engines", **run, "markets": config.markets, "window_s": config.window_s}
+        for run in plan
+    ]
+    with simulator(markets=config.markets) as sim:
+        results = run_workers(sim, params, one_process=config.quick)
+    runs = [{**run, **result} for run, result in zip(plan, results, strict=True)]
     summary: dict[str, Any] = {}
     for mode in ("websocket", "polling"):
         for path in PATHS:
@@ -143,23 +141,25 @@ def latency(config: BenchConfig) -> dict[str, Any]:
         ("DriftAdapter (shared)", "adapter", "shared"),
         ("DriftAdapter (legacy)", "adapter", "legacy"),
     )
-    rows: list[dict[str, Any]] = []
+    plan = [(label, api, path, miss) for label, api, path in apis for miss in (False, True)]
+    params = [
+        {
+            "kind": "latency",
+            "api": api,
+            "path": path,
+            "miss": miss,
+            "markets": config.markets,
+            "calls_funding": config.miss_calls_funding if miss else config.hit_calls,
+            "calls_markets": config.miss_calls_markets if miss else config.hit_calls,
+        }
+        for _, api, path, miss in plan
+    ]
     with simulator(markets=config.markets) as sim:
-        for label, api, path in apis:
-            for miss in (False, True):
-                params = {
-                    "kind": "latency",
-                    "api": api,
-                    "path": path,
-                    "miss": miss,
-                    "markets": config.markets,
-                    "calls_funding": config.miss_calls_funding if miss else config.hit_calls,
-                    "calls_markets": config.miss_calls_markets if miss else config.hit_calls,
-                }
-                result = run_worker(sim, params)
-                rows.append(
-                    {"api": label, "path": path, "cache": "miss" if miss else "hit", **result}
-                )
+        results = run_workers(sim, params, one_process=config.quick)
+    rows = [
+        {"api": label, "path": path, "cache": "miss" if miss else "hit", **result}
+        for (label, _, path, miss), result in zip(plan, results, strict=True)
+    ]
     return {"rows": rows}
 
 
@@ -193,16 +193,15 @@ def cold_start(config: BenchConfig) -> dict[str, Any]:
 
 def stampede(config: BenchConfig) -> dict[str, Any]:
     """Case 5: many first callers at once: how many clients start, how long until all served."""
-    rows: list[dict[str, Any]] = []
+    plan = [
+        ("shared", config.stampede_callers),
+        ("shared", config.legacy_stampede_callers),
+        ("legacy", config.legacy_stampede_callers),
+    ]
+    params = [{"kind": "stampede", "path": path, "callers": callers} for path, callers in plan]
     with simulator(markets=config.markets) as sim:
-        plan = [
-            ("shared", config.stampede_callers),
-            ("shared", config.legacy_stampede_callers),
-            ("legacy", config.legacy_stampede_callers),
-        ]
-        for path, callers in plan:
-            result = run_worker(sim, {"kind": "stampede", "path": path, "callers": callers})
-            rows.append({"path": path, **result})
+        results = run_workers(sim, params, one_process=config.quick)
+    rows = [{"path": path, **result} for (path, _), result in zip(plan, results, strict=True)]
     return {"rows": rows}
 
 

@@ -37,7 +37,9 @@ async def unsubscribe_fully(subscriber: Any) -> None:
         try:
             await asyncio.shield(task)
         except asyncio.CancelledError as exc:
-            if not task.done():  # the caller was cancelled, not the unsubscription
+            # The caller was cancelled (the unsubscription was not), even when the task
+            # ended in the same step: the cancellation is owed to the caller all the same.
+            if not task.cancelled():
                 cancelled = cancelled or exc
         except Exception:  # reported below, from the task itself
             break

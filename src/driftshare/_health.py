@@ -16,24 +16,30 @@ import math
 import time
 from collections.abc import Callable
 from datetime import UTC, datetime
-from typing import TYPE_CHECKING, Any
+from typing import Any, Protocol
 
 import httpx
 from driftpy.types import get_ws_url
 from solana.rpc.websocket_api import connect as ws_connect
 
 from driftshare import _metrics as metrics
+from driftshare._endpoints import EndpointSelector
+from driftshare._freshness import Confirmer
 from driftshare._generation import Generation
 from driftshare._grpc_subscription import grpc_works
+from driftshare._ledger import AccountLedger
 from driftshare._marketdata import ClientSource, confirmed
 from driftshare._subscription import SubscriptionMode, newest_data_slot
 from driftshare._tasks import cancel_all
-from driftshare._transport import install_transport, retry_after_seconds
-from driftshare.config import redact_text, redact_url
+from driftshare._transport import (
+    RateLimitedTransport,
+    RpcStats,
+    SharedLimits,
+    install_transport,
+    retry_after_seconds,
+)
+from driftshare.config import Settings, redact_text, redact_url
 from driftshare.models import market_name
-
-if TYPE_CHECKING:
-    from driftshare._lifecycle import SharedClient
 
 __all__ = [
     "data_slot",
@@ -47,6 +53,65 @@ __all__ = [
 ]
 
 log = logging.getLogger(__name__)
+
+
+class SharedClient(Protocol):
+    """What the checks read and drive of :class:`driftshare._lifecycle.SharedClient`
+    (a protocol, so that this module does not import the one that runs it)."""
+
+    health: str
+    last_error: str | None
+    mode_switches: int
+    grpc_down_since: float | None
+
+    @property
+    def network(self) -> str: ...
+
+    @property
+    def settings(self) -> Settings: ...
+
+    @property
+    def endpoints(self) -> EndpointSelector: ...
+
+    @property
+    def limits(self) -> SharedLimits: ...
+
+    @property
+    def rpc(self) -> RpcStats: ...
+
+    @property
+    def ledger(self) -> AccountLedger: ...
+
+    @property
+    def confirmer(self) -> Confirmer: ...
+
+    @property
+    def gen(self) -> Generation | None: ...
+
+    @property
+    def refs(self) -> int: ...
+
+    @property
+    def mode(self) -> SubscriptionMode: ...
+
+    @property
+    def client(self) -> Any: ...
+
+    @property
+    def initialized(self) -> bool: ...
+
+    def data_flows(self) -> bool: ...
+
+    def grpc_token(self) -> str | None: ...
+
+    def transport(self) -> RateLimitedTransport: ...
+
+    async def _ready(self, gen: Generation) -> Any: ...
+
+    async def _subscribe(self, gen: Generation, mode: SubscriptionMode) -> None: ...
+
+    async def _discard_subscriber(self, gen: Generation) -> None: ...
+
 
 _UNHEALTHY_CHECKS_BEFORE_RECONNECT = 3
 # With several endpoints: how often the active one's data flow is checked (and, if silent,

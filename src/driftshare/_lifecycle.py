@@ -135,7 +135,7 @@ class SharedClient:
         self.config_error: str | None = None
         """Set once a setting makes every start fail (a bad DRIFT_KEYPAIR): no retries."""
         self.unavailable: dict[int, str] = {}
-        self.ledger = AccountLedger()
+        self.ledger: AccountLedger = AccountLedger()
         """Every subscribed account's raw bytes, slot and confirmation, across generations."""
         self.tap: AccountTap | None = None
         self.last_confirmed_at: float | None = None
@@ -641,7 +641,10 @@ class SharedClient:
         """
         try:
             await self.accounts.attach(subscriber, tap)
-            await asyncio.wait_for(subscriber.subscribe(), self.settings.init_timeout_s)
+            # asyncio.timeout, not wait_for: Python 3.11's wait_for drops a cancellation that
+            # arrives as the subscription completes.
+            async with asyncio.timeout(self.settings.init_timeout_s):
+                await subscriber.subscribe()
             gen.check()
         except BaseException:
             await unsubscribe_fully(subscriber)

@@ -306,6 +306,16 @@ def _ref(name: str) -> dict[str, str]:
     return {"$ref": f"#/components/schemas/{name}"}
 
 
+_READINESS: dict[str, Any] = {
+    "type": "object",
+    "required": ["status", "reason"],
+    "properties": {
+        "status": {"type": "string", "enum": ["ready", "not_ready"]},
+        "reason": {"type": "string"},
+    },
+}
+
+
 def _json(schema: dict[str, Any], description: str) -> dict[str, Any]:
     return {"description": description, "content": {"application/json": {"schema": schema}}}
 
@@ -437,11 +447,15 @@ OPENAPI: dict[str, Any] = {
         ),
         "/api/openapi.json": _get("This document", _json(_OBJECT, "OpenAPI 3.0")),
         "/healthz": _get("Liveness", _json(_OBJECT, "alive")),
-        "/readyz": _get(
-            "Readiness: fresh data from the shared client",
-            _json(_OBJECT, "ready"),
-            errors=(503,),
-        ),
+        "/readyz": {
+            "get": {
+                "summary": "Readiness: fresh data from the shared client",
+                "responses": {
+                    "200": _json(_READINESS, "ready"),
+                    "503": _json(_READINESS, "not ready, and why"),
+                },
+            }
+        },
         "/metrics": _get(
             "Prometheus metrics",
             {

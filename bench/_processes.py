@@ -1,26 +1,31 @@
-"""Real parts on loopback for the fleet tests and benchmarks: Debian's ``redis-server`` and
-``driftshare serve`` processes, each on a free port.
+"""Real parts on loopback for the tests and the benchmarks: Debian's ``redis-server`` and
+``driftshare serve`` processes.
 
-Redis runs without persistence, so a restart starts empty, as a wiped Redis would.
+Redis runs without persistence, so a restart starts empty, as a wiped Redis would. Every
+port is safe under pytest-xdist and beside other test runs: serve listens on port 0 and
+reports its URL; :func:`free_port` hands out ports below the kernel's ephemeral range, so
+no outgoing connection takes one between the pick and the bind.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import itertools
 import os
+import random
+import re
 import shutil
 import signal
 import socket
 import ssl
 import subprocess
 import sys
-import tempfile
 import time
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import IO, Any
+from typing import Any
 
 import httpx
 
@@ -33,17 +38,31 @@ __all__ = [
     "all_ready",
     "free_port",
     "fresh_after",
+    "stop_all",
 ]
 
 _START_TIMEOUT_S = 10.0
 
 
+# Below Linux's default ephemeral range (32768-60999), where bind(0) and outgoing
+# connections take their ports: a port picked here stays free until its user binds it.
+_PORTS = range(20000, 32768)
+# Each process walks the range from its own random start, so xdist workers and concurrent
+# test runs rarely meet; a port someone else holds fails the bind check and is skipped.
+_next_port = itertools.count(random.SystemRandom().randrange(len(_PORTS)))
+
+
 def free_port() -> int:
-    """A TCP port free on 127.0.0.1 right now."""
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        port: int = sock.getsockname()[1]
-        return port
+    """A TCP port on 127.0.0.1 that nothing holds now and no outgoing connection will take."""
+    for _ in range(len(_PORTS)):
+        port = _PORTS[next(_next_port) % len(_PORTS)]
+        with socket.socket() as sock:
+            try:
+                sock.bind(("127.0.0.1", port))
+            except OSError:
+                continue
+            return port
+    raise OSError("no free port on 127.0.0.1")
 
 
 class RedisServerError(RuntimeError):
@@ -85,6 +104,7 @@ class RedisServer:
         if not shutil.which(executable):
             raise RedisServerError("redis-server is not installed (apt-get install redis-server)")
         self.executable = executable
+        self._port_chosen = port is None
         self.port = port or free_port()
         self.password = password
         self.tls = tls
@@ -102,7 +122,19 @@ class RedisServer:
         return self._process is not None and self._process.poll() is None
 
     def start(self) -> None:
-        """Start and wait until it accepts connections."""
+        """Start and wait until it answers as Redis. On a port of its own choosing, one that
+        another process took meanwhile is given up for the next free one."""
+        for _ in range(5):
+            try:
+                self._start_once()
+                return
+            except RedisServerError:
+                if not self._port_chosen:
+                    raise
+                self.port = free_port()
+        raise RedisServerError("redis-server found no free port")
+
+    def _start_once(self) -> None:
         command = [self.executable, "--bind", "127.0.0.1"]
         command += ["--save", "", "--appendonly", "no", "--protected-mode", "no"]
         if self.tls is None:
@@ -121,7 +153,9 @@ class RedisServer:
             if self._process.poll() is not None:
                 raise RedisServerError(f"redis-server exited with {self._process.returncode}")
             try:
-                if self._answers():
+                # Redis's own answer (PONG, or NOAUTH with a password) from our live process:
+                # anything else is another server on the port.
+                if self._answers() and self._process.poll() is None:
                     return
             except OSError:
                 # Not listening yet: poll the port, there is no readiness event to wait on.
@@ -136,7 +170,11 @@ class RedisServer:
                 context = ssl.create_default_context(cafile=self.tls.cert)
                 sock = context.wrap_socket(raw, server_hostname="127.0.0.1")
             sock.sendall(b"PING\r\n")
-            return bool(sock.recv(64))
+            answer = sock.recv(64)
+            if answer.startswith((b"+PONG", b"-NOAUTH")):
+                return True
+            self.kill()
+            raise RedisServerError(f"another server answers on port {self.port}: {answer[:40]!r}")
 
     def kill(self) -> None:
         """SIGKILL, as a crash would; wait until it is gone."""
@@ -251,53 +289,113 @@ class TcpProxy:
             sink.close()
 
 
-class ServeProcess:
-    """``driftshare serve`` on a free loopback port, optionally a fleet member.
+_LISTENING = re.compile(r"dashboard listening on (http://\S+?)/?\s*$")
+_SERVE_START_TIMEOUT_S = 60.0
+_SERVE_STOP_TIMEOUT_S = 10.0
 
-    Its stderr goes to a temporary file (:attr:`log_path`) for a failing test to show.
+
+class ServeProcess:
+    """``driftshare serve`` on a port of its choosing (port 0), optionally a fleet member or
+    restarted on a snapshot folder; the one way the tests and the benchmarks run it.
+
+    ``await start()`` returns once it listens (:attr:`url`); its stderr is kept in
+    :attr:`log` for a failing test to show. ``await stop()`` is SIGTERM and an await of the
+    exit, so the event loop (and a simulator on it) keeps serving the child's clean shutdown.
     """
 
     def __init__(
         self,
         rpc_url: str,
-        share_url: str | None,
+        share_url: str | None = None,
         *,
         engines: Sequence[str] = (),
+        snapshot: Path | None = None,
         env: Mapping[str, str] | None = None,
     ) -> None:
         self.rpc_url = rpc_url
         self.share_url = share_url
         self.engines = list(engines)
+        self.snapshot = snapshot
         self.env = dict(env or {})
-        self.port = free_port()
-        self.url = f"http://127.0.0.1:{self.port}"
-        self.process: subprocess.Popen[bytes] | None = None
-        self._log: IO[bytes] | None = None
-        self.log_path: Path | None = None
+        self.url = ""
+        self.log: list[str] = []
+        self.process: asyncio.subprocess.Process | None = None
+        self._drain: asyncio.Task[None] | None = None
+        self._listening = asyncio.Event()
 
-    def start(self) -> None:
-        command = [sys.executable, "-m", "driftshare", "serve", "--rpc-url", self.rpc_url]
-        command += ["--port", str(self.port)]
+    def _environ(self) -> dict[str, str]:
+        env = {**os.environ, "COLUMNS": "400"}  # log lines do not wrap
+        if self.share_url is None:
+            env.pop("DRIFT_SHARE_URL", None)  # a standalone process, whatever the caller's env
+        if self.snapshot is not None:
+            # The snapshot is written at a clean shutdown only; start-up gives up soon and
+            # retries quickly, so a start with the RPC down answers from the snapshot at once.
+            env |= {
+                "DRIFT_SNAPSHOT_PATH": str(self.snapshot),
+                "DRIFT_SNAPSHOT_INTERVAL_S": "3600",
+                "DRIFT_MAX_RETRIES": "0",
+                "DRIFT_RETRY_BACKOFF": "0.2",
+                "DRIFT_RETRY_BACKOFF_CAP": "0.5",
+                "DRIFT_INIT_TIMEOUT_S": "5",
+            }
+        return env | self.env
+
+    async def spawn(self) -> None:
+        """Start the process; :meth:`listening` awaits its URL."""
+        command = ["-m", "driftshare", "serve", "--rpc-url", self.rpc_url, "--port", "0"]
         if self.share_url is not None:
             command += ["--share-url", self.share_url]
         if self.engines:
             command += ["--engines", ",".join(self.engines)]
-        env = {**os.environ, **self.env}
-        if self.share_url is None:
-            env.pop("DRIFT_SHARE_URL", None)  # a standalone process, whatever the caller's env
-        self._log = tempfile.NamedTemporaryFile(prefix="driftshare-serve-", suffix=".log")  # noqa: SIM115
-        self.log_path = Path(self._log.name)
-        self.process = subprocess.Popen(
-            command, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=self._log, env=env
+        self.process = await asyncio.create_subprocess_exec(
+            sys.executable,
+            *command,
+            stdin=asyncio.subprocess.DEVNULL,
+            stdout=asyncio.subprocess.DEVNULL,
+            stderr=asyncio.subprocess.PIPE,
+            env=self._environ(),
         )
+        self._drain = asyncio.get_running_loop().create_task(self._read_log())
+
+    async def _read_log(self) -> None:
+        assert self.process is not None
+        assert self.process.stderr is not None
+        while line := await self.process.stderr.readline():
+            text = line.decode(errors="replace").rstrip()
+            self.log.append(text)
+            match = _LISTENING.search(text)
+            if match and not self.url:
+                self.url = match.group(1)
+                self._listening.set()
+
+    async def listening(self, within: float = _SERVE_START_TIMEOUT_S) -> None:
+        """Wait until the dashboard listens; AssertionError with the log if it ends first."""
+        assert self._drain is not None, "spawn() first"
+        heard = asyncio.ensure_future(self._listening.wait())
+        try:
+            await asyncio.wait({heard, self._drain}, timeout=within, return_when="FIRST_COMPLETED")
+        finally:
+            heard.cancel()
+        if not self.url:
+            ended = "ended" if self._drain.done() else f"did not listen within {within:g} s"
+            raise AssertionError(f"serve {ended}:\n{self.log_text()}")
+
+    async def start(self) -> None:
+        """Spawn and wait until it listens."""
+        await self.spawn()
+        await self.listening()
 
     @property
     def pid(self) -> int:
         assert self.process is not None
         return self.process.pid
 
+    @property
+    def returncode(self) -> int | None:
+        return None if self.process is None else self.process.returncode
+
     def alive(self) -> bool:
-        return self.process is not None and self.process.poll() is None
+        return self.process is not None and self.process.returncode is None
 
     async def get(self, client: httpx.AsyncClient, path: str) -> Any | None:
         """The JSON at ``path``, or None while the process does not answer."""
@@ -326,27 +424,38 @@ class ServeProcess:
         return 0
 
     def log_text(self) -> str:
-        return "" if self.log_path is None else self.log_path.read_text(errors="replace")
+        return "\n".join(self.log)
 
-    def kill(self) -> None:
-        """SIGKILL, as a crash would."""
+    async def kill(self) -> None:
+        """SIGKILL, as a crash would, and wait until it is gone."""
         if self.alive():
             assert self.process is not None
             self.process.kill()
-            self.process.wait()
+        await self._finish()
 
-    def stop(self) -> None:
-        """SIGTERM and wait (SIGKILL after 10 s)."""
+    async def stop(self, within: float = _SERVE_STOP_TIMEOUT_S) -> int | None:
+        """SIGTERM and await the exit (SIGKILL after ``within`` s); the exit code, 0 for a
+        clean shutdown, -9 for one that hung."""
         if self.alive():
             assert self.process is not None
             self.process.send_signal(signal.SIGTERM)
             try:
-                self.process.wait(10)
-            except subprocess.TimeoutExpired:
-                self.kill()
-        if self._log is not None:
-            self._log.close()
-            self._log = None
+                await asyncio.wait_for(self.process.wait(), within)
+            except TimeoutError:
+                self.process.kill()
+        await self._finish()
+        return self.returncode
+
+    async def _finish(self) -> None:
+        if self.process is not None:
+            await self.process.wait()
+        if self._drain is not None:
+            await self._drain
+
+
+async def stop_all(procs: Iterable[ServeProcess]) -> list[int | None]:
+    """Stop every process at once; their exit codes, in order."""
+    return list(await asyncio.gather(*(p.stop() for p in procs)))
 
 
 async def all_ready(
