@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import Callable
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Protocol
 
 from driftpy.account_subscription_config import AccountSubscriptionConfig
 from driftpy.drift_client import DriftClient
@@ -16,9 +16,43 @@ from driftshare._subscription import AccountTap
 from driftshare._tx import install_path
 
 if TYPE_CHECKING:
-    from driftshare._lifecycle import SharedClient
+    from driftshare._generation import Generation
+    from driftshare._tx.path import TransactionPath
+    from driftshare.config import Settings
 
 __all__ = ["SharedHost", "signer_client"]
+
+
+class SharedClient(Protocol):
+    """What a host reads of :class:`driftshare._lifecycle.SharedClient` (a protocol, so that
+    the accounts do not import the lifecycle that holds them)."""
+
+    @property
+    def network(self) -> str: ...
+
+    @property
+    def ledger(self) -> AccountLedger: ...
+
+    @property
+    def settings(self) -> Settings: ...
+
+    @property
+    def tap(self) -> AccountTap | None: ...
+
+    @property
+    def client(self) -> Any: ...
+
+    @property
+    def gen(self) -> Generation | None: ...
+
+    @property
+    def initialized(self) -> bool: ...
+
+    @property
+    def health(self) -> str: ...
+
+    @property
+    def tx(self) -> TransactionPath: ...
 
 
 async def signer_client(
