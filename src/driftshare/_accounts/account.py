@@ -7,7 +7,7 @@ import functools
 import logging
 from collections.abc import Callable
 from contextlib import suppress
-from typing import TYPE_CHECKING, Any, TypeVar, cast
+from typing import Any, Protocol, TypeVar, cast
 
 from driftpy.drift_client import DriftClient
 from driftpy.drift_user import DriftUser
@@ -15,14 +15,23 @@ from solders.keypair import Keypair
 from solders.pubkey import Pubkey
 
 from driftshare._accounts import reads
+from driftshare._accounts.host import AccountHost
 from driftshare._accounts.signer import Signer
 from driftshare._ledger import AccountRecord
 from driftshare.models import AccountInfo, AccountRead, AccountStatus, OrderInfo, PositionInfo
 
-if TYPE_CHECKING:
-    from driftshare._accounts.registry import AccountRegistry
-
 __all__ = ["SubAccount"]
+
+
+class AccountRegistry(Protocol):
+    """What an account asks of the :class:`driftshare._accounts.registry.AccountRegistry`
+    holding it (a protocol, so that the two modules do not import each other)."""
+
+    host: AccountHost
+
+    async def refresh(self, account: SubAccount) -> None:
+        """Read ``account``'s User account now and apply it (never raises)."""
+
 
 log = logging.getLogger(__name__)
 
