@@ -132,9 +132,16 @@ async def _landing_late(sim: Simulator) -> None:
     sim.faults.delay_landing(1.0)
 
 
+def _refused(sim: Simulator) -> int:
+    by_signer = sim.stats()["transactions"]["by_signer"].values()
+    return sum(int(counts.get("refused", 0)) for counts in by_signer)
+
+
 async def _blockhash_refused_for_a_while(sim: Simulator) -> None:
+    refused_before = _refused(sim)
     sim.faults.expire_blockhashes(0)
-    await asyncio.sleep(1.0)
+    # Lifted once the chain has refused a send for its blockhash, not after a fixed wait.
+    await eventually(lambda: _refused(sim) > refused_before, "a send refused for its blockhash")
     sim.faults.expire_blockhashes(150)
 
 
