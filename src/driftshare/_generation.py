@@ -67,6 +67,8 @@ class Generation:
         self.after = after
         self.client: Any = None
         self.connection: AsyncClient | None = None
+        self.genesis: str | None = None
+        """The RPC's chain (its genesis hash), asked once per life: by the fleet or the snapshot."""
         self.created_at = time.monotonic()
         self.ready_at: float | None = None
         self.retired = False

@@ -475,7 +475,7 @@ class SharedClient:
             # A fleet shares one chain: its identity is signed into every record and checked
             # against the group's, so the upstream must say which chain it serves first.
             try:
-                genesis = (await gen.connection.get_genesis_hash()).value  # type: ignore[union-attr]
+                genesis = await self._genesis(gen)
             except Exception:
                 # No chain identity, no fleet: the snapshot answers until the RPC does.
                 await self.load_snapshot()
@@ -485,7 +485,7 @@ class SharedClient:
 
             gen.fleet = FleetMember(
                 self.settings,
-                Chain(self.network, str(genesis), str(gen.client.program_id)),
+                Chain(self.network, genesis, str(gen.client.program_id)),
                 self.ledger,
                 lambda: self._on_fleet_change(gen),
                 data_flows=self.upstream_answers,
@@ -565,14 +565,21 @@ class SharedClient:
         """Ask the RPC for its chain's genesis hash: a snapshot of another chain is dropped."""
         if self._warming is not None:
             await asyncio.shield(self._warming)  # its accounts are in the ledger before the check
-        if gen.connection is None:
-            raise RuntimeError("no connection")
-        genesis = str((await gen.connection.get_genesis_hash()).value)
+        genesis = await self._genesis(gen)
         gen.check()
         dropped = self.snapshots is not None and self.snapshots.on_chain(genesis)
         if dropped and self._warm is not None:
             self._warm.close()  # nothing of the snapshot's is left to serve
             self._warm = None
+
+    @staticmethod
+    async def _genesis(gen: Generation) -> str:
+        """The genesis hash of the chain ``gen``'s RPC serves, asked once per generation."""
+        if gen.genesis is None:
+            if gen.connection is None:
+                raise RuntimeError("no connection")
+            gen.genesis = str((await gen.connection.get_genesis_hash()).value)
+        return gen.genesis
 
     def _on_fleet_change(self, gen: Generation) -> None:
         """Leader or follower changed: subscribe upstream, or follow, with the same client."""
