@@ -76,6 +76,8 @@ class SubAccount:
         """Reads are stale until the User account is confirmed at this slot."""
         self._waiters: list[tuple[int, asyncio.Future[bool]]] = []
         self._computed: dict[str, tuple[tuple[AccountRecord, ...], Any]] = {}
+        self._failing: set[str] = set()
+        """Reads that failed last time: logged once per failure, not once per read."""
         """Each read's last value, with the records it was computed from."""
 
     @property
@@ -167,8 +169,12 @@ class SubAccount:
                 if records:
                     self._computed[what] = (records, value)
         except Exception as exc:  # a missing market or undecodable account: no value
-            log.warning("cannot read the %s of %r: %r", what, self, exc)
+            # A dashboard reads every second: warn when a read starts failing, not each time.
+            level = logging.DEBUG if what in self._failing else logging.WARNING
+            self._failing.add(what)
+            log.log(level, "cannot read the %s of %r: %r", what, self, exc)
             return None
+        self._failing.discard(what)
         return _stamped(value, fresh)
 
     def account_info(self) -> AccountInfo | None:
