@@ -29,9 +29,9 @@ from solana.rpc.commitment import Confirmed
 from solders.keypair import Keypair
 
 from bench._harness import counted, percentiles
-from driftshare._ledger import AccountLedger
-from driftshare._marketdata import ClientSource, MarketDataReader, MarketSource
-from driftshare._subscription import (
+from driftshare._data.ledger import AccountLedger
+from driftshare._data.marketdata import ClientSource, MarketDataReader, MarketSource
+from driftshare._data.subscription import (
     AccountTap,
     PollingSubscriber,
     ResilientLoader,

@@ -29,7 +29,7 @@ from bench._processes import (
     fresh_after,
     stop_all,
 )
-from driftshare._ledger import AccountRecord
+from driftshare._data.ledger import AccountRecord
 from driftshare.sim import Simulator
 
 TITLE = "Fleet: many processes, one upstream"
@@ -218,7 +218,7 @@ async def _follow(share_url: str, rpc_url: str) -> None:
     from driftpy.oracles.oracle_id import get_oracle_id
     from solders.pubkey import Pubkey
 
-    from driftshare._ledger_subscriber import oracle_source
+    from driftshare._data.ledger_subscriber import oracle_source
     from driftshare.manager import DriftClientManager
 
     DriftClientManager.configure(

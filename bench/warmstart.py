@@ -25,8 +25,8 @@ import httpx
 
 from bench import BenchError, Context
 from bench._processes import ServeProcess
-from driftshare._ledger import AccountLedger
-from driftshare._ledger_subscriber import LedgerReads
+from driftshare._data.ledger import AccountLedger
+from driftshare._data.ledger_subscriber import LedgerReads
 from driftshare._snapshot import (
     SnapshotIdentity,
     SnapshotKeeper,

@@ -2,8 +2,8 @@
 
 from __future__ import annotations
 
-from driftshare._ledger import AccountLedger, AccountRecord
-from driftshare._subscription import AccountTap
+from driftshare._data.ledger import AccountLedger, AccountRecord
+from driftshare._data.subscription import AccountTap
 
 KEY = "Key1111111111111111111111111111111111111111"
 

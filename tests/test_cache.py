@@ -12,7 +12,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from conftest import FakeClock
-from driftshare._cache import Cached, TTLCache
+from driftshare._data.cache import Cached, TTLCache
 from driftshare._metrics import REGISTRY
 
 # Integer-valued clock ticks keep every age exact, so ages can be compared with ==.
@@ -323,7 +323,7 @@ async def test_compute_errors_are_logged_not_raised_and_urls_redacted(
     async def broken() -> int:
         raise RuntimeError("HTTP 500 from https://rpc.example/?api-key=SECRETKEY123")
 
-    with caplog.at_level(logging.WARNING, logger="driftshare._cache"):
+    with caplog.at_level(logging.WARNING, logger="driftshare._data.cache"):
         assert await cache.get("k", ttl=5.0, compute=broken, kind="funding") is None
 
     assert "computing funding 'k' failed: RuntimeError" in caplog.text

@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 
 from conftest import FakeClock
-from driftshare._endpoints import EndpointSelector
+from driftshare._client.endpoints import EndpointSelector
 
 A, B, C = "http://a.test", "http://b.test", "http://c.test"
 

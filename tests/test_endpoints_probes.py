@@ -8,8 +8,8 @@ from typing import Any
 import httpx
 
 from conftest import FakeClock
-from driftshare._endpoints import EndpointSelector
-from driftshare._health import _Probes
+from driftshare._client.endpoints import EndpointSelector
+from driftshare._client.health import _Probes
 from driftshare._transport import RpcStats, SharedLimits
 from driftshare.config import load_settings
 

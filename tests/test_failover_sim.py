@@ -9,8 +9,8 @@ from typing import Any
 import pytest
 
 from conftest import eventually
-from driftshare import _lifecycle
-from driftshare._endpoints import EndpointSelector
+from driftshare._client import lifecycle as _lifecycle
+from driftshare._client.endpoints import EndpointSelector
 from driftshare._metrics import REGISTRY
 from driftshare._web.live import LiveState
 from driftshare.config import redact_url

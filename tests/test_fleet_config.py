@@ -7,8 +7,8 @@ import logging
 import pytest
 
 from conftest import CHAIN
+from driftshare._data.ledger import AccountLedger
 from driftshare._fleet import FleetMember
-from driftshare._ledger import AccountLedger
 from driftshare.config import ConfigError, load_settings, redact_text, redact_url
 
 URL = "redis://:hunter2-password@127.0.0.1:1/0"

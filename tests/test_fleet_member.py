@@ -17,12 +17,12 @@ from solders.pubkey import Pubkey
 
 from bench._processes import RedisServer, RedisServerError, TcpProxy, TlsFiles
 from conftest import CHAIN, WaitUntil, eventually, last_values
+from driftshare._data.ledger import AccountLedger, AccountRecord
 from driftshare._fleet import Chain, FleetMember
 from driftshare._fleet._follower import MAX_ACCOUNTS, Follower
 from driftshare._fleet._publisher import Publisher
 from driftshare._fleet._records import Signer, decode, encode, record_message
 from driftshare._fleet._store import FleetStore, Outgoing
-from driftshare._ledger import AccountLedger, AccountRecord
 from driftshare._metrics import REGISTRY
 from driftshare._tasks import cancel_all
 from driftshare.config import load_settings

@@ -27,8 +27,8 @@ from bench._processes import (
     fresh_after,
 )
 from conftest import CHAIN, StartServe
+from driftshare._data.ledger import AccountRecord
 from driftshare._fleet._records import Signer, encode, record_message
-from driftshare._ledger import AccountRecord
 from driftshare.sim import Simulator
 from driftshare.sim.pytest_plugin import SimulatorFactory
 from driftshare.sim.server import client_id

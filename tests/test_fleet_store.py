@@ -17,11 +17,11 @@ from solders.pubkey import Pubkey
 
 from bench._processes import RedisServer
 from conftest import CHAIN, last_values
+from driftshare._data.ledger import AccountRecord
 from driftshare._fleet import Chain
 from driftshare._fleet._records import Message, RecordError, Signer, decode, digest, encode
 from driftshare._fleet._records import record_message as carrying
 from driftshare._fleet._store import FencedOut, FleetStore, OtherChain, Outgoing, PublishStream
-from driftshare._ledger import AccountRecord
 
 PUBKEY = str(Pubkey.new_unique())
 

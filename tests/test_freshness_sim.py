@@ -9,7 +9,7 @@ import pytest
 
 from conftest import FAST, eventually, subscribed
 from driftshare import DriftAdapter, DriftFundingFeed
-from driftshare._ledger import AccountLedger
+from driftshare._data.ledger import AccountLedger
 from driftshare.manager import DriftClientManager
 from driftshare.sim import Simulator
 

@@ -14,8 +14,8 @@ from solana.rpc.async_api import AsyncClient
 from solders.keypair import Keypair
 
 from conftest import WaitUntil
-from driftshare._ledger import AccountLedger, AccountRecord
-from driftshare._ledger_subscriber import LedgerReads, LedgerSubscriber, ledger_client
+from driftshare._data.ledger import AccountLedger, AccountRecord
+from driftshare._data.ledger_subscriber import LedgerReads, LedgerSubscriber, ledger_client
 from driftshare.manager import DriftClientManager
 from driftshare.sim import Simulator, _codec
 from driftshare.sim._records import world_records

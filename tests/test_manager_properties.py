@@ -20,8 +20,8 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from conftest import eventually
-from driftshare._generation import Generation
-from driftshare._lifecycle import SharedClient
+from driftshare._client.generation import Generation
+from driftshare._client.lifecycle import SharedClient
 from driftshare.manager import DriftClientManager
 
 
@@ -118,7 +118,7 @@ def _fake_renew_session(self: SharedClient, gen: Generation) -> None:
 def _fake_network(monkeypatch: pytest.MonkeyPatch) -> Iterator[None]:
     monkeypatch.setattr(SharedClient, "_open", _fake_open)
     monkeypatch.setattr(SharedClient, "_subscribe", _fake_subscribe)
-    monkeypatch.setattr("driftshare._health.renew_session", _fake_renew_session)
+    monkeypatch.setattr("driftshare._client.health.renew_session", _fake_renew_session)
     DriftClientManager.configure(
         rpc_url="http://127.0.0.1:9/",
         max_retries=3,
@@ -389,9 +389,11 @@ def test_the_health_loop_survives_a_check_that_raises(monkeypatch: pytest.Monkey
             if calls >= 4:
                 checked_again.set()
 
-        monkeypatch.setattr("driftshare._health.publish_data_ages", publish_data_ages)
+        monkeypatch.setattr("driftshare._client.health.publish_data_ages", publish_data_ages)
         # Account data is confirmed current: health needs no getSlot (the fake has none).
-        monkeypatch.setattr("driftshare._lifecycle.SharedClient.data_flows", lambda self: True)
+        monkeypatch.setattr(
+            "driftshare._client.lifecycle.SharedClient.data_flows", lambda self: True
+        )
         await asyncio.wait_for(checked_again.wait(), 10)
         stats = DriftClientManager.stats()
         assert "one unexpected fault" in stats["last_error"]

@@ -18,8 +18,8 @@ from aiohttp.test_utils import TestClient, TestServer
 from solders.keypair import Keypair
 
 from conftest import FAST, QUIET, ManagerOn, eventually
-from driftshare._health import data_slot
-from driftshare._lifecycle import SharedClient
+from driftshare._client.health import data_slot
+from driftshare._client.lifecycle import SharedClient
 from driftshare._metrics import DATA_AGE_SECONDS, REGISTRY, render
 from driftshare._web import LiveState, create_app
 from driftshare.adapter import DriftAdapter

@@ -12,9 +12,9 @@ from driftpy.constants.perp_markets import mainnet_perp_market_configs
 from solders.pubkey import Pubkey
 
 from conftest import GroundTruth, WaitUntil, eventually
-from driftshare._cache import TTLCache
-from driftshare._ledger import AccountLedger, AccountRecord
-from driftshare._marketdata import ClientSource, MarketDataReader, MarketSource
+from driftshare._data.cache import TTLCache
+from driftshare._data.ledger import AccountLedger, AccountRecord
+from driftshare._data.marketdata import ClientSource, MarketDataReader, MarketSource
 from driftshare.config import load_settings
 from driftshare.manager import DriftClientManager
 from driftshare.models import FundingRateData, MarketData

@@ -11,7 +11,7 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 import mainnet_fixtures as mainnet
-from driftshare._markets import MarketResolver, UnknownMarketError, normalize_symbol
+from driftshare._data.markets import MarketResolver, UnknownMarketError, normalize_symbol
 from driftshare.models import decode_perp_market
 
 
@@ -83,7 +83,7 @@ def test_update_adds_markets_unknown_to_the_configs() -> None:
 
 def test_unknown_symbol_warns_once(caplog: pytest.LogCaptureFixture) -> None:
     resolver = MarketResolver("mainnet")
-    with caplog.at_level(logging.WARNING, logger="driftshare._markets"):
+    with caplog.at_level(logging.WARNING, logger="driftshare._data.markets"):
         for _ in range(3):
             assert resolver.resolve("NOPE-PERP") is None
         assert resolver.resolve(" nope-perp ") is None

@@ -8,7 +8,7 @@ from typing import Any
 
 import pytest
 
-from driftshare._freshness import multiple_accounts
+from driftshare._data.freshness import multiple_accounts
 
 
 def _value(data: bytes) -> dict[str, Any]:

@@ -21,8 +21,8 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from conftest import FakeClock
-from driftshare._ledger import AccountLedger
-from driftshare._ledger_subscriber import ledger_client
+from driftshare._data.ledger import AccountLedger
+from driftshare._data.ledger_subscriber import ledger_client
 from driftshare._snapshot import (
     FORMAT_VERSION,
     SnapshotError,
@@ -258,7 +258,7 @@ _WRITER = textwrap.dedent(
     """
     import os, sys
     from pathlib import Path
-    from driftshare._ledger import AccountLedger
+    from driftshare._data.ledger import AccountLedger
     from driftshare._snapshot import SnapshotIdentity, write_snapshot
     from driftshare.sim._records import world_records
     from driftshare.sim.store import AccountStore

@@ -14,7 +14,7 @@ import pytest
 
 from conftest import eventually
 from driftshare import _snapshot
-from driftshare._ledger import AccountLedger
+from driftshare._data.ledger import AccountLedger
 from driftshare._snapshot import SnapshotIdentity, SnapshotKeeper, read_snapshot, write_snapshot
 from driftshare.sim._codec import DRIFT_PROGRAM_ID
 from driftshare.sim._records import world_records

@@ -12,8 +12,8 @@ from typing import Any
 
 from driftpy.accounts.types import DataAndSlot
 
-from driftshare._ledger import AccountLedger
-from driftshare._subscription import AccountTap, _ProgramSubscriber
+from driftshare._data.ledger import AccountLedger
+from driftshare._data.subscription import AccountTap, _ProgramSubscriber
 
 
 def _notification(slot: int, data: bytes) -> list[Any]:

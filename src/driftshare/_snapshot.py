@@ -36,9 +36,9 @@ from driftpy.constants.config import DRIFT_PROGRAM_ID
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 from solders.pubkey import Pubkey
 
-from driftshare._ledger import MARKET_KINDS, AccountLedger, AccountRecord, LedgerEntry
-from driftshare._ledger_subscriber import LedgerReads
-from driftshare._marketdata import ClientSource
+from driftshare._data.ledger import MARKET_KINDS, AccountLedger, AccountRecord, LedgerEntry
+from driftshare._data.ledger_subscriber import LedgerReads
+from driftshare._data.marketdata import ClientSource
 from driftshare.config import Settings
 
 __all__ = [

@@ -23,10 +23,15 @@ from solders.pubkey import Pubkey
 from driftshare._accounts import AccountMissing, AccountRegistry, AccountUnavailable, SubAccount
 from driftshare._accounts.hosts import signer_client
 from driftshare._accounts.reads import missing_status
-from driftshare._freshness import Confirmer
-from driftshare._ledger import AccountLedger
-from driftshare._marketdata import ClientSource, MarketDataReader, MarketSource
-from driftshare._subscription import AccountTap, WebsocketSubscriber, discover_markets, post_batch
+from driftshare._data.freshness import Confirmer
+from driftshare._data.ledger import AccountLedger
+from driftshare._data.marketdata import ClientSource, MarketDataReader, MarketSource
+from driftshare._data.subscription import (
+    AccountTap,
+    WebsocketSubscriber,
+    discover_markets,
+    post_batch,
+)
 from driftshare._sync import LoopThread
 from driftshare._tx.writes import AdapterWrites
 from driftshare.config import PUBLIC_RPC_URLS, Network, Settings, redact_url

@@ -1,8 +1,9 @@
 """DriftClientManager: one shared, lazily created, reference-counted DriftClient per network.
 
 This module is the public registry. A client's life (references, read leases, start-up,
-close) is in :mod:`driftshare._lifecycle`, one generation's tasks and resources in
-:mod:`driftshare._generation`, its health checks and rebuilds in :mod:`driftshare._health`.
+close) is in :mod:`driftshare._client.lifecycle`, one generation's tasks and resources in
+:mod:`driftshare._client.generation`, its health checks and rebuilds in
+:mod:`driftshare._client.health`.
 """
 
 from __future__ import annotations
@@ -24,9 +25,9 @@ from solders.pubkey import Pubkey
 
 from driftshare._accounts import AccountMissing, AccountUnavailable, SubAccount
 from driftshare._accounts.reads import missing_status
-from driftshare._health import reconnect
-from driftshare._lifecycle import SharedClient, load_keypair
-from driftshare._marketdata import OPEN_INTEREST_DEPRECATION, MarketDataReader, MarketSource
+from driftshare._client.health import reconnect
+from driftshare._client.lifecycle import SharedClient, load_keypair
+from driftshare._data.marketdata import OPEN_INTEREST_DEPRECATION, MarketDataReader, MarketSource
 from driftshare.config import (
     PUBLIC_RPC_URLS,
     Settings,

@@ -17,7 +17,7 @@ from solders.pubkey import Pubkey
 from driftshare._accounts import reads
 from driftshare._accounts.host import AccountHost
 from driftshare._accounts.signer import Signer
-from driftshare._ledger import AccountRecord
+from driftshare._data.ledger import AccountRecord
 from driftshare.models import AccountInfo, AccountRead, AccountStatus, OrderInfo, PositionInfo
 
 __all__ = ["SubAccount"]

@@ -7,8 +7,8 @@ from typing import Any, Protocol
 from driftpy.drift_client import DriftClient
 from solders.keypair import Keypair
 
-from driftshare._ledger import AccountLedger
-from driftshare._subscription import AccountTap
+from driftshare._data.ledger import AccountLedger
+from driftshare._data.subscription import AccountTap
 
 __all__ = ["AccountHost"]
 

@@ -11,12 +11,12 @@ from driftpy.drift_client import DriftClient
 from solders.keypair import Keypair
 
 from driftshare._accounts.subscribers import MarketsOf
-from driftshare._ledger import AccountLedger
-from driftshare._subscription import AccountTap
+from driftshare._data.ledger import AccountLedger
+from driftshare._data.subscription import AccountTap
 from driftshare._tx import install_path
 
 if TYPE_CHECKING:
-    from driftshare._generation import Generation
+    from driftshare._client.generation import Generation
     from driftshare._tx.path import TransactionPath
     from driftshare.config import Settings
 
@@ -24,7 +24,7 @@ __all__ = ["SharedHost", "signer_client"]
 
 
 class SharedClient(Protocol):
-    """What a host reads of :class:`driftshare._lifecycle.SharedClient` (a protocol, so that
+    """What a host reads of :class:`driftshare._client.lifecycle.SharedClient` (a protocol, so that
     the accounts do not import the lifecycle that holds them)."""
 
     @property

@@ -26,8 +26,8 @@ from driftpy.math.spot_position import is_spot_position_available
 from driftpy.types import is_variant
 from solders.pubkey import Pubkey
 
-from driftshare._ledger import AccountLedger, LedgerEntry
-from driftshare._marketdata import confirmed
+from driftshare._data.ledger import AccountLedger, LedgerEntry
+from driftshare._data.marketdata import confirmed
 from driftshare.models import (
     AccountInfo,
     AccountStatus,

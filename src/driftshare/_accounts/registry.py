@@ -20,10 +20,15 @@ from driftshare._accounts.account import SubAccount
 from driftshare._accounts.host import AccountHost
 from driftshare._accounts.signer import Signer
 from driftshare._accounts.subscribers import LedgerUserStatsSubscriber, LedgerUserSubscriber
-from driftshare._freshness import multiple_accounts
-from driftshare._grpc_subscription import GrpcSubscriber
-from driftshare._ledger import AccountKind, AccountRecord, LedgerEntry
-from driftshare._subscription import AccountTap, PollingSubscriber, WebsocketSubscriber, post_batch
+from driftshare._data.freshness import multiple_accounts
+from driftshare._data.grpc_subscription import GrpcSubscriber
+from driftshare._data.ledger import AccountKind, AccountRecord, LedgerEntry
+from driftshare._data.subscription import (
+    AccountTap,
+    PollingSubscriber,
+    WebsocketSubscriber,
+    post_batch,
+)
 
 __all__ = ["AccountMissing", "AccountRegistry", "AccountUnavailable", "missing_message"]
 

@@ -16,8 +16,8 @@ from driftpy.accounts.types import (
 from driftpy.decode.user import decode_user
 from driftpy.types import UserAccount, UserStatsAccount
 
-from driftshare._ledger import AccountLedger, AccountRecord
-from driftshare._ledger_subscriber import DRIFT_PROGRAM
+from driftshare._data.ledger import AccountLedger, AccountRecord
+from driftshare._data.ledger_subscriber import DRIFT_PROGRAM
 
 __all__ = ["LedgerUserStatsSubscriber", "LedgerUserSubscriber", "MarketsOf"]
 

@@ -11,9 +11,9 @@ from redis.asyncio.client import PubSub
 from redis.exceptions import RedisError
 
 from driftshare import _metrics as metrics
+from driftshare._data.ledger import AccountLedger
 from driftshare._fleet._records import Message, RecordError, Signer, decode, digest
 from driftshare._fleet._store import FleetStore
-from driftshare._ledger import AccountLedger
 
 __all__ = ["Follower"]
 

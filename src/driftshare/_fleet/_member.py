@@ -27,11 +27,11 @@ from redis.backoff import NoBackoff
 from redis.exceptions import RedisError
 
 from driftshare import _metrics as metrics
+from driftshare._data.ledger import AccountLedger
 from driftshare._fleet._follower import Follower
 from driftshare._fleet._publisher import Publisher
 from driftshare._fleet._records import Chain, Signer
 from driftshare._fleet._store import FleetStore, OtherChain, StoredMember
-from driftshare._ledger import AccountLedger
 from driftshare._tasks import cancel_all
 from driftshare.config import Settings, redact_url
 

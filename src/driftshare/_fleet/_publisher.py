@@ -10,9 +10,9 @@ from collections.abc import Callable
 from redis.exceptions import RedisError
 
 from driftshare import _metrics as metrics
+from driftshare._data.ledger import AccountLedger, LedgerEntry
 from driftshare._fleet._records import Message, Signer, digest, encode, record_message
 from driftshare._fleet._store import NO_CEILING, FencedOut, FleetStore, Outgoing, PublishStream
-from driftshare._ledger import AccountLedger, LedgerEntry
 from driftshare._tasks import cancel_all
 
 __all__ = ["Publisher"]

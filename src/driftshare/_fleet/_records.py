@@ -19,7 +19,7 @@ from typing import Any, Literal, get_args
 
 from solders.pubkey import Pubkey
 
-from driftshare._ledger import AccountKind, AccountRecord
+from driftshare._data.ledger import AccountKind, AccountRecord
 
 __all__ = [
     "MAX_MESSAGE_BYTES",

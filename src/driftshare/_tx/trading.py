@@ -31,7 +31,7 @@ from spl.token.constants import TOKEN_PROGRAM_ID
 from spl.token.instructions import get_associated_token_address
 
 from driftshare._accounts import SubAccount
-from driftshare._markets import MarketResolver
+from driftshare._data.markets import MarketResolver
 from driftshare._tx.path import TransactionPath
 from driftshare._tx.sender import failed_before_sending
 from driftshare.config import Network

@@ -14,7 +14,7 @@ from prometheus_client import CONTENT_TYPE_LATEST
 from pydantic import BaseModel
 
 from driftshare import _metrics as metrics
-from driftshare._markets import normalize_symbol
+from driftshare._data.markets import normalize_symbol
 from driftshare._tx.history import TxRecord
 from driftshare._web.accounts import UNREADABLE_FIELDS, account_rows, order_rows
 from driftshare._web.live import LiveState

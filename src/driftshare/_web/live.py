@@ -12,8 +12,8 @@ from contextlib import suppress
 from functools import partial
 from typing import Any
 
+from driftshare._data.marketdata import MarketDataReader
 from driftshare._engines import Engine
-from driftshare._marketdata import MarketDataReader
 from driftshare._web.accounts import trading_view
 from driftshare.config import Network
 from driftshare.manager import DriftClientManager

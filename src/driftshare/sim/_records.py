@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from solders.pubkey import Pubkey
 
-from driftshare._ledger import AccountKind, AccountRecord
+from driftshare._data.ledger import AccountKind, AccountRecord
 from driftshare.sim._codec import variant_name
 from driftshare.sim.world import World
 

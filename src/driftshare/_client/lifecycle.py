@@ -1,8 +1,8 @@
 """The life of one shared client: references, read leases, start-up with retries, close.
 
-Each life is a :class:`~driftshare._generation.Generation`: the first reference (or a read
+Each life is a :class:`~driftshare._client.generation.Generation`: the first reference (or a read
 with no holder) starts one, and the close after the last reference or the read lease's
-expiry ends it. The health checks it runs live in :mod:`driftshare._health`.
+expiry ends it. The health checks it runs live in :mod:`driftshare._client.health`.
 """
 
 from __future__ import annotations
@@ -25,11 +25,9 @@ from solders.keypair import Keypair
 from driftshare import _metrics as metrics
 from driftshare._accounts import AccountRegistry
 from driftshare._accounts.hosts import SharedHost
-from driftshare._endpoints import EndpointSelector
-from driftshare._freshness import Confirmer
-from driftshare._generation import Generation, unsubscribe_fully
-from driftshare._grpc_subscription import GeyserStream, GrpcSubscriber
-from driftshare._health import (
+from driftshare._client.endpoints import EndpointSelector
+from driftshare._client.generation import Generation, unsubscribe_fully
+from driftshare._client.health import (
     data_slot,
     failover_loop,
     health_loop,
@@ -38,10 +36,12 @@ from driftshare._health import (
     reconnect_in_background,
     switch_mode,
 )
-from driftshare._ledger import AccountLedger, AccountRecord, LedgerEntry
-from driftshare._ledger_subscriber import LedgerSubscriber
-from driftshare._marketdata import ClientSource, MarketSource
-from driftshare._subscription import (
+from driftshare._data.freshness import Confirmer
+from driftshare._data.grpc_subscription import GeyserStream, GrpcSubscriber
+from driftshare._data.ledger import AccountLedger, AccountRecord, LedgerEntry
+from driftshare._data.ledger_subscriber import LedgerSubscriber
+from driftshare._data.marketdata import ClientSource, MarketSource
+from driftshare._data.subscription import (
     AccountTap,
     Discovery,
     PollingSubscriber,

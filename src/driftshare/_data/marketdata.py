@@ -14,9 +14,9 @@ from typing import Any, Generic, Protocol, TypeVar
 
 from solders.pubkey import Pubkey
 
-from driftshare._cache import Cached, TTLCache
-from driftshare._ledger import AccountLedger, AccountRecord, LedgerEntry
-from driftshare._markets import MarketResolver
+from driftshare._data.cache import Cached, TTLCache
+from driftshare._data.ledger import AccountLedger, AccountRecord, LedgerEntry
+from driftshare._data.markets import MarketResolver
 from driftshare.config import Network, Settings
 from driftshare.models import (
     FundingRateData,

@@ -23,13 +23,13 @@ from driftpy.types import get_ws_url
 from solana.rpc.websocket_api import connect as ws_connect
 
 from driftshare import _metrics as metrics
-from driftshare._endpoints import EndpointSelector
-from driftshare._freshness import Confirmer
-from driftshare._generation import Generation
-from driftshare._grpc_subscription import grpc_works
-from driftshare._ledger import AccountLedger
-from driftshare._marketdata import ClientSource, confirmed
-from driftshare._subscription import SubscriptionMode, newest_data_slot
+from driftshare._client.endpoints import EndpointSelector
+from driftshare._client.generation import Generation
+from driftshare._data.freshness import Confirmer
+from driftshare._data.grpc_subscription import grpc_works
+from driftshare._data.ledger import AccountLedger
+from driftshare._data.marketdata import ClientSource, confirmed
+from driftshare._data.subscription import SubscriptionMode, newest_data_slot
 from driftshare._tasks import cancel_all
 from driftshare._transport import (
     RateLimitedTransport,
@@ -56,7 +56,7 @@ log = logging.getLogger(__name__)
 
 
 class SharedClient(Protocol):
-    """What the checks read and drive of :class:`driftshare._lifecycle.SharedClient`
+    """What the checks read and drive of :class:`driftshare._client.lifecycle.SharedClient`
     (a protocol, so that this module does not import the one that runs it)."""
 
     health: str

@@ -29,7 +29,7 @@ from solana.rpc.async_api import AsyncClient
 from solders.keypair import Keypair
 from solders.pubkey import Pubkey
 
-from driftshare._ledger import MARKET_KINDS, AccountLedger, AccountRecord, LedgerEntry
+from driftshare._data.ledger import MARKET_KINDS, AccountLedger, AccountRecord, LedgerEntry
 
 __all__ = ["UNREACHABLE_RPC", "LedgerSubscriber", "ledger_client", "oracle_source"]
 

@@ -1,5 +1,5 @@
 """Discovering Drift's markets and subscribing a DriftClient to them, by websocket or polling
-(gRPC: :mod:`driftshare._grpc_subscription`).
+(gRPC: :mod:`driftshare._data.grpc_subscription`).
 
 driftpy's own "find all markets" path decodes every market in one go, so a single account
 it cannot decode (a layout newer than the installed driftpy, corrupt data) fails the whole
@@ -41,8 +41,8 @@ from solana.rpc.commitment import Commitment
 from solders.pubkey import Pubkey
 from solders.rpc.responses import UnsubscribeResult
 
-from driftshare._freshness import KEYS_PER_CALL, multiple_accounts
-from driftshare._ledger import AccountKind, AccountLedger, AccountRecord
+from driftshare._data.freshness import KEYS_PER_CALL, multiple_accounts
+from driftshare._data.ledger import AccountKind, AccountLedger, AccountRecord
 
 __all__ = [
     "AccountTap",

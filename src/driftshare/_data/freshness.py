@@ -20,7 +20,7 @@ from collections.abc import Awaitable, Callable, Sequence
 from contextlib import suppress
 from typing import Any, get_args
 
-from driftshare._ledger import AccountKind, AccountLedger, AccountRecord
+from driftshare._data.ledger import AccountKind, AccountLedger, AccountRecord
 
 __all__ = ["KEYS_PER_CALL", "Confirmer", "multiple_accounts"]
 

@@ -3,8 +3,8 @@
 driftpy's own gRPC mode opens a channel and a ``Subscribe`` stream per account, requires
 TLS and falls back to nothing. Here one channel and one stream carry every account: the
 accounts are set (and later changed) by writing a new ``SubscribeRequest`` on the same
-stream. Updates go to the :class:`~driftshare._subscription.AccountTap`, so into the same
-ledger as the WebSocket path, and a :class:`~driftshare._ledger_subscriber.LedgerSubscriber`
+stream. Updates go to the :class:`~driftshare._data.subscription.AccountTap`, so into the same
+ledger as the WebSocket path, and a :class:`~driftshare._data.ledger_subscriber.LedgerSubscriber`
 serves the DriftClient from that ledger.
 
 The stream's health is visible: it asks for slot updates and pings every third of
@@ -28,9 +28,9 @@ import grpc
 from driftpy.accounts.grpc.geyser_codegen import geyser_pb2, geyser_pb2_grpc
 from solders.pubkey import Pubkey
 
-from driftshare._ledger import AccountLedger, AccountRecord, LedgerEntry
-from driftshare._ledger_subscriber import LedgerSubscriber
-from driftshare._subscription import AccountTap, Discovery, _index_by_pda
+from driftshare._data.ledger import AccountLedger, AccountRecord, LedgerEntry
+from driftshare._data.ledger_subscriber import LedgerSubscriber
+from driftshare._data.subscription import AccountTap, Discovery, _index_by_pda
 from driftshare._tasks import cancel_all
 from driftshare.config import redact_text, redact_url
 

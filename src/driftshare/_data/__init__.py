@@ -1,0 +1,1 @@
+"""The data path: subscriptions feeding the ledger, freshness, the cache and market data."""
