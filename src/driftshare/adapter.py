@@ -100,6 +100,9 @@ class _PrivateClient:
     def accounts_current(self) -> bool:
         return self.subscriber is not None
 
+    def follows(self) -> bool:
+        return False  # a private client subscribes its own accounts
+
     async def signer_client(self, keypair: Keypair) -> DriftClient:
         if keypair.pubkey() == self.client.wallet.public_key:
             return self.client

@@ -74,6 +74,8 @@ class SubAccount:
         """True once unregistered (by the last engine, or the client closing)."""
         self.required_slot = 0
         """Reads are stale until the User account is confirmed at this slot."""
+        self.awaiting_leader = False
+        """A fleet follower's account the leader's data has not reached yet: reads stale."""
         self._waiters: list[tuple[int, asyncio.Future[bool]]] = []
         self._computed: dict[str, tuple[tuple[AccountRecord, ...], Any]] = {}
         self._failing: set[str] = set()
@@ -156,7 +158,7 @@ class SubAccount:
             entries = reads.basis(self.user, host.ledger)
             fresh = reads.freshness(
                 entries,
-                current=host.accounts_current() and not self.closed,
+                current=host.accounts_current() and not self.closed and not self.awaiting_leader,
                 stale_after_s=host.stale_after_s,
                 required_slot=self.required_slot,
             )

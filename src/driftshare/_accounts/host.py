@@ -37,6 +37,9 @@ class AccountHost(Protocol):
     def accounts_current(self) -> bool:
         """Whether upstream is up and the subscription serving."""
 
+    def follows(self) -> bool:
+        """Whether the accounts come from a fleet's leader: this client subscribes none."""
+
     async def signer_client(self, keypair: Keypair) -> DriftClient:
         """A DriftClient for ``keypair``'s authority over this client's connection and
         markets, without subscriptions of its own (built once per authority)."""

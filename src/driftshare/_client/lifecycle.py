@@ -171,6 +171,8 @@ class SharedClient:
         )
         """Every write's one way out, across generations; its work starts with the first."""
         self._closing: asyncio.Task[None] | None = None
+        self._sharing: asyncio.Task[None] | None = None
+        """A fleet leader subscribing its members' sub-accounts."""
         self._lease: asyncio.TimerHandle | None = None
         self._lease_until = 0.0
         self._reads = 0
@@ -489,7 +491,10 @@ class SharedClient:
                 self.ledger,
                 lambda: self._on_fleet_change(gen),
                 data_flows=self.upstream_answers,
-                subscribed=lambda: None if self.tap is None else self.tap.pubkeys(),
+                subscribed=self._subscribed,
+                pairs=self.accounts.pairs,
+                share_pairs=lambda pairs: self._share_users(gen, pairs),
+                tx=self.tx,
             )
             gen.fleet.references = self.refs
             await gen.fleet.join()
@@ -580,6 +585,21 @@ class SharedClient:
                 raise RuntimeError("no connection")
             gen.genesis = str((await gen.connection.get_genesis_hash()).value)
         return gen.genesis
+
+    def _subscribed(self) -> list[str] | None:
+        """The accounts a fleet leader keeps in Redis: those it subscribes, and those of
+        the members' sub-accounts (subscribed, or about to be)."""
+        if self.tap is None:
+            return None
+        return [*self.tap.pubkeys(), *self.accounts.shared_keys()]
+
+    def _share_users(self, gen: Generation, pairs: frozenset[tuple[str, int]]) -> None:
+        """A fleet leader subscribes every live member's sub-accounts (asked every lease
+        tick: what could not be read is read at the next)."""
+        if self.accounts.share(pairs) and (self._sharing is None or self._sharing.done()):
+            self._sharing = gen.spawn(
+                self.accounts.sync_shared(), f"driftshare-fleet-users-{self.network}"
+            )
 
     def _on_fleet_change(self, gen: Generation) -> None:
         """Leader or follower changed: subscribe upstream, or follow, with the same client."""
