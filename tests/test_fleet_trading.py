@@ -10,6 +10,7 @@ from collections.abc import AsyncIterator
 from typing import Any
 
 import pytest_asyncio
+from driftpy.addresses import get_user_account_public_key
 
 from bench._processes import RedisServer
 from conftest import eventually
@@ -17,6 +18,7 @@ from driftshare import DriftAdapter
 from driftshare._client.lifecycle import SharedClient
 from driftshare.manager import DriftClientManager
 from driftshare.sim import Simulator
+from driftshare.sim._codec import DRIFT_PROGRAM_ID
 from driftshare.sim.pytest_plugin import SimulatorFactory
 from driftshare.sim.wallets import open_wallet
 from sim_trading import open_user_order_ids, ticking
@@ -127,5 +129,12 @@ async def test_a_follower_trades_on_the_leaders_accounts_blockhash_and_fee(
         cancel = await adapter.cancel_all_orders()
         assert cancel["status"] == "confirmed", cancel
         assert calls(chain, "b").get("getLatestBlockhash", 0) > after.get("getLatestBlockhash", 0)
+
+        # The engine disconnects: its member lists its sub-account no more, and the leader
+        # unsubscribes it.
+        user = str(get_user_account_public_key(DRIFT_PROGRAM_ID, wallet.pubkey(), 0))
+        assert user in leader.accounts.watched()
+        await adapter.disconnect()
+        await eventually(lambda: user not in leader.accounts.watched(), "unsubscribed")
     finally:
         await adapter.disconnect()
