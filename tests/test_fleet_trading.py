@@ -126,6 +126,13 @@ async def test_a_follower_trades_on_the_leaders_accounts_blockhash_and_fee(
             return info is not None and info["stale"]
 
         await eventually(stale, "the follower's account stale")
+        keeper = follower.tx.keeper
+
+        def old() -> bool:
+            age = keeper.age_s()
+            return age is not None and age > 2 * keeper.interval_s
+
+        await eventually(old, "the leader's blockhash two intervals old")
         cancel = await adapter.cancel_all_orders()
         assert cancel["status"] == "confirmed", cancel
         assert calls(chain, "b").get("getLatestBlockhash", 0) > after.get("getLatestBlockhash", 0)
