@@ -7,6 +7,7 @@ open) and the simulator's own transaction counts, never the sender's word.
 from __future__ import annotations
 
 import asyncio
+import time
 from collections import Counter
 from collections.abc import AsyncIterator, Callable, Coroutine
 from contextlib import asynccontextmanager
@@ -301,16 +302,46 @@ async def test_an_engine_calling_driftpy_itself_takes_the_shared_path(chain: Sim
         await adapter.disconnect()
 
 
-async def test_an_order_landing_after_its_max_ts_does_not_act(chain: Simulator) -> None:
+@pytest.mark.parametrize("order_type", ["MARKET", "LIMIT"])
+async def test_an_order_landing_after_its_max_ts_does_not_act(
+    chain: Simulator, order_type: str
+) -> None:
     DriftClientManager.configure(rpc_url=chain.http_url, **{**TX_SETTINGS, "tx_timeout_s": 1.0})
     async with funded_engine(chain) as (wallet, adapter):
         price = await resting_bid(adapter)
         landed = _landed(chain, wallet)
         chain.faults.delay_landing(2.5)  # past max_ts, within the blockhash
-        bid = await adapter.place_perp_order(0, "long", 0.5, "LIMIT", price=price)
-        assert bid["status"] == "unknown", bid  # the sender gave up before it landed
+        # A market order's max_ts is DRIFT_TX_TIMEOUT_S after signing; a limit order's is
+        # the expiry it is given.
+        expiry = {"price": price, "expires_in_s": 1.0} if order_type == "LIMIT" else {}
+        order = await adapter.place_perp_order(0, "long", 0.5, order_type, **expiry)
+        assert order["status"] == "unknown", order  # the sender gave up before it landed
         await eventually(lambda: _landed(chain, wallet) == landed + 1, "the late copy lands")
-        assert open_user_order_ids(chain, wallet, 0) == []
+        assert orders_placed(chain, wallet, 0) == 0
+        assert not any(p.base_asset_amount for p in user_account(chain, wallet, 0).perp_positions)
+
+
+async def test_a_limit_order_rests_until_cancelled_unless_given_an_expiry(
+    chain: Simulator,
+) -> None:
+    async with funded_engine(chain) as (wallet, adapter):
+        price = await resting_bid(adapter)
+        resting = await adapter.place_perp_order(0, "long", 0.5, "LIMIT", price=price)
+        before = int(time.time())
+        timed = await adapter.place_perp_order(
+            0, "long", 0.5, "LIMIT", price=price, expires_in_s=600
+        )
+        after = int(time.time())
+        assert resting["status"] == timed["status"] == "confirmed"
+        max_ts = {o.user_order_id: o.max_ts for o in user_account(chain, wallet, 0).orders}
+        # 0: no expiry, the program's own for a limit order (DRIFT_TX_TIMEOUT_S is 30 s here).
+        assert max_ts[resting["user_order_id"]] == 0
+        assert before + 600 <= max_ts[timed["user_order_id"]] <= after + 600
+        refused = await adapter.place_perp_order(
+            0, "long", 0.5, "LIMIT", price=price, expires_in_s=-1
+        )
+        assert refused["status"] == "failed"
+        assert refused["error"].startswith("InvalidExpiry")
 
 
 async def test_the_funding_engine_opens_and_closes_delta_neutral_legs(chain: Simulator) -> None:

@@ -107,7 +107,7 @@ class Settings(BaseSettings):
     """Seconds between sends of the same signed bytes while their signature is pending."""
     tx_timeout_s: float = Field(90.0, gt=0)
     """A write's answer comes within this: ``unknown`` if its signature may still land. Also
-    an order's ``max_ts``: the program refuses a copy landing later."""
+    a market order's ``max_ts``: the program skips a copy landing later."""
     tx_read_timeout_s: float = Field(5.0, gt=0)
     """After a confirmed write, the longest wait for the sub-account's reads to reflect it."""
     tx_max_signings: int = Field(3, ge=1)
