@@ -200,7 +200,7 @@ class SignatureWatcher:
             due = min(self._next_ask(s, w) for s, w in self._watched.items())
             delay = max(last_poll + self.interval_s, due) - self._clock()
             if delay > 0:
-                # Woken early when a signature comes, goes uncovered or is forgotten.
+                # Woken early when a signature comes or goes uncovered.
                 with suppress(TimeoutError):
                     await asyncio.wait_for(self._wake.wait(), delay)
                 continue
