@@ -323,6 +323,18 @@ async def test_expired_but_found_in_history_is_not_signed_again(
     assert len(chain.landed) == 1
 
 
+async def test_at_its_deadline_a_write_asks_the_history_before_answering_unknown(
+    make_path: MakePath,
+) -> None:
+    # Landed, but no poll ever sees it (as when its notification was lost) and its blockhash
+    # is valid long after the deadline: only the final lookup can tell.
+    chain = Chain(hide_statuses=True)
+    result = await submit(make_path(chain, tx_timeout_s=0.3))
+    assert result.status == "confirmed"
+    assert result.slot == chain.landed[result.signature]["slot"]
+    assert result.signatures == [result.signature]
+
+
 async def test_every_signature_expired_unlanded_is_failed(make_path: MakePath) -> None:
     chain = Chain(script=lambda sig, n: DROP, validity=2)
     result = await submit(make_path(chain, tx_max_signings=2))
