@@ -12,6 +12,7 @@ from solders.rpc.requests import SignatureSubscribe, SignatureUnsubscribe
 from solders.rpc.responses import parse_websocket_message
 from solders.signature import Signature
 
+from driftshare._data.subscription import _screen_messages
 from driftshare._tx.signature_feed import SignatureFeed
 from driftshare._tx.statuses import SignatureStatus
 
@@ -129,3 +130,29 @@ async def test_without_a_socket_nothing_is_subscribed() -> None:
     await f.feed.subscribe(SIG)
     assert not f.feed.covered(SIG)
     assert f.feed.subscribes == 0
+
+
+async def test_the_shared_socket_hands_driftpy_only_its_own_messages() -> None:
+    socket = Socket()
+    f = Feed(socket)
+    await f.feed.subscribe(SIG)
+    (request,) = socket.sent
+    (refusal,) = node({"error": {"code": -32602, "message": "Invalid params"}, "id": request.id})
+    driftpys = node({"result": 3, "id": 50})
+    script: list[Any] = [
+        SubscriptionError(refusal, request),  # solana-py raises a refusal from recv
+        node({"result": True, "id": 51}),  # an unsubscription's answer
+        driftpys,
+    ]
+
+    async def recv() -> list[Any]:
+        item = script.pop(0)
+        if isinstance(item, Exception):
+            raise item
+        return list(item)
+
+    socket.recv = recv  # type: ignore[attr-defined]
+    _screen_messages(socket, [f.feed])
+    assert await socket.recv() == driftpys  # type: ignore[attr-defined]
+    assert f.feed.refusals == 1
+    assert not script
