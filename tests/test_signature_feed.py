@@ -66,6 +66,16 @@ def node(text: dict[str, Any]) -> list[Any]:
 SIG = str(Signature.new_unique())
 
 
+async def refused_subscription() -> tuple[Socket, Feed, Any, Any]:
+    """A feed that subscribed ``SIG``, its request, and the node's refusal of it (unsent)."""
+    socket = Socket()
+    f = Feed(socket)
+    await f.feed.subscribe(SIG)
+    (request,) = socket.sent
+    (refusal,) = node({"error": {"code": -32602, "message": "Invalid params"}, "id": request.id})
+    return socket, f, request, refusal
+
+
 async def test_a_notification_brings_the_status_with_its_err_and_slot() -> None:
     socket = Socket()
     f = Feed(socket)
@@ -89,11 +99,7 @@ async def test_a_notification_brings_the_status_with_its_err_and_slot() -> None:
 
 
 async def test_a_refused_subscription_is_not_covered_and_not_driftpys() -> None:
-    socket = Socket()
-    f = Feed(socket)
-    await f.feed.subscribe(SIG)
-    (request,) = socket.sent
-    (refusal,) = node({"error": {"code": -32602, "message": "Invalid params"}, "id": request.id})
+    socket, f, request, refusal = await refused_subscription()
     assert f.feed.refused(socket, SubscriptionError(refusal, request))
     assert not f.feed.covered(SIG)
     assert f.lost == 1  # the watcher is told to poll it
@@ -133,11 +139,7 @@ async def test_without_a_socket_nothing_is_subscribed() -> None:
 
 
 async def test_the_shared_socket_hands_driftpy_only_its_own_messages() -> None:
-    socket = Socket()
-    f = Feed(socket)
-    await f.feed.subscribe(SIG)
-    (request,) = socket.sent
-    (refusal,) = node({"error": {"code": -32602, "message": "Invalid params"}, "id": request.id})
+    socket, f, request, refusal = await refused_subscription()
     driftpys = node({"result": 3, "id": 50})
     script: list[Any] = [
         SubscriptionError(refusal, request),  # solana-py raises a refusal from recv
