@@ -168,6 +168,7 @@ class SharedClient:
             settings,
             fee_accounts=self._perp_market_keys,
             active=lambda: self.gen is not None,
+            socket=self._signature_socket,
         )
         """Every write's one way out, across generations; its work starts with the first."""
         self._closing: asyncio.Task[None] | None = None
@@ -207,6 +208,12 @@ class SharedClient:
 
     def _connection(self) -> AsyncClient | None:
         return None if self.gen is None else self.gen.connection
+
+    def _signature_socket(self) -> WebsocketSubscriber | None:
+        # The WebSocket the User accounts ride: signatures ride it too. Polling, gRPC and a
+        # fleet follower have none; their signatures are polled.
+        subscriber = None if self.client is None else self.client.account_subscriber
+        return subscriber if isinstance(subscriber, WebsocketSubscriber) else None
 
     def _perp_market_keys(self) -> list[str]:
         # The accounts every order writes: their recent fees are the ones to outbid.

@@ -17,7 +17,7 @@ import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from functools import cache
-from typing import Any, Literal
+from typing import Any, Literal, Protocol
 
 from driftpy.accounts.bulk_account_loader import BufferAndSlot, BulkAccountLoader
 from driftpy.accounts.oracle import decode_oracle, get_oracle_decode_fn
@@ -38,6 +38,7 @@ from driftpy.memcmp import get_market_type_filter
 from driftpy.oracles.oracle_id import get_oracle_id
 from driftpy.types import MarketType, OracleInfo
 from solana.rpc.commitment import Commitment
+from solana.rpc.websocket_api import SubscriptionError
 from solders.pubkey import Pubkey
 from solders.rpc.responses import UnsubscribeResult
 
@@ -49,6 +50,7 @@ __all__ = [
     "Discovery",
     "PollingSubscriber",
     "ResilientLoader",
+    "SocketScreen",
     "SubscriptionMode",
     "WebsocketSubscriber",
     "discover_markets",
@@ -391,18 +393,42 @@ class _StateSubscriber(_ReconnectHook, WebsocketAccountSubscriber):  # type: ign
             self._tap.record(str(self.pubkey), raw, new_data.slot)
 
 
-def _drop_unsubscribe_answers(socket: Any) -> None:
-    """Make ``socket`` (one connection) skip the answers to unsubscriptions.
+class SocketScreen(Protocol):
+    """A reader of its own messages on a WebSocket a driftpy subscriber owns (the transaction
+    path's signature subscriptions), taking them before driftpy's loop sees them."""
 
-    driftpy's multi-account loop takes any integer result for the id of its oldest pending
-    subscription, and an unsubscription's ``true`` is one: it would pair the next account
-    subscribed with the wrong id.
+    def screen(self, socket: Any, messages: list[Any]) -> list[Any]:
+        """The messages of ``socket`` that are not this screen's own."""
+
+    def refused(self, socket: Any, error: SubscriptionError) -> bool:
+        """Whether the subscription ``socket`` refused was this screen's own."""
+
+    def closed(self, socket: Any) -> None:
+        """``socket`` is gone, and every subscription made on it."""
+
+
+def _screen_messages(socket: Any, screens: Sequence[SocketScreen]) -> None:
+    """Make ``socket`` (one connection) hand driftpy only the messages meant for it.
+
+    The answers to unsubscriptions are skipped: driftpy's multi-account loop takes any integer
+    result for the id of its oldest pending subscription, and an unsubscription's ``true`` is
+    one, so it would pair the next account subscribed with the wrong id. The ``screens`` take
+    their own messages first; a refusal of one of their subscriptions (which solana-py raises)
+    would otherwise end driftpy's connection.
     """
     receive = socket.recv
 
     async def recv() -> list[Any]:
         while True:
-            messages = [m for m in await receive() if not isinstance(m, UnsubscribeResult)]
+            try:
+                messages = await receive()
+            except SubscriptionError as exc:
+                if any(s.refused(socket, exc) for s in screens):
+                    continue
+                raise
+            messages = [m for m in messages if not isinstance(m, UnsubscribeResult)]
+            for screen in screens:
+                messages = screen.screen(socket, messages)
             if messages:
                 return messages
 
@@ -413,7 +439,7 @@ class _OracleSubscriber(_ReconnectHook, WebsocketMultiAccountSubscriber):  # typ
     """driftpy's one-socket oracle subscriber, reporting each update's raw bytes to the tap.
 
     Watched accounts (a signer's User and UserStats) share its socket and can be
-    unsubscribed one by one.
+    unsubscribed one by one; ``screens`` read their own messages on it.
     """
 
     @property
@@ -422,12 +448,17 @@ class _OracleSubscriber(_ReconnectHook, WebsocketMultiAccountSubscriber):  # typ
 
     @ws.setter
     def ws(self, value: Any) -> None:
+        old = self._socket
         if value is not None:
-            _drop_unsubscribe_answers(value)
+            _screen_messages(value, self.screens)
         _ReconnectHook.ws.fset(self, value)  # type: ignore[attr-defined]
+        if old is not None and old is not value:
+            for screen in self.screens:
+                screen.closed(old)
 
     def __init__(self, program: Any, commitment: Commitment, tap: AccountTap) -> None:
         self._tap = tap
+        self.screens: list[SocketScreen] = []
         super().__init__(program, commitment)
         self._raw: dict[Pubkey, bytes] = {}
 
@@ -628,6 +659,14 @@ class WebsocketSubscriber(WebsocketDriftClientAccountSubscriber):  # type: ignor
             )
         else:  # a watched account: the tap is its only reader
             self._tap.record(record.pubkey, record.data, record.slot)
+
+    def share_socket(self, screen: SocketScreen) -> Any | None:
+        """The oracles' WebSocket (a solana-py connection) now, None while it is down;
+        ``screen`` reads its own messages on it from now on, across reconnects."""
+        oracles = self.oracle_subscriber
+        if screen not in oracles.screens:
+            oracles.screens.append(screen)  # the live socket reads this very list
+        return oracles.ws
 
     async def watch_account(self, record: AccountRecord) -> None:
         """Subscribe ``record``'s account too, on the oracles' WebSocket (no socket of its
