@@ -41,14 +41,23 @@ from driftshare._data.freshness import Confirmer
 from driftshare._data.grpc_subscription import GrpcSubscriber
 from driftshare._data.ledger import AccountLedger, AccountRecord, LedgerEntry
 from driftshare._data.marketdata import ClientSource, MarketSource
-from driftshare._data.subscription import (
-    AccountTap,
-    SubscriptionMode,
+from driftshare._data.tap import AccountTap
+from driftshare._transport import (
+    RateLimitedTransport,
+    RpcStats,
+    SharedLimits,
+    install_transport,
     post_batch,
 )
-from driftshare._transport import RateLimitedTransport, RpcStats, SharedLimits, install_transport
 from driftshare._tx import ConnectionRpc, TransactionPath, install_path
-from driftshare.config import ConfigError, Settings, redact_text, redact_url, split_rpc_urls
+from driftshare.config import (
+    ConfigError,
+    Settings,
+    SubscriptionMode,
+    redact_text,
+    redact_url,
+    split_rpc_urls,
+)
 
 if TYPE_CHECKING:
     from driftshare._snapshot import SnapshotKeeper, WarmSource

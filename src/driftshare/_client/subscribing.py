@@ -19,20 +19,15 @@ from solana.rpc.commitment import Confirmed
 from driftshare import _metrics as metrics
 from driftshare._accounts import AccountRegistry
 from driftshare._client.generation import Generation, unsubscribe_fully
+from driftshare._data.discovery import Discovery, discover_markets
 from driftshare._data.freshness import Confirmer
 from driftshare._data.grpc_subscription import GeyserStream, GrpcSubscriber
 from driftshare._data.ledger import AccountLedger
 from driftshare._data.ledger_subscriber import LedgerSubscriber
-from driftshare._data.subscription import (
-    AccountTap,
-    Discovery,
-    PollingSubscriber,
-    ResilientLoader,
-    SubscriptionMode,
-    WebsocketSubscriber,
-    discover_markets,
-)
-from driftshare.config import Settings, redact_text
+from driftshare._data.polling_subscription import PollingSubscriber, ResilientLoader
+from driftshare._data.tap import AccountTap
+from driftshare._data.websocket_subscription import WebsocketSubscriber
+from driftshare.config import Settings, SubscriptionMode, redact_text
 
 if TYPE_CHECKING:
     from driftshare._snapshot import SnapshotKeeper, WarmSource

@@ -7,7 +7,7 @@ a :class:`SharedLimits` (:mod:`.limits`: the rate limiter, the provider's pushba
 :class:`RpcStats` (:mod:`.stats`). :func:`install_transport` puts it under solana-py's client.
 """
 
-from driftshare._transport.connection import install_transport, make_async_client
+from driftshare._transport.connection import install_transport, make_async_client, post_batch
 from driftshare._transport.http import RateLimitedTransport
 from driftshare._transport.jsonrpc import NON_IDEMPOTENT_METHODS
 from driftshare._transport.limits import SharedLimits
@@ -21,5 +21,6 @@ __all__ = [
     "SharedLimits",
     "install_transport",
     "make_async_client",
+    "post_batch",
     "retry_after_seconds",
 ]
