@@ -143,5 +143,11 @@ async def test_a_follower_trades_on_the_leaders_accounts_blockhash_and_fee(
         assert user in leader.accounts.watched()
         await adapter.disconnect()
         await eventually(lambda: user not in leader.accounts.watched(), "unsubscribed")
+        store = fleet._store
+
+        async def dropped() -> bool:
+            return not await store.redis.hexists(store._records, user)
+
+        await eventually(dropped, "its record dropped from Redis")
     finally:
         await adapter.disconnect()

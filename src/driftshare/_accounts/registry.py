@@ -134,9 +134,10 @@ class AccountRegistry:
         """Every registered (authority in base58, sub-account id)."""
         return sorted((str(authority), sub) for authority, sub in self._accounts)
 
-    def shared_keys(self) -> set[str]:
-        """The accounts watched (or to be) for the fleet's members."""
-        return set(self._wanted)
+    def kept_keys(self) -> set[str]:
+        """The accounts of the sub-accounts registered here and of those shared for the
+        fleet's members (watched, or to be)."""
+        return {key for key in self._watched if self._registered(key)} | self._wanted.keys()
 
     def watched(self) -> dict[str, AccountKind]:
         """The address and kind of every account subscribed for a signer."""

@@ -505,11 +505,14 @@ class SharedClient(Subscriptions):
     # -- reactions: a fleet role change, a gRPC stream that gave up ----------------------------
 
     def _subscribed(self) -> list[str] | None:
-        """The accounts a fleet leader keeps in Redis: those it subscribes, and those of
-        the members' sub-accounts (subscribed, or about to be)."""
+        """The accounts a fleet leader keeps in Redis: the markets it subscribes, and the
+        sub-accounts' in use here or by a live member (subscribed, or about to be; not
+        those being unsubscribed)."""
         if self.tap is None:
             return None
-        return [*self.tap.pubkeys(), *self.accounts.shared_keys()]
+        users = self.accounts.watched()
+        markets = (key for key in self.tap.pubkeys() if key not in users)
+        return [*markets, *self.accounts.kept_keys()]
 
     def _share_users(self, gen: Generation, pairs: frozenset[tuple[str, int]]) -> None:
         """A fleet leader subscribes every live member's sub-accounts (asked every lease
