@@ -9,11 +9,13 @@ import logging
 import time
 from collections.abc import AsyncIterator, Callable, Collection, Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 import pytest_asyncio
 from redis.asyncio import Redis
 from redis.exceptions import RedisError
+from solders.hash import Hash
 from solders.pubkey import Pubkey
 
 from bench._processes import RedisServer, RedisServerError, TcpProxy, TlsFiles
@@ -26,14 +28,18 @@ from driftshare._fleet._records import (
     MAX_PAIRS,
     Pair,
     Signer,
+    TxMessage,
     decode,
     encode,
     encode_pairs,
+    encode_tx,
     record_message,
 )
 from driftshare._fleet._store import FleetStore, Outgoing, StoredMember
+from driftshare._fleet._txshare import SharedPath
 from driftshare._metrics import REGISTRY
 from driftshare._tasks import cancel_all
+from driftshare._tx import TransactionPath
 from driftshare.config import load_settings
 from driftshare.manager import DriftClientManager
 from driftshare.sim import Simulator
@@ -108,7 +114,9 @@ async def members(redis_server: RedisServer) -> AsyncIterator[MemberFactory]:
         data_flows: Callable[[], bool] = lambda: True,
         on_change: Callable[[], None] = lambda: None,
         subscribed: Callable[[], Collection[str] | None] = lambda: None,
+        *,
         pairs: Collection[Pair] = (),
+        tx: SharedPath | None = None,
         **overrides: object,
     ) -> FleetMember:
         options = {"share_url": redis_server.url, "share_lease_s": 0.6, "share_fallback_s": 1.0}
@@ -121,6 +129,7 @@ async def members(redis_server: RedisServer) -> AsyncIterator[MemberFactory]:
             data_flows=data_flows,
             subscribed=subscribed,
             pairs=lambda: pairs,
+            tx=tx,
         )
         made.append(member)
         return member
@@ -797,3 +806,50 @@ async def test_forged_garbled_and_oversized_lists_are_dropped(
     lines = [r.getMessage() for r in caplog.records if "list of sub-accounts" in r.getMessage()]
     assert len(lines) == len(set(lines)) == 6
     assert leader.shared_pairs == {honest}
+
+
+class NoRpc:
+    """A transaction path's RPC that must not be asked anything."""
+
+    async def call(self, method: str, params: list[Any]) -> Any:
+        raise AssertionError(f"{method} asked")
+
+    async def batch(self, calls: list[tuple[str, list[Any]]]) -> list[Any]:
+        raise AssertionError(f"{calls} asked")
+
+
+async def test_a_follower_adopts_the_leaders_signed_blockhash_and_fee_only(
+    members: MemberFactory, wait_until: WaitUntil
+) -> None:
+    path = TransactionPath(NoRpc(), load_settings())
+    leader = members(share_secret=SECRET)
+    await leader.join()
+    leader.ledger.apply(STATE)
+    follower = members(share_secret=SECRET, tx=path)
+    await follower.join()
+    await asyncio.wait_for(follower.wait_followed(), 5)
+    store = follower._store
+    blockhash = Hash.new_unique()
+
+    def shared(block_height: int, signer: Signer) -> str:
+        now = time.time()
+        message = TxMessage(str(blockhash), 1_000, 5, block_height, now, 7, now, 1, leader.id)
+        return encode_tx(message, signer)
+
+    leaders = Signer(SECRET.encode(), "default", CHAIN)
+    await store.redis.publish(store.channel, shared(900, Signer(b"forger", "default", CHAIN)))
+    # Signed, but a block height past the blockhash's last valid one is no chain's answer.
+    await store.redis.publish(store.channel, shared(1_001, leaders))
+    await wait_until(lambda: follower.follower.rejected == 2)
+    assert path.keeper.latest is None
+    await store.redis.publish(store.channel, shared(900, leaders))
+    await wait_until(lambda: path.keeper.latest is not None)
+    assert path.keeper.latest is not None
+    assert path.keeper.latest.blockhash == blockhash
+    assert path.keeper.latest.last_valid_block_height == 1_000
+    assert path.keeper.block_height == 900
+    assert path.fees.price == 7
+    # Current: the follower fetches neither itself (NoRpc would fail the write otherwise).
+    assert path.keeper.due() == []
+    assert path.fees.due() == []
+    assert (await path.keeper.current()).blockhash == blockhash
