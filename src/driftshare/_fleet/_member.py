@@ -8,8 +8,8 @@ data has stopped flowing hands the lease over; a member whose upstream is anothe
 than the group's never joins.
 
 Every member lists in Redis the sub-accounts it trades on; the leader subscribes those of
-the live members and shares their accounts like the markets, and, while any member trades,
-its blockhash and priority fee.
+the live members and shares their accounts like the markets, and, while another member
+trades, its blockhash and priority fee.
 """
 
 from __future__ import annotations
@@ -302,6 +302,7 @@ class FleetMember:
         now = time.time()
         known = {m.id: self._listed_role(m, now) != "gone" for m in self._members}
         wanted: set[Pair] = set()
+        others_trade = False
         dropped: list[str] = []
         async for member, raw in self._store.pairs():
             if member not in known:
@@ -317,6 +318,7 @@ class FleetMember:
                 continue
             if known[member]:
                 wanted |= pairs
+                others_trade = others_trade or (member != self.id and bool(pairs))
         await self._store.drop_pairs(dropped)
         if len(wanted) > MAX_SHARED_PAIRS:
             self._log_once(
@@ -329,7 +331,8 @@ class FleetMember:
         self.shared_pairs = shared
         self._share_pairs(shared)
         if self._tx_sharer is not None:
-            self._tx_sharer.want(bool(shared))
+            # A leader trading alone refreshes its blockhash when it sends, as on its own.
+            self._tx_sharer.want(others_trade)
 
     def _log_once(self, message: str) -> None:
         # Once per message: a garbled entry rewritten every tick must not flood the log.
