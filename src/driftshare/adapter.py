@@ -321,7 +321,8 @@ class DriftAdapter(AdapterWrites):
             log.warning("cannot create a DriftClient: %s", exc)
             return False
         try:
-            await asyncio.wait_for(private.start(), settings.init_timeout_s)
+            async with asyncio.timeout(settings.init_timeout_s):
+                await private.start()
         except Exception as exc:  # any upstream failure: not connected
             await private.close()
             self._problem = f"cannot connect to {redact_url(url)}: {str(exc) or type(exc).__name__}"

@@ -125,7 +125,8 @@ class SubAccount:
         self._waiters.append(waiter)
         try:
             with suppress(TimeoutError):
-                return await asyncio.wait_for(asyncio.shield(future), timeout * _REFRESH_AFTER)
+                async with asyncio.timeout(timeout * _REFRESH_AFTER):
+                    return await asyncio.shield(future)
             with suppress(TimeoutError):
                 async with asyncio.timeout(timeout * (1 - _REFRESH_AFTER)):
                     await self._registry.refresh(self)

@@ -168,7 +168,8 @@ async def _checks(shared: SharedClient, gen: Generation) -> None:
                 # the RPC answers (no answer for long: rebuild); it never makes data fresh.
                 shared.health = "degraded"
                 try:
-                    await asyncio.wait_for(gen.connection.get_slot(), check_timeout)  # type: ignore[union-attr]
+                    async with asyncio.timeout(check_timeout):
+                        await gen.connection.get_slot()  # type: ignore[union-attr]
                 except Exception as exc:  # an unhealthy RPC: count and, past a limit, rebuild
                     gen.check()
                     failures += 1
@@ -240,7 +241,8 @@ async def _websocket_works(shared: SharedClient) -> bool:
             return True
 
     try:
-        return await asyncio.wait_for(probe(), shared.settings.ws_stall_s)
+        async with asyncio.timeout(shared.settings.ws_stall_s):
+            return await probe()
     except Exception:  # unreachable or silent: not yet
         return False
 

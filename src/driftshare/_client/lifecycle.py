@@ -50,6 +50,7 @@ from driftshare._transport import (
     install_transport,
     post_batch,
 )
+from driftshare._transport.retry import full_jitter
 from driftshare._tx import ConnectionRpc, TransactionPath, install_path
 from driftshare.config import (
     ConfigError,
@@ -379,14 +380,15 @@ class SharedClient(Subscriptions):
             attempt = 0
             while True:
                 if attempt:
-                    cap = min(
-                        settings.retry_backoff_cap,
-                        settings.retry_backoff * 2 ** min(attempt - 1, 30),
+                    await asyncio.sleep(
+                        full_jitter(
+                            self._rng, attempt, settings.retry_backoff, settings.retry_backoff_cap
+                        )
                     )
-                    await asyncio.sleep(self._rng.uniform(0, cap))
                     gen.attempt = self.loop.create_future()
                 try:
-                    await asyncio.wait_for(self._start(gen), settings.init_timeout_s)
+                    async with asyncio.timeout(settings.init_timeout_s):
+                        await self._start(gen)
                 except Exception as exc:  # any failure: log, hand out None, retry in background
                     gen.check()
                     self._record_failure(exc, attempt)
