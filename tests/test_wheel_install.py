@@ -124,7 +124,7 @@ def _dependencies(root: Path) -> Path:
     target = root / "site-packages"
     for dist in _requirements([*declared, "pytest"]):
         for file in dist.files or ():
-            source = Path(os.path.normpath(dist.locate_file(file)))
+            source = Path(os.path.normpath(str(dist.locate_file(file))))
             if not source.is_relative_to(site):
                 continue  # a console script: bin/ is not on the path the .pth file adds
             link = target / source.relative_to(site)
