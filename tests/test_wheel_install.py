@@ -68,11 +68,12 @@ _READ_FUNDING = textwrap.dedent(
 
 
 def _clean_env() -> dict[str, str]:
-    """This environment without what would lead the fresh one to the checkout or settings."""
+    """This environment without what would lead the fresh one to the checkout, settings or
+    this run's pytest options."""
     return {
         k: v
         for k, v in os.environ.items()
-        if k not in ("PYTHONPATH", "VIRTUAL_ENV") and not k.startswith("DRIFT_")
+        if k not in ("PYTHONPATH", "VIRTUAL_ENV", "PYTEST_ADDOPTS") and not k.startswith("DRIFT_")
     }
 
 
