@@ -3,6 +3,10 @@ PYTHON ?= python3
 VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed-stamp
+# A machine that sets PYTHONDONTWRITEBYTECODE makes every test worker, and every serve or sim
+# process a test starts, compile the project's modules and rewrite the tests' asserts again:
+# half of a worker's collection time. The cached bytecode lives in __pycache__ (git-ignored).
+unexport PYTHONDONTWRITEBYTECODE
 
 .PHONY: run test lint bench reliability lock clean browser redis driftpy-range
 
