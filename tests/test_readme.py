@@ -1,4 +1,4 @@
-"""README.md against the code it documents: the configuration table."""
+"""README.md against the code it documents: the configuration table and the metrics list."""
 
 from __future__ import annotations
 
@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 from pydantic_core import PydanticUndefined
 
-from driftshare import Settings
+from driftshare import METRICS_REGISTRY, Settings
 
 README = (Path(__file__).resolve().parents[1] / "README.md").read_text()
 
@@ -43,3 +43,13 @@ def test_the_configuration_table_shows_each_real_default(name: str) -> None:
         assert literal is not None, f"{name}: {shown!r} is not one `value`"
         value = literal.group(1)
         assert (type(default)(value) if isinstance(default, int | float) else value) == default
+
+
+def test_the_metrics_section_names_every_exported_metric() -> None:
+    listed = set(re.findall(r"`(drift_[a-z_]+)`", _section("Metrics")))
+    # prometheus_client reports a counter's family name without the "_total" it exports.
+    exported = {
+        f"{metric.name}_total" if metric.type == "counter" else metric.name
+        for metric in METRICS_REGISTRY.collect()
+    }
+    assert listed == exported

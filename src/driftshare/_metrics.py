@@ -119,7 +119,7 @@ SUBSCRIPTION_FAILURES = Counter(
 )
 DATA_AGE_SECONDS = Gauge(
     "drift_data_age_seconds",
-    "Seconds since a market's data last changed.",
+    "Seconds since a market's account and oracle were last known current (its data_age_s).",
     ["market"],
     registry=REGISTRY,
 )
