@@ -34,6 +34,8 @@ __all__ = [
 ]
 
 REGISTRY = CollectorRegistry(auto_describe=True)
+"""driftshare's own Prometheus registry (``driftshare.METRICS_REGISTRY``): every ``drift_*``
+metric and nothing else; ``prometheus_client.generate_latest(REGISTRY)`` renders it."""
 
 CLIENT_REF_COUNT = Gauge(
     "drift_client_ref_count",
