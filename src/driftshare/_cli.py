@@ -187,12 +187,21 @@ async def _print_funding(ns: argparse.Namespace) -> int:
     from driftshare.manager import DriftClientManager
 
     settings = DriftClientManager.settings()
+    reader = DriftClientManager.market_data()
     if await DriftClientManager.get_client() is None:
         url = redact_url(settings.effective_rpc_url())
-        print(f"driftshare funding: cannot reach the RPC at {url}", file=sys.stderr)
-        return 1
-    reader = DriftClientManager.market_data()
-    markets = await reader.get_all_perp_markets()
+        # With DRIFT_SNAPSHOT_PATH the last values answer, marked stale, as a warm start does.
+        markets = [] if settings.snapshot_path is None else await reader.get_all_perp_markets()
+        if not markets:
+            print(f"driftshare funding: cannot reach the RPC at {url}", file=sys.stderr)
+            return 1
+        print(
+            f"driftshare funding: cannot reach the RPC at {url}; showing the warm-start "
+            "snapshot's values, stale",
+            file=sys.stderr,
+        )
+    else:
+        markets = await reader.get_all_perp_markets()
     if ns.market is None:
         rates = await reader.get_all_funding_rates()
     else:
