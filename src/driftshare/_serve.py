@@ -191,6 +191,8 @@ class Runtime:
                 f"[yellow]serving {len(markets)} perp markets from the snapshot, stale, "
                 "while connecting[/yellow]"
             )
+        elif markets and stats.get("subscription_mode") == "fleet":
+            say(f"following the fleet's leader: {len(markets)} perp markets through Redis")
         elif markets:
             say(
                 f"subscribed {len(markets)} perp markets by {stats.get('subscription_mode')} "
