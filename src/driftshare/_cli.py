@@ -70,7 +70,12 @@ def _add_sim(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
         metavar="RPS",
         help="requests per second per client, answered 429 beyond (default: no limit)",
     )
-    p.add_argument("--burst", type=int, default=None, help="requests at once within the limit")
+    p.add_argument(
+        "--burst",
+        type=int,
+        default=None,
+        help="requests at once within the limit (default: the rate, at least 1)",
+    )
     p.add_argument(
         "--funding-period-s",
         type=_positive_float,
@@ -107,8 +112,12 @@ def _add_sim(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
         metavar="TOKEN",
         help="require this x-token on every gRPC call (or set DRIFT_SIM_GRPC_TOKEN)",
     )
-    p.add_argument("--grpc-tls-cert", type=Path, default=None, metavar="PEM")
-    p.add_argument("--grpc-tls-key", type=Path, default=None, metavar="PEM")
+    p.add_argument(
+        "--grpc-tls-cert", type=Path, default=None, metavar="PEM", help="serve gRPC over TLS"
+    )
+    p.add_argument(
+        "--grpc-tls-key", type=Path, default=None, metavar="PEM", help="the certificate's key"
+    )
     p.set_defaults(func=_cmd_sim)
 
 
@@ -302,7 +311,7 @@ def _add_serve(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None
         type=_engine_names,
         default=[],
         metavar="LIST",
-        help="sample engines to run: funding,lst,scalp,arb or all",
+        help="sample engines to run: funding,lst,scalp,arb or all (default: none)",
     )
     p.add_argument(
         "--trade",
