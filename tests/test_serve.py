@@ -72,6 +72,8 @@ async def test_serve_waits_for_the_rpc_without_a_check_mark_until_data_arrives(
     waiting_line = next(line for line in output.splitlines() if "no market data yet" in line)
     assert "✓" not in waiting_line
     assert waiting_line.startswith("waiting for the RPC")
+    # One message, one line, however narrow the output: a log keeps URLs and reasons whole.
+    assert waiting_line.endswith("retrying in the background")
     assert output.index("waiting for the RPC") < output.index("ready (live RPC)")
 
 

@@ -311,7 +311,9 @@ async def run_serve(config: ServeConfig) -> int:
     """Run until SIGINT or SIGTERM, showing progress on stderr; the exit status."""
     from rich.console import Console
 
-    console = Console(stderr=True, highlight=False)
+    # soft_wrap: no line breaks of rich's own (it assumes 80 columns when piped), so a log
+    # keeps each URL and message whole; a terminal wraps long lines itself.
+    console = Console(stderr=True, highlight=False, soft_wrap=True)
     loop = asyncio.get_running_loop()
     stopping = asyncio.Event()
     for sig in (signal.SIGINT, signal.SIGTERM):
