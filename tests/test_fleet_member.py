@@ -5,14 +5,17 @@ from __future__ import annotations
 import asyncio
 import dataclasses
 import json
+import logging
 import time
 from collections.abc import AsyncIterator, Callable, Collection, Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 import pytest_asyncio
 from redis.asyncio import Redis
 from redis.exceptions import RedisError
+from solders.hash import Hash
 from solders.pubkey import Pubkey
 
 from bench._processes import RedisServer, RedisServerError, TcpProxy, TlsFiles
@@ -21,10 +24,22 @@ from driftshare._data.ledger import AccountLedger, AccountRecord
 from driftshare._fleet import Chain, FleetMember
 from driftshare._fleet._follower import MAX_ACCOUNTS, Follower
 from driftshare._fleet._publisher import Publisher
-from driftshare._fleet._records import Signer, decode, encode, record_message
-from driftshare._fleet._store import FleetStore, Outgoing
+from driftshare._fleet._records import (
+    MAX_PAIRS,
+    Pair,
+    Signer,
+    TxMessage,
+    decode,
+    encode,
+    encode_pairs,
+    encode_tx,
+    record_message,
+)
+from driftshare._fleet._store import FleetStore, Outgoing, StoredMember
+from driftshare._fleet._txshare import SharedPath
 from driftshare._metrics import REGISTRY
 from driftshare._tasks import cancel_all
+from driftshare._tx import TransactionPath
 from driftshare.config import load_settings
 from driftshare.manager import DriftClientManager
 from driftshare.sim import Simulator
@@ -99,6 +114,9 @@ async def members(redis_server: RedisServer) -> AsyncIterator[MemberFactory]:
         data_flows: Callable[[], bool] = lambda: True,
         on_change: Callable[[], None] = lambda: None,
         subscribed: Callable[[], Collection[str] | None] = lambda: None,
+        *,
+        pairs: Collection[Pair] = (),
+        tx: SharedPath | None = None,
         **overrides: object,
     ) -> FleetMember:
         options = {"share_url": redis_server.url, "share_lease_s": 0.6, "share_fallback_s": 1.0}
@@ -110,6 +128,8 @@ async def members(redis_server: RedisServer) -> AsyncIterator[MemberFactory]:
             on_change,
             data_flows=data_flows,
             subscribed=subscribed,
+            pairs=lambda: pairs,
+            tx=tx,
         )
         made.append(member)
         return member
@@ -711,3 +731,125 @@ async def test_a_followers_data_is_as_old_as_the_leaders(
     assert entry is not None
     # Not the moment the follower received it: the leader's age, give or take the transit.
     assert time.monotonic() - entry.confirmed_at == pytest.approx(20.0, abs=2.0)
+
+
+# -- issue 19: the sub-accounts members trade on ---------------------------------------------
+
+
+def pair(sub: int = 0) -> Pair:
+    """A new authority's sub-account ``sub``."""
+    return (str(Pubkey.new_unique()), sub)
+
+
+async def test_the_leader_shares_the_live_members_sub_accounts(
+    members: MemberFactory, wait_until: WaitUntil
+) -> None:
+    leader = members()
+    await leader.join()
+    assert leader.role == "leader"
+    p1, p2, p3 = pair(0), pair(1), pair(3)
+    leaving, dying, staying = (members(pairs=[p]) for p in (p1, p2, p3))
+    for member in (leaving, dying, staying):
+        await member.join()
+    await wait_until(lambda: leader.shared_pairs == {p1, p2, p3})
+    await leaving.close()
+    await wait_until(lambda: leader.shared_pairs == {p2, p3})
+    # Killed: it stops announcing itself, and its list counts no more once its last
+    # announcement is a lease old.
+    await cancel_all([dying._task, dying._follow_task])
+    await wait_until(lambda: leader.shared_pairs == {p3})
+    # The next leader shares every published list.
+    await leader.close()
+    await wait_until(lambda: staying.role == "leader")
+    await wait_until(lambda: staying.shared_pairs == {p3})
+
+
+async def test_forged_garbled_and_oversized_lists_are_dropped(
+    members: MemberFactory, wait_until: WaitUntil, caplog: pytest.LogCaptureFixture
+) -> None:
+    leader = members(share_secret=SECRET)
+    await leader.join()
+    honest = pair()
+    member = members(pairs=[honest], share_secret=SECRET)
+    await member.join()
+    await wait_until(lambda: leader.shared_pairs == {honest})
+    store = leader._store
+    signer = Signer(SECRET.encode(), "default", CHAIN)
+    forger = Signer(b"not the secret", "default", CHAIN)
+    too_many = [pair(i) for i in range(MAX_PAIRS + 1)]
+    lists = {
+        "forged": encode_pairs("forged", [pair()], forger),
+        "too-many": encode_pairs("too-many", too_many, signer),
+        "too-large": "x" * 10_000,
+        "garbled": "not a list",
+        "bad-key": encode_pairs("bad-key", [("not a key", 0)], signer),
+        "moved": encode_pairs("other", [pair()], signer),  # another member's, signed
+    }
+    # Made-up members that look alive (member entries are not signed), each with its list,
+    # and a list of no member at all.
+    seen_at = time.time() + 3.0
+    for name, text in lists.items():
+        ghost = StoredMember(name, "follower", "h", 1, 1, seen_at)
+        await store.redis.hset(store._members, name, json.dumps(dataclasses.asdict(ghost)))
+        await store.redis.hset(store._pairs, name, text)
+    await store.redis.hset(store._pairs, "nobody", encode_pairs("nobody", [pair()], signer))
+
+    async def dropped() -> bool:
+        return set(await store.redis.hkeys(store._pairs)) == {member.id.encode()}
+
+    with caplog.at_level(logging.WARNING, logger="driftshare._fleet._member"):
+        await wait_until(dropped)
+        assert leader.shared_pairs == {honest}
+        # Written again: dropped again, without another log line.
+        await store.redis.hset(store._pairs, "garbled", lists["garbled"])
+        await wait_until(dropped)
+    lines = [r.getMessage() for r in caplog.records if "list of sub-accounts" in r.getMessage()]
+    assert len(lines) == len(set(lines)) == 6
+    assert leader.shared_pairs == {honest}
+
+
+class NoRpc:
+    """A transaction path's RPC that must not be asked anything."""
+
+    async def call(self, method: str, params: list[Any]) -> Any:
+        raise AssertionError(f"{method} asked")
+
+    async def batch(self, calls: list[tuple[str, list[Any]]]) -> list[Any]:
+        raise AssertionError(f"{calls} asked")
+
+
+async def test_a_follower_adopts_the_leaders_signed_blockhash_and_fee_only(
+    members: MemberFactory, wait_until: WaitUntil
+) -> None:
+    path = TransactionPath(NoRpc(), load_settings())
+    leader = members(share_secret=SECRET)
+    await leader.join()
+    leader.ledger.apply(STATE)
+    follower = members(share_secret=SECRET, tx=path)
+    await follower.join()
+    await asyncio.wait_for(follower.wait_followed(), 5)
+    store = follower._store
+    blockhash = Hash.new_unique()
+
+    def shared(block_height: int, signer: Signer) -> str:
+        now = time.time()
+        message = TxMessage(str(blockhash), 1_000, 5, block_height, now, 7, now, 1, leader.id)
+        return encode_tx(message, signer)
+
+    leaders = Signer(SECRET.encode(), "default", CHAIN)
+    await store.redis.publish(store.channel, shared(900, Signer(b"forger", "default", CHAIN)))
+    # Signed, but a block height past the blockhash's last valid one is no chain's answer.
+    await store.redis.publish(store.channel, shared(1_001, leaders))
+    await wait_until(lambda: follower.follower.rejected == 2)
+    assert path.keeper.latest is None
+    await store.redis.publish(store.channel, shared(900, leaders))
+    await wait_until(lambda: path.keeper.latest is not None)
+    assert path.keeper.latest is not None
+    assert path.keeper.latest.blockhash == blockhash
+    assert path.keeper.latest.last_valid_block_height == 1_000
+    assert path.keeper.block_height == 900
+    assert path.fees.price == 7
+    # Current: the follower fetches neither itself (NoRpc would fail the write otherwise).
+    assert path.keeper.due() == []
+    assert path.fees.due() == []
+    assert (await path.keeper.current()).blockhash == blockhash

@@ -12,7 +12,7 @@ from solders.rpc.requests import SignatureSubscribe, SignatureUnsubscribe
 from solders.rpc.responses import parse_websocket_message
 from solders.signature import Signature
 
-from driftshare._data.subscription import _screen_messages
+from driftshare._data.websocket_subscription import _screen_messages
 from driftshare._tx.signature_feed import SignatureFeed
 from driftshare._tx.statuses import SignatureStatus
 

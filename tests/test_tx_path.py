@@ -379,7 +379,9 @@ async def test_the_blockhash_and_fee_ride_in_the_sends_and_status_polls(
     refresh = ["getLatestBlockhash", "getBlockHeight", "getRecentPrioritizationFees"]
     first, *rest = chain.requests
     assert first == refresh  # fetched before the first signing, the fee with it
-    assert [r[0] for r in rest].count("sendTransaction") == 3
+    # Three writes; a loaded machine may resend their identical bytes while they are pending.
+    assert len({signature for signature, _, _ in chain.sends}) == 3
+    assert "sendTransaction" in [r[0] for r in rest]
     assert "getSignatureStatuses" in [r[0] for r in rest]
     # No request of their own: each refresh rode in a send or a status poll.
     assert all(r[1:] == refresh for r in rest)

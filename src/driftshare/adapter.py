@@ -23,16 +23,14 @@ from solders.pubkey import Pubkey
 from driftshare._accounts import AccountMissing, AccountRegistry, AccountUnavailable, SubAccount
 from driftshare._accounts.hosts import signer_client
 from driftshare._accounts.reads import missing_status
+from driftshare._data.discovery import discover_markets
 from driftshare._data.freshness import Confirmer
 from driftshare._data.ledger import AccountLedger
 from driftshare._data.marketdata import ClientSource, MarketDataReader, MarketSource
-from driftshare._data.subscription import (
-    AccountTap,
-    WebsocketSubscriber,
-    discover_markets,
-    post_batch,
-)
+from driftshare._data.tap import AccountTap
+from driftshare._data.websocket_subscription import WebsocketSubscriber
 from driftshare._sync import LoopThread
+from driftshare._transport import post_batch
 from driftshare._tx.writes import AdapterWrites
 from driftshare.config import PUBLIC_RPC_URLS, Network, Settings, redact_url
 from driftshare.manager import DriftClientManager, configured_signer
@@ -99,6 +97,9 @@ class _PrivateClient:
 
     def accounts_current(self) -> bool:
         return self.subscriber is not None
+
+    def follows(self) -> bool:
+        return False  # a private client subscribes its own accounts
 
     async def signer_client(self, keypair: Keypair) -> DriftClient:
         if keypair.pubkey() == self.client.wallet.public_key:
@@ -320,7 +321,8 @@ class DriftAdapter(AdapterWrites):
             log.warning("cannot create a DriftClient: %s", exc)
             return False
         try:
-            await asyncio.wait_for(private.start(), settings.init_timeout_s)
+            async with asyncio.timeout(settings.init_timeout_s):
+                await private.start()
         except Exception as exc:  # any upstream failure: not connected
             await private.close()
             self._problem = f"cannot connect to {redact_url(url)}: {str(exc) or type(exc).__name__}"

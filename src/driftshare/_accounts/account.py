@@ -74,6 +74,8 @@ class SubAccount:
         """True once unregistered (by the last engine, or the client closing)."""
         self.required_slot = 0
         """Reads are stale until the User account is confirmed at this slot."""
+        self.awaiting_leader = False
+        """A fleet follower's account the leader's data has not reached yet: reads stale."""
         self._waiters: list[tuple[int, asyncio.Future[bool]]] = []
         self._computed: dict[str, tuple[tuple[AccountRecord, ...], Any]] = {}
         self._failing: set[str] = set()
@@ -123,7 +125,8 @@ class SubAccount:
         self._waiters.append(waiter)
         try:
             with suppress(TimeoutError):
-                return await asyncio.wait_for(asyncio.shield(future), timeout * _REFRESH_AFTER)
+                async with asyncio.timeout(timeout * _REFRESH_AFTER):
+                    return await asyncio.shield(future)
             with suppress(TimeoutError):
                 async with asyncio.timeout(timeout * (1 - _REFRESH_AFTER)):
                     await self._registry.refresh(self)
@@ -156,7 +159,7 @@ class SubAccount:
             entries = reads.basis(self.user, host.ledger)
             fresh = reads.freshness(
                 entries,
-                current=host.accounts_current() and not self.closed,
+                current=host.accounts_current() and not self.closed and not self.awaiting_leader,
                 stale_after_s=host.stale_after_s,
                 required_slot=self.required_slot,
             )

@@ -8,7 +8,7 @@ from driftpy.drift_client import DriftClient
 from solders.keypair import Keypair
 
 from driftshare._data.ledger import AccountLedger
-from driftshare._data.subscription import AccountTap
+from driftshare._data.tap import AccountTap
 
 __all__ = ["AccountHost"]
 
@@ -36,6 +36,9 @@ class AccountHost(Protocol):
 
     def accounts_current(self) -> bool:
         """Whether upstream is up and the subscription serving."""
+
+    def follows(self) -> bool:
+        """Whether the accounts come from a fleet's leader: this client subscribes none."""
 
     async def signer_client(self, keypair: Keypair) -> DriftClient:
         """A DriftClient for ``keypair``'s authority over this client's connection and

@@ -12,7 +12,7 @@ from solders.keypair import Keypair
 
 from driftshare._accounts.subscribers import MarketsOf
 from driftshare._data.ledger import AccountLedger
-from driftshare._data.subscription import AccountTap
+from driftshare._data.tap import AccountTap
 from driftshare._tx import install_path
 
 if TYPE_CHECKING:
@@ -104,7 +104,13 @@ class SharedHost:
 
     def accounts_current(self) -> bool:
         shared = self._shared
-        return shared.initialized and shared.health == "healthy"
+        gen = shared.gen
+        feed_lost = gen is not None and gen.fleet is not None and gen.fleet.feed_lost
+        return shared.initialized and shared.health == "healthy" and not feed_lost
+
+    def follows(self) -> bool:
+        gen = self._shared.gen
+        return gen is not None and gen.fleet is not None and not gen.fleet.upstream
 
     async def signer_client(self, keypair: Keypair) -> DriftClient:
         client = await signer_client(

@@ -1,10 +1,13 @@
 """AccountRegistry: the signers and sub-accounts registered on one client, each User and
-UserStats account subscribed once on that client's own subscription."""
+UserStats account subscribed once on that client's own subscription (a fleet leader's:
+every member's too)."""
 
 from __future__ import annotations
 
 import asyncio
+import functools
 import logging
+from collections.abc import Collection
 from typing import Any
 
 from driftpy.account_subscription_config import AccountSubscriptionConfig
@@ -23,18 +26,27 @@ from driftshare._accounts.subscribers import LedgerUserStatsSubscriber, LedgerUs
 from driftshare._data.freshness import multiple_accounts
 from driftshare._data.grpc_subscription import GrpcSubscriber
 from driftshare._data.ledger import AccountKind, AccountRecord, LedgerEntry
-from driftshare._data.subscription import (
-    AccountTap,
-    PollingSubscriber,
-    WebsocketSubscriber,
-    post_batch,
-)
+from driftshare._data.polling_subscription import PollingSubscriber
+from driftshare._data.tap import AccountTap
+from driftshare._data.websocket_subscription import WebsocketSubscriber
+from driftshare._transport import post_batch
 
 __all__ = ["AccountMissing", "AccountRegistry", "AccountUnavailable", "missing_message"]
 
 log = logging.getLogger(__name__)
 
 _Watcher = WebsocketSubscriber | PollingSubscriber
+_KEYS_PER_READ = 100
+"""getMultipleAccounts' limit."""
+
+
+@functools.lru_cache(maxsize=4096)
+def _addresses(authority: str, sub_account_id: int) -> tuple[str, str]:
+    """The User and UserStats account addresses of (``authority``, ``sub_account_id``)
+    (cached: a fleet leader asks every lease tick)."""
+    key = Pubkey.from_string(authority)
+    user = get_user_account_public_key(DRIFT_PROGRAM_ID, key, sub_account_id)
+    return str(user), str(get_user_stats_account_public_key(DRIFT_PROGRAM_ID, key))
 
 
 class AccountMissing(LookupError):
@@ -68,6 +80,11 @@ class AccountRegistry:
     authority's UserStats, is watched once on the client's subscription (the oracles'
     WebSocket, or the polling loader's batched reads), written to the client's ledger and
     confirmed by its confirmer like the markets. The last :meth:`close` unsubscribes it.
+
+    A fleet leader also watches the accounts of every member's sub-accounts
+    (:meth:`share`), so they reach the followers like the markets. On a follower nothing is
+    watched: its accounts come from the leader, and one is current only once the leader's
+    data for it has arrived.
     """
 
     def __init__(self, host: AccountHost) -> None:
@@ -79,6 +96,10 @@ class AccountRegistry:
         """Every watched account's address → its kind."""
         self._attached: tuple[_Watcher, AccountTap | None] | None = None
         """A subscriber being installed, which already watches every account."""
+        self._wanted: dict[str, AccountKind] = {}
+        """The accounts of the fleet's members' sub-accounts, to watch (a leader's)."""
+        self._shared: set[str] = set()
+        """Those of :attr:`_wanted` watched, or read and found missing."""
         self._lock = asyncio.Lock()
         host.ledger.add_listener(self._on_entry)
 
@@ -108,6 +129,15 @@ class AccountRegistry:
             "watched": len(self._watched),
             "sub_accounts": accounts,
         }
+
+    def pairs(self) -> list[tuple[str, int]]:
+        """Every registered (authority in base58, sub-account id)."""
+        return sorted((str(authority), sub) for authority, sub in self._accounts)
+
+    def kept_keys(self) -> set[str]:
+        """The accounts of the sub-accounts registered here and of those shared for the
+        fleet's members (watched, or to be)."""
+        return {key for key in self._watched if self._registered(key)} | self._wanted.keys()
 
     def watched(self) -> dict[str, AccountKind]:
         """The address and kind of every account subscribed for a signer."""
@@ -165,7 +195,11 @@ class AccountRegistry:
             stats = DriftUserStats(client, stats_key, UserStatsSubscriptionConfig())
             stats.account_subscriber = LedgerUserStatsSubscriber(ledger, str(stats_key))
             signer.add_stats(stats)
-        return SubAccount(self, signer, sub_account_id, user)
+        account = SubAccount(self, signer, sub_account_id, user)
+        # A follower's own read proves the account exists; its data is current only once
+        # the leader's arrives (the next change or confirmation of it in the ledger).
+        account.awaiting_leader = self.host.follows()
+        return account
 
     async def close(self, account: SubAccount) -> None:
         """Drop one reference on ``account``; the last unsubscribes its accounts."""
@@ -181,11 +215,64 @@ class AccountRegistry:
             account.close()
             signer = account.signer
             signer.remove(account.sub_account_id)
-            await self._unwatch(str(account.user_pubkey))
+            user_key, stats_key = _addresses(str(signer.authority), account.sub_account_id)
+            if user_key not in self._shared:
+                await self._unwatch(user_key)
             if not signer.sub_account_ids:
                 del self._signers[signer.authority]
-                stats_key = get_user_stats_account_public_key(DRIFT_PROGRAM_ID, signer.authority)
-                await self._unwatch(str(stats_key))
+                if stats_key not in self._shared:
+                    await self._unwatch(stats_key)
+
+    # -- a fleet leader's: every member's sub-accounts ----------------------------------------
+
+    def share(self, pairs: Collection[tuple[str, int]]) -> bool:
+        """Watch the User and UserStats accounts of ``pairs`` (every (authority,
+        sub-account) the fleet's members use) too, and no longer those of pairs gone; True
+        while :meth:`sync_shared` has work to do."""
+        wanted: dict[str, AccountKind] = {}
+        for authority, sub_account_id in pairs:
+            user_key, stats_key = _addresses(authority, sub_account_id)
+            wanted[user_key] = "user"
+            wanted[stats_key] = "user_stats"
+        self._wanted = wanted
+        return self._shared != wanted.keys()
+
+    async def sync_shared(self) -> None:
+        """Watch what :meth:`share` wants, starting from one getMultipleAccounts per 100
+        accounts, and unwatch what it no longer wants. Never raises: what cannot be read
+        now is read at the next :meth:`share`."""
+        async with self._lock:
+            for pubkey in self._shared - self._wanted.keys():
+                self._shared.discard(pubkey)
+                if not self._registered(pubkey):
+                    await self._unwatch(pubkey)
+            new = [(key, kind) for key, kind in self._wanted.items() if key not in self._shared]
+            for i in range(0, len(new), _KEYS_PER_READ):
+                chunk = dict(new[i : i + _KEYS_PER_READ])
+                try:
+                    slot, found = await self._read(list(chunk))
+                except AccountUnavailable as exc:
+                    log.debug("cannot read the fleet's sub-accounts now: %s", exc)
+                    return
+                for pubkey, kind in chunk.items():
+                    data = found.get(pubkey)
+                    if data is not None and pubkey not in self._watched:
+                        await self._watch(AccountRecord(pubkey, kind, slot, data))
+                    self._shared.add(pubkey)  # a missing one is not read again while wanted
+
+    def _registered(self, pubkey: str) -> bool:
+        """Whether a sub-account registered here uses ``pubkey``."""
+        if pubkey in self._by_user:
+            return True
+        return any(_addresses(str(authority), 0)[1] == pubkey for authority in self._signers)
+
+    def _unshare(self) -> None:
+        """No longer leading: the leader shares the members' accounts now."""
+        for pubkey in self._shared:
+            if not self._registered(pubkey):
+                self._watched.pop(pubkey, None)  # its ledger entry is the leader's from now on
+        self._wanted = {}
+        self._shared.clear()
 
     def clear(self) -> None:
         """The client closed: every registration ends with its subscription."""
@@ -197,6 +284,8 @@ class AccountRegistry:
         self._by_user.clear()
         self._signers.clear()
         self._watched.clear()
+        self._wanted = {}
+        self._shared.clear()
         self._attached = None
 
     # -- the subscription -------------------------------------------------------------------
@@ -222,7 +311,8 @@ class AccountRegistry:
     async def attach(self, subscriber: Any, tap: AccountTap | None) -> None:
         """Watch every registered account on ``subscriber`` (not subscribed yet) and ``tap``."""
         if not isinstance(subscriber, WebsocketSubscriber | PollingSubscriber | GrpcSubscriber):
-            return  # a fleet follower's: the leader's accounts only
+            self._unshare()  # a fleet follower's: it watches nothing, the leader shares
+            return
         self._attached = (subscriber, tap)
         for pubkey, kind in list(self._watched.items()):
             if tap is not None:
@@ -271,7 +361,10 @@ class AccountRegistry:
         return slot, dict(accounts)
 
     async def refresh(self, account: SubAccount) -> None:
-        """Read ``account``'s User account now and apply it (never raises)."""
+        """Read ``account``'s User account now and apply it (never raises); a follower
+        reads nothing: its accounts are the leader's."""
+        if self.host.follows():
+            return
         key = str(account.user_pubkey)
         try:
             slot, found = await self._read([key])
@@ -285,4 +378,5 @@ class AccountRegistry:
     def _on_entry(self, entry: LedgerEntry, changed: bool) -> None:
         account = self._by_user.get(entry.record.pubkey)
         if account is not None:
+            account.awaiting_leader = False
             account.confirmed(entry.confirmed_slot)

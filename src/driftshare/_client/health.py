@@ -28,8 +28,7 @@ from driftshare._client.generation import Generation
 from driftshare._data.freshness import Confirmer
 from driftshare._data.grpc_subscription import grpc_works
 from driftshare._data.ledger import AccountLedger
-from driftshare._data.marketdata import ClientSource, confirmed
-from driftshare._data.subscription import SubscriptionMode, newest_data_slot
+from driftshare._data.marketdata import ClientSource, confirmed, newest_data_slot
 from driftshare._tasks import cancel_all
 from driftshare._transport import (
     RateLimitedTransport,
@@ -38,7 +37,7 @@ from driftshare._transport import (
     install_transport,
     retry_after_seconds,
 )
-from driftshare.config import Settings, redact_text, redact_url
+from driftshare.config import Settings, SubscriptionMode, redact_text, redact_url
 from driftshare.models import market_name
 
 __all__ = [
@@ -169,7 +168,8 @@ async def _checks(shared: SharedClient, gen: Generation) -> None:
                 # the RPC answers (no answer for long: rebuild); it never makes data fresh.
                 shared.health = "degraded"
                 try:
-                    await asyncio.wait_for(gen.connection.get_slot(), check_timeout)  # type: ignore[union-attr]
+                    async with asyncio.timeout(check_timeout):
+                        await gen.connection.get_slot()  # type: ignore[union-attr]
                 except Exception as exc:  # an unhealthy RPC: count and, past a limit, rebuild
                     gen.check()
                     failures += 1
@@ -241,7 +241,8 @@ async def _websocket_works(shared: SharedClient) -> bool:
             return True
 
     try:
-        return await asyncio.wait_for(probe(), shared.settings.ws_stall_s)
+        async with asyncio.timeout(shared.settings.ws_stall_s):
+            return await probe()
     except Exception:  # unreachable or silent: not yet
         return False
 

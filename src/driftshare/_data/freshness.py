@@ -117,7 +117,8 @@ class Confirmer:
         """Confirm forever (cancel to stop); a failed round is counted and retried next period."""
         while True:
             with suppress(TimeoutError):
-                await asyncio.wait_for(self._wake.wait(), self.period_s)
+                async with asyncio.timeout(self.period_s):
+                    await self._wake.wait()
             self._wake.clear()
             full, self._full = self._full, False
             if full:

@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
+from collections.abc import Callable
 from typing import Any, cast
 
 from redis.asyncio.client import PubSub
@@ -12,7 +13,13 @@ from redis.exceptions import RedisError
 
 from driftshare import _metrics as metrics
 from driftshare._data.ledger import AccountLedger
-from driftshare._fleet._records import Message, RecordError, Signer, decode, digest
+from driftshare._fleet._records import (
+    RecordError,
+    Signer,
+    TxMessage,
+    decode_update,
+    digest,
+)
 from driftshare._fleet._store import FleetStore
 
 __all__ = ["Follower"]
@@ -48,8 +55,12 @@ class Follower:
         silence_s: float,
         stale_after_s: float,
         max_accounts: int = MAX_ACCOUNTS,
+        on_tx: Callable[[TxMessage, float, float | None], None] = lambda *_: None,
     ):
+        """``on_tx`` takes the leader's blockhash and fee, with when each was fetched on
+        this process's monotonic clock."""
         self._store = store
+        self._on_tx = on_tx
         self._max_accounts = max_accounts
         self._signer = signer
         self._ledger = ledger
@@ -93,6 +104,9 @@ class Follower:
                 self.apply(raw)
             async for raw in self._store.confirmations():
                 self.apply(raw)
+            tx = await self._store.tx()
+            if tx is not None:
+                self.apply(tx)
             self.connected = self._loaded = True
             self._explain_old_values()
             if any(entry.record.kind == "state" for entry in self._ledger):
@@ -140,10 +154,17 @@ class Follower:
             self._reject("message too large")
             return False
         try:
-            message = decode(raw, self._signer)
+            message = decode_update(raw, self._signer)
         except RecordError as exc:
             self._reject(str(exc))
             return False
+        if isinstance(message, TxMessage):
+            self.epoch = max(self.epoch, message.epoch)
+            fee_at = None
+            if message.fee_wall_time is not None:
+                fee_at = _monotonic(message.fee_wall_time)
+            self._on_tx(message, _monotonic(message.wall_time), fee_at)
+            return True
         record = message.record
         if (
             record is not None
@@ -153,7 +174,7 @@ class Follower:
             self._reject(f"more than {self._max_accounts} accounts")
             return False
         self.epoch = max(self.epoch, message.epoch)
-        confirmed_at = _local_time(message)
+        confirmed_at = _monotonic(message.wall_time)
         if record is not None:
             self._ledger.apply(record, confirmed_at=confirmed_at)
             if self._loaded and record.kind == "state":
@@ -181,13 +202,13 @@ class Follower:
             log.warning("dropped a fleet record from Redis: %s", reason)
 
 
-def _local_time(message: Message) -> float:
-    """The leader's wall time of the message on this process's monotonic clock.
+def _monotonic(wall_time: float) -> float:
+    """The leader's wall time of a message on this process's monotonic clock.
 
     A record loaded from Redis keeps its real age (a dead leader's values are not fresh);
     a leader clock ahead of ours never makes a value younger than "now". Ages across hosts
     are only as good as their clocks' agreement: a leader clock behind by d ages every
     value by d, one ahead by d hides up to d of real age (keep hosts on NTP).
     """
-    age = max(0.0, time.time() - message.wall_time)
+    age = max(0.0, time.time() - wall_time)
     return time.monotonic() - age

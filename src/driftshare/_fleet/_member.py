@@ -6,6 +6,10 @@ follower does not, and every member does once Redis has been unreachable for
 ``share_fallback_s`` (then it rejoins as soon as Redis answers again). A leader whose own
 data has stopped flowing hands the lease over; a member whose upstream is another chain
 than the group's never joins.
+
+Every member lists in Redis the sub-accounts it trades on; the leader subscribes those of
+the live members and shares their accounts like the markets, and, while another member
+trades, its blockhash and priority fee.
 """
 
 from __future__ import annotations
@@ -25,14 +29,27 @@ from redis.asyncio import Redis
 from redis.asyncio.retry import Retry
 from redis.backoff import NoBackoff
 from redis.exceptions import RedisError
+from solders.hash import Hash
 
 from driftshare import _metrics as metrics
 from driftshare._data.ledger import AccountLedger
 from driftshare._fleet._follower import Follower
 from driftshare._fleet._publisher import Publisher
-from driftshare._fleet._records import Chain, Signer
+from driftshare._fleet._records import (
+    MAX_PAIRS,
+    Chain,
+    Pair,
+    RecordError,
+    Signer,
+    TxMessage,
+    decode_pairs,
+    encode_pairs,
+)
 from driftshare._fleet._store import FleetStore, OtherChain, StoredMember
+from driftshare._fleet._txshare import SharedPath, TxSharer
 from driftshare._tasks import cancel_all
+from driftshare._tx.blockhash import Blockhash
+from driftshare._tx.path import TxShare
 from driftshare.config import Settings, redact_url
 
 __all__ = ["FleetMember", "Role", "standalone_stats"]
@@ -51,6 +68,9 @@ _HANDOVER_AFTER_LEASES = 2
 ``DRIFT_STALE_AFTER_S`` after it took the lease at the earliest) hands the lease over."""
 _CLOSE_TIMEOUT_LEASES = 0.5
 """How long leaving waits for Redis before the lease is left to expire by itself."""
+MAX_SHARED_PAIRS = 512
+"""The most sub-accounts a leader shares: their accounts (a User each, a UserStats per
+authority) and Drift's markets stay within a follower's ``MAX_ACCOUNTS``."""
 
 
 def standalone_stats() -> dict[str, Any]:
@@ -70,10 +90,16 @@ class FleetMember:
         *,
         data_flows: Callable[[], bool] = lambda: True,
         subscribed: Callable[[], Collection[str] | None] = lambda: None,
+        pairs: Callable[[], Collection[Pair]] = tuple,
+        share_pairs: Callable[[frozenset[Pair]], None] = lambda _: None,
+        tx: SharedPath | None = None,
     ) -> None:
         """``chain``: what this member's upstream serves; ``data_flows``: whether its own
         upstream data is current (asked while leading); ``subscribed``: the accounts its
-        upstream subscription covers (None before there is one)."""
+        upstream subscription covers (None before there is one); ``pairs``: the
+        sub-accounts this member trades on; ``share_pairs``: told, while leading, every
+        live member's; ``tx``: the transaction path whose blockhash and fee a leader
+        shares and a follower adopts."""
         assert settings.share_url is not None
         network = chain.network
         self.settings = settings
@@ -93,6 +119,12 @@ class FleetMember:
         self._on_change = on_change
         self._data_flows = data_flows
         self._subscribed = subscribed
+        self._pairs = pairs
+        self._share_pairs = share_pairs
+        self._tx = tx
+        self.shared_pairs: frozenset[Pair] = frozenset()
+        """While leading: every live member's sub-accounts, shared."""
+        self._logged: set[str] = set()
         self._pruned_epoch: int | None = None
         self._stale_since: float | None = None
         self._led_at = 0.0
@@ -119,7 +151,11 @@ class FleetMember:
         identity = json.dumps([chain.genesis_hash, chain.program_id])
         self._store = FleetStore(self._redis, network, self.group, identity)
         channel_store = FleetStore(self._channel_redis, network, self.group, identity)
+        self._signer = signer
         self._publisher = Publisher(self._store, signer, self.id, network, self._fenced)
+        self._tx_sharer = (
+            None if tx is None else TxSharer(self._store, signer, self.id, tx, self._fenced)
+        )
         self.follower = Follower(
             channel_store,
             signer,
@@ -127,6 +163,7 @@ class FleetMember:
             network,
             silence_s=self._lease_s,
             stale_after_s=settings.stale_after_s,
+            on_tx=self._adopt_tx,
         )
         self._follow_task: asyncio.Task[None] | None = None
         self._task: asyncio.Task[None] | None = None
@@ -174,6 +211,8 @@ class FleetMember:
         task, self._task = self._task, None
         await cancel_all([task])
         await self._publisher.stop()
+        if self._tx_sharer is not None:
+            await self._tx_sharer.stop()
         await self._stop_following()
         token, self._token = self._token, None
         await _bounded(self._leave(token), self._lease_s * _CLOSE_TIMEOUT_LEASES)
@@ -236,12 +275,82 @@ class FleetMember:
         self.leader = holder[0] if holder else None
         if holder is not None:
             self.epoch = holder[1]
+        own = self._own_pairs()
         self._members = await store.announce(
             StoredMember(
                 self.id, self.role, socket.gethostname(), os.getpid(), self.references, time.time()
             ),
             self._lease_s * _FORGET_AFTER_LEASES,
+            encode_pairs(self.id, own, self._signer) if own else None,
         )
+        if self._token is not None:
+            await self._gather_pairs()
+
+    def _own_pairs(self) -> list[Pair]:
+        """The sub-accounts this member trades on, at most :data:`MAX_PAIRS` of them."""
+        own = sorted(self._pairs())
+        if len(own) > MAX_PAIRS:
+            self._log_once(
+                f"this member trades on {len(own)} sub-accounts: the fleet shares {MAX_PAIRS} "
+                "of them, the others' reads stay stale"
+            )
+        return own[:MAX_PAIRS]
+
+    async def _gather_pairs(self) -> None:
+        """While leading: share every live member's sub-accounts. Lists of members that
+        left, and lists that are not valid (garbled, too long, not signed), are dropped."""
+        now = time.time()
+        known = {m.id: self._listed_role(m, now) != "gone" for m in self._members}
+        wanted: set[Pair] = set()
+        others_trade = False
+        dropped: list[str] = []
+        async for member, raw in self._store.pairs():
+            if member not in known:
+                dropped.append(member)  # it left, or is forgotten
+                continue
+            try:
+                if raw is None:
+                    raise RecordError("too large")
+                pairs = decode_pairs(raw, member, self._signer)
+            except RecordError as exc:
+                self._log_once(f"dropped a member's list of sub-accounts from Redis: {exc}")
+                dropped.append(member)
+                continue
+            if known[member]:
+                wanted |= pairs
+                others_trade = others_trade or (member != self.id and bool(pairs))
+        await self._store.drop_pairs(dropped)
+        if len(wanted) > MAX_SHARED_PAIRS:
+            self._log_once(
+                f"the fleet's members trade on more than {MAX_SHARED_PAIRS} sub-accounts"
+            )
+            wanted = set(sorted(wanted)[:MAX_SHARED_PAIRS])
+        shared = frozenset(wanted)
+        if not shared >= self.shared_pairs:
+            self._pruned_epoch = None  # drop the accounts no longer shared from Redis too
+        self.shared_pairs = shared
+        self._share_pairs(shared)
+        if self._tx_sharer is not None:
+            # A leader trading alone refreshes its blockhash when it sends, as on its own.
+            self._tx_sharer.want(others_trade)
+
+    def _log_once(self, message: str) -> None:
+        # Once per message: a garbled entry rewritten every tick must not flood the log.
+        if message not in self._logged:
+            self._logged.add(message)
+            log.warning("fleet: %s", message)
+
+    def _adopt_tx(self, message: TxMessage, fetched_at: float, fee_at: float | None) -> None:
+        """A follower signs with the leader's blockhash and fee."""
+        if self._tx is None:
+            return
+        blockhash = Blockhash(
+            Hash.from_string(message.blockhash),
+            message.last_valid_block_height,
+            message.slot,
+            fetched_at,
+        )
+        self._tx.adopt(TxShare(blockhash, message.block_height, message.fee, fee_at))
 
     async def _lost_answer(self) -> int:
         """The epoch of a take-over that Redis carried out but whose answer was lost (it
@@ -330,14 +439,20 @@ class FleetMember:
         await self._stop_following()
         self._set_role("leader")
         self._publisher.lead(self.ledger, self._token, epoch)
+        if self._tx_sharer is not None:
+            self._tx_sharer.lead(self._token, epoch)
 
     async def _lose_lead(self) -> None:
         self._token = None
+        self.shared_pairs = frozenset()
         await self._publisher.stop()
+        if self._tx_sharer is not None:
+            await self._tx_sharer.stop()
 
     def _fenced(self) -> None:
         # The publisher found its epoch refused: follow now instead of at the next tick.
         self._token = None
+        self.shared_pairs = frozenset()
         self._wake.set()
 
     def _set_role(self, role: Role) -> None:
@@ -381,6 +496,8 @@ class FleetMember:
             "records_applied": self.follower.applied,
             "records_rejected": self.follower.rejected,
             "pruned": self.role == "leader" and self._pruned_epoch == self.epoch,
+            "shared_sub_accounts": len(self.shared_pairs),
+            "blockhashes_shared": 0 if self._tx_sharer is None else self._tx_sharer.shared,
             "members": [
                 {
                     "id": m.id,

@@ -3,8 +3,9 @@
 Keys of a group (``driftshare:<network>:<group>:``): ``lease`` (``member|epoch``, with a TTL),
 ``epoch`` (the INCR fencing counter), ``records`` and ``slots`` (each account's newest
 message and its slot), ``confirms`` (each account's newest confirmation), ``members``
-(member id → JSON of who it is), ``chain`` (the group's genesis hash and program id) and
-the pub/sub channel ``updates``. No secret goes into a
+(member id → JSON of who it is), ``pairs`` (member id → the sub-accounts it trades on),
+``tx`` (the leader's blockhash and fee), ``chain`` (the group's genesis hash and program id)
+and the pub/sub channel ``updates``. No secret goes into a
 name.
 """
 
@@ -24,7 +25,7 @@ from redis.asyncio import Redis
 from redis.asyncio.connection import AbstractConnection
 from redis.exceptions import RedisError
 
-from driftshare._fleet._records import MAX_MESSAGE_BYTES, Message
+from driftshare._fleet._records import MAX_MESSAGE_BYTES, MAX_PAIRS_BYTES, Message
 from driftshare._tasks import cancel_all
 
 __all__ = [
@@ -139,6 +140,25 @@ end
 return dropped
 """
 
+# ARGV: token, channel, message: the leader's blockhash and fee, kept and published.
+_PUBLISH_TX = """
+if redis.call('GET', KEYS[1]) ~= ARGV[1] then
+  return -1
+end
+redis.call('SET', KEYS[2], ARGV[3])
+redis.call('PUBLISH', ARGV[2], ARGV[3])
+return 1
+"""
+
+# A string value, or false (nil to the client) when longer than ARGV[1] bytes.
+_GET_BOUNDED = """
+local value = redis.call('GET', KEYS[1])
+if value and #value > tonumber(ARGV[1]) then
+  return false
+end
+return value
+"""
+
 # One HSCAN page: the cursor, then field and value pairs, each value longer than ARGV[3]
 # bytes replaced by false (nil to the client): whoever can write to Redis must not make a
 # reader download a huge value.
@@ -228,12 +248,16 @@ class FleetStore:
         self._confirm_slots = prefix + "confirm-slots"
         self._confirms = prefix + "confirms"
         self._members = prefix + "members"
+        self._pairs = prefix + "pairs"
+        self._tx = prefix + "tx"
         self._acquire = redis.register_script(_ACQUIRE)
         self._renew = redis.register_script(_RENEW)
         self._release = redis.register_script(_RELEASE)
         self._publish = redis.register_script(_PUBLISH)
         self._scan_script = redis.register_script(_SCAN)
         self._prune = redis.register_script(_PRUNE)
+        self._publish_tx = redis.register_script(_PUBLISH_TX)
+        self._get_bounded = redis.register_script(_GET_BOUNDED)
 
     async def acquire(self, member: str, lease_s: float, chain_ttl_s: float) -> int:
         """The new epoch if ``member`` took the free lease, else 0.
@@ -296,6 +320,30 @@ class FleetStore:
         async for _, value in self._scan(self._confirms, MAX_MESSAGE_BYTES):
             yield value
 
+    async def publish_tx(self, token: str, message: str) -> None:
+        """Keep and publish the leader's blockhash and fee, fenced by ``token``.
+
+        :class:`FencedOut` when ``token`` no longer holds the lease.
+        """
+        keys = [self._lease, self._tx]
+        _kept(await self._publish_tx(keys=keys, args=[token, self.channel, message]), token)
+
+    async def tx(self) -> bytes | None:
+        """The stored blockhash and fee (raw, untrusted; None if none, or too large)."""
+        found: bytes | None = await self._get_bounded(keys=[self._tx], args=[MAX_MESSAGE_BYTES])
+        return found
+
+    async def pairs(self) -> AsyncIterator[tuple[str, bytes | None]]:
+        """Every member's stored list of sub-accounts (raw, untrusted; None for one too
+        large to read), by member id."""
+        async for field, value in self._scan(self._pairs, MAX_PAIRS_BYTES):
+            yield _text(field), value
+
+    async def drop_pairs(self, member_ids: Collection[str]) -> None:
+        """Forget the lists of sub-accounts of ``member_ids``."""
+        if member_ids:
+            await self.redis.hdel(self._pairs, *member_ids)
+
     async def _scan(self, key: str, limit: int) -> AsyncIterator[tuple[bytes, bytes | None]]:
         # Paged, not read whole, and each value checked for size in Redis: a hash grown by
         # whoever can write to Redis costs a reader one bounded page at a time. What
@@ -309,13 +357,22 @@ class FleetStore:
             if int(cursor) == 0:
                 return
 
-    async def announce(self, member: StoredMember, forget_after_s: float) -> list[StoredMember]:
-        """Record ``member`` as seen now; every other member that is not gone.
+    async def announce(
+        self, member: StoredMember, forget_after_s: float, pairs: str | None = None
+    ) -> list[StoredMember]:
+        """Record ``member`` as seen now, with its list of sub-accounts (``pairs``, as
+        encoded; None: it trades on none); every other member that is not gone.
 
         Dropped from Redis: entries silent for ``forget_after_s``, entries dated that far
         in the future (a wrong clock) and entries that are not a member at all.
         """
-        await self.redis.hset(self._members, member.id, json.dumps(dataclasses.asdict(member)))
+        async with self.redis.pipeline(transaction=False) as pipe:
+            pipe.hset(self._members, member.id, json.dumps(dataclasses.asdict(member)))
+            if pairs is None:
+                pipe.hdel(self._pairs, member.id)
+            else:
+                pipe.hset(self._pairs, member.id, pairs)
+            await pipe.execute()
         found, forget = [], []
         async for field, raw in self._scan(self._members, _MAX_MEMBER_BYTES):
             stored = _member(raw)
@@ -328,7 +385,10 @@ class FleetStore:
         return sorted(found, key=lambda m: m.id)
 
     async def leave(self, member_id: str) -> None:
-        await self.redis.hdel(self._members, member_id)
+        async with self.redis.pipeline(transaction=False) as pipe:
+            pipe.hdel(self._members, member_id)
+            pipe.hdel(self._pairs, member_id)
+            await pipe.execute()
 
 
 class PublishStream:

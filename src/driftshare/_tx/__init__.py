@@ -7,7 +7,7 @@ from driftshare._tx.driftpy_sender import (
     TransactionUnknown,
     install_path,
 )
-from driftshare._tx.path import TransactionPath
+from driftshare._tx.path import TransactionPath, TxShare
 from driftshare._tx.rpc import ConnectionRpc, RpcError, TxRpc
 
 __all__ = [
@@ -19,5 +19,6 @@ __all__ = [
     "TransactionPath",
     "TransactionUnknown",
     "TxRpc",
+    "TxShare",
     "install_path",
 ]

@@ -86,6 +86,12 @@ class BlockhashKeeper(Rider):
         assert latest is not None
         return latest
 
+    def adopt(self, blockhash: Blockhash, block_height: int) -> None:
+        """Keep another member's fetch (a fleet leader's) as if it were this keeper's own,
+        and fetch none of its own while it is current (see :meth:`Rider.heard`)."""
+        self._keep(blockhash, block_height)
+        self.heard(blockhash.fetched_at)
+
     async def refresh(self) -> None:
         """Fetch the latest blockhash and the block height, with the riders that are due, in
         one JSON-RPC batch; raises what failed of the blockhash."""
@@ -108,9 +114,12 @@ class BlockhashKeeper(Rider):
             block_height = int(height)
         except (KeyError, TypeError, ValueError):
             raise RpcError(0, f"a malformed blockhash answer: {str(latest)[:200]}") from None
+        self._keep(blockhash, block_height)
+        metrics.BLOCKHASH_AGE.set(0.0)
+
+    def _keep(self, blockhash: Blockhash, block_height: int) -> None:
         if self.latest is None or blockhash.slot >= self.latest.slot:
             self.latest = blockhash
         # Never backwards: an answer from a lagging node must not revive an expired blockhash.
         if self.block_height is None or block_height > self.block_height:
             self.block_height = block_height
-        metrics.BLOCKHASH_AGE.set(0.0)

@@ -38,11 +38,21 @@ class PriorityFees(Rider):
         self.cap = cap
         self._accounts = accounts
         self.price = 0
+        self.fetched_at: float | None = None
+        """``time.monotonic()`` when :attr:`price` was fetched; None before it was."""
 
     async def refresh(self) -> None:
         """Fetch the estimate now, in a request of its own."""
         (call,) = self.calls()
         self.take([await self._rpc.call(*call)])
+
+    def adopt(self, price: int, fetched_at: float) -> None:
+        """Take another member's estimate (a fleet leader's), fetched at ``fetched_at``, if
+        newer than this one's, and fetch none of its own while it is current."""
+        if self.fetched_at is None or fetched_at > self.fetched_at:
+            self.price = max(0, min(self.cap, price))
+            self.fetched_at = fetched_at
+        self.heard(fetched_at)
 
     def _calls(self) -> list[Call]:
         accounts = list(self._accounts())[:128]  # the method's limit
@@ -58,3 +68,4 @@ class PriorityFees(Rider):
             # Nearest rank: a fee that was actually paid.
             rank = max(1, math.ceil(self.percentile / 100 * len(fees)))
             self.price = max(0, min(self.cap, fees[rank - 1]))
+        self.fetched_at = self._clock() if self._asked_at is None else self._asked_at

@@ -12,6 +12,8 @@ from __future__ import annotations
 import asyncio
 import time
 from collections.abc import Callable, Sequence
+from contextlib import suppress
+from dataclasses import dataclass
 from typing import Any
 
 from solders import compute_budget
@@ -34,7 +36,19 @@ from driftshare._tx.statuses import SignatureWatcher
 from driftshare.config import Settings
 from driftshare.models import TxResult
 
-__all__ = ["TransactionPath"]
+__all__ = ["TransactionPath", "TxShare"]
+
+
+@dataclass(frozen=True, slots=True)
+class TxShare:
+    """What a fleet's leader shares of its path with the members: its blockhash, the
+    chain's block height when it was fetched, and its priority fee with when that was
+    fetched (``time.monotonic()``; None before it was)."""
+
+    blockhash: Blockhash
+    block_height: int
+    fee: int
+    fee_at: float | None
 
 
 class TransactionPath:
@@ -174,6 +188,32 @@ class TransactionPath:
         self.start()
         build = self.builder(ixs, payer, lookup_tables, signers)
         return await self.sender.land(build, user_order_id=user_order_id)
+
+    async def share(self) -> TxShare | None:
+        """The blockhash and fee a fleet's leader shares, fetched first if the blockhash is
+        an interval old (the fee riding when due); None while there is none."""
+        age = self.keeper.age_s()
+        if age is None or age >= self.keeper.interval_s:
+            with suppress(Exception):  # counted by the keeper; shared again once it answers
+                await self.keeper.refresh()
+        latest, height = self.keeper.latest, self.keeper.block_height
+        if latest is None or height is None:
+            return None
+        return TxShare(latest, height, self.fees.price, self.fees.fetched_at)
+
+    def share_in(self) -> float:
+        """Seconds until the shared blockhash is an interval old; an interval when it is
+        already (its refresh failed: no faster retry during an outage)."""
+        interval, age = self.keeper.interval_s, self.keeper.age_s()
+        remaining = interval - (interval if age is None else age)
+        return remaining if remaining > 0 else interval
+
+    def adopt(self, shared: TxShare) -> None:
+        """Sign with the fleet leader's blockhash and fee while they are current, instead
+        of fetching this path's own (which it does again once they are not)."""
+        self.keeper.adopt(shared.blockhash, shared.block_height)
+        if shared.fee_at is not None:
+            self.fees.adopt(shared.fee, shared.fee_at)
 
     def snapshot(self) -> dict[str, Any]:
         """Counters for stats(): blockhash, fee and status polling."""

@@ -40,6 +40,14 @@ class Rider:
         asked = self._asked_at
         return self.calls() if asked is None or self._clock() - asked >= self.interval_s else []
 
+    def heard(self, at: float) -> None:
+        """Another member (a fleet's leader) fetched this at ``at``: not due until two
+        intervals after that, so one refresh of its own that is late does not count as
+        missed."""
+        deferred = at + self.interval_s
+        if self._asked_at is None or deferred > self._asked_at:
+            self._asked_at = deferred
+
     def take(self, answers: list[Any]) -> None:
         """The answers to :meth:`calls`, in order (an exception for a failed call or batch);
         counts and raises a failed or malformed one."""

@@ -142,7 +142,8 @@ class SignatureWatcher:
             return
         watched.changed.clear()
         with suppress(TimeoutError):
-            await asyncio.wait_for(watched.changed.wait(), seconds)
+            async with asyncio.timeout(seconds):
+                await watched.changed.wait()
 
     async def lookup(
         self, signatures: Sequence[str], *, history: bool
@@ -202,7 +203,8 @@ class SignatureWatcher:
             if delay > 0:
                 # Woken early when a signature comes or goes uncovered.
                 with suppress(TimeoutError):
-                    await asyncio.wait_for(self._wake.wait(), delay)
+                    async with asyncio.timeout(delay):
+                        await self._wake.wait()
                 continue
             last_poll = self._clock()
             try:

@@ -291,7 +291,7 @@ class SimServer:
         else:
             self.chain.lost_reply = None
             text, methods = self.rpc.answer(parsed)
-            self.stats.calls.update(methods)
+            self.stats.count_calls(client, methods)
             lost, self.chain.lost_reply = self.chain.lost_reply, None
             if lost == "429":
                 return self._reply(

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from collections import Counter
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
@@ -76,6 +76,8 @@ class SimStats:
         """HTTP JSON-RPC requests received, by client (rate-limited and failed ones too)."""
         self.calls: Counter[str] = Counter()
         """JSON-RPC calls answered, by method (a batch counts each call)."""
+        self.calls_by_client: dict[str, Counter[str]] = {}
+        """The same, by client, then by method."""
         self.http_status: Counter[int] = Counter()
         self.rate_limited = 0
         """429 answers of any origin: rate limit, WebSocket cap or fault."""
@@ -91,6 +93,12 @@ class SimStats:
         self.registry = CollectorRegistry(auto_describe=True)
         self.registry.register(_Collector(self))
 
+    def count_calls(self, client: str, methods: Iterable[str]) -> None:
+        """JSON-RPC calls of ``client`` answered."""
+        methods = list(methods)
+        self.calls.update(methods)
+        self.calls_by_client.setdefault(client, Counter()).update(methods)
+
     def count_tx(self, payer: str, outcome: TxOutcome) -> None:
         self.transactions.setdefault(payer, Counter())[outcome] += 1
 
@@ -102,7 +110,11 @@ class SimStats:
                 "total": sum(self.http_requests.values()),
                 "by_client": dict(self.http_requests),
             },
-            "calls": {"total": sum(self.calls.values()), "by_method": dict(self.calls)},
+            "calls": {
+                "total": sum(self.calls.values()),
+                "by_method": dict(self.calls),
+                "by_client": {c: dict(m) for c, m in self.calls_by_client.items()},
+            },
             "http_status": {str(k): v for k, v in sorted(self.http_status.items())},
             "rate_limited": self.rate_limited,
             "ws_connections": {
