@@ -77,6 +77,31 @@ async def test_serve_waits_for_the_rpc_without_a_check_mark_until_data_arrives(
     assert output.index("waiting for the RPC") < output.index("ready (live RPC)")
 
 
+async def test_a_warning_gets_no_check_mark(
+    manager_settings: None, closed_port_url: str, capsys: pytest.CaptureFixture[str]
+) -> None:
+    config = ServeConfig(
+        rpc_url=closed_port_url,
+        port=0,
+        trade=True,  # ignored: it trades on the embedded simulator only
+        settings_overrides={"max_retries": 0, "health_interval_s": 3600},
+    )
+    serving = asyncio.create_task(run_serve(config))
+    seen: list[str] = []
+
+    def printed(text: str) -> bool:
+        seen.append(capsys.readouterr().err)
+        return text in "".join(seen)
+
+    await eventually(lambda: printed("press Ctrl+C to stop"), "started", within=30)
+    os.kill(os.getpid(), signal.SIGINT)
+    assert await serving == 0
+    output = "".join(seen)
+    ignored = next(line for line in output.splitlines() if "--trade ignored" in line)
+    assert ignored.startswith("--trade ignored")
+    assert "✓ dashboard listening on" in output
+
+
 # driftpy 0.8.89 itself depends on the extras' packages, so one is made missing: None in
 # sys.modules fails its import as an absent package would, after the library has loaded.
 _WITHOUT = "import sys; from driftshare._cli import main; sys.modules[{module!r}] = None; "

@@ -323,7 +323,9 @@ async def run_serve(config: ServeConfig) -> int:
         with console.status("starting driftshare serve…") as status:
 
             def progress(text: str) -> None:
-                console.print(f"[green]✓[/green] {text}")
+                # A warning (yellow) is no step done: it gets no check mark.
+                done = "" if text.startswith("[yellow]") else "[green]✓[/green] "
+                console.print(f"{done}{text}")
                 status.update(text)
 
             await runtime.start(progress)
