@@ -32,9 +32,11 @@ redis:
 test: $(STAMP) lint browser redis
 	$(BIN)/pytest -n 4 --dist loadscope
 
-# Each driftpy release pyproject.toml accepts, in a virtualenv of its own under .venv/ (the
-# lock's other pins, that driftpy from PyPI): the tests that touch driftpy must pass on each.
-# Not part of `make test`: five installs take minutes and need the package index.
+# Each driftpy release pyproject.toml accepts, in a virtualenv of its own under .venv/: that
+# driftpy from PyPI with the versions it pins itself (0.8.85 pins older cachetools, cffi and
+# pycryptodome than the lock), the lock's pins for everything else; the tests that touch
+# driftpy must pass on each. Not part of `make test`: five installs take minutes and need the
+# package index.
 DRIFTPY_RANGE ?= 0.8.85 0.8.86 0.8.87 0.8.88 0.8.89
 DRIFTPY_TESTS := tests/test_models.py tests/test_markets.py tests/test_sim_replay.py \
 	tests/test_sim_driftpy.py tests/test_marketdata_sim.py tests/test_adapter.py \
@@ -43,9 +45,13 @@ driftpy-range: $(STAMP) redis
 	set -e; for v in $(DRIFTPY_RANGE); do \
 		env=$(VENV)/driftpy-$$v; \
 		test -x $$env/bin/python || $(PYTHON) -m venv $$env; \
-		grep -v '^driftpy==' requirements.lock > $$env/pins.txt; \
-		$$env/bin/pip install --quiet -r $$env/pins.txt "driftpy==$$v"; \
+		$$env/bin/pip install --quiet --upgrade pip; \
+		$$env/bin/pip install --quiet "driftpy==$$v"; \
+		$$env/bin/python tools/lock_beside.py requirements.lock > $$env/pins.txt; \
+		$$env/bin/pip install --quiet -r $$env/pins.txt; \
 		$$env/bin/pip install --quiet --no-deps -e .; \
+		$$env/bin/pip check; \
+		echo "driftpy $$v:"; \
 		$$env/bin/pytest -q -p no:cacheprovider -n 4 --dist loadscope $(DRIFTPY_TESTS); \
 	done
 

@@ -273,11 +273,11 @@ def _verdict(met: bool) -> str:
 def run(ctx: Context) -> str:
     """Measure (small sizes when ``ctx.quick``), store the raw numbers, return the markdown."""
     quick = ctx.quick
-    seconds = 3.0 if quick else 60.0
-    window = 3.0 if quick else 30.0
+    seconds = 2.0 if quick else 60.0
+    window = 1.5 if quick else 30.0
     # The confirmer's period is DRIFT_STALE_AFTER_S / 2: the quick run shortens it so its
     # window still spans several periods.
-    stale_after_s = 2.0 if quick else 10.0
+    stale_after_s = 1.0 if quick else 10.0
     behind = _timed("reads behind", lambda: asyncio.run(_reads_behind(seconds)))
     samples = 20 if quick else 500
     with simulator(markets=30, tick_s=3600.0) as chain:

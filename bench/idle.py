@@ -72,13 +72,18 @@ def _serve_idle(url: str, warmup_s: float, window_s: float) -> dict[str, Any]:
 
 
 def _sim_exit_s(markets: int) -> float:
-    """Seconds from SIGINT to the exit of a ``driftshare sim`` serving ``markets`` markets."""
+    """Seconds from SIGINT to the exit of a fresh ``driftshare sim`` serving ``markets``."""
     command = [sys.executable, "-m", "driftshare", "sim", "--port", "0"]
     command += ["--markets", str(markets)]
     proc = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True)
     if proc.stdout is None:
         raise BenchError("the simulator's stdout is not a pipe")
     _wait_for_line(proc.stdout, "driftshare sim ready")
+    return _interrupted_exit_s(proc)
+
+
+def _interrupted_exit_s(proc: subprocess.Popen[str]) -> float:
+    """Seconds from SIGINT to the exit of the simulator ``proc``, which must exit 0."""
     started = time.perf_counter()
     proc.send_signal(signal.SIGINT)
     code = proc.wait(_DEADLINE_S)
@@ -137,7 +142,9 @@ def run(ctx: Context) -> str:
             params = {"kind": "idle", "client": client, "warmup_s": warmup_s}
             idle.append(run_worker(sim, {**params, "window_s": window_s}))
         idle.append(_serve_idle(sim.http_url, warmup_s, window_s))
-    sim_exits = [_sim_exit_s(markets) for _ in range(repeats)]
+        # Its clients gone, the simulator that served them is the first one timed at exit.
+        sim_exits = [_interrupted_exit_s(sim.process)]
+    sim_exits += [_sim_exit_s(markets) for _ in range(repeats - 1)]
     redis = RedisServer()
     redis.start()
     try:

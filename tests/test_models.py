@@ -24,7 +24,6 @@ from hypothesis import strategies as st
 
 import mainnet_fixtures as mainnet
 from driftshare.models import (
-    HOURS_PER_YEAR,
     FundingRateData,
     MarketData,
     MarketMathError,
@@ -104,8 +103,9 @@ def test_matches_ts_sdk(file: str) -> None:
     settled = v["status"] in ("settlement", "delisted")
     expected_hourly = 0.0 if settled else v["rate_hourly"]
     assert funding.rate_hourly == pytest.approx(expected_hourly, rel=1e-9, abs=0)
-    assert funding.rate_8h == pytest.approx(expected_hourly * 8 * 100, rel=1e-9, abs=0)
-    assert funding.rate_annual == pytest.approx(expected_hourly * 24 * 365.25 * 100, rel=1e-9)
+    assert funding.rate_8h == pytest.approx(0.0 if settled else v["rate_8h_pct"], rel=1e-9, abs=0)
+    expected_annual = 0.0 if settled else v["rate_annual_pct"]
+    assert funding.rate_annual == pytest.approx(expected_annual, rel=1e-9, abs=0)
     assert funding.is_positive == (expected_hourly > 0)
     assert data.funding_rate == funding.rate_hourly
 
@@ -208,8 +208,10 @@ def test_last_funding_oracle_twap_is_the_divisor_when_set() -> None:
         market.amm.last_funding_oracle_twap
         != market.amm.historical_oracle_data.last_oracle_price_twap
     )
+    # The SDK's getLastFundingBasis divided by last_funding_oracle_twap (the vector says which).
+    assert VECTORS[ETH]["funding_twap_divisor"] == str(market.amm.last_funding_oracle_twap)
     rate = funding_rate_from_market(market, now=VECTORS[ETH]["now"]).rate_hourly
-    assert rate == market.amm.last_funding_rate / 1e9 / (market.amm.last_funding_oracle_twap / 1e6)
+    assert rate == pytest.approx(VECTORS[ETH]["rate_hourly"], rel=1e-9, abs=0)
 
 
 def test_live_oracle_price_is_used() -> None:
@@ -263,14 +265,17 @@ def test_to_dict_is_json_ready() -> None:
     now_offset=st.integers(0, 10 * 3600),
 )
 def test_funding_properties(rate: int, twap: int, now_offset: int) -> None:
-    market = _market(FILES[0])
+    """Any settled rate and divisor, scaled from the SDK's answer on ETH-PERP: the rate is
+    proportional to ``last_funding_rate`` and inversely to its oracle twap divisor."""
+    v = VECTORS[ETH]
+    market = _market(ETH)
     market.amm.last_funding_rate = rate
     market.amm.last_funding_oracle_twap = twap
-    now = VECTORS[FILES[0]]["now"] + now_offset
-    funding = funding_rate_from_market(market, now=now)
-    assert funding.rate_hourly == rate / 1e9 / (twap / 1e6)
-    assert funding.rate_8h == funding.rate_hourly * 8 * 100
-    assert funding.rate_annual == funding.rate_hourly * HOURS_PER_YEAR * 100
+    funding = funding_rate_from_market(market, now=v["now"] + now_offset)
+    scale = (rate / int(v["last_funding_rate"])) * (int(v["funding_twap_divisor"]) / twap)
+    assert funding.rate_hourly == pytest.approx(v["rate_hourly"] * scale, rel=1e-9, abs=0)
+    assert funding.rate_8h == pytest.approx(v["rate_8h_pct"] * scale, rel=1e-9, abs=0)
+    assert funding.rate_annual == pytest.approx(v["rate_annual_pct"] * scale, rel=1e-9, abs=0)
     assert math.copysign(1, funding.rate_hourly) == math.copysign(1, rate) or rate == 0
     assert funding.is_positive == (rate > 0)
     assert json.loads(json.dumps(funding.to_dict())) == funding.to_dict()

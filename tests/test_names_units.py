@@ -8,14 +8,13 @@ from contextlib import aclosing
 from typing import Any
 
 import pytest
+from driftpy.constants.numeric_constants import BASE_PRECISION
 
 from conftest import eventually
 from driftshare._web import LiveState
 from driftshare.manager import DriftClientManager
 from driftshare.models import FundingRateData, MarketData
 from driftshare.sim import Simulator
-
-BASE_PRECISION = 10**9  # Drift's base asset precision (driftpy.constants.numeric_constants)
 
 
 async def test_open_interest_is_usd_by_name_and_base_units_on_market_data(

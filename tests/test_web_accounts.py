@@ -94,8 +94,9 @@ async def test_accounts_and_orders_show_a_trading_sub_account(
         assert position["symbol"] == "SOL-PERP"
         assert {"entry_price", "unrealized_pnl", "liquidation_price", "slot"} <= set(position)
         assert [o["user_order_id"] for o in account["open_orders"]] == [9]
-        # 500 deposited, less the market order's fee and its PnL so far.
-        assert 0 < account["collateral"] <= 500
+        # 500 deposited, moved only by the market order's fee and its PnL so far (either
+        # sign: the oracle walks); driftpy's math itself is checked in test_accounts_sim.
+        assert account["collateral"] == pytest.approx(500, abs=5)
         assert 0 < account["free_collateral"] < account["collateral"]
         assert account["leverage"] > 0
         assert not account["stale"]

@@ -1,23 +1,26 @@
 """The benchmark cases, each run for the shared path and the legacy path.
 
-Every case starts its own simulator subprocess and runs each measurement in a fresh worker
-subprocess (see :mod:`bench._worker`); each returns plain JSON-ready data.
+Every case gets its simulator subprocesses from :class:`Simulators` and runs each
+measurement in a fresh worker subprocess (see :mod:`bench._worker`); each returns plain
+JSON-ready data.
 """
 
 from __future__ import annotations
 
 import statistics
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import ExitStack, contextmanager
 from dataclasses import asdict, dataclass
 from typing import Any
 
-from bench._harness import run_worker, run_workers, simulator
+from bench._harness import SimProcess, run_worker, run_workers, simulator
 
 __all__ = [
     "CASES",
     "PATHS",
     "BenchConfig",
+    "Simulators",
     "cold_start",
     "latency",
     "provider_limit",
@@ -91,6 +94,34 @@ class BenchConfig:
         return asdict(self)
 
 
+class Simulators:
+    """Where the cases get their simulators.
+
+    In the full run each ``with sims(...)`` starts a fresh one, so no run's traffic or 429
+    debt carries into the next. In the quick run (``reuse``) there is one per distinct
+    setting, kept until ``stack`` closes: every count is a difference of the simulator's
+    counters around a run, so sharing changes none, and each start saved is seconds.
+    """
+
+    def __init__(self, stack: ExitStack, *, reuse: bool) -> None:
+        self._stack = stack
+        self._reuse = reuse
+        self._running: dict[tuple[int, float | None], SimProcess] = {}
+
+    @contextmanager
+    def __call__(self, *, markets: int, rate_limit: float | None = None) -> Iterator[SimProcess]:
+        if not self._reuse:
+            with simulator(markets=markets, rate_limit=rate_limit) as sim:
+                yield sim
+            return
+        key = (markets, rate_limit)
+        if key not in self._running:
+            self._running[key] = self._stack.enter_context(
+                simulator(markets=markets, rate_limit=rate_limit)
+            )
+        yield self._running[key]
+
+
 def _slope(xs: list[float], ys: list[float]) -> float:
     """Least-squares slope of ``ys`` over ``xs`` (0 for fewer than two points)."""
     if len(set(xs)) < 2:
@@ -98,7 +129,7 @@ def _slope(xs: list[float], ys: list[float]) -> float:
     return float(statistics.linear_regression(xs, ys).slope)
 
 
-def rpc_cost(config: BenchConfig) -> dict[str, Any]:
+def rpc_cost(config: BenchConfig, sims: Simulators) -> dict[str, Any]:
     """Cases 1 and 2: RPC traffic and client RSS for N engines, websocket and polling.
 
     Each (mode, path, N) runs in a fresh worker: N engines connect, then each reads the
@@ -115,7 +146,7 @@ def rpc_cost(config: BenchConfig) -> dict[str, Any]:
         {"kind": "engines", **run, "markets": config.markets, "window_s": config.window_s}
         for run in plan
     ]
-    with simulator(markets=config.markets) as sim:
+    with sims(markets=config.markets) as sim:
         results = run_workers(sim, params, one_process=config.quick)
     runs = [{**run, **result} for run, result in zip(plan, results, strict=True)]
     summary: dict[str, Any] = {}
@@ -134,7 +165,7 @@ def rpc_cost(config: BenchConfig) -> dict[str, Any]:
     return {"window_s": config.window_s, "markets": config.markets, "runs": runs, **summary}
 
 
-def latency(config: BenchConfig) -> dict[str, Any]:
+def latency(config: BenchConfig, sims: Simulators) -> dict[str, Any]:
     """Case 3: read latency of cache hits and misses, by API."""
     apis = (
         ("DriftClientManager (shared)", "manager", "shared"),
@@ -154,7 +185,7 @@ def latency(config: BenchConfig) -> dict[str, Any]:
         }
         for _, api, path, miss in plan
     ]
-    with simulator(markets=config.markets) as sim:
+    with sims(markets=config.markets) as sim:
         results = run_workers(sim, params, one_process=config.quick)
     rows = [
         {"api": label, "path": path, "cache": "miss" if miss else "hit", **result}
@@ -163,11 +194,11 @@ def latency(config: BenchConfig) -> dict[str, Any]:
     return {"rows": rows}
 
 
-def cold_start(config: BenchConfig) -> dict[str, Any]:
+def cold_start(config: BenchConfig, sims: Simulators) -> dict[str, Any]:
     """Case 4: process start to first funding rate, and connect to ready, by market count."""
     rows: list[dict[str, Any]] = []
     for markets in config.cold_markets:
-        with simulator(markets=markets) as sim:
+        with sims(markets=markets) as sim:
             for path in PATHS:
                 samples: list[dict[str, Any]] = []
                 for _ in range(config.cold_repeats):
@@ -191,7 +222,7 @@ def cold_start(config: BenchConfig) -> dict[str, Any]:
     return {"rows": rows, "statistic": "median"}
 
 
-def stampede(config: BenchConfig) -> dict[str, Any]:
+def stampede(config: BenchConfig, sims: Simulators) -> dict[str, Any]:
     """Case 5: many first callers at once: how many clients start, how long until all served."""
     plan = [
         ("shared", config.stampede_callers),
@@ -199,33 +230,45 @@ def stampede(config: BenchConfig) -> dict[str, Any]:
         ("legacy", config.legacy_stampede_callers),
     ]
     params = [{"kind": "stampede", "path": path, "callers": callers} for path, callers in plan]
-    with simulator(markets=config.markets) as sim:
+    with sims(markets=config.markets) as sim:
         results = run_workers(sim, params, one_process=config.quick)
     rows = [{"path": path, **result} for (path, _), result in zip(plan, results, strict=True)]
     return {"rows": rows}
 
 
-def provider_limit(config: BenchConfig) -> dict[str, Any]:
+def provider_limit(config: BenchConfig, sims: Simulators) -> dict[str, Any]:
     """Case 6: the simulator allows ``limit_rps`` requests per second per client (this host)."""
-    runs: list[dict[str, Any]] = []
-    for path in PATHS:
-        for engines in config.limit_engines:
-            # A fresh simulator per run: one run's 429 debt must not carry into the next.
+    plan = [(path, engines) for path in PATHS for engines in config.limit_engines]
+    params = [
+        {
+            "kind": "engines",
+            "path": path,
+            "mode": "websocket",
+            "engines": engines,
+            "markets": config.markets,
+            "window_s": config.limit_window_s,
+        }
+        for path, engines in plan
+    ]
+    if config.quick:
+        # One simulator and one worker: each run starts with the 429 debt of the one before,
+        # which the smoke version accepts and the full run avoids.
+        with sims(markets=config.markets, rate_limit=config.limit_rps) as sim:
+            results = run_workers(sim, params, one_process=True)
+    else:
+        # A fresh simulator per run: no run's 429 debt carries into the next.
+        results = []
+        for run in params:
             with simulator(markets=config.markets, rate_limit=config.limit_rps) as sim:
-                params = {
-                    "kind": "engines",
-                    "path": path,
-                    "mode": "websocket",
-                    "engines": engines,
-                    "markets": config.markets,
-                    "window_s": config.limit_window_s,
-                }
-                result = run_worker(sim, params)
-            runs.append({"path": path, "engines": engines, **result})
+                results.append(run_worker(sim, run))
+    runs = [
+        {"path": path, "engines": engines, **result}
+        for (path, engines), result in zip(plan, results, strict=True)
+    ]
     return {"rps": config.limit_rps, "window_s": config.limit_window_s, "runs": runs}
 
 
-CASES: dict[str, Callable[[BenchConfig], dict[str, Any]]] = {
+CASES: dict[str, Callable[[BenchConfig, Simulators], dict[str, Any]]] = {
     "rpc_cost": rpc_cost,
     "latency": latency,
     "cold_start": cold_start,
