@@ -7,6 +7,7 @@ import dataclasses
 import json
 import os
 import sys
+from pathlib import Path
 
 import pytest
 
@@ -80,6 +81,30 @@ def test_unreachable_rpc_exits_1(
     assert "cannot reach the RPC" in err
     assert "secret-api-key-0123456789abcdef" not in err
     assert "Traceback" not in err
+
+
+async def test_an_unreachable_rpc_prints_the_warm_start_snapshot_stale(
+    simulator_factory: SimulatorFactory,
+    capsys: pytest.CaptureFixture[str],
+    monkeypatch: pytest.MonkeyPatch,
+    tmp_path: Path,
+    closed_port_url: str,
+) -> None:
+    sim = await simulator_factory(markets=2)
+    monkeypatch.setenv("DRIFT_SNAPSHOT_PATH", str(tmp_path))
+    # In a thread: the command runs a loop of its own, and the simulator serves on this one.
+    live_run = ["funding", "--json", "--rpc-url", sim.http_url]
+    assert await asyncio.to_thread(cli.main, live_run) == 0
+    live = json.loads(capsys.readouterr().out)
+    monkeypatch.setenv("DRIFT_MAX_RETRIES", "0")
+    down_run = ["funding", "--json", "--rpc-url", closed_port_url]
+    assert await asyncio.to_thread(cli.main, down_run) == 0
+    out, err = capsys.readouterr()
+    rows = json.loads(out)
+    assert [row["market"] for row in rows] == [row["market"] for row in live]
+    assert all(row["stale"] for row in rows)
+    assert "cannot reach the RPC" in err
+    assert "snapshot" in err
 
 
 async def test_verbose_output_never_shows_the_api_key(simulator_factory: SimulatorFactory) -> None:

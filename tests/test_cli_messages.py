@@ -19,9 +19,22 @@ from driftshare.config import ConfigError, load_settings
     [
         (
             "serve",
-            ["--port PORT", "dashboard and API port (default: 8080)", "(default: 127.0.0.1)"],
+            [
+                "--port PORT",
+                "dashboard and API port (default: 8080)",
+                "(default: 127.0.0.1)",
+                "funding,lst,scalp,arb or all (default: none)",
+            ],
         ),
-        ("sim", ["(default: 8899)", "(default: 30)", "seconds per slot (default: 0.4)"]),
+        (
+            "sim",
+            [
+                "(default: 8899)",
+                "(default: 30)",
+                "seconds per slot (default: 0.4)",
+                "within the limit (default: the rate, at least 1)",
+            ],
+        ),
         ("demo", ["(default: 4)", "(default: 30.0)", "(default: 10.0)"]),
     ],
 )

@@ -128,6 +128,10 @@ async def test_one_leader_silent_followers_and_equal_numbers(
     await until(lambda: all_ready(http, trio), what="followers ready")
     roles = [(await p.stats(http))["fleet"]["role"] for p in trio]
     assert roles.count("leader") == 1
+    # Each says where its data comes from: the leader subscribes, the followers follow.
+    modes = [(await p.stats(http))["manager"]["subscription_mode"] for p in trio]
+    assert modes == ["websocket", "fleet", "fleet"]
+    assert all("following the fleet's leader" in p.log_text() for p in followers)
     after = simulator.stats()
     by_client = after["http_requests"]["by_client"]
     # One call each: getGenesisHash, the chain's identity checked against the fleet's.

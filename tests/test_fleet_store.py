@@ -16,7 +16,7 @@ from redis.exceptions import RedisError
 from solders.pubkey import Pubkey
 
 from bench._processes import RedisServer
-from conftest import CHAIN, last_values
+from conftest import CHAIN, eventually, last_values
 from driftshare._data.ledger import AccountRecord
 from driftshare._fleet import Chain
 from driftshare._fleet._records import Message, RecordError, Signer, decode, digest, encode
@@ -281,3 +281,30 @@ async def test_another_chain_cannot_take_the_lease(store: FleetStore) -> None:
     await store.release("a|1")
     with pytest.raises(OtherChain):
         await other.acquire("b", 3, 30)
+
+
+async def test_a_leader_after_the_groups_chain_was_forgotten_starts_from_no_records(
+    store: FleetStore,
+) -> None:
+    # A restarted simulator is another chain whose slots start over: once the group has
+    # forgotten its chain (no leader for a while), the old chain's higher slots must not
+    # outrank the new chain's records, nor its blockhash be signed with.
+    signer = Signer(None, "g", CHAIN)
+    token = f"a|{await store.acquire('a', 3, 0.001)}"
+    assert await store.publish(token, [out(record_message(5000, b"old chain"), signer)]) == 1
+    await store.publish_tx(token, "old chain's blockhash")
+    await store.release(token)
+    chain_key = "driftshare:mainnet:g:chain"
+    await eventually(lambda: _gone(store.redis, chain_key), "the group's chain forgotten")
+    restarted = FleetStore(store.redis, "mainnet", "g", chain="restarted")
+    token = f"b|{await restarted.acquire('b', 3, 30)}"
+    assert await restarted.publish(token, [out(record_message(10, b"new chain"), signer)]) == 1
+    records, _ = await last_values(restarted)
+    assert [decode(r, signer).record for r in records] == [
+        AccountRecord(PUBKEY, "perp", 10, b"new chain")
+    ]
+    assert await restarted.tx() is None
+
+
+async def _gone(redis: Redis, key: str) -> bool:
+    return not await redis.exists(key)

@@ -42,6 +42,18 @@ async def test_markup_in_an_rpc_url_or_error_is_printed_literally(
     assert "no market data yet (" in terminal.getvalue()
 
 
+class _Printed:
+    """What ``run_serve`` has written to stderr so far, read from pytest's capture."""
+
+    def __init__(self, capsys: pytest.CaptureFixture[str]) -> None:
+        self._capsys = capsys
+        self.text = ""
+
+    def shows(self, text: str) -> bool:
+        self.text += self._capsys.readouterr().err
+        return text in self.text
+
+
 async def test_serve_waits_for_the_rpc_without_a_check_mark_until_data_arrives(
     manager_settings: None, simulator: Simulator, capsys: pytest.CaptureFixture[str]
 ) -> None:
@@ -56,23 +68,40 @@ async def test_serve_waits_for_the_rpc_without_a_check_mark_until_data_arrives(
         },
     )
     serving = asyncio.create_task(run_serve(config))
-    seen: list[str] = []
-
-    def printed(text: str) -> bool:
-        seen.append(capsys.readouterr().err)
-        return text in "".join(seen)
-
-    await eventually(lambda: printed("waiting for the RPC"), "waiting said", within=30)
-    assert "ready" not in "".join(seen)
+    stderr = _Printed(capsys)
+    await eventually(lambda: stderr.shows("waiting for the RPC"), "waiting said", within=30)
+    assert "ready" not in stderr.text
     await simulator.faults.clear()
-    await eventually(lambda: printed("ready (live RPC)"), "ready said", within=30)
+    await eventually(lambda: stderr.shows("ready (live RPC)"), "ready said", within=30)
     os.kill(os.getpid(), signal.SIGINT)
     assert await serving == 0
-    output = "".join(seen)
+    output = stderr.text
     waiting_line = next(line for line in output.splitlines() if "no market data yet" in line)
     assert "✓" not in waiting_line
     assert waiting_line.startswith("waiting for the RPC")
+    # One message, one line, however narrow the output: a log keeps URLs and reasons whole.
+    assert waiting_line.endswith("retrying in the background")
     assert output.index("waiting for the RPC") < output.index("ready (live RPC)")
+
+
+async def test_a_warning_gets_no_check_mark(
+    manager_settings: None, closed_port_url: str, capsys: pytest.CaptureFixture[str]
+) -> None:
+    config = ServeConfig(
+        rpc_url=closed_port_url,
+        port=0,
+        trade=True,  # ignored: it trades on the embedded simulator only
+        settings_overrides={"max_retries": 0, "health_interval_s": 3600},
+    )
+    serving = asyncio.create_task(run_serve(config))
+    stderr = _Printed(capsys)
+    await eventually(lambda: stderr.shows("press Ctrl+C to stop"), "started", within=30)
+    os.kill(os.getpid(), signal.SIGINT)
+    assert await serving == 0
+    output = stderr.text
+    ignored = next(line for line in output.splitlines() if "--trade ignored" in line)
+    assert ignored.startswith("--trade ignored")
+    assert "✓ dashboard listening on" in output
 
 
 # driftpy 0.8.89 itself depends on the extras' packages, so one is made missing: None in

@@ -70,7 +70,12 @@ def _add_sim(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
         metavar="RPS",
         help="requests per second per client, answered 429 beyond (default: no limit)",
     )
-    p.add_argument("--burst", type=int, default=None, help="requests at once within the limit")
+    p.add_argument(
+        "--burst",
+        type=int,
+        default=None,
+        help="requests at once within the limit (default: the rate, at least 1)",
+    )
     p.add_argument(
         "--funding-period-s",
         type=_positive_float,
@@ -107,8 +112,12 @@ def _add_sim(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
         metavar="TOKEN",
         help="require this x-token on every gRPC call (or set DRIFT_SIM_GRPC_TOKEN)",
     )
-    p.add_argument("--grpc-tls-cert", type=Path, default=None, metavar="PEM")
-    p.add_argument("--grpc-tls-key", type=Path, default=None, metavar="PEM")
+    p.add_argument(
+        "--grpc-tls-cert", type=Path, default=None, metavar="PEM", help="serve gRPC over TLS"
+    )
+    p.add_argument(
+        "--grpc-tls-key", type=Path, default=None, metavar="PEM", help="the certificate's key"
+    )
     p.set_defaults(func=_cmd_sim)
 
 
@@ -187,12 +196,21 @@ async def _print_funding(ns: argparse.Namespace) -> int:
     from driftshare.manager import DriftClientManager
 
     settings = DriftClientManager.settings()
+    reader = DriftClientManager.market_data()
     if await DriftClientManager.get_client() is None:
         url = redact_url(settings.effective_rpc_url())
-        print(f"driftshare funding: cannot reach the RPC at {url}", file=sys.stderr)
-        return 1
-    reader = DriftClientManager.market_data()
-    markets = await reader.get_all_perp_markets()
+        # With DRIFT_SNAPSHOT_PATH the last values answer, marked stale, as a warm start does.
+        markets = [] if settings.snapshot_path is None else await reader.get_all_perp_markets()
+        if not markets:
+            print(f"driftshare funding: cannot reach the RPC at {url}", file=sys.stderr)
+            return 1
+        print(
+            f"driftshare funding: cannot reach the RPC at {url}; showing the warm-start "
+            "snapshot's values, stale",
+            file=sys.stderr,
+        )
+    else:
+        markets = await reader.get_all_perp_markets()
     if ns.market is None:
         rates = await reader.get_all_funding_rates()
     else:
@@ -293,7 +311,7 @@ def _add_serve(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None
         type=_engine_names,
         default=[],
         metavar="LIST",
-        help="sample engines to run: funding,lst,scalp,arb or all",
+        help="sample engines to run: funding,lst,scalp,arb or all (default: none)",
     )
     p.add_argument(
         "--trade",

@@ -34,6 +34,8 @@ __all__ = [
 ]
 
 REGISTRY = CollectorRegistry(auto_describe=True)
+"""driftshare's own Prometheus registry (``driftshare.METRICS_REGISTRY``): every ``drift_*``
+metric and nothing else; ``prometheus_client.generate_latest(REGISTRY)`` renders it."""
 
 CLIENT_REF_COUNT = Gauge(
     "drift_client_ref_count",
@@ -119,7 +121,7 @@ SUBSCRIPTION_FAILURES = Counter(
 )
 DATA_AGE_SECONDS = Gauge(
     "drift_data_age_seconds",
-    "Seconds since a market's data last changed.",
+    "Seconds since a market's account and oracle were last known current (its data_age_s).",
     ["market"],
     registry=REGISTRY,
 )

@@ -191,6 +191,8 @@ class Runtime:
                 f"[yellow]serving {len(markets)} perp markets from the snapshot, stale, "
                 "while connecting[/yellow]"
             )
+        elif markets and stats.get("subscription_mode") == "fleet":
+            say(f"following the fleet's leader: {len(markets)} perp markets through Redis")
         elif markets:
             say(
                 f"subscribed {len(markets)} perp markets by {stats.get('subscription_mode')} "
@@ -309,7 +311,9 @@ async def run_serve(config: ServeConfig) -> int:
     """Run until SIGINT or SIGTERM, showing progress on stderr; the exit status."""
     from rich.console import Console
 
-    console = Console(stderr=True, highlight=False)
+    # soft_wrap: no line breaks of rich's own (it assumes 80 columns when piped), so a log
+    # keeps each URL and message whole; a terminal wraps long lines itself.
+    console = Console(stderr=True, highlight=False, soft_wrap=True)
     loop = asyncio.get_running_loop()
     stopping = asyncio.Event()
     for sig in (signal.SIGINT, signal.SIGTERM):
@@ -319,7 +323,9 @@ async def run_serve(config: ServeConfig) -> int:
         with console.status("starting driftshare serve…") as status:
 
             def progress(text: str) -> None:
-                console.print(f"[green]✓[/green] {text}")
+                # A warning (yellow) is no step done: it gets no check mark.
+                done = "" if text.startswith("[yellow]") else "[green]✓[/green] "
+                console.print(f"{done}{text}")
                 status.update(text)
 
             await runtime.start(progress)

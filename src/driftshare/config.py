@@ -81,7 +81,7 @@ class Settings(BaseSettings):
     snapshot_interval_s: float = Field(10.0, gt=0)
     share_url: str | None = None
     """``redis://[:password@]host:port/db``: join the fleet sharing one upstream there."""
-    share_group: str | None = Field(None, pattern=r"^[A-Za-z0-9_.-]{1,64}$")
+    share_group: str = Field("default", pattern=r"^[A-Za-z0-9_.-]{1,64}$")
     share_lease_s: float = Field(3.0, gt=0)
     share_fallback_s: float = Field(15.0, gt=0)
     share_secret: SecretStr | None = None

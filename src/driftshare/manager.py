@@ -80,12 +80,16 @@ class DriftClientManager:
 
     @classmethod
     def configure(cls, settings: Settings | None = None, **overrides: Any) -> Settings:
-        """Set the settings for clients created from now on (connects nothing)."""
+        """Set the settings for clients created from now on (connects nothing) and return
+        them: ``settings``, or :func:`load_settings` of ``DRIFT_*`` with ``overrides``, which
+        raises :class:`ConfigError` naming the variable of a bad value."""
         cls._settings = settings if settings is not None else load_settings(**overrides)
         return cls._settings
 
     @classmethod
     def settings(cls) -> Settings:
+        """The settings in force: the last :meth:`configure`'s, else read from ``DRIFT_*``
+        now (:class:`ConfigError` naming the variable of a bad value)."""
         if cls._settings is None:
             cls._settings = load_settings()
         return cls._settings
@@ -187,6 +191,7 @@ class DriftClientManager:
 
     @classmethod
     def is_initialized(cls, network: str | None = None, *, rpc_url: str | None = None) -> bool:
+        """Whether this loop's shared client of ``network`` is started and subscribed now."""
         shared = cls._find(network, rpc_url)
         return shared is not None and shared.initialized
 
@@ -194,7 +199,9 @@ class DriftClientManager:
     async def force_reconnect(
         cls, network: str | None = None, *, rpc_url: str | None = None
     ) -> bool:
-        """Rebuild the connection and subscriptions under the same references."""
+        """Rebuild the connection and subscriptions under the same references, inside the
+        same ``DriftClient`` object; whether it is subscribed again (False when no reference
+        holds the client, or the rebuild could not finish now)."""
         shared = cls._find(network, rpc_url)
         return False if shared is None else await reconnect(shared)
 

@@ -198,6 +198,13 @@ class SharedClient(Subscriptions):
     def initialized(self) -> bool:
         return self.gen is not None and self.gen.ready_at is not None
 
+    @property
+    def following(self) -> bool:
+        """Whether this client follows a fleet leader: its accounts come through Redis and
+        nothing is subscribed upstream (an upstream subscription has a tap)."""
+        fleet = None if self.gen is None else self.gen.fleet
+        return fleet is not None and not fleet.upstream and self.tap is None
+
     # -- references -------------------------------------------------------------------------
 
     def _generation(self) -> Generation | None:
@@ -497,10 +504,10 @@ class SharedClient(Subscriptions):
         publish_data_ages(self)
         gen.health_task = gen.spawn(health_loop(self, gen), f"driftshare-health-{self.network}")
         log.info(
-            "shared %s DriftClient ready: %d perp markets by %s (%d unavailable)",
+            "shared %s DriftClient ready: %d perp markets %s (%d unavailable)",
             self.network,
             len(gen.client.get_perp_market_accounts()),
-            self.mode,
+            "from the fleet's leader" if self.following else f"by {self.mode}",
             len(self.unavailable),
         )
 
@@ -643,7 +650,7 @@ class SharedClient(Subscriptions):
             "initialized": self.initialized,
             "initializations": self.initializations,
             "init_failures": self.init_failures,
-            "subscription_mode": self.mode,
+            "subscription_mode": "fleet" if self.following else self.mode,
             "grpc": self._grpc_stats(),
             "mode_switches": self.mode_switches,
             "health": self.health,

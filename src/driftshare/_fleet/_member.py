@@ -104,7 +104,7 @@ class FleetMember:
         network = chain.network
         self.settings = settings
         self.network = network
-        self.group = settings.share_group or "default"
+        self.group = settings.share_group
         self.ledger = ledger
         self.id = f"{socket.gethostname()}:{os.getpid()}:{secrets.token_hex(3)}"
         self.references = 0

@@ -41,6 +41,9 @@ __all__ = [
 # Take the lease if nobody holds it; the epoch counter fences out every earlier holder.
 # ARGV: member, lease ms, the member's chain, how long the chain outlives its last leader.
 # A member of another chain than the group's (while the group lives) is refused: -1.
+# KEYS[4..]: what the group keeps of its chain (records, confirmations, blockhash). Once the
+# group's chain is forgotten they may be another chain's (a restarted simulator's, whose
+# slots start over and would be outranked by the old ones): the new leader starts without.
 _ACQUIRE = """
 local chain = redis.call('GET', KEYS[3])
 if chain and chain ~= ARGV[3] then
@@ -49,6 +52,9 @@ end
 if redis.call('SET', KEYS[1], ARGV[1], 'NX', 'PX', ARGV[2]) then
   local epoch = redis.call('INCR', KEYS[2])
   redis.call('SET', KEYS[1], ARGV[1] .. '|' .. epoch, 'PX', ARGV[2])
+  if not chain then
+    redis.call('DEL', unpack(KEYS, 4))
+  end
   redis.call('SET', KEYS[3], ARGV[3], 'PX', ARGV[4])
   return epoch
 end
@@ -247,6 +253,14 @@ class FleetStore:
         self._digests = prefix + "digests"
         self._confirm_slots = prefix + "confirm-slots"
         self._confirms = prefix + "confirms"
+        self._accounts = [
+            self._records,
+            self._slots,
+            self._digests,
+            self._confirm_slots,
+            self._confirms,
+        ]
+        """The hashes keyed by account: records and confirmations, with their slots and data."""
         self._members = prefix + "members"
         self._pairs = prefix + "pairs"
         self._tx = prefix + "tx"
@@ -262,10 +276,12 @@ class FleetStore:
     async def acquire(self, member: str, lease_s: float, chain_ttl_s: float) -> int:
         """The new epoch if ``member`` took the free lease, else 0.
 
-        :class:`OtherChain` when the group shares another chain than :attr:`chain`.
+        :class:`OtherChain` when the group shares another chain than :attr:`chain`. A member
+        taking the lease of a group that has forgotten its chain drops what Redis kept.
         """
         args: list[str | int] = [member, _ms(lease_s), self.chain, _ms(chain_ttl_s)]
-        epoch = int(await self._acquire(keys=[self._lease, self._epoch, self._chain], args=args))
+        keys = [self._lease, self._epoch, self._chain, *self._accounts, self._tx]
+        epoch = int(await self._acquire(keys=keys, args=args))
         if epoch < 0:
             raise OtherChain(_text(await self.redis.get(self._chain) or b""))
         return epoch
@@ -302,13 +318,12 @@ class FleetStore:
         args: list[Any] = [token, self.channel, ceiling]
         for u in updates:
             args += [u.type, u.pubkey, u.slot, u.digest, u.message]
-        keys = [self._lease, self._records, self._slots, self._digests]
-        return [*keys, self._confirm_slots, self._confirms], args
+        return [self._lease, *self._accounts], args
 
     async def prune(self, token: str, keep: Collection[str]) -> int:
         """Drop every stored account but ``keep`` (fenced by ``token``); how many went."""
-        keys = [self._records, self._slots, self._digests, self._confirm_slots, self._confirms]
-        return _kept(await self._prune(keys=[self._lease, *keys], args=[token, *keep]), token)
+        keys = [self._lease, *self._accounts]
+        return _kept(await self._prune(keys=keys, args=[token, *keep]), token)
 
     async def records(self) -> AsyncIterator[bytes | None]:
         """Every stored record (raw, untrusted; None for one too large to read), by pages."""

@@ -28,7 +28,11 @@ _NOT_CONNECTED = "NotConnected: connect(wallet, sub_account) first"
 
 class AdapterWrites:
     """The writes of :class:`~driftshare.adapter.DriftAdapter`, on its registered
-    sub-account (``adapter.account``); the sub-account is explicit in every instruction."""
+    sub-account (``adapter.account``); the sub-account is explicit in every instruction.
+
+    Each returns :class:`~driftshare.models.TxResult` as a dict and never raises: ``status``
+    ``confirmed``, ``failed`` (``error`` says why; without a registered signer nothing is
+    sent) or ``unknown`` (it may still land: check ``signature`` before writing again)."""
 
     network: Network
     use_singleton: bool
