@@ -363,10 +363,35 @@ async def test_429_storm_logs_once_then_one_summary_per_interval(
 
     storm = _rate_limit_lines(caplog)
     assert len(storm) == 2
-    # 30 answers were silenced after the first line; the summary covers them and the new one.
-    assert "30 more times in the last 12s" in storm[1]
+    # 30 answers (3 posts of 1 + 9 retries) before the clock moved: 1 line, 29 held back.
+    assert "(29 more like it in the last 12s)" in storm[1]
     assert "SECRETKEY123" not in caplog.text
     assert transport.stats.rate_limited == 40
+
+
+async def test_an_outage_logs_its_first_failure_then_one_line_per_interval(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    clock = FakeClock()
+    inner, _ = _script(then=httpx.ConnectError("refused"))
+    transport = _transport(inner, _Sleeps(), max_retries=0, clock=clock, log_interval_s=10.0)
+    caplog.set_level(logging.DEBUG, logger="driftshare._transport.http")
+
+    def warnings() -> list[str]:
+        return [r.getMessage() for r in caplog.records if r.levelno == logging.WARNING]
+
+    for _ in range(5):
+        with pytest.raises(httpx.ConnectError):
+            await _post(transport)
+    assert len(warnings()) == 1
+    assert "failed: ConnectError: refused" in warnings()[0]
+    clock.now = 10.0
+    with pytest.raises(httpx.ConnectError):
+        await _post(transport)
+    assert len(warnings()) == 2
+    assert "(4 more like it in the last 10s)" in warnings()[1]
+    # Nothing is lost: the held-back failures are at debug level, and all are counted.
+    assert sum("failed: ConnectError" in r.getMessage() for r in caplog.records) == 6
 
 
 class _VirtualClockSelector(selectors.DefaultSelector):

@@ -117,8 +117,8 @@ class RateLimitedTransport(httpx.AsyncBaseTransport):
         self._budget = limits.budget
         self._pressure = limits.pressure
         self._states: dict[asyncio.AbstractEventLoop, _LoopState] = {}
-        self._last_429_log: float | None = None
-        self._unlogged_429s = 0
+        self._rate_limited_log = _Throttled(log_interval_s, clock)
+        self._failure_log = _Throttled(log_interval_s, clock)
 
     @classmethod
     def from_settings(
@@ -182,22 +182,15 @@ class RateLimitedTransport(httpx.AsyncBaseTransport):
         except Exception as exc:
             self._report(request, False)
             self.stats.record_failure(method)
-            _log.warning(
-                "RPC %s to %s failed: %s: %s",
-                method,
-                request.url,
-                type(exc).__name__,
-                exc,
+            self._failure_log.warn(
+                "RPC %s to %s failed: %s: %s", method, request.url, type(exc).__name__, exc
             )
             raise
         self._report(request, not is_retryable(response))
         if response.status_code >= 400:
             self.stats.record_failure(method)
-            _log.warning(
-                "RPC %s to %s failed: HTTP %d",
-                method,
-                request.url,
-                response.status_code,
+            self._failure_log.warn(
+                "RPC %s to %s failed: HTTP %d", method, request.url, response.status_code
             )
         return response
 
@@ -289,7 +282,9 @@ class RateLimitedTransport(httpx.AsyncBaseTransport):
         self._budget.note_outcome(served=not is_retryable(response))
         self._note_push_back(response, call)
         if response.status_code == 429:
-            self._log_rate_limited(method, request)
+            self._rate_limited_log.warn(
+                "RPC provider %s answered HTTP 429 to %s; backing off", request.url, method
+            )
         # The body is buffered so a retried or returned response never holds a connection.
         return httpx.Response(
             status_code=response.status_code,
@@ -351,27 +346,31 @@ class RateLimitedTransport(httpx.AsyncBaseTransport):
             upcoming = retry_state.upcoming_sleep
             _log.debug("retrying RPC %s after %s in %.2fs", method, why, upcoming)
 
-    def _log_rate_limited(self, method: str, request: httpx.Request) -> None:
-        # One line per interval at most: a 429 storm would otherwise flood the log.
+
+class _Throttled:
+    """Warnings of one kind: the first at once, then at most one per interval (with how many
+    were held back since), the rest at debug level. An outage or a 429 storm would otherwise
+    write a line per request."""
+
+    def __init__(self, interval_s: float, clock: Callable[[], float]) -> None:
+        self._interval_s = interval_s
+        self._clock = clock
+        self._last: float | None = None
+        self._held = 0
+
+    def warn(self, message: str, *args: object) -> None:
         now = self._clock()
-        last = self._last_429_log
-        if last is not None and now - last < self._log_interval_s:
-            self._unlogged_429s += 1
+        last = self._last
+        if last is not None and now - last < self._interval_s:
+            self._held += 1
+            _log.debug(message, *args)
             return
-        url = request.url
-        if last is not None and self._unlogged_429s:
-            _log.warning(
-                "RPC provider %s answered HTTP 429 %d more times in the last %.0fs "
-                "(latest: %s); backing off",
-                url,
-                self._unlogged_429s + 1,
-                now - last,
-                method,
-            )
-        else:
-            _log.warning("RPC provider %s answered HTTP 429 to %s; backing off", url, method)
-        self._last_429_log = now
-        self._unlogged_429s = 0
+        if last is not None and self._held:
+            message += " (%d more like it in the last %.0fs)"
+            args = (*args, self._held, now - last)
+        _log.warning(message, *args)
+        self._last = now
+        self._held = 0
 
 
 async def _read_raw(response: httpx.Response) -> bytes:
