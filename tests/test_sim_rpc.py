@@ -334,10 +334,20 @@ async def test_stats_count_requests_by_method_and_client(simulator: Simulator) -
         served = (await http.get(f"{simulator.http_url}/_sim/stats")).json()
         metrics = (await http.get(f"{simulator.http_url}/_sim/metrics")).text
     assert served == simulator.stats()
-    assert served["calls"] == {
-        "total": 7,
-        "by_method": {"getSlot": 5, "getHealth": 1, "(unknown)": 1},
-    }
+    calls = served["calls"]
+    assert (calls["total"], calls["by_method"]) == (
+        7,
+        {"getSlot": 5, "getHealth": 1, "(unknown)": 1},
+    )
+    # By client: this host's plain URL (one call, then a batch of three), the api-key's, the
+    # path token's; keyed clients by a label that is not their key.
+    by_client = calls["by_client"]
+    assert by_client["ip:127.0.0.1"] == {"getSlot": 4}
+    expected = [{"getSlot": 4}, {"getSlot": 1}, {"getHealth": 1, "(unknown)": 1}]
+    assert sorted(sorted(m.items()) for m in by_client.values()) == sorted(
+        sorted(m.items()) for m in expected
+    )
+    assert not any("k1" in name or "tok" in name for name in by_client), "secrets stay out"
     clients = served["http_requests"]["by_client"]
     assert served["http_requests"]["total"] == 5
     assert clients["ip:127.0.0.1"] == 2
