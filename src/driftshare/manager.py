@@ -291,7 +291,10 @@ class DriftClientManager:
     ) -> FundingRateData | None:
         """Funding of one perp market from the shared client, cached; never raises."""
         reader = cls._reader(network)
-        return None if reader is None else await reader.get_funding_rate(market)
+        if reader is None:
+            return None
+        hit = reader.funding_hit(market)  # a hit makes no coroutine of the reader's
+        return hit if hit is not None else await reader.get_funding_rate(market)
 
     @classmethod
     async def get_all_perp_markets(cls, network: str | None = None) -> list[MarketData]:

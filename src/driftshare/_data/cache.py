@@ -130,6 +130,17 @@ class TTLCache:
         valid: Callable[[Any], bool] | None = None,
     ) -> Cached[Any] | None:
         """The value for ``key`` if within its TTL and ``valid``, not waiting; a hit if ``kind``."""
+        fresh = self.fresh_value(key, kind=kind, valid=valid)
+        return None if fresh is None else Cached(fresh[0], False, fresh[1])
+
+    def fresh_value(
+        self,
+        key: Hashable,
+        *,
+        kind: str | None = None,
+        valid: Callable[[Any], bool] | None = None,
+    ) -> tuple[Any, float] | None:
+        """:meth:`get_fresh` as ``(value, age_s)``: a hit path's plain tuple, no :class:`Cached`."""
         entry = self._entries.get(key)
         if entry is None:
             return None
@@ -139,7 +150,7 @@ class TTLCache:
         if kind is not None:  # counted inline: a call more would cost every hit
             self._hits[kind] += 1
             metrics.CACHE_HITS.counts[kind] += 1
-        return Cached(entry.value, False, age)
+        return entry.value, age
 
     def peek(self, key: Hashable) -> Cached[Any] | None:
         """The stored value for ``key`` however old, marked stale past its TTL; not counted."""

@@ -85,15 +85,16 @@ class _Basis:
                 return False
         return True
 
-    def mark(self, value: _T, cached: Cached[Any], stale_after_s: float) -> _T:
-        """``value`` with its staleness, slot and data age as of now."""
+    def mark(self, value: _T, stale: bool, age_s: float, stale_after_s: float) -> _T:
+        """``value`` with its staleness, slot and data age as of now; ``stale`` and ``age_s``
+        as the cache answered it (:class:`Cached`)."""
         # Called on every read: plain loops, no generators (a cache hit costs microseconds).
         # The source was found current when the value was taken from the cache.
         slot, confirmed_at = confirmed(self.entries)
         age = time.monotonic() - confirmed_at
         marked = _copy(value)
-        marked.stale = cached.stale or age > stale_after_s or self.source.unavailable(self.index)
-        marked.age_s = cached.age_s
+        marked.stale = stale or age > stale_after_s or self.source.unavailable(self.index)
+        marked.age_s = age_s
         marked.slot = slot
         marked.data_age_s = age
         return marked
@@ -284,13 +285,11 @@ class MarketDataReader:
         Plain calls, no coroutine: a hit is answered before any closure or coroutine is
         made (each read's garbage is what sets how often the collector pauses it).
         """
-        cached: Cached[_Computed[Any]] | None = self.cache.get_fresh(
-            key, kind=key[0], valid=_Computed.single_unchanged
-        )
-        if cached is None:
+        fresh = self.cache.fresh_value(key, kind=key[0], valid=_Computed.single_unchanged)
+        if fresh is None:
             return None
-        computed = cached.value
-        return computed.bases[0].mark(computed.value, cached, self._settings.stale_after_s)
+        computed: _Computed[Any] = fresh[0]
+        return computed.bases[0].mark(computed.value, False, fresh[1], self._settings.stale_after_s)
 
     async def _miss(
         self,
@@ -309,7 +308,9 @@ class MarketDataReader:
         if cached is None:
             return None
         computed = cached.value
-        return computed.bases[0].mark(computed.value, cached, self._settings.stale_after_s)
+        return computed.bases[0].mark(
+            computed.value, cached.stale, cached.age_s, self._settings.stale_after_s
+        )
 
     async def _compute_one(
         self, index: int, build: Callable[[Any, Any], _T]
@@ -325,32 +326,36 @@ class MarketDataReader:
         basis = _Basis.of(source, market)
         return _Computed(build(market, source.oracle_price_data(index)), (basis,))
 
-    async def _one_market(self, market: str | int, kind: str) -> MarketData | None:
+    async def _read(
+        self, market: str | int, kind: str, ttl: float, build: Callable[[Any, Any], _T]
+    ) -> _T | None:
+        """One market's value of ``kind``, from ``build(perp_market, oracle_price_data)``."""
         index = self.resolver.known(market)
         if index is None:
             index = await self._index(market)
             if index is None:
                 return None
         key = (kind, index)
-        hit: MarketData | None = self._hit(key)
+        hit: _T | None = self._hit(key)
         if hit is not None:
             return hit
+        return await self._miss(key, ttl, build)
+
+    async def _one_market(self, market: str | int, kind: str) -> MarketData | None:
         ttl = self._settings.cache_ttl_oi if kind == "oi" else self._settings.cache_ttl_price
-        return await self._miss(key, ttl, _market_data)
+        return await self._read(market, kind, ttl, _market_data)
+
+    def funding_hit(self, market: str | int) -> FundingRateData | None:
+        """:meth:`get_funding_rate` when it is a hit, with no coroutine; None otherwise.
+
+        For a caller that answers hits before awaiting (the manager: a coroutine fewer).
+        """
+        index = self.resolver.known(market)
+        return None if index is None else self._hit(("funding", index))
 
     async def get_funding_rate(self, market: str | int) -> FundingRateData | None:
         """Funding of one market (``SOL-PERP``, ``sol``, ``0``…), or None."""
-        # As _one_market, inline: on a hit this is the only coroutine of the reader's.
-        index = self.resolver.known(market)
-        if index is None:
-            index = await self._index(market)
-            if index is None:
-                return None
-        key = ("funding", index)
-        hit: FundingRateData | None = self._hit(key)
-        if hit is not None:
-            return hit
-        return await self._miss(key, self._settings.cache_ttl_funding, _funding)
+        return await self._read(market, "funding", self._settings.cache_ttl_funding, _funding)
 
     async def get_all_perp_markets(self) -> list[MarketData]:
         """Every subscribed perp market, by index."""
@@ -388,7 +393,7 @@ class MarketDataReader:
         stale_after = self._settings.stale_after_s
         computed = cached.value
         return [
-            basis.mark(row, cached, stale_after)
+            basis.mark(row, cached.stale, cached.age_s, stale_after)
             for row, basis in zip(computed.value, computed.bases, strict=True)
         ]
 
