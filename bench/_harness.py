@@ -1,9 +1,10 @@
 """Processes and numbers shared by the cases: a simulator subprocess, worker subprocesses,
-simulator counters, percentiles and a description of the machine (``driftshare serve`` and
-redis-server processes are in :mod:`bench._processes`)."""
+simulator counters, a deadline-bound poll, percentiles and a description of the machine
+(``driftshare serve`` and redis-server processes are in :mod:`bench._processes`)."""
 
 from __future__ import annotations
 
+import asyncio
 import datetime as dt
 import functools
 import json
@@ -205,6 +206,16 @@ def spawn_worker(params: dict[str, Any], module: str = "bench._worker") -> dict[
         raise BenchError(f"worker {params['kind']} failed ({done.returncode}): {tail}")
     result: dict[str, Any] = json.loads(lines[-1])
     return result
+
+
+async def poll(check: Any, deadline_s: float, what: str, every_s: float = 0.05) -> float:
+    """Await ``check()`` (polled every ``every_s``); the seconds it took."""
+    start = time.monotonic()
+    while not await check():
+        if time.monotonic() - start > deadline_s:
+            raise BenchError(f"{what}: not within {deadline_s:g}s")
+        await asyncio.sleep(every_s)
+    return time.monotonic() - start
 
 
 def percentiles(samples: Sequence[float]) -> dict[str, float]:

@@ -29,15 +29,16 @@ from solana.rpc.commitment import Confirmed
 from solders.keypair import Keypair
 
 from bench._harness import counted, percentiles
+from driftshare._data.discovery import discover_markets
 from driftshare._data.ledger import AccountLedger
-from driftshare._data.marketdata import ClientSource, MarketDataReader, MarketSource
-from driftshare._data.subscription import (
-    AccountTap,
-    PollingSubscriber,
-    ResilientLoader,
-    discover_markets,
+from driftshare._data.marketdata import (
+    ClientSource,
+    MarketDataReader,
+    MarketSource,
     newest_data_slot,
 )
+from driftshare._data.polling_subscription import PollingSubscriber, ResilientLoader
+from driftshare._data.tap import AccountTap
 from driftshare.adapter import DriftAdapter
 from driftshare.config import Settings
 from driftshare.manager import DriftClientManager

@@ -21,6 +21,7 @@ from typing import Any
 import httpx
 
 from bench import BenchError, Context
+from bench._harness import poll
 from bench._processes import (
     RedisServer,
     ServeProcess,
@@ -41,16 +42,6 @@ _REPORT_EVERY_S = 0.5
 _STEADY_MIN_S = 30.0
 """The least time between all processes being ready and the window's end."""
 _FLOOR_CHANNEL = "driftshare-bench:floor"
-
-
-async def _poll(check: Any, deadline_s: float, what: str, every_s: float = 0.05) -> float:
-    """Await ``check()`` (polled every ``every_s``); the seconds it took."""
-    start = time.monotonic()
-    while not await check():
-        if time.monotonic() - start > deadline_s:
-            raise BenchError(f"{what}: not within {deadline_s:g}s")
-        await asyncio.sleep(every_s)
-    return time.monotonic() - start
 
 
 # -- upstream cost ------------------------------------------------------------------------
@@ -78,9 +69,9 @@ async def _upstream_cost(
         async with httpx.AsyncClient() as http:
             started = time.monotonic()
             await procs[0].start()
-            await _poll(lambda: all_ready(http, procs[:1], fleet=fleet), _READY_DEADLINE_S, "first")
+            await poll(lambda: all_ready(http, procs[:1], fleet=fleet), _READY_DEADLINE_S, "first")
             await asyncio.gather(*(proc.start() for proc in procs[1:]))
-            await _poll(lambda: all_ready(http, procs, fleet=fleet), _READY_DEADLINE_S, "all ready")
+            await poll(lambda: all_ready(http, procs, fleet=fleet), _READY_DEADLINE_S, "all ready")
             ready_s = time.monotonic() - started
             if ready_s > window_s - _STEADY_MIN_S:
                 raise BenchError(
@@ -158,7 +149,7 @@ async def _propagation(seconds: float, redis: RedisServer) -> tuple[list[float],
     follower: asyncio.subprocess.Process | None = None
     try:
         async with httpx.AsyncClient() as http:
-            await _poll(lambda: _answers(http, rpc_url), _READY_DEADLINE_S, "simulator")
+            await poll(lambda: _answers(http, rpc_url), _READY_DEADLINE_S, "simulator")
         client = await DriftClientManager.get_client()
         shared = DriftClientManager.shared_state()
         if client is None or shared is None or shared.gen is None or shared.gen.fleet is None:
@@ -349,14 +340,14 @@ async def _failover(runs: int, redis: RedisServer) -> list[float]:
 async def _kill_leader(
     http: httpx.AsyncClient, procs: list[ServeProcess], sim: Simulator
 ) -> tuple[ServeProcess, float]:
-    await _poll(lambda: all_ready(http, procs), _READY_DEADLINE_S, "ready")
+    await poll(lambda: all_ready(http, procs), _READY_DEADLINE_S, "ready")
     roles = [(await p.stats(http))["fleet"]["role"] for p in procs]
     leader = procs[roles.index("leader")]
     survivors = [p for p in procs if p is not leader]
     await leader.kill()
     killed_slot = sim.stats()["slot"]
 
-    took = await _poll(lambda: fresh_after(http, survivors, killed_slot), 60, "takeover", 0.02)
+    took = await poll(lambda: fresh_after(http, survivors, killed_slot), 60, "takeover", 0.02)
     return leader, took
 
 

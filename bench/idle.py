@@ -26,9 +26,8 @@ import httpx
 import psutil  # type: ignore[import-untyped]
 
 from bench import BenchError, Context
-from bench._harness import run_worker, simulator
+from bench._harness import poll, run_worker, simulator
 from bench._processes import RedisServer, ServeProcess, all_ready, stop_all
-from bench.fleet import _poll
 from driftshare.sim import Simulator
 
 TITLE = "Idle cost and shutdown"
@@ -105,7 +104,7 @@ async def _leader_exit(redis: RedisServer, folder: Path) -> dict[str, float]:
         try:
             async with httpx.AsyncClient() as client:
                 ready = partial(all_ready, client, members)
-                await _poll(ready, _DEADLINE_S, "a leader and a follower")
+                await poll(ready, _DEADLINE_S, "a leader and a follower")
                 roles = [(await m.stats(client))["fleet"]["role"] for m in members]
                 leader = members[roles.index("leader")]
                 follower = members[roles.index("follower")]
@@ -117,7 +116,7 @@ async def _leader_exit(redis: RedisServer, folder: Path) -> dict[str, float]:
                     stats = await follower.stats(client)
                     return bool(stats.get("fleet", {}).get("role") == "leader")
 
-                await _poll(leads, _DEADLINE_S, "the follower's lead")
+                await poll(leads, _DEADLINE_S, "the follower's lead")
                 handover_s = time.perf_counter() - started
                 if handover_s >= _LEASE_S:
                     raise BenchError("the follower led only once the lease expired: no hand-over")

@@ -223,25 +223,25 @@ def _details(rows: Sequence[Row]) -> list[str]:
     return [*lines, ""] if len(lines) > 2 else []
 
 
-def _save(path: Path, data: dict[str, Any]) -> None:
+def save_results(path: Path, data: dict[str, Any]) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_text(json.dumps(data, indent=1, sort_keys=True) + "\n")
 
 
-def _load(path: Path) -> dict[str, Any] | None:
+def load_results(path: Path) -> dict[str, Any] | None:
     return json.loads(path.read_text()) if path.exists() else None
 
 
 def write_doc() -> None:
-    results = _load(RESULTS / "table.json")
+    results = load_results(RESULTS / "table.json")
     if results is None:
         raise SystemExit("no results yet: run `make reliability` first")
     DOC.write_text(
         render(
             results,
-            _load(RESULTS / "soak.json"),
-            _load(RESULTS / "trading.json"),
-            _load(RESULTS / "fleet.json"),
+            load_results(RESULTS / "soak.json"),
+            load_results(RESULTS / "trading.json"),
+            load_results(RESULTS / "fleet.json"),
         )
     )
 
@@ -288,20 +288,20 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.CRITICAL)
     if args.soak > 0 and not args.trading:
-        _save(RESULTS / "soak.json", asyncio.run(run_soak(args.soak, SuiteConfig())))
+        save_results(RESULTS / "soak.json", asyncio.run(run_soak(args.soak, SuiteConfig())))
     else:
         if not args.trading:
             modes: list[Mode] = args.mode or list(MODES)
             table = asyncio.run(_table(SuiteConfig(), modes))
-            previous = _load(RESULTS / "table.json")
+            previous = load_results(RESULTS / "table.json")
             if previous is not None and args.mode:
                 kept = [r for r in previous["rows"] if r["mode"] not in modes]
                 table["rows"] = sorted(kept + table["rows"], key=lambda r: MODES.index(r["mode"]))
-            _save(RESULTS / "table.json", table)
+            save_results(RESULTS / "table.json", table)
         if not args.mode:
             from bench.reliability_trading import run_trading
 
-            _save(RESULTS / "trading.json", asyncio.run(run_trading()))
+            save_results(RESULTS / "trading.json", asyncio.run(run_trading()))
     write_doc()
     print(f"wrote {DOC.relative_to(ROOT)}")
     return 0

@@ -29,7 +29,7 @@ from redis.asyncio import Redis
 from solders.pubkey import Pubkey
 
 from bench._processes import RedisServer, ServeProcess, TcpProxy, all_ready, stop_all
-from bench.reliability import _load, _save, write_doc
+from bench.reliability import load_results, save_results, write_doc
 from bench.reliability_suite import DOC, RESULTS, ROOT, machine
 from bench.reliability_truth import ChainTruth
 from driftshare.sim import Simulator
@@ -340,10 +340,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     names = list(argv if argv is not None else sys.argv[1:]) or list(FLEET_FAULTS)
     logging.basicConfig(level=logging.CRITICAL)
     rows = asyncio.run(run_fleet_rows(names))
-    saved = _load(RESULTS / "fleet.json") or {"rows": []}
+    saved = load_results(RESULTS / "fleet.json") or {"rows": []}
     measured = {row.fault for row in rows}
     kept = [r for r in saved["rows"] if r["fault"] not in measured]
-    _save(
+    save_results(
         RESULTS / "fleet.json",
         {
             "generated": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()),

@@ -39,8 +39,10 @@ TX_ENV: dict[str, Any] = {
     "tx_resend_s": 0.5,
     "tx_timeout_s": 120.0,
 }
-"""The shared client's settings: RPC answers within 1 s; a write's answer within 120 s, which
-is also its orders' ``max_ts``, so none expires before the chain is read."""
+"""The shared client's settings: RPC answers within 1 s; a write's answer within 120 s. The
+orders are limit orders without an expiry: none expires before the chain is read."""
+
+_CUT_EVERY_S = 0.5
 
 Inject = Callable[[Simulator], Coroutine[Any, Any, None]]
 
@@ -79,6 +81,19 @@ async def _expiry(sim: Simulator) -> None:
     )
 
 
+async def _sockets_cut(sim: Simulator) -> None:
+    # Landing late, each transaction confirms after the socket its subscription was on is cut.
+    sim.faults.delay_landing(1.0)
+    for _ in range(round(WINDOW_S / _CUT_EVERY_S)):
+        await asyncio.sleep(_CUT_EVERY_S)
+        await sim.faults.drop_ws()
+    sim.faults.delay_landing(0)
+
+
+async def _stalled(sim: Simulator) -> None:
+    await _windowed(lambda: sim.faults.set_stall(True), lambda: sim.faults.set_stall(False))
+
+
 async def _storm(sim: Simulator) -> None:
     await _windowed(lambda: sim.faults.fail_next(10**6), lambda: sim.faults.fail_next(0))
 
@@ -110,6 +125,17 @@ TRADING_FAULTS = [
         "early blockhash expiry",
         "every blockhash refused (getLatestBlockhash still promises 150 blocks), for the window",
         _expiry,
+    ),
+    TradingFault(
+        "WebSocket cut",
+        f"transactions land 1 s after their send and every WebSocket is cut every "
+        f"{_CUT_EVERY_S} s, for the window",
+        _sockets_cut,
+    ),
+    TradingFault(
+        "notifications stalled",
+        "no WebSocket notification (signatures' included) on sockets that stay up, for the window",
+        _stalled,
     ),
     TradingFault("429 storm", "every HTTP request answered 429, for the window", _storm),
     TradingFault("RPC down", "HTTP and WebSocket ports closed for the window", _down),

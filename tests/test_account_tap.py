@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from driftshare._data.ledger import AccountLedger, AccountRecord
-from driftshare._data.subscription import AccountTap
+from driftshare._data.tap import AccountTap
 
 KEY = "Key1111111111111111111111111111111111111111"
 

@@ -9,7 +9,7 @@ import pytest
 from solders.keypair import Keypair
 
 from driftshare import _cli as cli
-from driftshare._client.lifecycle import load_keypair
+from driftshare._client.keypair import load_keypair
 from driftshare._serve import Runtime, ServeConfig, ServeError
 from driftshare.config import ConfigError, load_settings
 from driftshare.manager import DriftClientManager

@@ -45,10 +45,6 @@ def _imported(name: str, path: Path, modules: dict[str, Path]) -> Iterator[str]:
                 yield known
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="open: sim.tokens -> sim.drift -> sim.world -> sim.tokens, type-only imports (issue 20)",
-)
 def test_no_import_cycles_in_src_or_bench() -> None:
     modules = _modules()
     graph = {name: set(_imported(name, path, modules)) for name, path in modules.items()}

@@ -294,9 +294,12 @@ async def test_statuses_settle_and_signature_subscriptions_fire(
         subscribed = await ws.recv()
         assert isinstance(subscribed[0].result, int)
         await client.send_raw_transaction(bytes(tx))
+        landed_at = sim.store.slot
         await sim.step()
         notified = await ws.recv()
         assert notified[0].result.value.err is None
+        # Subscribed before it landed: notified with its own block's slot, as a node does.
+        assert notified[0].result.context.slot == landed_at
     for _ in range(32):
         await sim.step()
     status = await _status(client, tx.signatures[0])

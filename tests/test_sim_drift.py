@@ -108,7 +108,8 @@ class Desk:
         self.clock = Clock()
         self.store = AccountStore()
         self.world = World(self.store, markets=2, clock=self.clock, fill_spread_bps=fill_spread_bps)
-        for pubkey, account in tokens.world_token_accounts(self.world).items():
+        spots = (self.world.spot_market(index) for index in self.world.spot_indexes())
+        for pubkey, account in tokens.spot_token_accounts(spots).items():
             self.store.put(pubkey, account)
         self.world.set_oracle_price(SOL_PERP, 150.0)
 

@@ -120,7 +120,7 @@ def _load_warnings(
 ) -> tuple[int, list[str], AccountLedger]:
     ledger = AccountLedger()
     caplog.clear()
-    with caplog.at_level(logging.WARNING, logger="driftshare._snapshot"):
+    with caplog.at_level(logging.WARNING, logger="driftshare._snapshot.keeper"):
         keeper = SnapshotKeeper(ledger, file, identity, wall_clock=FakeClock(50_100.0))
         loaded = keeper.apply(keeper.read())
     return loaded, [r.getMessage() for r in caplog.records], ledger
@@ -333,7 +333,7 @@ async def test_a_failing_disk_warns_once_and_the_next_good_write_lands(
     ledger = _filled(world, confirmed_at=time.monotonic())
     keeper = SnapshotKeeper(ledger, folder / "snap", IDENTITY)
     ledger.confirm(str(world.perp_market_pubkey(0)), 50)
-    with caplog.at_level(logging.WARNING, logger="driftshare._snapshot"):
+    with caplog.at_level(logging.WARNING, logger="driftshare._snapshot.keeper"):
         assert not await keeper.write_if_changed()
         assert not await keeper.write_if_changed()
     assert len(caplog.records) == 1
@@ -374,7 +374,7 @@ def test_an_unusable_snapshot_path_costs_the_warm_start_not_the_client(
     # A name too long for the file system: checking it raises OSError (ENAMETOOLONG).
     path = Path("/tmp") / ("x" * 5000)
     settings = load_settings(snapshot_path=path, rpc_url="http://127.0.0.1:8899")
-    with caplog.at_level(logging.WARNING, logger="driftshare._snapshot"):
+    with caplog.at_level(logging.WARNING, logger="driftshare._snapshot.keeper"):
         keeper = snapshot_keeper(AccountLedger(), settings, "mainnet", settings.effective_rpc_url())
     assert keeper is None
     assert "DRIFT_SNAPSHOT_PATH" in caplog.text

@@ -13,9 +13,9 @@ from typing import Any
 import pytest
 
 from conftest import eventually
-from driftshare import _snapshot
 from driftshare._data.ledger import AccountLedger
 from driftshare._snapshot import SnapshotIdentity, SnapshotKeeper, read_snapshot, write_snapshot
+from driftshare._snapshot import keeper as keeper_module
 from driftshare.sim._codec import DRIFT_PROGRAM_ID
 from driftshare.sim._records import world_records
 from driftshare.sim.store import AccountStore
@@ -79,7 +79,7 @@ async def test_a_write_under_way_at_stop_never_lands_after_the_final_write(
     for record in world_records(world, slot=7):
         ledger.apply(record)
     first_started, first_done = threading.Event(), threading.Event()
-    real = _snapshot.write_snapshot
+    real = keeper_module.write_snapshot
 
     def slow_disk(*args: Any, **kwargs: Any) -> int:
         if not first_started.is_set():
@@ -90,7 +90,7 @@ async def test_a_write_under_way_at_stop_never_lands_after_the_final_write(
             return size
         return real(*args, **kwargs)
 
-    monkeypatch.setattr(_snapshot, "write_snapshot", slow_disk)
+    monkeypatch.setattr(keeper_module, "write_snapshot", slow_disk)
     keeper.start()
     await eventually(first_started.is_set, "a background write under way")
     world.step()

@@ -13,7 +13,8 @@ from typing import Any
 from driftpy.accounts.types import DataAndSlot
 
 from driftshare._data.ledger import AccountLedger
-from driftshare._data.subscription import AccountTap, _ProgramSubscriber
+from driftshare._data.tap import AccountTap
+from driftshare._data.websocket_subscription import _ProgramSubscriber
 
 
 def _notification(slot: int, data: bytes) -> list[Any]:

@@ -7,6 +7,8 @@ open) and the simulator's own transaction counts, never the sender's word.
 from __future__ import annotations
 
 import asyncio
+import time
+from collections import Counter
 from collections.abc import AsyncIterator, Callable, Coroutine
 from contextlib import asynccontextmanager
 from typing import Any
@@ -300,16 +302,46 @@ async def test_an_engine_calling_driftpy_itself_takes_the_shared_path(chain: Sim
         await adapter.disconnect()
 
 
-async def test_an_order_landing_after_its_max_ts_does_not_act(chain: Simulator) -> None:
+@pytest.mark.parametrize("order_type", ["MARKET", "LIMIT"])
+async def test_an_order_landing_after_its_max_ts_does_not_act(
+    chain: Simulator, order_type: str
+) -> None:
     DriftClientManager.configure(rpc_url=chain.http_url, **{**TX_SETTINGS, "tx_timeout_s": 1.0})
     async with funded_engine(chain) as (wallet, adapter):
         price = await resting_bid(adapter)
         landed = _landed(chain, wallet)
         chain.faults.delay_landing(2.5)  # past max_ts, within the blockhash
-        bid = await adapter.place_perp_order(0, "long", 0.5, "LIMIT", price=price)
-        assert bid["status"] == "unknown", bid  # the sender gave up before it landed
+        # A market order's max_ts is DRIFT_TX_TIMEOUT_S after signing; a limit order's is
+        # the expiry it is given.
+        expiry = {"price": price, "expires_in_s": 1.0} if order_type == "LIMIT" else {}
+        order = await adapter.place_perp_order(0, "long", 0.5, order_type, **expiry)
+        assert order["status"] == "unknown", order  # the sender gave up before it landed
         await eventually(lambda: _landed(chain, wallet) == landed + 1, "the late copy lands")
-        assert open_user_order_ids(chain, wallet, 0) == []
+        assert orders_placed(chain, wallet, 0) == 0
+        assert not any(p.base_asset_amount for p in user_account(chain, wallet, 0).perp_positions)
+
+
+async def test_a_limit_order_rests_until_cancelled_unless_given_an_expiry(
+    chain: Simulator,
+) -> None:
+    async with funded_engine(chain) as (wallet, adapter):
+        price = await resting_bid(adapter)
+        resting = await adapter.place_perp_order(0, "long", 0.5, "LIMIT", price=price)
+        before = int(time.time())
+        timed = await adapter.place_perp_order(
+            0, "long", 0.5, "LIMIT", price=price, expires_in_s=600
+        )
+        after = int(time.time())
+        assert resting["status"] == timed["status"] == "confirmed"
+        max_ts = {o.user_order_id: o.max_ts for o in user_account(chain, wallet, 0).orders}
+        # 0: no expiry, the program's own for a limit order (DRIFT_TX_TIMEOUT_S is 30 s here).
+        assert max_ts[resting["user_order_id"]] == 0
+        assert before + 600 <= max_ts[timed["user_order_id"]] <= after + 600
+        refused = await adapter.place_perp_order(
+            0, "long", 0.5, "LIMIT", price=price, expires_in_s=-1
+        )
+        assert refused["status"] == "failed"
+        assert refused["error"].startswith("InvalidExpiry")
 
 
 async def test_the_funding_engine_opens_and_closes_delta_neutral_legs(chain: Simulator) -> None:
@@ -348,3 +380,69 @@ async def test_the_path_survives_a_reconnect(chain: Simulator) -> None:
         assert bid["status"] == "confirmed", bid
         assert open_user_order_ids(chain, wallet, 0) == [bid["user_order_id"]]
         assert shared.tx is path
+
+
+def _sim_counts(sim: Simulator) -> tuple[int, Counter[str], Counter[str]]:
+    """HTTP requests, JSON-RPC calls by method and WebSocket subscriptions by method."""
+    stats = sim.stats()
+    return (
+        stats["http_requests"]["total"],
+        Counter(stats["calls"]["by_method"]),
+        Counter(stats["subscriptions"]["by_method"]),
+    )
+
+
+async def test_a_confirmed_order_costs_one_http_request_at_one_engine(chain: Simulator) -> None:
+    # The blockhash, block height and fee refresh once per minute here, the accounts'
+    # confirmation reads once per ten: per order, only the send is left (the bench measures
+    # the refreshes' share at their defaults).
+    DriftClientManager.configure(
+        rpc_url=chain.http_url,
+        **{
+            **TX_SETTINGS,
+            "tx_blockhash_interval_s": 60.0,
+            "tx_blockhash_max_age_s": 60.0,
+            "tx_fee_interval_s": 60.0,
+            "stale_after_s": 1200.0,
+        },
+    )
+    async with funded_engine(chain) as (wallet, adapter):
+        price = await resting_bid(adapter)
+        requests, calls, subscriptions = _sim_counts(chain)
+        bid = await adapter.place_perp_order(0, "long", 0.5, "LIMIT", price=price)
+        after_requests, after_calls, after_subscriptions = _sim_counts(chain)
+        assert bid["status"] == "confirmed", bid
+        assert bid["reflected"] is True
+        assert open_user_order_ids(chain, wallet, 0) == [bid["user_order_id"]]
+        # Confirmed by its notification on the shared socket: the send was the only request.
+        assert after_requests - requests == 1
+        assert after_calls - calls == Counter({"sendTransaction": 1})
+        assert after_subscriptions - subscriptions == Counter({"signatureSubscribe": 1})
+
+
+async def test_a_notification_lost_with_its_socket_ends_truthfully_through_the_poll(
+    chain: Simulator,
+) -> None:
+    # The safety poll of a covered signature comes only after an hour: what confirms the
+    # order below is the poll of a signature whose socket dropped.
+    DriftClientManager.configure(
+        rpc_url=chain.http_url, **{**TX_SETTINGS, "tx_status_safety_s": 3600.0}
+    )
+    async with funded_engine(chain) as (wallet, adapter):
+        price = await resting_bid(adapter)
+        shared = DriftClientManager.shared_state()
+        assert shared is not None
+        assert shared.tx.feed is not None
+        feed, watcher = shared.tx.feed, shared.tx.watcher
+        notifications, polls = feed.notifications, watcher.polls
+        chain.faults.delay_landing(1.0)  # it lands after the socket dropped
+        order = asyncio.create_task(adapter.place_perp_order(0, "long", 0.5, "LIMIT", price=price))
+        await eventually(lambda: feed.live == 1, "the signature subscribed on the socket")
+        assert await chain.faults.drop_ws() > 0
+        bid = await order
+        assert bid["status"] == "confirmed", bid
+        assert open_user_order_ids(chain, wallet, 0) == [bid["user_order_id"]]
+        assert orders_placed(chain, wallet, 0) == 1
+        assert bid["signatures"] == [bid["signature"]]
+        assert feed.notifications == notifications  # its notification went with the socket
+        assert watcher.polls > polls

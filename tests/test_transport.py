@@ -351,7 +351,7 @@ async def test_429_storm_logs_once_then_one_summary_per_interval(
     inner, _ = _script(then=httpx.Response(429))
     transport = _transport(inner, _Sleeps(), max_retries=9, clock=clock, log_interval_s=10.0)
     secret_url = "http://rpc.test/?api-key=SECRETKEY123"
-    caplog.set_level(logging.WARNING, logger="driftshare._transport")
+    caplog.set_level(logging.WARNING, logger="driftshare._transport.http")
 
     async with httpx.AsyncClient(transport=transport) as client:
         for _ in range(3):

@@ -83,7 +83,16 @@ class Chain:
             [c["method"] for c in body] if isinstance(body, list) else [body["method"]]
         )
         if isinstance(body, list):
-            return httpx.Response(200, json=[self.answer(call) for call in body])
+            answers = []
+            for call in body:
+                if call["method"] != "sendTransaction":
+                    answers.append(self.answer(call))
+                    continue
+                sent = self.send(call)  # a send's fate is the whole request's
+                if sent.status_code != 200:
+                    return sent
+                answers.append(json.loads(sent.content))
+            return httpx.Response(200, json=answers)
         if body["method"] == "sendTransaction":
             return self.send(body)
         return httpx.Response(200, json=self.answer(body))
@@ -314,6 +323,18 @@ async def test_expired_but_found_in_history_is_not_signed_again(
     assert len(chain.landed) == 1
 
 
+async def test_at_its_deadline_a_write_asks_the_history_before_answering_unknown(
+    make_path: MakePath,
+) -> None:
+    # Landed, but no poll ever sees it (as when its notification was lost) and its blockhash
+    # is valid long after the deadline: only the final lookup can tell.
+    chain = Chain(hide_statuses=True)
+    result = await submit(make_path(chain, tx_timeout_s=0.3))
+    assert result.status == "confirmed"
+    assert result.slot == chain.landed[result.signature]["slot"]
+    assert result.signatures == [result.signature]
+
+
 async def test_every_signature_expired_unlanded_is_failed(make_path: MakePath) -> None:
     chain = Chain(script=lambda sig, n: DROP, validity=2)
     result = await submit(make_path(chain, tx_max_signings=2))
@@ -347,7 +368,9 @@ async def test_concurrent_writes_share_status_polls(make_path: MakePath) -> None
     assert len(chain.status_polls) < sum(chain.status_polls)
 
 
-async def test_the_blockhash_and_fee_ride_in_the_status_poll(make_path: MakePath) -> None:
+async def test_the_blockhash_and_fee_ride_in_the_sends_and_status_polls(
+    make_path: MakePath,
+) -> None:
     chain = Chain()
     # Both always due: every request that may carry them does.
     path = make_path(chain, tx_blockhash_interval_s=1e-9, tx_fee_interval_s=1e-9)
@@ -356,10 +379,10 @@ async def test_the_blockhash_and_fee_ride_in_the_status_poll(make_path: MakePath
     refresh = ["getLatestBlockhash", "getBlockHeight", "getRecentPrioritizationFees"]
     first, *rest = chain.requests
     assert first == refresh  # fetched before the first signing, the fee with it
-    polls = [r for r in rest if r != ["sendTransaction"]]
-    assert polls
-    # No request of their own: each refresh rode in a status poll.
-    assert all(r == ["getSignatureStatuses", *refresh] for r in polls)
+    assert [r[0] for r in rest].count("sendTransaction") == 3
+    assert "getSignatureStatuses" in [r[0] for r in rest]
+    # No request of their own: each refresh rode in a send or a status poll.
+    assert all(r[1:] == refresh for r in rest)
 
 
 async def test_the_priority_fee_and_compute_limit_replace_the_callers(make_path: MakePath) -> None:

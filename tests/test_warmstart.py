@@ -16,7 +16,7 @@ import pytest
 
 from bench._processes import ServeProcess
 from conftest import StartServe, eventually
-from driftshare import _snapshot
+from driftshare._snapshot import keeper as keeper_module
 from driftshare.adapter import DriftAdapter
 from driftshare.feed import DriftFundingFeed
 from driftshare.manager import DriftClientManager
@@ -248,13 +248,13 @@ async def test_the_snapshot_is_read_off_the_event_loop(
     await DriftClientManager.shutdown()  # a clean shutdown writes the snapshot
 
     readers: list[threading.Thread] = []
-    real = _snapshot.read_snapshot
+    real = keeper_module.read_snapshot
 
     def read_snapshot(*args: Any, **kwargs: Any) -> Any:
         readers.append(threading.current_thread())
         return real(*args, **kwargs)
 
-    monkeypatch.setattr(_snapshot, "read_snapshot", read_snapshot)
+    monkeypatch.setattr(keeper_module, "read_snapshot", read_snapshot)
     await sim.faults.down(3600)
     try:
         DriftClientManager.configure(**settings)
@@ -369,7 +369,7 @@ async def test_a_restart_on_another_chain_drops_the_snapshot_once_it_answers(
     finally:
         await DriftClientManager.shutdown()
     assert (
-        _snapshot.read_snapshot(shared.snapshots.file, shared.snapshots.identity).genesis_hash
+        keeper_module.read_snapshot(shared.snapshots.file, shared.snapshots.identity).genesis_hash
         == warm["genesis_hash"]
     )
 

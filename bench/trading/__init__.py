@@ -47,10 +47,11 @@ def run(ctx: Context) -> str:
 
 def _row(r: dict[str, Any]) -> str:
     c, read = r["order_to_confirmed"], r["confirmed_to_read"]
+    per_tx = r["ws_subscriptions"] / max(1, r["transactions"])
     return (
         f"| {r['engines']} | {r['mode']} | {r['transactions']} | {r['failed']} | "
         f"{r['requests']} | {r['requests_per_tx']:.2f} | {r['calls_per_tx']:.2f} | "
-        f"{r['ws_subscriptions']} | {r['websockets']} | "
+        f"{r['ws_subscriptions']} | {per_tx:.2f} | {r['websockets']} | "
         f"{c['p50'] * 1000:.0f} / {c['p99'] * 1000:.0f} | "
         f"{read['p50'] * 1000:.0f} / {read['p99'] * 1000:.0f} |"
     )
@@ -63,18 +64,19 @@ def _report(results: list[dict[str, Any]], duration: float) -> str:
     lines = [
         f"Each engine places a resting limit order and cancels it every second for "
         f"{duration:.0f} s (every place and cancel is one transaction). The simulator counts "
-        "the HTTP requests and the WebSockets open while the engines trade (set-up excluded); "
-        "a simulated slot lasts 0.4 s and a transaction is confirmed one slot after it lands. "
-        "**Order to confirmed**: from the call to the chain's confirmation (shared: the "
-        "result's `elapsed_s`; private: driftpy's `place_perp_order` returning). **Confirmed "
-        "to read**: from then until the engine's own read (shared: "
-        "`get_open_orders()`, private: its `DriftUser`) shows the order. The shared client "
-        "runs with `DRIFT_RPC_RPS=100` (16 engines send 32 transactions a second).",
+        "the HTTP requests, the WebSocket subscribe messages and the WebSockets open while the "
+        "engines trade (set-up excluded); a simulated slot lasts 0.4 s and a transaction is "
+        "confirmed one slot after it lands. **Order to confirmed**: from the call to the "
+        "chain's confirmation (shared: the result's `elapsed_s`; private: driftpy's "
+        "`place_perp_order` returning). **Confirmed to read**: from then until the engine's "
+        "own read (shared: `get_open_orders()`, private: its `DriftUser`) shows the order. "
+        "The shared client runs with `DRIFT_RPC_RPS=100` (16 engines send 32 transactions a "
+        "second) and the other settings at their defaults.",
         "",
         "| engines | mode | transactions | not confirmed | HTTP requests | requests / tx | "
-        "JSON-RPC calls / tx | WebSocket subscriptions | WebSockets | "
+        "JSON-RPC calls / tx | WebSocket subscriptions | subscriptions / tx | WebSockets | "
         "order to confirmed p50 / p99 ms | confirmed to read p50 / p99 ms |",
-        "|---:|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|",
+        "|---:|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|",
         *(_row(r) for r in results),
         "",
         "| figure | target | measured | verdict |",
@@ -89,38 +91,47 @@ def _report(results: list[dict[str, Any]], duration: float) -> str:
         "**HTTP requests** is what the simulator received over HTTP (a JSON-RPC batch is "
         "one); **JSON-RPC calls** counts each call of a batch, as providers that bill per "
         "call do; **WebSocket subscriptions** are the subscribe messages sent while trading "
-        "(a message on a socket, not an HTTP request, but a call a provider may count). "
-        "Shared HTTP requests per transaction are the send plus its share of one batched "
-        "`getSignatureStatuses` per 0.8 s while any signature is pending (each signature "
-        "first asked 0.8 s after it left: landing, then confirmation), in which the "
-        "blockhash and block height (every 5 s) and the fee estimate (every 5 s) ride; "
-        "plus the accounts' confirmation reads (`getMultipleAccounts`, a few per run). "
-        f"{_floor(shared)}",
+        "(a message on a socket, not an HTTP request, but a call a provider may count).",
         "",
-        "The latencies are not the same measure: driftpy's `StandardTxSender` returns once "
-        "the transaction is *processed* (its default `TxOpts`), the shared path only once "
-        "it is *confirmed* (a slot later) and its status poll has seen it (polled every "
-        "0.8 s, from 0.8 s after the send). A shared write also returns only once the "
-        "engine's reads reflect it, so its engines run fewer place/cancel rounds than the "
-        "private ones at 1 and 4 engines (a round takes longer than the second); at 16 the "
-        "private clients' own polls and WebSockets slow them more. Latencies are wall "
-        "times on a shared 2-core machine (see the load average above).",
+        "The shared path confirms each transaction by `signatureSubscribe` (commitment "
+        "`confirmed`) on the WebSocket the shared client already holds for its User accounts "
+        "and oracles: no socket of its own (the WebSockets column does not move with the "
+        "engines), one subscribe message per transaction, and the node's one notification "
+        "(its `err` checked) ends the subscription. The batched `getSignatureStatuses` poll "
+        "stays as the safety net: every `DRIFT_TX_STATUS_INTERVAL_S` (0.8 s) for a signature "
+        "no live subscription covers (the socket is down or dropped, the subscription was "
+        "refused), every `DRIFT_TX_STATUS_SAFETY_S` (10 s) for one that is covered, and once "
+        "more, searching the node's history, before a write ends `unknown` or is signed "
+        "again. The blockhash and block height (every 5 s) and the fee estimate (every 5 s) "
+        "ride in the JSON-RPC batch of the next send or poll that is due to go anyway, so "
+        "they add calls, not HTTP requests. So a shared transaction costs one HTTP request "
+        "(its send) and one subscribe message, whatever the number of engines; the rest is "
+        "fixed per interval. " + " ".join(_breakdown(r) for r in shared),
+        "",
+        "Private clients confirm by polling: driftpy's `StandardTxSender` asks "
+        "`getSignatureStatuses` for its own transaction, and each send fetches a blockhash "
+        "and, to build it, two lookup tables (`getAccountInfo`). The latencies are not the "
+        "same measure: driftpy returns once the transaction is *processed* (its default "
+        "`TxOpts`), the shared path once it is *confirmed* (a slot later) and notified. A "
+        "shared write also returns only once the engine's reads reflect it. Latencies are "
+        "wall times on a shared 2-core machine (see the load average above).",
     ]
     return "\n".join(lines)
 
 
-def _floor(shared: list[dict[str, Any]]) -> str:
-    """Why the fewest engines cost more than the target: their status polls, measured."""
-    fewest = min(shared, key=lambda r: r["engines"])
-    polls = fewest["by_method"].get("getSignatureStatuses", 0)
-    sends = fewest["by_method"].get("sendTransaction", 0)
+def _breakdown(r: dict[str, Any]) -> str:
+    """Where one shared run's HTTP requests went, measured."""
+    by_method = r["by_method"]
+    sends = by_method.get("sendTransaction", 0)
+    polls = by_method.get("getSignatureStatuses", 0)
+    confirmations = by_method.get("getMultipleAccounts", 0)
+    refreshes = by_method.get("getLatestBlockhash", 0)
+    fees = by_method.get("getRecentPrioritizationFees", 0)
+    alone = r["requests"] - sends - polls - confirmations
     return (
-        f"With {fewest['engines']} engine(s), {sends} sends needed {polls} status polls: an "
-        "engine's place and cancel wait for each other, so every transaction is pending "
-        "alone and its confirmation is a request nobody shares. That is the floor, 2 "
-        "requests per transaction (its send and its own poll) plus the fixed reads' share. "
-        "`signatureSubscribe` would move that poll onto a WebSocket (HTTP requests near 1 "
-        "per transaction) but costs one subscribe message per transaction at every N, "
-        "where one batched poll serves every pending signature: in calls made it saves "
-        "nothing with one engine and costs more with many, so the path polls."
+        f"With {r['engines']} engine(s): {r['requests']} requests for {r['transactions']} "
+        f"transactions, {sends} of them sends, {polls} status polls, {confirmations} "
+        f"account confirmation reads (`getMultipleAccounts`, the market data's freshness "
+        f"check) and {alone} other; the {refreshes} blockhash and {fees} fee refreshes rode "
+        f"in them ({r['calls'] - r['requests']} calls more than requests)."
     )

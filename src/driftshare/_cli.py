@@ -153,7 +153,7 @@ def _cmd_funding(ns: argparse.Namespace) -> int:
 async def _funding(ns: argparse.Namespace) -> int:
     from contextlib import AsyncExitStack
 
-    from driftshare._client.lifecycle import load_keypair
+    from driftshare._client.keypair import load_keypair
     from driftshare.config import ConfigError, load_settings
     from driftshare.manager import DriftClientManager
     from driftshare.sim import Simulator
@@ -334,7 +334,7 @@ def _add_demo(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
 
 
 def _cmd_demo(ns: argparse.Namespace) -> int:
-    from driftshare._client.lifecycle import load_keypair
+    from driftshare._client.keypair import load_keypair
     from driftshare._demo import print_results, run_demo
     from driftshare.config import ConfigError, load_settings
 

@@ -22,7 +22,7 @@ from typing import Any, Self, cast, get_args
 from aiohttp import web
 from rich.markup import escape
 
-from driftshare._client.lifecycle import load_keypair
+from driftshare._client.keypair import load_keypair
 from driftshare._engines import ENGINES, Engine, FundingEngine, make_engines
 from driftshare._web import LiveState, create_app
 from driftshare.config import ConfigError, Network, Settings, load_settings, redact_url

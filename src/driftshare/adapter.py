@@ -23,16 +23,14 @@ from solders.pubkey import Pubkey
 from driftshare._accounts import AccountMissing, AccountRegistry, AccountUnavailable, SubAccount
 from driftshare._accounts.hosts import signer_client
 from driftshare._accounts.reads import missing_status
+from driftshare._data.discovery import discover_markets
 from driftshare._data.freshness import Confirmer
 from driftshare._data.ledger import AccountLedger
 from driftshare._data.marketdata import ClientSource, MarketDataReader, MarketSource
-from driftshare._data.subscription import (
-    AccountTap,
-    WebsocketSubscriber,
-    discover_markets,
-    post_batch,
-)
+from driftshare._data.tap import AccountTap
+from driftshare._data.websocket_subscription import WebsocketSubscriber
 from driftshare._sync import LoopThread
+from driftshare._transport import post_batch
 from driftshare._tx.writes import AdapterWrites
 from driftshare.config import PUBLIC_RPC_URLS, Network, Settings, redact_url
 from driftshare.manager import DriftClientManager, configured_signer

@@ -99,13 +99,17 @@ class Settings(BaseSettings):
     valid ~60 s (150 blocks), and a later height only delays a re-signing, never hastens it."""
     tx_blockhash_max_age_s: float = Field(10.0, gt=0)
     tx_status_interval_s: float = Field(0.8, gt=0)
-    """A signature is first asked about this long after it left (two slots: landing, then
-    confirmation), then every this long, in one batch with every other pending one."""
+    """A signature no WebSocket notification covers is first asked about this long after it
+    left (two slots: landing, then confirmation), then every this long, in one batch with
+    every other pending one."""
+    tx_status_safety_s: float = Field(10.0, gt=0)
+    """A signature whose ``signatureSubscribe`` notification is owed on a live socket is still
+    polled this long after it left, then every this long: the safety net for a lost one."""
     tx_resend_s: float = Field(2.0, gt=0)
     """Seconds between sends of the same signed bytes while their signature is pending."""
     tx_timeout_s: float = Field(90.0, gt=0)
     """A write's answer comes within this: ``unknown`` if its signature may still land. Also
-    an order's ``max_ts``: the program refuses a copy landing later."""
+    a market order's ``max_ts``: the program skips a copy landing later."""
     tx_read_timeout_s: float = Field(5.0, gt=0)
     """After a confirmed write, the longest wait for the sub-account's reads to reflect it."""
     tx_max_signings: int = Field(3, ge=1)

@@ -26,7 +26,8 @@ from solders.pubkey import Pubkey
 from driftshare._accounts import AccountMissing, AccountUnavailable, SubAccount
 from driftshare._accounts.reads import missing_status
 from driftshare._client.health import reconnect
-from driftshare._client.lifecycle import SharedClient, load_keypair
+from driftshare._client.keypair import load_keypair
+from driftshare._client.lifecycle import SharedClient
 from driftshare._data.marketdata import OPEN_INTEREST_DEPRECATION, MarketDataReader, MarketSource
 from driftshare.config import (
     PUBLIC_RPC_URLS,

@@ -8,7 +8,7 @@ from driftpy.drift_client import DriftClient
 from solders.keypair import Keypair
 
 from driftshare._data.ledger import AccountLedger
-from driftshare._data.subscription import AccountTap
+from driftshare._data.tap import AccountTap
 
 __all__ = ["AccountHost"]
 

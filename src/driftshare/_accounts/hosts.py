@@ -12,7 +12,7 @@ from solders.keypair import Keypair
 
 from driftshare._accounts.subscribers import MarketsOf
 from driftshare._data.ledger import AccountLedger
-from driftshare._data.subscription import AccountTap
+from driftshare._data.tap import AccountTap
 from driftshare._tx import install_path
 
 if TYPE_CHECKING:

@@ -23,12 +23,10 @@ from driftshare._accounts.subscribers import LedgerUserStatsSubscriber, LedgerUs
 from driftshare._data.freshness import multiple_accounts
 from driftshare._data.grpc_subscription import GrpcSubscriber
 from driftshare._data.ledger import AccountKind, AccountRecord, LedgerEntry
-from driftshare._data.subscription import (
-    AccountTap,
-    PollingSubscriber,
-    WebsocketSubscriber,
-    post_batch,
-)
+from driftshare._data.polling_subscription import PollingSubscriber
+from driftshare._data.tap import AccountTap
+from driftshare._data.websocket_subscription import WebsocketSubscriber
+from driftshare._transport import post_batch
 
 __all__ = ["AccountMissing", "AccountRegistry", "AccountUnavailable", "missing_message"]
 

@@ -28,8 +28,7 @@ from driftshare._client.generation import Generation
 from driftshare._data.freshness import Confirmer
 from driftshare._data.grpc_subscription import grpc_works
 from driftshare._data.ledger import AccountLedger
-from driftshare._data.marketdata import ClientSource, confirmed
-from driftshare._data.subscription import SubscriptionMode, newest_data_slot
+from driftshare._data.marketdata import ClientSource, confirmed, newest_data_slot
 from driftshare._tasks import cancel_all
 from driftshare._transport import (
     RateLimitedTransport,
@@ -38,7 +37,7 @@ from driftshare._transport import (
     install_transport,
     retry_after_seconds,
 )
-from driftshare.config import Settings, redact_text, redact_url
+from driftshare.config import Settings, SubscriptionMode, redact_text, redact_url
 from driftshare.models import market_name
 
 __all__ = [

@@ -2,7 +2,8 @@
 
 Each life is a :class:`~driftshare._client.generation.Generation`: the first reference (or a read
 with no holder) starts one, and the close after the last reference or the read lease's
-expiry ends it. The health checks it runs live in :mod:`driftshare._client.health`.
+expiry ends it. The health checks it runs live in :mod:`driftshare._client.health`, how it
+subscribes in :mod:`driftshare._client.subscribing`.
 """
 
 from __future__ import annotations
@@ -12,7 +13,6 @@ import logging
 import random
 import time
 from collections.abc import Callable
-from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import httpx
@@ -20,13 +20,12 @@ from driftpy.account_subscription_config import AccountSubscriptionConfig
 from driftpy.drift_client import DriftClient
 from solana.rpc.async_api import AsyncClient
 from solana.rpc.commitment import Confirmed
-from solders.keypair import Keypair
 
 from driftshare import _metrics as metrics
 from driftshare._accounts import AccountRegistry
 from driftshare._accounts.hosts import SharedHost
 from driftshare._client.endpoints import EndpointSelector
-from driftshare._client.generation import Generation, unsubscribe_fully
+from driftshare._client.generation import Generation
 from driftshare._client.health import (
     data_slot,
     failover_loop,
@@ -36,62 +35,37 @@ from driftshare._client.health import (
     reconnect_in_background,
     switch_mode,
 )
+from driftshare._client.keypair import load_keypair
+from driftshare._client.subscribing import Subscriptions
 from driftshare._data.freshness import Confirmer
-from driftshare._data.grpc_subscription import GeyserStream, GrpcSubscriber
+from driftshare._data.grpc_subscription import GrpcSubscriber
 from driftshare._data.ledger import AccountLedger, AccountRecord, LedgerEntry
-from driftshare._data.ledger_subscriber import LedgerSubscriber
 from driftshare._data.marketdata import ClientSource, MarketSource
-from driftshare._data.subscription import (
-    AccountTap,
-    Discovery,
-    PollingSubscriber,
-    ResilientLoader,
-    SubscriptionMode,
-    WebsocketSubscriber,
-    discover_markets,
+from driftshare._data.tap import AccountTap
+from driftshare._data.websocket_subscription import WebsocketSubscriber
+from driftshare._transport import (
+    RateLimitedTransport,
+    RpcStats,
+    SharedLimits,
+    install_transport,
     post_batch,
 )
-from driftshare._transport import RateLimitedTransport, RpcStats, SharedLimits, install_transport
 from driftshare._tx import ConnectionRpc, TransactionPath, install_path
-from driftshare.config import ConfigError, Settings, redact_text, redact_url, split_rpc_urls
+from driftshare.config import (
+    ConfigError,
+    Settings,
+    SubscriptionMode,
+    redact_text,
+    redact_url,
+    split_rpc_urls,
+)
 
 if TYPE_CHECKING:
     from driftshare._snapshot import SnapshotKeeper, WarmSource
 
-__all__ = ["SharedClient", "load_keypair"]
+__all__ = ["SharedClient"]
 
 log = logging.getLogger(__name__)
-
-
-_BASE58 = frozenset("123456789ABCDEFGHJKLMNPQRSTUVWXYZabcdefghijkmnopqrstuvwxyz")
-
-
-def load_keypair(settings: Settings) -> Keypair:
-    """The configured signer, or a throwaway keypair for read-only use.
-
-    A bad ``DRIFT_KEYPAIR`` is a :class:`ConfigError` whose message never shows the value:
-    a mistyped path may be a secret with a typo in it.
-    """
-    if settings.keypair is None:
-        return Keypair()
-    secret = settings.keypair.get_secret_value().strip()
-    path = Path(secret).expanduser()
-    if path.is_file():
-        try:
-            return Keypair.from_json(path.read_text())
-        except (ValueError, OSError) as exc:
-            raise ConfigError(
-                f"DRIFT_KEYPAIR: the keypair file cannot be read as a JSON keypair "
-                f"({type(exc).__name__})"
-            ) from None
-    if not set(secret) <= _BASE58:  # "/", ".", "~"…: meant as a path, not base58
-        raise ConfigError("DRIFT_KEYPAIR: no such keypair file")
-    try:
-        return Keypair.from_base58_string(secret)
-    except ValueError:
-        raise ConfigError(
-            "DRIFT_KEYPAIR: not a base58 secret key (64 bytes), and no such keypair file"
-        ) from None
 
 
 class _StartStats(RpcStats):
@@ -107,7 +81,7 @@ class _StartStats(RpcStats):
             self._on_failed(method, status)
 
 
-class SharedClient:
+class SharedClient(Subscriptions):
     """The shared client of one (network, RPC URL list, event loop): references,
     generations, mode, health and the active endpoint."""
 
@@ -168,6 +142,7 @@ class SharedClient:
             settings,
             fee_accounts=self._perp_market_keys,
             active=lambda: self.gen is not None,
+            socket=self._signature_socket,
         )
         """Every write's one way out, across generations; its work starts with the first."""
         self._closing: asyncio.Task[None] | None = None
@@ -205,6 +180,12 @@ class SharedClient:
 
     def _connection(self) -> AsyncClient | None:
         return None if self.gen is None else self.gen.connection
+
+    def _signature_socket(self) -> WebsocketSubscriber | None:
+        # The WebSocket the User accounts ride: signatures ride it too. Polling, gRPC and a
+        # fleet follower have none; their signatures are polled.
+        subscriber = None if self.client is None else self.client.account_subscriber
+        return subscriber if isinstance(subscriber, WebsocketSubscriber) else None
 
     def _perp_market_keys(self) -> list[str]:
         # The accounts every order writes: their recent fees are the ones to outbid.
@@ -516,70 +497,7 @@ class SharedClient:
             len(self.unavailable),
         )
 
-    async def _subscribe(self, gen: Generation, mode: SubscriptionMode) -> None:
-        """Discover the markets and subscribe in ``mode``; gRPC falls back to websocket,
-        websocket to polling.
-
-        A fleet follower subscribes to nothing upstream: its accounts come from the leader.
-        """
-        program = gen.client.program
-        if gen.fleet is not None and not gen.fleet.upstream:
-            self.tap = None  # nothing to confirm upstream: the leader's confirmations arrive
-            await gen.fleet.wait_followed()
-            await self._install_subscriber(gen, LedgerSubscriber(program, self.ledger))
-            return
-        if self.snapshots is not None and not self.snapshots.chain_known:
-            await self._check_chain(gen)
-        discovery = await discover_markets(program, self.settings.perp_markets)
-        gen.check()
-        self.unavailable = discovery.unavailable
-        # A subscriber already serving (a mode switch, a new endpoint) keeps the ledger until
-        # its replacement is in place: the ledger dates the values being served.
-        self.tap = tap = AccountTap(self.ledger, discovery.records, active=gen.ready_at is None)
-        tap.on_reconnect = self.confirmer.check_all
-        subscribers = {"grpc": self._grpc, "websocket": self._websocket}
-        fallback: dict[SubscriptionMode, SubscriptionMode] = {
-            "grpc": "websocket",
-            "websocket": "polling",
-        }
-        while mode != "polling":
-            try:
-                await self._install_subscriber(gen, subscribers[mode](gen, discovery, tap), tap)
-                self.mode = mode
-                return
-            except Exception as exc:  # any failure of this mode: fall back to the next one
-                metrics.SUBSCRIPTION_FAILURES.labels(self.network).inc()
-                if mode == "grpc":
-                    self.grpc_down_since = time.monotonic()
-                log.warning(
-                    "%s subscription failed (%s); %s instead",
-                    mode,
-                    redact_text(repr(exc)),
-                    fallback[mode],
-                )
-                mode = fallback[mode]
-        await self._install_subscriber(gen, self._polling(gen, discovery, tap), tap)
-        self.mode = "polling"
-
-    async def _check_chain(self, gen: Generation) -> None:
-        """Ask the RPC for its chain's genesis hash: a snapshot of another chain is dropped."""
-        if self._warming is not None:
-            await asyncio.shield(self._warming)  # its accounts are in the ledger before the check
-        genesis = await self._genesis(gen)
-        gen.check()
-        dropped = self.snapshots is not None and self.snapshots.on_chain(genesis)
-        if dropped and self._warm is not None:
-            self._warm.close()  # nothing of the snapshot's is left to serve
-            self._warm = None
-
-    @staticmethod
-    async def _genesis(gen: Generation) -> str:
-        """The genesis hash of the chain ``gen``'s RPC serves, asked once per generation."""
-        if gen.genesis is None:
-            if gen.connection is None:
-                raise RuntimeError("no connection")
-            gen.genesis = str((await gen.connection.get_genesis_hash()).value)
-        return gen.genesis
+    # -- reactions: a fleet role change, a gRPC stream that gave up ----------------------------
 
     def _on_fleet_change(self, gen: Generation) -> None:
         """Leader or follower changed: subscribe upstream, or follow, with the same client."""
@@ -587,37 +505,6 @@ class SharedClient:
         log.info("fleet role of the shared %s DriftClient: %s", self.network, role)
         if not gen.retired:
             reconnect_in_background(self, gen)
-
-    def _websocket(
-        self, gen: Generation, discovery: Discovery, tap: AccountTap
-    ) -> WebsocketSubscriber:
-        return WebsocketSubscriber(gen.client.program, discovery, Confirmed, tap)
-
-    def grpc_token(self) -> str | None:
-        token = self.settings.grpc_token
-        return None if token is None else token.get_secret_value()
-
-    def _grpc(self, gen: Generation, discovery: Discovery, tap: AccountTap) -> GrpcSubscriber:
-        """A gRPC subscriber: on the serving one's stream if there is one (one channel and
-        one stream for the client's life), else on a new stream."""
-        url = self.settings.grpc_url
-        if url is None:
-            raise ValueError("DRIFT_SUBSCRIPTION=grpc needs DRIFT_GRPC_URL")
-        current = gen.client.account_subscriber
-        if isinstance(current, GrpcSubscriber) and current.is_subscribed():
-            subscriber = GrpcSubscriber(
-                gen.client.program, self.ledger, discovery, tap, current.stream
-            )
-            subscriber.take_over(current)
-            return subscriber
-        stream = GeyserStream(
-            url,
-            self.grpc_token(),
-            stall_s=self.settings.grpc_stall_s,
-            on_account=tap.record,
-            on_give_up=lambda: self._grpc_gave_up(gen),
-        )
-        return GrpcSubscriber(gen.client.program, self.ledger, discovery, tap, stream)
 
     def _grpc_gave_up(self, gen: Generation) -> None:
         """The serving gRPC stream failed repeatedly: fall back to websocket (or polling)."""
@@ -631,54 +518,6 @@ class SharedClient:
         self.grpc_down_since = time.monotonic()
         log.warning("the %s gRPC stream keeps failing; websocket instead", self.network)
         await switch_mode(self, gen, "websocket")
-
-    def _polling(self, gen: Generation, discovery: Discovery, tap: AccountTap) -> PollingSubscriber:
-        loader = ResilientLoader(gen.connection, Confirmed, self.settings.poll_interval_s)
-        loader.attach(tap)
-        return PollingSubscriber(gen.client.program, loader, discovery)
-
-    async def _install_subscriber(
-        self, gen: Generation, subscriber: Any, tap: AccountTap | None = None
-    ) -> None:
-        """Subscribe ``subscriber`` and put it in place of the client's current one, then let
-        its ``tap`` write to the ledger.
-
-        Whatever happens, cancellation included, the one left out (the new one on failure,
-        the previous one on success) ends fully unsubscribed.
-        """
-        try:
-            await self.accounts.attach(subscriber, tap)
-            # asyncio.timeout, not wait_for: Python 3.11's wait_for drops a cancellation that
-            # arrives as the subscription completes.
-            async with asyncio.timeout(self.settings.init_timeout_s):
-                await subscriber.subscribe()
-            gen.check()
-        except BaseException:
-            await unsubscribe_fully(subscriber)
-            raise
-        previous, gen.client.account_subscriber = gen.client.account_subscriber, subscriber
-        if tap is not None:
-            tap.activate()
-            if gen.ready_at is not None and previous is not subscriber:
-                self._catch_up(subscriber, tap)
-        if previous is not subscriber:
-            await unsubscribe_fully(previous)
-
-    def _catch_up(self, subscriber: Any, tap: AccountTap) -> None:
-        """Give a replacement the ledger's records: it starts from discovery's reads, and the
-        subscriber it replaces may have applied newer ones since, which the ledger dates."""
-        for pubkey in tap.pubkeys():
-            entry = self.ledger.get(pubkey)
-            if entry is None:
-                continue
-            try:
-                subscriber.inject(entry.record)
-            except Exception as exc:  # undecodable: the account's reads say so
-                log.debug("cannot apply %s to the new subscription: %r", pubkey, exc)
-
-    async def _discard_subscriber(self, gen: Generation) -> None:
-        if gen.client is not None:
-            await unsubscribe_fully(gen.client.account_subscriber)
 
     # -- freshness: the ledger, its confirmation and the repairs ---------------------------
 

@@ -3,7 +3,7 @@
 driftpy's own gRPC mode opens a channel and a ``Subscribe`` stream per account, requires
 TLS and falls back to nothing. Here one channel and one stream carry every account: the
 accounts are set (and later changed) by writing a new ``SubscribeRequest`` on the same
-stream. Updates go to the :class:`~driftshare._data.subscription.AccountTap`, so into the same
+stream. Updates go to the :class:`~driftshare._data.tap.AccountTap`, so into the same
 ledger as the WebSocket path, and a :class:`~driftshare._data.ledger_subscriber.LedgerSubscriber`
 serves the DriftClient from that ledger.
 
@@ -28,9 +28,10 @@ import grpc
 from driftpy.accounts.grpc.geyser_codegen import geyser_pb2, geyser_pb2_grpc
 from solders.pubkey import Pubkey
 
+from driftshare._data.discovery import Discovery, index_by_pda
 from driftshare._data.ledger import AccountLedger, AccountRecord, LedgerEntry
 from driftshare._data.ledger_subscriber import LedgerSubscriber
-from driftshare._data.subscription import AccountTap, Discovery, _index_by_pda
+from driftshare._data.tap import AccountTap
 from driftshare._tasks import cancel_all
 from driftshare.config import redact_text, redact_url
 
@@ -324,7 +325,7 @@ class GrpcSubscriber(LedgerSubscriber):
         self._tap = tap
         self._markets_unavailable = discovery.unavailable
         self._perp_index = {
-            str(key): index for key, index in _index_by_pda(program.program_id, "perp").items()
+            str(key): index for key, index in index_by_pda(program.program_id, "perp").items()
         }
         self.stream = stream
         stream.on_account = tap.record

@@ -32,6 +32,7 @@ __all__ = [
     "MarketDataReader",
     "MarketSource",
     "SourceProvider",
+    "newest_data_slot",
 ]
 
 log = logging.getLogger(__name__)
@@ -422,3 +423,16 @@ class MarketDataReader:
         """Open interest of one market in USD at the oracle price (long + |short|), or None."""
         data = await self._one_market(market, "oi")
         return None if data is None else data.open_interest_usd
+
+
+def newest_data_slot(subscriber: Any) -> int | None:
+    """The newest slot among a driftpy subscriber's market and oracle data; None before any."""
+    try:
+        slots = [ds.slot for ds in subscriber.get_market_accounts_and_slots() if ds is not None]
+    except Exception:  # driftpy's subscribers raise before they have subscribed
+        return None
+    oracles = getattr(subscriber, "oracle", None)  # polling keeps oracles here
+    if oracles is None:
+        oracles = getattr(getattr(subscriber, "oracle_subscriber", None), "data_map", {})
+    slots.extend(ds.slot for ds in oracles.values() if ds is not None)
+    return max(slots, default=None)

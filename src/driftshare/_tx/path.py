@@ -1,8 +1,10 @@
 """TransactionPath: the process's one way to sign, send and confirm transactions.
 
 One per shared client (kept across its reconnects, like its rate limits): one blockhash kept
-fresh, one priority-fee estimate, lookup tables fetched once, one batched status poll for
-every pending signature, all through the shared client's rate-limited transport.
+fresh, one priority-fee estimate, lookup tables fetched once, every pending signature confirmed
+by ``signatureSubscribe`` on the shared client's WebSocket, with one batched status poll as the
+safety net (and the only way where there is no such socket), all through the shared client's
+rate-limited transport.
 """
 
 from __future__ import annotations
@@ -27,6 +29,7 @@ from driftshare._tx.lookup_tables import LookupTables
 from driftshare._tx.order_ids import UserOrderIds
 from driftshare._tx.rpc import TxRpc
 from driftshare._tx.sender import Build, TransactionSender
+from driftshare._tx.signature_feed import SignatureFeed, SocketHost
 from driftshare._tx.statuses import SignatureWatcher
 from driftshare.config import Settings
 from driftshare.models import TxResult
@@ -37,11 +40,11 @@ __all__ = ["TransactionPath"]
 class TransactionPath:
     """Signs, sends and confirms writes for every engine of a process.
 
-    The background work (the status poll, carrying the blockhash and fee refreshes) starts
-    with the first write while ``active()`` and ends at :meth:`aclose`; a process that never
-    writes sends none of it.
+    The background work (the status poll) starts with the first write while ``active()`` and
+    ends at :meth:`aclose`; a process that never writes sends none of it.
     ``fee_accounts`` names the accounts whose recent fees set the priority fee (the markets
-    orders write to).
+    orders write to); ``socket()`` is the subscriber whose WebSocket carries the signature
+    subscriptions now (None: there is none, every signature is polled).
     """
 
     def __init__(
@@ -51,6 +54,7 @@ class TransactionPath:
         *,
         fee_accounts: Callable[[], Sequence[str]] = tuple,
         active: Callable[[], bool] = lambda: True,
+        socket: Callable[[], SocketHost | None] | None = None,
         clock: Callable[[], float] = time.monotonic,
     ) -> None:
         self.fees = PriorityFees(
@@ -68,14 +72,22 @@ class TransactionPath:
             riders=[self.fees],
             clock=clock,
         )
-        # The blockhash and the fee ride in the status poll: no request of their own while
-        # transactions are pending, and none at all while nothing is sent.
+        # The blockhash and the fee ride in the sends and status polls: no request of their
+        # own while transactions are sent, and none at all while nothing is.
+        riders = [self.keeper, self.fees]
         self.watcher = SignatureWatcher(
             rpc,
             interval_s=settings.tx_status_interval_s,
-            riders=[self.keeper, self.fees],
+            covered_interval_s=settings.tx_status_safety_s,
+            riders=riders,
             clock=clock,
         )
+        self.feed: SignatureFeed | None = None
+        if socket is not None:
+            self.feed = SignatureFeed(
+                socket, on_status=self.watcher.record, on_lost=self.watcher.wake
+            )
+            self.watcher.attach(self.feed)
         self.lookup_tables = LookupTables(rpc)
         self.sender = TransactionSender(
             rpc,
@@ -84,6 +96,7 @@ class TransactionPath:
             resend_s=settings.tx_resend_s,
             timeout_s=settings.tx_timeout_s,
             max_signings=settings.tx_max_signings,
+            riders=riders,
             clock=clock,
         )
         self.compute_units = settings.tx_compute_units
@@ -106,9 +119,12 @@ class TransactionPath:
         self._tasks = [asyncio.create_task(self.watcher.run(), name="driftshare-tx-statuses")]
 
     async def aclose(self) -> None:
-        """Stop the background work; the next write starts it again."""
+        """Stop the background work and end leftover signature subscriptions; the next write
+        starts it again."""
         tasks, self._tasks = self._tasks, []
         await cancel_all(list(tasks))
+        if self.feed is not None:
+            await self.feed.flush()
 
     def order_ids(self, user_account: str) -> UserOrderIds:
         """The ``user_order_id`` allocator of one User account, shared by its engines."""
@@ -171,5 +187,8 @@ class TransactionPath:
             "compute_units": self.compute_units,
             "status_polls": self.watcher.polls,
             "status_failures": self.watcher.failures,
+            "signature_subscribes": 0 if self.feed is None else self.feed.subscribes,
+            "signature_notifications": 0 if self.feed is None else self.feed.notifications,
+            "signature_subscriptions": 0 if self.feed is None else self.feed.live,
             "lookup_table_fetches": self.lookup_tables.fetches,
         }

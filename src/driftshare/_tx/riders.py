@@ -1,7 +1,7 @@
 """Rider: a periodic read that rides in another request's JSON-RPC batch when it is due.
 
-The blockhash, block height and priority fee are refreshed this way, in the status poll's
-HTTP request, so they cost no request of their own while transactions are pending.
+The blockhash, block height and priority fee are refreshed this way, in a send's or a status
+poll's HTTP request, so they cost no request of their own while transactions are sent.
 """
 
 from __future__ import annotations
@@ -11,7 +11,7 @@ from collections.abc import Callable, Sequence
 from contextlib import suppress
 from typing import Any
 
-from driftshare._tx.rpc import TxRpc
+from driftshare._tx.rpc import RpcError, TxRpc
 
 __all__ = ["Call", "Rider", "ride"]
 
@@ -62,10 +62,17 @@ class Rider:
 
 async def ride(rpc: TxRpc, calls: list[Call], riders: Sequence[Rider]) -> list[Any]:
     """Send ``calls`` with every due rider's in one batch; hand each rider its answers and
-    return those to ``calls`` (each the batch's exception if the batch failed)."""
+    return those to ``calls`` (each the batch's exception if the batch failed). One call with
+    nothing riding goes alone, not as a batch of one."""
     riding = [(rider, theirs) for rider in riders if (theirs := rider.due())]
     try:
-        answers = await rpc.batch([*calls, *(c for _, cs in riding for c in cs)])
+        if len(calls) == 1 and not riding:
+            try:
+                answers = [await rpc.call(*calls[0])]
+            except RpcError as exc:  # an error answer, in its place as a batch gives it
+                answers = [exc]
+        else:
+            answers = await rpc.batch([*calls, *(c for _, cs in riding for c in cs)])
     except Exception as exc:
         answers = [exc] * (len(calls) + sum(len(cs) for _, cs in riding))
     rest = answers[len(calls) :]

@@ -13,6 +13,8 @@ The rules (Drift's ``RetryTxSender`` and the Solana status cache make them safe)
   have left, or an expiry without a status, is a failure that did not land.
 * ``confirmed`` only on a confirmed (or finalized) status without ``err``; a status with
   ``err`` is ``failed`` with the program's error name.
+* Before a write ends ``unknown`` (its deadline) or is signed again (its blockhash expired),
+  the node is asked for the signature's status, searching its history: the final truth.
 """
 
 from __future__ import annotations
@@ -21,7 +23,7 @@ import base64
 import enum
 import logging
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -31,6 +33,7 @@ from solders.transaction import VersionedTransaction
 from driftshare import _metrics as metrics
 from driftshare._tx.blockhash import Blockhash, BlockhashKeeper
 from driftshare._tx.errors import error_code, error_name
+from driftshare._tx.riders import Rider, ride
 from driftshare._tx.rpc import NOT_SENT_ERRORS, RpcError, TxRpc
 from driftshare._tx.statuses import SignatureStatus, SignatureWatcher
 from driftshare.models import TxResult
@@ -105,7 +108,8 @@ class TransactionSender:
 
     A pending signature is resent (same bytes) every ``resend_s``; a write gets an answer
     within ``timeout_s`` (then ``unknown`` if its signature may still land) and is signed at
-    most ``max_signings`` times, each after the previous one provably expired.
+    most ``max_signings`` times, each after the previous one provably expired. ``riders``
+    ride in a send's request when due.
     """
 
     def __init__(
@@ -117,11 +121,13 @@ class TransactionSender:
         resend_s: float,
         timeout_s: float,
         max_signings: int,
+        riders: Sequence[Rider] = (),
         clock: Callable[[], float] = time.monotonic,
     ) -> None:
         self._rpc = rpc
         self._keeper = keeper
         self._watcher = watcher
+        self._riders = list(riders)
         self.resend_s = resend_s
         self.timeout_s = timeout_s
         self.max_signings = max_signings
@@ -243,7 +249,7 @@ class TransactionSender:
             # A blockhash not known here never counts as expired: that signature ends unknown.
             return last_valid is not None and self._keeper.expired(last_valid)
 
-        watcher.watch(signature)
+        await watcher.watch(signature)
         may_land = False
         next_send = self._clock()
         try:
@@ -276,11 +282,16 @@ class TransactionSender:
                             return final
                         watcher.record(signature, final.status)
                 if self._clock() >= landing.deadline:
-                    return _UNKNOWN if may_land else _Verdict(expired=True)
+                    if not may_land:
+                        return _Verdict(expired=True)
+                    final = await self._final_status(signature)
+                    if final is not None and final.status is not None and final.status.settled:
+                        return final
+                    return _UNKNOWN
                 wait = min(next_send, landing.deadline) - self._clock()
                 await watcher.wait(signature, max(0.0, min(wait, watcher.interval_s)))
         finally:
-            watcher.forget(signature)
+            await watcher.forget(signature)
 
     async def _final_status(self, signature: str) -> _Verdict | None:
         """After expiry: the status the node finds searching its history, None if it finds
@@ -301,10 +312,11 @@ class TransactionSender:
             "preflightCommitment": "confirmed",
             "maxRetries": 0,
         }
+        call = ("sendTransaction", [base64.b64encode(raw).decode("ascii"), options])
         try:
-            await self._rpc.call(
-                "sendTransaction", [base64.b64encode(raw).decode("ascii"), options]
-            )
+            (answer,) = await ride(self._rpc, [call], self._riders)
+            if isinstance(answer, Exception):
+                raise answer
         except RpcError as exc:
             data = exc.data if isinstance(exc.data, dict) else {}
             if exc.code in (_PREFLIGHT_FAILURE, _SIGNATURE_VERIFICATION_FAILURE):

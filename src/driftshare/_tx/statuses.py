@@ -1,10 +1,12 @@
-"""SignatureWatcher: every pending signature's status, by one batched poll per interval.
+"""SignatureWatcher: every pending signature's status, by notification or one batched poll.
 
-Every signature any engine waits on is asked about in the same JSON-RPC batch of
-``getSignatureStatuses`` calls (256 signatures a call, the method's limit), so the cost is
-per interval, shared by all the transactions in flight, not per transaction. The path's
-other periodic reads (blockhash, block height, priority fee) ride in that batch when due:
-one HTTP request per interval while anything is pending, none when nothing is.
+Where a :class:`Feed` covers a signature (``signatureSubscribe`` on the shared WebSocket), its
+notification brings the status and the poll asks only as a safety net, every
+``covered_interval_s``. Every other pending signature is asked about every ``interval_s``, all
+in the same JSON-RPC batch of ``getSignatureStatuses`` calls (256 signatures a call, the
+method's limit), so the cost is per interval, shared by all the transactions in flight. The
+path's other periodic reads (blockhash, block height, priority fee) ride in a poll's batch
+when due.
 """
 
 from __future__ import annotations
@@ -16,12 +18,12 @@ import time
 from collections.abc import Callable, Sequence
 from contextlib import suppress
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Protocol
 
 from driftshare._tx.riders import Call, Rider, ride
 from driftshare._tx.rpc import RpcError, TxRpc
 
-__all__ = ["SignatureStatus", "SignatureWatcher"]
+__all__ = ["Feed", "SignatureStatus", "SignatureWatcher"]
 
 log = logging.getLogger(__name__)
 
@@ -58,20 +60,35 @@ class SignatureStatus:
             raise RpcError(0, f"a malformed signature status: {str(value)[:200]}") from None
 
 
+class Feed(Protocol):
+    """Notifications of signatures' statuses (see ``driftshare._tx.signature_feed``)."""
+
+    def covered(self, signature: str) -> bool:
+        """Whether a notification of ``signature``'s status is owed on a live socket."""
+
+    async def subscribe(self, signature: str) -> None: ...
+
+    async def unsubscribe(self, signature: str) -> None: ...
+
+
 @dataclass(slots=True)
 class _Watched:
     since: float
+    asked: float | None = None
+    """When a poll last asked about it."""
     status: SignatureStatus | None = None
     changed: asyncio.Event = field(default_factory=asyncio.Event)
 
 
 class SignatureWatcher:
-    """Polls the statuses of the watched signatures every ``interval_s`` while any is watched.
+    """The statuses of the watched signatures: from the notifications of the feed given to
+    :meth:`attach`, and from a poll while any is watched.
 
-    A lone signature is first polled once it has been out for ``interval_s`` (before that it
-    can hardly have landed and been confirmed); a poll also asks about every other signature
-    out for half that. :meth:`wait` returns when its status changes. ``riders`` ride in each
-    poll's batch when due.
+    A signature the feed does not cover is first polled once it has been out for
+    ``interval_s`` (before that it can hardly have landed and been confirmed), then every
+    ``interval_s``; a covered one likewise every ``covered_interval_s``. A poll also asks about
+    every signature due within half ``interval_s``. :meth:`wait` returns when a status
+    changes. ``riders`` ride in each poll's batch when due.
     """
 
     def __init__(
@@ -79,25 +96,40 @@ class SignatureWatcher:
         rpc: TxRpc,
         *,
         interval_s: float,
+        covered_interval_s: float,
         riders: Sequence[Rider] = (),
         clock: Callable[[], float] = time.monotonic,
     ) -> None:
         self._rpc = rpc
         self.interval_s = interval_s
+        self.covered_interval_s = covered_interval_s
         self._riders = list(riders)
         self._clock = clock
+        self.feed: Feed | None = None
         self._watched: dict[str, _Watched] = {}
-        self._pending = asyncio.Event()
+        self._wake = asyncio.Event()
         self.polls = 0
         self.failures = 0
 
-    def watch(self, signature: str) -> None:
+    def attach(self, feed: Feed) -> None:
+        """Take statuses from ``feed`` too (it calls :meth:`record` and :meth:`wake`)."""
+        self.feed = feed
+
+    def wake(self) -> None:
+        """Look at the poll schedule again: a signature's coverage changed."""
+        self._wake.set()
+
+    async def watch(self, signature: str) -> None:
+        """Follow ``signature``: subscribed on the feed, polled as due."""
         if signature not in self._watched:
             self._watched[signature] = _Watched(self._clock())
-        self._pending.set()
+            if self.feed is not None:
+                await self.feed.subscribe(signature)
+        self._wake.set()
 
-    def forget(self, signature: str) -> None:
-        self._watched.pop(signature, None)
+    async def forget(self, signature: str) -> None:
+        if self._watched.pop(signature, None) is not None and self.feed is not None:
+            await self.feed.unsubscribe(signature)
 
     def status(self, signature: str) -> SignatureStatus | None:
         watched = self._watched.get(signature)
@@ -122,15 +154,25 @@ class SignatureWatcher:
             return {}
         return _statuses(calls, await self._rpc.batch(calls))
 
+    def _next_ask(self, signature: str, watched: _Watched) -> float:
+        covered = self.feed is not None and self.feed.covered(signature)
+        interval = self.covered_interval_s if covered else self.interval_s
+        return (watched.since if watched.asked is None else watched.asked) + interval
+
     async def poll(self) -> None:
-        """Ask for every watched signature out for half ``interval_s``, with the riders that
-        are due, in one batch; record the answers. Nothing to ask, no request: riders only
-        ride. (Half: a signature just short of due would otherwise wait a whole extra
+        """Ask for every watched signature due within half ``interval_s``, with the riders
+        that are due, in one batch; record the answers. Nothing to ask, no request: riders
+        only ride. (Half: a signature just short of due would otherwise wait a whole extra
         interval.)"""
-        due = self._clock() - self.interval_s / 2
-        calls = _status_calls([s for s, w in self._watched.items() if w.since <= due], False)
+        now = self._clock()
+        due = [
+            s for s, w in self._watched.items() if self._next_ask(s, w) <= now + self.interval_s / 2
+        ]
+        calls = _status_calls(due, False)
         if not calls:
             return
+        for signature in due:
+            self._watched[signature].asked = now
         self.polls += 1
         for signature, status in _statuses(
             calls, await ride(self._rpc, calls, self._riders)
@@ -138,7 +180,8 @@ class SignatureWatcher:
             self.record(signature, status)
 
     def record(self, signature: str, status: SignatureStatus | None) -> None:
-        """Note ``signature``'s status (from a poll or a lookup) and wake its waiters."""
+        """Note ``signature``'s status (from a notification, a poll or a lookup) and wake its
+        waiters."""
         watched = self._watched.get(signature)
         if watched is None or status is None or status == watched.status:
             return
@@ -146,20 +189,21 @@ class SignatureWatcher:
         watched.changed.set()
 
     async def run(self) -> None:
-        """Poll while signatures are watched, until cancelled: once the oldest watched
-        signature has been out ``interval_s`` (a fresh one waits its own ``interval_s``, not
-        up to two), and at most once per ``interval_s``."""
+        """Poll while signatures are watched, until cancelled: once the first is due, and at
+        most once per ``interval_s``."""
         last_poll = -math.inf
         while True:
+            self._wake.clear()
             if not self._watched:
-                self._pending.clear()
-                await self._pending.wait()
+                await self._wake.wait()
                 continue
-            oldest = min(w.since for w in self._watched.values())
-            delay = max(last_poll, oldest) + self.interval_s - self._clock()
+            due = min(self._next_ask(s, w) for s, w in self._watched.items())
+            delay = max(last_poll + self.interval_s, due) - self._clock()
             if delay > 0:
-                await asyncio.sleep(delay)
-                continue  # look again: the oldest may have been forgotten meanwhile
+                # Woken early when a signature comes or goes uncovered.
+                with suppress(TimeoutError):
+                    await asyncio.wait_for(self._wake.wait(), delay)
+                continue
             last_poll = self._clock()
             try:
                 await self.poll()

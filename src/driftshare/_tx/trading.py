@@ -2,8 +2,8 @@
 
 Every instruction names its sub-account explicitly (built under
 :meth:`~driftshare._accounts.SubAccount.build_ixs`), every order carries a fresh
-``user_order_id`` and a ``max_ts``, and a confirmed write waits (bounded) until the
-sub-account's reads reflect it.
+``user_order_id``, a market order a ``max_ts``, and a confirmed write waits (bounded) until
+the sub-account's reads reflect it.
 """
 
 from __future__ import annotations
@@ -79,8 +79,10 @@ class Trader:
     """Places, cancels and settles for one sub-account; each write returns a
     :class:`~driftshare.models.TxResult` and never raises.
 
-    ``max_ts_s``: an order placed later than this many seconds after it was signed is
-    refused by the program. ``read_timeout_s`` bounds the wait for the write's slot.
+    ``max_ts_s``: a market order placed later than this many seconds after it was signed is
+    skipped by the program (``max_ts``, which Drift also checks on a resting order: a limit
+    order gets one only when given ``expires_in_s``). ``read_timeout_s`` bounds the wait for
+    the write's slot.
     """
 
     def __init__(
@@ -115,8 +117,14 @@ class Trader:
         reduce_only: bool = False,
         post_only: bool = False,
         user_order_id: int | None = None,
+        expires_in_s: float | None = None,
     ) -> TxResult:
-        """Place a perp order of ``size`` base units, ``direction`` long/buy or short/sell."""
+        """Place a perp order of ``size`` base units, ``direction`` long/buy or short/sell.
+
+        ``expires_in_s``: the order's ``max_ts`` is that long after signing; the program skips
+        a copy landing later and cancels the order once it has passed. Without it a market
+        order gets ``max_ts_s`` and a limit order none: it rests until filled or cancelled.
+        """
         index = self._market(symbol)
         side = _DIRECTIONS.get(str(direction).lower())
         kind = _ORDER_TYPES.get(str(order_type).upper())
@@ -133,6 +141,8 @@ class Trader:
             problem = f"InvalidOrderPrice: {price!r} (a positive price)"
         elif not _positive(size):
             problem = f"InvalidOrderSize: {size!r} (a positive base amount)"
+        elif expires_in_s is not None and not _positive(expires_in_s):
+            problem = f"InvalidExpiry: {expires_in_s!r} (a positive number of seconds)"
         if problem is not None or index is None or side is None or kind is None:
             return failed_before_sending(problem or "InvalidOrder", user_order_id)
         return await self._place(
@@ -144,6 +154,7 @@ class Trader:
             reduce_only=reduce_only,
             post_only=post_only,
             user_order_id=user_order_id,
+            expires_in_s=expires_in_s,
         )
 
     @_recorded("close_position", market=True)
@@ -170,6 +181,7 @@ class Trader:
         reduce_only: bool = False,
         post_only: bool = False,
         user_order_id: int | None = None,
+        expires_in_s: float | None = None,
     ) -> TxResult:
         market = self.account.client.get_perp_market_account(index)
         if market is None:
@@ -192,6 +204,8 @@ class Trader:
             return failed_before_sending(f"InvalidUserOrderId: {user_order_id} (1 to 255)")
         else:
             self._order_ids.hold(user_order_id)
+        if expires_in_s is None and order_type == OrderType.Market():
+            expires_in_s = self.max_ts_s
         params = OrderParams(
             order_type=order_type,
             base_asset_amount=base,
@@ -202,8 +216,9 @@ class Trader:
             price=price_int,
             reduce_only=reduce_only,
             post_only=PostOnlyParams.MustPostOnly() if post_only else PostOnlyParams.NONE(),
-            # A copy that lands after this is refused by the program: no late order.
-            max_ts=int(self._wall_clock() + self.max_ts_s),
+            # A copy landing after this is skipped by the program: no late order. None: the
+            # program's own (none for a limit order, which then rests until cancelled).
+            max_ts=None if expires_in_s is None else int(self._wall_clock() + expires_in_s),
         )
         sub = self.account.sub_account_id
         return await self._write(

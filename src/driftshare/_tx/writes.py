@@ -53,10 +53,14 @@ class AdapterWrites:
         reduce_only: bool = False,
         post_only: bool = False,
         user_order_id: int | None = None,
+        expires_in_s: float | None = None,
     ) -> dict[str, Any]:
         """Place a perp order: ``direction`` long/buy or short/sell, ``size`` in base units,
         ``order_type`` MARKET or LIMIT (with ``price``). A ``user_order_id`` (1 to 255) is
-        chosen when not given; ``max_ts`` is always set."""
+        chosen when not given. ``expires_in_s`` sets the order's ``max_ts`` that long after
+        signing (no copy is placed later, and a resting order is cancelled then); without
+        it a MARKET order's is ``DRIFT_TX_TIMEOUT_S`` and a LIMIT order rests until
+        cancelled."""
         trader = self._trading()
         if trader is None:
             return _refused(user_order_id)
@@ -69,6 +73,7 @@ class AdapterWrites:
             reduce_only=reduce_only,
             post_only=post_only,
             user_order_id=user_order_id,
+            expires_in_s=expires_in_s,
         )
         return result.to_dict()
 

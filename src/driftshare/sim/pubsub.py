@@ -66,6 +66,8 @@ class _Subscription:
     config: SubscribeConfig | None
     signature: Signature | None = None
     commitment: Commitment = "finalized"
+    since_slot: int = 0
+    """The tip when it was made."""
 
 
 class PubSub:
@@ -144,7 +146,9 @@ class PubSub:
 
     def notify_signatures(self) -> None:
         """Tell each signature subscriber whose transaction reached its commitment, once: the
-        subscription ends with its notification, as on a node."""
+        subscription ends with its notification, as on a node. As a node's, the notification
+        carries the transaction's own slot when it was made before the transaction landed
+        (its block's check), else the tip's (the next block checked)."""
         if self._stalled() or not self._signature_subs:
             return
         for sub in list(self._signature_subs.values()):
@@ -153,10 +157,11 @@ class PubSub:
             if landed is None or not self._chain.reached(landed, sub.commitment):
                 continue
             value = json.dumps({"err": landed.err})
+            slot = landed.slot if sub.since_slot <= landed.slot else self._store.slot
             sub.connection.outbox.put_nowait(
                 (
                     '{"jsonrpc":"2.0","method":"signatureNotification","params":{"result":'
-                    f'{{"context":{{"slot":{self._store.slot}}},"value":{value}}},'
+                    f'{{"context":{{"slot":{slot}}},"value":{value}}},'
                     f'"subscription":{sub.id}}}}}',
                     "signatureNotification",
                 )
@@ -301,6 +306,7 @@ class PubSub:
         sub = conn.subscriptions[int(sub_id)]
         sub.signature = signature
         sub.commitment = config.commitment or "finalized"
+        sub.since_slot = self._store.slot
         # After the answer is queued: a transaction already there is notified at once.
         asyncio.get_running_loop().call_soon(self.notify_signatures)
         return sub_id

@@ -21,7 +21,7 @@ from driftshare.sim.lookup_tables import lookup_table_account, world_tables
 from driftshare.sim.programs import Programs
 from driftshare.sim.server import SimServer
 from driftshare.sim.store import AccountStore
-from driftshare.sim.tokens import world_token_accounts
+from driftshare.sim.tokens import spot_token_accounts
 from driftshare.sim.world import World
 
 __all__ = ["SimConfig", "SimConfigError", "Simulator", "run_simulator"]
@@ -194,7 +194,8 @@ class Simulator:
     def _serve_chain_accounts(self, world: World) -> None:
         """Write the token mints and vaults of ``world``'s spot markets and Drift's market
         lookup tables, at the addresses driftpy reads them from."""
-        for pubkey, account in world_token_accounts(world).items():
+        spots = (world.spot_market(index) for index in world.spot_indexes())
+        for pubkey, account in spot_token_accounts(spots).items():
             self.store.put(pubkey, account)
         for pubkey, addresses in world_tables(world).items():
             self.store.put(pubkey, lookup_table_account(addresses))

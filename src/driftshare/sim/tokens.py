@@ -8,16 +8,15 @@ tokens with :func:`transfer` over one transaction's :class:`~driftshare.sim.prog
 from __future__ import annotations
 
 import dataclasses
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from decimal import Decimal
-from typing import TYPE_CHECKING
 
 from construct import ConstructError
 from driftpy.addresses import get_drift_client_signer_public_key
 from driftpy.constants.spot_markets import mainnet_spot_market_configs
 from driftpy.math.spot_market import get_token_amount
-from driftpy.types import SpotBalanceType
+from driftpy.types import SpotBalanceType, SpotMarketAccount
 from solders.pubkey import Pubkey
 
 # solana-py's own SPL Token layouts (a private module, but the only published Python copy).
@@ -35,9 +34,6 @@ from driftshare.sim._codec import DRIFT_PROGRAM_ID, rent_exempt_lamports
 from driftshare.sim.programs import InstructionFailed, TxAccounts
 from driftshare.sim.store import Account, AccountStore
 
-if TYPE_CHECKING:
-    from driftshare.sim.world import World
-
 __all__ = [
     "ASSOCIATED_TOKEN_PROGRAM_ID",
     "TOKEN_PROGRAM_ID",
@@ -51,12 +47,12 @@ __all__ = [
     "mint_to_owner",
     "read_mint",
     "read_token_account",
+    "spot_token_accounts",
     "token_account",
     "token_json_parser",
     "transfer",
     "ui_amount_string",
     "with_amount",
-    "world_token_accounts",
 ]
 
 USDC_MINT: Pubkey = mainnet_spot_market_configs[0].mint
@@ -226,14 +222,13 @@ def _token(tx: TxAccounts, pubkey: Pubkey, role: str) -> tuple[Account, TokenAcc
     return account, token
 
 
-def world_token_accounts(world: World) -> dict[Pubkey, Account]:
-    """The mints of ``world``'s spot markets and their vaults, owned by Drift's signer and
-    holding what the market's balances say is deposited and not lent out."""
+def spot_token_accounts(markets: Iterable[SpotMarketAccount]) -> dict[Pubkey, Account]:
+    """The mints of the spot ``markets`` and their vaults, owned by Drift's signer and holding
+    what each market's balances say is deposited and not lent out."""
     signer = get_drift_client_signer_public_key(DRIFT_PROGRAM_ID)
     accounts: dict[Pubkey, Account] = {}
     supplies: dict[Pubkey, int] = {}
-    for index in world.spot_indexes():
-        market = world.spot_market(index)
+    for market in markets:
         deposits = get_token_amount(market.deposit_balance, market, SpotBalanceType.Deposit())
         borrows = get_token_amount(market.borrow_balance, market, SpotBalanceType.Borrow())
         held = max(0, deposits - borrows)
