@@ -19,8 +19,8 @@ T = TypeVar("T")
 _log = logging.getLogger(__name__)
 
 
-# A named tuple, not a frozen dataclass: every hit makes one, and a frozen dataclass costs
-# twice as much to construct.
+# A named tuple, not a frozen dataclass: each hit answered by get() makes one, and a frozen
+# dataclass costs twice as much to construct.
 class Cached(NamedTuple, Generic[T]):
     """A value read from :class:`TTLCache`."""
 
