@@ -5,8 +5,10 @@ from __future__ import annotations
 import argparse
 import importlib
 import logging
+import os
 import sys
 import tempfile
+import threading
 from collections.abc import Sequence
 from pathlib import Path
 from types import ModuleType
@@ -45,14 +47,41 @@ def _header(command: str) -> list[str]:
     ]
 
 
-def measured_line(machine: dict[str, Any], mode: str) -> str:
-    """The line that opens a section: when, where and at what size it was measured."""
+def measured_line(machine: dict[str, Any], mode: str, peak_load: float | None = None) -> str:
+    """The line that opens a section: when, where and at what size it was measured, and
+    the highest 1-minute load average seen meanwhile (``peak_load``) when known."""
+    peak = "" if peak_load is None else f"; up to {peak_load:.2f} during the run"
     return (
         f"_Measured {machine['date']} in {mode} mode on {machine['cpu']} ({machine['cores']} "
         f"cores, {machine['ram_gib']} GiB, load average "
-        f"{', '.join(map(str, machine['load_average']))}), Python {machine['python']}, "
-        f"driftpy {machine['driftpy']}, solana {machine['solana']}._"
+        f"{', '.join(map(str, machine['load_average']))} at the start{peak}), "
+        f"Python {machine['python']}, driftpy {machine['driftpy']}, solana {machine['solana']}._"
     )
+
+
+class _PeakLoad:
+    """The highest 1-minute load average while it runs, sampled every few seconds: the
+    machine is shared, and its load at a section's start says little about the rest."""
+
+    _EVERY_S = 5.0
+
+    def __init__(self) -> None:
+        self.peak = os.getloadavg()[0]
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._sample, name="peak-load", daemon=True)
+
+    def _sample(self) -> None:
+        while not self._stop.wait(self._EVERY_S):
+            self.peak = max(self.peak, os.getloadavg()[0])
+
+    def __enter__(self) -> _PeakLoad:
+        self._thread.start()
+        return self
+
+    def __exit__(self, *_: object) -> None:
+        self._stop.set()
+        self._thread.join()
+        self.peak = max(self.peak, os.getloadavg()[0])
 
 
 def run_sections(topics: Sequence[str], *, quick: bool, out: Path, report: Path) -> None:
@@ -62,8 +91,9 @@ def run_sections(topics: Sequence[str], *, quick: bool, out: Path, report: Path)
         section = _section(topic)
         machine = machine_info()
         mode = "quick (smoke-test sizes: not for publishing)" if quick else "full"
-        body = section.run(Context(topic=topic, quick=quick, out=out, report=report))
-        measured = measured_line(machine, mode)
+        with _PeakLoad() as load:
+            body = section.run(Context(topic=topic, quick=quick, out=out, report=report))
+        measured = measured_line(machine, mode, load.peak)
         (out / f"{topic}.md").write_text(f"{measured}\n\n{body.rstrip()}\n")
 
 

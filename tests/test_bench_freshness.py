@@ -35,9 +35,14 @@ def test_freshness_section_measures_every_part(tmp_path: Path) -> None:
         *results["in_process_write_to_read_ms"],
         *results["in_process_applied_to_read_ms"],
         *results["hit_us"].values(),
+        *(v for floor in results["hit_floor_us"].values() for v in floor.values()),
         *(v for row in results["confirmation"] for v in row.values() if not isinstance(v, bool)),
     ]
     assert all(math.isfinite(n) for n in numbers)
+    # Each floor of a hit is timed as often as the hit itself.
+    floors = results["hit_floor_us"]
+    assert len(floors) == 2
+    assert all(floor["count"] == results["hit_us"]["count"] > 0 for floor in floors.values())
     section = (tmp_path / "freshness.md").read_text()
     assert "| simulator apart | notification applied |" in section
     for heading in ("### Reads behind", "### Write to read", "### Confirmation", "### Cache hit"):

@@ -8,16 +8,19 @@ JSON-ready data.
 from __future__ import annotations
 
 import statistics
+import subprocess
+import sys
 import time
 from collections.abc import Callable, Iterator
 from contextlib import ExitStack, contextmanager
 from dataclasses import asdict, dataclass
 from typing import Any
 
-from bench._harness import SimProcess, run_worker, run_workers, simulator
+from bench._harness import BenchError, SimProcess, run_worker, run_workers, simulator
 
 __all__ = [
     "CASES",
+    "IMPORTS",
     "PATHS",
     "BenchConfig",
     "Simulators",
@@ -42,6 +45,7 @@ class BenchConfig:
     markets: int
     cold_markets: tuple[int, ...]
     cold_repeats: int
+    import_repeats: int
     hit_calls: int
     miss_calls_funding: int
     miss_calls_markets: int
@@ -60,6 +64,7 @@ class BenchConfig:
             markets=30,
             cold_markets=(30, 100),
             cold_repeats=3,
+            import_repeats=9,
             hit_calls=100_000,
             # A miss recomputes from the subscribed accounts (all markets: ~ms each), so
             # 100k of them would take minutes; these counts still give a stable p99.
@@ -81,6 +86,7 @@ class BenchConfig:
             markets=8,
             cold_markets=(8,),
             cold_repeats=1,
+            import_repeats=1,
             hit_calls=200,
             miss_calls_funding=50,
             miss_calls_markets=5,
@@ -194,8 +200,46 @@ def latency(config: BenchConfig, sims: Simulators) -> dict[str, Any]:
     return {"rows": rows}
 
 
+IMPORTS = {
+    "driftpy": "import driftpy.drift_client",
+    "driftshare": "import driftshare",
+    "read API": "from driftshare import DriftClientManager",
+}
+"""The imports timed in case 4, by label: driftpy's own, driftshare's, and what a read needs."""
+
+
+def _import_s(statement: str) -> float:
+    """Seconds ``statement`` takes in a fresh interpreter, its start-up not counted."""
+    code = f"import time; t = time.perf_counter(); {statement}; print(time.perf_counter() - t)"
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=False)
+    if done.returncode != 0:
+        raise BenchError(f"cold start: `{statement}` failed: {done.stderr.strip()[-500:]}")
+    return float(done.stdout)
+
+
+def import_costs(repeats: int) -> list[dict[str, Any]]:
+    """Each of :data:`IMPORTS` ``repeats`` times in fresh interpreters, taken in turn (the
+    load of a shared machine moves), with their median and minimum."""
+    samples: dict[str, list[float]] = {label: [] for label in IMPORTS}
+    for _ in range(repeats):
+        for label, statement in IMPORTS.items():
+            samples[label].append(_import_s(statement))
+    return [
+        {
+            "label": label,
+            "statement": IMPORTS[label],
+            "repeats": repeats,
+            "median_s": statistics.median(samples[label]),
+            "min_s": min(samples[label]),
+        }
+        for label in IMPORTS
+    ]
+
+
 def cold_start(config: BenchConfig, sims: Simulators) -> dict[str, Any]:
-    """Case 4: process start to first funding rate, and connect to ready, by market count."""
+    """Case 4: process start to first funding rate, and connect to ready, by market count;
+    and the import cost of driftshare beside driftpy's own."""
+    imports = import_costs(config.import_repeats)
     rows: list[dict[str, Any]] = []
     for markets in config.cold_markets:
         with sims(markets=markets) as sim:
@@ -219,7 +263,7 @@ def cold_start(config: BenchConfig, sims: Simulators) -> dict[str, Any]:
                         },
                     }
                 )
-    return {"rows": rows, "statistic": "median"}
+    return {"rows": rows, "statistic": "median", "imports": imports}
 
 
 def stampede(config: BenchConfig, sims: Simulators) -> dict[str, Any]:

@@ -20,6 +20,7 @@ _HIT_P99_US = 20.0
 _DESIGN_HIT_US = 1000.0
 _FIRST_RATE_S = 1.0
 _DESIGN_START_S = 10.0
+_IMPORT_OVER_DRIFTPY_S = 0.05
 
 
 def _pct_fewer(shared: float, legacy: float) -> float | None:
@@ -444,6 +445,7 @@ def _cold_section(results: dict[str, Any], links: dict[str, str]) -> list[str]:
             rows,
         ),
         *_table(["figure", "target", "measured", "verdict"], targets),
+        *_imports_part(case["imports"]),
     ]
     shared_rows = [r for r in case["rows"] if r["path"] == "shared"]
     if any(r["process_to_first_rate_s"] >= _FIRST_RATE_S for r in shared_rows):
@@ -460,6 +462,41 @@ def _cold_section(results: dict[str, Any], links: dict[str, str]) -> list[str]:
             "",
         ]
     return lines
+
+
+def _imports_part(imports: list[dict[str, Any]]) -> list[str]:
+    driftpy = _need(imports, label="driftpy")["median_s"]
+    over = _need(imports, label="driftshare")["median_s"] - driftpy
+    rows = [
+        [
+            f"`{r['statement']}`",
+            r["repeats"],
+            f"{r['median_s']:.3f}",
+            f"{r['min_s']:.3f}",
+            f"{r['median_s'] - driftpy:+.3f}",
+        ]
+        for r in imports
+    ]
+    return [
+        "Import cost: each import alone in a fresh interpreter (its start-up not counted),",
+        "the three in turn, median and minimum of the repeats. `import driftshare` loads its",
+        "public names on first use; the read API loads what the first read needs (driftpy,",
+        "pydantic, pydantic-settings, prometheus_client, tenacity, aiolimiter and the shared",
+        "client's modules), so the first read pays no import.",
+        "",
+        *_table(["import", "repeats", "median s", "min s", "over driftpy's, median s"], rows),
+        *_table(
+            ["figure", "target", "measured", "verdict"],
+            [
+                [
+                    "`import driftshare` over `import driftpy.drift_client`",
+                    f"≤ {_IMPORT_OVER_DRIFTPY_S:g} s",
+                    f"{over:+.3f} s",
+                    _verdict(over <= _IMPORT_OVER_DRIFTPY_S),
+                ]
+            ],
+        ),
+    ]
 
 
 def _stampede_section(results: dict[str, Any]) -> list[str]:

@@ -7,7 +7,7 @@ import logging
 import re
 from typing import Any
 
-from driftshare.config import redact_text, redact_url
+from driftshare._redaction import redact_text, redact_url
 
 __all__ = ["REDACTED_LOGGERS", "RedactingFilter", "install_log_redaction"]
 

@@ -243,7 +243,10 @@ class DriftClientManager:
         if needed, which then closes ``DRIFT_IDLE_CLOSE_S`` after the last such read, or at
         :meth:`release_market_data` or :meth:`shutdown`.
         """
-        key = cls._url(network, rpc_url)
+        # Every cached read comes here: _url's memo read inline while the settings are the same.
+        key = cls._keys.get((network, rpc_url)) if cls._keys_of is cls._settings else None
+        if key is None:
+            key = cls._url(network, rpc_url)
         reader = cls._readers.get(key)  # one dict read, atomic: the lock only for creation
         if reader is not None:
             return reader
@@ -296,7 +299,10 @@ class DriftClientManager:
     ) -> FundingRateData | None:
         """Funding of one perp market from the shared client, cached; never raises."""
         reader = cls._reader(network)
-        return None if reader is None else await reader.get_funding_rate(market)
+        if reader is None:
+            return None
+        hit = reader.funding_hit(market)  # a hit makes no coroutine of the reader's
+        return hit if hit is not None else await reader.get_funding_rate(market)
 
     @classmethod
     async def get_all_perp_markets(cls, network: str | None = None) -> list[MarketData]:

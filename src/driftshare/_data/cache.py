@@ -8,7 +8,7 @@ import time
 from collections import Counter
 from collections.abc import Awaitable, Callable, Coroutine, Generator, Hashable
 from dataclasses import dataclass
-from typing import Any, Generic, TypeVar
+from typing import Any, Generic, NamedTuple, TypeVar
 
 from driftshare import _metrics as metrics
 
@@ -19,8 +19,9 @@ T = TypeVar("T")
 _log = logging.getLogger(__name__)
 
 
-@dataclass(frozen=True, slots=True)
-class Cached(Generic[T]):
+# A named tuple, not a frozen dataclass: each hit answered by get() makes one, and a frozen
+# dataclass costs twice as much to construct.
+class Cached(NamedTuple, Generic[T]):
     """A value read from :class:`TTLCache`."""
 
     value: T
@@ -129,15 +130,27 @@ class TTLCache:
         valid: Callable[[Any], bool] | None = None,
     ) -> Cached[Any] | None:
         """The value for ``key`` if within its TTL and ``valid``, not waiting; a hit if ``kind``."""
+        fresh = self.fresh_value(key, kind=kind, valid=valid)
+        return None if fresh is None else Cached(fresh[0], False, fresh[1])
+
+    def fresh_value(
+        self,
+        key: Hashable,
+        *,
+        kind: str | None = None,
+        valid: Callable[[Any], bool] | None = None,
+    ) -> tuple[Any, float] | None:
+        """:meth:`get_fresh` as ``(value, age_s)``: a hit path's plain tuple, no :class:`Cached`."""
         entry = self._entries.get(key)
         if entry is None:
             return None
         age = self._clock() - entry.computed_at
         if age >= entry.ttl or (valid is not None and not valid(entry.value)):
             return None
-        if kind is not None:
-            self._count_hit(kind)
-        return Cached(entry.value, False, age)
+        if kind is not None:  # counted inline: a call more would cost every hit
+            self._hits[kind] += 1
+            metrics.CACHE_HITS.counts[kind] += 1
+        return entry.value, age
 
     def peek(self, key: Hashable) -> Cached[Any] | None:
         """The stored value for ``key`` however old, marked stale past its TTL; not counted."""
@@ -165,10 +178,6 @@ class TTLCache:
             "entries": len(self._entries),
             "inflight": len(self._inflight),
         }
-
-    def _count_hit(self, kind: str) -> None:
-        self._hits[kind] += 1
-        metrics.CACHE_HITS.counts[kind] += 1
 
     def _start(
         self,

@@ -52,9 +52,13 @@ def confirmed(entries: tuple[LedgerEntry, ...]) -> tuple[int, float]:
     if not entries:
         return 0, float("-inf")
     slot, confirmed_at = 1 << 62, float("inf")
-    for entry in entries:  # a plain loop: this runs on every read
-        slot = min(slot, entry.confirmed_slot)
-        confirmed_at = min(confirmed_at, entry.confirmed_at)
+    # Every read runs this: a plain loop, and comparisons instead of min(), whose four calls
+    # cost a hit about 0.4 µs more.
+    for entry in entries:
+        if entry.confirmed_slot < slot:  # noqa: PLR1730
+            slot = entry.confirmed_slot
+        if entry.confirmed_at < confirmed_at:  # noqa: PLR1730
+            confirmed_at = entry.confirmed_at
     return slot, confirmed_at
 
 
@@ -82,15 +86,16 @@ class _Basis:
                 return False
         return True
 
-    def mark(self, value: _T, cached: Cached[Any], stale_after_s: float) -> _T:
-        """``value`` with its staleness, slot and data age as of now."""
+    def mark(self, value: _T, stale: bool, age_s: float, stale_after_s: float) -> _T:
+        """``value`` with its staleness, slot and data age as of now; ``stale`` and ``age_s``
+        as the cache answered it (:class:`Cached`)."""
         # Called on every read: plain loops, no generators (a cache hit costs microseconds).
         # The source was found current when the value was taken from the cache.
         slot, confirmed_at = confirmed(self.entries)
         age = time.monotonic() - confirmed_at
         marked = _copy(value)
-        marked.stale = cached.stale or age > stale_after_s or self.source.unavailable(self.index)
-        marked.age_s = cached.age_s
+        marked.stale = stale or age > stale_after_s or self.source.unavailable(self.index)
+        marked.age_s = age_s
         marked.slot = slot
         marked.data_age_s = age
         return marked
@@ -275,29 +280,38 @@ class MarketDataReader:
             self._missing_warned.add(index)
             log.warning("perp market %d left out: %s", index, exc)
 
-    async def _one(
+    def _hit(self, key: tuple[str, int]) -> Any | None:
+        """One market's cached value if fresh, marked as of now; None on a miss.
+
+        Plain calls, no coroutine: a hit is answered before any closure or coroutine is
+        made (each read's garbage is what sets how often the collector pauses it).
+        """
+        fresh = self.cache.fresh_value(key, kind=key[0], valid=_Computed.single_unchanged)
+        if fresh is None:
+            return None
+        computed: _Computed[Any] = fresh[0]
+        return computed.bases[0].mark(computed.value, False, fresh[1], self._settings.stale_after_s)
+
+    async def _miss(
         self,
         key: tuple[str, int],
         ttl: float,
         build: Callable[[Any, Any], _T],
     ) -> _T | None:
-        """One market's value from ``build(perp_market, oracle_price_data)``, cached."""
-        # A hit is answered before any closure or coroutine is made: each read's garbage is
-        # what sets how often the collector pauses it.
-        cached: Cached[_Computed[_T]] | None = self.cache.get_fresh(
-            key, kind=key[0], valid=_Computed.single_unchanged
+        """One market's value from ``build(perp_market, oracle_price_data)`` after
+        :meth:`_hit` missed: computed once for all callers, or the last value, stale."""
+        cached: Cached[_Computed[_T]] | None = await self.cache.refresh(
+            key,
+            ttl=ttl,
+            compute=functools.partial(self._compute_one, key[1], build),
+            kind=key[0],
         )
         if cached is None:
-            cached = await self.cache.refresh(
-                key,
-                ttl=ttl,
-                compute=functools.partial(self._compute_one, key[1], build),
-                kind=key[0],
-            )
-            if cached is None:
-                return None
+            return None
         computed = cached.value
-        return computed.bases[0].mark(computed.value, cached, self._settings.stale_after_s)
+        return computed.bases[0].mark(
+            computed.value, cached.stale, cached.age_s, self._settings.stale_after_s
+        )
 
     async def _compute_one(
         self, index: int, build: Callable[[Any, Any], _T]
@@ -313,16 +327,36 @@ class MarketDataReader:
         basis = _Basis.of(source, market)
         return _Computed(build(market, source.oracle_price_data(index)), (basis,))
 
-    async def _one_market(self, index: int, kind: str) -> MarketData | None:
+    async def _read(
+        self, market: str | int, kind: str, ttl: float, build: Callable[[Any, Any], _T]
+    ) -> _T | None:
+        """One market's value of ``kind``, from ``build(perp_market, oracle_price_data)``."""
+        index = self.resolver.known(market)
+        if index is None:
+            index = await self._index(market)
+            if index is None:
+                return None
+        key = (kind, index)
+        hit: _T | None = self._hit(key)
+        if hit is not None:
+            return hit
+        return await self._miss(key, ttl, build)
+
+    async def _one_market(self, market: str | int, kind: str) -> MarketData | None:
         ttl = self._settings.cache_ttl_oi if kind == "oi" else self._settings.cache_ttl_price
-        return await self._one((kind, index), ttl, _market_data)
+        return await self._read(market, kind, ttl, _market_data)
+
+    def funding_hit(self, market: str | int) -> FundingRateData | None:
+        """:meth:`get_funding_rate` when it is a hit, with no coroutine; None otherwise.
+
+        For a caller that answers hits before awaiting (the manager: a coroutine fewer).
+        """
+        index = self.resolver.known(market)
+        return None if index is None else self._hit(("funding", index))
 
     async def get_funding_rate(self, market: str | int) -> FundingRateData | None:
         """Funding of one market (``SOL-PERP``, ``sol``, ``0``…), or None."""
-        index = await self._index(market)
-        if index is None:
-            return None
-        return await self._one(("funding", index), self._settings.cache_ttl_funding, _funding)
+        return await self._read(market, "funding", self._settings.cache_ttl_funding, _funding)
 
     async def get_all_perp_markets(self) -> list[MarketData]:
         """Every subscribed perp market, by index."""
@@ -360,7 +394,7 @@ class MarketDataReader:
         stale_after = self._settings.stale_after_s
         computed = cached.value
         return [
-            basis.mark(row, cached, stale_after)
+            basis.mark(row, cached.stale, cached.age_s, stale_after)
             for row, basis in zip(computed.value, computed.bases, strict=True)
         ]
 
@@ -372,17 +406,11 @@ class MarketDataReader:
 
     async def get_market(self, market: str | int) -> MarketData | None:
         """Prices and open interest of one market, or None."""
-        index = await self._index(market)
-        if index is None:
-            return None
-        return await self._one_market(index, "market")
+        return await self._one_market(market, "market")
 
     async def get_mark_price(self, market: str | int) -> float | None:
         """The AMM bid/ask mid of one market, or None."""
-        index = await self._index(market)
-        if index is None:
-            return None
-        data = await self._one_market(index, "mark")
+        data = await self._one_market(market, "mark")
         return None if data is None else data.mark_price
 
     async def get_open_interest(self, market: str | int) -> float | None:
@@ -393,10 +421,7 @@ class MarketDataReader:
 
     async def get_open_interest_usd(self, market: str | int) -> float | None:
         """Open interest of one market in USD at the oracle price (long + |short|), or None."""
-        index = await self._index(market)
-        if index is None:
-            return None
-        data = await self._one_market(index, "oi")
+        data = await self._one_market(market, "oi")
         return None if data is None else data.open_interest_usd
 
 
