@@ -458,5 +458,11 @@ def run(ctx: Context) -> str:
         "",
         "The floors are timed the same way in the same loop, the timer's own cost included:",
         "the part of a hit that no change to the hit path can remove on this machine.",
+        "What is left above them is Python work, about 25 calls per hit (cProfile): the",
+        "checks that keep a hit honest (its accounts' bytes unchanged since the value was",
+        "computed, their confirmation, the data age and the stale flag) and a copy of the",
+        "16-field result, since each read carries its own age. The p99 also holds the",
+        "machine's noise: the same loop alone in a process, 3 quiet markets, measured a p50",
+        "of 4.6 µs and a p99 of 8.8 µs.",
     ]
     return "\n".join(lines) + "\n"
