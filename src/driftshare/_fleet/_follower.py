@@ -19,6 +19,7 @@ from driftshare._fleet._records import (
     TxMessage,
     decode_update,
     digest,
+    local_time,
 )
 from driftshare._fleet._store import FleetStore
 
@@ -162,8 +163,8 @@ class Follower:
             self.epoch = max(self.epoch, message.epoch)
             fee_at = None
             if message.fee_wall_time is not None:
-                fee_at = _monotonic(message.fee_wall_time)
-            self._on_tx(message, _monotonic(message.wall_time), fee_at)
+                fee_at = local_time(message.fee_wall_time)
+            self._on_tx(message, local_time(message.wall_time), fee_at)
             return True
         record = message.record
         if (
@@ -174,7 +175,7 @@ class Follower:
             self._reject(f"more than {self._max_accounts} accounts")
             return False
         self.epoch = max(self.epoch, message.epoch)
-        confirmed_at = _monotonic(message.wall_time)
+        confirmed_at = local_time(message.wall_time)
         if record is not None:
             self._ledger.apply(record, confirmed_at=confirmed_at)
             if self._loaded and record.kind == "state":
@@ -200,15 +201,3 @@ class Follower:
             # Once per reason: a flood of forged records must not flood the log too.
             self._logged_reasons.add(reason)
             log.warning("dropped a fleet record from Redis: %s", reason)
-
-
-def _monotonic(wall_time: float) -> float:
-    """The leader's wall time of a message on this process's monotonic clock.
-
-    A record loaded from Redis keeps its real age (a dead leader's values are not fresh);
-    a leader clock ahead of ours never makes a value younger than "now". Ages across hosts
-    are only as good as their clocks' agreement: a leader clock behind by d ages every
-    value by d, one ahead by d hides up to d of real age (keep hosts on NTP).
-    """
-    age = max(0.0, time.time() - wall_time)
-    return time.monotonic() - age

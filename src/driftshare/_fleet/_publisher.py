@@ -4,14 +4,20 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import time
 from collections.abc import Callable
 
 from redis.exceptions import RedisError
 
 from driftshare import _metrics as metrics
 from driftshare._data.ledger import AccountLedger, LedgerEntry
-from driftshare._fleet._records import Message, Signer, digest, encode, record_message
+from driftshare._fleet._records import (
+    Message,
+    Signer,
+    digest,
+    encode,
+    record_message,
+    wall_time,
+)
 from driftshare._fleet._store import NO_CEILING, FencedOut, FleetStore, Outgoing, PublishStream
 from driftshare._tasks import cancel_all
 
@@ -140,7 +146,7 @@ class Publisher:
 
     def _message(self, entry: LedgerEntry, changed: bool, token_epoch: int) -> Outgoing:
         record = entry.record
-        wall = time.time() - max(0.0, time.monotonic() - entry.confirmed_at)
+        wall = wall_time(entry.confirmed_at)
         if changed:
             message = record_message(record, wall, token_epoch, self._member)
         else:

@@ -15,6 +15,7 @@ import hashlib
 import hmac
 import json
 import math
+import time
 from collections.abc import Collection
 from dataclasses import dataclass
 from typing import Any, Literal, get_args
@@ -40,6 +41,8 @@ __all__ = [
     "encode",
     "encode_pairs",
     "encode_tx",
+    "local_time",
+    "wall_time",
 ]
 
 MAX_MESSAGE_BYTES = 1 << 20
@@ -128,6 +131,22 @@ class TxMessage:
 def digest(data: bytes) -> str:
     """A short SHA-256 of account data: what a confirmation names."""
     return hashlib.sha256(data).hexdigest()[:_DIGEST_CHARS]
+
+
+def wall_time(monotonic: float) -> float:
+    """``time.time()`` at a ``time.monotonic()`` instant: the time a message carries."""
+    return time.time() - max(0.0, time.monotonic() - monotonic)
+
+
+def local_time(wall: float) -> float:
+    """A message's (the leader's) wall time on this process's monotonic clock.
+
+    A record loaded from Redis keeps its real age (a dead leader's values are not fresh);
+    a leader clock ahead of ours never makes a value younger than "now". Ages across hosts
+    are only as good as their clocks' agreement: a leader clock behind by d ages every
+    value by d, one ahead by d hides up to d of real age (keep hosts on NTP).
+    """
+    return time.monotonic() - max(0.0, time.time() - wall)
 
 
 def record_message(record: AccountRecord, wall_time: float, epoch: int, member: str) -> Message:

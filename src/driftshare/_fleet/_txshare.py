@@ -10,13 +10,12 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import time
 from collections.abc import Callable
 from typing import Protocol
 
 from redis.exceptions import RedisError
 
-from driftshare._fleet._records import Signer, TxMessage, encode_tx
+from driftshare._fleet._records import Signer, TxMessage, encode_tx, wall_time
 from driftshare._fleet._store import FencedOut, FleetStore
 from driftshare._tasks import cancel_all
 from driftshare._tx.path import TxShare
@@ -112,14 +111,9 @@ class TxSharer:
             blockhash.last_valid_block_height,
             blockhash.slot,
             shared.block_height,
-            _wall(blockhash.fetched_at),
+            wall_time(blockhash.fetched_at),
             shared.fee,
-            None if shared.fee_at is None else _wall(shared.fee_at),
+            None if shared.fee_at is None else wall_time(shared.fee_at),
             self._epoch,
             self._member,
         )
-
-
-def _wall(monotonic: float) -> float:
-    """``time.time()`` at a ``time.monotonic()`` instant."""
-    return time.time() - max(0.0, time.monotonic() - monotonic)
