@@ -231,9 +231,7 @@ class FleetMember:
         while self.refused is None:
             try:
                 await self._tick()
-            except (
-                Exception
-            ) as exc:  # Redis away, or garbage in it: a failed round, never a dead loop
+            except Exception as exc:  # Redis away or garbage in it: a failed round
                 await self._failed(exc)
             self._decided.set()
             self._wake.clear()
