@@ -400,8 +400,8 @@ class FleetMember:
     async def _refuse(self, group_chain: str) -> None:
         """This member's upstream is another chain than the group's: stay out, say so once."""
         self.refused = (
-            f"this member's upstream is another chain ({_describe(self.chain)}) than "
-            f"fleet {self.network}/{self.group}'s ({_describe_stored(group_chain)}): "
+            f"this member's upstream is another chain ({_describe(self._store.chain)}) than "
+            f"fleet {self.network}/{self.group}'s ({_describe(group_chain)}): "
             "not joining; it serves its own upstream alone"
         )
         log.error("fleet: %s", self.refused)
@@ -528,11 +528,8 @@ async def _bounded(step: Coroutine[Any, Any, Any], timeout_s: float) -> None:
         log.debug("fleet: leaving step failed: %r", exc)
 
 
-def _describe(chain: Chain) -> str:
-    return f"genesis {chain.genesis_hash}, program {chain.program_id}"
-
-
-def _describe_stored(identity: str) -> str:
+def _describe(identity: str) -> str:
+    """A chain identity as :class:`FleetStore` keeps it (it may be another member's)."""
     try:
         genesis, program = json.loads(identity)
         return f"genesis {genesis}, program {program}"
