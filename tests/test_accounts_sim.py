@@ -417,6 +417,14 @@ async def test_manager_level_reads_for_engines_without_an_adapter(sim: Simulator
     assert DriftClientManager.stats()["references"] == 1
     missing = await DriftClientManager.verify_account(wallet.pubkey(), 3)
     assert "initialize_user(sub_account_id=3)" in missing.message
+    put_user(sim, wallet.pubkey(), 3, usdc=0.0)
+    created = await DriftClientManager.open_account(wallet, 3)
+    assert created is not None
+    await DriftClientManager.close_account(created)
+    # The failure before it was created is no longer why it is not ready.
+    closed = await DriftClientManager.verify_account(wallet.pubkey(), 3)
+    assert "open_account" in closed.message
+    assert "initialize_user" not in closed.message
     await DriftClientManager.close_account(account)
     assert DriftClientManager.stats()["references"] == 0
     assert DriftClientManager.account(wallet.pubkey(), 1) is None

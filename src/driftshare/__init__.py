@@ -15,9 +15,10 @@ from driftshare._logging import install_log_redaction
 
 if TYPE_CHECKING:
     from driftshare._metrics import REGISTRY as METRICS_REGISTRY
+    from driftshare._redaction import redact_url
     from driftshare._tx import TransactionFailed, TransactionNotConfirmed, TransactionUnknown
     from driftshare.adapter import DriftAdapter
-    from driftshare.config import ConfigError, Settings, load_settings, redact_url
+    from driftshare.config import ConfigError, Settings, load_settings
     from driftshare.feed import DriftFundingFeed, FundingInfo
     from driftshare.manager import DriftClientManager
     from driftshare.models import (
@@ -60,10 +61,8 @@ _HOMES: dict[str, tuple[str, str]] = {
         for name in ("TransactionFailed", "TransactionNotConfirmed", "TransactionUnknown")
     },
     "DriftAdapter": ("driftshare.adapter", "DriftAdapter"),
-    **{
-        name: ("driftshare.config", name)
-        for name in ("ConfigError", "Settings", "load_settings", "redact_url")
-    },
+    **{name: ("driftshare.config", name) for name in ("ConfigError", "Settings", "load_settings")},
+    "redact_url": ("driftshare._redaction", "redact_url"),  # from its home: no pydantic
     **{name: ("driftshare.feed", name) for name in ("DriftFundingFeed", "FundingInfo")},
     "DriftClientManager": ("driftshare.manager", "DriftClientManager"),
     **{

@@ -17,7 +17,7 @@ import time
 from collections.abc import Callable, Coroutine, Sequence
 from dataclasses import dataclass, field
 from types import TracebackType
-from typing import Any, Self, cast, get_args
+from typing import Any, Self
 
 from aiohttp import web
 from rich.markup import escape
@@ -298,13 +298,6 @@ def parse_engines(text: str) -> list[str]:
     if unknown:
         raise ValueError(f"unknown engine {unknown[0]!r}; choose from {', '.join(ENGINES)}, all")
     return list(dict.fromkeys(names))
-
-
-def check_network(text: str) -> Network:
-    """``text`` as a :data:`Network`; ValueError naming the choices otherwise."""
-    if text not in get_args(Network):
-        raise ValueError(f"unknown network {text!r}; choose from {', '.join(get_args(Network))}")
-    return cast(Network, text)
 
 
 async def run_serve(config: ServeConfig) -> int:

@@ -368,11 +368,15 @@ class DriftClientManager:
         client = await cls.get_client(network, rpc_url=rpc_url)
         shared = cls._find(network, rpc_url)
         if client is not None and shared is not None:
+            problem = (str(signer.pubkey()), sub_account)
             try:
-                return await shared.accounts.open(signer, sub_account)
+                opened = await shared.accounts.open(signer, sub_account)
             except (AccountMissing, AccountUnavailable) as exc:
-                cls._problems[(str(signer.pubkey()), sub_account)] = str(exc)
+                cls._problems[problem] = str(exc)
                 log.warning("cannot open sub-account %d: %s", sub_account, exc)
+            else:
+                cls._problems.pop(problem, None)  # an old failure is no longer why
+                return opened
         await cls.release_client(network, rpc_url=rpc_url)
         return None
 

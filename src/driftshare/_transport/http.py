@@ -112,7 +112,6 @@ class RateLimitedTransport(httpx.AsyncBaseTransport):
         self._rng = rng if rng is not None else random.Random()
         self._clock = clock
         self._wall_clock = wall_clock
-        self._log_interval_s = log_interval_s
         self._on_result = on_result
         self._budget = limits.budget
         self._pressure = limits.pressure
