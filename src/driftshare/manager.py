@@ -75,8 +75,9 @@ class DriftClientManager:
     _keys: ClassVar[dict[tuple[str | None, str | None], tuple[str, str]]] = {}
     """``_url``'s answers under ``_keys_of`` (every cached read asks again)."""
     _keys_of: ClassVar[Settings | None] = None
-    _problems: ClassVar[dict[tuple[str, int], str]] = {}
-    """Why :meth:`open_account` last failed, by (authority, sub-account)."""
+    _problems: ClassVar[dict[tuple[str, str, int], str]] = {}
+    """Why :meth:`open_account` last failed, by (network, authority, sub-account), until it
+    opens; :meth:`shutdown` forgets them."""
 
     @classmethod
     def configure(cls, settings: Settings | None = None, **overrides: Any) -> Settings:
@@ -368,7 +369,7 @@ class DriftClientManager:
         client = await cls.get_client(network, rpc_url=rpc_url)
         shared = cls._find(network, rpc_url)
         if client is not None and shared is not None:
-            problem = (str(signer.pubkey()), sub_account)
+            problem = (network or cls.settings().network, str(signer.pubkey()), sub_account)
             try:
                 opened = await shared.accounts.open(signer, sub_account)
             except (AccountMissing, AccountUnavailable) as exc:
@@ -439,7 +440,8 @@ class DriftClientManager:
         if account is not None:
             return account.status()
         key = authority if isinstance(authority, Pubkey) else Pubkey.from_string(authority)
-        message = cls._problems.get((str(key), sub_account)) or (
+        problem = (network or cls.settings().network, str(key), sub_account)
+        message = cls._problems.get(problem) or (
             "not registered: open it with DriftClientManager.open_account(wallet, sub_account)"
         )
         return missing_status(
@@ -462,6 +464,7 @@ class DriftClientManager:
         loop = asyncio.get_running_loop()
         with cls._lock:
             cls._readers.clear()
+            cls._problems.clear()
             mine = [(k, s) for k, s in cls._shared.items() if k[2] is loop or k[2].is_closed()]
         for key, shared in mine:
             if key[2] is loop:
