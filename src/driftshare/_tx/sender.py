@@ -27,7 +27,6 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
-import httpx
 from solders.transaction import VersionedTransaction
 
 from driftshare import _metrics as metrics
@@ -324,7 +323,7 @@ class TransactionSender:
             return _SendAnswer(_Sent.MAYBE)
         except NOT_SENT_ERRORS:
             return _SendAnswer(_Sent.NOT_SENT)
-        except (httpx.HTTPError, OSError, ValueError) as exc:  # sent, fate unknown
+        except Exception as exc:  # any other failure may come after the request left
             log.debug("sendTransaction answer lost: %r", exc)
             return _SendAnswer(_Sent.MAYBE)
         return _SendAnswer(_Sent.LEFT)
