@@ -30,10 +30,11 @@ from typing import Any
 from solders.transaction import VersionedTransaction
 
 from driftshare import _metrics as metrics
+from driftshare._transport.retry import NOT_SENT_ERRORS
 from driftshare._tx.blockhash import Blockhash, BlockhashKeeper
 from driftshare._tx.errors import error_code, error_name
 from driftshare._tx.riders import Rider, ride
-from driftshare._tx.rpc import NOT_SENT_ERRORS, RpcError, TxRpc
+from driftshare._tx.rpc import RpcError, TxRpc
 from driftshare._tx.statuses import SignatureStatus, SignatureWatcher
 from driftshare.models import TxResult
 
