@@ -277,7 +277,7 @@ class TransactionSender:
                     final = await self._final_status(signature)
                     if final is None:
                         return _Verdict(expired=True)
-                    if final is not _UNKNOWN and final.status is not None:
+                    if final.status is not None:
                         if final.status.settled:
                             return final
                         watcher.record(signature, final.status)
