@@ -50,6 +50,8 @@ TIMEOUT = "timeout"
 """Never answered (the request left)."""
 RATE_LIMITED = "429"
 """Answered 429 without landing."""
+LAND_THEN_BREAK = "land_then_break"
+"""Lands, then the answer is lost to a failure that is not an HTTP error."""
 
 
 def refuse(err: Any) -> str:
@@ -134,7 +136,7 @@ class Chain:
             error = {"code": -32002, "message": "Transaction simulation failed"}
             error["data"] = {"err": json.loads(action.removeprefix("refuse:"))}
             return httpx.Response(200, json={"jsonrpc": "2.0", "id": call["id"], "error": error})
-        if action in (LAND, LAND_THEN_429) and sig not in self.landed:
+        if action in (LAND, LAND_THEN_429, LAND_THEN_BREAK) and sig not in self.landed:
             self.slot += 1
             self.landed[sig] = {
                 "slot": self.slot,
@@ -144,6 +146,8 @@ class Chain:
             }
         if action == TIMEOUT:
             raise httpx.ReadTimeout("no answer")
+        if action == LAND_THEN_BREAK:
+            raise RuntimeError("the connection broke after the request left")
         if action in (LAND_THEN_429, RATE_LIMITED):
             return httpx.Response(429, json={"error": "too many requests"})
         return httpx.Response(200, json={"jsonrpc": "2.0", "id": call["id"], "result": sig})
@@ -253,6 +257,14 @@ async def test_a_send_without_an_answer_is_unknown_never_failed(
 
 async def test_a_write_that_landed_then_got_a_429_is_confirmed_once(make_path: MakePath) -> None:
     chain = Chain(script=lambda sig, n: LAND_THEN_429)
+    result = await submit(make_path(chain))
+    assert result.status == "confirmed"
+    assert list(chain.landed) == [result.signature]
+
+
+async def test_a_send_lost_to_any_failure_is_followed_to_its_fate(make_path: MakePath) -> None:
+    # Not an httpx error, yet the request left and landed: confirmed, never raised.
+    chain = Chain(script=lambda sig, n: LAND_THEN_BREAK)
     result = await submit(make_path(chain))
     assert result.status == "confirmed"
     assert list(chain.landed) == [result.signature]

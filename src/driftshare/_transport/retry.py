@@ -10,12 +10,19 @@ from email.utils import parsedate_to_datetime
 import httpx
 from tenacity import RetryCallState
 
-__all__ = ["full_jitter", "is_retryable", "last_outcome", "retry_after_seconds", "should_retry"]
+__all__ = [
+    "NOT_SENT_ERRORS",
+    "full_jitter",
+    "is_retryable",
+    "last_outcome",
+    "retry_after_seconds",
+    "should_retry",
+]
 
 _RETRYABLE = (httpx.TimeoutException, httpx.NetworkError, httpx.RemoteProtocolError)
 # Errors raised before a byte of the request left: the only ones after which a
 # non-idempotent call may be sent again.
-_NOT_SENT = (httpx.ConnectError, httpx.ConnectTimeout, httpx.PoolTimeout)
+NOT_SENT_ERRORS = (httpx.ConnectError, httpx.ConnectTimeout, httpx.PoolTimeout)
 _MAX_BACKOFF_EXPONENT = 62
 
 
@@ -57,7 +64,7 @@ def should_retry(idempotent: bool, retry_state: RetryCallState) -> bool:
     outcome = retry_state.outcome
     assert outcome is not None
     if outcome.failed:
-        errors = _RETRYABLE if idempotent else _NOT_SENT
+        errors = _RETRYABLE if idempotent else NOT_SENT_ERRORS
         return isinstance(outcome.exception(), errors)
     # A non-idempotent call that got an answer was sent: never again.
     return idempotent and is_retryable(outcome.result())

@@ -8,10 +8,7 @@ from typing import Any, Protocol
 import httpx
 from solana.rpc.async_api import AsyncClient
 
-__all__ = ["NOT_SENT_ERRORS", "ConnectionRpc", "RpcError", "TxRpc"]
-
-NOT_SENT_ERRORS = (httpx.ConnectError, httpx.ConnectTimeout, httpx.PoolTimeout)
-"""Failures that prove the request never left (the transport's own rule for resending)."""
+__all__ = ["ConnectionRpc", "RpcError", "TxRpc"]
 
 
 class RpcError(Exception):

@@ -27,14 +27,14 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
-import httpx
 from solders.transaction import VersionedTransaction
 
 from driftshare import _metrics as metrics
+from driftshare._transport.retry import NOT_SENT_ERRORS
 from driftshare._tx.blockhash import Blockhash, BlockhashKeeper
 from driftshare._tx.errors import error_code, error_name
 from driftshare._tx.riders import Rider, ride
-from driftshare._tx.rpc import NOT_SENT_ERRORS, RpcError, TxRpc
+from driftshare._tx.rpc import RpcError, TxRpc
 from driftshare._tx.statuses import SignatureStatus, SignatureWatcher
 from driftshare.models import TxResult
 
@@ -277,7 +277,7 @@ class TransactionSender:
                     final = await self._final_status(signature)
                     if final is None:
                         return _Verdict(expired=True)
-                    if final is not _UNKNOWN and final.status is not None:
+                    if final.status is not None:
                         if final.status.settled:
                             return final
                         watcher.record(signature, final.status)
@@ -324,7 +324,7 @@ class TransactionSender:
             return _SendAnswer(_Sent.MAYBE)
         except NOT_SENT_ERRORS:
             return _SendAnswer(_Sent.NOT_SENT)
-        except (httpx.HTTPError, OSError, ValueError) as exc:  # sent, fate unknown
+        except Exception as exc:  # any other failure may come after the request left
             log.debug("sendTransaction answer lost: %r", exc)
             return _SendAnswer(_Sent.MAYBE)
         return _SendAnswer(_Sent.LEFT)
