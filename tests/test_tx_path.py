@@ -441,6 +441,21 @@ async def test_driftpy_sender_returns_the_slot_or_raises_the_result(
     assert unknown.value.result.signature == chain.sends[-1][0]
 
 
+async def test_builds_never_sent_are_not_kept_forever(make_path: MakePath) -> None:
+    chain = Chain()
+    sender = PathTxSender(make_path(chain))
+    # A payer each: 300 different signatures.
+    built = [await sender.get_versioned_tx([instruction()], Keypair(), []) for _ in range(300)]
+    assert len(sender._built) < len(built)
+    # The oldest build is forgotten: it is sent as signed elsewhere, as is, and lands once.
+    landed = await sender.send(built[0])
+    assert [sig for sig, _, _ in chain.sends] == [str(built[0].signatures[0])]
+    assert landed.slot == chain.landed[str(landed.tx_sig)]["slot"]
+    # The newest is still known to the sender (sent once too).
+    await sender.send(built[-1])
+    assert len(chain.sends) == 2
+
+
 def _sample(name: str, **labels: str) -> float:
     return REGISTRY.get_sample_value(name, labels) or 0.0
 

@@ -27,6 +27,10 @@ __all__ = [
 ]
 
 
+_BUILDS_KEPT = 256
+"""Builds kept for :meth:`PathTxSender.send` (driftpy sends each right after building it)."""
+
+
 class TransactionNotConfirmed(Exception):
     """A driftpy write that did not end ``confirmed``; ``result`` says how it ended."""
 
@@ -53,6 +57,7 @@ class PathTxSender(TxSender):  # type: ignore[misc]
     def __init__(self, path: TransactionPath) -> None:
         self.path = path
         self._built: dict[str, tuple[Build, Blockhash]] = {}
+        """The newest builds not sent yet, by signature (at most :data:`_BUILDS_KEPT`)."""
 
     async def get_versioned_tx(
         self,
@@ -66,6 +71,10 @@ class PathTxSender(TxSender):  # type: ignore[misc]
         tx = build(blockhash)
         # Kept for send(): it may sign again, but only after this one provably expired.
         self._built[str(tx.signatures[0])] = (build, blockhash)
+        if len(self._built) > _BUILDS_KEPT:
+            # An engine that builds and never sends must not grow this: a forgotten build
+            # is sent as signed elsewhere (as is, never signed again), which is always safe.
+            del self._built[next(iter(self._built))]
         return tx
 
     async def get_legacy_tx(
