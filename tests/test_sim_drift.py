@@ -715,6 +715,16 @@ def test_nobody_deposits_into_another_users_account(desk: Desk) -> None:
     assert refused.error == drift("DefaultError")
 
 
+def test_a_deposit_comes_only_from_the_authoritys_own_token_account(desk: Desk) -> None:
+    owner = desk.trader()
+    stranger = desk.trader()
+    accounts = _collateral_accounts(owner, 0) | {
+        "user_token_account": tokens.associated_token_address(stranger.pubkey()),
+    }
+    refused = desk.refused(_ix("deposit", 0, USDC, False, accounts=accounts), signers=[owner])
+    assert refused.error == {"Custom": 2015}  # Anchor's ConstraintTokenOwner
+
+
 def test_modify_by_user_order_id_keeps_the_id_and_must_modify_fails_when_missing(
     desk: Desk,
 ) -> None:

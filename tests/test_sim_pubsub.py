@@ -17,6 +17,7 @@ from driftpy.types import get_ws_url
 from solana.rpc.websocket_api import connect
 from solders.pubkey import Pubkey
 from solders.rpc.responses import AccountNotification, ProgramNotification, SlotNotification
+from solders.signature import Signature
 
 from conftest import eventually
 from driftshare.sim import Simulator
@@ -171,6 +172,8 @@ async def test_ws_errors(simulator: Simulator) -> None:
         assert (await ws.call("getSlot"))["error"]["code"] == -32601
         assert (await ws.call("accountSubscribe", ["bad key"]))["error"]["code"] == -32602
         assert (await ws.call("slotSubscribe", [1]))["error"]["code"] == -32602
+        for bad in ([], ["not a signature"], [str(Signature.default()), {"commitment": "soon"}]):
+            assert (await ws.call("signatureSubscribe", bad))["error"]["code"] == -32602
         await ws.ws.send_json([{"jsonrpc": "2.0", "id": 9, "method": "slotSubscribe"}])
         batch = await ws.next()
         assert isinstance(batch, list)

@@ -510,7 +510,7 @@ class Chain:
 
     def _execute(self, tx: VersionedTransaction, *, check_blockhash: bool) -> Execution:
         message = tx.message
-        if check_blockhash and not self._blockhash_valid(message.recent_blockhash):
+        if check_blockhash and not self.blockhash_valid(message.recent_blockhash):
             return Execution("BlockhashNotFound")
         if tx.signatures[0] in self._ledger:
             return Execution("AlreadyProcessed")
@@ -594,13 +594,10 @@ class Chain:
                 "ProgramFailedToComplete", "the simulated program crashed"
             ) from None
 
-    def _blockhash_valid(self, blockhash: Hash) -> bool:
-        age = self.blocks.age(blockhash)
-        return age is not None and age <= self._faults.blockhash_max_age
-
     def blockhash_valid(self, blockhash: Hash) -> bool:
         """Whether a transaction citing ``blockhash`` could land now (``isBlockhashValid``)."""
-        return self._blockhash_valid(blockhash)
+        age = self.blocks.age(blockhash)
+        return age is not None and age <= self._faults.blockhash_max_age
 
     @staticmethod
     def _writable(

@@ -30,7 +30,7 @@ from driftpy.accounts.grpc.geyser_codegen import geyser_pb2, geyser_pb2_grpc
 from google.protobuf.timestamp_pb2 import Timestamp
 from solders.pubkey import Pubkey
 
-from driftshare.sim.blocks import Blocks
+from driftshare.sim.blocks import FINALITY_DEPTH, Blocks
 from driftshare.sim.faults import Faults
 from driftshare.sim.rpc import API_VERSION
 from driftshare.sim.stats import GrpcStats
@@ -38,8 +38,6 @@ from driftshare.sim.store import Account, AccountStore
 
 __all__ = ["GeyserServer", "TlsPair"]
 
-_ROOT_LAG = 32
-"""Slots between the tip and the finalized slot, as the WebSocket side reports its root."""
 _SERVER_PING_S = 15.0
 """Yellowstone pings every stream this often, so idle streams survive load balancers."""
 _MAX_FILTER_ACCOUNTS = 10_000
@@ -267,7 +265,7 @@ class GeyserServer:
             statuses: dict[geyser_pb2.CommitmentLevel, int] = {
                 geyser_pb2.PROCESSED: slot,
                 geyser_pb2.CONFIRMED: slot,
-                geyser_pb2.FINALIZED: max(0, slot - _ROOT_LAG),
+                geyser_pb2.FINALIZED: max(0, slot - FINALITY_DEPTH),
             }
             if filters.slots_by_commitment:
                 statuses = {filters.commitment: statuses[filters.commitment]}
@@ -400,7 +398,7 @@ class GeyserServer:
 
     def get_slot(self, commitment: int) -> int:
         slot = self._store.slot
-        return max(0, slot - _ROOT_LAG) if commitment == geyser_pb2.FINALIZED else slot
+        return max(0, slot - FINALITY_DEPTH) if commitment == geyser_pb2.FINALIZED else slot
 
     def latest_blockhash(self) -> Any:
         blockhash, last_valid = self._blocks.latest()

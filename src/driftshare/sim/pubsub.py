@@ -13,7 +13,7 @@ from dataclasses import dataclass, field
 from typing import Any, Literal
 
 from aiohttp import WSMsgType, web
-from pydantic import BaseModel, ConfigDict, ValidationError
+from pydantic import BaseModel, ConfigDict
 from solders.pubkey import Pubkey
 from solders.signature import Signature
 
@@ -29,9 +29,10 @@ from driftshare.sim.rpc import (
     SubscribeConfig,
     error_text,
     invalid_params,
+    parse_model,
     parse_pubkey,
+    parse_signature,
     parse_subscribe_config,
-    validation_problems,
 )
 from driftshare.sim.stats import SimStats
 from driftshare.sim.store import Account, AccountStore
@@ -292,16 +293,10 @@ class PubSub:
         return self._add(conn, "slot", "slotSubscribe", None, None)
 
     def _signature_subscribe(self, conn: _Connection, params: list[Any]) -> str:
-        if not params or not isinstance(params[0], str):
-            raise RpcError(INVALID_PARAMS, "Invalid params: missing signature")
-        try:
-            signature = Signature.from_string(params[0])
-            raw = params[1] if len(params) > 1 and params[1] is not None else {}
-            config = _SignatureConfig.model_validate(raw)
-        except ValidationError as exc:
-            raise invalid_params(validation_problems(exc)) from None
-        except ValueError:
-            raise RpcError(INVALID_PARAMS, f"Invalid params: bad signature {params[0]!r}") from None
+        if not params:
+            raise invalid_params("missing signature")
+        signature = parse_signature(params[0])
+        config = parse_model(_SignatureConfig, params, 1)
         sub_id = self._add(conn, "signature", "signatureSubscribe", None, None)
         sub = conn.subscriptions[int(sub_id)]
         sub.signature = signature

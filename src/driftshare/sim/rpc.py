@@ -16,6 +16,7 @@ import based58
 import zstandard
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 from solders.pubkey import Pubkey
+from solders.signature import Signature
 
 from driftshare.sim.blocks import Blocks
 from driftshare.sim.store import Account, AccountStore
@@ -42,6 +43,7 @@ __all__ = [
     "parse_config",
     "parse_model",
     "parse_pubkey",
+    "parse_signature",
     "parse_subscribe_config",
     "validation_problems",
 ]
@@ -101,6 +103,16 @@ def parse_pubkey(value: object) -> Pubkey:
         return Pubkey.from_string(value)
     except ValueError as exc:
         raise invalid_params(f"invalid pubkey {value!r}: {exc}") from None
+
+
+def parse_signature(value: object) -> Signature:
+    """A base58 transaction signature param, or an Invalid params error."""
+    if not isinstance(value, str):
+        raise invalid_params(f"expected a base58 signature string, got {json.dumps(value)}")
+    try:
+        return Signature.from_string(value)
+    except ValueError:
+        raise invalid_params(f"invalid signature {value!r}") from None
 
 
 def validation_problems(exc: ValidationError, whole: str = "config") -> str:

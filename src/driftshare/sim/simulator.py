@@ -139,7 +139,6 @@ class Simulator:
         register_builtins(self.programs)
         if self.world is not None:
             self.programs.register(DRIFT_PROGRAM_ID, self.world.program)
-        if self.world is not None:
             self._serve_chain_accounts(self.world)
         self._server = SimServer(
             self.store,

@@ -14,7 +14,6 @@ from pydantic import BaseModel, ConfigDict, Field
 from solders.hash import Hash
 from solders.message import MessageV0, from_bytes_versioned
 from solders.pubkey import Pubkey
-from solders.signature import Signature
 from solders.transaction import VersionedTransaction
 
 from driftshare.sim._codec import rent_exempt_lamports
@@ -40,6 +39,7 @@ from driftshare.sim.rpc import (
     parse_config,
     parse_model,
     parse_pubkey,
+    parse_signature,
 )
 from driftshare.sim.store import Account
 from driftshare.sim.tokens import read_mint, read_token_account, ui_amount_string
@@ -153,15 +153,6 @@ def _refusals() -> Iterator[None]:
         ) from None
 
 
-def _signature(value: object) -> Signature:
-    if not isinstance(value, str):
-        raise invalid_params(f"expected a base58 signature string, got {json.dumps(value)}")
-    try:
-        return Signature.from_string(value)
-    except ValueError:
-        raise invalid_params(f"invalid signature {value!r}") from None
-
-
 class TxRpc:
     """``sendTransaction`` and everything a wallet or a trading client asks besides accounts."""
 
@@ -269,7 +260,7 @@ class TxRpc:
         max_params(params, 2)
         if len(params[0]) > _MAX_SIGNATURES:
             raise invalid_params(f"Too many inputs provided; max {_MAX_SIGNATURES}")
-        signatures = [_signature(value) for value in params[0]]
+        signatures = [parse_signature(value) for value in params[0]]
         config = parse_model(_StatusConfig, params, 1)
         context = self._rpc.context_at(None)
         values = []
@@ -293,7 +284,7 @@ class TxRpc:
         if not params:
             raise invalid_params("missing signature")
         max_params(params, 2)
-        signature = _signature(params[0])
+        signature = parse_signature(params[0])
         config = parse_model(_TransactionConfig, params, 1)
         if config.commitment == "processed":
             raise invalid_params("Method does not support commitment below `confirmed`")

@@ -4,6 +4,9 @@ A position holds a *scaled* balance; its token amount is the balance times the m
 cumulative interest. The rounding follows protocol-v2's ``update_spot_balances``: what the user
 owes rounds up, what the user holds rounds down. Interest does not accrue in the simulator, so
 the cumulative interest stays as the world created it.
+
+``token_amount`` is written here rather than driftpy's ``get_token_amount``, which divides a
+deposit in floating point and so drifts from the program's integer result on large balances.
 """
 
 from __future__ import annotations

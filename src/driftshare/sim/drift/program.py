@@ -9,6 +9,7 @@ from collections.abc import Callable
 from typing import Any
 
 from anchorpy.program.common import NamedInstruction
+from anchorpy_core.idl import IdlInstruction
 from driftpy.accounts.oracle import DRIFT_CODER, DRIFT_IDL
 from solders.instruction import Instruction
 from solders.pubkey import Pubkey
@@ -28,11 +29,10 @@ __all__ = ["DriftProgram"]
 log = logging.getLogger(__name__)
 
 _DISCRIMINATOR = 8
-_IDL_ACCOUNTS: dict[str, list[str]] = {
-    "".join("_" + c.lower() if c.isupper() else c for c in ix.name): [a.name for a in ix.accounts]
-    for ix in DRIFT_IDL.instructions
-}
-"""Each instruction's account names in the IDL's order, by the coder's snake_case name."""
+_IDL_INSTRUCTIONS: dict[str, IdlInstruction] = dict(
+    zip(DRIFT_CODER.instruction.sighashes, DRIFT_IDL.instructions, strict=True)
+)
+"""Each IDL instruction by the coder's own snake_case name (it names them in the IDL's order)."""
 _PLACE_AND_TAKE_PARTIAL = 1
 _PLACE_AND_TAKE_FULL = 2
 
@@ -71,7 +71,8 @@ class DriftProgram:
         handler = self._handlers.get(named.name)
         if handler is None:
             raise unsupported(named.name)
-        names = _IDL_ACCOUNTS[named.name]
+        idl = _IDL_INSTRUCTIONS[named.name]
+        names = [account.name for account in idl.accounts]
         metas = list(ix.accounts)
         if len(metas) < len(names):
             raise anchor_error("AccountNotEnoughKeys", f"{named.name} needs {len(names)}")
@@ -84,7 +85,7 @@ class DriftProgram:
             tx,
             books,
         )
-        tx.log(f"Instruction: {_camel(named.name)}")
+        tx.log(f"Instruction: {idl.name[0].upper()}{idl.name[1:]}")
         handler(call)
         books.commit()
 
@@ -308,8 +309,3 @@ class DriftProgram:
 def _expired(order: Any, now: int) -> bool:
     max_ts: int = order.max_ts
     return max_ts != 0 and now > max_ts
-
-
-def _camel(name: str) -> str:
-    head, *rest = name.split("_")
-    return head[0].upper() + head[1:] + "".join(part.title() for part in rest)

@@ -123,8 +123,9 @@ def initialize_user(call: Call) -> None:
     _check_room(state, state.number_of_sub_accounts)
 
 
-def _vault_and_market(call: Call) -> Any:
-    """The spot market the instruction moves tokens of, its vault checked; only USDC is."""
+def _vault_and_market(call: Call) -> tuple[Any, tokens.TokenAccount]:
+    """The spot market the instruction moves tokens of, its vault checked (only USDC is), and
+    the user's token account of its mint."""
     market_index: int = call.args.market_index
     vault = call.key("spotMarketVault")
     if vault != get_spot_market_vault_public_key(DRIFT_PROGRAM_ID, market_index):
@@ -137,7 +138,7 @@ def _vault_and_market(call: Call) -> Any:
         raise anchor_error("AccountNotInitialized", "userTokenAccount")
     if token_account.mint != market.mint:
         raise anchor_error("ConstraintRaw", "userTokenAccount mint is not the vault's")
-    return market
+    return market, token_account
 
 
 def _usd_value(amount: int, price: int, decimals: int) -> int:
@@ -152,10 +153,8 @@ def deposit(call: Call) -> None:
     stats = books.load(call.key("userStats"), "UserStats")
     if stats.authority != user.authority:
         raise anchor_error("ConstraintRaw", "userStats is not the user's")
-    market = _vault_and_market(call)
-    source = call.key("userTokenAccount")
-    owner = tokens.read_token_account(call.tx.get(source))
-    if owner is None or owner.owner != authority:
+    market, token_account = _vault_and_market(call)
+    if token_account.owner != authority:
         raise anchor_error("ConstraintTokenOwner", "userTokenAccount is not the authority's")
     amount: int = call.args.amount
     if amount == 0:
@@ -175,7 +174,7 @@ def deposit(call: Call) -> None:
     position.cumulative_deposits += amount
     user.last_active_slot = books.slot
     user.idle = False
-    tokens.transfer(call.tx, source, market.vault, authority, amount)
+    tokens.transfer(call.tx, call.key("userTokenAccount"), market.vault, authority, amount)
     market.next_deposit_record_id += 1
     books.mark(user_key)
     books.mark_spot_market(market.market_index)
@@ -191,7 +190,7 @@ def withdraw(call: Call) -> None:
     stats = books.load(call.key("userStats"), "UserStats")
     if stats.authority != authority:
         raise anchor_error("ConstraintHasOne", "userStats.authority != authority")
-    market = _vault_and_market(call)
+    market, _ = _vault_and_market(call)
     if call.key("driftSigner") != books.state().signer:
         raise anchor_error("ConstraintRaw", "driftSigner is not the State's signer")
     position = spot_position(user, market.market_index)
