@@ -14,7 +14,7 @@ import subprocess
 import sys
 import tempfile
 import time
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Awaitable, Callable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
 from importlib import metadata
@@ -208,8 +208,11 @@ def spawn_worker(params: dict[str, Any], module: str = "bench._worker") -> dict[
     return result
 
 
-async def poll(check: Any, deadline_s: float, what: str, every_s: float = 0.05) -> float:
-    """Await ``check()`` (polled every ``every_s``); the seconds it took."""
+async def poll(
+    check: Callable[[], Awaitable[object]], deadline_s: float, what: str, every_s: float = 0.05
+) -> float:
+    """Await ``check()`` (polled every ``every_s``) until true; the seconds it took.
+    BenchError after ``deadline_s``."""
     start = time.monotonic()
     while not await check():
         if time.monotonic() - start > deadline_s:

@@ -21,7 +21,7 @@ from typing import Any
 import httpx
 
 from bench import BenchError, Context
-from bench._harness import percentiles, simulator
+from bench._harness import percentiles, poll, simulator
 from driftshare.manager import DriftClientManager
 from driftshare.models import market_data_from_market
 from driftshare.sim import Simulator
@@ -33,21 +33,29 @@ log = logging.getLogger(__name__)
 _MARKET = 0
 
 
-async def _shared(
-    http_url: str, stats: Callable[[], Awaitable[dict[str, Any]]], **settings: Any
-) -> Any:
+async def shared_client(http_url: str, stats: Stats, **settings: Any) -> Any:
     """The shared client on the simulator at ``http_url`` (default settings unless given),
-    once every subscription is in place: the State, each oracle, the two market programs
-    (the simulator signals no event for them, so ``stats`` is polled)."""
+    once every account is subscribed: in websocket mode the State, each oracle and the two
+    market programs, in grpc mode every account on the stream (the simulator signals no
+    event for them, so ``stats`` is polled)."""
     DriftClientManager.configure(rpc_url=http_url, **settings)
     if await DriftClientManager.get_client() is None:
-        raise BenchError("freshness: the shared client did not start on the simulator")
+        raise BenchError("the shared client did not start on the simulator")
     shared = DriftClientManager.shared_state()
     if shared is None:
-        raise BenchError("freshness: the shared client has no state")
+        raise BenchError("the shared client has no state")
+    accounts = len(shared.ledger)
     oracles = len([entry for entry in shared.ledger if entry.record.kind == "oracle"])
-    while (await stats())["subscriptions"]["active"] < 1 + oracles + 2:  # noqa: ASYNC110
-        await asyncio.sleep(0.05)
+
+    async def subscribed() -> bool:
+        counts = await stats()
+        if shared.mode == "grpc":
+            return bool(counts["grpc"]["streams"]["accounts"] >= accounts)
+        if shared.mode == "websocket":
+            return bool(counts["subscriptions"]["active"] >= 1 + oracles + 2)
+        return True
+
+    await poll(subscribed, 30.0, f"{shared.mode} subscriptions")
     return shared
 
 
@@ -73,7 +81,7 @@ async def _reads_behind(seconds: float) -> dict[str, _Behind]:
     """Engines reading every 10 ms; a read is behind when it differs from the subscription."""
     results = {"get_mark_price": _Behind(), "get_all_perp_markets": _Behind()}
     async with Simulator(markets=30) as sim:
-        shared = await _shared(sim.http_url, partial(_in_process_stats, sim))
+        shared = await shared_client(sim.http_url, partial(_in_process_stats, sim))
         client = shared.client
         changed_at: dict[float, float] = {}
         deadline = time.monotonic() + seconds
@@ -170,7 +178,7 @@ async def _write_in_process(samples: int) -> _Latencies:
             world.set_oracle_price(_MARKET, price)
             return written
 
-        shared = await _shared(sim.http_url, partial(_in_process_stats, sim))
+        shared = await shared_client(sim.http_url, partial(_in_process_stats, sim))
         try:
             return await _write_to_read(shared, write, samples)
         finally:
@@ -180,10 +188,12 @@ async def _write_in_process(samples: int) -> _Latencies:
 Stats = Callable[[], Awaitable[dict[str, Any]]]
 Subscribe = Callable[[str, Stats], Awaitable[Any]]
 """Starts the shared client on the simulator at an HTTP URL, whose counters ``Stats`` reads;
-returns the client's state once it is subscribed (:func:`_shared`)."""
+returns the client's state once it is subscribed (:func:`shared_client`)."""
 
 
-async def write_remote(http_url: str, samples: int, subscribe: Subscribe = _shared) -> _Latencies:
+async def write_remote(
+    http_url: str, samples: int, subscribe: Subscribe = shared_client
+) -> _Latencies:
     """The simulator in its own process, written through ``POST /_sim/oracle``; the write
     time is the simulator's ``time.monotonic()`` (CLOCK_MONOTONIC, one clock for every
     process on this Linux host)."""
@@ -215,7 +225,7 @@ async def _confirmation_rate(
     """getMultipleAccounts calls per second the confirmer sends in steady websocket mode."""
     async with Simulator(markets=markets) as sim:
         stats = partial(_in_process_stats, sim)
-        shared = await _shared(sim.http_url, stats, stale_after_s=stale_after_s)
+        shared = await shared_client(sim.http_url, stats, stale_after_s=stale_after_s)
         if not ticking:
             # Slots advance, no account changes: every confirmation comes from a read.
             for key, account in list(sim.store.items()):
@@ -242,7 +252,7 @@ async def _confirmation_rate(
 async def _hit_latency(calls: int) -> dict[str, list[float]]:
     """µs per hit, and per step of the floor under any hit, timed alike in the same loop."""
     async with Simulator(markets=30, tick_s=3600.0) as sim:
-        await _shared(sim.http_url, partial(_in_process_stats, sim))
+        await shared_client(sim.http_url, partial(_in_process_stats, sim))
         clock = time.perf_counter_ns
         for _ in range(1000):
             await DriftClientManager.get_funding_rate(_MARKET)

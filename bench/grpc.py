@@ -9,8 +9,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import io
-import time
-from collections.abc import Awaitable, Callable
 from typing import Any
 
 import grpc
@@ -23,7 +21,7 @@ from solders.keypair import Keypair
 from bench import BenchError, Context
 from bench._harness import SimProcess, grpc_test_tls, percentiles, simulator
 from bench._processes import TlsFiles
-from bench.freshness import Stats, write_remote
+from bench.freshness import Stats, shared_client, write_remote
 from driftshare.manager import DriftClientManager
 from driftshare.sim import Simulator
 
@@ -38,38 +36,12 @@ _SETTLE_S = 1.0
 """driftpy's streams open in the background: counted once none opened for this long."""
 
 
-async def _wait_for(condition: Callable[[], Awaitable[bool]], what: str, within: float) -> None:
-    # Simulator counters raise no event: polled.
-    deadline = time.monotonic() + within
-    while not await condition():
-        if time.monotonic() > deadline:
-            raise BenchError(f"grpc: {what} not within {within:g} s")
-        await asyncio.sleep(0.05)
-
-
 async def _shared(mode: str, http_url: str, grpc_url: str, stats: Stats) -> Any:
     """The shared client in ``mode`` at the simulator, once every account is subscribed."""
-    DriftClientManager.configure(
-        rpc_url=http_url, subscription=mode, grpc_url=grpc_url, grpc_token=_TOKEN
-    )
-    if await DriftClientManager.get_client() is None:
-        raise BenchError(f"grpc: the shared client did not start in {mode} mode")
-    shared = DriftClientManager.shared_state()
-    if shared is None or shared.mode != mode:
+    settings = {"subscription": mode, "grpc_url": grpc_url, "grpc_token": _TOKEN}
+    shared = await shared_client(http_url, stats, **settings)
+    if shared.mode != mode:
         raise BenchError(f"grpc: the shared client is not in {mode} mode")
-    accounts = len(shared.ledger)
-    oracles = len([e for e in shared.ledger if e.record.kind == "oracle"])
-
-    async def subscribed() -> bool:
-        counts = await stats()
-        if mode == "grpc":
-            return bool(counts["grpc"]["streams"]["accounts"] >= accounts)
-        if mode == "websocket":
-            # The State, each oracle, the two market programs.
-            return bool(counts["subscriptions"]["active"] >= 1 + oracles + 2)
-        return True
-
-    await _wait_for(subscribed, f"{mode} subscriptions", 30.0)
     return shared
 
 

@@ -73,13 +73,8 @@ def _serve_idle(url: str, warmup_s: float, window_s: float) -> dict[str, Any]:
 
 def _sim_exit_s(markets: int) -> float:
     """Seconds from SIGINT to the exit of a fresh ``driftshare sim`` serving ``markets``."""
-    command = [sys.executable, "-m", "driftshare", "sim", "--port", "0"]
-    command += ["--markets", str(markets)]
-    proc = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True)
-    if proc.stdout is None:
-        raise BenchError("the simulator's stdout is not a pipe")
-    _wait_for_line(proc.stdout, "driftshare sim ready")
-    return _interrupted_exit_s(proc)
+    with simulator(markets=markets) as sim:
+        return _interrupted_exit_s(sim.process)
 
 
 def _interrupted_exit_s(proc: subprocess.Popen[str]) -> float:

@@ -28,6 +28,7 @@ import httpx
 from redis.asyncio import Redis
 from solders.pubkey import Pubkey
 
+from bench._harness import poll
 from bench._processes import RedisServer, ServeProcess, TcpProxy, all_ready, stop_all
 from bench.reliability import load_results, save_results, write_doc
 from bench.reliability_suite import DOC, RESULTS, ROOT, machine
@@ -238,14 +239,6 @@ async def _read_forever(fleet: _Fleet, reads: _Reads) -> None:
         await asyncio.sleep(READ_EVERY_S)
 
 
-async def _until(check: Callable[[], Awaitable[bool]], within_s: float, what: str) -> None:
-    deadline = time.monotonic() + within_s
-    while not await check():
-        if time.monotonic() > deadline:
-            raise TimeoutError(what)
-        await asyncio.sleep(0.1)
-
-
 async def _start_upstream(sim: Simulator) -> tuple[TcpProxy, TcpProxy]:
     """A proxy of the simulator's HTTP port and, one port up, of its WebSocket port (the
     solana-test-validator layout driftpy assumes)."""
@@ -289,7 +282,7 @@ async def run_fleet_row(fault: FleetFault) -> FleetRow:
         try:
             for member in members:
                 await member.start()
-            await _until(lambda: all_ready(http, members), 120, "fleet ready")
+            await poll(lambda: all_ready(http, members), 120, "fleet ready", every_s=0.1)
             reads = _Reads(row, truth)
             reader = asyncio.create_task(_read_forever(fleet, reads))
             await asyncio.sleep(2.0)

@@ -12,7 +12,6 @@ from __future__ import annotations
 import argparse
 import asyncio
 import shutil
-import signal
 import statistics
 import sys
 import tempfile
@@ -24,6 +23,7 @@ from typing import Any
 import httpx
 
 from bench import BenchError, Context
+from bench._harness import simulator
 from bench._processes import ServeProcess
 from driftshare._data.ledger import AccountLedger
 from driftshare._data.ledger_subscriber import LedgerReads
@@ -42,46 +42,12 @@ __all__ = ["TITLE", "run"]
 
 TITLE = "Warm start"
 
-_SIM_READY = "driftshare sim ready:"
 _POLL_S = 0.005
 """How often a start is polled: its figures' resolution. Each poll costs the starting process
 CPU too, so the quick mode, whose figures are not published, polls ten times less often."""
 
 
 # -- processes --------------------------------------------------------------------------------
-
-
-async def _start_sim(markets: int) -> tuple[asyncio.subprocess.Process, str]:
-    """``driftshare sim`` on a port of its choosing, and its HTTP URL."""
-    sim = await asyncio.create_subprocess_exec(
-        sys.executable,
-        "-m",
-        "driftshare",
-        "sim",
-        "--port",
-        "0",
-        "--markets",
-        str(markets),
-        stdout=asyncio.subprocess.PIPE,
-        stderr=asyncio.subprocess.DEVNULL,
-    )
-    assert sim.stdout is not None
-    line = (await asyncio.wait_for(sim.stdout.readline(), 60)).decode()
-    if not line.startswith(_SIM_READY):
-        sim.kill()
-        raise BenchError(f"the simulator did not start: {line!r}")
-    fields = dict(item.split("=", 1) for item in line.split()[3:])
-    return sim, fields["http"]
-
-
-async def _stop(process: asyncio.subprocess.Process, sig: int = signal.SIGTERM) -> None:
-    if process.returncode is None:
-        process.send_signal(sig)
-    try:
-        await asyncio.wait_for(process.wait(), 30)
-    except TimeoutError:
-        process.kill()
-        await process.wait()
 
 
 @dataclass
@@ -180,14 +146,12 @@ async def _start_cases(markets: int, repeats: int, cap_s: float, poll_s: float) 
             runs[name].append({**run.__dict__, "interpreter_s": interpreter_s})
 
     try:
-        sim, rpc_url = await _start_sim(markets)
-        try:
+        with simulator(markets=markets) as sim:
+            rpc_url = sim.http_url
             await case(rpc_up=True, warm=False)
             if not list(saved.glob("*.snapshot")):
                 raise BenchError("serve wrote no snapshot at a clean shutdown")
             await case(rpc_up=True, warm=True)
-        finally:
-            await _stop(sim)
         # The RPC is down: nothing listens at its address any more.
         await case(rpc_up=False, warm=False)
         await case(rpc_up=False, warm=True)

@@ -1,7 +1,7 @@
 """Fixtures and helpers shared by the tests.
 
-The suite runs under pytest-xdist (``make test``: ``-n 4 --dist loadfile``, one file per
-worker). A test stays safe there when it takes every port, folder and process from these
+The suite runs under pytest-xdist (``make test``: ``-n 4 --dist loadscope``, a file or a test
+class per worker). A test stays safe there when it takes every port, folder and process from these
 fixtures or from ``bench._processes``:
 
 - ports: a simulator (``simulator``/``simulator_factory``) and ``driftshare serve``

@@ -7,8 +7,6 @@ import pytest
 
 from driftshare.manager import DriftClientManager
 
-CLOSED_PORT_URL = "http://127.0.0.1:9/"
-
 
 def test_without_an_rpc_url_the_library_uses_solanas_public_endpoint(
     monkeypatch: pytest.MonkeyPatch, manager_settings: None
@@ -18,13 +16,15 @@ def test_without_an_rpc_url_the_library_uses_solanas_public_endpoint(
     assert DriftClientManager.stats()["rpc_url"] == "https://api.mainnet-beta.solana.com"
 
 
-async def test_the_first_failed_request_is_in_stats_at_once(manager_settings: None) -> None:
-    DriftClientManager.configure(rpc_url=CLOSED_PORT_URL, health_interval_s=3600)
+async def test_the_first_failed_request_is_in_stats_at_once(
+    manager_settings: None, closed_port_url: str
+) -> None:
+    DriftClientManager.configure(rpc_url=closed_port_url, health_interval_s=3600)
     try:
         assert await DriftClientManager.get_client() is None
         stats = DriftClientManager.stats()  # no wait: the retries go on in the background
         assert stats["init_failures"] == 0
         assert stats["last_error"] is not None
-        assert "to http://127.0.0.1:9/: no answer" in stats["last_error"]
+        assert f"to {closed_port_url}: no answer" in stats["last_error"]
     finally:
         await DriftClientManager.shutdown()

@@ -1,9 +1,7 @@
-"""The short reliability suite: four engines through a few simulator faults, in both modes.
+"""The short reliability suite: four engines through a few simulator faults, in each mode.
 
 The suite (``bench/reliability_suite.py``, ``make reliability`` for every fault) runs once per
-mode; each test checks one Done-when invariant of issues 9 and 10 on every row. Invariants
-the library does not hold yet are strict xfails naming the work that makes them true: when
-that work lands they pass, the xfail turns into a failure, and the mark must go.
+mode; each test checks one Done-when invariant of issues 9 and 10 on every row.
 """
 
 from __future__ import annotations
@@ -47,13 +45,14 @@ def _websocket_http_bound(r: Row) -> int:
     return rounds * per_round + health
 
 
-def test_the_short_rows_cover_both_modes() -> None:
+def test_the_short_rows_cover_every_mode_and_each_is_run() -> None:
     assert {mode for mode, _ in SHORT_ROWS} == set(MODES)
+    assert {cls.mode for cls in _Invariants.__subclasses__()} == set(MODES)
 
 
 class _Invariants:
     """Each Done-when invariant on every short row of one mode. One class per mode, so that
-    pytest-xdist (``--dist loadscope``) runs the two modes' rows on two workers."""
+    pytest-xdist (``--dist loadscope``) runs each mode's rows on a worker of its own."""
 
     mode: str
 
@@ -108,6 +107,10 @@ class TestWebsocketRows(_Invariants):
 
 class TestPollingRows(_Invariants):
     mode = "polling"
+
+
+class TestGrpcRows(_Invariants):
+    mode = "grpc"
 
 
 async def test_truth_lag_counts_from_the_replacement(simulator: Simulator) -> None:

@@ -1,6 +1,6 @@
 """Clean exits: ``driftshare sim`` after SIGINT, and a fleet member after SIGTERM with its
 lease handed over and its final snapshot written. How long they take is measured in
-bench/shutdown.py, never asserted here."""
+bench/idle.py, never asserted here."""
 
 from __future__ import annotations
 
