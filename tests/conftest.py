@@ -109,6 +109,24 @@ async def eventually(
         raise AssertionError(f"{what}: not within {within:g} s") from None
 
 
+class _ClosingEventLoopPolicy(asyncio.DefaultEventLoopPolicy):
+    """The default policy, closing an idle loop it is told to replace.
+
+    pytest-asyncio installs a fresh loop after each async test, and ``asyncio.run`` or the
+    next test's loop replaces it unclosed: the garbage collector then reports its self-pipe
+    socket (``ResourceWarning``) inside whichever test runs then, failing it.
+    """
+
+    def set_event_loop(self, loop: asyncio.AbstractEventLoop | None) -> None:
+        old = self._local._loop  # type: ignore[attr-defined]
+        if old is not None and old is not loop and not old.is_running() and not old.is_closed():
+            old.close()
+        super().set_event_loop(loop)
+
+
+asyncio.set_event_loop_policy(_ClosingEventLoopPolicy())
+
+
 def subscriptions_per_client(sim: Simulator) -> int:
     """Websocket subscriptions one subscribed DriftClient holds: the State, each distinct
     oracle, and one program subscription per market map (perp, spot)."""
