@@ -11,7 +11,6 @@ import json
 import os
 import platform
 import subprocess
-import sys
 import tempfile
 import time
 from collections.abc import Awaitable, Callable, Iterator, Sequence
@@ -23,6 +22,7 @@ from typing import Any
 
 import httpx
 
+from bench import _forkserver
 from bench._processes import TlsFiles
 
 __all__ = [
@@ -78,7 +78,7 @@ class BenchError(RuntimeError):
 class SimProcess:
     """A running ``driftshare sim`` subprocess."""
 
-    process: subprocess.Popen[str]
+    process: subprocess.Popen[Any] | _forkserver.Forked
     http_url: str
     tick_s: float
     grpc_url: str | None = None
@@ -100,7 +100,7 @@ def simulator(
 ) -> Iterator[SimProcess]:
     """Run a simulator in its own process, so it shares neither CPU time nor RSS with the
     measured client, and stop it on exit; ``grpc`` serves Geyser gRPC too."""
-    command = [sys.executable, "-m", "driftshare", "sim", "--port", "0"]
+    command = ["-m", "driftshare", "sim", "--port", "0"]
     if grpc:
         command += ["--grpc-port", "0"]
     command += ["--markets", str(markets), "--tick-s", str(tick_s)]
@@ -110,7 +110,7 @@ def simulator(
     # Its log (clients hanging up mid-notification, by design here) goes to a file, read
     # back only to explain a simulator that did not start.
     log = tempfile.TemporaryFile(mode="w+")  # noqa: SIM115 - closed with the process below
-    proc = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=log, text=True)
+    proc = _forkserver.popen(command, stdout=subprocess.PIPE, stderr=log, text=True)
     try:
         assert proc.stdout is not None
         ready = proc.stdout.readline()
@@ -186,18 +186,12 @@ def run_workers(
 def spawn_worker(params: dict[str, Any], module: str = "bench._worker") -> dict[str, Any]:
     """Run the worker ``module`` with ``params`` and return the JSON object on its last
     stdout line."""
-    command = [sys.executable, "-m", module, json.dumps(params)]
+    argv = ["-m", module, json.dumps(params)]
     # The worker imports ``bench``, which is not installed: put the repository on its path.
     path = os.pathsep.join(filter(None, [str(_REPO), os.environ.get("PYTHONPATH")]))
+    env = {**os.environ, "PYTHONPATH": path}
     try:
-        done = subprocess.run(
-            command,
-            capture_output=True,
-            text=True,
-            timeout=_WORKER_TIMEOUT_S,
-            check=False,
-            env={**os.environ, "PYTHONPATH": path},
-        )
+        done = _forkserver.run(argv, env=env, timeout=_WORKER_TIMEOUT_S)
     except subprocess.TimeoutExpired:
         raise BenchError(f"worker {params['kind']} ran over {_WORKER_TIMEOUT_S:.0f}s") from None
     lines = done.stdout.strip().splitlines()

@@ -20,7 +20,6 @@ import signal
 import socket
 import ssl
 import subprocess
-import sys
 import time
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
@@ -28,6 +27,8 @@ from pathlib import Path
 from typing import Any
 
 import httpx
+
+from bench import _forkserver
 
 __all__ = [
     "RedisServer",
@@ -319,7 +320,7 @@ class ServeProcess:
         self.env = dict(env or {})
         self.url = ""
         self.log: list[str] = []
-        self.process: asyncio.subprocess.Process | None = None
+        self.process: asyncio.subprocess.Process | _forkserver.AsyncForked | None = None
         self._drain: asyncio.Task[None] | None = None
         self._listening = asyncio.Event()
 
@@ -347,13 +348,10 @@ class ServeProcess:
             command += ["--share-url", self.share_url]
         if self.engines:
             command += ["--engines", ",".join(self.engines)]
-        self.process = await asyncio.create_subprocess_exec(
-            sys.executable,
-            *command,
-            stdin=asyncio.subprocess.DEVNULL,
-            stdout=asyncio.subprocess.DEVNULL,
-            stderr=asyncio.subprocess.PIPE,
-            env=self._environ(),
+        env = self._environ()
+        quiet, piped = asyncio.subprocess.DEVNULL, asyncio.subprocess.PIPE
+        self.process = await _forkserver.create(
+            command, env=env, stdin=quiet, stdout=quiet, stderr=piped
         )
         self._drain = asyncio.get_running_loop().create_task(self._read_log())
 

@@ -15,7 +15,6 @@ import os
 import signal
 import statistics
 import subprocess
-import sys
 import tempfile
 import time
 from functools import partial
@@ -25,7 +24,7 @@ from typing import IO, Any
 import httpx
 import psutil  # type: ignore[import-untyped]
 
-from bench import BenchError, Context
+from bench import BenchError, Context, _forkserver
 from bench._harness import poll, run_worker, simulator
 from bench._processes import RedisServer, ServeProcess, all_ready, stop_all
 from driftshare.sim import Simulator
@@ -50,10 +49,10 @@ def _wait_for_line(stream: IO[str], marker: str) -> None:
 
 def _serve_idle(url: str, warmup_s: float, window_s: float) -> dict[str, Any]:
     """``driftshare serve`` with no engine and no page: its CPU over ``window_s``."""
-    command = [sys.executable, "-m", "driftshare", "serve", "--rpc-url", url, "--port", "0"]
+    argv = ["-m", "driftshare", "serve", "--rpc-url", url, "--port", "0"]
     env = {**os.environ, "COLUMNS": "400"}
-    proc = subprocess.Popen(
-        command, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True, env=env
+    proc = _forkserver.popen(
+        argv, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True
     )
     try:
         if proc.stderr is None:
@@ -77,7 +76,7 @@ def _sim_exit_s(markets: int) -> float:
         return _interrupted_exit_s(sim.process)
 
 
-def _interrupted_exit_s(proc: subprocess.Popen[str]) -> float:
+def _interrupted_exit_s(proc: subprocess.Popen[Any] | _forkserver.Forked) -> float:
     """Seconds from SIGINT to the exit of the simulator ``proc``, which must exit 0."""
     started = time.perf_counter()
     proc.send_signal(signal.SIGINT)

@@ -6,11 +6,11 @@ import asyncio
 import dataclasses
 import json
 import os
-import sys
 from pathlib import Path
 
 import pytest
 
+from bench import _forkserver
 from driftshare import _cli as cli
 from driftshare.models import FundingRateData
 from driftshare.sim import SimConfig
@@ -112,8 +112,8 @@ async def test_verbose_output_never_shows_the_api_key(simulator_factory: Simulat
     sim = await simulator_factory()
     url = f"{sim.http_url}/?api-key=not-a-real-key"
     env = {name: value for name, value in os.environ.items() if not name.startswith("DRIFT_")}
-    process = await asyncio.create_subprocess_exec(
-        *(sys.executable, "-m", "driftshare", "-v", "funding", "--json", "--rpc-url", url),
+    process = await _forkserver.create(
+        ["-m", "driftshare", "-v", "funding", "--json", "--rpc-url", url],
         stdout=asyncio.subprocess.PIPE,
         stderr=asyncio.subprocess.PIPE,
         env=env,

@@ -5,11 +5,10 @@ unless ``-v``."""
 from __future__ import annotations
 
 import os
-import subprocess
-import sys
 
 import pytest
 
+from bench import _forkserver
 from driftshare import _cli as cli
 from driftshare.config import ConfigError, load_settings
 
@@ -71,14 +70,8 @@ def test_funding_names_a_perp_market_the_chain_lacks(
 
 def test_funding_writes_no_log_lines_without_verbose() -> None:
     environ = {k: v for k, v in os.environ.items() if not k.startswith("DRIFT_")}
-    done = subprocess.run(
-        [sys.executable, "-m", "driftshare", "funding", "--json"],
-        capture_output=True,
-        text=True,
-        env=environ,
-        timeout=120,
-        check=True,
-    )
+    done = _forkserver.run(["-m", "driftshare", "funding", "--json"], env=environ, timeout=120)
+    assert done.returncode == 0, done.stderr
     lines = done.stderr.splitlines()
     assert len(lines) == 1, lines
     assert "reading the embedded simulator" in lines[0]

@@ -6,11 +6,11 @@ from __future__ import annotations
 
 import asyncio
 import signal
-import sys
 from pathlib import Path
 
 import httpx
 
+from bench import _forkserver
 from bench._processes import RedisServer, ServeProcess, all_ready, free_port, stop_all
 from conftest import eventually
 from driftshare._snapshot import SnapshotIdentity, read_snapshot, snapshot_file
@@ -21,15 +21,8 @@ MAINNET = SnapshotIdentity("mainnet", str(DRIFT_PROGRAM_ID))
 
 
 async def test_sim_exits_cleanly_on_sigint() -> None:
-    child = await asyncio.create_subprocess_exec(
-        sys.executable,
-        "-m",
-        "driftshare",
-        "sim",
-        "--port",
-        str(free_port()),
-        "--markets",
-        "2",
+    child = await _forkserver.create(
+        ["-m", "driftshare", "sim", "--port", str(free_port()), "--markets", "2"],
         stdout=asyncio.subprocess.PIPE,
         stderr=asyncio.subprocess.PIPE,
     )

@@ -7,10 +7,8 @@ import base64
 import gzip
 import json
 import math
-import os
 import signal
 import subprocess
-import sys
 from typing import Any
 
 import based58
@@ -22,6 +20,7 @@ from solana.rpc.commitment import Confirmed
 from solana.rpc.types import DataSliceOpts, MemcmpOpts
 from solders.pubkey import Pubkey
 
+from bench import _forkserver
 from driftshare.sim import SimConfigError, Simulator
 from driftshare.sim.limits import ClientLimits, TokenBucket
 from driftshare.sim.pytest_plugin import SimulatorFactory
@@ -381,14 +380,12 @@ def test_bad_config_is_a_clear_error() -> None:
         Simulator(faults=["explode"])
 
 
-def _run_cli(*args: str) -> subprocess.Popen[str]:
-    env = {**os.environ, "PYTHONUNBUFFERED": "1"}
-    return subprocess.Popen(
-        [sys.executable, "-m", "driftshare", "sim", *args],
+def _run_cli(*args: str) -> subprocess.Popen[str] | _forkserver.Forked:
+    return _forkserver.popen(
+        ["-m", "driftshare", "sim", *args],
         stdout=subprocess.PIPE,
         stderr=subprocess.PIPE,
         text=True,
-        env=env,
     )
 
 

@@ -1,0 +1,421 @@
+"""A fork server for the test suite's ``python -m driftshare …`` and ``python -m bench…``
+children.
+
+Each child is a real process of its own: its module runs as ``__main__`` with its own argv,
+environment, working directory and standard streams, and its exit code (negative for a
+signal) comes back as a subprocess's would. What it skips is the interpreter's start and the
+imports, about 2 CPU-seconds a process, most of them driftpy building its IDL coders: the
+server imported them once, and every child is forked from it. On a 2-core machine that is
+the difference between a suite that waits on CPU and one that does not.
+
+:func:`popen`, :func:`run` and :func:`create` stand for their :mod:`subprocess` and
+:mod:`asyncio` namesakes with ``[sys.executable, *argv]``. They fork only once the test suite
+has called :func:`enable`: the benchmarks time real process starts. A child whose
+interpreter set-up (``PYTHON*`` variables, module path) differs from the server's, or whose
+``argv`` is not ``-m module …``, gets a real interpreter.
+
+``multiprocessing``'s forkserver runs a function, not a module's ``__main__`` with its own
+standard streams and environment, hence this one.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import concurrent.futures
+import contextlib
+import importlib
+import json
+import os
+import runpy
+import selectors
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+from typing import IO, Any
+
+__all__ = ["AsyncForked", "Forked", "create", "enable", "popen", "run"]
+
+_REPO = Path(__file__).resolve().parent.parent
+# What `driftshare serve`, `driftshare sim` and the bench workers import, on start or on first
+# use: a child that needs a module the server did not import imports it itself.
+_PRELOAD = (
+    "driftshare._cli",
+    "driftshare._serve",
+    "driftshare._demo",
+    "driftshare.sim",
+    "driftshare.sim.server",
+    "driftshare._fleet",
+    "driftshare._web",
+    "driftshare._engines",
+    "driftpy.drift_client",
+    "driftpy.accounts.grpc.account_subscriber",
+    "redis.asyncio",
+    "aiohttp.web",
+    "bench._worker",
+    "bench.trading.worker",
+)
+_MAX_MESSAGE = 1 << 20
+_READY = "forkserver ready"
+
+
+def _python_environment(env: Mapping[str, str]) -> dict[str, str]:
+    """The variables that set up an interpreter (PYTHONPATH apart: see :func:`_paths`)."""
+    return {k: v for k, v in env.items() if k.startswith("PYTHON") and k != "PYTHONPATH"}
+
+
+def _paths(env: Mapping[str, str]) -> set[str]:
+    return {
+        os.path.abspath(entry) for entry in env.get("PYTHONPATH", "").split(os.pathsep) if entry
+    }
+
+
+# ---------------------------------------------------------------------------------------------
+# The server process: `python -m bench._forkserver SOCKET`.
+
+
+def _serve(path: str) -> None:
+    for name in _PRELOAD:
+        with contextlib.suppress(ImportError):  # an extra this checkout lacks
+            importlib.import_module(name)
+    # Each request's supervisor is reaped by the kernel; the supervisor waits for its child.
+    signal.signal(signal.SIGCHLD, signal.SIG_IGN)
+    listener = socket.socket(socket.AF_UNIX, socket.SOCK_SEQPACKET)
+    listener.bind(path)
+    listener.listen(64)
+    selector = selectors.DefaultSelector()
+    selector.register(listener, selectors.EVENT_READ)
+    selector.register(sys.stdin.fileno(), selectors.EVENT_READ)
+    print(_READY, flush=True)
+    while True:
+        for key, _ in selector.select():
+            if key.fileobj != listener:
+                return  # the client closed our stdin: it is gone, and so are we
+            conn, _ = listener.accept()
+            message, fds, _, _ = socket.recv_fds(conn, _MAX_MESSAGE, 3)
+            sys.stdout.flush()
+            sys.stderr.flush()
+            if os.fork() == 0:
+                selector.close()
+                listener.close()
+                _supervise(conn, json.loads(message), fds)
+            conn.close()
+            for fd in fds:
+                os.close(fd)
+
+
+def _supervise(conn: socket.socket, request: dict[str, Any], fds: list[int]) -> None:
+    """Fork the child, report its pid, wait for it and report its exit code."""
+    signal.signal(signal.SIGCHLD, signal.SIG_DFL)
+    pid = os.fork()
+    if pid == 0:
+        conn.close()
+        _become(request, fds)
+    try:
+        for fd in fds:
+            os.close(fd)
+        conn.send(json.dumps({"pid": pid}).encode())
+        _, status = os.waitpid(pid, 0)
+        conn.send(json.dumps({"returncode": os.waitstatus_to_exitcode(status)}).encode())
+    finally:
+        os._exit(0)  # never back into the server's loop
+
+
+def _become(request: dict[str, Any], fds: list[int]) -> None:
+    """Turn this fork into ``python -m module args…``. It leaves by an exception only, which
+    no frame of the server catches: it ends this interpreter as it would end the module's own
+    (traceback, atexit handlers, threads joined, streams flushed, the exit code)."""
+    for target, fd in enumerate(fds):
+        os.dup2(fd, target)
+        if fd > 2:
+            os.close(fd)
+    os.chdir(request["cwd"])
+    os.environ.clear()
+    os.environ.update(request["env"])
+    sys.path[0] = os.getcwd()
+    sys.argv = [request["module"], *request["args"]]
+    signal.signal(signal.SIGINT, signal.default_int_handler)
+    runpy.run_module(request["module"], run_name="__main__", alter_sys=True)
+    sys.exit(0)
+
+
+# ---------------------------------------------------------------------------------------------
+# The client, in the test process.
+
+
+class _Server:
+    """The fork server of this process, started on first use and gone with it (its stdin
+    closes)."""
+
+    def __init__(self) -> None:
+        self._dir = tempfile.TemporaryDirectory(prefix="driftshare-fork-")
+        self.path = os.path.join(self._dir.name, "socket")
+        # The children import `bench` (not installed) as `python -m bench…` from the checkout.
+        path = os.pathsep.join(filter(None, [str(_REPO), os.environ.get("PYTHONPATH")]))
+        env = {**os.environ, "PYTHONPATH": path}
+        self.python_env = _python_environment(env)
+        self.paths = _paths(env)
+        self.process = subprocess.Popen(
+            [sys.executable, "-m", "bench._forkserver", self.path],
+            stdin=subprocess.PIPE,
+            stdout=subprocess.PIPE,
+            env=env,
+            text=True,
+        )
+        assert self.process.stdout is not None
+        line = self.process.stdout.readline().strip()
+        if line != _READY:
+            self.process.kill()
+            raise RuntimeError(f"the fork server did not start: {line!r}")
+
+    def request(
+        self, module: str, args: Sequence[str], env: Mapping[str, str], cwd: str, fds: list[int]
+    ) -> socket.socket:
+        conn = socket.socket(socket.AF_UNIX, socket.SOCK_SEQPACKET)
+        conn.connect(self.path)
+        message = {"module": module, "args": list(args), "env": dict(env), "cwd": cwd}
+        socket.send_fds(conn, [json.dumps(message).encode()], fds)
+        return conn
+
+
+class _State:
+    enabled = False
+    server: _Server | None = None
+
+
+def enable() -> None:
+    """Fork this process's ``python -m`` children from now on (the server starts on first
+    use)."""
+    _State.enabled = True
+
+
+def _server_for(argv: Sequence[str], env: Mapping[str, str]) -> _Server | None:
+    if not _State.enabled or len(argv) < 2 or argv[0] != "-m":
+        return None
+    if _State.server is None:
+        _State.server = _Server()
+    # The server's interpreter was set up by its PYTHON* variables: a child asking for
+    # others, or for a module path the server lacks, needs an interpreter of its own.
+    server = _State.server
+    if _python_environment(env) != server.python_env or not _paths(env) <= server.paths:
+        return None
+    return server
+
+
+class _Child:
+    """What a forked child shares with a subprocess: ``pid``, ``returncode``, ``poll()``,
+    ``send_signal()``, ``terminate()`` and ``kill()``."""
+
+    def __init__(self, conn: socket.socket) -> None:
+        self._conn = conn
+        self.pid: int = json.loads(conn.recv(_MAX_MESSAGE))["pid"]
+        self.returncode: int | None = None
+
+    def _got(self, message: bytes) -> int:
+        if self.returncode is None:
+            # No message: the supervisor itself was killed; the child's fate is unknown,
+            # reported as the kill it most likely shared.
+            self.returncode = json.loads(message)["returncode"] if message else -signal.SIGKILL
+            self._conn.close()
+        return self.returncode
+
+    def poll(self) -> int | None:
+        if self.returncode is None:
+            with contextlib.suppress(BlockingIOError):
+                self._got(self._conn.recv(_MAX_MESSAGE, socket.MSG_DONTWAIT))
+        return self.returncode
+
+    def send_signal(self, sig: int) -> None:
+        if self.poll() is None:
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(self.pid, sig)
+
+    def terminate(self) -> None:
+        self.send_signal(signal.SIGTERM)
+
+    def kill(self) -> None:
+        self.send_signal(signal.SIGKILL)
+
+
+class Forked(_Child):
+    """A forked child as a :class:`subprocess.Popen`; ``stdout`` and ``stderr`` read the
+    streams that were piped."""
+
+    stdout: IO[Any] | None = None
+    stderr: IO[Any] | None = None
+
+    def wait(self, timeout: float | None = None) -> int:
+        if self.returncode is None:
+            self._conn.settimeout(timeout)
+            try:
+                self._got(self._conn.recv(_MAX_MESSAGE))
+            except TimeoutError:
+                raise subprocess.TimeoutExpired(f"forked {self.pid}", timeout or 0) from None
+        assert self.returncode is not None
+        return self.returncode
+
+    def communicate(self, timeout: float | None = None) -> tuple[Any, Any]:
+        """Read the piped streams to their end and wait for the exit (both within
+        ``timeout``)."""
+        with concurrent.futures.ThreadPoolExecutor(2) as pool:
+            reads = [pool.submit(s.read) if s else None for s in (self.stdout, self.stderr)]
+            self.wait(timeout)
+            out, err = (None if read is None else read.result(timeout) for read in reads)
+        return out, err
+
+
+class AsyncForked(_Child):
+    """A forked child as an :class:`asyncio.subprocess.Process`; ``stdout`` and ``stderr``
+    read the streams that were piped."""
+
+    stdout: asyncio.StreamReader | None = None
+    stderr: asyncio.StreamReader | None = None
+
+    async def wait(self) -> int:
+        if self.returncode is None:
+            self._conn.setblocking(False)
+            loop = asyncio.get_running_loop()
+            self._got(await loop.sock_recv(self._conn, _MAX_MESSAGE))
+        assert self.returncode is not None
+        return self.returncode
+
+    async def communicate(self) -> tuple[bytes | None, bytes | None]:
+        """Read the piped streams to their end, then wait for the exit."""
+
+        async def read(stream: asyncio.StreamReader | None) -> bytes | None:
+            return None if stream is None else await stream.read()
+
+        out, err = await asyncio.gather(read(self.stdout), read(self.stderr))
+        await self.wait()
+        return out, err
+
+
+Stream = int | IO[Any] | None
+
+
+def _request(
+    argv: Sequence[str],
+    env: Mapping[str, str] | None,
+    cwd: str | os.PathLike[str] | None,
+    streams: tuple[Stream, Stream, Stream],
+) -> tuple[socket.socket, list[int | None]] | None:
+    """Ask the server for ``python *argv``; the connection, and our read end of each
+    stream given as PIPE (stdout and stderr only)."""
+    environ = dict(os.environ if env is None else env)
+    server = _server_for(argv, environ)
+    if server is None:
+        return None
+    theirs: list[int] = []
+    ours: list[int | None] = []
+    for target, stream in enumerate(streams):
+        if stream is None:
+            theirs.append(target)
+            ours.append(None)
+        elif stream == subprocess.DEVNULL:
+            theirs.append(os.open(os.devnull, os.O_RDWR))
+            ours.append(None)
+        elif stream == subprocess.PIPE and target > 0:
+            read, write = os.pipe()
+            theirs.append(write)
+            ours.append(read)
+        elif isinstance(stream, int) and stream >= 0:
+            theirs.append(os.dup(stream))
+            ours.append(None)
+        elif not isinstance(stream, int):
+            theirs.append(os.dup(stream.fileno()))
+            ours.append(None)
+        else:
+            raise ValueError(f"stream {target}: {stream} is not supported")
+    try:
+        conn = server.request(argv[1], argv[2:], environ, os.fspath(cwd or os.getcwd()), theirs)
+    finally:
+        for fd in theirs[:3]:
+            if fd > 2:
+                os.close(fd)
+    return conn, ours
+
+
+def popen(
+    argv: Sequence[str],
+    *,
+    env: Mapping[str, str] | None = None,
+    cwd: str | os.PathLike[str] | None = None,
+    stdin: Stream = None,
+    stdout: Stream = None,
+    stderr: Stream = None,
+    text: bool = False,
+) -> subprocess.Popen[Any] | Forked:
+    """``subprocess.Popen([python, *argv], …)``, forked when it can be (see the module)."""
+    made = _request(argv, env, cwd, (stdin, stdout, stderr))
+    if made is None:
+        return subprocess.Popen(
+            [sys.executable, *argv],
+            env=env,
+            cwd=cwd,
+            stdin=stdin,
+            stdout=stdout,
+            stderr=stderr,
+            text=text,
+        )
+    conn, ours = made
+    child = Forked(conn)
+    mode = "r" if text else "rb"
+    child.stdout = None if ours[1] is None else os.fdopen(ours[1], mode)
+    child.stderr = None if ours[2] is None else os.fdopen(ours[2], mode)
+    return child
+
+
+def run(
+    argv: Sequence[str], *, env: Mapping[str, str] | None = None, timeout: float
+) -> subprocess.CompletedProcess[str]:
+    """``subprocess.run([python, *argv], capture_output=True, text=True, timeout=…)``,
+    forked when it can be; a child still running at ``timeout`` is killed
+    (:class:`subprocess.TimeoutExpired`)."""
+    with tempfile.TemporaryFile("w+") as out, tempfile.TemporaryFile("w+") as err:
+        child = popen(argv, env=env, stdout=out, stderr=err)
+        try:
+            returncode = child.wait(timeout)
+        except subprocess.TimeoutExpired:
+            child.kill()
+            child.wait()
+            raise
+        out.seek(0)
+        err.seek(0)
+        return subprocess.CompletedProcess(argv, returncode, out.read(), err.read())
+
+
+async def create(
+    argv: Sequence[str],
+    *,
+    env: Mapping[str, str] | None = None,
+    stdin: Stream = None,
+    stdout: Stream = None,
+    stderr: Stream = None,
+) -> asyncio.subprocess.Process | AsyncForked:
+    """``asyncio.create_subprocess_exec(python, *argv, …)``, forked when it can be; piped
+    stdout and stderr are stream readers."""
+    made = _request(argv, env, None, (stdin, stdout, stderr))
+    if made is None:
+        return await asyncio.create_subprocess_exec(
+            sys.executable, *argv, env=env, stdin=stdin, stdout=stdout, stderr=stderr
+        )
+    conn, ours = made
+    child = AsyncForked(conn)
+    child.stdout = None if ours[1] is None else await _reader(ours[1])
+    child.stderr = None if ours[2] is None else await _reader(ours[2])
+    return child
+
+
+async def _reader(fd: int) -> asyncio.StreamReader:
+    reader = asyncio.StreamReader()
+    protocol = asyncio.StreamReaderProtocol(reader)
+    pipe = os.fdopen(fd, "rb", buffering=0)  # the transport closes it
+    await asyncio.get_running_loop().connect_read_pipe(lambda: protocol, pipe)
+    return reader
+
+
+if __name__ == "__main__":
+    _serve(sys.argv[1])
