@@ -8,12 +8,14 @@ STAMP := $(VENV)/.installed-stamp
 # half of a worker's collection time. The cached bytecode lives in __pycache__ (git-ignored).
 unexport PYTHONDONTWRITEBYTECODE
 
-.PHONY: run test lint bench reliability lock clean browser redis driftpy-range
+.PHONY: run test lint pytest bench reliability lock clean browser redis driftpy-range
 
+# --no-compile: pip would compile every module it installs (about 20 CPU-s); Python compiles
+# the ones a run imports on first import, into the same __pycache__.
 $(STAMP): requirements.lock pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
 	$(BIN)/pip install --quiet --upgrade pip
-	$(BIN)/pip install --quiet -r requirements.lock
+	$(BIN)/pip install --quiet --no-compile -r requirements.lock
 	$(BIN)/pip install --quiet --no-deps -e .
 	touch $(STAMP)
 
@@ -33,7 +35,12 @@ browser:
 redis:
 	test -x /usr/bin/redis-server || (apt-get update && apt-get install -y redis-server)
 
-test: $(STAMP) lint browser redis
+# Lint beside pytest: mypy's single core fits in the time pytest's workers spend waiting on
+# the processes and timeouts they test. Either failing fails `make test`.
+test: $(STAMP) browser redis
+	$(MAKE) --no-print-directory -j2 lint pytest
+
+pytest: $(STAMP) browser redis
 	$(BIN)/pytest -n 4 --dist loadscope
 
 # Each driftpy release pyproject.toml accepts, in a virtualenv of its own under .venv/: that
