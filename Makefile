@@ -10,13 +10,15 @@ unexport PYTHONDONTWRITEBYTECODE
 
 .PHONY: run test lint pytest bench reliability lock clean browser redis driftpy-range
 
+# The lock is complete (pip freeze), so pip resolves nothing (--no-deps), and it holds the
+# setuptools the editable install builds with (--no-build-isolation: no second download).
 # --no-compile: pip would compile every module it installs (about 20 CPU-s); Python compiles
 # the ones a run imports on first import, into the same __pycache__.
 $(STAMP): requirements.lock pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
 	$(BIN)/pip install --quiet --upgrade pip
-	$(BIN)/pip install --quiet --no-compile -r requirements.lock
-	$(BIN)/pip install --quiet --no-deps -e .
+	$(BIN)/pip install --quiet --no-compile --no-deps -r requirements.lock
+	$(BIN)/pip install --quiet --no-deps --no-build-isolation -e .
 	touch $(STAMP)
 
 run: $(STAMP)
@@ -80,7 +82,7 @@ reliability: $(STAMP)
 # Regenerate the lock after changing dependencies in pyproject.toml.
 lock: $(STAMP)
 	$(BIN)/pip install --quiet -e '.[dev]'
-	$(BIN)/pip freeze --exclude-editable > requirements.lock
+	$(BIN)/pip freeze --all --exclude pip --exclude-editable > requirements.lock
 
 clean:
 	rm -rf $(VENV) .mypy_cache .ruff_cache .pytest_cache

@@ -34,6 +34,7 @@ import subprocess
 import sys
 import tempfile
 from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
 from pathlib import Path
 from typing import IO, Any
 
@@ -59,7 +60,10 @@ _PRELOAD = (
     "bench.trading.worker",
 )
 _MAX_MESSAGE = 1 << 20
-_READY = "forkserver ready"
+_ADDRESS = "DRIFTSHARE_TEST_FORKSERVER"
+"""The environment variable that hands the server's address to pytest-xdist's workers."""
+# Not `-m bench._forkserver`: `bench` imports this module first, and runpy warns of it.
+_SERVER = "import sys; from bench._forkserver import _serve; _serve(int(sys.argv[1]))"
 
 
 def _python_environment(env: Mapping[str, str]) -> dict[str, str]:
@@ -77,23 +81,24 @@ def _paths(env: Mapping[str, str]) -> set[str]:
 # The server process: `python -m bench._forkserver SOCKET`.
 
 
-def _serve(path: str) -> None:
+def _serve(listening_fd: int) -> None:
     for name in _PRELOAD:
         with contextlib.suppress(ImportError):  # an extra this checkout lacks
             importlib.import_module(name)
     # Each request's supervisor is reaped by the kernel; the supervisor waits for its child.
     signal.signal(signal.SIGCHLD, signal.SIG_IGN)
-    listener = socket.socket(socket.AF_UNIX, socket.SOCK_SEQPACKET)
-    listener.bind(path)
-    listener.listen(64)
+    listener = socket.socket(fileno=listening_fd)
     selector = selectors.DefaultSelector()
     selector.register(listener, selectors.EVENT_READ)
     selector.register(sys.stdin.fileno(), selectors.EVENT_READ)
-    print(_READY, flush=True)
     while True:
         for key, _ in selector.select():
             if key.fileobj != listener:
-                return  # the client closed our stdin: it is gone, and so are we
+                # The process that started us closed our stdin: it is gone, and so are we.
+                path = listener.getsockname()
+                os.unlink(path)
+                os.rmdir(os.path.dirname(path))
+                return
             conn, _ = listener.accept()
             message, fds, _, _ = socket.recv_fds(conn, _MAX_MESSAGE, 3)
             sys.stdout.flush()
@@ -146,30 +151,14 @@ def _become(request: dict[str, Any], fds: list[int]) -> None:
 # The client, in the test process.
 
 
+@dataclass(frozen=True)
 class _Server:
-    """The fork server of this process, started on first use and gone with it (its stdin
-    closes)."""
+    """Where the fork server listens, and the interpreter set-up its children get."""
 
-    def __init__(self) -> None:
-        self._dir = tempfile.TemporaryDirectory(prefix="driftshare-fork-")
-        self.path = os.path.join(self._dir.name, "socket")
-        # The children import `bench` (not installed) as `python -m bench…` from the checkout.
-        path = os.pathsep.join(filter(None, [str(_REPO), os.environ.get("PYTHONPATH")]))
-        env = {**os.environ, "PYTHONPATH": path}
-        self.python_env = _python_environment(env)
-        self.paths = _paths(env)
-        self.process = subprocess.Popen(
-            [sys.executable, "-m", "bench._forkserver", self.path],
-            stdin=subprocess.PIPE,
-            stdout=subprocess.PIPE,
-            env=env,
-            text=True,
-        )
-        assert self.process.stdout is not None
-        line = self.process.stdout.readline().strip()
-        if line != _READY:
-            self.process.kill()
-            raise RuntimeError(f"the fork server did not start: {line!r}")
+    path: str
+    executable: str
+    python_env: dict[str, str]
+    paths: frozenset[str]
 
     def request(
         self, module: str, args: Sequence[str], env: Mapping[str, str], cwd: str, fds: list[int]
@@ -182,36 +171,66 @@ class _Server:
 
 
 class _State:
-    enabled = False
     server: _Server | None = None
+    process: subprocess.Popen[bytes] | None = None
+    """The server this process started, kept: its stdin closes when this process ends."""
 
 
 def enable() -> None:
-    """Fork this process's ``python -m`` children from now on (the server starts on first
-    use)."""
-    _State.enabled = True
+    """Fork this process's ``python -m`` children from now on.
+
+    The first process to call it (pytest-xdist's controller) starts the server, and its
+    workers, which inherit :data:`_ADDRESS` in their environment, share it. The listening
+    socket exists before this returns; connections wait in its backlog while the server
+    imports. The server exits with the process that started it (its stdin closes).
+    """
+    if _ADDRESS not in os.environ:
+        folder = tempfile.mkdtemp(prefix="driftshare-fork-")
+        path = os.path.join(folder, "socket")
+        listener = socket.socket(socket.AF_UNIX, socket.SOCK_SEQPACKET)
+        listener.bind(path)
+        listener.listen(64)
+        # The children import `bench` (not installed) as `python -m bench…` from the checkout.
+        pythonpath = os.pathsep.join(filter(None, [str(_REPO), os.environ.get("PYTHONPATH")]))
+        env = {**os.environ, "PYTHONPATH": pythonpath}
+        address = {
+            "path": path,
+            "executable": sys.executable,
+            "python_env": _python_environment(env),
+            "paths": sorted(_paths(env)),
+        }
+        os.environ[_ADDRESS] = json.dumps(address)
+        _State.process = subprocess.Popen(
+            [sys.executable, "-c", _SERVER, str(listener.fileno())],
+            stdin=subprocess.PIPE,
+            pass_fds=[listener.fileno()],
+            env={**env, _ADDRESS: os.environ[_ADDRESS]},
+        )
+        listener.close()
+    address = json.loads(os.environ[_ADDRESS])
+    _State.server = _Server(
+        address["path"], address["executable"], address["python_env"], frozenset(address["paths"])
+    )
 
 
 def _server_for(argv: Sequence[str], env: Mapping[str, str]) -> _Server | None:
-    if not _State.enabled or len(argv) < 2 or argv[0] != "-m":
+    server = _State.server
+    if server is None or len(argv) < 2 or argv[0] != "-m":
         return None
-    if _State.server is None:
-        _State.server = _Server()
     # The server's interpreter was set up by its PYTHON* variables: a child asking for
     # others, or for a module path the server lacks, needs an interpreter of its own.
-    server = _State.server
-    if _python_environment(env) != server.python_env or not _paths(env) <= server.paths:
+    if sys.executable != server.executable or _python_environment(env) != server.python_env:
         return None
-    return server
+    return server if _paths(env) <= server.paths else None
 
 
 class _Child:
     """What a forked child shares with a subprocess: ``pid``, ``returncode``, ``poll()``,
     ``send_signal()``, ``terminate()`` and ``kill()``."""
 
-    def __init__(self, conn: socket.socket) -> None:
+    def __init__(self, conn: socket.socket, started: bytes) -> None:
         self._conn = conn
-        self.pid: int = json.loads(conn.recv(_MAX_MESSAGE))["pid"]
+        self.pid: int = json.loads(started)["pid"]
         self.returncode: int | None = None
 
     def _got(self, message: bytes) -> int:
@@ -276,7 +295,6 @@ class AsyncForked(_Child):
 
     async def wait(self) -> int:
         if self.returncode is None:
-            self._conn.setblocking(False)
             loop = asyncio.get_running_loop()
             self._got(await loop.sock_recv(self._conn, _MAX_MESSAGE))
         assert self.returncode is not None
@@ -361,7 +379,7 @@ def popen(
             text=text,
         )
     conn, ours = made
-    child = Forked(conn)
+    child = Forked(conn, conn.recv(_MAX_MESSAGE))
     mode = "r" if text else "rb"
     child.stdout = None if ours[1] is None else os.fdopen(ours[1], mode)
     child.stderr = None if ours[2] is None else os.fdopen(ours[2], mode)
@@ -403,7 +421,8 @@ async def create(
             sys.executable, *argv, env=env, stdin=stdin, stdout=stdout, stderr=stderr
         )
     conn, ours = made
-    child = AsyncForked(conn)
+    conn.setblocking(False)
+    child = AsyncForked(conn, await asyncio.get_running_loop().sock_recv(conn, _MAX_MESSAGE))
     child.stdout = None if ours[1] is None else await _reader(ours[1])
     child.stderr = None if ours[2] is None else await _reader(ours[2])
     return child
@@ -415,7 +434,3 @@ async def _reader(fd: int) -> asyncio.StreamReader:
     pipe = os.fdopen(fd, "rb", buffering=0)  # the transport closes it
     await asyncio.get_running_loop().connect_read_pipe(lambda: protocol, pipe)
     return reader
-
-
-if __name__ == "__main__":
-    _serve(sys.argv[1])

@@ -141,7 +141,9 @@ def bare_python(tmp_path_factory: pytest.TempPathFactory) -> Path:
     top of the dependencies (a ``.pth`` file puts them on its path)."""
     root = tmp_path_factory.mktemp("wheel")
     dependencies = _dependencies(root)
-    _run(sys.executable, "-m", "pip", "wheel", "-q", "--no-deps", "-w", root / "dist", REPO)
+    # Built with the lock's setuptools, as `make` installs the checkout.
+    build = ("wheel", "-q", "--no-deps", "--no-build-isolation", "-w", root / "dist", REPO)
+    _run(sys.executable, "-m", "pip", *build)
     (wheel,) = (root / "dist").glob("driftshare-*.whl")
     venv.create(root / "venv", with_pip=False)
     python = root / "venv" / "bin" / "python"
