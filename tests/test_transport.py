@@ -3,12 +3,14 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import gzip
 import itertools
 import json
 import logging
 import random
 import selectors
+import ssl
 import time
 import warnings
 from collections.abc import Awaitable, Callable
@@ -30,6 +32,7 @@ from driftshare._transport import (
     install_transport,
     make_async_client,
     retry_after_seconds,
+    tls_context,
 )
 from driftshare.config import load_settings
 
@@ -491,6 +494,32 @@ def test_works_across_successive_event_loops() -> None:
     assert len(seen) == 6
     assert limiters[0] is not limiters[1]
     assert transport.stats.snapshot()["by_status"] == {"200": 6}
+
+
+async def test_transports_load_the_ca_bundle_once(
+    monkeypatch: pytest.MonkeyPatch, closed_port_url: str
+) -> None:
+    """A TLS context costs about 40 ms of CPU to make: every connection and rebuild of the
+    process shares one."""
+    made: list[ssl.SSLContext] = []
+    make = ssl.create_default_context
+
+    def counted(*args: Any, **kwargs: Any) -> ssl.SSLContext:
+        made.append(make(*args, **kwargs))
+        return made[-1]
+
+    monkeypatch.setattr(ssl, "create_default_context", counted)
+    tls_context.cache_clear()
+    transports = [
+        RateLimitedTransport.from_settings(load_settings(max_retries=0)) for _ in range(3)
+    ]
+    async with contextlib.AsyncExitStack() as stack:
+        for transport in transports:
+            client = await stack.enter_async_context(httpx.AsyncClient(transport=transport))
+            with contextlib.suppress(httpx.HTTPError):
+                await client.post(closed_port_url, json={"method": "getSlot"}, timeout=0.5)
+    assert len(made) == 1
+    tls_context.cache_clear()
 
 
 def test_from_settings() -> None:

@@ -36,6 +36,7 @@ from driftshare._transport import (
     SharedLimits,
     install_transport,
     retry_after_seconds,
+    tls_context,
 )
 from driftshare.config import Settings, SubscriptionMode, redact_text, redact_url
 from driftshare.models import market_name
@@ -307,7 +308,7 @@ async def failover_loop(shared: SharedClient, gen: Generation) -> None:
     seen_slot = 0
     # Not through RateLimitedTransport: a probe must not retry or log a warning every time
     # an endpoint stays down. It waits for the client's limiter all the same.
-    async with httpx.AsyncClient(timeout=_PROBE_TIMEOUT_S) as prober:
+    async with httpx.AsyncClient(timeout=_PROBE_TIMEOUT_S, verify=tls_context()) as prober:
         probes = _Probes(shared, prober)
         while True:
             await asyncio.sleep(_FAILOVER_CHECK_S)

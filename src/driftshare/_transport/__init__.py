@@ -8,7 +8,7 @@ a :class:`SharedLimits` (:mod:`.limits`: the rate limiter, the provider's pushba
 """
 
 from driftshare._transport.connection import install_transport, make_async_client, post_batch
-from driftshare._transport.http import RateLimitedTransport
+from driftshare._transport.http import RateLimitedTransport, tls_context
 from driftshare._transport.jsonrpc import NON_IDEMPOTENT_METHODS
 from driftshare._transport.limits import SharedLimits
 from driftshare._transport.retry import retry_after_seconds
@@ -23,4 +23,5 @@ __all__ = [
     "make_async_client",
     "post_batch",
     "retry_after_seconds",
+    "tls_context",
 ]

@@ -3,9 +3,11 @@
 from __future__ import annotations
 
 import asyncio
+import functools
 import logging
 import math
 import random
+import ssl
 import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
@@ -28,7 +30,15 @@ from driftshare._transport.retry import (
 from driftshare._transport.stats import RpcStats
 from driftshare.config import Settings
 
-__all__ = ["RateLimitedTransport"]
+__all__ = ["RateLimitedTransport", "tls_context"]
+
+
+@functools.cache
+def tls_context() -> ssl.SSLContext:
+    """httpx's default TLS context, made once per process: loading the CA bundle costs about
+    40 ms of CPU, which each new transport (every connection and rebuild) paid again."""
+    return httpx.create_ssl_context()
+
 
 _log = logging.getLogger(__name__)
 
@@ -218,7 +228,9 @@ class RateLimitedTransport(httpx.AsyncBaseTransport):
             for dead in [lp for lp in self._states if lp.is_closed()]:
                 del self._states[dead]
             state = _LoopState(
-                inner=self._inner if self._inner is not None else httpx.AsyncHTTPTransport()
+                inner=self._inner
+                if self._inner is not None
+                else httpx.AsyncHTTPTransport(verify=tls_context())
             )
             self._states[loop] = state
         return state
