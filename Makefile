@@ -42,7 +42,10 @@ redis:
 test: $(STAMP) browser redis
 	$(MAKE) --no-print-directory -j2 lint pytest
 
+# One collection before the workers' (its errors show in theirs): it compiles the modules the
+# tests import once, where four workers starting together on a fresh clone each compile them.
 pytest: $(STAMP) browser redis
+	$(BIN)/pytest --collect-only -q -p no:cacheprovider > /dev/null || true
 	$(BIN)/pytest -n 4 --dist loadscope
 
 # Each driftpy release pyproject.toml accepts, in a virtualenv of its own under .venv/: that
