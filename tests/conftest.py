@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import inspect
 import re
 import socket
@@ -29,10 +30,13 @@ from dataclasses import dataclass
 from types import SimpleNamespace
 from typing import Any
 
+import anchorpy.program.core
 import driftpy.math.amm
 import hypothesis
 import pytest
 import pytest_asyncio
+from anchorpy.coder.coder import Coder
+from anchorpy_core.idl import Idl
 from driftpy.accounts.oracle import decode_oracle
 from driftpy.constants.numeric_constants import (
     BASE_PRECISION,
@@ -62,6 +66,18 @@ hypothesis.settings.load_profile("driftshare")
 # The `python -m driftshare …` and `python -m bench…` children that bench's helpers start are
 # forked from a server that imported them once: about 2 CPU-s saved per process.
 _forkserver.enable()
+
+
+@functools.cache
+def _coder(idl_json: str) -> Coder:
+    return Coder(Idl.from_json(idl_json))
+
+
+# anchorpy's Program builds a Coder from its IDL for every DriftClient: about 0.1 s of CPU,
+# some 340 times in a run of the suite. A Coder holds only the IDL's layouts and is never
+# changed (driftshare itself decodes with driftpy's one module-level DRIFT_CODER), so the
+# DriftClients of one test process share one Coder per IDL; everything else is their own.
+anchorpy.program.core.Coder = lambda idl: _coder(idl.to_json())  # type: ignore[assignment,misc]
 
 WaitUntil = Callable[[Callable[[], bool]], Awaitable[float]]
 StartServe = Callable[..., Awaitable[ServeProcess]]
