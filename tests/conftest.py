@@ -24,6 +24,7 @@ import functools
 import inspect
 import re
 import socket
+import ssl
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 from dataclasses import dataclass
@@ -32,6 +33,7 @@ from typing import Any
 
 import anchorpy.program.core
 import driftpy.math.amm
+import httpx
 import hypothesis
 import pytest
 import pytest_asyncio
@@ -53,6 +55,7 @@ from bench._processes import RedisServer, ServeProcess, stop_all
 from driftshare import models
 from driftshare._fleet import Chain
 from driftshare._fleet._store import FleetStore
+from driftshare._transport import tls_context
 from driftshare.manager import DriftClientManager
 from driftshare.models import FundingRateData, MarketData
 from driftshare.sim import Simulator
@@ -78,6 +81,21 @@ def _coder(idl_json: str) -> Coder:
 # changed (driftshare itself decodes with driftpy's one module-level DRIFT_CODER), so the
 # DriftClients of one test process share one Coder per IDL; everything else is their own.
 anchorpy.program.core.Coder = lambda idl: _coder(idl.to_json())  # type: ignore[assignment,misc]
+
+
+def _default_tls(
+    verify: ssl.SSLContext | str | bool = True, cert: Any = None, trust_env: bool = True
+) -> ssl.SSLContext:
+    if verify is True and cert is None and trust_env:
+        return tls_context()
+    return httpx._config.create_ssl_context(verify=verify, cert=cert, trust_env=trust_env)
+
+
+# solana-py's provider makes an httpx client, and with it a TLS context (about 40 ms of CPU to
+# load the CA bundle), for every AsyncClient: some 400 in a run, each dropped at once for
+# driftshare's transport. Default contexts are interchangeable: the suite's share driftshare's
+# one (test_transport undoes this to check that driftshare shares it by itself).
+httpx._transports.default.create_ssl_context = _default_tls
 
 WaitUntil = Callable[[Callable[[], bool]], Awaitable[float]]
 StartServe = Callable[..., Awaitable[ServeProcess]]

@@ -509,6 +509,10 @@ async def test_transports_load_the_ca_bundle_once(
         return made[-1]
 
     monkeypatch.setattr(ssl, "create_default_context", counted)
+    # httpx's own, not the suite's shared default (conftest).
+    monkeypatch.setattr(
+        httpx._transports.default, "create_ssl_context", httpx._config.create_ssl_context
+    )
     tls_context.cache_clear()
     transports = [
         RateLimitedTransport.from_settings(load_settings(max_retries=0)) for _ in range(3)
