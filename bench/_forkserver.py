@@ -78,7 +78,7 @@ def _paths(env: Mapping[str, str]) -> set[str]:
 
 
 # ---------------------------------------------------------------------------------------------
-# The server process: `python -m bench._forkserver SOCKET`.
+# The server process, started by :func:`enable` with its listening socket as an inherited fd.
 
 
 def _serve(listening_fd: int) -> None:
