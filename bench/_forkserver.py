@@ -38,7 +38,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import IO, Any
 
-__all__ = ["AsyncForked", "Forked", "create", "enable", "popen", "run"]
+__all__ = ["AsyncForked", "Forked", "checkout_environ", "create", "enable", "popen", "run"]
 
 _REPO = Path(__file__).resolve().parent.parent
 # What `driftshare serve`, `driftshare sim` and the bench workers import, on start or on first
@@ -64,6 +64,13 @@ _ADDRESS = "DRIFTSHARE_TEST_FORKSERVER"
 """The environment variable that hands the server's address to pytest-xdist's workers."""
 # Not `-m bench._forkserver`: `bench` imports this module first, and runpy warns of it.
 _SERVER = "import sys; from bench._forkserver import _serve; _serve(int(sys.argv[1]))"
+
+
+def checkout_environ() -> dict[str, str]:
+    """This process's environment with the checkout on ``PYTHONPATH``: ``bench`` is not
+    installed, and ``python -m bench…`` children import it from here."""
+    pythonpath = os.pathsep.join(filter(None, [str(_REPO), os.environ.get("PYTHONPATH")]))
+    return {**os.environ, "PYTHONPATH": pythonpath}
 
 
 def _python_environment(env: Mapping[str, str]) -> dict[str, str]:
@@ -190,9 +197,7 @@ def enable() -> None:
         listener = socket.socket(socket.AF_UNIX, socket.SOCK_SEQPACKET)
         listener.bind(path)
         listener.listen(64)
-        # The children import `bench` (not installed) as `python -m bench…` from the checkout.
-        pythonpath = os.pathsep.join(filter(None, [str(_REPO), os.environ.get("PYTHONPATH")]))
-        env = {**os.environ, "PYTHONPATH": pythonpath}
+        env = checkout_environ()
         address = {
             "path": path,
             "executable": sys.executable,
@@ -328,31 +333,30 @@ def _request(
         return None
     theirs: list[int] = []
     ours: list[int | None] = []
+    opened: list[int] = []  # closed once sent: the message carries copies of the descriptors
     for target, stream in enumerate(streams):
+        read_end = None
         if stream is None:
-            theirs.append(target)
-            ours.append(None)
+            fd = target
         elif stream == subprocess.DEVNULL:
-            theirs.append(os.open(os.devnull, os.O_RDWR))
-            ours.append(None)
+            fd = os.open(os.devnull, os.O_RDWR)
+            opened.append(fd)
         elif stream == subprocess.PIPE and target > 0:
-            read, write = os.pipe()
-            theirs.append(write)
-            ours.append(read)
+            read_end, fd = os.pipe()
+            opened.append(fd)
         elif isinstance(stream, int) and stream >= 0:
-            theirs.append(os.dup(stream))
-            ours.append(None)
+            fd = stream
         elif not isinstance(stream, int):
-            theirs.append(os.dup(stream.fileno()))
-            ours.append(None)
+            fd = stream.fileno()
         else:
             raise ValueError(f"stream {target}: {stream} is not supported")
+        theirs.append(fd)
+        ours.append(read_end)
     try:
         conn = server.request(argv[1], argv[2:], environ, os.fspath(cwd or os.getcwd()), theirs)
     finally:
-        for fd in theirs[:3]:
-            if fd > 2:
-                os.close(fd)
+        for fd in opened:
+            os.close(fd)
     return conn, ours
 
 

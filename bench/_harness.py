@@ -39,7 +39,6 @@ __all__ = [
     "simulator",
 ]
 
-_REPO = Path(__file__).resolve().parent.parent
 _READY_PREFIX = "driftshare sim ready:"
 _WORKER_TIMEOUT_S = 600.0
 # Far above what one process opens here: the WebSocket cap is not what these cases measure.
@@ -187,11 +186,8 @@ def spawn_worker(params: dict[str, Any], module: str = "bench._worker") -> dict[
     """Run the worker ``module`` with ``params`` and return the JSON object on its last
     stdout line."""
     argv = ["-m", module, json.dumps(params)]
-    # The worker imports ``bench``, which is not installed: put the repository on its path.
-    path = os.pathsep.join(filter(None, [str(_REPO), os.environ.get("PYTHONPATH")]))
-    env = {**os.environ, "PYTHONPATH": path}
     try:
-        done = _forkserver.run(argv, env=env, timeout=_WORKER_TIMEOUT_S)
+        done = _forkserver.run(argv, env=_forkserver.checkout_environ(), timeout=_WORKER_TIMEOUT_S)
     except subprocess.TimeoutExpired:
         raise BenchError(f"worker {params['kind']} ran over {_WORKER_TIMEOUT_S:.0f}s") from None
     lines = done.stdout.strip().splitlines()
