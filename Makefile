@@ -44,9 +44,10 @@ test: $(STAMP) browser redis
 
 # One collection before the workers' (its errors show in theirs): it compiles the modules the
 # tests import once, where four workers starting together on a fresh clone each compile them.
+# --no-loadscope-reorder keeps the conftest's longest-first order of the files.
 pytest: $(STAMP) browser redis
 	$(BIN)/pytest --collect-only -q -p no:cacheprovider > /dev/null || true
-	$(BIN)/pytest -n 4 --dist loadscope
+	$(BIN)/pytest -n 4 --dist loadscope --no-loadscope-reorder
 
 # Each driftpy release pyproject.toml accepts, in a virtualenv of its own under .venv/: that
 # driftpy from PyPI with the versions it pins itself (0.8.85 pins older cachetools, cffi and

@@ -397,29 +397,34 @@ def wait_until() -> WaitUntil:
 # -- scheduling -----------------------------------------------------------------------------
 
 _LONGEST_FIRST = (
-    "test_trading_sim.py",
     "test_bench_smoke.py",
-    "test_manager_sim.py",
-    "test_warmstart.py",
-    "test_fleet_member.py",
-    "test_sim_world.py",
-    "test_web_api.py",
     "test_reliability.py",
     "test_bench_warmstart.py",
-    "test_grpc_faults.py",
+    "test_trading_sim.py",
+    "test_sim_world.py",
+    "test_fleet_member.py",
     "test_fleet_processes.py",
-    "test_accounts_sim.py",
-    "test_feed.py",
+    "test_grpc_faults.py",
     "test_bench_idle.py",
-    "test_bench_freshness.py",
-    "test_adapter.py",
+    "test_manager_sim.py",
+    "test_web_api.py",
+    "test_bench_trading.py",
+    "test_demo.py",
+    "test_web_browser.py",
     "test_freshness_sim.py",
     "test_wheel_install.py",
-    "test_marketdata_sim.py",
+    "test_bench_freshness.py",
+    "test_warmstart.py",
+    "test_accounts_sim.py",
+    "test_bench_grpc.py",
+    "test_transport_sim.py",
+    "test_failover_sim.py",
+    "test_fleet_trading.py",
 )
 """The files that take longest on a loaded worker, longest first (measured 2026-12-07): started
 first, so that under xdist the short files fill the other workers meanwhile instead of leaving
-one worker a long tail."""
+one worker a long tail. ``make test`` passes ``--no-loadscope-reorder``: by default xdist sorts
+the files by their number of tests, which starts the one-test benchmark files last."""
 
 
 def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
