@@ -185,6 +185,21 @@ async def test_down_refuses_connections_then_comes_back(simulator: Simulator) ->
     assert simulator.faults.state()["down"] is False
 
 
+async def test_a_connection_that_outlives_going_down_is_served_nothing(
+    simulator: Simulator, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A connection accepted as the server goes down is registered after go_down's sweep;
+    it must not keep answering (a prober kept on one would see a dead endpoint alive)."""
+    async with httpx.AsyncClient(timeout=TIMEOUT_S) as http:
+        assert (await http.post(simulator.http_url, json=HEALTH)).status_code == 200
+        # The sweep misses this client's kept-alive connection, as it misses a late one.
+        monkeypatch.setattr(aiohttp.web_server.Server, "connections", property(lambda _: []))
+        await simulator.faults.down(600)
+        with pytest.raises(httpx.TransportError):
+            await http.post(simulator.http_url, json=HEALTH)
+    assert simulator.stats()["http_status"] == {"200": 1}
+
+
 async def test_clear_brings_everything_back(simulator: Simulator) -> None:
     key = Pubkey.new_unique()
     simulator.store.put(key, Account(data=b"data", owner=OWNER, lamports=1))

@@ -18,6 +18,7 @@ from collections.abc import Callable
 from decimal import Decimal
 
 from aiohttp import web
+from aiohttp.typedefs import Handler
 from aiohttp.web_protocol import RequestHandler
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 from solders.hash import Hash
@@ -181,7 +182,7 @@ class SimServer:
         """Bind both ports and start serving."""
         sockets = _bind_pair(self.host, self.port)
         self.port = sockets[0].getsockname()[1]
-        app = web.Application(client_max_size=_MAX_BODY)
+        app = web.Application(client_max_size=_MAX_BODY, middlewares=[self._refuse_while_down])
         app.add_routes(
             [
                 web.get("/_sim/stats", self._get_stats),
@@ -238,6 +239,17 @@ class SimServer:
             for connection in self._runner.server.connections:
                 if connection not in self._admin:
                     connection.force_close()
+
+    @web.middleware
+    async def _refuse_while_down(
+        self, request: web.Request, handler: Handler
+    ) -> web.StreamResponse:
+        # go_down's sweep misses a connection accepted as it ran (registered a moment after):
+        # such a connection is cut at its first request, as a dead node's would be.
+        if self._down:
+            request.protocol.force_close()
+            return web.Response(status=503)  # never written: the connection is gone
+        return await handler(request)
 
     async def come_up(self) -> None:
         """Listen on the same two ports again."""
