@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import copy
 import functools
 import inspect
 import re
@@ -38,6 +39,9 @@ import hypothesis
 import pytest
 import pytest_asyncio
 from anchorpy.coder.coder import Coder
+from anchorpy.program.namespace.account import AccountClient, _build_account
+from anchorpy.program.namespace.types import _build_types
+from anchorpy.provider import Provider
 from anchorpy_core.idl import Idl
 from driftpy.accounts.oracle import decode_oracle
 from driftpy.constants.numeric_constants import (
@@ -49,6 +53,7 @@ from driftpy.math.amm import calculate_bid_ask_price
 from driftpy.math.funding import calculate_long_short_funding_and_live_twaps
 from driftpy.math.utils import time_remaining_until_update
 from driftpy.types import OraclePriceData, PerpMarketAccount
+from solders.pubkey import Pubkey
 
 from bench import _forkserver
 from bench._processes import RedisServer, ServeProcess, stop_all
@@ -71,16 +76,42 @@ hypothesis.settings.load_profile("driftshare")
 _forkserver.enable()
 
 
+# anchorpy's Program builds, for every DriftClient, a Coder (about 0.1 s of CPU), its IDL's
+# types and an account client per account type with its size (35 ms more): some 400 times in
+# a run of the suite. All of it is fixed by the IDL and never changed (driftshare itself decodes
+# with driftpy's one module-level DRIFT_CODER), so the DriftClients of one test process share
+# it per IDL; each Program's account clients still hold its own provider.
+
+
 @functools.cache
 def _coder(idl_json: str) -> Coder:
     return Coder(Idl.from_json(idl_json))
 
 
-# anchorpy's Program builds a Coder from its IDL for every DriftClient: about 0.1 s of CPU,
-# some 340 times in a run of the suite. A Coder holds only the IDL's layouts and is never
-# changed (driftshare itself decodes with driftpy's one module-level DRIFT_CODER), so the
-# DriftClients of one test process share one Coder per IDL; everything else is their own.
+@functools.cache
+def _types(idl_json: str) -> dict[str, Any]:
+    return _build_types(Idl.from_json(idl_json))
+
+
+@functools.cache
+def _accounts(idl_json: str, program_id: Pubkey) -> dict[str, AccountClient]:
+    idl = Idl.from_json(idl_json)
+    return _build_account(idl, _coder(idl_json), program_id, None)  # type: ignore[arg-type]
+
+
+def _shared_accounts(
+    idl: Idl, coder: Coder, program_id: Pubkey, provider: Provider
+) -> dict[str, AccountClient]:
+    clients = {}
+    for name, shared in _accounts(idl.to_json(), program_id).items():
+        clients[name] = copy.copy(shared)
+        clients[name]._provider = provider
+    return clients
+
+
 anchorpy.program.core.Coder = lambda idl: _coder(idl.to_json())  # type: ignore[assignment,misc]
+anchorpy.program.core._build_types = lambda idl: _types(idl.to_json())
+anchorpy.program.core._build_account = _shared_accounts
 
 
 def _default_tls(
