@@ -1,6 +1,6 @@
 """Fixtures and helpers shared by the tests.
 
-The suite runs under pytest-xdist (``make test``: ``-n 4 --dist loadscope``, a file or a test
+The suite runs under pytest-xdist (``make test``: ``-n 5 --dist loadscope``, a file or a test
 class per worker). A test stays safe there when it takes every port, folder and process from these
 fixtures or from ``bench._processes``:
 
