@@ -447,13 +447,15 @@ async def test_builds_never_sent_are_not_kept_forever(make_path: MakePath) -> No
     # A payer each: 300 different signatures.
     built = [await sender.get_versioned_tx([instruction()], Keypair(), []) for _ in range(300)]
     assert len(sender._built) < len(built)
+    oldest, newest = str(built[0].signatures[0]), str(built[-1].signatures[0])
     # The oldest build is forgotten: it is sent as signed elsewhere, as is, and lands once.
+    # (A loaded machine may resend a pending write's identical bytes.)
     landed = await sender.send(built[0])
-    assert [sig for sig, _, _ in chain.sends] == [str(built[0].signatures[0])]
+    assert {sig for sig, _, _ in chain.sends} == {oldest}
     assert landed.slot == chain.landed[str(landed.tx_sig)]["slot"]
-    # The newest is still known to the sender (sent once too).
+    # The newest is still known to the sender: sent as signed too, never signed again.
     await sender.send(built[-1])
-    assert len(chain.sends) == 2
+    assert {sig for sig, _, _ in chain.sends} == {oldest, newest}
 
 
 def _sample(name: str, **labels: str) -> float:
