@@ -15,8 +15,8 @@ unexport PYTHONDONTWRITEBYTECODE
 # --no-compile: pip would compile every module it installs (about 20 CPU-s); Python compiles
 # the ones a run imports on first import, into the same __pycache__.
 # The virtualenv gets the newest pip from the index, which installs the lock twice as fast as
-# the interpreter's bundled one that `venv` would first unpack (5 s); without a pip to do that,
-# the bundled one upgrades itself.
+# the interpreter's bundled one that `venv` would first unpack (5 s). An interpreter without
+# pip of its own falls back to that bundled one (ensurepip), upgraded.
 $(STAMP): requirements.lock pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv --without-pip $(VENV)
 	$(PYTHON) -m pip --python $(BIN)/python install --quiet --upgrade pip \
