@@ -20,7 +20,7 @@ unexport PYTHONDONTWRITEBYTECODE
 $(STAMP): requirements.lock pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv --without-pip $(VENV)
 	$(PYTHON) -m pip --python $(BIN)/python install --quiet --upgrade pip \
-		|| ($(BIN)/python -m ensurepip --upgrade && $(BIN)/pip install --quiet --upgrade pip)
+		|| ($(BIN)/python -m ensurepip --upgrade --default-pip && $(BIN)/pip install --quiet --upgrade pip)
 	$(BIN)/pip install --quiet --no-compile --no-deps -r requirements.lock
 	$(BIN)/pip install --quiet --no-deps --no-build-isolation -e .
 	touch $(STAMP)
