@@ -514,16 +514,18 @@ async def test_transports_load_the_ca_bundle_once(
         httpx._transports.default, "create_ssl_context", httpx._config.create_ssl_context
     )
     tls_context.cache_clear()
-    transports = [
-        RateLimitedTransport.from_settings(load_settings(max_retries=0)) for _ in range(3)
-    ]
-    async with contextlib.AsyncExitStack() as stack:
-        for transport in transports:
-            client = await stack.enter_async_context(httpx.AsyncClient(transport=transport))
-            with contextlib.suppress(httpx.HTTPError):
-                await client.post(closed_port_url, json={"method": "getSlot"}, timeout=0.5)
-    assert len(made) == 1
-    tls_context.cache_clear()
+    try:
+        transports = [
+            RateLimitedTransport.from_settings(load_settings(max_retries=0)) for _ in range(3)
+        ]
+        async with contextlib.AsyncExitStack() as stack:
+            for transport in transports:
+                client = await stack.enter_async_context(httpx.AsyncClient(transport=transport))
+                with contextlib.suppress(httpx.HTTPError):
+                    await client.post(closed_port_url, json={"method": "getSlot"}, timeout=0.5)
+        assert len(made) == 1
+    finally:
+        tls_context.cache_clear()
 
 
 def test_from_settings() -> None:
